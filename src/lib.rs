@@ -1,0 +1,5 @@
+//! Fenice keeps a multi-tenant e-invoicing stack running when a whole cloud
+//! provider dies. See DESIGN.md in the shared docs and README.md.
+
+pub mod api;
+pub mod cli;

@@ -1,0 +1,14 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = fenice::cli::Cli::parse();
+    match fenice::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fenice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
