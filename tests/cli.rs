@@ -1,0 +1,39 @@
+//! The command line: `--version`, and commands not built yet saying so.
+
+use std::process::Command;
+
+fn fenice(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fenice")).args(args).output().expect("running fenice")
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = fenice(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("fenice {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn help_lists_every_design_command() {
+    let out = fenice(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in ["operator", "crd", "repo", "agent", "failover", "drill", "lab"] {
+        assert!(help.contains(command), "--help lacks {command}:\n{help}");
+    }
+}
+
+#[test]
+fn a_command_not_built_yet_says_so_on_stderr_and_exits_2() {
+    let out = fenice(&["failover", "start", "--plan", "westpole-to-azure"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "no output on stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fenice failover: not available"), "{err}");
+}
+
+#[test]
+fn an_unknown_command_is_a_usage_error() {
+    let out = fenice(&["fail-over"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fail-over"));
+}
