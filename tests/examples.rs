@@ -286,7 +286,7 @@ fn examples_validate_against_the_crd_schemas() {
 fn the_schema_validator_catches_typos_bad_enums_and_bad_durations() {
     let docs = fenice_docs();
     let site = docs.iter().find(|d| d.kind() == "Site").expect("a Site example");
-    let variants: [(&str, fn(&mut Value)); 4] = [
+    let variants: [(&str, Breaker); 4] = [
         ("typo", |v| v["spec"]["regoin"] = json!("rome")),
         ("enum", |v| v["spec"]["provider"] = json!("Westpoll")),
         ("duration", |v| v["spec"]["health"]["interval"] = json!("10 seconds")),

@@ -3,6 +3,10 @@
 //! Types only: the controllers that act on them live in `controller`, the logic
 //! in `repo`, `failover` and `drill`.
 
+// NB: clippy reads the repeated `type_ = "string"` of kube's `printcolumn(...)`
+// derive arguments as duplicated attributes; they are not.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod backup;
 pub mod common;
 pub mod condition;

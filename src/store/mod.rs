@@ -1,0 +1,90 @@
+//! Object stores: where repositories, WAL and the witness lease live.
+//!
+//! One trait, [`ObjectStore`], with a backend per service (filesystem, S3, Azure
+//! Blob). The repository format, the failover witness and the tests depend on the
+//! trait only, so one conformance suite checks every backend alike.
+
+pub mod error;
+pub mod fs;
+pub mod location;
+pub mod retry;
+
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use error::{Error, Result};
+pub use location::Location;
+
+/// When a write may happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Only if no object has the key (repository objects: written once, never rewritten).
+    IfAbsent,
+    /// Only if the object's current ETag is this one (the witness lease).
+    IfMatch(String),
+}
+
+/// What a successful write left behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The new object's ETag, for a later [`PutCondition::IfMatch`].
+    pub etag: String,
+    /// Until when the store refuses to delete or overwrite it, if immutable.
+    pub retain_until: Option<SystemTime>,
+}
+
+/// An object's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+}
+
+/// Retention of one object as the store itself reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// The store enforces retention and this object has none in force.
+    None,
+    /// The store refuses deletion and overwriting until this instant.
+    Until(SystemTime),
+    /// The backend has no retention at all (filesystem, Azurite).
+    Unsupported { why: String },
+}
+
+/// A place to keep objects by key. Keys are `/`-separated relative paths such
+/// as `data/3f/3f2a…`.
+///
+/// Implementations retry throttling and 5xx answers with backoff and bound every
+/// call with a timeout; the errors they return are final.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages: never includes a credential.
+    fn describe(&self) -> String;
+
+    /// Writes `data` under `key` if `condition` holds. With an immutability window
+    /// configured, the store locks the object for that window.
+    async fn put(&self, key: &str, data: Bytes, condition: PutCondition) -> Result<PutOutcome>;
+
+    /// Reads a whole object.
+    async fn get(&self, key: &str) -> Result<Bytes>;
+
+    /// Reads `range` (bytes, end exclusive) of an object.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+
+    /// The object's metadata, or `None` if there is no such object.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Deletes an object; deleting a missing one succeeds. Refused with
+    /// [`Error::Immutable`] inside the retention window.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// The retention in force on an object, read back from the store.
+    async fn retention(&self, key: &str) -> Result<Retention>;
+}
