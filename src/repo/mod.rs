@@ -1,0 +1,8 @@
+//! The backup repository: content-defined chunks, keyed ids, compression,
+//! authenticated encryption, packs, an index and snapshots, on any
+//! [`ObjectStore`](crate::store::ObjectStore). docs/repository-format.md is the
+//! specification.
+
+pub mod crypto;
+pub mod id;
+pub mod keyfile;
