@@ -5,4 +5,8 @@
 
 pub mod crypto;
 pub mod id;
+pub mod index;
 pub mod keyfile;
+pub mod pack;
+pub mod repository;
+pub mod tree;

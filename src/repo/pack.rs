@@ -1,0 +1,247 @@
+//! Blobs and packs. A blob is one chunk of file data or one directory tree,
+//! compressed and sealed with its id as associated data. A pack is many blobs
+//! followed by a sealed header that lists them, so a pack alone says what it
+//! holds (an index can always be rebuilt from the packs).
+//!
+//! Pack layout: `blob_1 || … || blob_n || sealed_header || header_length (u32 LE)`.
+
+use super::crypto::{Keys, OVERHEAD, Unauthentic};
+use super::id::Id;
+
+/// Packs are closed once they reach this size.
+pub const TARGET_PACK_SIZE: usize = 16 * 1024 * 1024;
+/// Associated data of pack headers.
+const HEADER_AAD: &[u8] = b"fenice.io pack header v1";
+const HEADER_VERSION: u8 = 1;
+/// type (1) + stored length (4) + raw length (4) + id (32).
+const ENTRY_LEN: usize = 41;
+/// zstd level for blobs: fast, as a backup must keep up with a busy database.
+const ZSTD_LEVEL: i32 = 3;
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobType {
+    Data,
+    Tree,
+}
+
+impl BlobType {
+    fn byte(self) -> u8 {
+        match self {
+            BlobType::Data => 0,
+            BlobType::Tree => 1,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(BlobType::Data),
+            1 => Some(BlobType::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// One blob's place in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobEntry {
+    pub id: Id,
+    #[serde(rename = "type")]
+    pub blob_type: BlobType,
+    pub offset: u32,
+    /// Stored (sealed) length.
+    pub length: u32,
+    /// Length of the plaintext before compression.
+    pub raw_length: u32,
+}
+
+/// A pack that cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PackError {
+    #[error("pack is too short to hold a header")]
+    TooShort,
+    #[error("pack header does not authenticate: wrong key, or the pack was altered")]
+    HeaderUnauthentic,
+    #[error("pack header is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("blob {id} does not authenticate: the pack was altered")]
+    BlobUnauthentic { id: Id },
+    #[error("blob {id} does not decompress: {reason}")]
+    BlobCorrupt { id: Id, reason: String },
+}
+
+/// Compresses (when that helps) and seals a blob's plaintext. The first
+/// plaintext byte says which: 0 stored as is, 1 zstd.
+pub fn seal_blob(keys: &Keys, id: &Id, plaintext: &[u8]) -> Vec<u8> {
+    let compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL).ok().filter(|c| c.len() + 64 < plaintext.len());
+    let mut framed = Vec::with_capacity(1 + compressed.as_ref().map_or(plaintext.len(), Vec::len));
+    match compressed {
+        Some(c) => {
+            framed.push(1);
+            framed.extend_from_slice(&c);
+        }
+        None => {
+            framed.push(0);
+            framed.extend_from_slice(plaintext);
+        }
+    }
+    keys.seal(&framed, &id.0)
+}
+
+/// Opens a sealed blob and checks that its content has the id it claims.
+pub fn open_blob(keys: &Keys, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>, PackError> {
+    let id = entry.id;
+    let framed = keys.open(sealed, &id.0).map_err(|Unauthentic| PackError::BlobUnauthentic { id })?;
+    let plaintext = match framed.split_first() {
+        Some((0, raw)) => raw.to_vec(),
+        Some((1, compressed)) => zstd::bulk::decompress(compressed, entry.raw_length as usize)
+            .map_err(|e| PackError::BlobCorrupt { id, reason: e.to_string() })?,
+        _ => return Err(PackError::BlobCorrupt { id, reason: "unknown framing byte".into() }),
+    };
+    if plaintext.len() != entry.raw_length as usize || keys.blob_id(&plaintext) != id {
+        return Err(PackError::BlobCorrupt { id, reason: "content does not match its id".into() });
+    }
+    Ok(plaintext)
+}
+
+/// Builds one pack in memory.
+#[derive(Default)]
+pub struct PackBuilder {
+    bytes: Vec<u8>,
+    entries: Vec<BlobEntry>,
+}
+
+impl PackBuilder {
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes.len() >= TARGET_PACK_SIZE
+    }
+
+    /// Appends an already sealed blob.
+    pub fn add(&mut self, id: Id, blob_type: BlobType, sealed: &[u8], raw_length: usize) {
+        // NB: blobs are at most a chunk (8 MiB) or a tree, and packs close at 16 MiB,
+        // so offsets and lengths fit in u32.
+        let entry = BlobEntry {
+            id,
+            blob_type,
+            offset: self.bytes.len() as u32,
+            length: sealed.len() as u32,
+            raw_length: raw_length as u32,
+        };
+        self.bytes.extend_from_slice(sealed);
+        self.entries.push(entry);
+    }
+
+    /// The finished pack and what it holds.
+    pub fn finish(mut self, keys: &Keys) -> (Vec<u8>, Vec<BlobEntry>) {
+        let mut header = Vec::with_capacity(1 + self.entries.len() * ENTRY_LEN);
+        header.push(HEADER_VERSION);
+        for e in &self.entries {
+            header.push(e.blob_type.byte());
+            header.extend_from_slice(&e.length.to_le_bytes());
+            header.extend_from_slice(&e.raw_length.to_le_bytes());
+            header.extend_from_slice(&e.id.0);
+        }
+        let sealed = keys.seal(&header, HEADER_AAD);
+        self.bytes.extend_from_slice(&sealed);
+        self.bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        (self.bytes, self.entries)
+    }
+}
+
+/// Length of the sealed header, from a pack's last 4 bytes.
+pub fn header_length(tail: &[u8]) -> Result<usize, PackError> {
+    let last: [u8; 4] =
+        tail.get(tail.len().saturating_sub(4)..).and_then(|s| s.try_into().ok()).ok_or(PackError::TooShort)?;
+    Ok(u32::from_le_bytes(last) as usize)
+}
+
+/// Reads the blob list from a pack's sealed header.
+pub fn parse_header(keys: &Keys, sealed_header: &[u8]) -> Result<Vec<BlobEntry>, PackError> {
+    if sealed_header.len() < OVERHEAD {
+        return Err(PackError::TooShort);
+    }
+    let header = keys.open(sealed_header, HEADER_AAD).map_err(|Unauthentic| PackError::HeaderUnauthentic)?;
+    let (&version, body) = header.split_first().ok_or(PackError::Malformed("empty header"))?;
+    if version != HEADER_VERSION {
+        return Err(PackError::Malformed("unknown header version"));
+    }
+    if !body.len().is_multiple_of(ENTRY_LEN) {
+        return Err(PackError::Malformed("header length is not a whole number of entries"));
+    }
+    let mut offset = 0u32;
+    body.chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            let blob_type = BlobType::from_byte(e[0]).ok_or(PackError::Malformed("unknown blob type"))?;
+            let length = u32::from_le_bytes([e[1], e[2], e[3], e[4]]);
+            let raw_length = u32::from_le_bytes([e[5], e[6], e[7], e[8]]);
+            let mut id = [0; 32];
+            id.copy_from_slice(&e[9..41]);
+            let entry = BlobEntry { id: Id(id), blob_type, offset, length, raw_length };
+            offset = offset.checked_add(length).ok_or(PackError::Malformed("offsets overflow"))?;
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// Reads the header of a whole pack held in memory.
+pub fn read_header(keys: &Keys, pack: &[u8]) -> Result<Vec<BlobEntry>, PackError> {
+    let len = header_length(pack)?;
+    let start = pack.len().checked_sub(4 + len).ok_or(PackError::TooShort)?;
+    parse_header(keys, &pack[start..pack.len() - 4])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::crypto::MasterKey;
+
+    fn blob(keys: &Keys, builder: &mut PackBuilder, data: &[u8], t: BlobType) -> Id {
+        let id = keys.blob_id(data);
+        builder.add(id, t, &seal_blob(keys, &id, data), data.len());
+        id
+    }
+
+    #[test]
+    fn a_pack_lists_its_blobs_and_each_blob_opens() {
+        let keys = MasterKey::generate().derive();
+        let mut builder = PackBuilder::default();
+        let text = b"INSERT INTO invoices VALUES (1);\n".repeat(1000);
+        let random: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let a = blob(&keys, &mut builder, &text, BlobType::Data);
+        let b = blob(&keys, &mut builder, &random, BlobType::Data);
+        let c = blob(&keys, &mut builder, b"{\"nodes\":[]}", BlobType::Tree);
+        let (pack, entries) = builder.finish(&keys);
+        assert_eq!(read_header(&keys, &pack).unwrap(), entries);
+        assert_eq!(entries.iter().map(|e| e.id).collect::<Vec<_>>(), [a, b, c]);
+        assert!((entries[0].length as usize) < text.len() / 10, "SQL text compresses");
+        for (entry, data) in entries.iter().zip([&text[..], &random[..], b"{\"nodes\":[]}"]) {
+            let sealed = &pack[entry.offset as usize..(entry.offset + entry.length) as usize];
+            assert_eq!(open_blob(&keys, entry, sealed).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn a_damaged_blob_or_header_is_named() {
+        let keys = MasterKey::generate().derive();
+        let mut builder = PackBuilder::default();
+        let id = blob(&keys, &mut builder, b"fattura", BlobType::Data);
+        let (mut pack, entries) = builder.finish(&keys);
+        pack[3] ^= 0x40;
+        let sealed = &pack[..entries[0].length as usize];
+        assert_eq!(open_blob(&keys, &entries[0], sealed), Err(PackError::BlobUnauthentic { id }));
+        let n = pack.len();
+        pack[n - 10] ^= 1;
+        assert_eq!(read_header(&keys, &pack), Err(PackError::HeaderUnauthentic));
+        assert_eq!(read_header(&keys, &[1, 2]), Err(PackError::TooShort));
+    }
+}

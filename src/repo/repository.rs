@@ -1,0 +1,465 @@
+//! A repository on an object store: create, unlock, store and load blobs,
+//! snapshots and key files.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{Keys, MasterKey, Unauthentic, random};
+use super::id::{Id, hex};
+use super::index::{INDEX_AAD, Index, IndexFile, PackEntry};
+use super::keyfile::{KdfParams, KeyError, KeyFile, Passphrase, RecoveryKey};
+use super::pack::{BlobEntry, BlobType, PackBuilder, PackError, header_length, open_blob, parse_header, seal_blob};
+use super::tree::{SNAPSHOT_AAD, Snapshot};
+use crate::store::{self, ObjectStore, PutCondition};
+
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+const CONFIG_KEY: &str = "config";
+
+/// Content-defined chunking bounds, fixed per repository so that every writer
+/// cuts the same data at the same places.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self { min_size: 512 * 1024, avg_size: 1024 * 1024, max_size: 8 * 1024 * 1024 }
+    }
+}
+
+/// The `config` object, in the clear: nothing in it is secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    pub version: u32,
+    /// Random, hex; tells repositories apart.
+    pub id: String,
+    pub chunker: ChunkerParams,
+    pub created: String,
+}
+
+/// What went wrong with a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no repository at {location}: create one with `fenice repo init`")]
+    NotARepository { location: String },
+    #[error("a repository already exists at {location}")]
+    AlreadyInitialized { location: String },
+    #[error(
+        "repository at {location} has format version {found}; this fenice reads up to version {FORMAT_VERSION}: use a newer fenice"
+    )]
+    NewerFormat { location: String, found: u32 },
+    #[error("the password does not open any key of the repository at {location}")]
+    WrongPassword { location: String },
+    #[error("the recovery key does not open any key of the repository at {location}")]
+    WrongRecoveryKey { location: String },
+    #[error("{what} at {location} is damaged: {reason}")]
+    Corrupt { location: String, what: String, reason: String },
+    #[error("blob {id} is not in the index of {location}: the repository is incomplete; run `fenice repo check`")]
+    MissingBlob { location: String, id: Id },
+    #[error("pack {pack} at {location}: {source}")]
+    Pack {
+        location: String,
+        pack: Id,
+        #[source]
+        source: PackError,
+    },
+    #[error("repository at {location} has no key {id}: `fenice repo key list` shows the keys")]
+    NoSuchKey { location: String, id: Id },
+    #[error(
+        "key {id} is the last key of the repository at {location}: add another holder first, or the data becomes unreadable"
+    )]
+    LastKey { location: String, id: Id },
+    #[error("repository at {location} has no snapshot {spec}: `fenice repo snapshots` lists them")]
+    NoSuchSnapshot { location: String, spec: String },
+    #[error("{spec} matches several snapshots at {location}: give more digits")]
+    AmbiguousSnapshot { location: String, spec: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to unlock a repository.
+#[derive(Debug)]
+pub enum Unlock {
+    Passphrase(Passphrase),
+    Recovery(RecoveryKey),
+}
+
+/// Blobs waiting to be packed and packs written in this session.
+#[derive(Default)]
+struct Writer {
+    pack: PackBuilder,
+    /// Blobs in the open pack or in a pack being uploaded.
+    pending: HashSet<Id>,
+    /// Packs uploaded but not yet listed in an index object.
+    unindexed: Vec<PackEntry>,
+}
+
+/// An open repository.
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    master: MasterKey,
+    keys: Keys,
+    config: Config,
+    index: RwLock<Index>,
+    writer: Mutex<Writer>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("store", &self.store.describe()).finish_non_exhaustive()
+    }
+}
+
+fn pack_key(id: &Id) -> String {
+    let hex = id.to_string();
+    format!("data/{}/{hex}", &hex[..2])
+}
+
+fn corrupt(store: &dyn ObjectStore, what: impl Into<String>, reason: impl ToString) -> Error {
+    Error::Corrupt { location: store.describe(), what: what.into(), reason: reason.to_string() }
+}
+
+/// Serializes, compresses and seals a JSON value.
+fn seal_json<T: Serialize>(keys: &Keys, value: &T, aad: &[u8]) -> Vec<u8> {
+    // NB: our types always serialize; a failure here is a bug, not input.
+    let json = serde_json::to_vec(value).expect("repository JSON serializes");
+    let compressed = zstd::bulk::compress(&json, 3).expect("zstd compresses in memory");
+    keys.seal(&compressed, aad)
+}
+
+fn open_json<T: for<'de> Deserialize<'de>>(keys: &Keys, sealed: &[u8], aad: &[u8]) -> Result<T, String> {
+    let compressed = keys.open(sealed, aad).map_err(|Unauthentic| Unauthentic.to_string())?;
+    let json = zstd::stream::decode_all(&compressed[..]).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&json).map_err(|e| e.to_string())
+}
+
+impl Repository {
+    /// Creates a repository with a new master key, wrapped for `passphrase`.
+    pub async fn init(store: Arc<dyn ObjectStore>, passphrase: &Passphrase, kdf: KdfParams) -> Result<Self> {
+        if store.head(CONFIG_KEY).await?.is_some() {
+            return Err(Error::AlreadyInitialized { location: store.describe() });
+        }
+        let master = MasterKey::generate();
+        let key_file = KeyFile::for_passphrase(&master, passphrase, kdf, "initial")?;
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: hex(&random::<16>()),
+            chunker: ChunkerParams::default(),
+            created: key_file.created.clone(),
+        };
+        let repo = Self::assemble(store, master, config);
+        repo.add_key_file(&key_file).await?;
+        let json = serde_json::to_vec_pretty(&repo.config).expect("config serializes");
+        match repo.store.put(CONFIG_KEY, Bytes::from(json), PutCondition::IfAbsent).await {
+            Err(store::Error::AlreadyExists { .. }) => {
+                return Err(Error::AlreadyInitialized { location: repo.store.describe() });
+            }
+            other => other?,
+        };
+        Ok(repo)
+    }
+
+    fn assemble(store: Arc<dyn ObjectStore>, master: MasterKey, config: Config) -> Self {
+        let keys = master.derive();
+        Repository {
+            store,
+            master,
+            keys,
+            config,
+            index: RwLock::new(Index::default()),
+            writer: Mutex::new(Writer::default()),
+        }
+    }
+
+    /// Reads the config and checks the format version, without unlocking.
+    pub async fn read_config(store: &dyn ObjectStore) -> Result<Config> {
+        let bytes = match store.get(CONFIG_KEY).await {
+            Err(store::Error::NotFound { .. }) => return Err(Error::NotARepository { location: store.describe() }),
+            other => other?,
+        };
+        let config: Config = serde_json::from_slice(&bytes).map_err(|e| corrupt(store, "config", e))?;
+        if config.version > FORMAT_VERSION {
+            return Err(Error::NewerFormat { location: store.describe(), found: config.version });
+        }
+        Ok(config)
+    }
+
+    /// Unlocks a repository and loads its index.
+    pub async fn open(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
+        let config = Self::read_config(store.as_ref()).await?;
+        let master = Self::unlock(store.as_ref(), unlock).await?;
+        let repo = Self::assemble(store, master, config);
+        repo.load_index().await?;
+        Ok(repo)
+    }
+
+    async fn unlock(store: &dyn ObjectStore, unlock: &Unlock) -> Result<MasterKey> {
+        for (_, file) in Self::key_files(store).await? {
+            let opened = match unlock {
+                Unlock::Passphrase(p) if matches!(file.holder, super::keyfile::Holder::Passphrase { .. }) => {
+                    file.open_with_passphrase(p)
+                }
+                Unlock::Recovery(r) if file.is_for(&r.recipient()) => file.open_with_recovery(r),
+                _ => continue,
+            };
+            match opened {
+                Ok(master) => return Ok(master),
+                Err(KeyError::Wrong(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(match unlock {
+            Unlock::Passphrase(_) => Error::WrongPassword { location: store.describe() },
+            Unlock::Recovery(_) => Error::WrongRecoveryKey { location: store.describe() },
+        })
+    }
+
+    /// Every key file, with its id.
+    pub async fn key_files(store: &dyn ObjectStore) -> Result<Vec<(Id, KeyFile)>> {
+        let mut files = Vec::new();
+        for meta in store.list("keys/").await? {
+            let bytes = store.get(&meta.key).await?;
+            let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(store, &meta.key, e))?;
+            files.push((Id::of_content(&bytes), file));
+        }
+        Ok(files)
+    }
+
+    /// Stores a key file for another holder; data is not touched.
+    pub async fn add_key_file(&self, file: &KeyFile) -> Result<Id> {
+        let json = serde_json::to_vec_pretty(file).expect("key file serializes");
+        let id = Id::of_content(&json);
+        self.put_once(&format!("keys/{id}"), json).await?;
+        Ok(id)
+    }
+
+    /// Removes a holder's key file; refuses to remove the last one.
+    pub async fn remove_key_file(&self, id: &Id) -> Result<()> {
+        let files = Self::key_files(self.store.as_ref()).await?;
+        if !files.iter().any(|(f, _)| f == id) {
+            return Err(Error::NoSuchKey { location: self.describe(), id: *id });
+        }
+        if files.len() == 1 {
+            return Err(Error::LastKey { location: self.describe(), id: *id });
+        }
+        Ok(self.store.delete(&format!("keys/{id}")).await?)
+    }
+
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    async fn put_once(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        match self.store.put(key, Bytes::from(data), PutCondition::IfAbsent).await {
+            // Content-addressed: an existing object under this name has this content.
+            Ok(_) | Err(store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn load_index(&self) -> Result<()> {
+        let mut loaded = Vec::new();
+        for meta in self.store.list("index/").await? {
+            let sealed = self.store.get(&meta.key).await?;
+            let file: IndexFile =
+                open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store.as_ref(), &meta.key, e))?;
+            loaded.push(file);
+        }
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        loaded.iter().for_each(|f| index.add_file(f));
+        Ok(())
+    }
+
+    /// Adds packs that were uploaded but never indexed (a backup killed before it
+    /// wrote its index), so their blobs are reused instead of uploaded again.
+    /// Returns how many packs were found.
+    pub async fn adopt_unindexed_packs(&self) -> Result<usize> {
+        let mut adopted = 0;
+        for meta in self.store.list("data/").await? {
+            let Some(id) = meta.key.rsplit('/').next().and_then(|name| name.parse::<Id>().ok()) else {
+                continue;
+            };
+            if self.index.read().unwrap_or_else(|e| e.into_inner()).has_pack(&id) {
+                continue;
+            }
+            let Ok(blobs) = self.read_pack_header(&id, meta.size).await else {
+                continue; // a damaged stray pack: `check` reports it, backup need not.
+            };
+            self.index.write().unwrap_or_else(|e| e.into_inner()).add_pack(id, &blobs);
+            self.lock_writer().unindexed.push(PackEntry { id, blobs });
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+
+    /// Reads a pack's header with two ranged reads.
+    pub async fn read_pack_header(&self, pack: &Id, size: u64) -> Result<Vec<BlobEntry>> {
+        let key = pack_key(pack);
+        let pack_error = |source| Error::Pack { location: self.describe(), pack: *pack, source };
+        let tail = self.store.get_range(&key, size.saturating_sub(4)..size).await?;
+        let len = header_length(&tail).map_err(pack_error)? as u64;
+        let start = size.checked_sub(4 + len).ok_or(pack_error(PackError::TooShort))?;
+        let sealed = self.store.get_range(&key, start..size - 4).await?;
+        parse_header(&self.keys, &sealed).map_err(pack_error)
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the repository already has (or is writing) a blob.
+    pub fn has_blob(&self, id: &Id) -> bool {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).contains(id) || self.lock_writer().pending.contains(id)
+    }
+
+    /// Stores a blob unless the repository has it. Returns its id and the
+    /// sealed bytes added (0 when it was already there).
+    pub async fn save_blob(&self, blob_type: BlobType, plaintext: &[u8]) -> Result<(Id, u64)> {
+        let id = self.keys.blob_id(plaintext);
+        self.save_blob_with_id(blob_type, id, plaintext).await
+    }
+
+    /// As [`save_blob`](Self::save_blob), for a caller that computed the id.
+    pub async fn save_blob_with_id(&self, blob_type: BlobType, id: Id, plaintext: &[u8]) -> Result<(Id, u64)> {
+        if self.index.read().unwrap_or_else(|e| e.into_inner()).contains(&id) || !self.lock_writer().pending.insert(id)
+        {
+            return Ok((id, 0));
+        }
+        let sealed = seal_blob(&self.keys, &id, plaintext);
+        let added = sealed.len() as u64;
+        let full = {
+            let mut writer = self.lock_writer();
+            writer.pack.add(id, blob_type, &sealed, plaintext.len());
+            if writer.pack.is_full() { Some(std::mem::take(&mut writer.pack)) } else { None }
+        };
+        if let Some(pack) = full {
+            self.upload_pack(pack).await?;
+        }
+        Ok((id, added))
+    }
+
+    async fn upload_pack(&self, pack: PackBuilder) -> Result<()> {
+        let (bytes, blobs) = pack.finish(&self.keys);
+        let id = Id::of_content(&bytes);
+        self.put_once(&pack_key(&id), bytes).await?;
+        self.index.write().unwrap_or_else(|e| e.into_inner()).add_pack(id, &blobs);
+        let mut writer = self.lock_writer();
+        blobs.iter().for_each(|b| {
+            writer.pending.remove(&b.id);
+        });
+        writer.unindexed.push(PackEntry { id, blobs });
+        Ok(())
+    }
+
+    /// Uploads the open pack and writes an index object for every pack this
+    /// session uploaded. Snapshots must be saved only after this.
+    pub async fn flush(&self) -> Result<()> {
+        let open = std::mem::take(&mut self.lock_writer().pack);
+        if !open.is_empty() {
+            self.upload_pack(open).await?;
+        }
+        let packs = std::mem::take(&mut self.lock_writer().unindexed);
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let sealed = seal_json(&self.keys, &IndexFile { packs }, INDEX_AAD);
+        self.put_once(&format!("index/{}", Id::of_content(&sealed)), sealed).await
+    }
+
+    /// Where a blob is, if indexed.
+    pub fn locate(&self, id: &Id) -> Option<super::index::Location> {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).get(id).copied()
+    }
+
+    /// Loads and checks one blob.
+    pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let location = self.locate(id).ok_or(Error::MissingBlob { location: self.describe(), id: *id })?;
+        let entry = location.entry;
+        let range = u64::from(entry.offset)..u64::from(entry.offset) + u64::from(entry.length);
+        let sealed = self.store.get_range(&pack_key(&location.pack), range).await?;
+        open_blob(&self.keys, &entry, &sealed).map_err(|source| Error::Pack {
+            location: self.describe(),
+            pack: location.pack,
+            source,
+        })
+    }
+
+    /// Runs `f` over the index.
+    pub fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
+        f(&self.index.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Saves a snapshot after flushing its data; returns its id.
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        self.flush().await?;
+        let sealed = seal_json(&self.keys, snapshot, SNAPSHOT_AAD);
+        let id = Id::of_content(&sealed);
+        self.put_once(&format!("snapshots/{id}"), sealed).await?;
+        Ok(id)
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = Vec::new();
+        for meta in self.store.list("snapshots/").await? {
+            let Some(id) = meta.key.strip_prefix("snapshots/").and_then(|s| s.parse::<Id>().ok()) else {
+                continue;
+            };
+            out.push((id, self.load_snapshot(&id).await?));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+        Ok(out)
+    }
+
+    pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let key = format!("snapshots/{id}");
+        let sealed = self.store.get(&key).await?;
+        open_json(&self.keys, &sealed, SNAPSHOT_AAD).map_err(|e| corrupt(self.store.as_ref(), key, e))
+    }
+
+    /// Finds a snapshot by id, unique id prefix, or `latest`.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let snapshots = self.snapshots().await?;
+        let found: Vec<_> = if spec == "latest" {
+            snapshots.into_iter().last().into_iter().collect()
+        } else {
+            snapshots.into_iter().filter(|(id, _)| id.to_string().starts_with(spec)).collect()
+        };
+        match <[_; 1]>::try_from(found) {
+            Ok([one]) => Ok(one),
+            Err(found) if found.is_empty() => {
+                Err(Error::NoSuchSnapshot { location: self.describe(), spec: spec.to_owned() })
+            }
+            Err(_) => Err(Error::AmbiguousSnapshot { location: self.describe(), spec: spec.to_owned() }),
+        }
+    }
+}
