@@ -8,7 +8,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fenice: {e:#}");
-            ExitCode::FAILURE
+            fenice::cli::exit_code(&e)
         }
     }
 }

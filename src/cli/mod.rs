@@ -2,6 +2,9 @@
 //! by the library modules each subcommand calls.
 
 mod crd;
+mod output;
+pub mod repo;
+mod secrets;
 
 use std::process::ExitCode;
 
@@ -29,7 +32,7 @@ pub enum Command {
     Crd,
     /// The backup repository: init, backup, snapshots, restore, check, copy,
     /// forget, prune, keys; usable by hand for break-glass recovery.
-    Repo(Pending),
+    Repo(repo::RepoArgs),
     /// What the operator's Jobs run inside a site: tenant backup, restore,
     /// verify, WAL push and fetch.
     Agent(Pending),
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crd::print(&mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Repo(args) => runtime()?.block_on(repo::run(args)),
         pending => {
             eprintln!(
                 "fenice {}: not available in fenice {} yet; `fenice --help` lists the commands, README.md says what works today",
@@ -88,5 +92,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(EXIT_USAGE))
         }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// The exit code for an error: specific codes for what scripts want to tell
+/// apart (README lists them), 1 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    use crate::repo::repository::Error as RepoError;
+    match error.downcast_ref::<RepoError>() {
+        Some(RepoError::NotARepository { .. }) => ExitCode::from(repo::EXIT_NO_REPOSITORY),
+        Some(RepoError::WrongPassword { .. } | RepoError::WrongRecoveryKey { .. }) => {
+            ExitCode::from(repo::EXIT_WRONG_KEY)
+        }
+        _ => ExitCode::FAILURE,
     }
 }

@@ -3,10 +3,13 @@
 //! [`ObjectStore`](crate::store::ObjectStore). docs/repository-format.md is the
 //! specification.
 
+pub mod archiver;
+pub mod check;
 pub mod crypto;
 pub mod id;
 pub mod index;
 pub mod keyfile;
 pub mod pack;
 pub mod repository;
+pub mod restorer;
 pub mod tree;

@@ -1,0 +1,470 @@
+//! `fenice repo`: the backup repository by hand, for everyday use and for
+//! break-glass recovery with only this binary and a key.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::output::{ProgressLine, error_chain, size, table};
+use super::secrets::{UnlockArgs, new_password};
+use crate::repo::archiver::{self, BackupOptions, Progress, Source};
+use crate::repo::check::check;
+use crate::repo::id::Id;
+use crate::repo::keyfile::{Holder, KdfParams, KeyFile, Recipient, RecoveryKey};
+use crate::repo::repository::Repository;
+use crate::repo::restorer::{self, load_tree};
+use crate::repo::tree::NodeType;
+use crate::store::{self, Location, ObjectStore};
+
+/// Exit code: finished, but some files or copies were not saved or restored.
+pub const EXIT_PARTIAL: u8 = 3;
+/// Exit code: there is no repository at the location.
+pub const EXIT_NO_REPOSITORY: u8 = 10;
+/// Exit code: the password or recovery key opens no key of the repository.
+pub const EXIT_WRONG_KEY: u8 = 12;
+
+#[derive(Args, Debug)]
+pub struct RepoArgs {
+    /// Repository location: a path or file://…, s3://bucket/prefix, az://account/container/prefix.
+    /// `backup` takes it several times to write one snapshot to several repositories.
+    #[arg(long = "repo", env = "FENICE_REPOSITORY", value_delimiter = ',', global = true)]
+    pub repos: Vec<String>,
+    #[command(flatten)]
+    pub unlock: UnlockArgs,
+    /// Print one JSON document on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: RepoCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// Create a repository, its master key wrapped for the password.
+    Init,
+    /// Back up paths, or standard input, into one snapshot per repository.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots {
+        /// Only this tenant's snapshots.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List the files of a snapshot.
+    Ls { snapshot: String },
+    /// Restore a snapshot into a directory, or one of its files to stdout.
+    Restore(RestoreArgs),
+    /// Check the repository's structure, and with --read-data all of its data.
+    Check {
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Holders of the master key: passwords and offline recovery keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sizes and counts.
+    Stats,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up.
+    pub paths: Vec<PathBuf>,
+    /// Read the data from standard input instead (streamed, constant memory).
+    #[arg(long, conflicts_with = "paths", requires = "stdin_name")]
+    pub stdin: bool,
+    /// The file name standard input is stored under.
+    #[arg(long)]
+    pub stdin_name: Option<String>,
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record; this machine's by default.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id, unique id prefix, or `latest`.
+    pub snapshot: String,
+    /// Directory to restore into.
+    #[arg(long, required_unless_present = "to_stdout")]
+    pub target: Option<PathBuf>,
+    /// Write this one file of the snapshot to standard output.
+    #[arg(long, value_name = "PATH")]
+    pub to_stdout: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the key files: who holds the master key.
+    List,
+    /// Wrap the master key for a new password (FENICE_NEW_PASSWORD, --new-password-file
+    /// or a prompt), or for a recovery key's public half.
+    Add {
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        /// A recipient printed by `generate-recovery` (fenice-recipient-1:…).
+        #[arg(long)]
+        recipient: Option<String>,
+        #[arg(long, default_value = "added")]
+        label: String,
+    },
+    /// Remove a key file by id (prefix); never the last one.
+    Remove { id: String },
+    /// Make an offline recovery key: prints the secret (to lock away) and its
+    /// recipient (for `key add --recipient`). Needs no repository.
+    GenerateRecovery,
+}
+
+fn host_name(given: Option<&String>) -> String {
+    given.cloned().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+    })
+}
+
+/// Opens the store at a location.
+pub async fn open_store(location: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    match location.parse::<Location>()? {
+        Location::Filesystem { path } => Ok(Arc::new(store::fs::FsStore::open(path)?)),
+        other => bail!("{other}: this build of fenice has no driver for this kind of store yet"),
+    }
+}
+
+fn one_repo(args: &RepoArgs) -> anyhow::Result<&str> {
+    match args.repos.as_slice() {
+        [one] => Ok(one),
+        [] => bail!("no repository given: pass --repo or set FENICE_REPOSITORY"),
+        _ => bail!("this command works on one repository; --repo was given {} times", args.repos.len()),
+    }
+}
+
+async fn open(args: &RepoArgs) -> anyhow::Result<Repository> {
+    let location = one_repo(args)?;
+    let store = open_store(location).await?;
+    Ok(Repository::open(store, &args.unlock.unlock()?).await?)
+}
+
+pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match &args.command {
+        RepoCommand::Init => {
+            let location = one_repo(&args)?;
+            let store = open_store(location).await?;
+            let password = args.unlock.password("new repository password: ")?;
+            let repo = Repository::init(store, &password, KdfParams::default()).await?;
+            if args.json {
+                writeln!(out, "{}", json!({"repository": repo.describe(), "id": repo.config().id}))?;
+            } else {
+                writeln!(out, "created repository {} at {}", repo.config().id, repo.describe())?;
+            }
+        }
+        RepoCommand::Backup(backup) => return run_backup(&args, backup, &mut out).await,
+        RepoCommand::Snapshots { tenant } => {
+            let repo = open(&args).await?;
+            let snapshots: Vec<_> =
+                repo.snapshots().await?.into_iter().filter(|(_, s)| tenant.is_none() || s.tenant == *tenant).collect();
+            if args.json {
+                let list: Vec<_> = snapshots.iter().map(|(id, s)| json!({"id": id, "snapshot": s})).collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                let rows: Vec<Vec<String>> = snapshots
+                    .iter()
+                    .map(|(id, s)| {
+                        vec![
+                            id.short(),
+                            s.time.chars().take(19).collect(),
+                            s.host.clone(),
+                            s.tenant.clone().unwrap_or_default(),
+                            s.tags.join(","),
+                            size(s.totals.bytes),
+                            s.paths.join(" "),
+                        ]
+                    })
+                    .collect();
+                table(&mut out, &["ID", "Time", "Host", "Tenant", "Tags", "Size", "Paths"], &rows)?;
+            }
+        }
+        RepoCommand::Ls { snapshot } => {
+            let repo = open(&args).await?;
+            let (_, snap) = repo.find_snapshot(snapshot).await?;
+            let mut entries = Vec::new();
+            let mut stack = vec![(snap.tree, String::new())];
+            while let Some((tree, prefix)) = stack.pop() {
+                for node in load_tree(&repo, &tree).await?.nodes {
+                    let path = format!("{prefix}/{}", node.name);
+                    if let (NodeType::Dir, Some(sub)) = (node.node_type, node.subtree) {
+                        stack.push((sub, path.clone()));
+                    }
+                    entries.push((path, node));
+                }
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            if args.json {
+                let list: Vec<_> = entries
+                    .iter()
+                    .map(|(p, n)| json!({"path": p, "type": n.node_type, "size": n.size, "mode": n.mode, "mtime": n.mtime}))
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                let rows: Vec<Vec<String>> = entries
+                    .iter()
+                    .map(|(p, n)| {
+                        vec![format!("{:o}", n.mode), size(n.size), n.mtime.chars().take(19).collect(), p.clone()]
+                    })
+                    .collect();
+                table(&mut out, &["Mode", "Size", "Modified", "Path"], &rows)?;
+            }
+        }
+        RepoCommand::Restore(restore) => {
+            let repo = open(&args).await?;
+            let (id, snap) = repo.find_snapshot(&restore.snapshot).await?;
+            if let Some(path) = &restore.to_stdout {
+                restorer::write_file(&repo, &snap.tree, path, &mut out).await?;
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let target = restore.target.as_ref().context("--target is required")?;
+            let report = restorer::restore(&repo, &snap.tree, target).await?;
+            if args.json {
+                let damaged: Vec<_> = report.damaged.iter().map(|(p, e)| json!({"path": p, "error": e})).collect();
+                let doc = json!({"snapshot": id, "files": report.files, "dirs": report.dirs, "bytes": report.bytes, "damaged": damaged});
+                writeln!(out, "{doc}")?;
+            } else {
+                writeln!(
+                    out,
+                    "restored snapshot {} to {}: {} files, {} dirs, {}",
+                    id.short(),
+                    target.display(),
+                    report.files,
+                    report.dirs,
+                    size(report.bytes)
+                )?;
+                for (path, error) in &report.damaged {
+                    eprintln!("not restored: {path}: {error}");
+                }
+            }
+            if !report.damaged.is_empty() {
+                return Ok(ExitCode::from(EXIT_PARTIAL));
+            }
+        }
+        RepoCommand::Check { read_data } => {
+            let repo = open(&args).await?;
+            let report = check(&repo, *read_data).await?;
+            if args.json {
+                let damaged: Vec<_> = report
+                    .damaged_packs
+                    .iter()
+                    .map(|d| json!({"pack": d.pack, "reason": d.reason, "files": d.files}))
+                    .collect();
+                let doc = json!({"ok": report.is_ok(), "snapshots": report.snapshots, "packs": report.packs,
+                    "packsRead": report.packs_read, "unindexedPacks": report.unindexed_packs,
+                    "errors": report.errors, "damagedPacks": damaged});
+                writeln!(out, "{doc}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{} snapshots, {} packs ({} read), {} blobs referenced",
+                    report.snapshots, report.packs, report.packs_read, report.blobs_referenced
+                )?;
+                if report.unindexed_packs > 0 {
+                    writeln!(
+                        out,
+                        "{} packs from an interrupted backup; the next backup reuses them",
+                        report.unindexed_packs
+                    )?;
+                }
+                for e in &report.errors {
+                    writeln!(out, "error: {e}")?;
+                }
+                for d in &report.damaged_packs {
+                    writeln!(out, "damaged pack {}: {}", d.pack, d.reason)?;
+                    for f in &d.files {
+                        writeln!(out, "  affects {f}")?;
+                    }
+                }
+                writeln!(out, "{}", if report.is_ok() { "no errors" } else { "ERRORS FOUND" })?;
+            }
+            if !report.is_ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        RepoCommand::Key(key) => return run_key(&args, key, &mut out).await,
+        RepoCommand::Stats => {
+            let repo = open(&args).await?;
+            let packs = repo.store().list("data/").await?;
+            let stored: u64 = packs.iter().map(|m| m.size).sum();
+            let snapshots = repo.snapshots().await?;
+            let (data, trees) = repo.with_index(|i| {
+                (i.blob_count(crate::repo::pack::BlobType::Data), i.blob_count(crate::repo::pack::BlobType::Tree))
+            });
+            if args.json {
+                let doc = json!({"snapshots": snapshots.len(), "packs": packs.len(), "storedBytes": stored, "dataBlobs": data, "treeBlobs": trees});
+                writeln!(out, "{doc}")?;
+            } else {
+                let rows = vec![
+                    vec!["snapshots".into(), snapshots.len().to_string()],
+                    vec!["packs".into(), packs.len().to_string()],
+                    vec!["stored".into(), size(stored)],
+                    vec!["data blobs".into(), data.to_string()],
+                    vec!["tree blobs".into(), trees.to_string()],
+                ];
+                table(&mut out, &["What", "Value"], &rows)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    if args.repos.is_empty() {
+        bail!("no repository given: pass --repo or set FENICE_REPOSITORY");
+    }
+    let unlock = args.unlock.unlock()?;
+    let mut repos = Vec::new();
+    for location in &args.repos {
+        let store = open_store(location).await?;
+        repos.push(Arc::new(Repository::open(store, &unlock).await?));
+    }
+    let source = if backup.stdin {
+        let name = backup.stdin_name.clone().context("--stdin needs --stdin-name")?;
+        Source::Stream { name, reader: Box::new(std::io::stdin()) }
+    } else {
+        if backup.paths.is_empty() {
+            bail!("nothing to back up: give paths, or --stdin with --stdin-name");
+        }
+        Source::Paths(backup.paths.clone())
+    };
+    let options = BackupOptions {
+        host: host_name(backup.host.as_ref()),
+        tenant: backup.tenant.clone(),
+        tags: backup.tags.clone(),
+        annotations: Default::default(),
+    };
+    let progress = Arc::new(Progress::default());
+    let line = ProgressLine::new(args.json);
+    let ticker = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                line.show(&format!(
+                    "{} files, {} read",
+                    progress.files.load(Ordering::Relaxed),
+                    size(progress.bytes_read.load(Ordering::Relaxed))
+                ));
+            }
+        })
+    };
+    let results = archiver::backup(repos, source, options, progress).await;
+    ticker.abort();
+    ProgressLine::new(args.json).finish();
+    let results = results?;
+    let failed = results.iter().filter(|r| r.result.is_err()).count();
+    if args.json {
+        let copies: Vec<_> = results
+            .iter()
+            .map(|r| match &r.result {
+                Ok((id, s)) => json!({"repository": r.repository, "snapshot": id, "totals": s.totals}),
+                Err(e) => json!({"repository": r.repository, "error": error_chain(e)}),
+            })
+            .collect();
+        writeln!(out, "{}", json!({"copies": copies}))?;
+    } else {
+        for r in &results {
+            match &r.result {
+                Ok((id, s)) => writeln!(
+                    out,
+                    "snapshot {} saved to {}: {} files, {} read, {} added",
+                    id.short(),
+                    r.repository,
+                    s.totals.files,
+                    size(s.totals.bytes),
+                    size(s.totals.added_bytes)
+                )?,
+                Err(e) => writeln!(out, "FAILED {}: {}", r.repository, error_chain(e))?,
+            }
+        }
+    }
+    Ok(match failed {
+        0 => ExitCode::SUCCESS,
+        n if n == results.len() => ExitCode::FAILURE,
+        _ => ExitCode::from(EXIT_PARTIAL),
+    })
+}
+
+async fn run_key(args: &RepoArgs, key: &KeyCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    match key {
+        KeyCommand::GenerateRecovery => {
+            let recovery = RecoveryKey::generate();
+            if args.json {
+                let doc =
+                    json!({"recoveryKey": recovery.to_text().as_str(), "recipient": recovery.recipient().to_string()});
+                writeln!(out, "{doc}")?;
+            } else {
+                writeln!(out, "# Offline recovery key: print it, lock it away, and delete this output.")?;
+                writeln!(out, "{}", recovery.to_text().as_str())?;
+                writeln!(out, "# Recipient, for `fenice repo key add --recipient`:")?;
+                writeln!(out, "{}", recovery.recipient())?;
+            }
+        }
+        KeyCommand::List => {
+            let location = one_repo(args)?;
+            let store = open_store(location).await?;
+            Repository::read_config(store.as_ref()).await?;
+            let files = Repository::key_files(store.as_ref()).await?;
+            let describe = |f: &KeyFile| match &f.holder {
+                Holder::Passphrase { .. } => "password".to_owned(),
+                Holder::Recipient { recipient, .. } => {
+                    format!("recovery key {}…", &recipient[..16.min(recipient.len())])
+                }
+            };
+            if args.json {
+                let list: Vec<_> = files.iter().map(|(id, f)| json!({"id": id, "key": f})).collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                let rows: Vec<Vec<String>> = files
+                    .iter()
+                    .map(|(id, f)| vec![id.short(), describe(f), f.label.clone(), f.host.clone(), f.created.clone()])
+                    .collect();
+                table(out, &["ID", "Holder", "Label", "Host", "Created"], &rows)?;
+            }
+        }
+        KeyCommand::Add { new_password_file, recipient, label } => {
+            let repo = open(args).await?;
+            let file = match recipient {
+                Some(text) => KeyFile::for_recipient(repo.master_key(), &text.parse::<Recipient>()?, label),
+                None => {
+                    let password = new_password(new_password_file.as_ref())?;
+                    KeyFile::for_passphrase(repo.master_key(), &password, KdfParams::default(), label)?
+                }
+            };
+            let id = repo.add_key_file(&file).await?;
+            writeln!(out, "{}", if args.json { json!({"id": id}).to_string() } else { format!("added key {id}") })?;
+        }
+        KeyCommand::Remove { id } => {
+            let repo = open(args).await?;
+            let files = Repository::key_files(repo.store().as_ref()).await?;
+            let matches: Vec<Id> = files.iter().map(|(i, _)| *i).filter(|i| i.to_string().starts_with(id)).collect();
+            let [found] = matches.as_slice() else {
+                bail!("{id} matches {} keys; `fenice repo key list` shows their ids", matches.len());
+            };
+            repo.remove_key_file(found).await?;
+            writeln!(
+                out,
+                "{}",
+                if args.json { json!({"removed": found}).to_string() } else { format!("removed key {found}") }
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

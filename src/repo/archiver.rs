@@ -1,0 +1,363 @@
+//! Backup: read files (or a stream) once, cut them into content-defined chunks,
+//! and store them in one or more repositories, each under its own keys.
+//!
+//! One thread reads, chunks and hashes; worker threads compress, seal and pack
+//! the chunks a repository does not have yet. Memory stays bounded by the
+//! channel between them, whatever the size of the input.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use tokio::runtime::Handle;
+
+use super::id::Id;
+use super::pack::BlobType;
+use super::repository::{Error as RepoError, Repository};
+use super::tree::{Node, NodeType, Snapshot, Totals, Tree};
+
+/// Chunks waiting to be sealed, at most; with 8 MiB chunks that bounds the
+/// memory in flight to some tens of MiB.
+const QUEUE_DEPTH: usize = 8;
+
+/// What to record with the snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    pub host: String,
+    pub tenant: Option<String>,
+    pub tags: Vec<String>,
+    pub annotations: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// What to back up.
+pub enum Source {
+    Paths(Vec<PathBuf>),
+    /// One stream, stored as a single file of this name.
+    Stream {
+        name: String,
+        reader: Box<dyn Read + Send>,
+    },
+}
+
+/// What went wrong in a backup.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: two paths given end in the same name {name:?}; back them up separately")]
+    DuplicateName { path: PathBuf, name: String },
+    #[error("{path} is not a file, directory or symlink")]
+    Unsupported { path: PathBuf },
+}
+
+/// The outcome for one repository.
+#[derive(Debug)]
+pub struct CopyResult {
+    pub repository: String,
+    pub result: Result<(Id, Snapshot), RepoError>,
+}
+
+/// Progress counters, readable while a backup runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_read: AtomicU64,
+    pub files: AtomicU64,
+}
+
+struct Job {
+    repo: usize,
+    id: Id,
+    data: Arc<Vec<u8>>,
+}
+
+/// Per-repository state shared with the workers.
+struct Target {
+    repo: Arc<Repository>,
+    failed: Mutex<Option<RepoError>>,
+    new_blobs: AtomicU64,
+    added_bytes: AtomicU64,
+}
+
+impl Target {
+    fn ok(&self) -> bool {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    fn fail(&self, error: RepoError) {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(error);
+    }
+}
+
+/// Backs `source` up into every repository in `repos` with one read of the
+/// source. A repository that fails does not stop the others; each gets its
+/// own result. Runs on blocking threads; call from a Tokio runtime.
+pub async fn backup(
+    repos: Vec<Arc<Repository>>,
+    source: Source,
+    options: BackupOptions,
+    progress: Arc<Progress>,
+) -> Result<Vec<CopyResult>, Error> {
+    let handle = Handle::current();
+    for repo in &repos {
+        // Reuse what an interrupted run uploaded; a failure here shows again below.
+        let _ = repo.adopt_unindexed_packs().await;
+    }
+    let targets: Arc<Vec<Target>> = Arc::new(
+        repos
+            .into_iter()
+            .map(|repo| Target { repo, failed: Mutex::new(None), new_blobs: 0.into(), added_bytes: 0.into() })
+            .collect(),
+    );
+    let walk = {
+        let targets = targets.clone();
+        let handle = handle.clone();
+        tokio::task::spawn_blocking(move || run(&handle, &targets, source, &progress))
+    };
+    let (roots, paths, mut totals) = walk.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+
+    let mut results = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let repository = target.repo.describe();
+        let error = target.failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let result = match error {
+            Some(e) => Err(e),
+            None => {
+                totals.new_blobs = target.new_blobs.load(Ordering::Relaxed);
+                totals.added_bytes = target.added_bytes.load(Ordering::Relaxed);
+                let snapshot = Snapshot {
+                    time: jiff::Timestamp::now().to_string(),
+                    host: options.host.clone(),
+                    tenant: options.tenant.clone(),
+                    tags: options.tags.clone(),
+                    paths: paths.clone(),
+                    tree: roots[i],
+                    totals: totals.clone(),
+                    annotations: options.annotations.clone(),
+                };
+                target.repo.save_snapshot(&snapshot).await.map(|id| (id, snapshot))
+            }
+        };
+        results.push(CopyResult { repository, result });
+    }
+    Ok(results)
+}
+
+type Walked = (Vec<Id>, Vec<String>, Totals);
+
+fn run(handle: &Handle, targets: &Arc<Vec<Target>>, source: Source, progress: &Progress) -> Result<Walked, Error> {
+    let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
+    let rx = Arc::new(Mutex::new(rx));
+    let workers: Vec<_> = (0..worker_count())
+        .map(|_| {
+            let (rx, targets, handle) = (rx.clone(), targets.clone(), handle.clone());
+            std::thread::spawn(move || seal_worker(&handle, &targets, &rx))
+        })
+        .collect();
+    let mut walker = Walker { handle, targets, tx, totals: Totals::default(), progress };
+    let walked = walker.walk_source(source);
+    let dirs = walker.totals.dirs;
+    drop(walker);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let (nodes, paths) = walked?;
+    // Trees are saved after the data they point to has been queued and packed.
+    let roots = (0..targets.len()).map(|r| save_tree(handle, &targets[r], nodes[r].clone())).collect();
+    let totals = Totals {
+        files: progress.files.load(Ordering::Relaxed),
+        dirs,
+        bytes: progress.bytes_read.load(Ordering::Relaxed),
+        ..Totals::default()
+    };
+    Ok((roots, paths, totals))
+}
+
+fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+}
+
+fn seal_worker(handle: &Handle, targets: &[Target], rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let target = &targets[job.repo];
+        if !target.ok() {
+            continue;
+        }
+        match handle.block_on(target.repo.save_blob_with_id(BlobType::Data, job.id, &job.data)) {
+            Ok((_, 0)) => {}
+            Ok((_, added)) => {
+                target.new_blobs.fetch_add(1, Ordering::Relaxed);
+                target.added_bytes.fetch_add(added, Ordering::Relaxed);
+            }
+            Err(e) => target.fail(e),
+        }
+    }
+}
+
+/// Saves a tree blob (and counts it); on failure the repository's copy fails.
+fn save_tree(handle: &Handle, target: &Target, mut nodes: Vec<Node>) -> Id {
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    // NB: Tree serializes infallibly; only the store can fail.
+    let json = serde_json::to_vec(&Tree { nodes }).expect("tree serializes");
+    let id = target.repo.keys().blob_id(&json);
+    if target.ok() {
+        match handle.block_on(target.repo.save_blob_with_id(BlobType::Tree, id, &json)) {
+            Ok((_, added)) if added > 0 => {
+                target.new_blobs.fetch_add(1, Ordering::Relaxed);
+                target.added_bytes.fetch_add(added, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => target.fail(e),
+        }
+    }
+    id
+}
+
+struct Walker<'a> {
+    handle: &'a Handle,
+    targets: &'a Arc<Vec<Target>>,
+    tx: SyncSender<Job>,
+    totals: Totals,
+    progress: &'a Progress,
+}
+
+/// Nodes per repository (ids differ between repositories, so trees do too).
+type NodesPerRepo = Vec<Vec<Node>>;
+
+impl Walker<'_> {
+    fn repos(&self) -> usize {
+        self.targets.len()
+    }
+
+    fn walk_source(&mut self, source: Source) -> Result<(NodesPerRepo, Vec<String>), Error> {
+        let mut nodes = vec![Vec::new(); self.repos()];
+        match source {
+            Source::Stream { name, reader } => {
+                let path = PathBuf::from(&name);
+                let (content, size) = self.store_content(reader, &path)?;
+                let now = jiff::Timestamp::now().to_string();
+                for (r, ids) in content.into_iter().enumerate() {
+                    nodes[r].push(Node {
+                        name: name.clone(),
+                        node_type: NodeType::File,
+                        mode: 0o600,
+                        mtime: now.clone(),
+                        size,
+                        content: ids,
+                        subtree: None,
+                        target: None,
+                    });
+                }
+                Ok((nodes, vec![name]))
+            }
+            Source::Paths(paths) => {
+                let mut names = std::collections::BTreeSet::new();
+                let mut shown = Vec::new();
+                for path in paths {
+                    let name = path.file_name().map_or_else(|| "root".to_owned(), |n| n.to_string_lossy().into_owned());
+                    if !names.insert(name.clone()) {
+                        return Err(Error::DuplicateName { path, name });
+                    }
+                    for (r, node) in self.node(&path, name)?.into_iter().enumerate() {
+                        nodes[r].push(node);
+                    }
+                    shown.push(fs::canonicalize(&path).unwrap_or(path).display().to_string());
+                }
+                Ok((nodes, shown))
+            }
+        }
+    }
+
+    /// One node per repository for `path`.
+    fn node(&mut self, path: &Path, name: String) -> Result<Vec<Node>, Error> {
+        let read = |source| Error::Read { path: path.to_owned(), source };
+        let meta = fs::symlink_metadata(path).map_err(read)?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok())
+            .map_or_else(String::new, |t| t.to_string());
+        let base = Node {
+            name,
+            node_type: NodeType::File,
+            mode: meta.permissions().mode() & 0o7777,
+            mtime,
+            size: 0,
+            content: Vec::new(),
+            subtree: None,
+            target: None,
+        };
+        let repos = self.repos();
+        if meta.is_symlink() {
+            let target = fs::read_link(path).map_err(read)?.to_string_lossy().into_owned();
+            return Ok(vec![Node { node_type: NodeType::Symlink, target: Some(target), ..base }; repos]);
+        }
+        if meta.is_file() {
+            let file = fs::File::open(path).map_err(read)?;
+            let (content, size) = self.store_content(Box::new(file), path)?;
+            self.progress.files.fetch_add(1, Ordering::Relaxed);
+            return Ok(content.into_iter().map(|ids| Node { size, content: ids, ..base.clone() }).collect());
+        }
+        if meta.is_dir() {
+            self.totals.dirs += 1;
+            let mut children = vec![Vec::new(); repos];
+            let mut entries: Vec<_> = fs::read_dir(path).map_err(read)?.collect::<Result<_, _>>().map_err(read)?;
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let child_name = entry.file_name().to_string_lossy().into_owned();
+                match self.node(&entry.path(), child_name) {
+                    Ok(nodes) => nodes.into_iter().enumerate().for_each(|(r, n)| children[r].push(n)),
+                    Err(Error::Unsupported { .. }) => continue, // sockets, fifos, devices
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok((0..repos)
+                .map(|r| {
+                    let subtree = save_tree(self.handle, &self.targets[r], std::mem::take(&mut children[r]));
+                    Node { node_type: NodeType::Dir, subtree: Some(subtree), ..base.clone() }
+                })
+                .collect());
+        }
+        Err(Error::Unsupported { path: path.to_owned() })
+    }
+
+    /// Chunks a stream and queues its new chunks; returns the chunk ids per
+    /// repository and the byte count.
+    fn store_content(&mut self, reader: Box<dyn Read + Send>, path: &Path) -> Result<(Vec<Vec<Id>>, u64), Error> {
+        let params = self.targets[0].repo.config().chunker;
+        let chunker = fastcdc::v2020::StreamCDC::new(
+            reader,
+            params.min_size as usize,
+            params.avg_size as usize,
+            params.max_size as usize,
+        );
+        let mut content = vec![Vec::new(); self.repos()];
+        let mut size = 0;
+        for chunk in chunker {
+            let chunk = chunk.map_err(|e| Error::Read { path: path.to_owned(), source: std::io::Error::other(e) })?;
+            size += chunk.length as u64;
+            self.progress.bytes_read.fetch_add(chunk.length as u64, Ordering::Relaxed);
+            let data = Arc::new(chunk.data);
+            for (r, target) in self.targets.iter().enumerate() {
+                let id = target.repo.keys().blob_id(&data);
+                content[r].push(id);
+                if target.ok() && !target.repo.has_blob(&id) {
+                    // A closed channel means every worker stopped; errors are reported per repository.
+                    let _ = self.tx.send(Job { repo: r, id, data: data.clone() });
+                }
+            }
+        }
+        Ok((content, size))
+    }
+}

@@ -1,0 +1,148 @@
+//! `check`: every snapshot's trees load, every blob they name is indexed, every
+//! indexed pack exists; with `read_data`, every pack is read and every blob
+//! opened, and a damaged blob is traced to the files that hold it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::id::Id;
+use super::pack::read_header;
+use super::repository::{Error as RepoError, Repository};
+use super::restorer::load_tree;
+use super::tree::NodeType;
+
+/// A pack whose bytes are damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedPack {
+    pub pack: Id,
+    pub reason: String,
+    /// Files (as `snapshot-short:path`) that hold a damaged blob of this pack.
+    pub files: Vec<String>,
+}
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub packs: usize,
+    pub blobs_referenced: usize,
+    pub packs_read: usize,
+    /// Problems that make some data unrestorable.
+    pub errors: Vec<String>,
+    pub damaged_packs: Vec<DamagedPack>,
+    /// Packs present but in no index (left by an interrupted backup): harmless,
+    /// reused by the next backup.
+    pub unindexed_packs: usize,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty() && self.damaged_packs.is_empty()
+    }
+}
+
+/// Checks the repository's structure, and with `read_data` all of its data.
+pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError> {
+    let mut report = CheckReport::default();
+    let present: BTreeMap<Id, u64> = repo
+        .store()
+        .list("data/")
+        .await?
+        .into_iter()
+        .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()).map(|id| (id, m.size)))
+        .collect();
+    let indexed: BTreeSet<Id> = repo.with_index(|index| index.packs().map(|(id, _)| *id).collect());
+    report.packs = indexed.len();
+    report.unindexed_packs = present.keys().filter(|id| !indexed.contains(id)).count();
+    for missing in indexed.iter().filter(|id| !present.contains_key(id)) {
+        report.errors.push(format!("pack {missing} is in the index but missing from the store"));
+    }
+
+    // Which files use which blob, to name them when a blob is damaged.
+    let mut users: HashMap<Id, Vec<String>> = HashMap::new();
+    let snapshots = repo.snapshots().await?;
+    report.snapshots = snapshots.len();
+    for (snap_id, snapshot) in &snapshots {
+        let mut stack = vec![(snapshot.tree, String::new())];
+        while let Some((tree_id, prefix)) = stack.pop() {
+            users.entry(tree_id).or_default().push(format!("{}:{}/", snap_id.short(), prefix));
+            let tree = match load_tree(repo, &tree_id).await {
+                Ok(tree) => tree,
+                Err(e) => {
+                    report.errors.push(format!("snapshot {}: tree of /{prefix}: {e}", snap_id.short()));
+                    continue;
+                }
+            };
+            for node in tree.nodes {
+                let path = if prefix.is_empty() { node.name.clone() } else { format!("{prefix}/{}", node.name) };
+                match node.node_type {
+                    NodeType::Dir => stack.extend(node.subtree.map(|t| (t, path))),
+                    NodeType::File => {
+                        for id in &node.content {
+                            if repo.locate(id).is_none() {
+                                report.errors.push(format!(
+                                    "snapshot {}: {path}: blob {} is missing",
+                                    snap_id.short(),
+                                    id.short()
+                                ));
+                            }
+                            users.entry(*id).or_default().push(format!("{}:{path}", snap_id.short()));
+                        }
+                    }
+                    NodeType::Symlink => {}
+                }
+            }
+        }
+    }
+    report.blobs_referenced = users.len();
+
+    if read_data {
+        for pack in &indexed {
+            let Some(size) = present.get(pack) else { continue };
+            report.packs_read += 1;
+            if let Some(damaged) = read_pack(repo, pack, *size, &users).await? {
+                report.damaged_packs.push(damaged);
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn read_pack(
+    repo: &Repository,
+    pack: &Id,
+    size: u64,
+    users: &HashMap<Id, Vec<String>>,
+) -> Result<Option<DamagedPack>, RepoError> {
+    let key = format!("data/{}/{pack}", &pack.to_string()[..2]);
+    let bytes = repo.store().get(&key).await?;
+    let mut reasons = Vec::new();
+    let mut damaged_blobs = Vec::new();
+    if bytes.len() as u64 != size || Id::of_content(&bytes) != *pack {
+        reasons.push("content does not match its name".to_owned());
+    }
+    let indexed: Vec<_> = repo.with_index(|index| {
+        index.packs().find(|(id, _)| *id == pack).map(|(_, blobs)| blobs.clone()).unwrap_or_default()
+    });
+    if let Err(e) = read_header(repo.keys(), &bytes) {
+        reasons.push(format!("header: {e}"));
+    }
+    for entry in &indexed {
+        let range = entry.offset as usize..(entry.offset + entry.length) as usize;
+        let opened = bytes
+            .get(range)
+            .ok_or(super::pack::PackError::TooShort)
+            .and_then(|sealed| super::pack::open_blob(repo.keys(), entry, sealed));
+        if let Err(e) = opened {
+            reasons.push(e.to_string());
+            damaged_blobs.push(entry.id);
+        }
+    }
+    if reasons.is_empty() {
+        return Ok(None);
+    }
+    let mut files: Vec<String> =
+        damaged_blobs.iter().flat_map(|id| users.get(id).cloned().unwrap_or_default()).collect();
+    files.sort();
+    files.dedup();
+    Ok(Some(DamagedPack { pack: *pack, reason: reasons.join("; "), files }))
+}
