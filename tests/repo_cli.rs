@@ -1,0 +1,339 @@
+//! `fenice repo` end to end on a filesystem repository: the commands an SRE
+//! runs, and the faults the repository must survive.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Self {
+        Lab { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn repo(&self) -> String {
+        self.path("repo").display().to_string()
+    }
+
+    fn fenice(&self, password: &str, args: &[&str]) -> Output {
+        self.command(password, args).output().expect("running fenice")
+    }
+
+    fn command(&self, password: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fenice"));
+        cmd.env_remove("FENICE_REPOSITORY")
+            .env("FENICE_PASSWORD", password)
+            .arg("repo")
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.fenice("pw", args);
+        assert!(out.status.success(), "fenice repo {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
+    fn init(&self) {
+        self.ok(&["--repo", &self.repo(), "init"]);
+    }
+
+    /// A small tenant-shaped tree: a dump, invoices, a binary document.
+    fn make_source(&self) -> PathBuf {
+        let src = self.path("src");
+        std::fs::create_dir_all(src.join("documents/2026")).unwrap();
+        let dump: String =
+            (0..20_000).map(|i| format!("INSERT INTO invoices VALUES ({i}, 'IT01234567897');\n")).collect();
+        std::fs::write(src.join("dump.sql"), dump).unwrap();
+        for i in 0..20 {
+            std::fs::write(
+                src.join(format!("documents/2026/IT01234567897_{i:05}.xml")),
+                format!("<FatturaElettronica n=\"{i}\"/>"),
+            )
+            .unwrap();
+        }
+        std::fs::write(src.join("documents/scan.pdf"), pseudo_random(3_000_000, 7)).unwrap();
+        src
+    }
+
+    fn objects(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.path("repo")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    out.push(entry.path().strip_prefix(self.path("repo")).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Incompressible bytes, the same for the same seed.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0; len];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    out
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff").arg("-r").arg(a).arg(b).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} and {} differ:\n{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn backup_then_restore_gives_back_the_same_files() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.make_source();
+    let repo = lab.repo();
+    let backup = lab.json(&["--repo", &repo, "backup", "src", "--tenant", "studio-rossi", "--tag", "nightly"]);
+    let snapshot = backup["copies"][0]["snapshot"].as_str().unwrap().to_owned();
+    let listed = lab.json(&["--repo", &repo, "snapshots", "--tenant", "studio-rossi"]);
+    assert_eq!(listed[0]["id"], snapshot.as_str());
+    assert_eq!(listed[0]["snapshot"]["tags"][0], "nightly");
+    lab.ok(&["--repo", &repo, "restore", &snapshot[..8], "--target", "out"]);
+    same_tree(&src, &lab.path("out/src"));
+    let ls = lab.ok(&["--repo", &repo, "ls", "latest"]);
+    assert!(ls.contains("/src/documents/2026/IT01234567897_00019.xml"), "{ls}");
+}
+
+#[test]
+fn a_second_backup_of_unchanged_data_adds_almost_nothing() {
+    let lab = Lab::new();
+    lab.init();
+    lab.make_source();
+    let repo = lab.repo();
+    let first = lab.json(&["--repo", &repo, "backup", "src"]);
+    let second = lab.json(&["--repo", &repo, "backup", "src"]);
+    let added = |v: &Value| v["copies"][0]["totals"]["addedBytes"].as_u64().unwrap();
+    assert!(added(&first) > 1_000_000);
+    assert!(added(&second) < 10_000, "second backup added {} bytes", added(&second));
+}
+
+#[test]
+fn stdin_is_stored_as_one_file_and_comes_back_on_stdout() {
+    let lab = Lab::new();
+    lab.init();
+    let data = pseudo_random(2_500_000, 3);
+    let mut child = lab
+        .command("pw", &["--repo", &lab.repo(), "backup", "--stdin", "--stdin-name", "tenant.dump"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &data).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait_with_output().unwrap().status.success());
+    let out = lab.fenice("pw", &["--repo", &lab.repo(), "restore", "latest", "--to-stdout", "tenant.dump"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == data, "restored stream differs");
+}
+
+#[test]
+fn a_wrong_password_fails_says_so_and_writes_nothing() {
+    let lab = Lab::new();
+    lab.init();
+    lab.make_source();
+    let before = lab.objects();
+    let out = lab.fenice("not the password", &["--repo", &lab.repo(), "backup", "src"]);
+    assert_eq!(out.status.code(), Some(12));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("password does not open any key"), "{err}");
+    assert!(!err.contains("not the password"), "the password must never be echoed: {err}");
+    assert_eq!(lab.objects(), before, "a failed unlock must not write");
+}
+
+#[test]
+fn a_missing_repository_is_exit_10_with_the_fix() {
+    let lab = Lab::new();
+    let out = lab.fenice("pw", &["--repo", &lab.repo(), "snapshots"]);
+    assert_eq!(out.status.code(), Some(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fenice repo init"));
+}
+
+#[test]
+fn a_repository_of_a_newer_format_is_refused() {
+    let lab = Lab::new();
+    lab.init();
+    let config_path = lab.path("repo/config");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["version"] = 99.into();
+    std::fs::remove_file(&config_path).unwrap();
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = lab.fenice("pw", &["--repo", &lab.repo(), "snapshots"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("format version 99") && err.contains("newer fenice"), "{err}");
+}
+
+#[test]
+fn a_flipped_byte_is_traced_to_its_pack_and_files_and_the_rest_restores() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.make_source();
+    let repo = lab.repo();
+    lab.ok(&["--repo", &repo, "backup", "src"]);
+    // The pdf is random, so its sealed blob is the largest in the pack: damage it.
+    let pack = lab.objects().into_iter().find(|o| o.starts_with("data/")).unwrap();
+    let pack_path = lab.path("repo").join(&pack);
+    let mut bytes = std::fs::read(&pack_path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&pack_path, bytes).unwrap();
+
+    let out = lab.fenice("pw", &["--repo", &repo, "check", "--read-data"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&out.stdout);
+    let pack_id = pack.rsplit('/').next().unwrap();
+    assert!(report.contains(&format!("damaged pack {pack_id}")), "{report}");
+    assert!(report.contains("src/documents/scan.pdf"), "{report}");
+    assert!(!report.contains("dump.sql"), "only the damaged file is named: {report}");
+
+    let out = lab.fenice("pw", &["--repo", &repo, "restore", "latest", "--target", "out"]);
+    assert_eq!(out.status.code(), Some(3), "partial restore exit code");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not restored: src/documents/scan.pdf"));
+    assert!(!lab.path("out/src/documents/scan.pdf").exists(), "no half-written file under the real name");
+    assert_eq!(std::fs::read(lab.path("out/src/dump.sql")).unwrap(), std::fs::read(src.join("dump.sql")).unwrap());
+}
+
+#[test]
+fn a_backup_killed_mid_run_leaves_a_valid_repository_and_its_uploads_are_reused() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.path("big");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6 {
+        std::fs::write(src.join(format!("part{i}.bin")), pseudo_random(8_000_000, i)).unwrap();
+    }
+    let mut child = lab.command("pw", &["--repo", &lab.repo(), "backup", "big"]).stdout(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let is_pack = |o: &String| o.starts_with("data/") && !o.rsplit('/').next().unwrap().starts_with('.');
+    while !lab.objects().iter().any(is_pack) {
+        assert!(std::time::Instant::now() < deadline, "no pack uploaded within 60 s");
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!lab.objects().iter().any(|o| o.starts_with("snapshots/")), "killed before its snapshot was written");
+    let check = lab.json(&["--repo", &lab.repo(), "check"]);
+    assert_eq!(check["ok"], true, "{check}");
+    let packs_left = check["unindexedPacks"].as_u64().unwrap();
+    assert!(packs_left >= 1, "{check}");
+
+    let second = lab.json(&["--repo", &lab.repo(), "backup", "big"]);
+    let added = second["copies"][0]["totals"]["addedBytes"].as_u64().unwrap();
+    assert!(added < 48_000_000 - 10_000_000, "the rerun re-uploaded what was there: added {added}");
+    lab.ok(&["--repo", &lab.repo(), "restore", "latest", "--target", "out"]);
+    same_tree(&src, &lab.path("out/big"));
+    assert_eq!(lab.json(&["--repo", &lab.repo(), "check", "--read-data"])["ok"], true);
+}
+
+#[test]
+fn two_concurrent_backups_both_survive() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.make_source();
+    let other = lab.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("x.bin"), pseudo_random(4_000_000, 11)).unwrap();
+    let a = lab.command("pw", &["--repo", &lab.repo(), "backup", "src"]).stdout(Stdio::null()).spawn().unwrap();
+    let b = lab.command("pw", &["--repo", &lab.repo(), "backup", "other"]).stdout(Stdio::null()).spawn().unwrap();
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+    let snapshots = lab.json(&["--repo", &lab.repo(), "snapshots"]);
+    assert_eq!(snapshots.as_array().unwrap().len(), 2);
+    assert_eq!(lab.json(&["--repo", &lab.repo(), "check", "--read-data"])["ok"], true);
+    for (i, s) in snapshots.as_array().unwrap().iter().enumerate() {
+        let target = format!("out{i}");
+        lab.ok(&["--repo", &lab.repo(), "restore", s["id"].as_str().unwrap(), "--target", &target]);
+    }
+    let restored: Vec<PathBuf> = (0..2).map(|i| lab.path(&format!("out{i}"))).collect();
+    let find = |name: &str| restored.iter().map(|r| r.join(name)).find(|p| p.exists()).unwrap();
+    same_tree(&src, &find("src"));
+    same_tree(&other, &find("other"));
+}
+
+#[test]
+fn one_backup_writes_a_snapshot_to_each_repository_and_reports_each_copy() {
+    let lab = Lab::new();
+    lab.init();
+    let second = lab.path("repo-b").display().to_string();
+    lab.ok(&["--repo", &second, "init"]);
+    let src = lab.make_source();
+    let result = lab.json(&["--repo", &lab.repo(), "--repo", &second, "backup", "src"]);
+    let copies = result["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2);
+    assert!(copies.iter().all(|c| c["snapshot"].is_string()), "{result}");
+    lab.ok(&["--repo", &second, "restore", "latest", "--target", "out"]);
+    same_tree(&src, &lab.path("out/src"));
+}
+
+#[test]
+fn keys_can_be_added_listed_and_removed_and_a_recovery_key_opens_the_repository() {
+    let lab = Lab::new();
+    lab.init();
+    lab.make_source();
+    let repo = lab.repo();
+    lab.ok(&["--repo", &repo, "backup", "src"]);
+    let generated = lab.json(&["key", "generate-recovery"]);
+    let recovery = generated["recoveryKey"].as_str().unwrap();
+    let recipient = generated["recipient"].as_str().unwrap();
+    std::fs::write(lab.path("recovery.txt"), recovery).unwrap();
+    lab.ok(&["--repo", &repo, "key", "add", "--recipient", recipient, "--label", "offline 2026"]);
+    let keys = lab.json(&["--repo", &repo, "key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    // Remove the password: only the offline key is left, and it still restores.
+    let password_key = keys.as_array().unwrap().iter().find(|k| k["key"]["kind"] == "passphrase").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    lab.ok(&["--repo", &repo, "key", "remove", &password_key[..8]]);
+    let out = lab.fenice("pw", &["--repo", &repo, "snapshots"]);
+    assert_eq!(out.status.code(), Some(12), "the removed password must no longer open it");
+    let out = lab
+        .command("", &["--repo", &repo, "--recovery-key-file", "recovery.txt", "restore", "latest", "--target", "out"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let objects_with_data: Vec<_> = lab.objects().into_iter().filter(|o| o.starts_with("data/")).collect();
+    assert_eq!(objects_with_data.len(), 1, "key changes never rewrite data");
+    // The last key cannot go.
+    let keys = lab.json(&["--repo", &repo, "--recovery-key-file", "recovery.txt", "key", "list"]);
+    let last = keys[0]["id"].as_str().unwrap().to_owned();
+    let out = lab
+        .command("", &["--repo", &repo, "--recovery-key-file", "recovery.txt", "key", "remove", &last])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last key"));
+}
