@@ -337,3 +337,51 @@ fn keys_can_be_added_listed_and_removed_and_a_recovery_key_opens_the_repository(
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("last key"));
 }
+
+#[test]
+fn copy_re_encrypts_into_another_repository_and_sends_only_what_is_missing() {
+    let lab = Lab::new();
+    lab.init();
+    let dest = lab.path("dest").display().to_string();
+    let out = lab.fenice("other password", &["--repo", &dest, "init"]);
+    assert!(out.status.success());
+    let src = lab.make_source();
+    lab.ok(&["--repo", &lab.repo(), "backup", "src"]);
+    let copy = |lab: &Lab| {
+        let out = lab
+            .command("pw", &["--repo", &lab.repo(), "copy", "--to", &dest, "--json"])
+            .env("FENICE_TO_PASSWORD", "other password")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = copy(&lab);
+    assert!(first["copies"][0]["addedBytes"].as_u64().unwrap() > 1_000_000, "{first}");
+    let again = copy(&lab);
+    assert_eq!(again["copies"][0]["addedBytes"], 0, "nothing new to send: {again}");
+    let out = lab.fenice("other password", &["--repo", &dest, "restore", "latest", "--target", "out"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    same_tree(&src, &lab.path("out/src"));
+    // The destination's password is not the source's.
+    assert_eq!(lab.fenice("pw", &["--repo", &dest, "snapshots"]).status.code(), Some(12));
+}
+
+#[test]
+fn forget_keeps_what_the_policy_says_and_dry_run_changes_nothing() {
+    let lab = Lab::new();
+    lab.init();
+    lab.make_source();
+    for _ in 0..3 {
+        lab.ok(&["--repo", &lab.repo(), "backup", "src", "--tenant", "studio-rossi"]);
+    }
+    let dry = lab.json(&["--repo", &lab.repo(), "forget", "--keep-last", "1", "--dry-run"]);
+    assert_eq!(dry.as_array().unwrap().iter().filter(|d| d["outcome"] == "would forget").count(), 2);
+    assert_eq!(lab.json(&["--repo", &lab.repo(), "snapshots"]).as_array().unwrap().len(), 3);
+    lab.ok(&["--repo", &lab.repo(), "forget", "--keep-last", "1"]);
+    let left = lab.json(&["--repo", &lab.repo(), "snapshots"]);
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    let out = lab.fenice("pw", &["--repo", &lab.repo(), "forget"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--keep-"));
+}

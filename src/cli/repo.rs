@@ -13,12 +13,14 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::output::{ProgressLine, error_chain, size, table};
-use super::secrets::{UnlockArgs, new_password};
+use super::secrets::{UnlockArgs, new_password, password_from};
 use crate::repo::archiver::{self, BackupOptions, Progress, Source};
 use crate::repo::check::check;
+use crate::repo::copy;
+use crate::repo::forget::{KeepPolicy, decide};
 use crate::repo::id::Id;
 use crate::repo::keyfile::{Holder, KdfParams, KeyFile, Recipient, RecoveryKey};
-use crate::repo::repository::Repository;
+use crate::repo::repository::{Repository, Unlock};
 use crate::repo::restorer::{self, load_tree};
 use crate::repo::tree::NodeType;
 use crate::store::{self, Location, ObjectStore};
@@ -66,6 +68,20 @@ pub enum RepoCommand {
         #[arg(long)]
         read_data: bool,
     },
+    /// Copy snapshots into another repository, re-encrypted for its keys; only
+    /// blobs it lacks are uploaded. All snapshots when none are named.
+    Copy {
+        /// The destination repository.
+        #[arg(long)]
+        to: String,
+        /// The destination's password file; otherwise FENICE_TO_PASSWORD or a prompt.
+        #[arg(long, env = "FENICE_TO_PASSWORD_FILE")]
+        to_password_file: Option<PathBuf>,
+        snapshots: Vec<String>,
+    },
+    /// Forget the snapshots a retention policy does not keep. Data stays until
+    /// `prune`; snapshots under store-enforced retention stay until it ends.
+    Forget(ForgetArgs),
     /// Holders of the master key: passwords and offline recovery keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -102,6 +118,28 @@ pub struct RestoreArgs {
     /// Write this one file of the snapshot to standard output.
     #[arg(long, value_name = "PATH")]
     pub to_stdout: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Time zone that days, weeks and months are counted in.
+    #[arg(long, default_value = "UTC")]
+    pub time_zone: String,
+    /// Only say what would be forgotten.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -299,6 +337,39 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
             }
         }
         RepoCommand::Key(key) => return run_key(&args, key, &mut out).await,
+        RepoCommand::Copy { to, to_password_file, snapshots } => {
+            let from = open(&args).await?;
+            let password = password_from(to_password_file.as_ref(), "FENICE_TO_PASSWORD", "destination password: ")?;
+            let dest = Repository::open(open_store(to).await?, &Unlock::Passphrase(password)).await?;
+            let chosen = if snapshots.is_empty() {
+                from.snapshots().await?
+            } else {
+                let mut chosen = Vec::new();
+                for spec in snapshots {
+                    chosen.push(from.find_snapshot(spec).await?);
+                }
+                chosen
+            };
+            let mut copies = Vec::new();
+            for (id, snapshot) in &chosen {
+                let (new_id, added) = copy::copy_snapshot(&from, &dest, snapshot).await?;
+                if !args.json {
+                    writeln!(
+                        out,
+                        "snapshot {} copied to {} as {}: {} uploaded",
+                        id.short(),
+                        dest.describe(),
+                        new_id.short(),
+                        size(added)
+                    )?;
+                }
+                copies.push(json!({"from": id, "to": new_id, "addedBytes": added}));
+            }
+            if args.json {
+                writeln!(out, "{}", json!({"copies": copies}))?;
+            }
+        }
+        RepoCommand::Forget(forget) => return run_forget(&args, forget, &mut out).await,
         RepoCommand::Stats => {
             let repo = open(&args).await?;
             let packs = repo.store().list("data/").await?;
@@ -400,6 +471,54 @@ async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) 
         n if n == results.len() => ExitCode::FAILURE,
         _ => ExitCode::from(EXIT_PARTIAL),
     })
+}
+
+async fn run_forget(args: &RepoArgs, forget: &ForgetArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let policy = KeepPolicy {
+        last: forget.keep_last,
+        hourly: forget.keep_hourly,
+        daily: forget.keep_daily,
+        weekly: forget.keep_weekly,
+        monthly: forget.keep_monthly,
+        yearly: forget.keep_yearly,
+    };
+    if policy.is_empty() {
+        bail!("give at least one --keep-* option: forget keeps nothing else");
+    }
+    let tz = jiff::tz::TimeZone::get(&forget.time_zone)
+        .with_context(|| format!("unknown time zone {:?}; use an IANA name such as Europe/Rome", forget.time_zone))?;
+    let repo = open(args).await?;
+    let decisions = decide(&repo.snapshots().await?, &policy, &tz);
+    let mut rows = Vec::new();
+    let mut held = 0;
+    for d in &decisions {
+        let outcome = if !d.reasons.is_empty() {
+            format!("keep ({})", d.reasons.join(", "))
+        } else if forget.dry_run {
+            "would forget".to_owned()
+        } else {
+            match repo.store().delete(&format!("snapshots/{}", d.id)).await {
+                Ok(()) => "forgotten".to_owned(),
+                Err(store::Error::Immutable { .. }) => {
+                    held += 1;
+                    "kept: the store's retention holds it".to_owned()
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        rows.push(vec![d.id.short(), d.group.clone(), d.time.chars().take(19).collect(), outcome]);
+    }
+    if args.json {
+        let list: Vec<_> = decisions
+            .iter()
+            .zip(&rows)
+            .map(|(d, r)| json!({"id": d.id, "group": d.group, "time": d.time, "keep": d.reasons, "outcome": r[3]}))
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+    } else {
+        table(out, &["ID", "Group", "Time", "Outcome"], &rows)?;
+    }
+    Ok(if held > 0 { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
 }
 
 async fn run_key(args: &RepoArgs, key: &KeyCommand, out: &mut impl Write) -> anyhow::Result<ExitCode> {

@@ -35,33 +35,39 @@ impl UnlockArgs {
         Ok(Unlock::Passphrase(self.password("repository password: ")?))
     }
 
-    /// The password, from file, environment or prompt.
+    /// The password, from file, FENICE_PASSWORD or prompt.
     pub fn password(&self, prompt: &str) -> anyhow::Result<Passphrase> {
-        if let Some(path) = &self.password_file {
-            let text = Zeroizing::new(
-                std::fs::read_to_string(path).with_context(|| format!("reading password file {}", path.display()))?,
-            );
-            let first = text.lines().next().unwrap_or_default();
-            if first.is_empty() {
-                bail!("password file {} is empty", path.display());
-            }
-            return Ok(Passphrase::new(first.to_owned()));
-        }
-        if let Ok(text) = std::env::var("FENICE_PASSWORD") {
-            let text = Zeroizing::new(text);
-            if !text.is_empty() {
-                return Ok(Passphrase::new(text.to_string()));
-            }
-        }
-        prompt_password(prompt)
+        password_from(self.password_file.as_ref(), "FENICE_PASSWORD", prompt)
     }
 }
 
-/// Asks on the terminal, without echo.
-pub fn prompt_password(prompt: &str) -> anyhow::Result<Passphrase> {
-    if !std::io::stdin().is_terminal() {
-        bail!("no password: set FENICE_PASSWORD or pass --password-file (no terminal to ask on)");
+/// A password from `file` (its first line), else the variable `env`, else a
+/// prompt on the terminal.
+pub fn password_from(file: Option<&PathBuf>, env: &str, prompt: &str) -> anyhow::Result<Passphrase> {
+    if let Some(path) = file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).with_context(|| format!("reading password file {}", path.display()))?,
+        );
+        let first = text.lines().next().unwrap_or_default();
+        if first.is_empty() {
+            bail!("password file {} is empty", path.display());
+        }
+        return Ok(Passphrase::new(first.to_owned()));
     }
+    if let Ok(text) = std::env::var(env) {
+        let text = Zeroizing::new(text);
+        if !text.is_empty() {
+            return Ok(Passphrase::new(text.to_string()));
+        }
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no password: set {env} or pass a password file (no terminal to ask on)");
+    }
+    prompt_password(prompt)
+}
+
+/// Asks on the terminal, without echo.
+fn prompt_password(prompt: &str) -> anyhow::Result<Passphrase> {
     let text = Zeroizing::new(rpassword::prompt_password(prompt).context("reading the password from the terminal")?);
     if text.is_empty() {
         bail!("empty password");
@@ -71,14 +77,8 @@ pub fn prompt_password(prompt: &str) -> anyhow::Result<Passphrase> {
 
 /// Reads a new password: file, FENICE_NEW_PASSWORD, or a prompt asked twice.
 pub fn new_password(file: Option<&PathBuf>) -> anyhow::Result<Passphrase> {
-    if let Some(path) = file {
-        return UnlockArgs { password_file: Some(path.clone()), recovery_key_file: None }.password("");
-    }
-    if let Ok(text) = std::env::var("FENICE_NEW_PASSWORD") {
-        let text = Zeroizing::new(text);
-        if !text.is_empty() {
-            return Ok(Passphrase::new(text.to_string()));
-        }
+    if file.is_some() || std::env::var("FENICE_NEW_PASSWORD").is_ok_and(|p| !p.is_empty()) {
+        return password_from(file, "FENICE_NEW_PASSWORD", "");
     }
     if !std::io::stdin().is_terminal() {
         bail!("no new password: set FENICE_NEW_PASSWORD or pass --new-password-file (no terminal to ask on)");

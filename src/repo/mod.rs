@@ -5,7 +5,9 @@
 
 pub mod archiver;
 pub mod check;
+pub mod copy;
 pub mod crypto;
+pub mod forget;
 pub mod id;
 pub mod index;
 pub mod keyfile;

@@ -1,0 +1,155 @@
+//! `forget`: which snapshots a retention policy keeps. The choice is a pure
+//! function of the snapshots and the policy; deleting is the caller's.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use super::id::Id;
+use super::tree::Snapshot;
+
+/// How many snapshots to keep, per group (tenant, or host and paths).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepPolicy {
+    pub last: u32,
+    pub hourly: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub yearly: u32,
+}
+
+impl KeepPolicy {
+    pub fn is_empty(&self) -> bool {
+        *self == KeepPolicy::default()
+    }
+}
+
+/// The decision for one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub id: Id,
+    pub group: String,
+    pub time: String,
+    /// Why it is kept (`last`, `daily`, …); empty means it is forgotten.
+    pub reasons: Vec<&'static str>,
+}
+
+/// The group a snapshot is judged in: its tenant's snapshots together, or,
+/// for a snapshot without a tenant, those of the same host and paths.
+pub fn group_of(snapshot: &Snapshot) -> String {
+    match &snapshot.tenant {
+        Some(tenant) => format!("tenant {tenant}"),
+        None => format!("{} {}", snapshot.host, snapshot.paths.join(" ")),
+    }
+}
+
+/// Decides, newest first in each group, which snapshots `policy` keeps. Buckets
+/// are in `tz` (a day is a day in Rome, not in UTC). An empty policy keeps all.
+pub fn decide(snapshots: &[(Id, Snapshot)], policy: &KeepPolicy, tz: &TimeZone) -> Vec<Decision> {
+    let mut groups: BTreeMap<String, Vec<(&Id, &Snapshot, Timestamp)>> = BTreeMap::new();
+    for (id, s) in snapshots {
+        let time = s.time.parse::<Timestamp>().unwrap_or(Timestamp::UNIX_EPOCH);
+        groups.entry(group_of(s)).or_default().push((id, s, time));
+    }
+    let mut out = Vec::new();
+    for (group, mut members) in groups {
+        members.sort_by(|a, b| b.2.cmp(&a.2).then(b.0.cmp(a.0)));
+        let buckets: [(&'static str, u32, fn(&jiff::Zoned) -> String); 5] = [
+            ("hourly", policy.hourly, |z| z.strftime("%Y-%m-%d %H").to_string()),
+            ("daily", policy.daily, |z| z.strftime("%Y-%m-%d").to_string()),
+            ("weekly", policy.weekly, |z| {
+                format!("{}-W{}", z.date().iso_week_date().year(), z.date().iso_week_date().week())
+            }),
+            ("monthly", policy.monthly, |z| z.strftime("%Y-%m").to_string()),
+            ("yearly", policy.yearly, |z| z.strftime("%Y").to_string()),
+        ];
+        let mut seen: Vec<BTreeSet<String>> = vec![BTreeSet::new(); buckets.len()];
+        for (i, (id, _, time)) in members.iter().enumerate() {
+            let mut reasons = Vec::new();
+            if policy.is_empty() || (i as u32) < policy.last {
+                reasons.push(if policy.is_empty() { "no policy" } else { "last" });
+            }
+            let zoned = time.to_zoned(tz.clone());
+            for (b, (name, keep, bucket)) in buckets.iter().enumerate() {
+                // The newest snapshot of each of the newest `keep` buckets is kept.
+                if (seen[b].len() as u32) < *keep && seen[b].insert(bucket(&zoned)) {
+                    reasons.push(name);
+                }
+            }
+            out.push(Decision { id: **id, group: group.clone(), time: time.to_string(), reasons });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::tree::Totals;
+
+    fn snap(tenant: &str, time: &str, n: u8) -> (Id, Snapshot) {
+        let s = Snapshot {
+            time: time.to_owned(),
+            host: "h".into(),
+            tenant: Some(tenant.into()),
+            tags: vec![],
+            paths: vec!["/x".into()],
+            tree: Id([0; 32]),
+            totals: Totals::default(),
+            annotations: Default::default(),
+        };
+        (Id([n; 32]), s)
+    }
+
+    fn kept(decisions: &[Decision]) -> Vec<u8> {
+        let mut ids: Vec<u8> = decisions.iter().filter(|d| !d.reasons.is_empty()).map(|d| d.id.0[0]).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn keep_last_keeps_the_newest_per_tenant() {
+        let snaps = vec![
+            snap("a", "2026-11-01T10:00:00Z", 1),
+            snap("a", "2026-11-02T10:00:00Z", 2),
+            snap("a", "2026-11-03T10:00:00Z", 3),
+            snap("b", "2026-11-01T10:00:00Z", 4),
+        ];
+        let d = decide(&snaps, &KeepPolicy { last: 2, ..Default::default() }, &TimeZone::UTC);
+        assert_eq!(kept(&d), [2, 3, 4]);
+    }
+
+    #[test]
+    fn keep_daily_keeps_the_newest_of_each_day_in_the_time_zone() {
+        // 23:30 UTC on the 1st is already the 2nd in Rome.
+        let snaps = vec![
+            snap("a", "2026-11-01T08:00:00Z", 1),
+            snap("a", "2026-11-01T23:30:00Z", 2),
+            snap("a", "2026-11-02T09:00:00Z", 3),
+        ];
+        let daily = KeepPolicy { daily: 5, ..Default::default() };
+        assert_eq!(kept(&decide(&snaps, &daily, &TimeZone::UTC)), [2, 3]);
+        let rome = TimeZone::get("Europe/Rome").unwrap();
+        assert_eq!(kept(&decide(&snaps, &daily, &rome)), [1, 3]);
+    }
+
+    #[test]
+    fn buckets_are_counted_not_snapshots() {
+        let snaps = vec![
+            snap("a", "2026-01-15T10:00:00Z", 1),
+            snap("a", "2026-02-15T10:00:00Z", 2),
+            snap("a", "2026-03-15T10:00:00Z", 3),
+            snap("a", "2026-03-20T10:00:00Z", 4),
+        ];
+        let monthly = KeepPolicy { monthly: 2, ..Default::default() };
+        assert_eq!(kept(&decide(&snaps, &monthly, &TimeZone::UTC)), [2, 4]);
+    }
+
+    #[test]
+    fn an_empty_policy_forgets_nothing() {
+        let snaps = vec![snap("a", "2026-11-01T10:00:00Z", 1), snap("a", "2026-11-02T10:00:00Z", 2)];
+        assert_eq!(kept(&decide(&snaps, &KeepPolicy::default(), &TimeZone::UTC)), [1, 2]);
+    }
+}
