@@ -26,6 +26,9 @@ impl KeepPolicy {
     }
 }
 
+/// Names the bucket (hour, day, …) a moment falls in.
+type BucketOf = fn(&jiff::Zoned) -> String;
+
 /// The decision for one snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -56,7 +59,7 @@ pub fn decide(snapshots: &[(Id, Snapshot)], policy: &KeepPolicy, tz: &TimeZone) 
     let mut out = Vec::new();
     for (group, mut members) in groups {
         members.sort_by(|a, b| b.2.cmp(&a.2).then(b.0.cmp(a.0)));
-        let buckets: [(&'static str, u32, fn(&jiff::Zoned) -> String); 5] = [
+        let buckets: [(&'static str, u32, BucketOf); 5] = [
             ("hourly", policy.hourly, |z| z.strftime("%Y-%m-%d %H").to_string()),
             ("daily", policy.daily, |z| z.strftime("%Y-%m-%d").to_string()),
             ("weekly", policy.weekly, |z| {
