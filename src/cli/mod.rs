@@ -32,7 +32,7 @@ pub enum Command {
     Crd,
     /// The backup repository: init, backup, snapshots, restore, check, copy,
     /// forget, prune, keys; usable by hand for break-glass recovery.
-    Repo(repo::RepoArgs),
+    Repo(Box<repo::RepoArgs>),
     /// What the operator's Jobs run inside a site: tenant backup, restore,
     /// verify, WAL push and fetch.
     Agent(Pending),
@@ -83,7 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crd::print(&mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Repo(args) => runtime()?.block_on(repo::run(args)),
+        Command::Repo(args) => runtime()?.block_on(repo::run(*args)),
         pending => {
             eprintln!(
                 "fenice {}: not available in fenice {} yet; `fenice --help` lists the commands, README.md says what works today",

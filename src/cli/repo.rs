@@ -20,9 +20,10 @@ use crate::repo::copy;
 use crate::repo::forget::{KeepPolicy, decide};
 use crate::repo::id::Id;
 use crate::repo::keyfile::{Holder, KdfParams, KeyFile, Recipient, RecoveryKey};
-use crate::repo::repository::{Repository, Unlock};
+use crate::repo::repository::{Config, Repository, Unlock};
 use crate::repo::restorer::{self, load_tree};
 use crate::repo::tree::NodeType;
+use crate::store::open::StoreOptions;
 use crate::store::{self, Location, ObjectStore};
 
 /// Exit code: finished, but some files or copies were not saved or restored.
@@ -40,6 +41,8 @@ pub struct RepoArgs {
     pub repos: Vec<String>,
     #[command(flatten)]
     pub unlock: UnlockArgs,
+    #[command(flatten)]
+    pub stores: StoreArgs,
     /// Print one JSON document on stdout instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -47,10 +50,58 @@ pub struct RepoArgs {
     pub command: RepoCommand,
 }
 
+/// How to reach S3 and Azure Blob stores. Credentials come from the standard
+/// AWS chain, AZURE_STORAGE_SAS_URL, AZURE_STORAGE_KEY or Entra ID, never from flags.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// S3-compatible endpoint, e.g. https://s3.eu-south-mil.io.cloud.ovh.net.
+    #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "AWS_REGION", global = true)]
+    pub s3_region: Option<String>,
+    /// Address buckets as endpoint/bucket (most S3-compatible services need it).
+    #[arg(long, env = "FENICE_S3_PATH_STYLE", global = true)]
+    pub s3_path_style: bool,
+    /// Azure Blob endpoint; https://<account>.blob.core.windows.net by default.
+    #[arg(long, env = "FENICE_AZURE_ENDPOINT", global = true)]
+    pub azure_endpoint: Option<String>,
+}
+
+impl StoreArgs {
+    fn options(&self, retention_days: Option<u32>) -> StoreOptions {
+        StoreOptions {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_path_style: self.s3_path_style,
+            azure_endpoint: self.azure_endpoint.clone(),
+            immutability: retention_days.map(|d| Duration::from_secs(u64::from(d) * 86_400)),
+            retry: None,
+        }
+    }
+
+    /// Opens the store, locking what it writes as the repository's config says.
+    pub async fn open(&self, location: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        let location: Location = location.parse()?;
+        let store = store::open::open(&location, &self.options(None)).await?;
+        match Repository::read_config(store.as_ref()).await {
+            Ok(Config { retention_days: Some(days), .. }) => {
+                Ok(store::open::open(&location, &self.options(Some(days))).await?)
+            }
+            _ => Ok(store),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RepoCommand {
     /// Create a repository, its master key wrapped for the password.
-    Init,
+    Init {
+        /// Lock every object at the store for this many days (S3 Object Lock in
+        /// COMPLIANCE mode, Azure version-level immutability): not even this
+        /// repository's own credentials can delete a backup before then.
+        #[arg(long)]
+        retention_days: Option<u32>,
+    },
     /// Back up paths, or standard input, into one snapshot per repository.
     Backup(BackupArgs),
     /// List snapshots.
@@ -170,14 +221,6 @@ fn host_name(given: Option<&String>) -> String {
     })
 }
 
-/// Opens the store at a location.
-pub async fn open_store(location: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    match location.parse::<Location>()? {
-        Location::Filesystem { path } => Ok(Arc::new(store::fs::FsStore::open(path)?)),
-        other => bail!("{other}: this build of fenice has no driver for this kind of store yet"),
-    }
-}
-
 fn one_repo(args: &RepoArgs) -> anyhow::Result<&str> {
     match args.repos.as_slice() {
         [one] => Ok(one),
@@ -188,18 +231,18 @@ fn one_repo(args: &RepoArgs) -> anyhow::Result<&str> {
 
 async fn open(args: &RepoArgs) -> anyhow::Result<Repository> {
     let location = one_repo(args)?;
-    let store = open_store(location).await?;
+    let store = args.stores.open(location).await?;
     Ok(Repository::open(store, &args.unlock.unlock()?).await?)
 }
 
 pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match &args.command {
-        RepoCommand::Init => {
+        RepoCommand::Init { retention_days } => {
             let location = one_repo(&args)?;
-            let store = open_store(location).await?;
+            let store = store::open::create(&location.parse()?, &args.stores.options(*retention_days)).await?;
             let password = args.unlock.password("new repository password: ")?;
-            let repo = Repository::init(store, &password, KdfParams::default()).await?;
+            let repo = Repository::init(store, &password, KdfParams::default(), *retention_days).await?;
             if args.json {
                 writeln!(out, "{}", json!({"repository": repo.describe(), "id": repo.config().id}))?;
             } else {
@@ -340,7 +383,7 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
         RepoCommand::Copy { to, to_password_file, snapshots } => {
             let from = open(&args).await?;
             let password = password_from(to_password_file.as_ref(), "FENICE_TO_PASSWORD", "destination password: ")?;
-            let dest = Repository::open(open_store(to).await?, &Unlock::Passphrase(password)).await?;
+            let dest = Repository::open(args.stores.open(to).await?, &Unlock::Passphrase(password)).await?;
             let chosen = if snapshots.is_empty() {
                 from.snapshots().await?
             } else {
@@ -403,7 +446,7 @@ async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) 
     let unlock = args.unlock.unlock()?;
     let mut repos = Vec::new();
     for location in &args.repos {
-        let store = open_store(location).await?;
+        let store = args.stores.open(location).await?;
         repos.push(Arc::new(Repository::open(store, &unlock).await?));
     }
     let source = if backup.stdin {
@@ -538,7 +581,7 @@ async fn run_key(args: &RepoArgs, key: &KeyCommand, out: &mut impl Write) -> any
         }
         KeyCommand::List => {
             let location = one_repo(args)?;
-            let store = open_store(location).await?;
+            let store = args.stores.open(location).await?;
             Repository::read_config(store.as_ref()).await?;
             let files = Repository::key_files(store.as_ref()).await?;
             let describe = |f: &KeyFile| match &f.holder {

@@ -44,6 +44,10 @@ pub struct Config {
     pub id: String,
     pub chunker: ChunkerParams,
     pub created: String,
+    /// Days each object is locked at the store (S3 Object Lock, Azure
+    /// immutability); every writer must apply it. Absent: not immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
 }
 
 /// What went wrong with a repository.
@@ -148,7 +152,13 @@ fn open_json<T: for<'de> Deserialize<'de>>(keys: &Keys, sealed: &[u8], aad: &[u8
 
 impl Repository {
     /// Creates a repository with a new master key, wrapped for `passphrase`.
-    pub async fn init(store: Arc<dyn ObjectStore>, passphrase: &Passphrase, kdf: KdfParams) -> Result<Self> {
+    /// With `retention_days`, `store` must already lock what it writes for that long.
+    pub async fn init(
+        store: Arc<dyn ObjectStore>,
+        passphrase: &Passphrase,
+        kdf: KdfParams,
+        retention_days: Option<u32>,
+    ) -> Result<Self> {
         if store.head(CONFIG_KEY).await?.is_some() {
             return Err(Error::AlreadyInitialized { location: store.describe() });
         }
@@ -159,6 +169,7 @@ impl Repository {
             id: hex(&random::<16>()),
             chunker: ChunkerParams::default(),
             created: key_file.created.clone(),
+            retention_days,
         };
         let repo = Self::assemble(store, master, config);
         repo.add_key_file(&key_file).await?;

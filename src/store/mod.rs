@@ -4,10 +4,13 @@
 //! Blob). The repository format, the failover witness and the tests depend on the
 //! trait only, so one conformance suite checks every backend alike.
 
+pub mod azure;
 pub mod error;
 pub mod fs;
 pub mod location;
+pub mod open;
 pub mod retry;
+pub mod s3;
 
 use std::ops::Range;
 use std::time::SystemTime;

@@ -1,0 +1,289 @@
+//! A throwaway PostgreSQL cluster: `initdb` into a temporary directory, then
+//! `postgres` on a free port of 127.0.0.1, trusting every local connection.
+//!
+//! NB: PostgreSQL refuses to run as root, and CI runs as root. Then `initdb` and
+//! `postgres` run as the `postgres` system user (created by Debian's package),
+//! and the temporary directory is handed to that user. The directory must sit
+//! where that user can reach it: the default temporary directory (/tmp) is fine,
+//! a TMPDIR under /root is not.
+
+use std::ffi::{CStr, OsString};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::process::{self, ServerProcess};
+use super::{DEFAULT_READY_TIMEOUT, Error, Result};
+
+const SERVER: &str = "postgres";
+/// Where Debian installs each major version's server programs, as VERSION/bin.
+const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
+/// The superuser, made by `initdb -U`; the system user the server runs as under root.
+const USER: &str = "postgres";
+const USER_C: &CStr = c"postgres";
+/// How long an immediate shutdown may take before the server is killed.
+const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How to start a [`PostgresServer`]: extra server settings (`-c name=value`),
+/// extra environment, and how long to wait for it.
+///
+/// ```no_run
+/// # use fenice::testkit::{PostgresOptions, PostgresServer};
+/// # fn main() -> Result<(), fenice::testkit::Error> {
+/// let pg = PostgresServer::start_with(
+///     PostgresOptions::new().setting("wal_level", "replica").setting("archive_mode", "on"),
+/// )?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    settings: Vec<(String, String)>,
+    env: Vec<(OsString, OsString)>,
+    ready_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self { settings: Vec::new(), env: Vec::new(), ready_timeout: DEFAULT_READY_TIMEOUT }
+    }
+}
+
+impl PostgresOptions {
+    /// The defaults: no extra settings, [`DEFAULT_READY_TIMEOUT`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `-c name=value` to the server's command line (after ours, so it wins).
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets an environment variable for the server, and so for the commands it
+    /// runs, such as `archive_command`.
+    pub fn env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// How long to wait for the server to accept connections.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+}
+
+/// A running PostgreSQL server, stopped and deleted on drop.
+#[derive(Debug)]
+pub struct PostgresServer {
+    // NB: declared before `dir`, so the server is killed before its files are removed.
+    process: ServerProcess,
+    dir: TempDir,
+    bin_dir: PathBuf,
+    port: u16,
+}
+
+impl PostgresServer {
+    /// Starts a server with the default options.
+    pub fn start() -> Result<Self> {
+        Self::start_with(PostgresOptions::default())
+    }
+
+    /// Starts a server with `options`.
+    pub fn start_with(options: PostgresOptions) -> Result<Self> {
+        let bin_dir = find_bin_dir()?;
+        let run_as = if is_root() { Some(system_user()?) } else { None };
+        let dir = process::temp_dir(SERVER, "fenice-postgres-")?;
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir(&socket_dir)
+            .map_err(|source| prepare("creating the socket directory", &socket_dir, source))?;
+        if let Some((uid, gid)) = run_as {
+            for path in [dir.path(), &socket_dir] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(|source| prepare("handing it to the postgres user", path, source))?;
+            }
+        }
+        initdb(&bin_dir, dir.path(), run_as)?;
+
+        let log = dir.path().join("postgres.log");
+        let (process, port) = process::on_free_port(SERVER, |port| {
+            let mut cmd = Command::new(bin_dir.join("postgres"));
+            cmd.arg("-D").arg(dir.path().join("data"));
+            cmd.arg("-p").arg(port.to_string());
+            cmd.arg("-k").arg(&socket_dir);
+            for (name, value) in [("listen_addresses", "127.0.0.1"), ("fsync", "off")] {
+                cmd.arg("-c").arg(format!("{name}={value}"));
+            }
+            for (name, value) in &options.settings {
+                cmd.arg("-c").arg(format!("{name}={value}"));
+            }
+            cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
+            prepare_command(&mut cmd, dir.path(), run_as);
+            let mut process = ServerProcess::spawn(SERVER, cmd, &log)?;
+            // SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, as abrupt as
+            // a crash for the data, but the postmaster reaps its children first.
+            process.set_quick_stop(libc::SIGQUIT, QUICK_STOP_GRACE);
+            process.await_ready(options.ready_timeout, || accepts_connections(&bin_dir, port))?;
+            Ok((process, port))
+        })?;
+        Ok(Self { process, dir, bin_dir, port })
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory of the server's Unix socket (`psql -h DIR`).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// The cluster's data directory (PGDATA).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The directory of the server's programs; the clients there (`psql`,
+    /// `pg_dump`, `pg_restore`, …) match the server's version.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The superuser's name; local connections need no password.
+    pub fn user(&self) -> &'static str {
+        USER
+    }
+
+    /// A `postgres://` URL for database `db` as the superuser, over TCP.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A command for one of the client programs in [`bin_dir`](Self::bin_dir),
+    /// with PGHOST, PGPORT, PGUSER and PGDATABASE (`postgres`) pointing here.
+    pub fn client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(program));
+        cmd.env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", USER)
+            .env("PGDATABASE", "postgres")
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE");
+        cmd
+    }
+
+    /// The server's process id, which is also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
+    }
+}
+
+fn prepare(step: &'static str, path: &Path, source: std::io::Error) -> Error {
+    Error::Prepare { server: SERVER, step, path: path.to_owned(), source }
+}
+
+/// Runs `initdb` into `dir/data`, its output in `dir/initdb.log`.
+fn initdb(bin_dir: &Path, dir: &Path, run_as: Option<(u32, u32)>) -> Result<()> {
+    let program = bin_dir.join("initdb");
+    let log = dir.join("initdb.log");
+    let out = std::fs::File::create(&log).map_err(|source| prepare("creating initdb.log", &log, source))?;
+    let err = out.try_clone().map_err(|source| prepare("creating initdb.log", &log, source))?;
+    let mut cmd = Command::new(&program);
+    cmd.arg("-D").arg(dir.join("data"));
+    cmd.args(["-U", USER, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    prepare_command(&mut cmd, dir, run_as);
+    let status = cmd.status().map_err(|source| Error::Spawn { server: SERVER, program, source })?;
+    if !status.success() {
+        return Err(Error::Setup { server: SERVER, step: "initdb", status, tail: process::log_tail(&log) });
+    }
+    Ok(())
+}
+
+/// Runs in `dir`, as the postgres user when we are root, without the PG*
+/// variables of whoever runs the tests.
+fn prepare_command(cmd: &mut Command, dir: &Path, run_as: Option<(u32, u32)>) {
+    cmd.current_dir(dir);
+    for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS"] {
+        cmd.env_remove(var);
+    }
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid);
+    }
+}
+
+/// Whether `pg_isready` says the server on `port` accepts connections.
+fn accepts_connections(bin_dir: &Path, port: u16) -> bool {
+    Command::new(bin_dir.join("pg_isready"))
+        .args(["-q", "-h", "127.0.0.1", "-U", USER, "-d", "postgres", "-t", "2", "-p"])
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The server programs: Debian's newest major version, or else `postgres` on PATH
+/// (following symlinks, as in /usr/local/bin/postgres -> /usr/lib/postgresql/15/bin/postgres).
+fn find_bin_dir() -> Result<PathBuf> {
+    let complete =
+        |dir: &Path| ["postgres", "initdb", "pg_isready"].iter().all(|p| process::is_executable(&dir.join(p)));
+    let mut debian: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(DEBIAN_ROOT)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            // "15", or "9.6" in older releases: compared as numbers, not text.
+            let version =
+                entry.file_name().to_str()?.split('.').map(str::parse).collect::<Result<Vec<u32>, _>>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, bin)| complete(bin))
+        .collect();
+    debian.sort();
+    if let Some((_, bin)) = debian.pop() {
+        return Ok(bin);
+    }
+    let on_path = process::find_on_path("postgres")
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| p.parent().map(Path::to_owned))
+        .filter(|dir| complete(dir));
+    on_path.ok_or(Error::NotInstalled {
+        server: SERVER,
+        program: "the PostgreSQL server (postgres, initdb, pg_isready)",
+        looked: format!("{DEBIAN_ROOT}/*/bin and PATH"),
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The uid and gid of the `postgres` system user.
+fn system_user() -> Result<(u32, u32)> {
+    let missing = Error::NoServiceUser { server: SERVER, user: USER };
+    // SAFETY: getpwnam_r writes only into `pwd` and `buf`, which outlive the call,
+    // and `result` points to `pwd` or is null.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(USER_C.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() {
+            return Err(missing);
+        }
+        Ok((pwd.pw_uid, pwd.pw_gid))
+    }
+}

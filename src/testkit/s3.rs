@@ -1,0 +1,83 @@
+//! An S3 service: moto's server (`moto_server`, from PyPI `moto[server]`), keeping
+//! everything in memory. It takes any credentials and checks no signature.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::process;
+use super::{Error, HttpServer, Result};
+
+const SERVER: &str = "s3 (moto)";
+const PROGRAM: &str = "moto_server";
+
+/// A running moto S3 server, stopped on drop.
+#[derive(Debug)]
+pub struct S3Server {
+    inner: HttpServer,
+}
+
+impl S3Server {
+    /// Starts moto on a free port and waits until it lists buckets.
+    pub fn start() -> Result<Self> {
+        let program = find_moto()?;
+        let inner = HttpServer::start(
+            SERVER,
+            "fenice-s3-",
+            "/",
+            |r| r.status == 200 && r.text().contains("ListAllMyBucketsResult"),
+            |port, _dir| {
+                let mut cmd = Command::new(&program);
+                cmd.args(["-H", "127.0.0.1", "-p"]).arg(port.to_string());
+                // Log lines as they happen, not when a buffer fills.
+                cmd.env("PYTHONUNBUFFERED", "1");
+                cmd
+            },
+        )?;
+        Ok(Self { inner })
+    }
+
+    /// The service's URL, `http://127.0.0.1:PORT`; buckets are addressed by path.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.inner.addr())
+    }
+
+    /// The service's address, for [`super::http`].
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr()
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// The server's process id, which is also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.inner.process.pid()
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> &Path {
+        self.inner.process.log_path()
+    }
+}
+
+/// `moto_server` on PATH (a pyenv shim counts), or else in the scripts
+/// directory of `python3`, where pip put it.
+fn find_moto() -> Result<PathBuf> {
+    if let Some(found) = process::find_on_path(PROGRAM) {
+        return Ok(found);
+    }
+    let scripts = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    scripts.map(|dir| dir.join(PROGRAM)).filter(|p| process::is_executable(p)).ok_or(Error::NotInstalled {
+        server: SERVER,
+        program: PROGRAM,
+        looked: "PATH and the scripts directory of python3".to_owned(),
+    })
+}
