@@ -385,3 +385,58 @@ fn forget_keeps_what_the_policy_says_and_dry_run_changes_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--keep-"));
 }
+
+#[test]
+fn prune_removes_what_no_snapshot_needs_and_keeps_the_rest_restorable() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.make_source();
+    let repo = lab.repo();
+    let old = lab.path("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("obsolete.bin"), pseudo_random(6_000_000, 21)).unwrap();
+    lab.ok(&["--repo", &repo, "backup", "old", "--tenant", "gone"]);
+    lab.ok(&["--repo", &repo, "backup", "src", "--tenant", "kept"]);
+    let stored = |lab: &Lab| lab.json(&["--repo", &lab.repo(), "stats"])["storedBytes"].as_u64().unwrap();
+    let before = stored(&lab);
+    let gone = lab.json(&["--repo", &repo, "snapshots", "--tenant", "gone"]);
+    let gone_id = gone[0]["id"].as_str().unwrap().to_owned();
+    std::fs::remove_file(lab.path(&format!("repo/snapshots/{gone_id}"))).unwrap();
+
+    let dry = lab.json(&["--repo", &repo, "prune", "--dry-run"]);
+    assert!(dry["bytesFreed"].as_u64().unwrap() > 5_000_000, "{dry}");
+    assert_eq!(stored(&lab), before, "a dry run changes nothing");
+    let done = lab.json(&["--repo", &repo, "prune"]);
+    assert!(done["packsDeleted"].as_u64().unwrap() + done["packsRepacked"].as_u64().unwrap() >= 1, "{done}");
+    assert!(stored(&lab) < before - 5_000_000, "prune freed {} of {before}", before - stored(&lab));
+    assert_eq!(lab.json(&["--repo", &repo, "check", "--read-data"])["ok"], true);
+    lab.ok(&["--repo", &repo, "restore", "latest", "--target", "out"]);
+    same_tree(&src, &lab.path("out/src"));
+    // Nothing left to do the second time.
+    let again = lab.json(&["--repo", &repo, "prune"]);
+    assert_eq!(again["packsDeleted"], 0, "{again}");
+    assert_eq!(again["packsRepacked"], 0, "{again}");
+}
+
+#[tokio::test]
+async fn prune_waits_for_a_running_backup_and_backups_wait_for_prune() {
+    use fenice::repo::keyfile::{KdfParams, Passphrase};
+    use fenice::repo::repository::{Error, Repository};
+    use fenice::repo::{lock, prune};
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(fenice::store::fs::FsStore::open(dir.path()).unwrap());
+    let fast = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+    let repo = Repository::init(store, &Passphrase::new("pw".into()), fast, None).await.unwrap();
+    let backup = lock::acquire(&repo, false).await.unwrap();
+    let refused = prune::prune(&repo, false).await.unwrap_err();
+    assert!(matches!(refused, Error::Locked { exclusive: false, .. }), "{refused}");
+    assert!(refused.to_string().contains("a backup"), "{refused}");
+    let second_backup = lock::acquire(&repo, false).await.expect("backups share the lock");
+    backup.release(&repo).await;
+    second_backup.release(&repo).await;
+    let pruning = lock::acquire(&repo, true).await.unwrap();
+    let refused = lock::acquire(&repo, false).await.unwrap_err();
+    assert!(refused.to_string().contains("(prune)"), "{refused}");
+    pruning.release(&repo).await;
+    prune::prune(&repo, false).await.expect("free again");
+}

@@ -102,6 +102,11 @@ fn with_object_lock_the_backup_credentials_cannot_delete_or_overwrite_anything()
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("retention holds it"));
 
+    // Nor can prune, even after the snapshot objects were gone.
+    let pruned: serde_json::Value =
+        serde_json::from_str(&ok(fenice(dir.path(), &env, &["--repo", repo, "prune", "--json"]))).unwrap();
+    assert_eq!(pruned["packsDeleted"], 0, "{pruned}");
+
     let snapshots: serde_json::Value =
         serde_json::from_str(&ok(fenice(dir.path(), &env, &["--repo", repo, "snapshots", "--json"]))).unwrap();
     assert_eq!(snapshots.as_array().unwrap().len(), 2, "both snapshots survive");

@@ -20,6 +20,7 @@ use crate::repo::copy;
 use crate::repo::forget::{KeepPolicy, decide};
 use crate::repo::id::Id;
 use crate::repo::keyfile::{Holder, KdfParams, KeyFile, Recipient, RecoveryKey};
+use crate::repo::prune;
 use crate::repo::repository::{Config, Repository, Unlock};
 use crate::repo::restorer::{self, load_tree};
 use crate::repo::tree::NodeType;
@@ -133,6 +134,13 @@ pub enum RepoCommand {
     /// Forget the snapshots a retention policy does not keep. Data stays until
     /// `prune`; snapshots under store-enforced retention stay until it ends.
     Forget(ForgetArgs),
+    /// Remove data no snapshot needs. Run it with a separate credential that the
+    /// operator does not hold; it never removes what the store's retention holds.
+    Prune {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Holders of the master key: passwords and offline recovery keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -413,6 +421,27 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
             }
         }
         RepoCommand::Forget(forget) => return run_forget(&args, forget, &mut out).await,
+        RepoCommand::Prune { dry_run } => {
+            let repo = open(&args).await?;
+            let report = prune::prune(&repo, *dry_run).await?;
+            if args.json {
+                let doc = json!({"dryRun": dry_run, "packs": report.packs, "packsDeleted": report.packs_deleted,
+                    "packsRepacked": report.packs_repacked, "packsHeld": report.packs_held,
+                    "bytesFreed": report.bytes_freed, "indexObjectsReplaced": report.index_objects_replaced});
+                writeln!(out, "{doc}")?;
+            } else {
+                let verb = if *dry_run { "would remove" } else { "removed" };
+                writeln!(
+                    out,
+                    "{} packs: {verb} {}, repacked {}, {} held by the store's retention; {} freed",
+                    report.packs,
+                    report.packs_deleted,
+                    report.packs_repacked,
+                    report.packs_held,
+                    size(report.bytes_freed)
+                )?;
+            }
+        }
         RepoCommand::Stats => {
             let repo = open(&args).await?;
             let packs = repo.store().list("data/").await?;

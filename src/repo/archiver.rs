@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 
 use super::id::Id;
+use super::lock;
 use super::pack::BlobType;
 use super::repository::{Error as RepoError, Repository};
 use super::tree::{Node, NodeType, Snapshot, Totals, Tree};
@@ -106,23 +107,42 @@ pub async fn backup(
     progress: Arc<Progress>,
 ) -> Result<Vec<CopyResult>, Error> {
     let handle = Handle::current();
-    for repo in &repos {
-        // Reuse what an interrupted run uploaded; a failure here shows again below.
-        let _ = repo.adopt_unindexed_packs().await;
+    let mut locks = Vec::new();
+    let mut list = Vec::new();
+    for repo in repos {
+        // A shared lock keeps prune away while this backup may reference old packs.
+        let lock = lock::acquire(&repo, false).await;
+        if lock.is_ok() {
+            // Reuse what an interrupted run uploaded; a failure here shows again below.
+            let _ = repo.adopt_unindexed_packs().await;
+        }
+        let target = Target { repo, failed: Mutex::new(None), new_blobs: 0.into(), added_bytes: 0.into() };
+        match lock {
+            Ok(lock) => locks.push((list.len(), lock)),
+            Err(e) => target.fail(e),
+        }
+        list.push(target);
     }
-    let targets: Arc<Vec<Target>> = Arc::new(
-        repos
-            .into_iter()
-            .map(|repo| Target { repo, failed: Mutex::new(None), new_blobs: 0.into(), added_bytes: 0.into() })
-            .collect(),
-    );
+    let targets: Arc<Vec<Target>> = Arc::new(list);
     let walk = {
         let targets = targets.clone();
         let handle = handle.clone();
         tokio::task::spawn_blocking(move || run(&handle, &targets, source, &progress))
     };
-    let (roots, paths, mut totals) = walk.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let walked = walk.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let outcome = match walked {
+        Ok(walked) => Ok(save_snapshots(&targets, walked, &options).await),
+        Err(e) => Err(e),
+    };
+    for (i, lock) in locks {
+        lock.release(&targets[i].repo).await;
+    }
+    outcome
+}
 
+/// Saves one snapshot per repository that did not fail.
+async fn save_snapshots(targets: &[Target], walked: Walked, options: &BackupOptions) -> Vec<CopyResult> {
+    let (roots, paths, mut totals) = walked;
     let mut results = Vec::new();
     for (i, target) in targets.iter().enumerate() {
         let repository = target.repo.describe();
@@ -147,7 +167,7 @@ pub async fn backup(
         };
         results.push(CopyResult { repository, result });
     }
-    Ok(results)
+    results
 }
 
 type Walked = (Vec<Id>, Vec<String>, Totals);

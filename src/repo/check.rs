@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::id::Id;
 use super::pack::read_header;
-use super::repository::{Error as RepoError, Repository};
+use super::repository::{Error as RepoError, Repository, pack_key};
 use super::restorer::load_tree;
 use super::tree::NodeType;
 
@@ -113,8 +113,7 @@ async fn read_pack(
     size: u64,
     users: &HashMap<Id, Vec<String>>,
 ) -> Result<Option<DamagedPack>, RepoError> {
-    let key = format!("data/{}/{pack}", &pack.to_string()[..2]);
-    let bytes = repo.store().get(&key).await?;
+    let bytes = repo.store().get(&pack_key(pack)).await?;
     let mut reasons = Vec::new();
     let mut damaged_blobs = Vec::new();
     if bytes.len() as u64 != size || Id::of_content(&bytes) != *pack {

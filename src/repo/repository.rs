@@ -86,6 +86,11 @@ pub enum Error {
     NoSuchSnapshot { location: String, spec: String },
     #[error("{spec} matches several snapshots at {location}: give more digits")]
     AmbiguousSnapshot { location: String, spec: String },
+    #[error(
+        "repository at {location} is locked by {holder} since {since}{}: wait for it to finish, or if that process is gone, the lock goes stale after 2 hours",
+        if *exclusive { " (prune)" } else { " (a backup)" }
+    )]
+    Locked { location: String, holder: String, since: String, exclusive: bool },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -127,7 +132,8 @@ impl std::fmt::Debug for Repository {
     }
 }
 
-fn pack_key(id: &Id) -> String {
+/// The key of a pack: `data/<first two hex digits>/<id>`.
+pub fn pack_key(id: &Id) -> String {
     let hex = id.to_string();
     format!("data/{}/{hex}", &hex[..2])
 }
@@ -297,17 +303,40 @@ impl Repository {
         }
     }
 
-    async fn load_index(&self) -> Result<()> {
-        let mut loaded = Vec::new();
+    /// Every index object, with its key.
+    pub async fn index_files(&self) -> Result<Vec<(String, IndexFile)>> {
+        let mut files = Vec::new();
         for meta in self.store.list("index/").await? {
             let sealed = self.store.get(&meta.key).await?;
             let file: IndexFile =
                 open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store.as_ref(), &meta.key, e))?;
-            loaded.push(file);
+            files.push((meta.key, file));
         }
+        Ok(files)
+    }
+
+    async fn load_index(&self) -> Result<()> {
+        let files = self.index_files().await?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        loaded.iter().for_each(|f| index.add_file(f));
+        files.iter().for_each(|(_, f)| index.add_file(f));
         Ok(())
+    }
+
+    /// Uploads a finished pack as is, outside the session's bookkeeping (for
+    /// prune's repacking, which writes its own index).
+    pub async fn write_pack(&self, pack: PackBuilder) -> Result<PackEntry> {
+        let (bytes, blobs) = pack.finish(&self.keys);
+        let id = Id::of_content(&bytes);
+        self.put_once(&pack_key(&id), bytes).await?;
+        Ok(PackEntry { id, blobs })
+    }
+
+    /// Writes one index object; returns its key.
+    pub async fn write_index(&self, file: &IndexFile) -> Result<String> {
+        let sealed = seal_json(&self.keys, file, INDEX_AAD);
+        let key = format!("index/{}", Id::of_content(&sealed));
+        self.put_once(&key, sealed).await?;
+        Ok(key)
     }
 
     /// Adds packs that were uploaded but never indexed (a backup killed before it
@@ -402,8 +431,7 @@ impl Repository {
         if packs.is_empty() {
             return Ok(());
         }
-        let sealed = seal_json(&self.keys, &IndexFile { packs }, INDEX_AAD);
-        self.put_once(&format!("index/{}", Id::of_content(&sealed)), sealed).await
+        self.write_index(&IndexFile { packs }).await.map(|_| ())
     }
 
     /// Where a blob is, if indexed.
