@@ -265,7 +265,7 @@ impl Walker<'_> {
         match source {
             Source::Stream { name, reader } => {
                 let path = PathBuf::from(&name);
-                let (content, size) = self.store_content(reader, &path)?;
+                let (content, size) = self.store_content(reader, &path, None)?;
                 let now = jiff::Timestamp::now().to_string();
                 for (r, ids) in content.into_iter().enumerate() {
                     nodes[r].push(Node {
@@ -325,7 +325,7 @@ impl Walker<'_> {
         }
         if meta.is_file() {
             let file = fs::File::open(path).map_err(read)?;
-            let (content, size) = self.store_content(Box::new(file), path)?;
+            let (content, size) = self.store_content(Box::new(file), path, Some(meta.len()))?;
             self.progress.files.fetch_add(1, Ordering::Relaxed);
             return Ok(content.into_iter().map(|ids| Node { size, content: ids, ..base.clone() }).collect());
         }
@@ -354,30 +354,52 @@ impl Walker<'_> {
 
     /// Chunks a stream and queues its new chunks; returns the chunk ids per
     /// repository and the byte count.
-    fn store_content(&mut self, reader: Box<dyn Read + Send>, path: &Path) -> Result<(Vec<Vec<Id>>, u64), Error> {
+    fn store_content(
+        &mut self,
+        mut reader: Box<dyn Read + Send>,
+        path: &Path,
+        size_hint: Option<u64>,
+    ) -> Result<(Vec<Vec<Id>>, u64), Error> {
         let params = self.targets[0].repo.config().chunker;
-        let chunker = fastcdc::v2020::StreamCDC::new(
-            reader,
-            params.min_size as usize,
-            params.avg_size as usize,
-            params.max_size as usize,
-        );
+        let min = params.min_size as usize;
+        let read = |source| Error::Read { path: path.to_owned(), source };
         let mut content = vec![Vec::new(); self.repos()];
         let mut size = 0;
-        for chunk in chunker {
-            let chunk = chunk.map_err(|e| Error::Read { path: path.to_owned(), source: std::io::Error::other(e) })?;
-            size += chunk.length as u64;
-            self.progress.bytes_read.fetch_add(chunk.length as u64, Ordering::Relaxed);
-            let data = Arc::new(chunk.data);
-            for (r, target) in self.targets.iter().enumerate() {
-                let id = target.repo.keys().blob_id(&data);
-                content[r].push(id);
-                if target.ok() && !target.repo.has_blob(&id) {
-                    // A closed channel means every worker stopped; errors are reported per repository.
-                    let _ = self.tx.send(Job { repo: r, id, data: data.clone() });
+        // Most files (invoices, receipts) are below the smallest chunk: the
+        // chunker would return them whole, so skip its 8 MiB buffer.
+        if size_hint.is_some_and(|n| n <= min as u64) {
+            let mut head = Vec::with_capacity(size_hint.unwrap_or(0) as usize);
+            (&mut reader).take(min as u64 + 1).read_to_end(&mut head).map_err(read)?;
+            if head.len() <= min {
+                if !head.is_empty() {
+                    size = head.len() as u64;
+                    self.queue_chunk(head, &mut content);
                 }
+                return Ok((content, size));
             }
+            // It grew while we read: chunk it after all, from the start.
+            reader = Box::new(std::io::Cursor::new(head).chain(reader));
+        }
+        let chunker = fastcdc::v2020::StreamCDC::new(reader, min, params.avg_size as usize, params.max_size as usize);
+        for chunk in chunker {
+            let chunk = chunk.map_err(|e| read(std::io::Error::other(e)))?;
+            size += chunk.length as u64;
+            self.queue_chunk(chunk.data, &mut content);
         }
         Ok((content, size))
+    }
+
+    /// Hashes a chunk for every repository and queues it where it is new.
+    fn queue_chunk(&mut self, data: Vec<u8>, content: &mut [Vec<Id>]) {
+        self.progress.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let data = Arc::new(data);
+        for (r, target) in self.targets.iter().enumerate() {
+            let id = target.repo.keys().blob_id(&data);
+            content[r].push(id);
+            if target.ok() && !target.repo.has_blob(&id) {
+                // A closed channel means every worker stopped; errors are reported per repository.
+                let _ = self.tx.send(Job { repo: r, id, data: data.clone() });
+            }
+        }
     }
 }

@@ -2,12 +2,14 @@
 //! blob costs only the file that holds it: the others are restored and the
 //! damaged ones reported.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::id::Id;
-use super::repository::{Error as RepoError, Repository};
+use super::pack::{BlobEntry, PackError};
+use super::repository::{Error as RepoError, Repository, pack_key};
 use super::tree::{Node, NodeType, Tree};
 
 /// What a restore did.
@@ -47,69 +49,190 @@ pub async fn load_tree(repo: &Repository, id: &Id) -> Result<Tree, RepoError> {
     })
 }
 
-/// Restores the tree `root` into `target`.
+/// A file being restored: written beside its final name until every blob is in.
+struct PendingFile {
+    node: Node,
+    shown: String,
+    path: PathBuf,
+    partial: PathBuf,
+    damage: Option<String>,
+}
+
+/// Where one blob's plaintext goes: file index and byte offset.
+type Targets = Vec<(usize, u64)>;
+
+/// Packs downloaded and written at once; each holds at most one pack in memory.
+const PARALLEL_PACKS: usize = 4;
+
+/// Restores the tree `root` into `target`. Files are planned first, then each
+/// pack is read once and its blobs written where they belong, several packs at
+/// a time; a damaged blob costs only the files that use it.
 pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<RestoreReport, Error> {
     let mut report = RestoreReport::default();
-    std::fs::create_dir_all(target).map_err(|source| Error::Write { path: target.to_owned(), source })?;
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Write { path, source }
+    };
+    std::fs::create_dir_all(target).map_err(write_err(target))?;
+    let mut files: Vec<PendingFile> = Vec::new();
+    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut stack = vec![(*root, target.to_owned(), String::new())];
     while let Some((tree_id, dir, shown)) = stack.pop() {
-        let tree = load_tree(repo, &tree_id).await?;
-        for node in tree.nodes {
+        for node in load_tree(repo, &tree_id).await?.nodes {
             let path = dir.join(&node.name);
             let shown = if shown.is_empty() { node.name.clone() } else { format!("{shown}/{}", node.name) };
-            let write = |source| Error::Write { path: path.clone(), source };
             match node.node_type {
                 NodeType::Dir => {
-                    std::fs::create_dir_all(&path).map_err(write)?;
+                    std::fs::create_dir_all(&path).map_err(write_err(&path))?;
                     report.dirs += 1;
                     if let Some(subtree) = node.subtree {
-                        stack.push((subtree, path, shown));
+                        stack.push((subtree, path.clone(), shown));
                     }
+                    dirs.push((path, node));
                 }
                 NodeType::Symlink => {
                     let _ = std::fs::remove_file(&path);
-                    std::os::unix::fs::symlink(node.target.as_deref().unwrap_or_default(), &path).map_err(write)?;
+                    std::os::unix::fs::symlink(node.target.as_deref().unwrap_or_default(), &path)
+                        .map_err(write_err(&path))?;
                 }
-                NodeType::File => match restore_file(repo, &node, &path).await {
-                    Ok(()) => {
-                        report.files += 1;
-                        report.bytes += node.size;
-                    }
-                    Err(FileError::Repo(e)) => report.damaged.push((shown, e.to_string())),
-                    Err(FileError::Io(source)) => return Err(Error::Write { path, source }),
-                },
+                NodeType::File => {
+                    let partial = path.with_file_name(format!(".{}.fenice-partial", node.name));
+                    let file = std::fs::File::create(&partial).map_err(write_err(&partial))?;
+                    file.set_len(node.size).map_err(write_err(&partial))?;
+                    files.push(PendingFile { node, shown, path, partial, damage: None });
+                }
             }
         }
+    }
+
+    // Which blob goes where, grouped by the pack that holds it.
+    let mut wanted: HashMap<Id, Targets> = HashMap::new();
+    for (i, file) in files.iter().enumerate() {
+        let mut offset = 0;
+        for id in &file.node.content {
+            wanted.entry(*id).or_default().push((i, offset));
+            let size = repo.locate(id).map_or(0, |l| u64::from(l.entry.raw_length));
+            offset += size;
+        }
+    }
+    let mut by_pack: HashMap<Id, Vec<(BlobEntry, Targets)>> = HashMap::new();
+    for (id, targets) in wanted {
+        match repo.locate(&id) {
+            Some(location) => by_pack.entry(location.pack).or_default().push((location.entry, targets)),
+            None => {
+                let missing = RepoError::MissingBlob { location: repo.describe(), id };
+                for (i, _) in targets {
+                    files[i].damage.get_or_insert_with(|| missing.to_string());
+                }
+            }
+        }
+    }
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.partial.clone()).collect();
+    let mut packs: Vec<_> = by_pack.into_iter().collect();
+    packs.sort_by_key(|(id, _)| *id);
+    let mut damage: Vec<(usize, String)> = Vec::new();
+    let mut queue = packs.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < PARALLEL_PACKS {
+            let Some((pack, blobs)) = queue.next() else { break };
+            let store = repo.store().clone();
+            let keys = repo.keys().clone();
+            let paths = paths.clone();
+            let location = repo.describe();
+            running.spawn(async move { restore_pack(store, keys, location, pack, blobs, &paths).await });
+        }
+        let Some(done) = running.join_next().await else { break };
+        let outcome = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        damage.extend(outcome.map_err(|(path, source)| Error::Write { path, source })?);
+    }
+    for (i, why) in damage {
+        files[i].damage.get_or_insert(why);
+    }
+
+    for file in files {
+        if let Some(why) = file.damage {
+            let _ = std::fs::remove_file(&file.partial);
+            report.damaged.push((file.shown, why));
+            continue;
+        }
+        finish_file(&file.partial, &file.path, &file.node).map_err(write_err(&file.path))?;
+        report.files += 1;
+        report.bytes += file.node.size;
+    }
+    // Directory times last: writing into a directory changes its mtime.
+    for (path, node) in dirs.iter().rev() {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode));
+        set_mtime(path, &node.mtime);
     }
     report.damaged.sort();
     Ok(report)
 }
 
-enum FileError {
-    Repo(RepoError),
-    Io(std::io::Error),
+/// Reads one pack and writes each wanted blob to its files. Returns the files
+/// hit by damaged blobs; an I/O error writing the target stops the restore.
+async fn restore_pack(
+    store: std::sync::Arc<dyn crate::store::ObjectStore>,
+    keys: super::crypto::Keys,
+    location: String,
+    pack: Id,
+    blobs: Vec<(BlobEntry, Targets)>,
+    paths: &[PathBuf],
+) -> Result<Vec<(usize, String)>, (PathBuf, std::io::Error)> {
+    let bytes = match store.get(&pack_key(&pack)).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let why = RepoError::from(e).to_string();
+            return Ok(blobs.iter().flat_map(|(_, t)| t.iter().map(|(i, _)| (*i, why.clone()))).collect());
+        }
+    };
+    tokio::task::spawn_blocking({
+        let paths = paths.to_vec();
+        move || {
+            let mut damage = Vec::new();
+            for (entry, targets) in blobs {
+                let range = entry.offset as usize..(entry.offset + entry.length) as usize;
+                let opened = bytes
+                    .get(range)
+                    .ok_or(PackError::TooShort)
+                    .and_then(|sealed| super::pack::open_blob(&keys, &entry, sealed));
+                let plaintext = match opened {
+                    Ok(plaintext) => plaintext,
+                    Err(source) => {
+                        let why = RepoError::Pack { location: location.clone(), pack, source }.to_string();
+                        damage.extend(targets.iter().map(|(i, _)| (*i, why.clone())));
+                        continue;
+                    }
+                };
+                for (i, offset) in targets {
+                    let write = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&paths[i])
+                        .and_then(|file| file.write_all_at(&plaintext, offset));
+                    write.map_err(|e| (paths[i].clone(), e))?;
+                }
+            }
+            Ok(damage)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-async fn restore_file(repo: &Repository, node: &Node, path: &Path) -> Result<(), FileError> {
-    // Write beside the final name, so a damaged file never leaves half its content there.
-    let partial = path.with_file_name(format!(".{}.fenice-partial", node.name));
-    let mut file = std::fs::File::create(&partial).map_err(FileError::Io)?;
-    for id in &node.content {
-        match repo.load_blob(id).await {
-            Ok(data) => file.write_all(&data).map_err(FileError::Io)?,
-            Err(e) => {
-                drop(file);
-                let _ = std::fs::remove_file(&partial);
-                return Err(FileError::Repo(e));
-            }
-        }
-    }
-    file.set_permissions(std::fs::Permissions::from_mode(node.mode)).map_err(FileError::Io)?;
+fn finish_file(partial: &Path, path: &Path, node: &Node) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(partial)?;
+    file.set_permissions(std::fs::Permissions::from_mode(node.mode))?;
     if let Ok(mtime) = node.mtime.parse::<jiff::Timestamp>() {
-        let _ = file.set_modified(mtime.into());
+        file.set_modified(mtime.into())?;
     }
-    file.sync_all().map_err(FileError::Io)?;
-    std::fs::rename(&partial, path).map_err(FileError::Io)
+    file.sync_all()?;
+    std::fs::rename(partial, path)
+}
+
+fn set_mtime(path: &Path, mtime: &str) {
+    if let (Ok(t), Ok(dir)) = (mtime.parse::<jiff::Timestamp>(), std::fs::File::open(path)) {
+        let _ = dir.set_modified(t.into());
+    }
 }
 
 /// Writes one file of the snapshot to `out`, e.g. a database dump piped into
