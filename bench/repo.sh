@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Benchmark of `fenice repo` against restic, in one run on the same data:
+# cold backup, incremental backup after ~2% of the files changed, restore,
+# stored size and peak memory, to a local directory and to the S3 server.
+#
+#   bash bench/repo.sh [TENANTS]      # 26 tenants ≈ 1 GiB (default)
+#
+# Needs scripts/prerequisites.sh (restic, moto) and builds fenice in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TENANTS=${1:-26}
+cargo build --release --quiet
+FENICE=$(realpath "${CARGO_TARGET_DIR:-target}")/release/fenice
+WORK=$(mktemp -d /tmp/fenice-bench.XXXXXX)
+MOTO_PID=""
+cleanup() {
+  [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+export FENICE_PASSWORD=bench RESTIC_PASSWORD=bench
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+# Runs a command; records wall seconds and peak RSS (KiB) of it and its children.
+measure() {
+  local label=$1 tool=$2
+  shift 2
+  python3 - "$@" >>"$RESULTS" <<PY
+import resource, subprocess, sys, time
+start = time.monotonic()
+done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+elapsed = time.monotonic() - start
+if done.returncode != 0:
+    sys.stderr.write(done.stderr.decode())
+    sys.exit("$label $tool failed")
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(f"$label\t$tool\t{elapsed:.2f}\t{peak}")
+PY
+}
+
+echo "generating $TENANTS tenants in $WORK/data"
+python3 bench/gen_tenant_data.py "$WORK/data" --tenants "$TENANTS"
+DATA_BYTES=$(du -sb "$WORK/data" | cut -f1)
+cp -a "$WORK/data" "$WORK/data-original"
+
+run_target() {
+  local target=$1 fenice_repo=$2 restic_repo=$3 size_cmd=$4
+  rm -rf "$WORK/data" && cp -a "$WORK/data-original" "$WORK/data"
+  "$FENICE" repo --repo "$fenice_repo" init >/dev/null
+  restic -r "$restic_repo" init --repository-version 2 >/dev/null
+  measure "$target cold backup" fenice "$FENICE" repo --repo "$fenice_repo" backup "$WORK/data"
+  measure "$target cold backup" restic restic -r "$restic_repo" backup "$WORK/data"
+  python3 bench/gen_tenant_data.py "$WORK/data" --mutate >/dev/null
+  measure "$target incremental backup" fenice "$FENICE" repo --repo "$fenice_repo" backup "$WORK/data"
+  measure "$target incremental backup" restic restic -r "$restic_repo" backup "$WORK/data"
+  measure "$target restore" fenice "$FENICE" repo --repo "$fenice_repo" restore latest --target "$WORK/out-fenice"
+  measure "$target restore" restic restic -r "$restic_repo" restore latest --target "$WORK/out-restic"
+  diff -rq "$WORK/data" "$WORK/out-fenice/data" >/dev/null || { echo "fenice restore differs" >&2; exit 1; }
+  rm -rf "$WORK/out-fenice" "$WORK/out-restic"
+  printf '%s stored\tfenice\t%s\t0\n%s stored\trestic\t%s\t0\n' \
+    "$target" "$($size_cmd fenice)" "$target" "$($size_cmd restic)" >>"$RESULTS"
+}
+
+local_size() { du -sb "$WORK/$1-repo" | cut -f1; }
+run_target local "$WORK/fenice-repo" "$WORK/restic-repo" local_size
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+moto_server -H 127.0.0.1 -p "$PORT" >"$WORK/moto.log" 2>&1 &
+MOTO_PID=$!
+for _ in $(seq 100); do curl -s "http://127.0.0.1:$PORT/" >/dev/null 2>&1 && break; sleep 0.1; done
+export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT FENICE_S3_PATH_STYLE=true
+python3 - "$PORT" <<'PY'
+import sys, urllib.request
+for bucket in ("fenice-bench", "restic-bench"):
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/{bucket}", method="PUT"))
+PY
+s3_size() {
+  python3 - "$PORT" "$1-bench" <<'PY'
+import sys, urllib.request, re
+total, token = 0, ""
+while True:
+    url = f"http://127.0.0.1:{sys.argv[1]}/{sys.argv[2]}?list-type=2" + (f"&continuation-token={token}" if token else "")
+    body = urllib.request.urlopen(url).read().decode()
+    total += sum(int(s) for s in re.findall(r"<Size>(\d+)</Size>", body))
+    m = re.search(r"<NextContinuationToken>([^<]+)</NextContinuationToken>", body)
+    if not m:
+        break
+    token = urllib.parse.quote(m.group(1))
+print(total)
+PY
+}
+run_target s3 "s3://fenice-bench" "s3:http://127.0.0.1:$PORT/restic-bench" s3_size
+
+python3 - "$RESULTS" "$DATA_BYTES" "$(nproc)" <<'PY'
+import sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+data = int(sys.argv[2])
+by = {}
+for label, tool, value, peak in rows:
+    by.setdefault(label, {})[tool] = (float(value), int(peak))
+print(f"\ndata set: {data / 2**30:.2f} GiB, {sys.argv[3]} cores\n")
+print(f"| {'measure':<28} | {'fenice':>12} | {'restic':>12} | {'fenice/restic':>13} | {'peak MiB f/r':>13} |")
+print(f"|{'-'*30}|{'-'*14}|{'-'*14}|{'-'*15}|{'-'*15}|")
+for label, tools in by.items():
+    (f, fp), (r, rp) = tools["fenice"], tools["restic"]
+    if "stored" in label:
+        print(f"| {label:<28} | {f/2**20:>8.1f} MiB | {r/2**20:>8.1f} MiB | {f/r:>12.3f}x | {'':>13} |")
+    else:
+        print(f"| {label + ' MB/s':<28} | {data/2**20/f:>12.1f} | {data/2**20/r:>12.1f} | {r/f:>12.2f}x | {fp/1024:>5.0f}/{rp/1024:<7.0f} |")
+print("\nthroughput = data set size / wall time; fenice/restic > 1 means fenice is faster (stored: smaller is better)")
+PY
