@@ -440,3 +440,38 @@ async fn prune_waits_for_a_running_backup_and_backups_wait_for_prune() {
     pruning.release(&repo).await;
     prune::prune(&repo, false).await.expect("free again");
 }
+
+#[test]
+fn unchanged_files_are_not_read_again_unless_forced() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.make_source();
+    let repo = lab.repo();
+    lab.ok(&["--repo", &repo, "backup", "src", "--tenant", "t"]);
+    // Same size, same modification time, other content: only --force can see it.
+    let invoice = src.join("documents/2026/IT01234567897_00003.xml");
+    let mtime = std::fs::metadata(&invoice).unwrap().modified().unwrap();
+    let original = std::fs::read(&invoice).unwrap();
+    let forged: Vec<u8> = original.iter().map(|b| if *b == b'3' { b'8' } else { *b }).collect();
+    assert_ne!(forged, original);
+    std::fs::write(&invoice, &forged).unwrap();
+    std::fs::File::options().write(true).open(&invoice).unwrap().set_modified(mtime).unwrap();
+    // A changed file is read, and changes the snapshot.
+    std::fs::write(src.join("dump.sql"), "INSERT INTO invoices VALUES (42);\n").unwrap();
+
+    lab.ok(&["--repo", &repo, "backup", "src", "--tenant", "t"]);
+    let out = lab.fenice(
+        "pw",
+        &["--repo", &repo, "restore", "latest", "--to-stdout", "src/documents/2026/IT01234567897_00003.xml"],
+    );
+    assert_eq!(out.stdout, original, "the unchanged-looking file was taken from the parent snapshot");
+    let out = lab.fenice("pw", &["--repo", &repo, "restore", "latest", "--to-stdout", "src/dump.sql"]);
+    assert_eq!(out.stdout, b"INSERT INTO invoices VALUES (42);\n");
+
+    lab.ok(&["--repo", &repo, "backup", "src", "--tenant", "t", "--force"]);
+    let out = lab.fenice(
+        "pw",
+        &["--repo", &repo, "restore", "latest", "--to-stdout", "src/documents/2026/IT01234567897_00003.xml"],
+    );
+    assert_eq!(out.stdout, forged, "--force reads every file");
+}

@@ -165,6 +165,10 @@ pub struct BackupArgs {
     /// Host name to record; this machine's by default.
     #[arg(long)]
     pub host: Option<String>,
+    /// Read every file, even those the previous snapshot of the same paths shows
+    /// unchanged (same size and modification time).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -488,6 +492,7 @@ async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) 
         Source::Paths(backup.paths.clone())
     };
     let options = BackupOptions {
+        force_read: backup.force,
         host: host_name(backup.host.as_ref()),
         tenant: backup.tenant.clone(),
         tags: backup.tags.clone(),

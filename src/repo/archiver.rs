@@ -19,6 +19,7 @@ use super::id::Id;
 use super::lock;
 use super::pack::BlobType;
 use super::repository::{Error as RepoError, Repository};
+use super::restorer::load_tree;
 use super::tree::{Node, NodeType, Snapshot, Totals, Tree};
 
 /// Chunks waiting to be sealed, at most; with 8 MiB chunks that bounds the
@@ -28,6 +29,9 @@ const QUEUE_DEPTH: usize = 8;
 /// What to record with the snapshot.
 #[derive(Clone, Debug, Default)]
 pub struct BackupOptions {
+    /// Read every file even when the previous snapshot of the same paths says
+    /// it is unchanged (same size and modification time).
+    pub force_read: bool,
     pub host: String,
     pub tenant: Option<String>,
     pub tags: Vec<String>,
@@ -70,6 +74,8 @@ pub struct CopyResult {
 #[derive(Debug, Default)]
 pub struct Progress {
     pub bytes_read: AtomicU64,
+    /// Bytes of files unchanged since the parent snapshot, not read again.
+    pub bytes_skipped: AtomicU64,
     pub files: AtomicU64,
 }
 
@@ -124,10 +130,19 @@ pub async fn backup(
         list.push(target);
     }
     let targets: Arc<Vec<Target>> = Arc::new(list);
+    let mut parents = Vec::new();
+    for target in targets.iter() {
+        parents.push(match &source {
+            Source::Paths(paths) if !options.force_read && target.ok() => {
+                parent_root(&target.repo, paths, &options).await
+            }
+            _ => None,
+        });
+    }
     let walk = {
         let targets = targets.clone();
         let handle = handle.clone();
-        tokio::task::spawn_blocking(move || run(&handle, &targets, source, &progress))
+        tokio::task::spawn_blocking(move || run(&handle, &targets, source, parents, &progress))
     };
     let walked = walk.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let outcome = match walked {
@@ -138,6 +153,28 @@ pub async fn backup(
         lock.release(&targets[i].repo).await;
     }
     outcome
+}
+
+/// The paths a snapshot records for `paths`.
+fn shown_paths(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect()
+}
+
+/// The root tree of the newest snapshot of the same paths (and tenant, or host
+/// when there is no tenant): files unchanged since it are not read again.
+async fn parent_root(repo: &Repository, paths: &[PathBuf], options: &BackupOptions) -> Option<Tree> {
+    let shown = shown_paths(paths);
+    let snapshots = repo.snapshots().await.ok()?;
+    let (_, parent) = snapshots.iter().rev().find(|(_, s)| {
+        s.paths == shown && s.tenant == options.tenant && (options.tenant.is_some() || s.host == options.host)
+    })?;
+    load_tree(repo, &parent.tree).await.ok()
+}
+
+/// The node called `name` in a parent tree (trees are sorted by name).
+fn parent_node(tree: Option<&Tree>, name: &str) -> Option<Node> {
+    let tree = tree?;
+    tree.nodes.binary_search_by(|n| n.name.as_str().cmp(name)).ok().map(|i| tree.nodes[i].clone())
 }
 
 /// Saves one snapshot per repository that did not fail.
@@ -172,7 +209,13 @@ async fn save_snapshots(targets: &[Target], walked: Walked, options: &BackupOpti
 
 type Walked = (Vec<Id>, Vec<String>, Totals);
 
-fn run(handle: &Handle, targets: &Arc<Vec<Target>>, source: Source, progress: &Progress) -> Result<Walked, Error> {
+fn run(
+    handle: &Handle,
+    targets: &Arc<Vec<Target>>,
+    source: Source,
+    parents: Vec<Option<Tree>>,
+    progress: &Progress,
+) -> Result<Walked, Error> {
     let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
     let rx = Arc::new(Mutex::new(rx));
     let workers: Vec<_> = (0..worker_count())
@@ -182,7 +225,7 @@ fn run(handle: &Handle, targets: &Arc<Vec<Target>>, source: Source, progress: &P
         })
         .collect();
     let mut walker = Walker { handle, targets, tx, totals: Totals::default(), progress };
-    let walked = walker.walk_source(source);
+    let walked = walker.walk_source(source, &parents);
     let dirs = walker.totals.dirs;
     drop(walker);
     for worker in workers {
@@ -194,7 +237,7 @@ fn run(handle: &Handle, targets: &Arc<Vec<Target>>, source: Source, progress: &P
     let totals = Totals {
         files: progress.files.load(Ordering::Relaxed),
         dirs,
-        bytes: progress.bytes_read.load(Ordering::Relaxed),
+        bytes: progress.bytes_read.load(Ordering::Relaxed) + progress.bytes_skipped.load(Ordering::Relaxed),
         ..Totals::default()
     };
     Ok((roots, paths, totals))
@@ -260,7 +303,7 @@ impl Walker<'_> {
         self.targets.len()
     }
 
-    fn walk_source(&mut self, source: Source) -> Result<(NodesPerRepo, Vec<String>), Error> {
+    fn walk_source(&mut self, source: Source, parents: &[Option<Tree>]) -> Result<(NodesPerRepo, Vec<String>), Error> {
         let mut nodes = vec![Vec::new(); self.repos()];
         match source {
             Source::Stream { name, reader } => {
@@ -283,24 +326,25 @@ impl Walker<'_> {
             }
             Source::Paths(paths) => {
                 let mut names = std::collections::BTreeSet::new();
-                let mut shown = Vec::new();
+                let shown = shown_paths(&paths);
                 for path in paths {
                     let name = path.file_name().map_or_else(|| "root".to_owned(), |n| n.to_string_lossy().into_owned());
                     if !names.insert(name.clone()) {
                         return Err(Error::DuplicateName { path, name });
                     }
-                    for (r, node) in self.node(&path, name)?.into_iter().enumerate() {
+                    let previous: Vec<Option<Node>> = parents.iter().map(|t| parent_node(t.as_ref(), &name)).collect();
+                    for (r, node) in self.node(&path, name, &previous)?.into_iter().enumerate() {
                         nodes[r].push(node);
                     }
-                    shown.push(fs::canonicalize(&path).unwrap_or(path).display().to_string());
                 }
                 Ok((nodes, shown))
             }
         }
     }
 
-    /// One node per repository for `path`.
-    fn node(&mut self, path: &Path, name: String) -> Result<Vec<Node>, Error> {
+    /// One node per repository for `path`; `previous` holds the same path's node
+    /// in each repository's parent snapshot, if any.
+    fn node(&mut self, path: &Path, name: String, previous: &[Option<Node>]) -> Result<Vec<Node>, Error> {
         let read = |source| Error::Read { path: path.to_owned(), source };
         let meta = fs::symlink_metadata(path).map_err(read)?;
         let mtime = meta
@@ -324,6 +368,11 @@ impl Walker<'_> {
             return Ok(vec![Node { node_type: NodeType::Symlink, target: Some(target), ..base }; repos]);
         }
         if meta.is_file() {
+            if let Some(reused) = self.unchanged(&base, meta.len(), previous) {
+                self.progress.files.fetch_add(1, Ordering::Relaxed);
+                self.progress.bytes_skipped.fetch_add(meta.len(), Ordering::Relaxed);
+                return Ok(reused);
+            }
             let file = fs::File::open(path).map_err(read)?;
             let (content, size) = self.store_content(Box::new(file), path, Some(meta.len()))?;
             self.progress.files.fetch_add(1, Ordering::Relaxed);
@@ -331,12 +380,22 @@ impl Walker<'_> {
         }
         if meta.is_dir() {
             self.totals.dirs += 1;
+            let previous_trees: Vec<Option<Tree>> = previous
+                .iter()
+                .zip(self.targets.iter())
+                .map(|(node, target)| {
+                    let subtree = node.as_ref().filter(|n| n.node_type == NodeType::Dir)?.subtree?;
+                    self.handle.block_on(load_tree(&target.repo, &subtree)).ok()
+                })
+                .collect();
             let mut children = vec![Vec::new(); repos];
             let mut entries: Vec<_> = fs::read_dir(path).map_err(read)?.collect::<Result<_, _>>().map_err(read)?;
             entries.sort_by_key(|e| e.file_name());
             for entry in entries {
                 let child_name = entry.file_name().to_string_lossy().into_owned();
-                match self.node(&entry.path(), child_name) {
+                let child_previous: Vec<Option<Node>> =
+                    previous_trees.iter().map(|t| parent_node(t.as_ref(), &child_name)).collect();
+                match self.node(&entry.path(), child_name, &child_previous) {
                     Ok(nodes) => nodes.into_iter().enumerate().for_each(|(r, n)| children[r].push(n)),
                     Err(Error::Unsupported { .. }) => continue, // sockets, fifos, devices
                     Err(e) => return Err(e),
@@ -350,6 +409,25 @@ impl Walker<'_> {
                 .collect());
         }
         Err(Error::Unsupported { path: path.to_owned() })
+    }
+
+    /// The parent snapshot's nodes, when the file has the same size and
+    /// modification time there in every repository and all its blobs are still
+    /// stored: then it is not read again.
+    fn unchanged(&self, base: &Node, size: u64, previous: &[Option<Node>]) -> Option<Vec<Node>> {
+        previous
+            .iter()
+            .zip(self.targets.iter())
+            .map(|(node, target)| {
+                let node = node.as_ref()?;
+                let same = node.node_type == NodeType::File
+                    && node.size == size
+                    && node.mtime == base.mtime
+                    && !base.mtime.is_empty()
+                    && node.content.iter().all(|id| target.repo.has_blob(id));
+                same.then(|| Node { content: node.content.clone(), size, ..base.clone() })
+            })
+            .collect()
     }
 
     /// Chunks a stream and queues its new chunks; returns the chunk ids per
