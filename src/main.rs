@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    return_large_buffers_to_the_system();
     let cli = fenice::cli::Cli::parse();
     match fenice::cli::run(cli) {
         Ok(code) => code,
@@ -10,5 +11,18 @@ fn main() -> ExitCode {
             eprintln!("fenice: {e:#}");
             fenice::cli::exit_code(&e)
         }
+    }
+}
+
+/// Chunks and packs are buffers of 1 to 16 MiB. glibc's adaptive threshold
+/// would soon serve them from per-thread heaps that never shrink, holding tens
+/// of MiB per thread after a backup has freed them; mapped directly, they go
+/// back to the system when freed.
+fn return_large_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

@@ -119,9 +119,7 @@ async fn read_pack(
     if bytes.len() as u64 != size || Id::of_content(&bytes) != *pack {
         reasons.push("content does not match its name".to_owned());
     }
-    let indexed: Vec<_> = repo.with_index(|index| {
-        index.packs().find(|(id, _)| *id == pack).map(|(_, blobs)| blobs.clone()).unwrap_or_default()
-    });
+    let indexed: Vec<_> = repo.with_index(|index| index.pack(pack).cloned().unwrap_or_default());
     if let Err(e) = read_header(repo.keys(), &bytes) {
         reasons.push(format!("header: {e}"));
     }

@@ -61,6 +61,11 @@ impl Index {
         self.blobs.contains_key(id)
     }
 
+    /// The blobs of one pack.
+    pub fn pack(&self, pack: &Id) -> Option<&Vec<BlobEntry>> {
+        self.packs.get(pack)
+    }
+
     pub fn has_pack(&self, pack: &Id) -> bool {
         self.packs.contains_key(pack)
     }

@@ -1,7 +1,7 @@
 //! A repository on an object store: create, unlock, store and load blobs,
 //! snapshots and key files.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -109,7 +109,10 @@ pub enum Unlock {
 /// Blobs waiting to be packed and packs written in this session.
 #[derive(Default)]
 struct Writer {
-    pack: PackBuilder,
+    /// Open packs: data blobs and tree blobs go to separate packs, so that
+    /// walking trees reads a few small packs rather than all of them.
+    data_pack: PackBuilder,
+    tree_pack: PackBuilder,
     /// Blobs in the open pack or in a pack being uploaded.
     pending: HashSet<Id>,
     /// Packs uploaded but not yet listed in an index object.
@@ -124,7 +127,12 @@ pub struct Repository {
     config: Config,
     index: RwLock<Index>,
     writer: Mutex<Writer>,
+    /// Whole packs of tree blobs, read once: walking a snapshot reads every tree.
+    tree_packs: Mutex<HashMap<Id, Bytes>>,
 }
+
+/// Bytes of tree packs kept in memory at most.
+const TREE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +206,7 @@ impl Repository {
             config,
             index: RwLock::new(Index::default()),
             writer: Mutex::new(Writer::default()),
+            tree_packs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -398,8 +407,12 @@ impl Repository {
         let added = sealed.len() as u64;
         let full = {
             let mut writer = self.lock_writer();
-            writer.pack.add(id, blob_type, &sealed, plaintext.len());
-            if writer.pack.is_full() { Some(std::mem::take(&mut writer.pack)) } else { None }
+            let pack = match blob_type {
+                BlobType::Data => &mut writer.data_pack,
+                BlobType::Tree => &mut writer.tree_pack,
+            };
+            pack.add(id, blob_type, &sealed, plaintext.len());
+            if pack.is_full() { Some(std::mem::take(pack)) } else { None }
         };
         if let Some(pack) = full {
             self.upload_pack(pack).await?;
@@ -423,9 +436,12 @@ impl Repository {
     /// Uploads the open pack and writes an index object for every pack this
     /// session uploaded. Snapshots must be saved only after this.
     pub async fn flush(&self) -> Result<()> {
-        let open = std::mem::take(&mut self.lock_writer().pack);
-        if !open.is_empty() {
-            self.upload_pack(open).await?;
+        let open = {
+            let mut writer = self.lock_writer();
+            [std::mem::take(&mut writer.data_pack), std::mem::take(&mut writer.tree_pack)]
+        };
+        for pack in open.into_iter().filter(|p| !p.is_empty()) {
+            self.upload_pack(pack).await?;
         }
         let packs = std::mem::take(&mut self.lock_writer().unindexed);
         if packs.is_empty() {
@@ -444,12 +460,34 @@ impl Repository {
         let location = self.locate(id).ok_or(Error::MissingBlob { location: self.describe(), id: *id })?;
         let entry = location.entry;
         let range = u64::from(entry.offset)..u64::from(entry.offset) + u64::from(entry.length);
-        let sealed = self.store.get_range(&pack_key(&location.pack), range).await?;
+        let sealed = match self.tree_pack(&location.pack).await? {
+            Some(pack) => pack.slice(range.start as usize..(range.end as usize).min(pack.len())),
+            None => self.store.get_range(&pack_key(&location.pack), range).await?,
+        };
         open_blob(&self.keys, &entry, &sealed).map_err(|source| Error::Pack {
             location: self.describe(),
             pack: location.pack,
             source,
         })
+    }
+
+    /// The whole pack, from memory, if it holds only tree blobs.
+    async fn tree_pack(&self, pack: &Id) -> Result<Option<Bytes>> {
+        if let Some(bytes) = self.tree_packs.lock().unwrap_or_else(|e| e.into_inner()).get(pack) {
+            return Ok(Some(bytes.clone()));
+        }
+        let only_trees = self.with_index(|index| {
+            index.pack(pack).is_some_and(|blobs| blobs.iter().all(|b| b.blob_type == BlobType::Tree))
+        });
+        if !only_trees {
+            return Ok(None);
+        }
+        let bytes = self.store.get(&pack_key(pack)).await?;
+        let mut cache = self.tree_packs.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.values().map(Bytes::len).sum::<usize>() + bytes.len() <= TREE_CACHE_BYTES {
+            cache.insert(*pack, bytes.clone());
+        }
+        Ok(Some(bytes))
     }
 
     /// Runs `f` over the index.

@@ -61,8 +61,10 @@ struct PendingFile {
 /// Where one blob's plaintext goes: file index and byte offset.
 type Targets = Vec<(usize, u64)>;
 
-/// Packs downloaded and written at once; each holds at most one pack in memory.
-const PARALLEL_PACKS: usize = 4;
+/// Reads in flight at once; each holds at most one window in memory.
+const PARALLEL_READS: usize = 8;
+/// A read covers neighbouring blobs of one pack up to this many bytes.
+const WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Restores the tree `root` into `target`. Files are planned first, then each
 /// pack is read once and its blobs written where they belong, several packs at
@@ -128,19 +130,35 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
         }
     }
     let paths: Vec<PathBuf> = files.iter().map(|f| f.partial.clone()).collect();
-    let mut packs: Vec<_> = by_pack.into_iter().collect();
-    packs.sort_by_key(|(id, _)| *id);
+    let mut windows = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|(entry, _)| entry.offset);
+        let mut current: Vec<(BlobEntry, Targets)> = Vec::new();
+        for blob in blobs {
+            let start = current.first().map(|(e, _)| u64::from(e.offset));
+            let end = u64::from(blob.0.offset) + u64::from(blob.0.length);
+            if start.is_some_and(|start| end - start > WINDOW_BYTES) {
+                windows.push((pack, std::mem::take(&mut current)));
+            }
+            current.push(blob);
+        }
+        if !current.is_empty() {
+            windows.push((pack, current));
+        }
+    }
+    windows.sort_by_key(|(pack, blobs)| (*pack, blobs.first().map(|(e, _)| e.offset)));
+    let paths = std::sync::Arc::new(paths);
     let mut damage: Vec<(usize, String)> = Vec::new();
-    let mut queue = packs.into_iter();
+    let mut queue = windows.into_iter();
     let mut running = tokio::task::JoinSet::new();
     loop {
-        while running.len() < PARALLEL_PACKS {
+        while running.len() < PARALLEL_READS {
             let Some((pack, blobs)) = queue.next() else { break };
             let store = repo.store().clone();
             let keys = repo.keys().clone();
             let paths = paths.clone();
             let location = repo.describe();
-            running.spawn(async move { restore_pack(store, keys, location, pack, blobs, &paths).await });
+            running.spawn(async move { restore_window(store, keys, location, pack, blobs, paths).await });
         }
         let Some(done) = running.join_next().await else { break };
         let outcome = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -169,51 +187,51 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
     Ok(report)
 }
 
-/// Reads one pack and writes each wanted blob to its files. Returns the files
-/// hit by damaged blobs; an I/O error writing the target stops the restore.
-async fn restore_pack(
+/// Reads one window of a pack and writes each of its blobs to their files.
+/// Returns the files hit by damaged blobs; an I/O error writing the target
+/// stops the restore.
+async fn restore_window(
     store: std::sync::Arc<dyn crate::store::ObjectStore>,
     keys: super::crypto::Keys,
     location: String,
     pack: Id,
     blobs: Vec<(BlobEntry, Targets)>,
-    paths: &[PathBuf],
+    paths: std::sync::Arc<Vec<PathBuf>>,
 ) -> Result<Vec<(usize, String)>, (PathBuf, std::io::Error)> {
-    let bytes = match store.get(&pack_key(&pack)).await {
+    let start = blobs.first().map_or(0, |(e, _)| u64::from(e.offset));
+    let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(start);
+    let bytes = match store.get_range(&pack_key(&pack), start..end).await {
         Ok(bytes) => bytes,
         Err(e) => {
             let why = RepoError::from(e).to_string();
             return Ok(blobs.iter().flat_map(|(_, t)| t.iter().map(|(i, _)| (*i, why.clone()))).collect());
         }
     };
-    tokio::task::spawn_blocking({
-        let paths = paths.to_vec();
-        move || {
-            let mut damage = Vec::new();
-            for (entry, targets) in blobs {
-                let range = entry.offset as usize..(entry.offset + entry.length) as usize;
-                let opened = bytes
-                    .get(range)
-                    .ok_or(PackError::TooShort)
-                    .and_then(|sealed| super::pack::open_blob(&keys, &entry, sealed));
-                let plaintext = match opened {
-                    Ok(plaintext) => plaintext,
-                    Err(source) => {
-                        let why = RepoError::Pack { location: location.clone(), pack, source }.to_string();
-                        damage.extend(targets.iter().map(|(i, _)| (*i, why.clone())));
-                        continue;
-                    }
-                };
-                for (i, offset) in targets {
-                    let write = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&paths[i])
-                        .and_then(|file| file.write_all_at(&plaintext, offset));
-                    write.map_err(|e| (paths[i].clone(), e))?;
+    tokio::task::spawn_blocking(move || {
+        let mut damage = Vec::new();
+        for (entry, targets) in blobs {
+            let from = (u64::from(entry.offset) - start) as usize;
+            let opened = bytes
+                .get(from..from + entry.length as usize)
+                .ok_or(PackError::TooShort)
+                .and_then(|sealed| super::pack::open_blob(&keys, &entry, sealed));
+            let plaintext = match opened {
+                Ok(plaintext) => plaintext,
+                Err(source) => {
+                    let why = RepoError::Pack { location: location.clone(), pack, source }.to_string();
+                    damage.extend(targets.iter().map(|(i, _)| (*i, why.clone())));
+                    continue;
                 }
+            };
+            for (i, offset) in targets {
+                let write = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&paths[i])
+                    .and_then(|file| file.write_all_at(&plaintext, offset));
+                write.map_err(|e| (paths[i].clone(), e))?;
             }
-            Ok(damage)
         }
+        Ok(damage)
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
