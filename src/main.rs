@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Chunks and packs are buffers of 1 to 16 MiB. glibc's adaptive threshold
+/// Packs and the largest chunks are buffers of 4 to 16 MiB. glibc's adaptive threshold
 /// would soon serve them from per-thread heaps that never shrink, holding tens
 /// of MiB per thread after a backup has freed them; mapped directly, they go
 /// back to the system when freed.
@@ -23,6 +23,6 @@ fn return_large_buffers_to_the_system() {
     // SAFETY: mallopt only sets an allocator parameter; it is called before any
     // other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }

@@ -131,7 +131,9 @@ impl RecoveryKey {
 
     /// Parses the text form; spaces, dashes, line breaks and case do not matter.
     pub fn from_text(text: &str) -> Result<Self, KeyError> {
-        let text = Zeroizing::new(text.trim().to_lowercase());
+        // Retyped from paper: line breaks and spaces may fall anywhere, even in the prefix.
+        let text: Zeroizing<String> =
+            Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_lowercase());
         let rest = text
             .strip_prefix(RECOVERY_PREFIX)
             .ok_or(KeyError::BadRecoveryText { what: "the fenice-recovery-1: prefix is missing" })?;
