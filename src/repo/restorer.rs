@@ -3,6 +3,7 @@
 //! damaged ones reported.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -209,6 +210,8 @@ async fn restore_window(
     };
     tokio::task::spawn_blocking(move || {
         let mut damage = Vec::new();
+        // A file spread over many blobs of this window is opened once.
+        let mut open: HashMap<usize, std::fs::File> = HashMap::new();
         for (entry, targets) in blobs {
             let from = (u64::from(entry.offset) - start) as usize;
             let opened = bytes
@@ -224,11 +227,13 @@ async fn restore_window(
                 }
             };
             for (i, offset) in targets {
-                let write = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&paths[i])
-                    .and_then(|file| file.write_all_at(&plaintext, offset));
-                write.map_err(|e| (paths[i].clone(), e))?;
+                let file = match open.entry(i) {
+                    Entry::Occupied(file) => file.into_mut(),
+                    Entry::Vacant(slot) => slot.insert(
+                        std::fs::OpenOptions::new().write(true).open(&paths[i]).map_err(|e| (paths[i].clone(), e))?,
+                    ),
+                };
+                file.write_all_at(&plaintext, offset).map_err(|e| (paths[i].clone(), e))?;
             }
         }
         Ok(damage)
