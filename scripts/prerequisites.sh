@@ -13,6 +13,8 @@ set -euo pipefail
 MOTO_VERSION=5.2.5
 KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECK_JSONSCHEMA_VERSION=0.39.0
+# The independent reader of docs/repository-format.md (tests/format_reader.py).
+READER_PACKAGES=(blake3==1.0.11 PyNaCl==1.6.2 argon2-cffi==25.1.0 zstandard==0.25.0)
 AZURITE_VERSION=3.37.0
 
 export DEBIAN_FRONTEND=noninteractive
@@ -106,7 +108,7 @@ EOF
 
 declare -A have_py
 while read -r name version; do have_py[$name]=$version; done \
-  < <(py_versions moto kubernetes-validate check-jsonschema flask flask-cors)
+  < <(py_versions moto kubernetes-validate check-jsonschema flask flask-cors blake3 PyNaCl argon2-cffi zstandard)
 
 pip_specs=()
 # moto's server needs its [server] extra (flask, flask-cors), not only moto itself.
@@ -117,6 +119,9 @@ fi
   || pip_specs+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
 [ "${have_py[check-jsonschema]}" = "$CHECK_JSONSCHEMA_VERSION" ] \
   || pip_specs+=("check-jsonschema==$CHECK_JSONSCHEMA_VERSION")
+for spec in "${READER_PACKAGES[@]}"; do
+  [ "${have_py[${spec%%==*}]}" = "${spec##*==}" ] || pip_specs+=("$spec")
+done
 
 if [ ${#pip_specs[@]} -gt 0 ]; then
   say "installing from PyPI: ${pip_specs[*]}"

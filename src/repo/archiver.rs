@@ -328,7 +328,10 @@ impl Walker<'_> {
                 let mut names = std::collections::BTreeSet::new();
                 let shown = shown_paths(&paths);
                 for path in paths {
-                    let name = path.file_name().map_or_else(|| "root".to_owned(), |n| n.to_string_lossy().into_owned());
+                    // `.` or `backup/..` are named after the directory they stand for.
+                    let canonical = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                    let name =
+                        canonical.file_name().map_or_else(|| "root".to_owned(), |n| n.to_string_lossy().into_owned());
                     if !names.insert(name.clone()) {
                         return Err(Error::DuplicateName { path, name });
                     }

@@ -34,7 +34,7 @@ pub enum Error {
     },
     #[error("{path} is not in the snapshot")]
     NotInSnapshot { path: String },
-    #[error("{path} is a directory: --to-stdout restores one file")]
+    #[error("{path} is not a regular file (a directory or a symlink): --to-stdout restores one file")]
     NotAFile { path: String },
     #[error(transparent)]
     Repo(#[from] RepoError),

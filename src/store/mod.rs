@@ -9,6 +9,7 @@ pub mod error;
 pub mod fs;
 pub mod location;
 pub mod open;
+mod remote;
 pub mod retry;
 pub mod s3;
 

@@ -22,7 +22,6 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -42,11 +41,12 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use super::error::check_key;
+use super::remote::{LockSupport, Properties, WriteAttempts, content_hash, retain_until};
 use super::retry::{GaveUp, LastFailure, RetryPolicy, with_retries};
 use super::{Error, Location, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
 
-/// User metadata entry (`x-amz-meta-fenice-blake3`) holding the BLAKE3 hash of
-/// the content, so that a write whose answer was lost can recognise itself on retry.
+/// User metadata entry (`x-amz-meta-fenice-blake3`) holding the
+/// [`content_hash`](super::remote::content_hash).
 const HASH_META: &str = "fenice-blake3";
 
 /// The region when none is configured anywhere; S3-compatible services mostly
@@ -108,13 +108,6 @@ impl fmt::Debug for StaticCredentials {
     }
 }
 
-/// Whether the bucket has Object Lock, asked once per store.
-#[derive(Clone, Debug)]
-enum ObjectLock {
-    Enabled,
-    Missing { why: String },
-}
-
 /// A bucket (and prefix) in S3 or an S3-compatible service.
 pub struct S3Store {
     client: Client,
@@ -126,7 +119,7 @@ pub struct S3Store {
     describe: String,
     immutability: Option<Duration>,
     retry: RetryPolicy,
-    lock: OnceCell<ObjectLock>,
+    lock: OnceCell<LockSupport>,
     /// Set once the bucket was seen to exist: a HEAD answers a bare 404 for a
     /// missing bucket and for a missing key alike.
     bucket_seen: OnceCell<()>,
@@ -141,12 +134,10 @@ impl fmt::Debug for S3Store {
     }
 }
 
-/// An object's properties as far as the store cares, from a HEAD.
-struct Properties {
-    size: u64,
-    etag: String,
-    hash: Option<String>,
-    retain_until: Option<SystemTime>,
+/// What a HEAD tells: the properties every backend reads, plus Object Lock's
+/// legal hold, which locks a version regardless of any date.
+struct Head {
+    props: Properties,
     legal_hold: bool,
 }
 
@@ -270,9 +261,7 @@ impl S3Store {
         if !object_lock {
             return Ok(());
         }
-        if let ObjectLock::Missing { why } = self.object_lock().await? {
-            return Err(Error::Unsupported { store: self.describe(), what: "immutability", why: why.clone() });
-        }
+        self.object_lock().await?.require(|| self.describe())?;
         // Object Lock switches versioning on by itself on AWS; saying so again is
         // harmless and covers services that do not.
         self.call(|| {
@@ -346,7 +335,7 @@ impl S3Store {
     }
 
     /// The object's properties, or `None` if there is no such object.
-    async fn properties(&self, full: &str, key: &str, version: Option<&str>) -> Result<Option<Properties>> {
+    async fn properties(&self, full: &str, key: &str, version: Option<&str>) -> Result<Option<Head>> {
         let result = self
             .call(|| {
                 let request =
@@ -372,11 +361,13 @@ impl S3Store {
                 message: format!("the service sent an unreadable retain-until date {date}"),
             })?),
         };
-        Ok(Some(Properties {
-            size: out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-            etag: etag_text(out.e_tag()),
-            hash: out.metadata().and_then(|m| m.get(HASH_META)).cloned(),
-            retain_until,
+        Ok(Some(Head {
+            props: Properties {
+                size: out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                etag: etag_text(out.e_tag()),
+                hash: out.metadata().and_then(|m| m.get(HASH_META)).cloned(),
+                retain_until,
+            },
             legal_hold: out.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
         }))
     }
@@ -408,7 +399,7 @@ impl S3Store {
     }
 
     /// Whether the bucket has Object Lock. Asked once; a failed ask is not remembered.
-    async fn object_lock(&self) -> Result<&ObjectLock> {
+    async fn object_lock(&self) -> Result<&LockSupport> {
         self.lock
             .get_or_try_init(|| async {
                 let operation = "read Object Lock configuration";
@@ -418,7 +409,7 @@ impl S3Store {
                         async move { request.send().await.map_err(Failed::from) }
                     })
                     .await;
-                let missing = ObjectLock::Missing {
+                let missing = LockSupport::Missing {
                     why: format!(
                         "bucket {} has no Object Lock; create a bucket with Object Lock enabled (`fenice repo init` \
                          does), or disable immutability for this repository",
@@ -428,7 +419,7 @@ impl S3Store {
                 match result {
                     Ok(out) => {
                         let enabled = out.object_lock_configuration().and_then(|c| c.object_lock_enabled());
-                        Ok(if enabled == Some(&ObjectLockEnabled::Enabled) { ObjectLock::Enabled } else { missing })
+                        Ok(if enabled == Some(&ObjectLockEnabled::Enabled) { LockSupport::Available } else { missing })
                     }
                     Err(f) if f.code() == Some("ObjectLockConfigurationNotFoundError") => Ok(missing),
                     Err(f) => Err(self.error(f, operation, &self.bucket)),
@@ -440,11 +431,7 @@ impl S3Store {
     /// After a lost answer, a conflict may be our own earlier attempt: it is if
     /// the object now there has our content.
     async fn own_earlier_write(&self, full: &str, key: &str, hash: &str) -> Result<Option<PutOutcome>> {
-        Ok(self
-            .properties(full, key, None)
-            .await?
-            .filter(|p| p.hash.as_deref() == Some(hash))
-            .map(|p| PutOutcome { etag: p.etag, retain_until: p.retain_until }))
+        Ok(self.properties(full, key, None).await?.and_then(|h| h.props.if_written_by_us(hash)))
     }
 
     /// Refuses an `If-Match` overwrite the service would let through but must
@@ -453,11 +440,11 @@ impl S3Store {
         let refused = |e: Error| Err(e);
         match self.properties(full, key, None).await? {
             None => refused(Error::PreconditionFailed { store: self.describe(), key: key.to_owned() }),
-            Some(p) if p.etag != expected => {
+            Some(h) if h.props.etag != expected => {
                 refused(Error::PreconditionFailed { store: self.describe(), key: key.to_owned() })
             }
-            Some(p) if p.legal_hold || p.retain_until.is_some_and(|t| t > SystemTime::now()) => {
-                refused(Error::Immutable { store: self.describe(), key: key.to_owned(), until: p.retain_until })
+            Some(h) if h.legal_hold || h.props.retain_until.is_some_and(|t| t > SystemTime::now()) => {
+                refused(Error::Immutable { store: self.describe(), key: key.to_owned(), until: h.props.retain_until })
             }
             Some(_) => Ok(()),
         }
@@ -538,13 +525,13 @@ impl S3Store {
             return Err(Error::Denied { store: self.describe(), operation: "delete", key: key.to_owned() });
         }
         match self.properties(full, key, Some(&version.id)).await {
-            Ok(Some(p)) if !p.legal_hold && p.retain_until.is_none_or(|t| t <= SystemTime::now()) => {
+            Ok(Some(h)) if !h.legal_hold && h.props.retain_until.is_none_or(|t| t <= SystemTime::now()) => {
                 Err(Error::Denied { store: self.describe(), operation: "delete", key: key.to_owned() })
             }
-            Ok(p) => Err(Error::Immutable {
+            Ok(h) => Err(Error::Immutable {
                 store: self.describe(),
                 key: key.to_owned(),
-                until: p.and_then(|p| p.retain_until),
+                until: h.and_then(|h| h.props.retain_until),
             }),
             // Refused, and the version cannot be read either: say what is most likely.
             Err(_) => Err(Error::Immutable { store: self.describe(), key: key.to_owned(), until: None }),
@@ -560,26 +547,15 @@ impl ObjectStore for S3Store {
 
     async fn put(&self, key: &str, data: Bytes, condition: PutCondition) -> Result<PutOutcome> {
         let full = self.full_key(key)?;
-        let retain_until = match self.immutability {
-            None => None,
-            Some(window) => match self.object_lock().await? {
-                ObjectLock::Enabled => Some(whole_seconds(SystemTime::now() + window)),
-                ObjectLock::Missing { why } => {
-                    return Err(Error::Unsupported { store: self.describe(), what: "immutability", why: why.clone() });
-                }
-            },
-        };
+        let retain_until =
+            retain_until(self.immutability, self.object_lock(), whole_seconds, || self.describe()).await?;
         if let PutCondition::IfMatch(expected) = &condition {
             self.check_overwrite(&full, key, expected).await?;
         }
-        let hash = blake3::hash(&data).to_hex().to_string();
-        // An attempt that timed out or failed after sending may still have written.
-        let (pending, landed) = (AtomicBool::new(false), AtomicBool::new(false));
+        let hash = content_hash(&data);
+        let attempts = WriteAttempts::default();
         let result = self
             .call(|| {
-                if pending.swap(true, Ordering::SeqCst) {
-                    landed.store(true, Ordering::SeqCst);
-                }
                 let mut request = self
                     .client
                     .put_object()
@@ -603,15 +579,7 @@ impl ObjectStore for S3Store {
                         .object_lock_mode(ObjectLockMode::Compliance)
                         .object_lock_retain_until_date(DateTime::from(until));
                 }
-                let (pending, landed) = (&pending, &landed);
-                async move {
-                    let result = request.send().await.map_err(Failed::from);
-                    pending.store(false, Ordering::SeqCst);
-                    if result.as_ref().is_err_and(Failed::may_have_landed) {
-                        landed.store(true, Ordering::SeqCst);
-                    }
-                    result
-                }
+                attempts.attempt(async move { request.send().await.map_err(Failed::from) }, Failed::may_have_landed)
             })
             .await;
         let f = match result {
@@ -622,7 +590,7 @@ impl ObjectStore for S3Store {
         // conditional write to the same key won.
         let conflict = matches!(f.status(), Some(409 | 412));
         if conflict
-            && landed.load(Ordering::SeqCst)
+            && attempts.may_have_landed()
             && let Some(outcome) = self.own_earlier_write(&full, key, &hash).await?
         {
             return Ok(outcome);
@@ -677,8 +645,8 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let full = self.full_key(key)?;
-        let props = self.properties(&full, key, None).await?;
-        Ok(props.map(|p| ObjectMeta { key: key.to_owned(), size: p.size, etag: p.etag }))
+        let head = self.properties(&full, key, None).await?;
+        Ok(head.map(|h| ObjectMeta { key: key.to_owned(), size: h.props.size, etag: h.props.etag }))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -730,18 +698,15 @@ impl ObjectStore for S3Store {
 
     async fn retention(&self, key: &str) -> Result<Retention> {
         let full = self.full_key(key)?;
-        let Some(p) = self.properties(&full, key, None).await? else {
+        let Some(h) = self.properties(&full, key, None).await? else {
             return Err(Error::NotFound { store: self.describe(), key: key.to_owned() });
         };
         // NB: read from HEAD (x-amz-object-lock-retain-until-date), not from
         // GetObjectRetention: moto's GetObjectRetention is broken, and HEAD needs
         // no extra permission.
-        match p.retain_until {
+        match h.props.retain_until {
             Some(until) if until > SystemTime::now() => Ok(Retention::Until(until)),
-            _ => match self.object_lock().await? {
-                ObjectLock::Enabled => Ok(Retention::None),
-                ObjectLock::Missing { why } => Ok(Retention::Unsupported { why: why.clone() }),
-            },
+            _ => Ok(self.object_lock().await?.retention_when_unlocked()),
         }
     }
 }
@@ -883,7 +848,8 @@ fn endpoint_for_messages(endpoint: &str) -> String {
 }
 
 /// Retain-until dates travel with second precision; rounding up here makes
-/// the date we report the date the service stores.
+/// the date we report the date the service stores, and never locks for less than
+/// the window. NB: Azure's backend cuts the fraction off instead, as its service does.
 fn whole_seconds(t: SystemTime) -> SystemTime {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);

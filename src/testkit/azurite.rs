@@ -5,12 +5,13 @@
 //! killed, leaves that child behind. Killing the process group would catch it too,
 //! but starting node ourselves keeps one process to watch.
 
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::LazyLock;
 
 use super::{Error, HttpServer, Result, process};
+pub use crate::store::azure::AccountKey;
 
 const SERVER: &str = "azurite";
 /// The blob service's entry point inside the npm package.
@@ -20,32 +21,27 @@ const BLOB_MAIN: &str = "azurite/dist/src/blob/main.js";
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";
 
 /// The key of [`DEV_ACCOUNT`]. It is public, published by Microsoft for the
-/// emulators, but it is key material all the same, so it never prints.
-pub const DEV_ACCOUNT_KEY: AccountKey =
-    AccountKey("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==");
+/// emulators, but it is key material all the same, so it never prints. The
+/// store's own type, so that it signs as any other key does; a `static`, not a
+/// `const`, because that type decodes (and zeroizes) at run time.
+pub static DEV_ACCOUNT_KEY: LazyLock<AccountKey> = LazyLock::new(|| {
+    AccountKey::from_base64("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==")
+        .unwrap_or_else(|_| unreachable!("the published key is base64"))
+});
 
-/// A storage account's shared key, base64 as the portal shows it. Its `Debug`
-/// prints `[redacted]`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct AccountKey(&'static str);
-
-impl AccountKey {
-    /// The key, base64-encoded, for signing requests or building a connection string.
-    pub fn expose(&self) -> &'static str {
-        self.0
-    }
-}
-
-impl fmt::Debug for AccountKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// A running Azurite blob service, stopped and deleted on drop.
+/// A running Azurite blob service, stopped and deleted on drop. Its address,
+/// port, process id and log come from [`HttpServer`].
 #[derive(Debug)]
 pub struct AzuriteServer {
     inner: HttpServer,
+}
+
+impl Deref for AzuriteServer {
+    type Target = HttpServer;
+
+    fn deref(&self) -> &HttpServer {
+        &self.inner
+    }
 }
 
 impl AzuriteServer {
@@ -94,26 +90,6 @@ impl AzuriteServer {
             self.blob_endpoint()
         )
     }
-
-    /// The service's address, for [`super::http`].
-    pub fn addr(&self) -> SocketAddr {
-        self.inner.addr()
-    }
-
-    /// The TCP port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.inner.port
-    }
-
-    /// The server's process id, which is also its process group id.
-    pub fn pid(&self) -> u32 {
-        self.inner.process.pid()
-    }
-
-    /// The server's log file.
-    pub fn log_path(&self) -> &Path {
-        self.inner.process.log_path()
-    }
 }
 
 /// Azurite's blob entry point: where `azurite-blob` on PATH links to, or else
@@ -145,7 +121,7 @@ mod tests {
 
     #[test]
     fn the_account_key_never_prints() {
-        assert_eq!(format!("{DEV_ACCOUNT_KEY:?}"), "[redacted]");
-        assert_eq!(format!("{:?}", Some(DEV_ACCOUNT_KEY)), "Some([redacted])");
+        assert_eq!(format!("{:?}", *DEV_ACCOUNT_KEY), "AccountKey([redacted])");
+        assert_eq!(format!("{:?}", Some(&*DEV_ACCOUNT_KEY)), "Some(AccountKey([redacted]))");
     }
 }

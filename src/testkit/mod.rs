@@ -114,9 +114,10 @@ impl Error {
 }
 
 /// What the S3 and Azurite servers share: a process that answers HTTP on a port of
-/// 127.0.0.1, with a temporary directory for its data and log.
+/// 127.0.0.1, with a temporary directory for its data and log. Both servers
+/// dereference to it, so its accessors are theirs without being written twice.
 #[derive(Debug)]
-struct HttpServer {
+pub struct HttpServer {
     // NB: declared before `_dir`, so the server is killed before its files are removed.
     process: process::ServerProcess,
     /// Held only to be removed on drop.
@@ -148,8 +149,24 @@ impl HttpServer {
         Ok(Self { process, _dir: dir, port })
     }
 
-    fn addr(&self) -> std::net::SocketAddr {
+    /// The service's address, for [`http`].
+    pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id, which is also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> &std::path::Path {
+        self.process.log_path()
     }
 }
 

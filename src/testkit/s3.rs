@@ -1,8 +1,8 @@
 //! An S3 service: moto's server (`moto_server`, from PyPI `moto[server]`), keeping
 //! everything in memory. It takes any credentials and checks no signature.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::PathBuf;
 use std::process::Command;
 
 use super::process;
@@ -11,10 +11,19 @@ use super::{Error, HttpServer, Result};
 const SERVER: &str = "s3 (moto)";
 const PROGRAM: &str = "moto_server";
 
-/// A running moto S3 server, stopped on drop.
+/// A running moto S3 server, stopped on drop. Its address, port, process id and
+/// log come from [`HttpServer`].
 #[derive(Debug)]
 pub struct S3Server {
     inner: HttpServer,
+}
+
+impl Deref for S3Server {
+    type Target = HttpServer;
+
+    fn deref(&self) -> &HttpServer {
+        &self.inner
+    }
 }
 
 impl S3Server {
@@ -40,26 +49,6 @@ impl S3Server {
     /// The service's URL, `http://127.0.0.1:PORT`; buckets are addressed by path.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.inner.addr())
-    }
-
-    /// The service's address, for [`super::http`].
-    pub fn addr(&self) -> SocketAddr {
-        self.inner.addr()
-    }
-
-    /// The TCP port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.inner.port
-    }
-
-    /// The server's process id, which is also its process group id.
-    pub fn pid(&self) -> u32 {
-        self.inner.process.pid()
-    }
-
-    /// The server's log file.
-    pub fn log_path(&self) -> &Path {
-        self.inner.process.log_path()
     }
 }
 

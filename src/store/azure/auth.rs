@@ -78,15 +78,28 @@ impl fmt::Debug for SasUrl {
 
 /// A storage account key (base64 in the portal and in Azurite's docs).
 #[derive(Clone)]
-pub struct AccountKey(Zeroizing<Vec<u8>>);
+pub struct AccountKey {
+    /// Decoded, for signing.
+    key: Zeroizing<Vec<u8>>,
+    /// As given (trimmed), for [`AccountKey::expose`].
+    base64: Zeroizing<String>,
+}
 
 impl AccountKey {
     /// Decodes a key as the portal and Azurite's docs print it.
     pub fn from_base64(text: &str) -> Result<Self, Error> {
-        BASE64.decode(text.trim()).map(|key| Self(Zeroizing::new(key))).map_err(|_| Error::InvalidLocation {
+        let text = text.trim();
+        let key = BASE64.decode(text).map_err(|_| Error::InvalidLocation {
             location: "[account key redacted]".to_owned(),
             why: "the account key is not base64".to_owned(),
-        })
+        })?;
+        Ok(Self { key: Zeroizing::new(key), base64: Zeroizing::new(text.to_owned()) })
+    }
+
+    /// The key, base64 as given, for handing to another tool (a connection
+    /// string, `AZURE_STORAGE_KEY`). Never log it.
+    pub fn expose(&self) -> &str {
+        &self.base64
     }
 }
 
@@ -107,7 +120,8 @@ pub fn account_sas(account: &str, key: &AccountKey, permissions: &str, expiry: S
     // ss, srt, st, se, sip, spr, sv, ses, and a final empty line.
     let string_to_sign =
         [account, permissions, services, resource_types, "", &expiry, "", "", SAS_VERSION, "", ""].join("\n");
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(&key.key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(string_to_sign.as_bytes());
     let signature = BASE64.encode(mac.finalize().into_bytes());
     let mut url = Url::parse("http://sas.invalid/").unwrap_or_else(|_| unreachable!("a literal URL parses"));

@@ -30,11 +30,12 @@ pub use auth::{AccountKey, AzureAuth, SAS_VERSION, SasUrl, account_sas};
 
 use self::failure::{CONTAINER_EXISTS, Failure, is_azurite, is_transient, scrub};
 use super::error::check_key;
+use super::remote::{LockSupport, Properties};
 use super::retry::{RetryPolicy, with_retries};
 use super::{Error, ObjectStore as _, PutOutcome, Result};
 
-/// Metadata entry holding the BLAKE3 hash of the content, so that a write whose
-/// answer was lost can recognise itself on retry.
+/// Metadata entry holding the [`content_hash`](super::remote::content_hash).
+/// NB: not S3's `fenice-blake3`: Azure metadata names must be C# identifiers.
 const HASH_META: &str = "fenice_blake3";
 
 /// Why an Azurite-backed store refuses immutable writes.
@@ -77,13 +78,6 @@ impl fmt::Debug for AzureConfig {
     }
 }
 
-/// Whether the container can lock blob versions, asked once per store.
-#[derive(Clone, Debug)]
-enum Immutability {
-    VersionLevel,
-    Missing { why: String },
-}
-
 /// A container (and prefix) in Azure Blob Storage.
 pub struct AzureStore {
     describe: String,
@@ -93,7 +87,7 @@ pub struct AzureStore {
     prefix: String,
     immutability: Option<Duration>,
     retry: RetryPolicy,
-    support: OnceCell<Immutability>,
+    support: OnceCell<LockSupport>,
 }
 
 impl fmt::Debug for AzureStore {
@@ -103,14 +97,6 @@ impl fmt::Debug for AzureStore {
             .field("immutability", &self.immutability)
             .finish_non_exhaustive()
     }
-}
-
-/// An object's properties as far as the store cares.
-struct Properties {
-    size: u64,
-    etag: String,
-    hash: Option<String>,
-    retain_until: Option<SystemTime>,
 }
 
 impl AzureStore {
@@ -225,7 +211,7 @@ impl AzureStore {
     /// Whether the container has version-level immutability, from its
     /// properties (`x-ms-immutable-storage-with-versioning-enabled`). Asked once;
     /// a failed ask is not remembered.
-    async fn support(&self) -> Result<&Immutability> {
+    async fn support(&self) -> Result<&LockSupport> {
         self.support
             .get_or_try_init(|| async {
                 let operation = "read container properties";
@@ -239,11 +225,11 @@ impl AzureStore {
                     _ => f.into_error(self.describe(), operation, &self.container_name),
                 })?;
                 if rsp.is_immutable_storage_with_versioning_enabled().ok().flatten() == Some(true) {
-                    Ok(Immutability::VersionLevel)
+                    Ok(LockSupport::Available)
                 } else if is_azurite(rsp.headers()) {
-                    Ok(Immutability::Missing { why: AZURITE_HAS_NO_IMMUTABILITY.to_owned() })
+                    Ok(LockSupport::Missing { why: AZURITE_HAS_NO_IMMUTABILITY.to_owned() })
                 } else {
-                    Ok(Immutability::Missing {
+                    Ok(LockSupport::Missing {
                         why: format!(
                             "container {} does not have version-level immutability; enable it on the container or \
                              the account (`az storage container-rm create --enable-vlw`, or migrate the container), \
@@ -259,11 +245,7 @@ impl AzureStore {
     /// After a lost answer, a conflict may be our own earlier attempt: it is
     /// if the object now there has our content.
     async fn own_earlier_write(&self, blob: &BlobClient, key: &str, hash: &str) -> Result<Option<PutOutcome>> {
-        Ok(self
-            .properties(blob, key)
-            .await?
-            .filter(|p| p.hash.as_deref() == Some(hash))
-            .map(|p| PutOutcome { etag: p.etag, retain_until: p.retain_until }))
+        Ok(self.properties(blob, key).await?.and_then(|p| p.if_written_by_us(hash)))
     }
 }
 
@@ -272,7 +254,9 @@ fn etag_text(etag: Option<&Etag>) -> String {
     etag.map(|e| e.as_ref().trim_matches('"').to_owned()).unwrap_or_default()
 }
 
-/// The service keeps policy dates to the second (RFC 7231 dates).
+/// The service keeps policy dates to the second (RFC 7231 dates), cutting off the
+/// fraction; cutting it off here makes the date we report the date it stores.
+/// NB: S3's backend rounds up instead, so the two stay separate.
 fn whole_seconds(t: SystemTime) -> SystemTime {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs())

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -16,7 +15,8 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use super::failure::{BLOB_IMMUTABLE, may_have_landed};
-use super::{AzureStore, HASH_META, Immutability, etag_text, whole_seconds};
+use super::{AzureStore, HASH_META, etag_text, whole_seconds};
+use crate::store::remote::{WriteAttempts, content_hash, retain_until};
 use crate::store::{Error, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
 
 #[async_trait]
@@ -27,23 +27,11 @@ impl ObjectStore for AzureStore {
 
     async fn put(&self, key: &str, data: Bytes, condition: PutCondition) -> Result<PutOutcome> {
         let blob = self.blob(key)?;
-        let retain_until = match self.immutability {
-            None => None,
-            Some(window) => match self.support().await? {
-                Immutability::VersionLevel => Some(whole_seconds(SystemTime::now() + window)),
-                Immutability::Missing { why } => {
-                    return Err(Error::Unsupported { store: self.describe(), what: "immutability", why: why.clone() });
-                }
-            },
-        };
-        let hash = blake3::hash(&data).to_hex().to_string();
-        // An attempt that timed out or failed after sending may still have written.
-        let (pending, landed) = (AtomicBool::new(false), AtomicBool::new(false));
+        let retain_until = retain_until(self.immutability, self.support(), whole_seconds, || self.describe()).await?;
+        let hash = content_hash(&data);
+        let attempts = WriteAttempts::default();
         let result = self
             .call(|| {
-                if pending.swap(true, Ordering::SeqCst) {
-                    landed.store(true, Ordering::SeqCst);
-                }
                 let mut options = BlobClientUploadOptions {
                     metadata: Some(HashMap::from([(HASH_META.to_owned(), hash.clone())])),
                     ..Default::default()
@@ -63,16 +51,7 @@ impl ObjectStore for AzureStore {
                     options.immutability_policy_mode = Some(ImmutabilityPolicyMode::Locked);
                 }
                 let content: RequestContent<Bytes, NoFormat> = data.clone().into();
-                let blob = &blob;
-                let (pending, landed) = (&pending, &landed);
-                async move {
-                    let result = blob.upload(content, Some(options)).await;
-                    pending.store(false, Ordering::SeqCst);
-                    if result.as_ref().is_err_and(may_have_landed) {
-                        landed.store(true, Ordering::SeqCst);
-                    }
-                    result
-                }
+                attempts.attempt(blob.upload(content, Some(options)), may_have_landed)
             })
             .await;
         let f = match result {
@@ -81,7 +60,7 @@ impl ObjectStore for AzureStore {
         };
         let conflict = matches!(f.status(), Some(409 | 412)) && f.code() != Some(BLOB_IMMUTABLE);
         if conflict
-            && landed.load(Ordering::SeqCst)
+            && attempts.may_have_landed()
             && let Some(outcome) = self.own_earlier_write(&blob, key, &hash).await?
         {
             return Ok(outcome);
@@ -192,9 +171,6 @@ impl ObjectStore for AzureStore {
         if let Some(until) = props.retain_until {
             return Ok(if until > SystemTime::now() { Retention::Until(until) } else { Retention::None });
         }
-        Ok(match self.support().await? {
-            Immutability::VersionLevel => Retention::None,
-            Immutability::Missing { why } => Retention::Unsupported { why: why.clone() },
-        })
+        Ok(self.support().await?.retention_when_unlocked())
     }
 }
