@@ -301,15 +301,20 @@ class Repository:
                 )
             except (KeyError, TypeError, ValueError) as err:
                 raise FormatError(f"keys/{kid}: bad passphrase key file: {err}") from None
-            try:
-                master = open_sealed(wrapped, kek, AAD_MASTER_KEY, f"keys/{kid}")
-            except FormatError:
-                continue
-            self._use_master_key(master, f"keys/{kid}")
-            return kid
+            if self._try_master_key(wrapped, kek, kid):
+                return kid
         if tried == 0:
             raise FormatError("the repository has no passphrase key file")
         raise FormatError(f"wrong passphrase: it opens none of the {tried} passphrase key file(s)")
+
+    def _try_master_key(self, wrapped: bytes, kek: bytes, kid: str) -> bool:
+        """Opens a wrapped master key and adopts it; False if this key does not open it."""
+        try:
+            master = open_sealed(wrapped, kek, AAD_MASTER_KEY, f"keys/{kid}")
+        except FormatError:
+            return False
+        self._use_master_key(master, f"keys/{kid}")
+        return True
 
     def unlock_with_recovery_key(self, secret: bytes) -> str:
         public = sodium.crypto_scalarmult_base(secret)
@@ -327,12 +332,8 @@ class Repository:
             except Exception:  # an all-zero shared secret (low-order point)
                 continue
             kek = derive_key(CTX_X25519_WRAP, shared + ephemeral + recipient)
-            try:
-                master = open_sealed(wrapped, kek, AAD_MASTER_KEY, f"keys/{kid}")
-            except FormatError:
-                continue
-            self._use_master_key(master, f"keys/{kid}")
-            return kid
+            if self._try_master_key(wrapped, kek, kid):
+                return kid
         raise FormatError(
             f"wrong recovery key: it opens none of the {len(candidates)} recipient key file(s) "
             f"(its public half is {RECIPIENT_PREFIX}{public.hex()})"
