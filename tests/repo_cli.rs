@@ -482,3 +482,27 @@ fn unchanged_files_are_not_read_again_unless_forced() {
     );
     assert_eq!(out.stdout, forged, "--force reads every file");
 }
+
+#[test]
+fn a_damaged_directory_listing_is_reported_and_does_not_abort_the_restore() {
+    let lab = Lab::new();
+    lab.init();
+    lab.make_source();
+    let repo = lab.repo();
+    lab.ok(&["--repo", &repo, "backup", "src"]);
+    // Tree blobs have a pack of their own: the smallest one.
+    let tree_pack = lab
+        .objects()
+        .into_iter()
+        .filter(|o| o.starts_with("data/"))
+        .min_by_key(|o| std::fs::metadata(lab.path("repo").join(o)).unwrap().len())
+        .unwrap();
+    let path = lab.path("repo").join(&tree_pack);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[30] ^= 0x01; // inside the first tree blob, past its nonce
+    std::fs::write(&path, bytes).unwrap();
+    let out = lab.fenice("pw", &["--repo", &repo, "restore", "latest", "--target", "out"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not restored") && err.contains("does not authenticate"), "{err}");
+}

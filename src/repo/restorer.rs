@@ -81,7 +81,16 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut stack = vec![(*root, target.to_owned(), String::new())];
     while let Some((tree_id, dir, shown)) = stack.pop() {
-        for node in load_tree(repo, &tree_id).await?.nodes {
+        // A damaged directory listing costs what is below it, not the whole restore.
+        let tree = match load_tree(repo, &tree_id).await {
+            Ok(tree) => tree,
+            Err(e @ (RepoError::Pack { .. } | RepoError::Corrupt { .. } | RepoError::MissingBlob { .. })) => {
+                report.damaged.push((format!("{shown}/"), e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for node in tree.nodes {
             let path = dir.join(&node.name);
             let shown = if shown.is_empty() { node.name.clone() } else { format!("{shown}/{}", node.name) };
             match node.node_type {
