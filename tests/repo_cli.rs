@@ -72,6 +72,13 @@ impl Lab {
         src
     }
 
+    /// The packs, smallest first (tree blobs have a small pack of their own).
+    fn packs_by_size(&self) -> Vec<String> {
+        let mut packs: Vec<String> = self.objects().into_iter().filter(|o| o.starts_with("data/")).collect();
+        packs.sort_by_key(|o| std::fs::metadata(self.path("repo").join(o)).unwrap().len());
+        packs
+    }
+
     fn objects(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut stack = vec![self.path("repo")];
@@ -202,12 +209,7 @@ fn a_flipped_byte_is_traced_to_its_pack_and_files_and_the_rest_restores() {
     lab.ok(&["--repo", &repo, "backup", "src"]);
     // The pdf is random, so its sealed blob is the largest in the pack: damage it.
     // Trees have packs of their own; the data pack is the largest.
-    let pack = lab
-        .objects()
-        .into_iter()
-        .filter(|o| o.starts_with("data/"))
-        .max_by_key(|o| std::fs::metadata(lab.path("repo").join(o)).unwrap().len())
-        .unwrap();
+    let pack = lab.packs_by_size().pop().unwrap();
     let pack_path = lab.path("repo").join(&pack);
     let mut bytes = std::fs::read(&pack_path).unwrap();
     let middle = bytes.len() / 2;
@@ -491,12 +493,7 @@ fn a_damaged_directory_listing_is_reported_and_does_not_abort_the_restore() {
     let repo = lab.repo();
     lab.ok(&["--repo", &repo, "backup", "src"]);
     // Tree blobs have a pack of their own: the smallest one.
-    let tree_pack = lab
-        .objects()
-        .into_iter()
-        .filter(|o| o.starts_with("data/"))
-        .min_by_key(|o| std::fs::metadata(lab.path("repo").join(o)).unwrap().len())
-        .unwrap();
+    let tree_pack = lab.packs_by_size().remove(0);
     let path = lab.path("repo").join(&tree_pack);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[30] ^= 0x01; // inside the first tree blob, past its nonce

@@ -228,9 +228,7 @@ pub enum KeyCommand {
 }
 
 fn host_name(given: Option<&String>) -> String {
-    given.cloned().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
-    })
+    given.cloned().unwrap_or_else(crate::repo::host_name)
 }
 
 fn one_repo(args: &RepoArgs) -> anyhow::Result<&str> {

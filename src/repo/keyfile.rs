@@ -214,10 +214,6 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default()
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
-}
-
 impl KeyFile {
     /// Wraps `master` for a passphrase.
     pub fn for_passphrase(
@@ -247,7 +243,7 @@ impl KeyFile {
         KeyFile {
             version: 1,
             created: now_rfc3339(),
-            host: host(),
+            host: super::host_name(),
             label: label.to_owned(),
             holder,
             wrapped_key: hex(&wrapped),

@@ -85,7 +85,7 @@ pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
     }
     let file = LockFile {
         time: now.to_string(),
-        host: std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
+        host: super::host_name(),
         pid: std::process::id(),
         exclusive,
         nonce: super::id::hex(&super::crypto::random::<16>()),

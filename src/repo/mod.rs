@@ -17,3 +17,8 @@ pub mod prune;
 pub mod repository;
 pub mod restorer;
 pub mod tree;
+
+/// This machine's name, recorded in key files, locks and snapshots.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+}
