@@ -2,7 +2,9 @@
 //! provider dies. See DESIGN.md in the shared docs and README.md.
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod repo;
+pub mod stack;
 pub mod store;
 pub mod testkit;

@@ -1,9 +1,13 @@
 //! Command-line interface: argument parsing and output. The work itself is done
 //! by the library modules each subcommand calls.
 
+mod agent;
+mod app;
+mod app_serve;
 mod crd;
 mod output;
 pub mod repo;
+mod sdi_sim;
 mod secrets;
 
 use std::process::ExitCode;
@@ -35,7 +39,7 @@ pub enum Command {
     Repo(Box<repo::RepoArgs>),
     /// What the operator's Jobs run inside a site: tenant backup, restore,
     /// verify, WAL push and fetch.
-    Agent(Pending),
+    Agent(Box<agent::AgentArgs>),
     /// Plan, start, abort and follow failovers; failover reports.
     Failover(Pending),
     /// Start and follow DR drills; drill reports.
@@ -43,7 +47,7 @@ pub enum Command {
     /// Check every tenant against the 3-2-1-1-0 rule.
     Audit(Pending),
     /// The reference invoicing app and the SdI simulator.
-    App(Pending),
+    App(Box<app::AppArgs>),
     /// An in-memory Kubernetes API for trying Fenice without a cluster (not for production).
     Apiserver(Pending),
     /// The whole system on one machine: simulated clouds, tenants, backups, a
@@ -84,6 +88,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Repo(args) => runtime()?.block_on(repo::run(*args)),
+        Command::Agent(args) => runtime()?.block_on(agent::run(*args)),
+        Command::App(args) => runtime()?.block_on(app::run(*args)),
         pending => {
             eprintln!(
                 "fenice {}: not available in fenice {} yet; `fenice --help` lists the commands, README.md says what works today",

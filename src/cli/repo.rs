@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::output::{ProgressLine, error_chain, size, table};
 use super::secrets::{UnlockArgs, new_password, password_from};
-use crate::repo::archiver::{self, BackupOptions, Progress, Source};
+use crate::repo::archiver::{self, BackupOptions, CopyResult, Progress, Source};
 use crate::repo::check::check;
 use crate::repo::copy;
 use crate::repo::forget::{KeepPolicy, decide};
@@ -471,18 +471,10 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    if args.repos.is_empty() {
-        bail!("no repository given: pass --repo or set FENICE_REPOSITORY");
-    }
-    let unlock = args.unlock.unlock()?;
-    let mut repos = Vec::new();
-    for location in &args.repos {
-        let store = args.stores.open(location).await?;
-        repos.push(Arc::new(Repository::open(store, &unlock).await?));
-    }
+    let repos = open_all(&args.repos, &args.stores, &args.unlock).await?;
     let source = if backup.stdin {
         let name = backup.stdin_name.clone().context("--stdin needs --stdin-name")?;
-        Source::Stream { name, reader: Box::new(std::io::stdin()) }
+        Source::stream(name, Box::new(std::io::stdin()))
     } else {
         if backup.paths.is_empty() {
             bail!("nothing to back up: give paths, or --stdin with --stdin-name");
@@ -497,7 +489,32 @@ async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) 
         annotations: Default::default(),
     };
     let progress = Arc::new(Progress::default());
-    let line = ProgressLine::new(args.json);
+    let results =
+        with_progress(&progress, args.json, archiver::backup(repos, source, options, progress.clone())).await?;
+    report_copies(&results, args.json, serde_json::Map::new(), out)
+}
+
+/// Opens every repository in `locations` with one unlock.
+pub(super) async fn open_all(
+    locations: &[String],
+    stores: &StoreArgs,
+    unlock: &UnlockArgs,
+) -> anyhow::Result<Vec<Arc<Repository>>> {
+    if locations.is_empty() {
+        bail!("no repository given: pass --repo or set FENICE_REPOSITORY");
+    }
+    let unlock = unlock.unlock()?;
+    let mut repos = Vec::new();
+    for location in locations {
+        let store = stores.open(location).await?;
+        repos.push(Arc::new(Repository::open(store, &unlock).await?));
+    }
+    Ok(repos)
+}
+
+/// Runs a backup while a progress line on stderr shows what it has read.
+pub(super) async fn with_progress<T>(progress: &Arc<Progress>, quiet: bool, work: impl Future<Output = T>) -> T {
+    let line = ProgressLine::new(quiet);
     let ticker = {
         let progress = progress.clone();
         tokio::spawn(async move {
@@ -511,12 +528,23 @@ async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) 
             }
         })
     };
-    let results = archiver::backup(repos, source, options, progress).await;
+    let result = work.await;
     ticker.abort();
-    ProgressLine::new(args.json).finish();
-    let results = results?;
+    ProgressLine::new(quiet).finish();
+    result
+}
+
+/// Prints one line (or JSON object) per repository a backup wrote to; the exit
+/// code says whether all, some or none of the copies were saved. `extra` goes
+/// into the JSON document beside the copies.
+pub(super) fn report_copies(
+    results: &[CopyResult],
+    json: bool,
+    mut extra: serde_json::Map<String, serde_json::Value>,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     let failed = results.iter().filter(|r| r.result.is_err()).count();
-    if args.json {
+    if json {
         let copies: Vec<_> = results
             .iter()
             .map(|r| match &r.result {
@@ -524,9 +552,10 @@ async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) 
                 Err(e) => json!({"repository": r.repository, "error": error_chain(e)}),
             })
             .collect();
-        writeln!(out, "{}", json!({"copies": copies}))?;
+        extra.insert("copies".into(), copies.into());
+        writeln!(out, "{}", serde_json::Value::Object(extra))?;
     } else {
-        for r in &results {
+        for r in results {
             match &r.result {
                 Ok((id, s)) => writeln!(
                     out,

@@ -40,12 +40,42 @@ pub struct BackupOptions {
 
 /// What to back up.
 pub enum Source {
+    /// Files and directories, each at the snapshot's root under its own name.
     Paths(Vec<PathBuf>),
-    /// One stream, stored as a single file of this name.
-    Stream {
-        name: String,
-        reader: Box<dyn Read + Send>,
-    },
+    /// Named entries at the snapshot's root: streams and paths together, e.g. a
+    /// tenant's database dump and its documents directory.
+    Entries(Vec<Entry>),
+}
+
+/// One entry of [`Source::Entries`].
+pub enum Entry {
+    /// A stream, stored as a single file of this name.
+    Stream { name: String, reader: Box<dyn Read + Send> },
+    /// A file or directory, stored under this name.
+    Path { name: String, path: PathBuf },
+}
+
+impl Entry {
+    fn name(&self) -> &str {
+        match self {
+            Entry::Stream { name, .. } | Entry::Path { name, .. } => name,
+        }
+    }
+}
+
+impl Source {
+    /// One stream, stored as a single file called `name`.
+    pub fn stream(name: String, reader: Box<dyn Read + Send>) -> Self {
+        Source::Entries(vec![Entry::Stream { name, reader }])
+    }
+
+    /// The paths the snapshot records, also used to find a parent snapshot.
+    fn shown(&self) -> Vec<String> {
+        match self {
+            Source::Paths(paths) => shown_paths(paths),
+            Source::Entries(entries) => entries.iter().map(|e| e.name().to_owned()).collect(),
+        }
+    }
 }
 
 /// What went wrong in a backup.
@@ -132,11 +162,13 @@ pub async fn backup(
     let targets: Arc<Vec<Target>> = Arc::new(list);
     let mut parents = Vec::new();
     for target in targets.iter() {
-        parents.push(match &source {
-            Source::Paths(paths) if !options.force_read && target.ok() => {
-                parent_root(&target.repo, paths, &options).await
-            }
-            _ => None,
+        let walks_paths = match &source {
+            Source::Paths(_) => true,
+            Source::Entries(entries) => entries.iter().any(|e| matches!(e, Entry::Path { .. })),
+        };
+        parents.push(match walks_paths && !options.force_read && target.ok() {
+            true => parent_root(&target.repo, &source.shown(), &options).await,
+            false => None,
         });
     }
     let walk = {
@@ -162,8 +194,7 @@ fn shown_paths(paths: &[PathBuf]) -> Vec<String> {
 
 /// The root tree of the newest snapshot of the same paths (and tenant, or host
 /// when there is no tenant): files unchanged since it are not read again.
-async fn parent_root(repo: &Repository, paths: &[PathBuf], options: &BackupOptions) -> Option<Tree> {
-    let shown = shown_paths(paths);
+async fn parent_root(repo: &Repository, shown: &[String], options: &BackupOptions) -> Option<Tree> {
     let snapshots = repo.snapshots().await.ok()?;
     let (_, parent) = snapshots.iter().rev().find(|(_, s)| {
         s.paths == shown && s.tenant == options.tenant && (options.tenant.is_some() || s.host == options.host)
@@ -304,45 +335,64 @@ impl Walker<'_> {
     }
 
     fn walk_source(&mut self, source: Source, parents: &[Option<Tree>]) -> Result<(NodesPerRepo, Vec<String>), Error> {
-        let mut nodes = vec![Vec::new(); self.repos()];
-        match source {
-            Source::Stream { name, reader } => {
-                let path = PathBuf::from(&name);
-                let (content, size) = self.store_content(reader, &path, None)?;
-                let now = jiff::Timestamp::now().to_string();
-                for (r, ids) in content.into_iter().enumerate() {
-                    nodes[r].push(Node {
-                        name: name.clone(),
-                        node_type: NodeType::File,
-                        mode: 0o600,
-                        mtime: now.clone(),
-                        size,
-                        content: ids,
-                        subtree: None,
-                        target: None,
-                    });
-                }
-                Ok((nodes, vec![name]))
-            }
+        let shown = source.shown();
+        let entries: Vec<Entry> = match source {
+            Source::Entries(entries) => entries,
             Source::Paths(paths) => {
-                let mut names = std::collections::BTreeSet::new();
-                let shown = shown_paths(&paths);
+                let mut entries = Vec::new();
                 for path in paths {
                     // `.` or `backup/..` are named after the directory they stand for.
                     let canonical = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
                     let name =
                         canonical.file_name().map_or_else(|| "root".to_owned(), |n| n.to_string_lossy().into_owned());
-                    if !names.insert(name.clone()) {
-                        return Err(Error::DuplicateName { path, name });
-                    }
-                    let previous: Vec<Option<Node>> = parents.iter().map(|t| parent_node(t.as_ref(), &name)).collect();
-                    for (r, node) in self.node(&path, name, &previous)?.into_iter().enumerate() {
-                        nodes[r].push(node);
-                    }
+                    entries.push(Entry::Path { name, path });
                 }
-                Ok((nodes, shown))
+                entries
+            }
+        };
+        let mut nodes = vec![Vec::new(); self.repos()];
+        let mut names = std::collections::BTreeSet::new();
+        for entry in entries {
+            let name = entry.name().to_owned();
+            if !names.insert(name.clone()) {
+                let path = match entry {
+                    Entry::Path { path, .. } => path,
+                    Entry::Stream { .. } => PathBuf::from(&name),
+                };
+                return Err(Error::DuplicateName { path, name });
+            }
+            let made = match entry {
+                Entry::Stream { name, reader } => self.stream_node(name, reader)?,
+                Entry::Path { name, path } => {
+                    let previous: Vec<Option<Node>> = parents.iter().map(|t| parent_node(t.as_ref(), &name)).collect();
+                    self.node(&path, name, &previous)?
+                }
+            };
+            for (r, node) in made.into_iter().enumerate() {
+                nodes[r].push(node);
             }
         }
+        Ok((nodes, shown))
+    }
+
+    /// One node per repository for a stream stored as the file `name`.
+    fn stream_node(&mut self, name: String, reader: Box<dyn Read + Send>) -> Result<Vec<Node>, Error> {
+        let (content, size) = self.store_content(reader, &PathBuf::from(&name), None)?;
+        self.progress.files.fetch_add(1, Ordering::Relaxed);
+        let now = jiff::Timestamp::now().to_string();
+        Ok(content
+            .into_iter()
+            .map(|ids| Node {
+                name: name.clone(),
+                node_type: NodeType::File,
+                mode: 0o600,
+                mtime: now.clone(),
+                size,
+                content: ids,
+                subtree: None,
+                target: None,
+            })
+            .collect())
     }
 
     /// One node per repository for `path`; `previous` holds the same path's node

@@ -8,6 +8,8 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
+
 use super::id::Id;
 use super::pack::{BlobEntry, PackError};
 use super::repository::{Error as RepoError, Repository, pack_key};
@@ -288,8 +290,11 @@ pub async fn write_file(repo: &Repository, root: &Id, path: &str, out: &mut impl
             return Err(Error::NotAFile { path: path.to_owned() });
         }
         let mut written = 0;
-        for id in &node.content {
-            let data = repo.load_blob(id).await?;
+        // Blobs are fetched several at a time, in order, so a remote store's
+        // latency is paid once per batch rather than once per chunk.
+        let mut blobs = futures::stream::iter(&node.content).map(|id| repo.load_blob(id)).buffered(PARALLEL_READS);
+        while let Some(data) = blobs.next().await {
+            let data = data?;
             out.write_all(&data).map_err(|source| Error::Write { path: PathBuf::from("<stdout>"), source })?;
             written += data.len() as u64;
         }

@@ -1,0 +1,88 @@
+//! A child process's output as a stream that fails if the process does: a dump
+//! cut short must never be stored as if it were whole.
+
+use std::io::Read;
+use std::process::{Child, ChildStdout};
+use std::thread::JoinHandle;
+
+/// The last bytes of a program's stderr kept for its error message.
+const STDERR_TAIL: usize = 4096;
+
+/// Reads a child's stdout; at the end, waits for it and turns a non-zero exit
+/// into a read error carrying the end of its stderr.
+pub struct ChildReader {
+    program: &'static str,
+    stdout: ChildStdout,
+    child: Child,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    finished: bool,
+}
+
+impl ChildReader {
+    /// Takes `child`, spawned with stdout and stderr piped.
+    pub fn new(program: &'static str, mut child: Child) -> Self {
+        let stdout = child.stdout.take().expect("spawned with stdout piped");
+        let stderr = child.stderr.take().map(|stderr| std::thread::spawn(move || tail(stderr)));
+        Self { program, stdout, child, stderr, finished: false }
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.finished = true;
+        let status = self.child.wait()?;
+        let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        Err(std::io::Error::other(format!(
+            "{} failed ({status}): {}",
+            self.program,
+            String::from_utf8_lossy(&stderr).trim()
+        )))
+    }
+}
+
+impl Read for ChildReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.finished {
+            return Ok(0);
+        }
+        match self.stdout.read(buf)? {
+            0 => self.finish().map(|()| 0),
+            n => Ok(n),
+        }
+    }
+}
+
+impl Drop for ChildReader {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Stopped early (the backup failed elsewhere): do not leave the program running.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads a stream to its end, keeping the last [`STDERR_TAIL`] bytes.
+pub fn tail(mut stream: impl Read) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * STDERR_TAIL {
+            kept.drain(..kept.len() - STDERR_TAIL);
+        }
+    }
+    if kept.len() > STDERR_TAIL {
+        kept.drain(..kept.len() - STDERR_TAIL);
+    }
+    kept
+}
+
+/// A stderr collected on a thread, for programs whose stdout goes elsewhere.
+pub fn collect_stderr(child: &mut Child) -> Option<JoinHandle<Vec<u8>>> {
+    child.stderr.take().map(|stderr| std::thread::spawn(move || tail(stderr)))
+}

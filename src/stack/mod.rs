@@ -1,0 +1,116 @@
+//! The invoicing stack's data, as the agent backs it up and restores it: a
+//! tenant's PostgreSQL database (a consistent dump streamed into the
+//! repository), its invoice documents, and the verification data that proves a
+//! restore complete.
+//!
+//! A tenant snapshot holds, at its root:
+//!
+//! | entry | what |
+//! | --- | --- |
+//! | `database.dump` | `pg_dump --format=custom --compress=0` of the tenant's database |
+//! | `documents/` | the invoice documents directory |
+//!
+//! with the tenant's name, the tag [`TAG`], and the [`verify::Record`] of the
+//! dumped state in the annotation [`verify::ANNOTATION`].
+
+pub mod backup;
+mod child;
+pub mod pg;
+pub mod restore;
+pub mod verify;
+pub mod wal;
+
+use std::path::PathBuf;
+
+/// The snapshot entry holding the database dump.
+pub const DUMP: &str = "database.dump";
+/// The snapshot entry holding the documents directory.
+pub const DOCUMENTS: &str = "documents";
+/// The tag of every tenant backup snapshot.
+pub const TAG: &str = "tenant-backup";
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database URL: {reason}")]
+    DbUrl { reason: String },
+
+    #[error("cannot connect to the database {db}; check the URL, that the server runs and accepts this user")]
+    Connect {
+        db: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("database query failed: {what}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("{program} not found (looked in {looked}); install PostgreSQL's client programs or pass --pg-bin")]
+    NoProgram { program: &'static str, looked: String },
+
+    #[error("cannot run {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{program} failed ({status}): {stderr}")]
+    ProgramFailed { program: &'static str, status: String, stderr: String },
+
+    #[error("backing up tenant {tenant}")]
+    Backup {
+        tenant: String,
+        #[source]
+        source: crate::repo::archiver::Error,
+    },
+
+    #[error("repository {repository}")]
+    Repository {
+        repository: String,
+        #[source]
+        source: crate::repo::repository::Error,
+    },
+
+    #[error("restoring snapshot {snapshot}")]
+    Restore {
+        snapshot: String,
+        #[source]
+        source: crate::repo::restorer::Error,
+    },
+
+    #[error("repository {repository} holds no backup of tenant {tenant}; list them with `fenice repo snapshots`")]
+    NoSnapshot { repository: String, tenant: String },
+
+    #[error("snapshot {snapshot} belongs to tenant {actual}, not {tenant}")]
+    OtherTenant { snapshot: String, tenant: String, actual: String },
+
+    #[error("snapshot {snapshot} is not a tenant backup: {reason}")]
+    NotTenantBackup { snapshot: String, reason: String },
+
+    #[error(
+        "database {db} is not empty ({tables} tables); restore into a fresh database, or pass --force to replace its contents"
+    )]
+    DatabaseNotEmpty { db: String, tables: i64 },
+
+    #[error(
+        "documents directory {dir} is not empty; restore into an empty one, or pass --force to replace its contents"
+    )]
+    DocumentsNotEmpty { dir: PathBuf },
+
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("restored tenant {tenant} differs from what snapshot {snapshot} recorded:\n  {}", differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Mismatch { tenant: String, snapshot: String, differences: Vec<verify::Difference> },
+}

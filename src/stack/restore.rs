@@ -1,0 +1,232 @@
+//! Tenant restore: the database from the snapshot's dump (piped into
+//! pg_restore), the documents, then verification against what the backup
+//! recorded. A restore that does not verify is an error that says what differs.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::repo::id::Id;
+use crate::repo::repository::Repository;
+use crate::repo::restorer::{self, load_tree};
+use crate::repo::tree::{NodeType, Snapshot};
+
+use super::child::collect_stderr;
+use super::pg::{self, DbUrl};
+use super::verify::{self, ANNOTATION};
+use super::{DOCUMENTS, DUMP, Error, Result, TAG};
+
+/// What to restore, and where.
+#[derive(Clone, Debug)]
+pub struct TenantRestore {
+    pub tenant: String,
+    /// A snapshot id or prefix, or `latest` / `None` for the tenant's newest backup.
+    pub snapshot: Option<String>,
+    pub db: DbUrl,
+    pub documents: PathBuf,
+    /// Replace what the database and the documents directory hold.
+    pub force: bool,
+    pub pg_bin: Option<PathBuf>,
+}
+
+/// A verified restore.
+#[derive(Debug)]
+pub struct Outcome {
+    pub snapshot: Id,
+    /// When the backup was taken (RFC 3339).
+    pub time: String,
+    pub recorded: verify::Record,
+    pub documents: u64,
+}
+
+/// The tenant backup `spec` names (or the newest), with its recorded verification data.
+pub async fn find(repo: &Repository, tenant: &str, spec: Option<&str>) -> Result<(Id, Snapshot, verify::Record)> {
+    let repo_error = |source| Error::Repository { repository: repo.describe(), source };
+    let (id, snapshot) = match spec.filter(|s| *s != "latest") {
+        Some(spec) => {
+            let (id, snapshot) = repo.find_snapshot(spec).await.map_err(repo_error)?;
+            if snapshot.tenant.as_deref() != Some(tenant) {
+                return Err(Error::OtherTenant {
+                    snapshot: id.short(),
+                    tenant: tenant.to_string(),
+                    actual: snapshot.tenant.unwrap_or_else(|| "none".into()),
+                });
+            }
+            (id, snapshot)
+        }
+        None => repo
+            .snapshots()
+            .await
+            .map_err(repo_error)?
+            .into_iter()
+            .filter(|(_, s)| s.tenant.as_deref() == Some(tenant) && s.tags.iter().any(|t| t == TAG))
+            .max_by(|a, b| a.1.time.cmp(&b.1.time))
+            .ok_or_else(|| Error::NoSnapshot { repository: repo.describe(), tenant: tenant.to_string() })?,
+    };
+    let not_backup = |reason: &str| Error::NotTenantBackup { snapshot: id.short(), reason: reason.to_string() };
+    let value = snapshot.annotations.get(ANNOTATION).ok_or_else(|| not_backup("it has no verification record"))?;
+    let recorded = serde_json::from_value(value.clone())
+        .map_err(|e| not_backup(&format!("its verification record is unreadable: {e}")))?;
+    Ok((id, snapshot, recorded))
+}
+
+/// Restores a tenant and verifies it.
+pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<Outcome> {
+    let pg_restore = pg::program("pg_restore", request.pg_bin.as_ref())?;
+    let (id, snapshot, recorded) = find(repo, &request.tenant, request.snapshot.as_deref()).await?;
+    let restore_error = |source| Error::Restore { snapshot: id.short(), source };
+    let root = load_tree(repo, &snapshot.tree).await.map_err(|source| restore_error(source.into()))?;
+    let entry = |name: &str, kind: NodeType| root.nodes.iter().find(|n| n.name == name && n.node_type == kind);
+    let not_backup = |reason: String| Error::NotTenantBackup { snapshot: id.short(), reason };
+    entry(DUMP, NodeType::File).ok_or_else(|| not_backup(format!("it has no {DUMP}")))?;
+    let documents = entry(DOCUMENTS, NodeType::Dir)
+        .and_then(|n| n.subtree)
+        .ok_or_else(|| not_backup(format!("it has no {DOCUMENTS} directory")))?;
+
+    prepare_documents(&request.documents, request.force)?;
+    let db = prepare_database(&request.db, request.force).await?;
+    drop(db);
+    restore_database(repo, &snapshot.tree, &pg_restore, &request.db).await.map_err(|e| match e {
+        Error::Restore { source, .. } => restore_error(source),
+        e => e,
+    })?;
+    let report = restorer::restore(repo, &documents, &request.documents).await.map_err(restore_error)?;
+    if let Some((path, reason)) = report.damaged.first() {
+        return Err(Error::Mismatch {
+            tenant: request.tenant.clone(),
+            snapshot: id.short(),
+            differences: vec![verify::Difference {
+                what: format!("document {path}"),
+                recorded: "stored".into(),
+                restored: format!("damaged in the repository: {reason}"),
+            }],
+        });
+    }
+
+    let mut client = request.db.connect().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|source| Error::Query { what: "starting the verification transaction", source })?;
+    let restored = verify::record(&tx).await?;
+    let mut differences = verify::compare(&recorded, &restored);
+    if recorded.tables.contains_key("invoices") {
+        differences.extend(verify::check_documents(&tx, &request.documents).await?);
+    }
+    if !differences.is_empty() {
+        return Err(Error::Mismatch { tenant: request.tenant.clone(), snapshot: id.short(), differences });
+    }
+    Ok(Outcome { snapshot: id, time: snapshot.time, recorded, documents: report.files })
+}
+
+/// Makes sure the documents directory exists and is empty (or emptied under `force`).
+fn prepare_documents(dir: &PathBuf, force: bool) -> Result<()> {
+    let io = |what| {
+        let path = dir.clone();
+        move |source| Error::Io { what, path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io("creating the documents directory"))?;
+    let mut entries = std::fs::read_dir(dir).map_err(io("reading the documents directory"))?.peekable();
+    if entries.peek().is_none() {
+        return Ok(());
+    }
+    if !force {
+        return Err(Error::DocumentsNotEmpty { dir: dir.clone() });
+    }
+    for entry in entries {
+        let path = entry.map_err(io("reading the documents directory"))?.path();
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|source| Error::Io { what: "removing", path, source })?;
+    }
+    Ok(())
+}
+
+/// Creates the database if it does not exist; refuses one that holds tables,
+/// unless `force`, which empties it.
+async fn prepare_database(db: &DbUrl, force: bool) -> Result<tokio_postgres::Client> {
+    let client = match db.connect().await {
+        Ok(client) => client,
+        Err(connect_error) => {
+            // It may just not exist yet: create it through the server's maintenance database.
+            let admin = match db.sibling("postgres").connect().await {
+                Ok(admin) => admin,
+                Err(_) => return Err(connect_error),
+            };
+            let exists = admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db.database()])
+                .await
+                .map_err(|source| Error::Query { what: "looking the database up", source })?
+                .is_some();
+            if exists {
+                return Err(connect_error);
+            }
+            let create = format!("CREATE DATABASE \"{}\"", db.database().replace('"', "\"\""));
+            admin
+                .batch_execute(&create)
+                .await
+                .map_err(|source| Error::Query { what: "creating the database", source })?;
+            db.connect().await?
+        }
+    };
+    let tables: i64 = client
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", &[])
+        .await
+        .map_err(|source| Error::Query { what: "counting tables", source })?
+        .get(0);
+    if tables > 0 {
+        if !force {
+            return Err(Error::DatabaseNotEmpty { db: db.to_string(), tables });
+        }
+        client
+            .batch_execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+            .await
+            .map_err(|source| Error::Query { what: "emptying the database", source })?;
+    }
+    Ok(client)
+}
+
+/// Streams the snapshot's dump into pg_restore.
+async fn restore_database(repo: &Arc<Repository>, root: &Id, pg_restore: &PathBuf, db: &DbUrl) -> Result<()> {
+    let (conninfo, password) = db.libpq_args();
+    let mut command = Command::new(pg_restore);
+    command
+        .args(["--no-owner", "--no-acl", "--exit-on-error", "--single-transaction"])
+        .arg(format!("--dbname={conninfo}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    let mut child = command.spawn().map_err(|source| Error::Spawn { program: pg_restore.clone(), source })?;
+    let stderr = collect_stderr(&mut child);
+    let mut stdin = child.stdin.take().expect("spawned with stdin piped");
+    let handle = tokio::runtime::Handle::current();
+    let (repo_handle, root) = (repo.clone(), *root);
+    // NB: writing to the pipe blocks while pg_restore is busy, so it runs on a blocking thread.
+    let fed = tokio::task::spawn_blocking(move || {
+        let fed = handle.block_on(restorer::write_file(&repo_handle, &root, DUMP, &mut stdin));
+        drop(stdin);
+        fed
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map_err(|source| Error::Spawn { program: pg_restore.clone(), source })?;
+    let stderr = stderr.and_then(|t| t.join().ok());
+    // A damaged dump is the cause when both fail: report that, not pg_restore's complaint.
+    fed.map_err(|source| Error::Restore { snapshot: root.short(), source })?;
+    if !status.success() {
+        return Err(Error::ProgramFailed {
+            program: "pg_restore",
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&stderr.unwrap_or_default()).trim().to_string(),
+        });
+    }
+    Ok(())
+}

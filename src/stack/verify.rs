@@ -1,0 +1,274 @@
+//! Verification data: what a tenant's database and documents held at backup
+//! time, recorded in the snapshot, and compared after every restore. A restore
+//! (or a drill) passes only on equality.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Error, Result};
+
+/// The snapshot annotation that holds a [`Record`].
+pub const ANNOTATION: &str = "verification";
+
+/// What a tenant's data held at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Per table of the `public` schema: rows and a SHA-256 over the rows'
+    /// text forms in sorted order.
+    pub tables: BTreeMap<String, TableSum>,
+    /// The last invoice number per series.
+    pub last_numbers: BTreeMap<String, i64>,
+    /// The last file progressive used in an invoice file name.
+    pub last_progressive: i64,
+    /// Invoices per outbound queue state (pending, sent, done).
+    pub queue: BTreeMap<String, i64>,
+    /// Receipts per kind (RC, NS, …).
+    pub receipts: BTreeMap<String, i64>,
+    /// The invoice documents the database refers to: how many, and a SHA-256
+    /// over their sorted `name:sha256` lines.
+    pub documents: DocumentSum,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSum {
+    pub rows: i64,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentSum {
+    pub count: i64,
+    pub sha256: String,
+}
+
+/// Session settings that make the text form of every value the same on any
+/// server, so checksums taken at backup and after restore compare.
+const STABLE_TEXT: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; \
+                           SET extra_float_digits = 3; SET bytea_output = 'hex'";
+
+/// Reads the record inside the caller's transaction, so that it describes
+/// exactly the state the transaction sees (for a backup: the state pg_dump dumps).
+pub async fn record(db: &impl tokio_postgres::GenericClient) -> Result<Record> {
+    let query = |what: &'static str| move |source| Error::Query { what, source };
+    db.batch_execute(STABLE_TEXT).await.map_err(query("setting stable text forms"))?;
+    let mut record = Record::default();
+    let tables = db
+        .query(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(query("listing tables"))?;
+    for row in tables {
+        let table: String = row.get(0);
+        // NB: the name comes from the catalog; quote_ident guards odd names.
+        let sql = format!(
+            "SELECT count(*), coalesce(encode(sha256(convert_to(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\"), 'UTF8')), 'hex'), '') \
+             FROM public.{} t",
+            quote_ident(&table)
+        );
+        let sum = db.query_one(&sql, &[]).await.map_err(query("summing a table"))?;
+        record.tables.insert(table, TableSum { rows: sum.get(0), sha256: sum.get(1) });
+    }
+    if !record.tables.contains_key("invoices") {
+        // Not (yet) an invoicing database: the table sums are all there is.
+        return Ok(record);
+    }
+    for row in db.query("SELECT name, last_number FROM series", &[]).await.map_err(query("reading series"))? {
+        record.last_numbers.insert(row.get(0), row.get(1));
+    }
+    record.last_progressive = db
+        .query_opt("SELECT last FROM file_progressive WHERE id = 1", &[])
+        .await
+        .map_err(query("reading the file progressive"))?
+        .map_or(0, |row| row.get(0));
+    let counts = db
+        .query("SELECT queue_state, count(*) FROM invoices GROUP BY 1", &[])
+        .await
+        .map_err(query("counting the queue"))?;
+    record.queue = counts.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let counts =
+        db.query("SELECT kind, count(*) FROM receipts GROUP BY 1", &[]).await.map_err(query("counting receipts"))?;
+    record.receipts = counts.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let documents = db
+        .query("SELECT file_name, xml_sha256 FROM invoices ORDER BY file_name", &[])
+        .await
+        .map_err(query("listing documents"))?;
+    record.documents = document_sum(documents.iter().map(|row| (row.get::<_, String>(0), row.get::<_, String>(1))));
+    Ok(record)
+}
+
+fn document_sum(lines: impl Iterator<Item = (String, String)>) -> DocumentSum {
+    let mut hasher = Sha256::new();
+    let mut count = 0;
+    for (name, sha256) in lines {
+        hasher.update(format!("{name}:{sha256}\n"));
+        count += 1;
+    }
+    DocumentSum { count, sha256: hex(&hasher.finalize()) }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One way in which restored data differs from what was recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub what: String,
+    pub recorded: String,
+    pub restored: String,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: recorded {}, restored {}", self.what, self.recorded, self.restored)
+    }
+}
+
+/// Every difference between the recorded and the restored state, in a stable order.
+pub fn compare(recorded: &Record, restored: &Record) -> Vec<Difference> {
+    let mut differences = Vec::new();
+    let mut differ = |what: String, a: String, b: String| {
+        if a != b {
+            differences.push(Difference { what, recorded: a, restored: b });
+        }
+    };
+    let shown = |sum: Option<&TableSum>| sum.map_or("no table".to_string(), |s| format!("{} rows", s.rows));
+    for name in recorded.tables.keys().chain(restored.tables.keys().filter(|n| !recorded.tables.contains_key(*n))) {
+        let (a, b) = (recorded.tables.get(name), restored.tables.get(name));
+        if a.map(|s| s.rows) != b.map(|s| s.rows) {
+            differ(format!("table {name}"), shown(a), shown(b));
+        } else if a != b {
+            differ(format!("table {name} content"), format!("sha256 {}", short(a)), format!("sha256 {}", short(b)));
+        }
+    }
+    let series = recorded.last_numbers.keys().chain(restored.last_numbers.keys());
+    for name in series.collect::<std::collections::BTreeSet<_>>() {
+        let shown = |m: &BTreeMap<String, i64>| m.get(name).map_or("none".into(), |n| n.to_string());
+        differ(format!("last number of series {name}"), shown(&recorded.last_numbers), shown(&restored.last_numbers));
+    }
+    differ(
+        "last file progressive".into(),
+        recorded.last_progressive.to_string(),
+        restored.last_progressive.to_string(),
+    );
+    differ("invoices per queue state".into(), counts(&recorded.queue), counts(&restored.queue));
+    differ("receipts per kind".into(), counts(&recorded.receipts), counts(&restored.receipts));
+    differ(
+        "invoice documents".into(),
+        format!(
+            "{} ({})",
+            recorded.documents.count,
+            &recorded.documents.sha256[..recorded.documents.sha256.len().min(12)]
+        ),
+        format!(
+            "{} ({})",
+            restored.documents.count,
+            &restored.documents.sha256[..restored.documents.sha256.len().min(12)]
+        ),
+    );
+    differences
+}
+
+fn short(sum: Option<&TableSum>) -> String {
+    sum.map_or(String::new(), |s| s.sha256.chars().take(12).collect())
+}
+
+fn counts(map: &BTreeMap<String, i64>) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Checks that every document the database refers to is in `dir` with the
+/// recorded hash; returns one difference per missing or altered file.
+pub async fn check_documents(db: &impl tokio_postgres::GenericClient, dir: &Path) -> Result<Vec<Difference>> {
+    let rows = db
+        .query("SELECT file_name, xml_sha256 FROM invoices ORDER BY file_name", &[])
+        .await
+        .map_err(|source| Error::Query { what: "listing documents", source })?;
+    let expected: Vec<(String, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let dir = dir.to_owned();
+    let check = move || {
+        let mut differences = Vec::new();
+        for (name, sha256) in expected {
+            let actual = match std::fs::read(dir.join(&name)) {
+                Ok(bytes) => hex(&Sha256::digest(&bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".into(),
+                Err(e) => format!("unreadable ({e})"),
+            };
+            if actual != sha256 {
+                let restored = if actual.len() == 64 { format!("sha256 {}", &actual[..12]) } else { actual };
+                differences.push(Difference {
+                    what: format!("document {name}"),
+                    recorded: format!("sha256 {}", &sha256[..sha256.len().min(12)]),
+                    restored,
+                });
+            }
+        }
+        differences
+    };
+    Ok(tokio::task::spawn_blocking(check).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            tables: [("invoices".to_string(), TableSum { rows: 3, sha256: "ab".repeat(32) })].into(),
+            last_numbers: [("2026".to_string(), 3)].into(),
+            last_progressive: 3,
+            queue: [("done".to_string(), 3)].into(),
+            receipts: [("RC".to_string(), 3)].into(),
+            documents: DocumentSum { count: 3, sha256: "cd".repeat(32) },
+        }
+    }
+
+    #[test]
+    fn equal_records_have_no_difference() {
+        assert!(compare(&sample(), &sample()).is_empty());
+    }
+
+    #[test]
+    fn each_difference_is_named() {
+        let mut restored = sample();
+        restored.tables.get_mut("invoices").unwrap().rows = 2;
+        restored.last_numbers.insert("2026".into(), 2);
+        restored.tables.insert("extra".into(), TableSum::default());
+        let differences = compare(&sample(), &restored);
+        let shown: Vec<String> = differences.iter().map(ToString::to_string).collect();
+        assert_eq!(shown[0], "table invoices: recorded 3 rows, restored 2 rows");
+        assert_eq!(shown[1], "table extra: recorded no table, restored 0 rows");
+        assert_eq!(shown[2], "last number of series 2026: recorded 3, restored 2");
+        assert_eq!(shown.len(), 3);
+    }
+
+    #[test]
+    fn same_rows_other_content_is_a_content_difference() {
+        let mut restored = sample();
+        restored.tables.get_mut("invoices").unwrap().sha256 = "ef".repeat(32);
+        let differences = compare(&sample(), &restored);
+        assert_eq!(differences.len(), 1);
+        assert_eq!(differences[0].what, "table invoices content");
+    }
+
+    #[test]
+    fn document_sum_depends_on_names_and_hashes() {
+        let a = document_sum([("a".to_string(), "1".to_string())].into_iter());
+        let b = document_sum([("a".to_string(), "2".to_string())].into_iter());
+        assert_eq!(a.count, 1);
+        assert_ne!(a.sha256, b.sha256);
+    }
+}

@@ -1,0 +1,148 @@
+//! WAL archiving for point-in-time recovery: `archive_command` pushes each
+//! finished WAL segment (and timeline history file) into the tenant's
+//! repositories, `restore_command` fetches them back.
+//!
+//! A WAL object is `wal/<tenant key>/<file name>/<id>`, holding
+//! `seal(zstd(file), encryption key, AAD "fenice.io wal v1 " || tenant key || "/" || file name)`,
+//! where `<id>` is the BLAKE3 of the object (like every repository object) and
+//! `<tenant key>` is the hex blob id of `"fenice.io wal tenant v1 " || tenant`,
+//! so that the store learns neither the tenant's name nor the content. The AAD
+//! binds each object to its name: one cannot be passed off as another.
+
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::repo::id::{Id, hex};
+use crate::repo::repository::Repository;
+use crate::store::{self, PutCondition};
+
+/// WAL segments compress well (a segment switched early by archive_timeout is
+/// mostly zeros); a low level keeps archive_command fast.
+const ZSTD_LEVEL: i32 = 3;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("WAL file name {name:?} is not a plain file name")]
+    BadName { name: String },
+
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{repository}: WAL file {name}")]
+    Store {
+        repository: String,
+        name: String,
+        #[source]
+        source: store::Error,
+    },
+
+    #[error(
+        "{repository}: WAL file {name} is already archived with other content; two servers may be archiving \
+         as tenant {tenant}: check which one is the tenant's primary before anything else"
+    )]
+    Conflict { repository: String, tenant: String, name: String },
+
+    #[error("{repository}: WAL file {name} is not archived")]
+    NotArchived { repository: String, name: String },
+
+    #[error("{repository}: WAL object {key} is damaged or was not written with this repository's key")]
+    Damaged { repository: String, key: String },
+}
+
+/// The store prefix of one tenant's WAL.
+fn tenant_key(repo: &Repository, tenant: &str) -> String {
+    hex(&repo.keys().blob_id(format!("fenice.io wal tenant v1 {tenant}").as_bytes()).0)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && !name.starts_with('.');
+    if plain { Ok(()) } else { Err(Error::BadName { name: name.to_string() }) }
+}
+
+fn aad(tenant_key: &str, name: &str) -> Vec<u8> {
+    format!("fenice.io wal v1 {tenant_key}/{name}").into_bytes()
+}
+
+/// Archives the WAL file at `path` for `tenant`. Pushing the same file again
+/// succeeds (PostgreSQL may retry after a crash); a different file under the
+/// same name is refused.
+pub async fn push(repo: &Repository, tenant: &str, path: &Path) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    check_name(&name)?;
+    let content = tokio::fs::read(path).await.map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    let tenant_key = tenant_key(repo, tenant);
+    let store_error = |source| Error::Store { repository: repo.describe(), name: name.clone(), source };
+    let prefix = format!("wal/{tenant_key}/{name}/");
+    let existing = repo.store().list(&prefix).await.map_err(store_error)?;
+    if !existing.is_empty() {
+        for object in &existing {
+            if open(repo, &tenant_key, &name, &object.key).await? == content {
+                return Ok(());
+            }
+        }
+        return Err(Error::Conflict { repository: repo.describe(), tenant: tenant.to_string(), name });
+    }
+    let compressed = zstd::bulk::compress(&content, ZSTD_LEVEL).expect("compressing in memory");
+    let sealed = repo.keys().seal(&compressed, &aad(&tenant_key, &name));
+    let key = format!("{prefix}{}", hex(&Id::of_content(&sealed).0));
+    match repo.store().put(&key, Bytes::from(sealed), PutCondition::IfAbsent).await {
+        Ok(_) | Err(store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(source) => Err(store_error(source)),
+    }
+}
+
+/// Fetches the archived WAL file `name` of `tenant` into `dest`, written
+/// atomically. [`Error::NotArchived`] when there is none, which PostgreSQL's
+/// recovery expects at the end of the archive.
+pub async fn fetch(repo: &Repository, tenant: &str, name: &str, dest: &Path) -> Result<()> {
+    check_name(name)?;
+    let tenant_key = tenant_key(repo, tenant);
+    let store_error = |source| Error::Store { repository: repo.describe(), name: name.to_string(), source };
+    let objects = repo.store().list(&format!("wal/{tenant_key}/{name}/")).await.map_err(store_error)?;
+    let mut last_error = None;
+    for object in &objects {
+        // Two objects under one name only exist after a refused conflicting push
+        // raced another; any copy that opens is the one that was archived first.
+        match open(repo, &tenant_key, name, &object.key).await {
+            Ok(content) => return write_atomically(dest, &content).await,
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or(Error::NotArchived { repository: repo.describe(), name: name.to_string() }))
+}
+
+async fn open(repo: &Repository, tenant_key: &str, name: &str, key: &str) -> Result<Vec<u8>> {
+    let damaged = || Error::Damaged { repository: repo.describe(), key: key.to_string() };
+    let sealed = repo.store().get(key).await.map_err(|source| Error::Store {
+        repository: repo.describe(),
+        name: name.to_string(),
+        source,
+    })?;
+    let compressed = repo.keys().open(&sealed, &aad(tenant_key, name)).map_err(|_| damaged())?;
+    zstd::stream::decode_all(compressed.as_slice()).map_err(|_| damaged())
+}
+
+async fn write_atomically(dest: &Path, content: &[u8]) -> Result<()> {
+    let write_error = |source| Error::Write { path: dest.to_owned(), source };
+    let partial =
+        dest.with_file_name(format!(".{}.fenice-partial", dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")));
+    tokio::fs::write(&partial, content).await.map_err(write_error)?;
+    tokio::fs::rename(&partial, dest).await.map_err(write_error)
+}

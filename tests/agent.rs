@@ -1,0 +1,354 @@
+//! `fenice agent` backup and restore of one tenant against a real PostgreSQL:
+//! consistency under concurrent writes, verification, and the errors an SRE
+//! must be able to read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use fenice::app::schema::SCHEMA;
+use fenice::testkit::{PostgresServer, S3Server};
+use sha2::{Digest, Sha256};
+
+const PASSWORD: &str = "agent-test-pw";
+
+struct Tenant {
+    dir: tempfile::TempDir,
+    pg: PostgresServer,
+}
+
+impl Tenant {
+    fn new() -> Self {
+        Tenant { dir: tempfile::tempdir().unwrap(), pg: PostgresServer::start().expect("PostgreSQL starts") }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn repo(&self) -> String {
+        self.path("repo").display().to_string()
+    }
+
+    fn fenice(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fenice"))
+            .env_remove("FENICE_REPOSITORY")
+            .env("FENICE_PASSWORD", PASSWORD)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running fenice")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.fenice(args);
+        assert!(out.status.success(), "fenice {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn init(&self) {
+        self.ok(&["repo", "--repo", &self.repo(), "init"]);
+    }
+
+    async fn create_db(&self, name: &str) -> tokio_postgres::Client {
+        let admin = connect(&self.pg.url("postgres")).await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let db = connect(&self.pg.url(name)).await;
+        db.batch_execute(SCHEMA).await.unwrap();
+        db
+    }
+
+    fn backup(&self, db: &str, documents: &Path) -> Output {
+        self.fenice(&[
+            "agent",
+            "backup",
+            "--tenant",
+            "acme",
+            "--db",
+            &self.pg.url(db),
+            "--documents",
+            documents.to_str().unwrap(),
+            "--repo",
+            &self.repo(),
+        ])
+    }
+
+    fn restore(&self, db: &str, documents: &Path, extra: &[&str]) -> Output {
+        let (url, repo) = (self.pg.url(db), self.repo());
+        let mut args =
+            vec!["agent", "restore", "--tenant", "acme", "--db", &url, "--documents", documents.to_str().unwrap()];
+        args.extend(["--repo", &repo]);
+        args.extend(extra);
+        self.fenice(&args)
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Issues one invoice the way the app does: number and progressive in one
+/// transaction, the document written before the commit.
+async fn issue(db: &mut tokio_postgres::Client, documents: &Path, series: &str) -> i64 {
+    let tx = db.transaction().await.unwrap();
+    let number: i64 = tx
+        .query_one(
+            "INSERT INTO series (name, last_number) VALUES ($1, 1) \
+             ON CONFLICT (name) DO UPDATE SET last_number = series.last_number + 1 RETURNING last_number",
+            &[&series],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let progressive: i64 = tx
+        .query_one(
+            "INSERT INTO file_progressive (id, last) VALUES (1, 1) \
+             ON CONFLICT (id) DO UPDATE SET last = file_progressive.last + 1 RETURNING last",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let file_name = format!("IT01234567890_{progressive:05}.xml");
+    let xml = format!("<FatturaElettronica versione=\"FPR12\"><Numero>{series}/{number}</Numero></FatturaElettronica>");
+    std::fs::write(documents.join(&file_name), &xml).unwrap();
+    let sha: String = Sha256::digest(xml.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    tx.execute(
+        "INSERT INTO invoices (series, number, issue_date, format, customer_vat, customer_name, recipient_code, \
+         description, taxable_cents, vat_cents, file_name, xml_sha256) \
+         VALUES ($1, $2, '2026-11-23', 'FPR12', '09876543210', 'Cliente', 'ABC1234', 'consulenza', 10000, 2200, $3, $4)",
+        &[&series, &number, &file_name, &sha],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    number
+}
+
+async fn count(url: &str, sql: &str) -> i64 {
+    connect(url).await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_during_writes_restores_exactly_the_dumped_state() {
+    let t = Tenant::new();
+    t.init();
+    let documents = t.path("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    let mut db = t.create_db("acme").await;
+    for _ in 0..50 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    // A writer keeps issuing invoices while the backup runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(50));
+    let writer = {
+        let (stop, issued, documents, url) = (stop.clone(), issued.clone(), documents.clone(), t.pg.url("acme"));
+        tokio::spawn(async move {
+            let mut db = connect(&url).await;
+            while !stop.load(Ordering::Relaxed) {
+                issue(&mut db, &documents, "2026").await;
+                issued.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let out = tokio::task::spawn_blocking({
+        let t_args = (t.pg.url("acme"), documents.clone(), t.repo());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_fenice"))
+                .env("FENICE_PASSWORD", PASSWORD)
+                .args(["agent", "backup", "--tenant", "acme", "--json", "--db", &t_args.0, "--documents"])
+                .arg(&t_args.1)
+                .args(["--repo", &t_args.2])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let recorded = report["verification"]["last_numbers"]["2026"].as_i64().unwrap();
+    assert!(recorded >= 50, "the record saw the invoices issued before the backup: {report}");
+
+    let restored_docs = t.path("restored-documents");
+    let out = t.restore("acme_restored", &restored_docs, &["--json"]);
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["verified"], true);
+    // The restored database holds exactly what the backup recorded, not what was issued after.
+    let restored_url = t.pg.url("acme_restored");
+    assert_eq!(count(&restored_url, "SELECT count(*) FROM invoices").await, recorded);
+    assert_eq!(count(&restored_url, "SELECT max(number) FROM invoices").await, recorded);
+    assert!(issued.load(Ordering::Relaxed) as i64 >= recorded);
+    for entry in std::fs::read_dir(&restored_docs).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(
+            std::fs::read(restored_docs.join(&name)).unwrap(),
+            std::fs::read(documents.join(&name)).unwrap(),
+            "{name:?} restored as it was"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_a_non_empty_database_unless_forced() {
+    let t = Tenant::new();
+    t.init();
+    let documents = t.path("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    let mut db = t.create_db("acme").await;
+    for _ in 0..3 {
+        issue(&mut db, &documents, "A").await;
+    }
+    let out = t.backup("acme", &documents);
+    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The live database is not empty: restoring over it must be refused, and change nothing.
+    for _ in 0..2 {
+        issue(&mut db, &documents, "A").await;
+    }
+    let out = t.restore("acme", &t.path("other-docs"), &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not empty") && err.contains("--force"), "{err}");
+    assert_eq!(count(&t.pg.url("acme"), "SELECT count(*) FROM invoices").await, 5);
+
+    // A documents directory that holds files is refused too.
+    std::fs::create_dir_all(t.path("busy-docs")).unwrap();
+    std::fs::write(t.path("busy-docs/keep.txt"), "mine").unwrap();
+    let out = t.restore("fresh", &t.path("busy-docs"), &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("documents directory"), "refused for the documents");
+    assert!(t.path("busy-docs/keep.txt").exists());
+
+    let out = t.restore("acme", &documents, &["--force"]);
+    assert!(out.status.success(), "forced restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(count(&t.pg.url("acme"), "SELECT count(*) FROM invoices").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_dump_is_a_clear_error() {
+    let t = Tenant::new();
+    t.init();
+    let documents = t.path("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    let mut db = t.create_db("acme").await;
+    for _ in 0..20 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    let out = t.backup("acme", &documents);
+    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    // Flip a byte in the middle of every data pack.
+    for entry in walk(&t.path("repo/data")) {
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        std::fs::write(&entry, bytes).unwrap();
+    }
+    let out = t.restore("acme_restored", &t.path("restored"), &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restoring snapshot") && err.contains("pack"), "names the damage: {err}");
+    assert!(!err.contains("verified"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_a_clear_error_without_the_password() {
+    let t = Tenant::new();
+    t.init();
+    let documents = t.path("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://invoicer:Sup3r-Secret-PW@127.0.0.1:{port}/acme");
+    let out = t.fenice(&[
+        "agent",
+        "backup",
+        "--tenant",
+        "acme",
+        "--db",
+        &url,
+        "--documents",
+        documents.to_str().unwrap(),
+        "--repo",
+        &t.repo(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("invoicer@127.0.0.1:{port}/acme")), "names the database: {err}");
+    assert!(!err.contains("Sup3r-Secret-PW"), "the password leaked: {err}");
+    let snapshots = t.path("repo/snapshots");
+    assert!(!snapshots.exists() || snapshots.read_dir().unwrap().next().is_none(), "no snapshot written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_backup_to_s3_restores_verified() {
+    let t = Tenant::new();
+    let s3 = S3Server::start().expect("S3 server starts");
+    let repo = "s3://tenant-backups/acme".to_string();
+    let s3_env = [
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("FENICE_S3_PATH_STYLE", "true".into()),
+    ];
+    let fenice = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_fenice"))
+            .env("FENICE_PASSWORD", PASSWORD)
+            .envs(s3_env.clone())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = fenice(&["repo", "--repo", &repo, "init"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let documents = t.path("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    let mut db = t.create_db("acme").await;
+    for _ in 0..10 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    let url = t.pg.url("acme");
+    let docs = documents.to_str().unwrap();
+    let out = fenice(&["agent", "backup", "--tenant", "acme", "--db", &url, "--documents", docs, "--repo", &repo]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restored_url = t.pg.url("restored");
+    let restored_docs = t.path("restored");
+    let out = fenice(&[
+        "agent",
+        "restore",
+        "--tenant",
+        "acme",
+        "--db",
+        &restored_url,
+        "--documents",
+        restored_docs.to_str().unwrap(),
+        "--repo",
+        &repo,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
+    assert_eq!(count(&restored_url, "SELECT count(*) FROM invoices").await, 10);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
