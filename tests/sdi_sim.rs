@@ -135,8 +135,9 @@ async fn a_file_name_seen_before_is_refused_with_the_earlier_transmission() {
 async fn a_stale_epoch_is_refused_and_a_higher_one_raises_the_bar() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start(dir.path(), NEVER).await;
-    let send = |epoch: u64, n: u32| {
-        sim.client.send("acme", epoch, &format!("IT01234567890_{n:05}.xml"), fpr12("ABC1234", None))
+    let client = &sim.client;
+    let send = |epoch: u64, n: u32| async move {
+        client.send("acme", epoch, &format!("IT01234567890_{n:05}.xml"), fpr12("ABC1234", None)).await
     };
 
     send(5, 1).await.unwrap();
@@ -318,6 +319,7 @@ async fn the_binary_prints_its_address_serves_and_stops_on_sigterm() {
         .args(["app", "sdi-sim", "--listen", "127.0.0.1:0"])
         .env("FENICE_SDI_DATA", &data)
         .env("FENICE_SDI_RECEIPT_DELAY", "0s")
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -28,6 +28,9 @@ pub enum Error {
 
     #[error("--epoch must be at least 1")]
     Epoch,
+
+    #[error("--sdi-endpoint {endpoint:?}: use an http:// or https:// URL")]
+    SdiEndpoint { endpoint: String },
 }
 
 /// The configuration of one app process (one tenant).
@@ -98,6 +101,11 @@ impl AppConfig {
         if self.epoch == 0 {
             return Err(Error::Epoch);
         }
+        if let Some(endpoint) = &self.sdi_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(Error::SdiEndpoint { endpoint: endpoint.clone() });
+        }
         Ok(())
     }
 }
@@ -167,6 +175,7 @@ mod tests {
             (Box::new(|c: &mut AppConfig| c.company = " ".into()), "--company"),
             (Box::new(|c: &mut AppConfig| c.send_interval = Duration::ZERO), "--send-interval"),
             (Box::new(|c: &mut AppConfig| c.epoch = 0), "--epoch"),
+            (Box::new(|c: &mut AppConfig| c.sdi_endpoint = Some("sdi.example:443".into())), "--sdi-endpoint"),
         ] {
             let mut c = config();
             change(&mut c);

@@ -77,6 +77,9 @@ pub enum Error {
     )]
     OtherVat { target: DbTarget, found: String, expected: String },
 
+    #[error("the database holds an unexpected {what}")]
+    Unexpected { what: String },
+
     #[error("{target} has schema version {found}, newer than this build's {ours}; run a newer fenice")]
     NewerSchema { target: DbTarget, found: String, ours: i32 },
 }
@@ -176,7 +179,8 @@ impl Db {
             .build()
             .map_err(|source| Error::BuildPool { target: target.clone(), source })?;
         let db = Self { pool, target };
-        let mut client = db.pool.get().await.map_err(|source| Error::Unreachable { target: db.target.clone(), source })?;
+        let mut client =
+            db.pool.get().await.map_err(|source| Error::Unreachable { target: db.target.clone(), source })?;
 
         let tx = client.transaction().await.map_err(Error::query("starting the schema transaction"))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
@@ -230,10 +234,7 @@ impl Db {
                 .pool
                 .get()
                 .await?
-                .execute(
-                    "UPDATE channel SET certificate_expires = $1, updated_at = now() WHERE id = 1",
-                    &[&expires],
-                )
+                .execute("UPDATE channel SET certificate_expires = $1, updated_at = now() WHERE id = 1", &[&expires])
                 .await
                 .map_err(Error::query("updating the channel certificate"))?;
             if updated == 0 {
@@ -252,11 +253,7 @@ impl Db {
             .query_opt("SELECT endpoint, certificate_expires, updated_at FROM channel WHERE id = 1", &[])
             .await
             .map_err(Error::query("reading the channel"))?;
-        Ok(row.map(|row| Channel {
-            endpoint: row.get(0),
-            certificate_expires: row.get(1),
-            updated_at: row.get(2),
-        }))
+        Ok(row.map(|row| Channel { endpoint: row.get(0), certificate_expires: row.get(1), updated_at: row.get(2) }))
     }
 
     /// Writes the SdI channel row.
@@ -292,7 +289,11 @@ fn check_meta(meta: &HashMap<String, String>, config: &AppConfig, target: &DbTar
     if let Some(found) = meta.get("tenant")
         && *found != config.tenant
     {
-        return Err(Error::OtherTenant { target: target.clone(), found: found.clone(), expected: config.tenant.clone() });
+        return Err(Error::OtherTenant {
+            target: target.clone(),
+            found: found.clone(),
+            expected: config.tenant.clone(),
+        });
     }
     if let Some(found) = meta.get("vat")
         && *found != config.vat

@@ -110,18 +110,30 @@ fn write_durably(dir: &Path, path: &Path, contents: &[u8]) -> Result<()> {
     file.write_all(contents).map_err(io("writing", file.path()))?;
     file.as_file().sync_all().map_err(io("syncing", file.path()))?;
     // NB: persist_noclobber: a file that appeared meanwhile is not replaced.
-    file.persist_noclobber(path).map_err(|e| Error::Io { step: "renaming into", path: path.to_path_buf(), source: e.error })?;
+    file.persist_noclobber(path).map_err(|e| Error::Io {
+        step: "renaming into",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     sync_dir(dir)
 }
 
 /// Moves an existing file out of the way, into `orphaned/NAME.<nanoseconds>`.
 fn set_aside(dir: &Path, path: &Path) -> Result<()> {
     let orphans = dir.join(ORPHANED_DIR);
-    std::fs::create_dir_all(&orphans).map_err(|source| Error::Io { step: "creating", path: orphans.clone(), source })?;
+    std::fs::create_dir_all(&orphans).map_err(|source| Error::Io {
+        step: "creating",
+        path: orphans.clone(),
+        source,
+    })?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stamp = jiff::Timestamp::now().as_nanosecond();
     let target = orphans.join(format!("{name}.{stamp}"));
-    std::fs::rename(path, &target).map_err(|source| Error::Io { step: "setting aside", path: path.to_path_buf(), source })?;
+    std::fs::rename(path, &target).map_err(|source| Error::Io {
+        step: "setting aside",
+        path: path.to_path_buf(),
+        source,
+    })?;
     tracing::warn!(
         file = %path.display(),
         moved_to = %target.display(),
@@ -133,9 +145,11 @@ fn set_aside(dir: &Path, path: &Path) -> Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Io { step: "syncing", path: dir.to_path_buf(), source })
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| Error::Io {
+        step: "syncing",
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -483,8 +483,7 @@ impl Fields {
     fn store(&mut self, path: &[String], text: String) -> Result<()> {
         // path[0] is the root; READ lists paths below it.
         let Some(below_root) = path.get(1..) else { return Ok(()) };
-        let Some(&(_, name)) = READ.iter().find(|(p, _)| p.split('/').eq(below_root.iter().map(String::as_str)))
-        else {
+        let Some(&(_, name)) = READ.iter().find(|(p, _)| p.split('/').eq(below_root.iter().map(String::as_str))) else {
             return Ok(());
         };
         if self.values.insert(name, text).is_some() {
@@ -524,9 +523,13 @@ fn check_root(start: &quick_xml::events::BytesStart<'_>) -> std::result::Result<
         let attribute = attribute.map_err(|e| RootError::Xml(e.into()))?;
         let key = attribute.key.as_ref();
         if key == xmlns.as_bytes() {
-            namespace = Some(attribute.unescape_value().map_err(RootError::Xml)?.into_owned());
+            namespace = Some(
+                attribute.normalized_value(quick_xml::XmlVersion::Explicit1_0).map_err(RootError::Xml)?.into_owned(),
+            );
         } else if key == b"versione" {
-            version = Some(attribute.unescape_value().map_err(RootError::Xml)?.into_owned());
+            version = Some(
+                attribute.normalized_value(quick_xml::XmlVersion::Explicit1_0).map_err(RootError::Xml)?.into_owned(),
+            );
         }
     }
     if namespace.as_deref() != Some(NAMESPACE) {
@@ -649,7 +652,9 @@ mod tests {
     #[test]
     fn the_document_is_fatturapa_with_escaped_text() {
         let xml = String::from_utf8(fattura().render()).unwrap();
-        assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<p:FatturaElettronica versione=\"FPR12\""));
+        assert!(
+            xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<p:FatturaElettronica versione=\"FPR12\"")
+        );
         assert!(xml.contains(&format!("xmlns:p=\"{NAMESPACE}\"")));
         for expected in [
             "<ProgressivoInvio>00011</ProgressivoInvio>",

@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS invoices (
 
 CREATE INDEX IF NOT EXISTS invoices_queue ON invoices (queue_state) WHERE queue_state <> 'done';
 
+-- The invoice documents themselves, so that the database (and its WAL) carries
+-- everything: a point-in-time recovery rebuilds the documents directory from
+-- here. Written in the transaction that issues the invoice.
+CREATE TABLE IF NOT EXISTS documents (
+    file_name text PRIMARY KEY REFERENCES invoices (file_name),
+    content   bytea NOT NULL
+);
+
 -- Receipts from SdI: RC delivered, NS rejected, MC not delivered, NE outcome
 -- from a public body, DT term passed, AT could not be delivered.
 CREATE TABLE IF NOT EXISTS receipts (

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -14,8 +16,9 @@ use super::secrets::UnlockArgs;
 use crate::repo::archiver::Progress;
 use crate::stack::backup::{self, TenantBackup};
 use crate::stack::pg::DbUrl;
+use crate::stack::pitr::{self, PitrRestore};
 use crate::stack::restore::{self, TenantRestore};
-use crate::stack::wal;
+use crate::stack::{verify, wal};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -37,6 +40,27 @@ enum AgentCommand {
     /// Fetch one archived WAL file from the first repository that has it:
     /// PostgreSQL's `restore_command = 'fenice agent wal-fetch %f %p'`.
     WalFetch(WalFetchArgs),
+    /// Verify a tenant's recovered database (after `restore --pgdata` and a
+    /// PostgreSQL started on it): waits until recovery has promoted it, brings
+    /// back the documents of invoices issued after the backup, and checks
+    /// numbering, documents, and that nothing the backup recorded is gone.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    tenant: TenantArgs,
+    #[arg(long, env = "FENICE_DB_URL", hide_env_values = true, help = DB_HELP)]
+    db: String,
+    /// The snapshot the restore started from; the tenant's newest backup by default.
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// How long to wait for recovery to finish, in seconds.
+    #[arg(long, default_value_t = 600)]
+    wait_seconds: u64,
+    #[command(flatten)]
+    target: RepoTarget,
 }
 
 #[derive(Args, Debug)]
@@ -67,10 +91,6 @@ struct TenantArgs {
     /// The tenant's name, as its snapshots record it.
     #[arg(long, env = "FENICE_TENANT")]
     tenant: String,
-    /// The tenant's database, postgres://USER:PASSWORD@HOST:PORT/DATABASE. Its
-    /// password never shows in output, errors or other programs' command lines.
-    #[arg(long, env = "FENICE_DB_URL", hide_env_values = true)]
-    db: String,
     /// The tenant's invoice documents directory.
     #[arg(long, env = "FENICE_DOCUMENTS")]
     documents: PathBuf,
@@ -95,10 +115,19 @@ struct RepoTarget {
     json: bool,
 }
 
+// One help text for the three commands that take the database URL.
+const DB_HELP: &str = "The tenant's database, postgres://USER:PASSWORD@HOST:PORT/DATABASE (the password never shows in output, errors or command lines)";
+
 #[derive(Args, Debug)]
 struct BackupArgs {
     #[command(flatten)]
     tenant: TenantArgs,
+    #[arg(long, env = "FENICE_DB_URL", hide_env_values = true, help = DB_HELP)]
+    db: String,
+    /// Also take a physical base backup (pg_basebackup), the starting point of
+    /// point-in-time recovery from the WAL that `wal-push` archives.
+    #[arg(long, env = "FENICE_PHYSICAL")]
+    physical: bool,
     /// The host name recorded in the snapshot.
     #[arg(long)]
     host: Option<String>,
@@ -110,7 +139,17 @@ struct BackupArgs {
 struct RestoreArgs {
     #[command(flatten)]
     tenant: TenantArgs,
-    /// The snapshot to restore; the tenant's newest backup by default.
+    /// Logical restore: the database to restore the dump into (created if missing).
+    #[arg(long, env = "FENICE_DB_URL", hide_env_values = true, required_unless_present = "pgdata")]
+    db: Option<String>,
+    /// Point-in-time recovery: the data directory to prepare from the base
+    /// backup, set to replay the archived WAL when PostgreSQL starts on it.
+    #[arg(long, conflicts_with = "db")]
+    pgdata: Option<PathBuf>,
+    /// With --pgdata: replay up to this time (RFC 3339); to the end of the archive otherwise.
+    #[arg(long, requires = "pgdata")]
+    target_time: Option<jiff::Timestamp>,
+    /// The snapshot to restore; the tenant's newest backup (before --target-time) by default.
     #[arg(long)]
     snapshot: Option<String>,
     /// Replace what the database and the documents directory already hold.
@@ -127,6 +166,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         AgentCommand::Restore(args) => run_restore(args, &mut out).await,
         AgentCommand::WalPush(args) => run_wal_push(args).await,
         AgentCommand::WalFetch(args) => run_wal_fetch(args).await,
+        AgentCommand::Verify(args) => run_verify(args, &mut out).await,
     }
 }
 
@@ -134,10 +174,11 @@ async fn run_backup(args: BackupArgs, out: &mut impl Write) -> anyhow::Result<Ex
     let repos = open_all(&args.target.repos, &args.target.stores, &args.target.unlock).await?;
     let request = TenantBackup {
         tenant: args.tenant.tenant,
-        db: DbUrl::parse(&args.tenant.db)?,
+        db: DbUrl::parse(&args.db)?,
         documents: args.tenant.documents,
         host: args.host.unwrap_or_else(crate::repo::host_name),
         pg_bin: args.tenant.pg_bin,
+        physical: args.physical,
     };
     let progress = Arc::new(Progress::default());
     let outcome = with_progress(&progress, args.target.json, backup::backup(repos, &request, progress.clone())).await?;
@@ -146,14 +187,58 @@ async fn run_backup(args: BackupArgs, out: &mut impl Write) -> anyhow::Result<Ex
     report_copies(&outcome.copies, args.target.json, extra, out)
 }
 
-async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let repos = open_all(&args.target.repos, &args.target.stores, &args.target.unlock).await?;
+/// The one repository a command reads.
+async fn open_one(target: &RepoTarget) -> anyhow::Result<Arc<crate::repo::repository::Repository>> {
+    let repos = open_all(&target.repos, &target.stores, &target.unlock).await?;
     let [repo] = <[_; 1]>::try_from(repos)
-        .map_err(|r| anyhow::anyhow!("restore reads one repository; --repo was given {} times", r.len()))?;
+        .map_err(|r| anyhow::anyhow!("this command reads one repository; --repo was given {} times", r.len()))?;
+    Ok(repo)
+}
+
+async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let repo = open_one(&args.target).await?;
+    if let Some(pgdata) = args.pgdata {
+        let request = PitrRestore {
+            tenant: args.tenant.tenant,
+            repository: args.target.repos[0].clone(),
+            target_time: args.target_time,
+            snapshot: args.snapshot,
+            pgdata,
+            documents: args.tenant.documents,
+            force: args.force,
+            fenice: std::env::current_exe().context("finding the fenice program for restore_command")?,
+        };
+        let prepared = pitr::prepare(&repo, &request).await?;
+        let target = request.target_time.map_or("the end of the archive".to_string(), |t| t.to_string());
+        if args.target.json {
+            let report = json!({
+                "tenant": request.tenant,
+                "snapshot": prepared.snapshot,
+                "time": prepared.time,
+                "pgdata": request.pgdata,
+                "target": target,
+                "documents": prepared.documents,
+            });
+            writeln!(out, "{report}")?;
+        } else {
+            writeln!(
+                out,
+                "tenant {} prepared in {} from base backup {} ({}); start PostgreSQL on it to replay WAL to {}, \
+                 then run `fenice agent verify`",
+                request.tenant,
+                request.pgdata.display(),
+                prepared.snapshot.short(),
+                prepared.time,
+                target,
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let db = args.db.context("--db or --pgdata is needed")?;
     let request = TenantRestore {
         tenant: args.tenant.tenant,
         snapshot: args.snapshot,
-        db: DbUrl::parse(&args.tenant.db)?,
+        db: DbUrl::parse(&db)?,
         documents: args.tenant.documents,
         force: args.force,
         pg_bin: args.tenant.pg_bin,
@@ -184,6 +269,41 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
             invoices,
             outcome.recorded.documents.count,
             outcome.documents,
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_verify(args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let repo = open_one(&args.target).await?;
+    let (snapshot, _, recorded) = restore::find(&repo, &args.tenant.tenant, args.snapshot.as_deref()).await?;
+    let db = DbUrl::parse(&args.db)?;
+    let client = verify::wait_until_promoted(&db, Duration::from_secs(args.wait_seconds)).await?;
+    let rebuilt = verify::rebuild_documents(&client, &args.tenant.documents).await?;
+    let (restored, differences) = verify::check_recovered(&client, &args.tenant.documents, &recorded).await?;
+    if !differences.is_empty() {
+        return Err(crate::stack::Error::Mismatch {
+            tenant: args.tenant.tenant,
+            snapshot: snapshot.short(),
+            differences,
+        }
+        .into());
+    }
+    if args.target.json {
+        let report = json!({
+            "tenant": args.tenant.tenant,
+            "snapshot": snapshot,
+            "verified": true,
+            "documents_rebuilt": rebuilt,
+            "state": restored,
+        });
+        writeln!(out, "{report}")?;
+    } else {
+        let invoices: i64 = restored.queue.values().sum();
+        writeln!(
+            out,
+            "tenant {} verified: {} invoices, numbering without gaps, every document present ({} rebuilt from the database)",
+            args.tenant.tenant, invoices, rebuilt,
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -12,7 +12,7 @@ use crate::repo::repository::Repository;
 use super::child::ChildReader;
 use super::pg::{self, DbUrl};
 use super::verify::{self, ANNOTATION};
-use super::{DOCUMENTS, DUMP, Error, Result, TAG};
+use super::{BASE, DOCUMENTS, DUMP, Error, Result, TAG};
 
 /// What to back up.
 #[derive(Clone, Debug)]
@@ -23,6 +23,9 @@ pub struct TenantBackup {
     pub host: String,
     /// Where pg_dump is; found on PATH or in Debian's directories otherwise.
     pub pg_bin: Option<PathBuf>,
+    /// Also take a physical base backup (pg_basebackup), the starting point of
+    /// point-in-time recovery with the archived WAL.
+    pub physical: bool,
 }
 
 /// The result of a tenant backup: one copy per repository, and what was recorded.
@@ -70,14 +73,28 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(password) = password {
+    if let Some(password) = &password {
         command.env("PGPASSWORD", password);
     }
     let child = command.spawn().map_err(|source| Error::Spawn { program: pg_dump.clone(), source })?;
-    let source = Source::Entries(vec![
+    let mut entries = vec![
         Entry::Stream { name: DUMP.into(), reader: Box::new(ChildReader::new("pg_dump", child)) },
         Entry::Path { name: DOCUMENTS.into(), path: request.documents.clone() },
-    ]);
+    ];
+    if request.physical {
+        let pg_basebackup = pg::program("pg_basebackup", request.pg_bin.as_ref())?;
+        let mut command = Command::new(&pg_basebackup);
+        // NB: tar to stdout allows WAL fetched at the end, not streamed; the
+        // fetched WAL makes the base backup consistent on its own.
+        command.args(["--pgdata=-", "--format=tar", "--wal-method=fetch", "--checkpoint=fast"]);
+        command.arg(format!("--dbname={conninfo}"));
+        if let Some(password) = &password {
+            command.env("PGPASSWORD", password);
+        }
+        entries
+            .push(Entry::Stream { name: BASE.into(), reader: Box::new(ChildReader::lazy("pg_basebackup", command)) });
+    }
+    let source = Source::Entries(entries);
     let options = BackupOptions {
         force_read: false,
         host: request.host.clone(),

@@ -2,7 +2,7 @@
 //! cut short must never be stored as if it were whole.
 
 use std::io::Read;
-use std::process::{Child, ChildStdout};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::thread::JoinHandle;
 
 /// The last bytes of a program's stderr kept for its error message.
@@ -12,24 +12,43 @@ const STDERR_TAIL: usize = 4096;
 /// into a read error carrying the end of its stderr.
 pub struct ChildReader {
     program: &'static str,
-    stdout: ChildStdout,
-    child: Child,
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    state: State,
     finished: bool,
+}
+
+enum State {
+    /// Started at the first read, so that a program whose output is read last
+    /// does not sit blocked on a full pipe meanwhile.
+    NotStarted(Box<Command>),
+    Running {
+        stdout: ChildStdout,
+        child: Child,
+        stderr: Option<JoinHandle<Vec<u8>>>,
+    },
+    Done,
 }
 
 impl ChildReader {
     /// Takes `child`, spawned with stdout and stderr piped.
     pub fn new(program: &'static str, mut child: Child) -> Self {
         let stdout = child.stdout.take().expect("spawned with stdout piped");
-        let stderr = child.stderr.take().map(|stderr| std::thread::spawn(move || tail(stderr)));
-        Self { program, stdout, child, stderr, finished: false }
+        let stderr = collect_stderr(&mut child);
+        Self { program, state: State::Running { stdout, child, stderr }, finished: false }
+    }
+
+    /// Runs `command` (stdout and stderr are piped here) when first read.
+    pub fn lazy(program: &'static str, mut command: Command) -> Self {
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        Self { program, state: State::NotStarted(Box::new(command)), finished: false }
     }
 
     fn finish(&mut self) -> std::io::Result<()> {
         self.finished = true;
-        let status = self.child.wait()?;
-        let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
+        let State::Running { mut child, stderr, .. } = std::mem::replace(&mut self.state, State::Done) else {
+            return Ok(());
+        };
+        let status = child.wait()?;
+        let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
         if status.success() {
             return Ok(());
         }
@@ -46,7 +65,18 @@ impl Read for ChildReader {
         if self.finished {
             return Ok(0);
         }
-        match self.stdout.read(buf)? {
+        if let State::NotStarted(command) = &mut self.state {
+            let mut child = command
+                .spawn()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {}: {e}", self.program)))?;
+            let stdout = child.stdout.take().expect("spawned with stdout piped");
+            let stderr = collect_stderr(&mut child);
+            self.state = State::Running { stdout, child, stderr };
+        }
+        let State::Running { stdout, .. } = &mut self.state else {
+            return Ok(0);
+        };
+        match stdout.read(buf)? {
             0 => self.finish().map(|()| 0),
             n => Ok(n),
         }
@@ -55,10 +85,10 @@ impl Read for ChildReader {
 
 impl Drop for ChildReader {
     fn drop(&mut self) {
-        if !self.finished {
+        if let State::Running { child, .. } = &mut self.state {
             // Stopped early (the backup failed elsewhere): do not leave the program running.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

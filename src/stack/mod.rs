@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | `database.dump` | `pg_dump --format=custom --compress=0` of the tenant's database |
 //! | `documents/` | the invoice documents directory |
+//! | `pgdata.tar` | with `--physical`: `pg_basebackup --format=tar --wal-method=fetch`, the base of point-in-time recovery |
 //!
 //! with the tenant's name, the tag [`TAG`], and the [`verify::Record`] of the
 //! dumped state in the annotation [`verify::ANNOTATION`].
@@ -16,6 +17,7 @@
 pub mod backup;
 mod child;
 pub mod pg;
+pub mod pitr;
 pub mod restore;
 pub mod verify;
 pub mod wal;
@@ -24,6 +26,9 @@ use std::path::PathBuf;
 
 /// The snapshot entry holding the database dump.
 pub const DUMP: &str = "database.dump";
+/// The snapshot entry holding the physical base backup (a tar of the data
+/// directory with the WAL that makes it consistent), when one was taken.
+pub const BASE: &str = "pgdata.tar";
 /// The snapshot entry holding the documents directory.
 pub const DOCUMENTS: &str = "documents";
 /// The tag of every tenant backup snapshot.
@@ -110,6 +115,23 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    #[error(
+        "{what} {value:?} has characters a restore_command cannot carry unquoted (allowed: letters, digits, / : . _ @ -)"
+    )]
+    Unquotable { what: &'static str, value: String },
+
+    #[error(
+        "repository {repository} holds no base backup of tenant {tenant}{}; take one with `fenice agent backup --physical`",
+        before.as_ref().map(|t| format!(" taken before {t}")).unwrap_or_default()
+    )]
+    NoBaseBackup { repository: String, tenant: String, before: Option<String> },
+
+    #[error("data directory {dir} is not empty; restore into an empty one, or pass --force to replace it")]
+    DataDirNotEmpty { dir: PathBuf },
+
+    #[error("database {db} is still recovering after {waited_seconds} s; see the server's log for the WAL it asks for")]
+    StillRecovering { db: String, waited_seconds: u64 },
 
     #[error("restored tenant {tenant} differs from what snapshot {snapshot} recorded:\n  {}", differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Mismatch { tenant: String, snapshot: String, differences: Vec<verify::Difference> },

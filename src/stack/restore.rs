@@ -2,14 +2,14 @@
 //! pg_restore), the documents, then verification against what the backup
 //! recorded. A restore that does not verify is an error that says what differs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use crate::repo::id::Id;
 use crate::repo::repository::Repository;
 use crate::repo::restorer::{self, load_tree};
-use crate::repo::tree::{NodeType, Snapshot};
+use crate::repo::tree::{NodeType, Snapshot, Tree};
 
 use super::child::collect_stderr;
 use super::pg::{self, DbUrl};
@@ -79,9 +79,7 @@ pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<
     let entry = |name: &str, kind: NodeType| root.nodes.iter().find(|n| n.name == name && n.node_type == kind);
     let not_backup = |reason: String| Error::NotTenantBackup { snapshot: id.short(), reason };
     entry(DUMP, NodeType::File).ok_or_else(|| not_backup(format!("it has no {DUMP}")))?;
-    let documents = entry(DOCUMENTS, NodeType::Dir)
-        .and_then(|n| n.subtree)
-        .ok_or_else(|| not_backup(format!("it has no {DOCUMENTS} directory")))?;
+    let documents = find_documents(&root, &id)?;
 
     prepare_documents(&request.documents, request.force)?;
     let db = prepare_database(&request.db, request.force).await?;
@@ -122,10 +120,17 @@ pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<
     Ok(Outcome { snapshot: id, time: snapshot.time, recorded, documents: report.files })
 }
 
+/// The subtree of a tenant snapshot's documents directory.
+pub(super) fn find_documents(root: &Tree, snapshot: &Id) -> Result<Id> {
+    root.nodes.iter().find(|n| n.name == DOCUMENTS && n.node_type == NodeType::Dir).and_then(|n| n.subtree).ok_or_else(
+        || Error::NotTenantBackup { snapshot: snapshot.short(), reason: format!("it has no {DOCUMENTS} directory") },
+    )
+}
+
 /// Makes sure the documents directory exists and is empty (or emptied under `force`).
-fn prepare_documents(dir: &PathBuf, force: bool) -> Result<()> {
+pub(super) fn prepare_documents(dir: &Path, force: bool) -> Result<()> {
     let io = |what| {
-        let path = dir.clone();
+        let path = dir.to_owned();
         move |source| Error::Io { what, path, source }
     };
     std::fs::create_dir_all(dir).map_err(io("creating the documents directory"))?;
@@ -134,7 +139,7 @@ fn prepare_documents(dir: &PathBuf, force: bool) -> Result<()> {
         return Ok(());
     }
     if !force {
-        return Err(Error::DocumentsNotEmpty { dir: dir.clone() });
+        return Err(Error::DocumentsNotEmpty { dir: dir.to_owned() });
     }
     for entry in entries {
         let path = entry.map_err(io("reading the documents directory"))?.path();

@@ -43,11 +43,12 @@ pub struct PostgresOptions {
     settings: Vec<(String, String)>,
     env: Vec<(OsString, OsString)>,
     ready_timeout: Duration,
+    existing_data: Option<PathBuf>,
 }
 
 impl Default for PostgresOptions {
     fn default() -> Self {
-        Self { settings: Vec::new(), env: Vec::new(), ready_timeout: DEFAULT_READY_TIMEOUT }
+        Self { settings: Vec::new(), env: Vec::new(), ready_timeout: DEFAULT_READY_TIMEOUT, existing_data: None }
     }
 }
 
@@ -70,6 +71,14 @@ impl PostgresOptions {
         self
     }
 
+    /// Runs on an existing data directory (a restored one, say) instead of a
+    /// fresh `initdb`. The directory is handed to the postgres user when we are
+    /// root, and is left in place when the server stops.
+    pub fn existing_data(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.existing_data = Some(dir.into());
+        self
+    }
+
     /// How long to wait for the server to accept connections.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -83,6 +92,7 @@ pub struct PostgresServer {
     // NB: declared before `dir`, so the server is killed before its files are removed.
     process: ServerProcess,
     dir: TempDir,
+    data: PathBuf,
     bin_dir: PathBuf,
     port: u16,
 }
@@ -107,12 +117,21 @@ impl PostgresServer {
                     .map_err(|source| prepare("handing it to the postgres user", path, source))?;
             }
         }
-        initdb(&bin_dir, dir.path(), run_as)?;
+        let data = match &options.existing_data {
+            Some(data) => {
+                adopt_data_dir(data, run_as)?;
+                data.clone()
+            }
+            None => {
+                initdb(&bin_dir, dir.path(), run_as)?;
+                dir.path().join("data")
+            }
+        };
 
         let log = dir.path().join("postgres.log");
         let (process, port) = process::on_free_port(SERVER, |port| {
             let mut cmd = Command::new(bin_dir.join("postgres"));
-            cmd.arg("-D").arg(dir.path().join("data"));
+            cmd.arg("-D").arg(&data);
             cmd.arg("-p").arg(port.to_string());
             cmd.arg("-k").arg(&socket_dir);
             for (name, value) in [("listen_addresses", "127.0.0.1"), ("fsync", "off")] {
@@ -130,7 +149,7 @@ impl PostgresServer {
             process.await_ready(options.ready_timeout, || accepts_connections(&bin_dir, port))?;
             Ok((process, port))
         })?;
-        Ok(Self { process, dir, bin_dir, port })
+        Ok(Self { process, dir, data, bin_dir, port })
     }
 
     /// The TCP port on 127.0.0.1.
@@ -145,7 +164,7 @@ impl PostgresServer {
 
     /// The cluster's data directory (PGDATA).
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     /// The directory of the server's programs; the clients there (`psql`,
@@ -190,6 +209,27 @@ impl PostgresServer {
 
 fn prepare(step: &'static str, path: &Path, source: std::io::Error) -> Error {
     Error::Prepare { server: SERVER, step, path: path.to_owned(), source }
+}
+
+/// Makes an existing data directory one the server accepts: mode 0700, owned
+/// by the user it runs as.
+fn adopt_data_dir(data: &Path, run_as: Option<(u32, u32)>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let step = "preparing the existing data directory";
+    std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+        .map_err(|source| prepare(step, data, source))?;
+    if let Some((uid, gid)) = run_as {
+        let mut stack = vec![data.to_owned()];
+        while let Some(path) = stack.pop() {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|source| prepare(step, &path, source))?;
+            if path.is_dir() && !path.is_symlink() {
+                for entry in std::fs::read_dir(&path).map_err(|source| prepare(step, &path, source))? {
+                    stack.push(entry.map_err(|source| prepare(step, &path, source))?.path());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `initdb` into `dir/data`, its output in `dir/initdb.log`.

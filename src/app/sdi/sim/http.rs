@@ -72,7 +72,16 @@ async fn transmit(
              e.g. IT01234567890_00001.xml"
         )));
     }
-    let body = body.map_err(|e| Failure::refused(e.status(), RefusalKind::BadRequest, e.body_text()))?;
+    let body = body.map_err(|e| {
+        let message = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => format!(
+                "tenant {tenant}: {file_name} is larger than {} MiB, SdI's limit for one file",
+                MAX_FILE_BYTES >> 20
+            ),
+            _ => format!("tenant {tenant}: reading the body of {file_name}: {}", e.body_text()),
+        };
+        Failure::refused(e.status(), RefusalKind::BadRequest, message)
+    })?;
     if body.is_empty() {
         return Err(Failure::bad_request(format!(
             "tenant {tenant}: the body of {file_name} is empty: send the invoice XML"
@@ -99,7 +108,7 @@ async fn transmit(
             );
             let mut refusal = refusal(RefusalKind::DuplicateFileName, message);
             refusal.earlier = Some(earlier);
-            Err(Failure::Refused(StatusCode::CONFLICT, refusal))
+            Err(Failure::Refused(StatusCode::CONFLICT, Box::new(refusal)))
         }
         Outcome::StaleEpoch { highest } => {
             tracing::info!(%tenant, %file_name, epoch, highest, "stale epoch refused");
@@ -109,7 +118,7 @@ async fn transmit(
             );
             let mut refusal = refusal(RefusalKind::StaleEpoch, message);
             refusal.highest_epoch = Some(highest);
-            Err(Failure::Refused(StatusCode::CONFLICT, refusal))
+            Err(Failure::Refused(StatusCode::CONFLICT, Box::new(refusal)))
         }
     }
 }
@@ -220,7 +229,7 @@ fn not_found(tenant: &str, sdi_id: &str) -> Failure {
 #[derive(Debug)]
 enum Failure {
     /// The protocol's refusal, as JSON.
-    Refused(StatusCode, Refusal),
+    Refused(StatusCode, Box<Refusal>),
     /// The simulator failed (its disk, mostly): 500, as text, since the
     /// protocol has no refusal for it.
     Internal(Error),
@@ -228,7 +237,7 @@ enum Failure {
 
 impl Failure {
     fn refused(status: StatusCode, kind: RefusalKind, message: impl Into<String>) -> Self {
-        Failure::Refused(status, refusal(kind, message.into()))
+        Failure::Refused(status, Box::new(refusal(kind, message.into())))
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -245,7 +254,7 @@ impl From<Error> for Failure {
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         match self {
-            Failure::Refused(status, refusal) => (status, Json(refusal)).into_response(),
+            Failure::Refused(status, refusal) => (status, Json(*refusal)).into_response(),
             Failure::Internal(e) => {
                 tracing::error!(error = &e as &dyn std::error::Error, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()

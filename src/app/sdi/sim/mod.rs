@@ -53,7 +53,7 @@ pub enum Error {
 
     #[error(
         "SdI simulator: {} {problem}: the data directory was damaged or not written by the simulator; \
-         repair or remove that file, or start over with an empty --data directory",
+         repair or remove it, or start over with an empty --data directory",
         path.display()
     )]
     Corrupt { path: PathBuf, problem: String },

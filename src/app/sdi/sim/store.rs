@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use jiff::{Timestamp, Unit};
+use jiff::{RoundMode, Timestamp, TimestampRound, Unit};
 use sha2::{Digest, Sha256};
 
 use super::receipts::{self, Verdict};
@@ -279,7 +279,7 @@ impl Disk {
             let id = ids.next;
             ids.next += 1;
             // NB: taken under the lock so that received_at follows the identifiers.
-            (id, Timestamp::now().round(Unit::Millisecond).unwrap_or_else(|_| Timestamp::now()))
+            (id, received_now())
         };
         let transmission = Transmission {
             sdi_id: id.to_string(),
@@ -306,6 +306,13 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// Now, to the millisecond. NB: truncated, not rounded, so that a receipt due
+/// at once is never in the future of a request that follows.
+fn received_now() -> Timestamp {
+    let now = Timestamp::now();
+    now.round(TimestampRound::new().smallest(Unit::Millisecond).mode(RoundMode::Trunc)).unwrap_or(now)
 }
 
 /// Rebuilds one tenant from its directory, checking every file against its JSON.

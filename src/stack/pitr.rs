@@ -1,0 +1,205 @@
+//! Point-in-time recovery: a physical base backup from a tenant snapshot, set
+//! up to replay the tenant's archived WAL up to a target time (or to the end
+//! of the archive) and then promote. Whoever runs the tenant's PostgreSQL
+//! (the site driver, a StatefulSet) starts it on the prepared directory;
+//! [`super::verify`] then checks the result.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::repo::id::Id;
+use crate::repo::repository::Repository;
+use crate::repo::restorer::{self, load_tree};
+use crate::repo::tree::NodeType;
+
+use super::child::collect_stderr;
+use super::restore::{find_documents, prepare_documents};
+use super::verify;
+use super::{BASE, Error, Result, TAG};
+
+/// What to prepare.
+#[derive(Clone, Debug)]
+pub struct PitrRestore {
+    pub tenant: String,
+    /// The repository location, as `restore_command` will open it.
+    pub repository: String,
+    /// Replay up to this instant; to the end of the archive when `None`.
+    pub target_time: Option<jiff::Timestamp>,
+    /// A snapshot id or prefix; otherwise the newest base backup before the target.
+    pub snapshot: Option<String>,
+    pub pgdata: PathBuf,
+    pub documents: PathBuf,
+    pub force: bool,
+    /// The `fenice` program `restore_command` runs.
+    pub fenice: PathBuf,
+}
+
+/// A prepared data directory.
+#[derive(Debug)]
+pub struct Prepared {
+    pub snapshot: Id,
+    pub time: String,
+    pub recorded: verify::Record,
+    pub documents: u64,
+}
+
+/// Restores the base backup and the documents, and writes the recovery settings.
+pub async fn prepare(repo: &Arc<Repository>, request: &PitrRestore) -> Result<Prepared> {
+    let fenice = request.fenice.display().to_string();
+    for (what, value) in
+        [("tenant", &request.tenant), ("repository", &request.repository), ("fenice program path", &fenice)]
+    {
+        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"/:._@-".contains(&b)) {
+            return Err(Error::Unquotable { what, value: value.clone() });
+        }
+    }
+    let (id, snapshot, recorded) = base_snapshot(repo, request).await?;
+    let restore_error = |source| Error::Restore { snapshot: id.short(), source };
+    prepare_empty_dir(&request.pgdata, request.force)?;
+    extract(repo, &snapshot.tree, &request.pgdata).await.map_err(|e| match e {
+        Error::Restore { source, .. } => restore_error(source),
+        e => e,
+    })?;
+    write_recovery_settings(request, &id)?;
+    prepare_documents(&request.documents, request.force)?;
+    let root = load_tree(repo, &snapshot.tree).await.map_err(|e| restore_error(e.into()))?;
+    let documents = find_documents(&root, &id)?;
+    let report = restorer::restore(repo, &documents, &request.documents).await.map_err(restore_error)?;
+    Ok(Prepared { snapshot: id, time: snapshot.time, recorded, documents: report.files })
+}
+
+/// The snapshot named, or the tenant's newest one with a base backup taken
+/// before the target time.
+async fn base_snapshot(
+    repo: &Repository,
+    request: &PitrRestore,
+) -> Result<(Id, crate::repo::tree::Snapshot, verify::Record)> {
+    let repo_error = |source| Error::Repository { repository: repo.describe(), source };
+    let candidates: Vec<String> = match &request.snapshot {
+        Some(spec) => vec![spec.clone()],
+        None => {
+            let mut list: Vec<(jiff::Timestamp, Id)> = repo
+                .snapshots()
+                .await
+                .map_err(repo_error)?
+                .into_iter()
+                .filter(|(_, s)| {
+                    s.tenant.as_deref() == Some(request.tenant.as_str()) && s.tags.iter().any(|t| t == TAG)
+                })
+                .filter_map(|(id, s)| Some((s.time.parse::<jiff::Timestamp>().ok()?, id)))
+                .filter(|(time, _)| request.target_time.is_none_or(|target| *time < target))
+                .collect();
+            list.sort();
+            list.into_iter().rev().map(|(_, id)| id.to_string()).collect()
+        }
+    };
+    for spec in &candidates {
+        let (id, snapshot, recorded) = super::restore::find(repo, &request.tenant, Some(spec)).await?;
+        let root = load_tree(repo, &snapshot.tree)
+            .await
+            .map_err(|source| Error::Restore { snapshot: id.short(), source: source.into() })?;
+        if root.nodes.iter().any(|n| n.name == BASE && n.node_type == NodeType::File) {
+            return Ok((id, snapshot, recorded));
+        }
+        if request.snapshot.is_some() {
+            return Err(Error::NotTenantBackup {
+                snapshot: id.short(),
+                reason: format!("it has no {BASE}: take backups with --physical for point-in-time recovery"),
+            });
+        }
+    }
+    Err(Error::NoBaseBackup {
+        repository: repo.describe(),
+        tenant: request.tenant.clone(),
+        before: request.target_time.map(|t| t.to_string()),
+    })
+}
+
+fn prepare_empty_dir(dir: &Path, force: bool) -> Result<()> {
+    let io = |what| move |source| Error::Io { what, path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(io("creating the data directory"))?;
+    let mut entries = std::fs::read_dir(dir).map_err(io("reading the data directory"))?.peekable();
+    if entries.peek().is_none() {
+        return Ok(());
+    }
+    if !force {
+        return Err(Error::DataDirNotEmpty { dir: dir.to_owned() });
+    }
+    std::fs::remove_dir_all(dir).map_err(io("emptying the data directory"))?;
+    std::fs::create_dir_all(dir).map_err(io("creating the data directory"))
+}
+
+/// Streams the base backup's tar into `tar -x`.
+async fn extract(repo: &Arc<Repository>, root: &Id, pgdata: &Path) -> Result<()> {
+    let mut child = Command::new("tar")
+        .arg("-x")
+        .arg("-f")
+        .arg("-")
+        .arg("-C")
+        .arg(pgdata)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn { program: "tar".into(), source })?;
+    let stderr = collect_stderr(&mut child);
+    let mut stdin = child.stdin.take().expect("spawned with stdin piped");
+    let handle = tokio::runtime::Handle::current();
+    let (repo, root) = (repo.clone(), *root);
+    let fed = tokio::task::spawn_blocking(move || {
+        let fed = handle.block_on(restorer::write_file(&repo, &root, BASE, &mut stdin));
+        drop(stdin);
+        fed
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map_err(|source| Error::Spawn { program: "tar".into(), source })?;
+    fed.map_err(|source| Error::Restore { snapshot: root.short(), source })?;
+    if !status.success() {
+        let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+        return Err(Error::ProgramFailed {
+            program: "tar",
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `recovery.signal` and the settings that replay the archive: appended to
+/// `postgresql.auto.conf`, which the server reads last.
+///
+/// NB: archiving is switched off in the restored copy, so that a drill never
+/// writes into the tenant's archive; a failover's new primary turns it on
+/// with its own settings on the command line, which win over this file.
+fn write_recovery_settings(request: &PitrRestore, snapshot: &Id) -> Result<()> {
+    let io = |path: PathBuf| move |source| Error::Io { what: "writing", path, source };
+    let signal = request.pgdata.join("recovery.signal");
+    std::fs::write(&signal, "").map_err(io(signal.clone()))?;
+    let fenice = request.fenice.display();
+    let mut settings = format!(
+        "\n# fenice agent restore: point-in-time recovery of tenant {tenant} from snapshot {snapshot}\n\
+         restore_command = '{fenice} agent wal-fetch --tenant {tenant} --repo {repository} %f %p'\n\
+         recovery_target_action = 'promote'\n\
+         archive_mode = 'off'\n",
+        tenant = request.tenant,
+        repository = request.repository,
+        snapshot = snapshot.short(),
+    );
+    if let Some(target) = request.target_time {
+        // PostgreSQL reads `2026-11-23 11:48:34.296691+00`, not RFC 3339's T and Z.
+        let shown = target.to_zoned(jiff::tz::TimeZone::UTC).strftime("%Y-%m-%d %H:%M:%S%.f+00");
+        settings.push_str(&format!("recovery_target_time = '{shown}'\n"));
+    }
+    let auto_conf = request.pgdata.join("postgresql.auto.conf");
+    let mut existing = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    existing.push_str(&settings);
+    std::fs::write(&auto_conf, existing).map_err(io(auto_conf.clone()))?;
+    // A base backup holds no postmaster.pid, but one copied by hand might.
+    let _ = std::fs::remove_file(request.pgdata.join("postmaster.pid"));
+    Ok(())
+}

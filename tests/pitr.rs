@@ -1,0 +1,206 @@
+//! Point-in-time recovery of a tenant: PostgreSQL archives its WAL with
+//! `fenice agent wal-push`, a physical base backup is taken, and the tenant is
+//! recovered to a time between two invoices, and to the end of the archive.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fenice::app::schema::SCHEMA;
+use fenice::testkit::{PostgresOptions, PostgresServer, S3Server};
+
+#[path = "common/tenant.rs"]
+mod tenant;
+use tenant::{connect, issue};
+
+const PASSWORD: &str = "pitr-test-pw";
+const TENANT: &str = "acme";
+
+struct Site {
+    dir: tempfile::TempDir,
+    s3: S3Server,
+    repo: String,
+}
+
+impl Site {
+    fn new() -> Self {
+        let s3 = S3Server::start().expect("S3 server starts");
+        Site { dir: tempfile::tempdir().unwrap(), s3, repo: "s3://tenant-wal/acme".into() }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// What `fenice` needs, in the agent's and in PostgreSQL's environment.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.s3.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("FENICE_S3_PATH_STYLE", "true".into()),
+            ("FENICE_PASSWORD", PASSWORD.into()),
+            ("FENICE_TENANT", TENANT.into()),
+            ("FENICE_REPOSITORY", self.repo.clone()),
+        ]
+    }
+
+    fn fenice(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fenice"))
+            .envs(self.env())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running fenice")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.fenice(args);
+        assert!(out.status.success(), "fenice {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A PostgreSQL whose every finished WAL segment goes to the repository.
+    fn archiving_server(&self, options: PostgresOptions) -> PostgresServer {
+        let options = self.env().into_iter().fold(options, |o, (k, v)| o.env(k, v));
+        PostgresServer::start_with(
+            options
+                .setting("wal_level", "replica")
+                .setting("archive_mode", "on")
+                .setting("archive_timeout", "1")
+                .setting("archive_command", format!("{} agent wal-push %p", env!("CARGO_BIN_EXE_fenice"))),
+        )
+        .expect("PostgreSQL starts")
+    }
+
+    /// Starts PostgreSQL on a prepared data directory: it replays the archive.
+    fn recovering_server(&self, pgdata: &Path) -> PostgresServer {
+        let options = self.env().into_iter().fold(PostgresOptions::new(), |o, (k, v)| o.env(k, v));
+        PostgresServer::start_with(options.existing_data(pgdata)).expect("PostgreSQL starts on the restored data")
+    }
+}
+
+/// Switches to a new WAL segment and waits until the archiver has pushed it.
+async fn archive_now(db: &tokio_postgres::Client) {
+    let segment: String = db.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await.unwrap().get(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = db
+            .query_one("SELECT coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') FROM pg_stat_archiver", &[])
+            .await
+            .unwrap();
+        let archived: String = row.get(0);
+        if archived >= segment {
+            return;
+        }
+        assert!(Instant::now() < deadline, "segment {segment} not archived: {row:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(url: &str) -> i64 {
+    connect(url).await.query_one("SELECT count(*) FROM invoices", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_to_a_time_between_two_invoices_and_to_the_end_of_the_archive() {
+    let site = Site::new();
+    site.ok(&["repo", "init"]);
+    let pg = site.archiving_server(PostgresOptions::new());
+    let documents = site.path("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    let admin = connect(&pg.url("postgres")).await;
+    admin.batch_execute("CREATE DATABASE acme").await.unwrap();
+    let mut db = connect(&pg.url("acme")).await;
+    db.batch_execute(SCHEMA).await.unwrap();
+    for _ in 0..5 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    let url = pg.url("acme");
+    let docs = documents.to_str().unwrap();
+    site.ok(&["agent", "backup", "--physical", "--db", &url, "--documents", docs]);
+
+    // Two invoices after the backup, then the target instant, then three more.
+    for _ in 0..2 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    let target: String = db
+        .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for _ in 0..3 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    archive_now(&db).await;
+
+    // To the target: the 7 invoices committed before it, documents rebuilt from the database.
+    let pgdata = site.path("pgdata-target");
+    let restored_docs = site.path("documents-target");
+    let out = site.ok(&[
+        "agent",
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-time",
+        &target,
+        "--documents",
+        restored_docs.to_str().unwrap(),
+    ]);
+    assert!(out.contains("prepared"), "{out}");
+    let recovered = site.recovering_server(&pgdata);
+    let out = site.ok(&[
+        "agent",
+        "verify",
+        "--db",
+        &recovered.url("acme"),
+        "--documents",
+        restored_docs.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["documents_rebuilt"], 2, "{report}");
+    assert_eq!(count(&recovered.url("acme")).await, 7);
+    assert_eq!(std::fs::read_dir(&restored_docs).unwrap().count(), 7);
+    drop(recovered);
+
+    // To the end of the archive: all 10.
+    let pgdata = site.path("pgdata-end");
+    let restored_docs = site.path("documents-end");
+    site.ok(&[
+        "agent",
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--documents",
+        restored_docs.to_str().unwrap(),
+    ]);
+    let recovered = site.recovering_server(&pgdata);
+    site.ok(&["agent", "verify", "--db", &recovered.url("acme"), "--documents", restored_docs.to_str().unwrap()]);
+    assert_eq!(count(&recovered.url("acme")).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() {
+    let site = Site::new();
+    site.ok(&["repo", "init"]);
+    let wal = site.path("000000010000000000000001");
+    std::fs::write(&wal, vec![7u8; 64 * 1024]).unwrap();
+    site.ok(&["agent", "wal-push", wal.to_str().unwrap()]);
+    // PostgreSQL retries a push after a crash: the same content again succeeds.
+    site.ok(&["agent", "wal-push", wal.to_str().unwrap()]);
+    std::fs::write(&wal, vec![8u8; 64 * 1024]).unwrap();
+    let out = site.fenice(&["agent", "wal-push", wal.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already archived with other content"));
+
+    let fetched = site.path("fetched");
+    site.ok(&["agent", "wal-fetch", "000000010000000000000001", fetched.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&fetched).unwrap(), vec![7u8; 64 * 1024]);
+    // Another tenant's name for the same file finds nothing.
+    let out = site.fenice(&["agent", "wal-fetch", "--tenant", "other", "000000010000000000000001", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not archived"));
+}
