@@ -101,6 +101,15 @@ impl App {
         let rome = rome();
         let today = jiff::Timestamp::now().to_zoned(rome.clone()).date();
         let db = db::Db::open(&config, today).await.map_err(|source| Error::Db { tenant: tenant.clone(), source })?;
+        if let Ok(Some(channel)) = db.channel().await {
+            let days = http::days_between(today, channel.certificate_expires);
+            if days <= http::CERTIFICATE_WARNING_DAYS {
+                tracing::warn!(
+                    tenant = %tenant, endpoint = %channel.endpoint, expires = %channel.certificate_expires, days,
+                    "the SdI channel certificate expires within {} days (or has expired)", http::CERTIFICATE_WARNING_DAYS
+                );
+            }
+        }
         let documents = documents::Documents::open(&config.documents)
             .map_err(|source| Error::Documents { tenant: tenant.clone(), source })?;
         let fencing = Arc::new(fencing::Fencing::new(config.epoch, !config.start_fenced));

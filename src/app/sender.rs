@@ -13,6 +13,7 @@
 //! is ours, the earlier transmission was ours and is recorded as sent, with its
 //! SdI identifier, exactly once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,7 +27,6 @@ use super::db::{self, Db};
 use super::documents::Documents;
 use super::fattura::Format;
 use super::fencing::Fencing;
-use super::invoices::receipt_kind;
 use super::numbering::sha256_hex;
 use super::schema::queue;
 use super::sdi::client::{self, Client};
@@ -88,7 +88,7 @@ pub struct SenderCounters {
     pub transmitted: u64,
     /// Earlier transmissions of ours recorded from a duplicate refusal.
     pub adopted: u64,
-    /// Receipts SdI had that the app recorded (counting repeats of rounds).
+    /// Receipts recorded (each once).
     pub receipts: u64,
     /// Rounds that stopped on an error (logged).
     pub failed_rounds: u64,
@@ -114,6 +114,17 @@ pub struct Sender {
     pub fencing: Arc<Fencing>,
     pub interval: Duration,
     pub stats: Arc<SenderStats>,
+}
+
+/// What the sender keeps from one round to the next.
+#[derive(Default)]
+struct Memory {
+    /// The client of the last endpoint.
+    client: Option<Client>,
+    said_no_channel: bool,
+    /// Files already logged as stuck (clash, refusal, missing or altered document):
+    /// logged once per process, not every round.
+    complained: HashSet<String>,
 }
 
 /// One invoice waiting for SdI.
@@ -148,8 +159,7 @@ impl Sender {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fence_changes = self.fencing.subscribe();
-        let mut client: Option<Client> = None;
-        let mut said_no_channel = false;
+        let mut memory = Memory::default();
         loop {
             tokio::select! {
                 _ = stop.wait_for(|stop| *stop) => return,
@@ -160,7 +170,7 @@ impl Sender {
             if !self.fencing.state().active {
                 continue;
             }
-            let round = self.round(&mut client, &mut said_no_channel);
+            let round = self.round(&mut memory);
             let result = tokio::select! {
                 // NB: dropping a round mid-transmission is a crash as far as SdI
                 // knows; the duplicate rule above covers it.
@@ -174,38 +184,43 @@ impl Sender {
         }
     }
 
-    async fn round(&self, client: &mut Option<Client>, said_no_channel: &mut bool) -> Result<(), RoundError> {
+    async fn round(&self, memory: &mut Memory) -> Result<(), RoundError> {
         let Some(channel) = self.db.channel().await? else {
-            if !*said_no_channel {
+            if !memory.said_no_channel {
                 warn!(tenant = %self.tenant, "no SdI channel configured (PUT /v1/channel); nothing is sent");
-                *said_no_channel = true;
+                memory.said_no_channel = true;
             }
             return Ok(());
         };
-        *said_no_channel = false;
-        let client = match client {
+        memory.said_no_channel = false;
+        let client = match memory.client.take() {
             Some(c) if c.endpoint() == channel.endpoint.trim_end_matches('/') => c,
-            _ => client.insert(Client::new(&channel.endpoint)?),
+            _ => Client::new(&channel.endpoint)?,
         };
-        self.send_pending(client).await?;
-        self.collect_receipts(client).await?;
+        let client = memory.client.insert(client).clone();
+        self.send_pending(&client, &mut memory.complained).await?;
+        self.collect_receipts(&client).await?;
         Ok(())
     }
 
-    async fn send_pending(&self, client: &Client) -> Result<(), RoundError> {
+    async fn send_pending(&self, client: &Client, complained: &mut HashSet<String>) -> Result<(), RoundError> {
         for queued in pending(&self.db).await? {
             let Ok(permit) = self.fencing.permit().await else { return Ok(()) };
             let file = queued.file_name.as_str();
             let xml = match self.documents.read(file).await {
                 Ok(xml) => xml,
                 Err(e) => {
-                    error!(tenant = %self.tenant, file, error = &e as &dyn std::error::Error, "cannot read the document of a pending invoice; not sent");
+                    if complained.insert(queued.file_name.clone()) {
+                        error!(tenant = %self.tenant, file, error = &e as &dyn std::error::Error, "cannot read the document of a pending invoice; not sent");
+                    }
                     continue;
                 }
             };
             let actual = sha256_hex(&xml);
             if actual != queued.xml_sha256 {
-                error!(tenant = %self.tenant, file, expected = %queued.xml_sha256, %actual, "document does not match its stored SHA-256; not sent");
+                if complained.insert(queued.file_name.clone()) {
+                    error!(tenant = %self.tenant, file, expected = %queued.xml_sha256, %actual, "document does not match its stored SHA-256; not sent");
+                }
                 continue;
             }
             let epoch = permit.epoch();
@@ -227,10 +242,12 @@ impl Sender {
                     }
                 }
                 Outcome::Clash { earlier } => {
-                    error!(
-                        tenant = %self.tenant, file, sdi_id = %earlier.sdi_id, theirs = %earlier.sha256, ours = %queued.xml_sha256,
-                        "SdI holds a different file under this name; left pending for a person to reconcile"
-                    );
+                    if complained.insert(queued.file_name.clone()) {
+                        error!(
+                            tenant = %self.tenant, file, sdi_id = %earlier.sdi_id, theirs = %earlier.sha256, ours = %queued.xml_sha256,
+                            "SdI holds a different file under this name; left pending for a person to reconcile"
+                        );
+                    }
                 }
                 Outcome::StaleEpoch { highest } => {
                     drop(permit);
@@ -243,7 +260,9 @@ impl Sender {
                     return Ok(());
                 }
                 Outcome::Refused { kind, message } => {
-                    error!(tenant = %self.tenant, file, ?kind, %message, "SdI refused the file; left pending");
+                    if complained.insert(queued.file_name.clone()) {
+                        error!(tenant = %self.tenant, file, ?kind, %message, "SdI refused the file; left pending");
+                    }
                 }
                 Outcome::Retry(e) => return Err(RoundError::Sdi(*e)),
             }
@@ -272,8 +291,8 @@ impl Sender {
                 continue;
             }
             let Ok(_permit) = self.fencing.permit().await else { return Ok(()) };
-            let done = record_receipts(&self.db, &sent, &record.receipts).await?;
-            self.stats.receipts.fetch_add(record.receipts.len() as u64, Ordering::Relaxed);
+            let (recorded, done) = record_receipts(&self.db, &sent, &record.receipts).await?;
+            self.stats.receipts.fetch_add(recorded, Ordering::Relaxed);
             if done {
                 info!(tenant = %self.tenant, file = %sent.file_name, sdi_id = %sent.sdi_id, "final receipt recorded; done");
             }
@@ -349,16 +368,15 @@ async fn mark_sent(db: &Db, queued: &Queued, t: &Transmission) -> db::Result<boo
 }
 
 /// Stores receipts (each kind once) and marks the invoice done when one is
-/// final. Returns whether it did.
-async fn record_receipts(db: &Db, sent: &Sent, receipts: &[Receipt]) -> db::Result<bool> {
+/// final. Returns how many receipts were new, and whether it marked it done.
+async fn record_receipts(db: &Db, sent: &Sent, receipts: &[Receipt]) -> db::Result<(u64, bool)> {
     let mut client = db.pool.get().await?;
     let tx = client.transaction().await.map_err(db::Error::query("starting to record receipts"))?;
     let mut done = false;
+    let mut recorded = 0;
     for receipt in receipts {
         let received_at: Timestamp = receipt.issued_at.parse().unwrap_or_else(|_| Timestamp::now());
-        // The table knows the same kinds as the protocol; a kind it lacks would fail the CHECK.
-        debug_assert!(receipt_kind(receipt.kind.as_str()).is_some());
-        tx.execute(
+        recorded += tx.execute(
             "INSERT INTO receipts (sdi_id, kind, received_at, detail) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (sdi_id, kind) DO NOTHING",
             &[&sent.sdi_id, &receipt.kind.as_str(), &received_at, &receipt.detail],
@@ -379,7 +397,7 @@ async fn record_receipts(db: &Db, sent: &Sent, receipts: &[Receipt]) -> db::Resu
             == 1;
     }
     tx.commit().await.map_err(db::Error::query("committing receipts"))?;
-    Ok(marked)
+    Ok((recorded, marked))
 }
 
 #[cfg(test)]

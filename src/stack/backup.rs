@@ -108,7 +108,7 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
     };
     let copies = archiver::backup(repos, source, options, progress)
         .await
-        .map_err(|source| Error::Backup { tenant: request.tenant.clone(), source })?;
+        .map_err(|source| Error::Backup { tenant: request.tenant.clone(), source: Box::new(source) })?;
     // Ends the transaction, and with it the exported snapshot pg_dump used.
     tx.commit().await.map_err(query("ending the backup transaction"))?;
     Ok(Outcome { copies, recorded })

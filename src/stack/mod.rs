@@ -72,21 +72,21 @@ pub enum Error {
     Backup {
         tenant: String,
         #[source]
-        source: crate::repo::archiver::Error,
+        source: Box<crate::repo::archiver::Error>,
     },
 
     #[error("repository {repository}")]
     Repository {
         repository: String,
         #[source]
-        source: crate::repo::repository::Error,
+        source: Box<crate::repo::repository::Error>,
     },
 
     #[error("restoring snapshot {snapshot}")]
     Restore {
         snapshot: String,
         #[source]
-        source: crate::repo::restorer::Error,
+        source: Box<crate::repo::restorer::Error>,
     },
 
     #[error("repository {repository} holds no backup of tenant {tenant}; list them with `fenice repo snapshots`")]

@@ -55,10 +55,10 @@ pub async fn prepare(repo: &Arc<Repository>, request: &PitrRestore) -> Result<Pr
         }
     }
     let (id, snapshot, recorded) = base_snapshot(repo, request).await?;
-    let restore_error = |source| Error::Restore { snapshot: id.short(), source };
+    let restore_error = |source: restorer::Error| Error::Restore { snapshot: id.short(), source: Box::new(source) };
     prepare_empty_dir(&request.pgdata, request.force)?;
     extract(repo, &snapshot.tree, &request.pgdata).await.map_err(|e| match e {
-        Error::Restore { source, .. } => restore_error(source),
+        Error::Restore { source, .. } => restore_error(*source),
         e => e,
     })?;
     write_recovery_settings(request, &id)?;
@@ -75,7 +75,7 @@ async fn base_snapshot(
     repo: &Repository,
     request: &PitrRestore,
 ) -> Result<(Id, crate::repo::tree::Snapshot, verify::Record)> {
-    let repo_error = |source| Error::Repository { repository: repo.describe(), source };
+    let repo_error = |source| Error::Repository { repository: repo.describe(), source: Box::new(source) };
     let candidates: Vec<String> = match &request.snapshot {
         Some(spec) => vec![spec.clone()],
         None => {
@@ -98,7 +98,7 @@ async fn base_snapshot(
         let (id, snapshot, recorded) = super::restore::find(repo, &request.tenant, Some(spec)).await?;
         let root = load_tree(repo, &snapshot.tree)
             .await
-            .map_err(|source| Error::Restore { snapshot: id.short(), source: source.into() })?;
+            .map_err(|source| Error::Restore { snapshot: id.short(), source: Box::new(source.into()) })?;
         if root.nodes.iter().any(|n| n.name == BASE && n.node_type == NodeType::File) {
             return Ok((id, snapshot, recorded));
         }
@@ -158,7 +158,7 @@ async fn extract(repo: &Arc<Repository>, root: &Id, pgdata: &Path) -> Result<()>
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
         .map_err(|source| Error::Spawn { program: "tar".into(), source })?;
-    fed.map_err(|source| Error::Restore { snapshot: root.short(), source })?;
+    fed.map_err(|source| Error::Restore { snapshot: root.short(), source: Box::new(source) })?;
     if !status.success() {
         let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
         return Err(Error::ProgramFailed {

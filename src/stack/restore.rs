@@ -41,7 +41,7 @@ pub struct Outcome {
 
 /// The tenant backup `spec` names (or the newest), with its recorded verification data.
 pub async fn find(repo: &Repository, tenant: &str, spec: Option<&str>) -> Result<(Id, Snapshot, verify::Record)> {
-    let repo_error = |source| Error::Repository { repository: repo.describe(), source };
+    let repo_error = |source| Error::Repository { repository: repo.describe(), source: Box::new(source) };
     let (id, snapshot) = match spec.filter(|s| *s != "latest") {
         Some(spec) => {
             let (id, snapshot) = repo.find_snapshot(spec).await.map_err(repo_error)?;
@@ -74,7 +74,7 @@ pub async fn find(repo: &Repository, tenant: &str, spec: Option<&str>) -> Result
 pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<Outcome> {
     let pg_restore = pg::program("pg_restore", request.pg_bin.as_ref())?;
     let (id, snapshot, recorded) = find(repo, &request.tenant, request.snapshot.as_deref()).await?;
-    let restore_error = |source| Error::Restore { snapshot: id.short(), source };
+    let restore_error = |source: restorer::Error| Error::Restore { snapshot: id.short(), source: Box::new(source) };
     let root = load_tree(repo, &snapshot.tree).await.map_err(|source| restore_error(source.into()))?;
     let entry = |name: &str, kind: NodeType| root.nodes.iter().find(|n| n.name == name && n.node_type == kind);
     let not_backup = |reason: String| Error::NotTenantBackup { snapshot: id.short(), reason };
@@ -85,7 +85,7 @@ pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<
     let db = prepare_database(&request.db, request.force).await?;
     drop(db);
     restore_database(repo, &snapshot.tree, &pg_restore, &request.db).await.map_err(|e| match e {
-        Error::Restore { source, .. } => restore_error(source),
+        Error::Restore { source, .. } => restore_error(*source),
         e => e,
     })?;
     let report = restorer::restore(repo, &documents, &request.documents).await.map_err(restore_error)?;
@@ -225,7 +225,7 @@ async fn restore_database(repo: &Arc<Repository>, root: &Id, pg_restore: &PathBu
         .map_err(|source| Error::Spawn { program: pg_restore.clone(), source })?;
     let stderr = stderr.and_then(|t| t.join().ok());
     // A damaged dump is the cause when both fail: report that, not pg_restore's complaint.
-    fed.map_err(|source| Error::Restore { snapshot: root.short(), source })?;
+    fed.map_err(|source| Error::Restore { snapshot: root.short(), source: Box::new(source) })?;
     if !status.success() {
         return Err(Error::ProgramFailed {
             program: "pg_restore",

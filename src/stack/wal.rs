@@ -47,7 +47,7 @@ pub enum Error {
         repository: String,
         name: String,
         #[source]
-        source: store::Error,
+        source: Box<store::Error>,
     },
 
     #[error(
@@ -88,7 +88,8 @@ pub async fn push(repo: &Repository, tenant: &str, path: &Path) -> Result<()> {
     check_name(&name)?;
     let content = tokio::fs::read(path).await.map_err(|source| Error::Read { path: path.to_owned(), source })?;
     let tenant_key = tenant_key(repo, tenant);
-    let store_error = |source| Error::Store { repository: repo.describe(), name: name.clone(), source };
+    let store_error =
+        |source| Error::Store { repository: repo.describe(), name: name.clone(), source: Box::new(source) };
     let prefix = format!("wal/{tenant_key}/{name}/");
     let existing = repo.store().list(&prefix).await.map_err(store_error)?;
     if !existing.is_empty() {
@@ -114,7 +115,8 @@ pub async fn push(repo: &Repository, tenant: &str, path: &Path) -> Result<()> {
 pub async fn fetch(repo: &Repository, tenant: &str, name: &str, dest: &Path) -> Result<()> {
     check_name(name)?;
     let tenant_key = tenant_key(repo, tenant);
-    let store_error = |source| Error::Store { repository: repo.describe(), name: name.to_string(), source };
+    let store_error =
+        |source| Error::Store { repository: repo.describe(), name: name.to_string(), source: Box::new(source) };
     let objects = repo.store().list(&format!("wal/{tenant_key}/{name}/")).await.map_err(store_error)?;
     let mut last_error = None;
     for object in &objects {
@@ -133,7 +135,7 @@ async fn open(repo: &Repository, tenant_key: &str, name: &str, key: &str) -> Res
     let sealed = repo.store().get(key).await.map_err(|source| Error::Store {
         repository: repo.describe(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let compressed = repo.keys().open(&sealed, &aad(tenant_key, name)).map_err(|_| damaged())?;
     zstd::stream::decode_all(compressed.as_slice()).map_err(|_| damaged())

@@ -119,7 +119,12 @@ impl Client {
             .await
             .map_err(|source| self.transport(&what, source))?;
         if !response.status().is_success() {
-            return Err(self.unexpected(&what, response).await);
+            let refusal = self.refusal(&what, response).await?;
+            return Err(Error::Refused {
+                endpoint: self.endpoint.clone(),
+                kind: refusal.error,
+                message: refusal.message,
+            });
         }
         Ok(response.bytes().await.map_err(|source| self.transport(&what, source))?.to_vec())
     }
@@ -143,12 +148,6 @@ impl Client {
             status,
             body: cut(&body),
         })
-    }
-
-    async fn unexpected(&self, what: &str, response: reqwest::Response) -> Error {
-        let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
-        Error::Status { endpoint: self.endpoint.clone(), what: what.to_string(), status, body: cut(&body) }
     }
 
     fn transport(&self, what: &str, source: reqwest::Error) -> Error {
