@@ -242,7 +242,7 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("invoicer@127.0.0.1:{port}/acme")), "names the database: {err}");
+    assert!(err.contains(&format!("database acme at 127.0.0.1:{port} as user invoicer")), "names the database: {err}");
     assert!(!err.contains("Sup3r-Secret-PW"), "the password leaked: {err}");
     let snapshots = t.path("repo/snapshots");
     assert!(!snapshots.exists() || snapshots.read_dir().unwrap().next().is_none(), "no snapshot written");

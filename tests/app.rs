@@ -266,7 +266,7 @@ async fn documents_are_fatturapa_by_recipient_and_match_their_stored_hash() {
     let mut public_body = invoice_body("2026", "UFXXXX");
     public_body.as_object_mut().unwrap().remove("issue_date");
     public_body["vat_rate_percent"] = json!(10);
-    public_body["taxable_cents"] = json!(123_45);
+    public_body["taxable_cents"] = json!(12_345);
     let public_body = app.issue(public_body).await;
 
     let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::get("Europe/Rome").unwrap()).date();
@@ -327,6 +327,39 @@ async fn documents_are_fatturapa_by_recipient_and_match_their_stored_hash() {
         .unwrap()
         .get(0);
     assert_eq!(sha256_hex(&stored), business["xml_sha256"].as_str().unwrap());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_commit_that_fails_leaves_no_document_and_no_gap() {
+    let (_pg, url) = postgres().await;
+    let documents = tempfile::tempdir().unwrap();
+    let app = start(config(&url, documents.path())).await;
+    // A check that PostgreSQL runs only at COMMIT, after the app wrote the document.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.customer_name = 'Refused At Commit' THEN RAISE EXCEPTION 'refused at commit'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON invoices \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();",
+        )
+        .await
+        .unwrap();
+
+    let mut refused = invoice_body("2026", "ABC1234");
+    refused["customer"]["name"] = json!("Refused At Commit");
+    let (status, error) = app.post("/v1/invoices", refused).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("refused at commit"), "{error}");
+    let left: Vec<_> = std::fs::read_dir(documents.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, Vec::<std::ffi::OsString>::new(), "the document of the failed issue is gone");
+
+    let next = app.issue(invoice_body("2026", "ABC1234")).await;
+    assert_eq!((next["number"].as_i64(), next["file_name"].as_str()), (Some(1), Some("IT01234567890_00001.xml")));
+    assert!(documents.path().join("IT01234567890_00001.xml").is_file());
     app.stop().await;
 }
 

@@ -74,6 +74,26 @@ impl Site {
         .expect("PostgreSQL starts")
     }
 
+    /// Prepares a data directory (to `target`, or the end of the archive),
+    /// starts PostgreSQL on it, and verifies it: the recovered server, its
+    /// documents directory, and `agent verify`'s JSON report.
+    fn recover(&self, name: &str, target: Option<&str>) -> (PostgresServer, PathBuf, serde_json::Value) {
+        let pgdata = self.path(&format!("pgdata-{name}"));
+        let documents = self.path(&format!("documents-{name}"));
+        let (pgdata_arg, documents_arg) = (pgdata.to_str().unwrap(), documents.to_str().unwrap());
+        let mut args = vec!["agent", "restore", "--pgdata", pgdata_arg, "--documents", documents_arg];
+        if let Some(target) = target {
+            args.extend(["--target-time", target]);
+        }
+        assert!(self.ok(&args).contains("prepared"));
+        let server = self.recovering_server(&pgdata);
+        let url = server.url("acme");
+        let report = self.ok(&["agent", "verify", "--db", &url, "--documents", documents_arg, "--json"]);
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(report["verified"], true, "{report}");
+        (server, documents, report)
+    }
+
     /// Starts PostgreSQL on a prepared data directory: it replays the archive.
     fn recovering_server(&self, pgdata: &Path) -> PostgresServer {
         let options = self.env().into_iter().fold(PostgresOptions::new(), |o, (k, v)| o.env(k, v));
@@ -136,49 +156,14 @@ async fn recovers_to_a_time_between_two_invoices_and_to_the_end_of_the_archive()
     archive_now(&db).await;
 
     // To the target: the 7 invoices committed before it, documents rebuilt from the database.
-    let pgdata = site.path("pgdata-target");
-    let restored_docs = site.path("documents-target");
-    let out = site.ok(&[
-        "agent",
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--target-time",
-        &target,
-        "--documents",
-        restored_docs.to_str().unwrap(),
-    ]);
-    assert!(out.contains("prepared"), "{out}");
-    let recovered = site.recovering_server(&pgdata);
-    let out = site.ok(&[
-        "agent",
-        "verify",
-        "--db",
-        &recovered.url("acme"),
-        "--documents",
-        restored_docs.to_str().unwrap(),
-        "--json",
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["verified"], true, "{report}");
+    let (recovered, documents, report) = site.recover("target", Some(&target));
     assert_eq!(report["documents_rebuilt"], 2, "{report}");
     assert_eq!(count(&recovered.url("acme")).await, 7);
-    assert_eq!(std::fs::read_dir(&restored_docs).unwrap().count(), 7);
+    assert_eq!(std::fs::read_dir(&documents).unwrap().count(), 7);
     drop(recovered);
 
     // To the end of the archive: all 10.
-    let pgdata = site.path("pgdata-end");
-    let restored_docs = site.path("documents-end");
-    site.ok(&[
-        "agent",
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--documents",
-        restored_docs.to_str().unwrap(),
-    ]);
-    let recovered = site.recovering_server(&pgdata);
-    site.ok(&["agent", "verify", "--db", &recovered.url("acme"), "--documents", restored_docs.to_str().unwrap()]);
+    let (recovered, _, _) = site.recover("end", None);
     assert_eq!(count(&recovered.url("acme")).await, 10);
 }
 
@@ -239,18 +224,7 @@ async fn a_killed_primary_loses_only_the_last_seconds_of_invoices() {
     drop(db);
     drop(pg);
 
-    let pgdata = site.path("pgdata");
-    let restored_docs = site.path("documents-restored");
-    site.ok(&[
-        "agent",
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--documents",
-        restored_docs.to_str().unwrap(),
-    ]);
-    let recovered = site.recovering_server(&pgdata);
-    site.ok(&["agent", "verify", "--db", &recovered.url("acme"), "--documents", restored_docs.to_str().unwrap()]);
+    let (recovered, _, _) = site.recover("end", None);
     let restored = count(&recovered.url("acme")).await;
     let issued = committed.len() as i64;
     assert!(restored >= 1 && restored <= issued, "restored {restored} of {issued}");

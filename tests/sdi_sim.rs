@@ -308,7 +308,7 @@ async fn bad_requests_are_refused_with_a_message() {
     let missing = sim.client.record("acme", "42").await;
     assert!(matches!(missing, Err(ClientError::Refused { kind: RefusalKind::NotFound, .. })), "{missing:?}");
     let missing = sim.client.file("acme", "42").await;
-    assert!(matches!(missing, Err(ClientError::Status { status: 404, .. })), "{missing:?}");
+    assert!(matches!(missing, Err(ClientError::Refused { kind: RefusalKind::NotFound, .. })), "{missing:?}");
     assert_eq!(sim.client.list("acme").await.unwrap(), []);
     assert!(!dir.path().join("tenants/Acme").exists());
     sim.stop().await;

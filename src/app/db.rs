@@ -122,7 +122,8 @@ impl DbTarget {
         Ok(Self::of(&config))
     }
 
-    fn of(config: &tokio_postgres::Config) -> Self {
+    /// Where a parsed configuration points.
+    pub fn of(config: &tokio_postgres::Config) -> Self {
         let ports = config.get_ports();
         let hosts = config
             .get_hosts()

@@ -15,9 +15,6 @@ use super::numbering;
 
 /// The FatturaPA namespace (schema 1.2.x).
 pub const NAMESPACE: &str = "http://ivaservizi.agenziaentrate.gov.it/docs/xsd/fatture/v1.2";
-/// Where the schema is published, for `xsi:schemaLocation`.
-const SCHEMA_LOCATION: &str = "http://ivaservizi.agenziaentrate.gov.it/docs/xsd/fatture/v1.2 \
-     https://www.fatturapa.gov.it/export/documenti/fatturapa/v1.2.2/Schema_del_file_xml_FatturaPA_v1.2.2.xsd";
 /// Longest Denominazione (String80LatinType).
 pub const NAME_MAX: usize = 80;
 /// Longest Descrizione (String1000LatinType).
@@ -140,11 +137,10 @@ impl Fattura {
     pub fn render(&self) -> Vec<u8> {
         let mut x = XmlWriter::default();
         x.raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let _ = write!(
+        let _ = writeln!(
             x.out,
             "<p:FatturaElettronica versione=\"{}\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" \
-             xmlns:p=\"{NAMESPACE}\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
-             xsi:schemaLocation=\"{SCHEMA_LOCATION}\">\n",
+             xmlns:p=\"{NAMESPACE}\">",
             self.format.as_str()
         );
         x.depth = 1;

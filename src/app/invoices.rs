@@ -434,7 +434,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|b| b["series"] = json!("")), "series"),
             (Box::new(|b| b["series"] = json!("20/26")), "series"),
             (Box::new(|b| b["series"] = json!(2026)), "series"),

@@ -43,7 +43,7 @@ pub enum Error {
     Db {
         series: String,
         #[source]
-        source: db::Error,
+        source: Box<db::Error>,
     },
 
     #[error("issuing {file_name}")]
@@ -102,9 +102,10 @@ pub struct Issuer {
 /// queued for SdI. `today` is the issue date when the request names none.
 pub async fn issue(db: &Db, documents: &Documents, issuer: &Issuer, new: &NewInvoice, today: Date) -> Result<Invoice> {
     let series = new.series.clone();
-    let db_error = |source: db::Error| Error::Db { series: series.clone(), source };
-    let query =
-        |step| move |source| Error::Db { series: new.series.clone(), source: db::Error::Query { step, source } };
+    let db_error = |source: db::Error| Error::Db { series: series.clone(), source: Box::new(source) };
+    let query = |step| {
+        move |source| Error::Db { series: new.series.clone(), source: Box::new(db::Error::Query { step, source }) }
+    };
 
     let mut client = db.pool.get().await.map_err(|e| db_error(e.into()))?;
     let tx = client.transaction().await.map_err(query("starting the transaction"))?;
@@ -192,7 +193,7 @@ pub async fn issue(db: &Db, documents: &Documents, issuer: &Issuer, new: &NewInv
     };
     drop(client);
     let commit_error =
-        Error::Db { series: new.series.clone(), source: db::Error::Query { step: "committing", source } };
+        Error::Db { series: new.series.clone(), source: Box::new(db::Error::Query { step: "committing", source }) };
     // NB: a commit can fail on the way back after the server committed. Remove
     // the document only when the row is certainly not there.
     match db.invoice(&invoice.series, invoice.number).await {

@@ -211,7 +211,7 @@ impl Sender {
                 Ok(xml) => xml,
                 Err(e) => {
                     if complained.insert(queued.file_name.clone()) {
-                        error!(tenant = %self.tenant, file, error = &e as &dyn std::error::Error, "cannot read the document of a pending invoice; not sent");
+                        error!(tenant = %self.tenant, file = %file, error = &e as &dyn std::error::Error, "cannot read the document of a pending invoice; not sent");
                     }
                     continue;
                 }
@@ -219,24 +219,24 @@ impl Sender {
             let actual = sha256_hex(&xml);
             if actual != queued.xml_sha256 {
                 if complained.insert(queued.file_name.clone()) {
-                    error!(tenant = %self.tenant, file, expected = %queued.xml_sha256, %actual, "document does not match its stored SHA-256; not sent");
+                    error!(tenant = %self.tenant, file = %file, expected = %queued.xml_sha256, %actual, "document does not match its stored SHA-256; not sent");
                 }
                 continue;
             }
             let epoch = permit.epoch();
-            debug!(tenant = %self.tenant, file, epoch, "transmitting");
+            debug!(tenant = %self.tenant, file = %file, epoch, "transmitting");
             match outcome(client.send(&self.tenant, epoch, file, xml).await, &queued.xml_sha256) {
                 Outcome::Accepted(t) => {
                     if mark_sent(&self.db, &queued, &t).await? {
                         self.stats.transmitted.fetch_add(1, Ordering::Relaxed);
-                        info!(tenant = %self.tenant, file, sdi_id = %t.sdi_id, epoch, "transmitted to SdI");
+                        info!(tenant = %self.tenant, file = %file, sdi_id = %t.sdi_id, epoch, "transmitted to SdI");
                     }
                 }
                 Outcome::EarlierWasOurs(t) => {
                     if mark_sent(&self.db, &queued, &t).await? {
                         self.stats.adopted.fetch_add(1, Ordering::Relaxed);
                         info!(
-                            tenant = %self.tenant, file, sdi_id = %t.sdi_id, earlier_epoch = t.epoch,
+                            tenant = %self.tenant, file = %file, sdi_id = %t.sdi_id, earlier_epoch = t.epoch,
                             "SdI already had this very file from an earlier attempt; recorded it as sent"
                         );
                     }
@@ -244,7 +244,7 @@ impl Sender {
                 Outcome::Clash { earlier } => {
                     if complained.insert(queued.file_name.clone()) {
                         error!(
-                            tenant = %self.tenant, file, sdi_id = %earlier.sdi_id, theirs = %earlier.sha256, ours = %queued.xml_sha256,
+                            tenant = %self.tenant, file = %file, sdi_id = %earlier.sdi_id, theirs = %earlier.sha256, ours = %queued.xml_sha256,
                             "SdI holds a different file under this name; left pending for a person to reconcile"
                         );
                     }
@@ -261,7 +261,7 @@ impl Sender {
                 }
                 Outcome::Refused { kind, message } => {
                     if complained.insert(queued.file_name.clone()) {
-                        error!(tenant = %self.tenant, file, ?kind, %message, "SdI refused the file; left pending");
+                        error!(tenant = %self.tenant, file = %file, ?kind, %message, "SdI refused the file; left pending");
                     }
                 }
                 Outcome::Retry(e) => return Err(RoundError::Sdi(*e)),
@@ -376,13 +376,14 @@ async fn record_receipts(db: &Db, sent: &Sent, receipts: &[Receipt]) -> db::Resu
     let mut recorded = 0;
     for receipt in receipts {
         let received_at: Timestamp = receipt.issued_at.parse().unwrap_or_else(|_| Timestamp::now());
-        recorded += tx.execute(
-            "INSERT INTO receipts (sdi_id, kind, received_at, detail) VALUES ($1, $2, $3, $4) \
+        recorded += tx
+            .execute(
+                "INSERT INTO receipts (sdi_id, kind, received_at, detail) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (sdi_id, kind) DO NOTHING",
-            &[&sent.sdi_id, &receipt.kind.as_str(), &received_at, &receipt.detail],
-        )
-        .await
-        .map_err(db::Error::query("recording a receipt"))?;
+                &[&sent.sdi_id, &receipt.kind.as_str(), &received_at, &receipt.detail],
+            )
+            .await
+            .map_err(db::Error::query("recording a receipt"))?;
         done |= receipt.kind.is_final(sent.public_body);
     }
     let mut marked = false;

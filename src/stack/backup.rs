@@ -54,13 +54,7 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
     }
     let mut client = request.db.connect().await?;
     let query = |what: &'static str| move |source| Error::Query { what, source };
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(query("starting the backup transaction"))?;
+    let tx = pg::consistent_view(&mut client, "starting the backup transaction").await?;
     let snapshot: String =
         tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(query("exporting a snapshot"))?.get(0);
     let recorded = verify::record(&tx).await?;

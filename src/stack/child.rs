@@ -3,7 +3,14 @@
 
 use std::io::Read;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use crate::repo::id::Id;
+use crate::repo::repository::Repository;
+use crate::repo::restorer;
+
+use super::{Error, Result};
 
 /// The last bytes of a program's stderr kept for its error message.
 const STDERR_TAIL: usize = 4096;
@@ -115,4 +122,47 @@ pub fn tail(mut stream: impl Read) -> Vec<u8> {
 /// A stderr collected on a thread, for programs whose stdout goes elsewhere.
 pub fn collect_stderr(child: &mut Child) -> Option<JoinHandle<Vec<u8>>> {
     child.stderr.take().map(|stderr| std::thread::spawn(move || tail(stderr)))
+}
+
+/// Feeds the file `path` of the snapshot tree `root` into `command`'s standard
+/// input (pg_restore, tar) and waits for it to finish.
+///
+/// NB: a damaged file is reported as such even when the program also fails,
+/// since the program's complaint would only be about the cut input.
+pub async fn feed(
+    repo: &Arc<Repository>,
+    root: &Id,
+    path: &'static str,
+    program: &'static str,
+    mut command: Command,
+) -> Result<()> {
+    command.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let spawn_error = |source| Error::Spawn { program: program.into(), source };
+    let mut child = command.spawn().map_err(spawn_error)?;
+    let stderr = collect_stderr(&mut child);
+    let mut stdin = child.stdin.take().expect("spawned with stdin piped");
+    let handle = tokio::runtime::Handle::current();
+    let (repo, root) = (repo.clone(), *root);
+    // Writing to the pipe blocks while the program is busy: a blocking thread does it.
+    let fed = tokio::task::spawn_blocking(move || {
+        let fed = handle.block_on(restorer::write_file(&repo, &root, path, &mut stdin));
+        drop(stdin);
+        fed
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map_err(spawn_error)?;
+    fed.map_err(|source| Error::Restore { snapshot: root.short(), source: Box::new(source) })?;
+    if !status.success() {
+        let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+        return Err(Error::ProgramFailed {
+            program,
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }

@@ -41,7 +41,7 @@ pub enum Error {
     #[error("database URL: {reason}")]
     DbUrl { reason: String },
 
-    #[error("cannot connect to the database {db}; check the URL, that the server runs and accepts this user")]
+    #[error("cannot connect to {db}; check the URL, that the server runs and accepts this user")]
     Connect {
         db: String,
         #[source]
@@ -99,7 +99,7 @@ pub enum Error {
     NotTenantBackup { snapshot: String, reason: String },
 
     #[error(
-        "database {db} is not empty ({tables} tables); restore into a fresh database, or pass --force to replace its contents"
+        "{db} is not empty ({tables} tables); restore into a fresh database, or pass --force to replace its contents"
     )]
     DatabaseNotEmpty { db: String, tables: i64 },
 
@@ -130,7 +130,7 @@ pub enum Error {
     #[error("data directory {dir} is not empty; restore into an empty one, or pass --force to replace it")]
     DataDirNotEmpty { dir: PathBuf },
 
-    #[error("database {db} is still recovering after {waited_seconds} s; see the server's log for the WAL it asks for")]
+    #[error("{db} is still recovering after {waited_seconds} s; see the server's log for the WAL it asks for")]
     StillRecovering { db: String, waited_seconds: u64 },
 
     #[error("restored tenant {tenant} differs from what snapshot {snapshot} recorded:\n  {}", differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]

@@ -76,27 +76,10 @@ impl DbUrl {
     }
 }
 
-/// Shown as postgres://USER@HOST:PORT/DATABASE, never with the password.
+/// Shown as "database D at HOST:PORT as user U", never with the password.
 impl std::fmt::Display for DbUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "postgres://")?;
-        if let Some(user) = self.config.get_user() {
-            write!(f, "{user}@")?;
-        }
-        let ports = self.config.get_ports();
-        for (i, host) in self.config.get_hosts().iter().enumerate() {
-            if i > 0 {
-                write!(f, ",")?;
-            }
-            match host {
-                tokio_postgres::config::Host::Tcp(name) => write!(f, "{name}")?,
-                tokio_postgres::config::Host::Unix(path) => write!(f, "[{}]", path.display())?,
-            }
-            if let Some(port) = ports.get(i).or(ports.first()) {
-                write!(f, ":{port}")?;
-            }
-        }
-        write!(f, "/{}", self.database())
+        crate::app::db::DbTarget::of(&self.config).fmt(f)
     }
 }
 
@@ -104,6 +87,21 @@ impl std::fmt::Debug for DbUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DbUrl({self})")
     }
+}
+
+/// A read-only transaction that sees one consistent state of the database
+/// from its first statement to its end.
+pub async fn consistent_view<'a>(
+    client: &'a mut tokio_postgres::Client,
+    what: &'static str,
+) -> Result<tokio_postgres::Transaction<'a>> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|source| Error::Query { what, source })
 }
 
 /// A libpq keyword value, quoted.

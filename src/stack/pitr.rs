@@ -5,7 +5,7 @@
 //! [`super::verify`] then checks the result.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use crate::repo::id::Id;
@@ -13,7 +13,7 @@ use crate::repo::repository::Repository;
 use crate::repo::restorer::{self, load_tree};
 use crate::repo::tree::NodeType;
 
-use super::child::collect_stderr;
+use super::child::feed;
 use super::restore::{find_documents, prepare_documents};
 use super::verify;
 use super::{BASE, Error, Result, TAG};
@@ -132,42 +132,9 @@ fn prepare_empty_dir(dir: &Path, force: bool) -> Result<()> {
 
 /// Streams the base backup's tar into `tar -x`.
 async fn extract(repo: &Arc<Repository>, root: &Id, pgdata: &Path) -> Result<()> {
-    let mut child = Command::new("tar")
-        .arg("-x")
-        .arg("-f")
-        .arg("-")
-        .arg("-C")
-        .arg(pgdata)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn { program: "tar".into(), source })?;
-    let stderr = collect_stderr(&mut child);
-    let mut stdin = child.stdin.take().expect("spawned with stdin piped");
-    let handle = tokio::runtime::Handle::current();
-    let (repo, root) = (repo.clone(), *root);
-    let fed = tokio::task::spawn_blocking(move || {
-        let fed = handle.block_on(restorer::write_file(&repo, &root, BASE, &mut stdin));
-        drop(stdin);
-        fed
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-        .map_err(|source| Error::Spawn { program: "tar".into(), source })?;
-    fed.map_err(|source| Error::Restore { snapshot: root.short(), source: Box::new(source) })?;
-    if !status.success() {
-        let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
-        return Err(Error::ProgramFailed {
-            program: "tar",
-            status: status.to_string(),
-            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    let mut command = Command::new("tar");
+    command.arg("-x").arg("-f").arg("-").arg("-C").arg(pgdata);
+    feed(repo, root, BASE, "tar", command).await
 }
 
 /// `recovery.signal` and the settings that replay the archive: appended to

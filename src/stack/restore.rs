@@ -3,7 +3,7 @@
 //! recorded. A restore that does not verify is an error that says what differs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use crate::repo::id::Id;
@@ -11,7 +11,7 @@ use crate::repo::repository::Repository;
 use crate::repo::restorer::{self, load_tree};
 use crate::repo::tree::{NodeType, Snapshot, Tree};
 
-use super::child::collect_stderr;
+use super::child::feed;
 use super::pg::{self, DbUrl};
 use super::verify::{self, ANNOTATION};
 use super::{DOCUMENTS, DUMP, Error, Result, TAG};
@@ -102,13 +102,7 @@ pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<
     }
 
     let mut client = request.db.connect().await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|source| Error::Query { what: "starting the verification transaction", source })?;
+    let tx = pg::consistent_view(&mut client, "starting the verification transaction").await?;
     let restored = verify::record(&tx).await?;
     let mut differences = verify::compare(&recorded, &restored);
     if recorded.tables.contains_key("invoices") {
@@ -197,41 +191,10 @@ async fn prepare_database(db: &DbUrl, force: bool) -> Result<tokio_postgres::Cli
 async fn restore_database(repo: &Arc<Repository>, root: &Id, pg_restore: &PathBuf, db: &DbUrl) -> Result<()> {
     let (conninfo, password) = db.libpq_args();
     let mut command = Command::new(pg_restore);
-    command
-        .args(["--no-owner", "--no-acl", "--exit-on-error", "--single-transaction"])
-        .arg(format!("--dbname={conninfo}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    command.args(["--no-owner", "--no-acl", "--exit-on-error", "--single-transaction"]);
+    command.arg(format!("--dbname={conninfo}"));
     if let Some(password) = password {
         command.env("PGPASSWORD", password);
     }
-    let mut child = command.spawn().map_err(|source| Error::Spawn { program: pg_restore.clone(), source })?;
-    let stderr = collect_stderr(&mut child);
-    let mut stdin = child.stdin.take().expect("spawned with stdin piped");
-    let handle = tokio::runtime::Handle::current();
-    let (repo_handle, root) = (repo.clone(), *root);
-    // NB: writing to the pipe blocks while pg_restore is busy, so it runs on a blocking thread.
-    let fed = tokio::task::spawn_blocking(move || {
-        let fed = handle.block_on(restorer::write_file(&repo_handle, &root, DUMP, &mut stdin));
-        drop(stdin);
-        fed
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-        .map_err(|source| Error::Spawn { program: pg_restore.clone(), source })?;
-    let stderr = stderr.and_then(|t| t.join().ok());
-    // A damaged dump is the cause when both fail: report that, not pg_restore's complaint.
-    fed.map_err(|source| Error::Restore { snapshot: root.short(), source: Box::new(source) })?;
-    if !status.success() {
-        return Err(Error::ProgramFailed {
-            program: "pg_restore",
-            status: status.to_string(),
-            stderr: String::from_utf8_lossy(&stderr.unwrap_or_default()).trim().to_string(),
-        });
-    }
-    Ok(())
+    feed(repo, root, DUMP, "pg_restore", command).await
 }
