@@ -26,6 +26,7 @@ pub mod fencing;
 pub mod http;
 pub mod invoices;
 pub mod numbering;
+pub mod reconcile;
 pub mod schema;
 pub mod sdi;
 pub mod sender;

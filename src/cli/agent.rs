@@ -13,6 +13,8 @@ use serde_json::json;
 
 use super::repo::{StoreArgs, open_all, report_copies, with_progress};
 use super::secrets::UnlockArgs;
+use crate::app::documents::Documents;
+use crate::app::{reconcile, sdi};
 use crate::repo::archiver::Progress;
 use crate::stack::backup::{self, TenantBackup};
 use crate::stack::pg::DbUrl;
@@ -45,6 +47,27 @@ enum AgentCommand {
     /// back the documents of invoices issued after the backup, and checks
     /// numbering, documents, and that nothing the backup recorded is gone.
     Verify(VerifyArgs),
+    /// After a restore, before the app serves: import what SdI already holds
+    /// for the tenant but the restored data lacks, so numbering continues after
+    /// it and nothing is sent twice.
+    ReconcileSdi(ReconcileArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReconcileArgs {
+    #[arg(long, env = "FENICE_TENANT")]
+    tenant: String,
+    #[arg(long, env = "FENICE_DB_URL", hide_env_values = true, help = DB_HELP)]
+    db: String,
+    /// The tenant's invoice documents directory.
+    #[arg(long, env = "FENICE_DOCUMENTS")]
+    documents: PathBuf,
+    /// The SdI endpoint the tenant transmits to.
+    #[arg(long, env = "FENICE_SDI_ENDPOINT")]
+    sdi_endpoint: String,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -167,6 +190,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         AgentCommand::WalPush(args) => run_wal_push(args).await,
         AgentCommand::WalFetch(args) => run_wal_fetch(args).await,
         AgentCommand::Verify(args) => run_verify(args, &mut out).await,
+        AgentCommand::ReconcileSdi(args) => run_reconcile(args, &mut out).await,
     }
 }
 
@@ -332,4 +356,37 @@ async fn run_wal_fetch(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("fenice agent wal-fetch: {}", super::output::error_chain(e));
     }
     Ok(ExitCode::FAILURE)
+}
+
+async fn run_reconcile(args: ReconcileArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let db = DbUrl::parse(&args.db)?;
+    let mut client = db.connect().await?;
+    let documents = Documents::open(&args.documents)?;
+    let sdi = sdi::client::Client::new(&args.sdi_endpoint)?;
+    let done = reconcile::reconcile(&mut client, &documents, &sdi, &args.tenant).await?;
+    if args.json {
+        writeln!(out, "{}", json!({"tenant": args.tenant, "reconciled": done}))?;
+    } else {
+        writeln!(
+            out,
+            "tenant {}: {} transmissions at SdI; {} invoices imported, {} pending ones recorded as sent, {} receipts added",
+            args.tenant,
+            done.transmissions,
+            done.imported.len(),
+            done.adopted.len(),
+            done.receipts_added
+        )?;
+    }
+    if done.gaps.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (series, numbers) in &done.gaps {
+        let numbers: Vec<String> = numbers.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "fenice agent reconcile-sdi: series {series}: no invoice holds number(s) {}: they were issued after the \
+             restore point and never reached SdI; issue them again",
+            numbers.join(", ")
+        );
+    }
+    Ok(ExitCode::from(super::repo::EXIT_PARTIAL))
 }
