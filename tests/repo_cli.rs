@@ -503,3 +503,32 @@ fn a_damaged_directory_listing_is_reported_and_does_not_abort_the_restore() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not restored") && err.contains("does not authenticate"), "{err}");
 }
+
+#[test]
+fn restoring_thousands_of_small_files_keeps_few_descriptors_open() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.path("invoices");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3000 {
+        std::fs::write(src.join(format!("IT01234567897_{i:05}.xml")), format!("<FatturaElettronica n=\"{i}\"/>"))
+            .unwrap();
+    }
+    lab.ok(&["--repo", &lab.repo(), "backup", "invoices"]);
+    // Thousands of files share each pack window: with 64 descriptors the
+    // restore must still go through.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {} repo --repo {} restore latest --target {}",
+            env!("CARGO_BIN_EXE_fenice"),
+            lab.repo(),
+            lab.path("out").display()
+        ))
+        .env("FENICE_PASSWORD", "pw")
+        .env_remove("FENICE_REPOSITORY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(lab.path("out/invoices")).unwrap().count(), 3000);
+}

@@ -3,7 +3,6 @@
 //! damaged ones reported.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -221,8 +220,10 @@ async fn restore_window(
     };
     tokio::task::spawn_blocking(move || {
         let mut damage = Vec::new();
-        // A file spread over many blobs of this window is opened once.
-        let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+        // A file's blobs mostly sit next to each other in a pack: keeping the
+        // last file open saves reopening it, and keeps one descriptor per window
+        // however many small files the window holds.
+        let mut open: Option<(usize, std::fs::File)> = None;
         for (entry, targets) in blobs {
             let from = (u64::from(entry.offset) - start) as usize;
             let opened = bytes
@@ -238,12 +239,12 @@ async fn restore_window(
                 }
             };
             for (i, offset) in targets {
-                let file = match open.entry(i) {
-                    Entry::Occupied(file) => file.into_mut(),
-                    Entry::Vacant(slot) => slot.insert(
-                        std::fs::OpenOptions::new().write(true).open(&paths[i]).map_err(|e| (paths[i].clone(), e))?,
-                    ),
-                };
+                if open.as_ref().is_none_or(|(last, _)| *last != i) {
+                    let file =
+                        std::fs::OpenOptions::new().write(true).open(&paths[i]).map_err(|e| (paths[i].clone(), e))?;
+                    open = Some((i, file));
+                }
+                let (_, file) = open.as_ref().expect("opened above");
                 file.write_all_at(&plaintext, offset).map_err(|e| (paths[i].clone(), e))?;
             }
         }
