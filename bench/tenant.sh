@@ -29,6 +29,7 @@ as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 cleanup() {
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK; PostgreSQL at $URL (stop: $PG_BIN/pg_ctl -D $PGDATA stop)"; return; fi
   as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -117,8 +118,8 @@ PY
 psql "$URL/postgres" -c "CREATE DATABASE baseline_restored"
 measure "backup, database" "pg_dump | zstd" "pg_dump -Fc -Z0 -d $URL/tenant | zstd -q -3 -o $WORK/tenant.dump.zst"
 measure "backup, documents" "tar | zstd" "tar -C $WORK/documents -cf - . | zstd -q -3 -o $WORK/documents.tar.zst"
-measure "backup, both" "fenice agent" "$FENICE agent backup --tenant bench --db $URL/tenant --documents $WORK/documents --repo $WORK/repo"
-measure "backup again, unchanged" "fenice agent" "$FENICE agent backup --tenant bench --db $URL/tenant --documents $WORK/documents --repo $WORK/repo"
+measure "backup, both" "fenice agent" "$FENICE agent backup --tenant bench --db $URL/tenant --repo $WORK/repo"
+measure "backup again, unchanged" "fenice agent" "$FENICE agent backup --tenant bench --db $URL/tenant --repo $WORK/repo"
 measure "restore, database" "zstd | pg_restore" "zstd -q -dc $WORK/tenant.dump.zst | pg_restore --no-owner --single-transaction -d $URL/baseline_restored"
 mkdir -p "$WORK/documents-baseline"
 measure "restore, documents" "zstd | tar" "zstd -q -dc $WORK/documents.tar.zst | tar -C $WORK/documents-baseline -xf -"

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod failover;
 pub mod repo;
 pub mod stack;
 pub mod store;

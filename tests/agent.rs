@@ -62,19 +62,8 @@ impl Tenant {
         db
     }
 
-    fn backup(&self, db: &str, documents: &Path) -> Output {
-        self.fenice(&[
-            "agent",
-            "backup",
-            "--tenant",
-            "acme",
-            "--db",
-            &self.pg.url(db),
-            "--documents",
-            documents.to_str().unwrap(),
-            "--repo",
-            &self.repo(),
-        ])
+    fn backup(&self, db: &str) -> Output {
+        self.fenice(&["agent", "backup", "--tenant", "acme", "--db", &self.pg.url(db), "--repo", &self.repo()])
     }
 
     fn restore(&self, db: &str, documents: &Path, extra: &[&str]) -> Output {
@@ -115,13 +104,12 @@ async fn backup_during_writes_restores_exactly_the_dumped_state() {
         })
     };
     let out = tokio::task::spawn_blocking({
-        let t_args = (t.pg.url("acme"), documents.clone(), t.repo());
+        let t_args = (t.pg.url("acme"), t.repo());
         move || {
             Command::new(env!("CARGO_BIN_EXE_fenice"))
                 .env("FENICE_PASSWORD", PASSWORD)
-                .args(["agent", "backup", "--tenant", "acme", "--json", "--db", &t_args.0, "--documents"])
-                .arg(&t_args.1)
-                .args(["--repo", &t_args.2])
+                .args(["agent", "backup", "--tenant", "acme", "--json", "--db", &t_args.0])
+                .args(["--repo", &t_args.1])
                 .output()
                 .unwrap()
         }
@@ -165,7 +153,7 @@ async fn restore_refuses_a_non_empty_database_unless_forced() {
     for _ in 0..3 {
         issue(&mut db, &documents, "A").await;
     }
-    let out = t.backup("acme", &documents);
+    let out = t.backup("acme");
     assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
 
     // The live database is not empty: restoring over it must be refused, and change nothing.
@@ -201,7 +189,7 @@ async fn a_damaged_dump_is_a_clear_error() {
     for _ in 0..20 {
         issue(&mut db, &documents, "2026").await;
     }
-    let out = t.backup("acme", &documents);
+    let out = t.backup("acme");
     assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
     // Flip a byte in the middle of every data pack.
     for entry in walk(&t.path("repo/data")) {
@@ -221,25 +209,12 @@ async fn a_damaged_dump_is_a_clear_error() {
 async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     let t = Tenant::new();
     t.init();
-    let documents = t.path("documents");
-    std::fs::create_dir_all(&documents).unwrap();
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
     let url = format!("postgres://invoicer:Sup3r-Secret-PW@127.0.0.1:{port}/acme");
-    let out = t.fenice(&[
-        "agent",
-        "backup",
-        "--tenant",
-        "acme",
-        "--db",
-        &url,
-        "--documents",
-        documents.to_str().unwrap(),
-        "--repo",
-        &t.repo(),
-    ]);
+    let out = t.fenice(&["agent", "backup", "--tenant", "acme", "--db", &url, "--repo", &t.repo()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("database acme at 127.0.0.1:{port} as user invoicer")), "names the database: {err}");
@@ -277,8 +252,7 @@ async fn a_tenant_backup_to_s3_restores_verified() {
         issue(&mut db, &documents, "2026").await;
     }
     let url = t.pg.url("acme");
-    let docs = documents.to_str().unwrap();
-    let out = fenice(&["agent", "backup", "--tenant", "acme", "--db", &url, "--documents", docs, "--repo", &repo]);
+    let out = fenice(&["agent", "backup", "--tenant", "acme", "--db", &url, "--repo", &repo]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let restored_url = t.pg.url("restored");
     let restored_docs = t.path("restored");

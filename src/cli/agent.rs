@@ -76,6 +76,9 @@ struct VerifyArgs {
     tenant: TenantArgs,
     #[arg(long, env = "FENICE_DB_URL", hide_env_values = true, help = DB_HELP)]
     db: String,
+    /// The directory the invoice documents are written to (out of the recovered database).
+    #[arg(long, env = "FENICE_DOCUMENTS")]
+    documents: PathBuf,
     /// The snapshot the restore started from; the tenant's newest backup by default.
     #[arg(long)]
     snapshot: Option<String>,
@@ -114,9 +117,6 @@ struct TenantArgs {
     /// The tenant's name, as its snapshots record it.
     #[arg(long, env = "FENICE_TENANT")]
     tenant: String,
-    /// The tenant's invoice documents directory.
-    #[arg(long, env = "FENICE_DOCUMENTS")]
-    documents: PathBuf,
     /// Where pg_dump and pg_restore are; PATH or Debian's directories otherwise.
     #[arg(long, env = "FENICE_PG_BIN")]
     pg_bin: Option<PathBuf>,
@@ -165,9 +165,13 @@ struct RestoreArgs {
     /// Logical restore: the database to restore the dump into (created if missing).
     #[arg(long, env = "FENICE_DB_URL", hide_env_values = true, required_unless_present = "pgdata")]
     db: Option<String>,
+    /// Logical restore: the directory the invoice documents are written to
+    /// (out of the restored database).
+    #[arg(long, env = "FENICE_DOCUMENTS", required_unless_present = "pgdata")]
+    documents: Option<PathBuf>,
     /// Point-in-time recovery: the data directory to prepare from the base
     /// backup, set to replay the archived WAL when PostgreSQL starts on it.
-    #[arg(long, conflicts_with = "db")]
+    #[arg(long, conflicts_with_all = ["db", "documents"])]
     pgdata: Option<PathBuf>,
     /// With --pgdata: replay up to this time (RFC 3339); to the end of the archive otherwise.
     #[arg(long, requires = "pgdata")]
@@ -199,7 +203,6 @@ async fn run_backup(args: BackupArgs, out: &mut impl Write) -> anyhow::Result<Ex
     let request = TenantBackup {
         tenant: args.tenant.tenant,
         db: DbUrl::parse(&args.db)?,
-        documents: args.tenant.documents,
         host: args.host.unwrap_or_else(crate::repo::host_name),
         pg_bin: args.tenant.pg_bin,
         physical: args.physical,
@@ -228,7 +231,6 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
             target_time: args.target_time,
             snapshot: args.snapshot,
             pgdata,
-            documents: args.tenant.documents,
             force: args.force,
             fenice: std::env::current_exe().context("finding the fenice program for restore_command")?,
         };
@@ -241,7 +243,6 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
                 "time": prepared.time,
                 "pgdata": request.pgdata,
                 "target": target,
-                "documents": prepared.documents,
             });
             writeln!(out, "{report}")?;
         } else {
@@ -263,7 +264,7 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
         tenant: args.tenant.tenant,
         snapshot: args.snapshot,
         db: DbUrl::parse(&db)?,
-        documents: args.tenant.documents,
+        documents: args.documents.context("--documents is needed")?,
         force: args.force,
         pg_bin: args.tenant.pg_bin,
     };
@@ -303,8 +304,8 @@ async fn run_verify(args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<Ex
     let (snapshot, _, recorded) = restore::find(&repo, &args.tenant.tenant, args.snapshot.as_deref()).await?;
     let db = DbUrl::parse(&args.db)?;
     let client = verify::wait_until_promoted(&db, Duration::from_secs(args.wait_seconds)).await?;
-    let rebuilt = verify::rebuild_documents(&client, &args.tenant.documents).await?;
-    let (restored, differences) = verify::check_recovered(&client, &args.tenant.documents, &recorded).await?;
+    let rebuilt = verify::rebuild_documents(&client, &args.documents).await?;
+    let (restored, differences) = verify::check_recovered(&client, &args.documents, &recorded).await?;
     if !differences.is_empty() {
         return Err(crate::stack::Error::Mismatch {
             tenant: args.tenant.tenant,

@@ -206,7 +206,11 @@ mod tests {
         ];
         for (probes, threshold, window, expected) in table {
             let r = rule(threshold, window, 1);
-            assert_eq!(vantage_verdict(&history(probes), &r), expected, "{probes:?} threshold {threshold} window {window}");
+            assert_eq!(
+                vantage_verdict(&history(probes), &r),
+                expected,
+                "{probes:?} threshold {threshold} window {window}"
+            );
         }
     }
 
@@ -251,7 +255,8 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let probe = Probe { at: MonoTime::from_origin(Duration::from_millis(i * 3_000 + x % 2_000)), ok: x % 5 == 0 };
+            let probe =
+                Probe { at: MonoTime::from_origin(Duration::from_millis(i * 3_000 + x % 2_000)), ok: x % 5 == 0 };
             probes.push(probe);
             tracker.record(probe);
             assert_eq!(tracker.verdict(&r), vantage_verdict(&probes, &r), "after {} probes", i + 1);

@@ -35,7 +35,7 @@ pub struct BackupOptions {
     pub host: String,
     pub tenant: Option<String>,
     pub tags: Vec<String>,
-    pub annotations: std::collections::BTreeMap<String, serde_json::Value>,
+    pub annotations: Annotations,
 }
 
 /// What to back up.
@@ -91,6 +91,11 @@ pub enum Error {
     DuplicateName { path: PathBuf, name: String },
     #[error("{path} is not a file, directory or symlink")]
     Unsupported { path: PathBuf },
+    #[error("recording the snapshot's annotations")]
+    Annotate {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// The outcome for one repository.
@@ -142,6 +147,23 @@ pub async fn backup(
     options: BackupOptions,
     progress: Arc<Progress>,
 ) -> Result<Vec<CopyResult>, Error> {
+    backup_annotated(repos, source, options, progress, std::future::ready(Ok(Annotations::new()))).await
+}
+
+/// Annotations a snapshot records.
+pub type Annotations = std::collections::BTreeMap<String, serde_json::Value>;
+
+/// [`backup`], with more annotations computed while the source is read (a
+/// tenant backup's verification record, taken in a second database session
+/// while pg_dump streams): they join the snapshot when both are done, and a
+/// failure to compute them fails the backup before any snapshot is saved.
+pub async fn backup_annotated(
+    repos: Vec<Arc<Repository>>,
+    source: Source,
+    mut options: BackupOptions,
+    progress: Arc<Progress>,
+    annotate: impl Future<Output = Result<Annotations, Box<dyn std::error::Error + Send + Sync>>>,
+) -> Result<Vec<CopyResult>, Error> {
     let handle = Handle::current();
     let mut locks = Vec::new();
     let mut list = Vec::new();
@@ -176,10 +198,15 @@ pub async fn backup(
         let handle = handle.clone();
         tokio::task::spawn_blocking(move || run(&handle, &targets, source, parents, &progress))
     };
-    let walked = walk.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let outcome = match walked {
-        Ok(walked) => Ok(save_snapshots(&targets, walked, &options).await),
-        Err(e) => Err(e),
+    let (walked, annotated) = tokio::join!(walk, annotate);
+    let walked = walked.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let outcome = match (walked, annotated) {
+        (Ok(walked), Ok(annotations)) => {
+            options.annotations.extend(annotations);
+            Ok(save_snapshots(&targets, walked, &options).await)
+        }
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(source)) => Err(Error::Annotate { source }),
     };
     for (i, lock) in locks {
         lock.release(&targets[i].repo).await;

@@ -12,14 +12,13 @@ use crate::repo::repository::Repository;
 use super::child::ChildReader;
 use super::pg::{self, DbUrl};
 use super::verify::{self, ANNOTATION};
-use super::{BASE, DOCUMENTS, DUMP, Error, Result, TAG};
+use super::{BASE, DUMP, Error, Result, TAG};
 
 /// What to back up.
 #[derive(Clone, Debug)]
 pub struct TenantBackup {
     pub tenant: String,
     pub db: DbUrl,
-    pub documents: PathBuf,
     pub host: String,
     /// Where pg_dump is; found on PATH or in Debian's directories otherwise.
     pub pg_bin: Option<PathBuf>,
@@ -35,29 +34,21 @@ pub struct Outcome {
     pub recorded: verify::Record,
 }
 
-/// Backs the tenant up into every repository in `repos`, reading the database
-/// and the documents once.
+/// Backs the tenant up into every repository in `repos`, reading the database once.
 ///
-/// NB: the verification record and the dump come from one exported snapshot of
-/// a read-only repeatable-read transaction, so they describe the same state
-/// even while invoices are being issued. Documents are written before their
-/// invoice commits, so every invoice in the dump has its document on disk by
-/// the time the directory is read.
+/// NB: the verification record and the dump describe the same state even while
+/// invoices are being issued: a read-only repeatable-read transaction exports
+/// its snapshot, pg_dump dumps that snapshot, and a second session imports it
+/// to compute the record while the dump streams. The invoice documents are rows
+/// of the database (table `documents`), so they are in the dump, consistent
+/// with their invoices; restores write them back out.
 pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progress: Arc<Progress>) -> Result<Outcome> {
     let pg_dump = pg::program("pg_dump", request.pg_bin.as_ref())?;
-    if !request.documents.is_dir() {
-        return Err(Error::Io {
-            what: "documents directory",
-            path: request.documents.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-        });
-    }
     let mut client = request.db.connect().await?;
     let query = |what: &'static str| move |source| Error::Query { what, source };
     let tx = pg::consistent_view(&mut client, "starting the backup transaction").await?;
     let snapshot: String =
         tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(query("exporting a snapshot"))?.get(0);
-    let recorded = verify::record(&tx).await?;
     let (conninfo, password) = request.db.libpq_args();
     let mut command = Command::new(&pg_dump);
     command
@@ -71,10 +62,7 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
         command.env("PGPASSWORD", password);
     }
     let child = command.spawn().map_err(|source| Error::Spawn { program: pg_dump.clone(), source })?;
-    let mut entries = vec![
-        Entry::Stream { name: DUMP.into(), reader: Box::new(ChildReader::new("pg_dump", child)) },
-        Entry::Path { name: DOCUMENTS.into(), path: request.documents.clone() },
-    ];
+    let mut entries = vec![Entry::Stream { name: DUMP.into(), reader: Box::new(ChildReader::new("pg_dump", child)) }];
     if request.physical {
         let pg_basebackup = pg::program("pg_basebackup", request.pg_bin.as_ref())?;
         let mut command = Command::new(&pg_basebackup);
@@ -88,22 +76,44 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
         entries
             .push(Entry::Stream { name: BASE.into(), reader: Box::new(ChildReader::lazy("pg_basebackup", command)) });
     }
-    let source = Source::Entries(entries);
     let options = BackupOptions {
         force_read: false,
         host: request.host.clone(),
         tenant: Some(request.tenant.clone()),
         tags: vec![TAG.into()],
-        annotations: [
-            (ANNOTATION.to_string(), serde_json::to_value(&recorded).expect("record serializes")),
-            ("database".to_string(), serde_json::Value::String(request.db.database().to_string())),
-        ]
-        .into(),
+        annotations: [("database".to_string(), serde_json::Value::String(request.db.database().to_string()))].into(),
     };
-    let copies = archiver::backup(repos, source, options, progress)
+    let recorded = Arc::new(std::sync::Mutex::new(None));
+    let annotate = {
+        let (db, snapshot, recorded) = (request.db.clone(), snapshot.clone(), recorded.clone());
+        async move {
+            let record = record_in_snapshot(&db, &snapshot).await?;
+            let value = serde_json::to_value(&record).expect("record serializes");
+            *recorded.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+            Ok([(ANNOTATION.to_string(), value)].into())
+        }
+    };
+    let copies = archiver::backup_annotated(repos, Source::Entries(entries), options, progress, annotate)
         .await
         .map_err(|source| Error::Backup { tenant: request.tenant.clone(), source: Box::new(source) })?;
     // Ends the transaction, and with it the exported snapshot pg_dump used.
     tx.commit().await.map_err(query("ending the backup transaction"))?;
+    let recorded = recorded.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
     Ok(Outcome { copies, recorded })
+}
+
+/// The verification record of an exported snapshot, from a session of its own.
+async fn record_in_snapshot(
+    db: &DbUrl,
+    snapshot: &str,
+) -> Result<verify::Record, Box<dyn std::error::Error + Send + Sync>> {
+    if !snapshot.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(format!("unexpected snapshot id {snapshot:?}").into());
+    }
+    let mut client = db.connect().await?;
+    let tx = pg::consistent_view(&mut client, "starting the verification transaction").await?;
+    tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .await
+        .map_err(|source| Error::Query { what: "importing the backup's snapshot", source })?;
+    Ok(verify::record(&tx).await?)
 }

@@ -1,14 +1,13 @@
 //! The invoicing stack's data, as the agent backs it up and restores it: a
 //! tenant's PostgreSQL database (a consistent dump streamed into the
-//! repository), its invoice documents, and the verification data that proves a
-//! restore complete.
+//! repository), which holds its invoice documents too, and the verification
+//! data that proves a restore complete.
 //!
 //! A tenant snapshot holds, at its root:
 //!
 //! | entry | what |
 //! | --- | --- |
 //! | `database.dump` | `pg_dump --format=custom --compress=0` of the tenant's database |
-//! | `documents/` | the invoice documents directory |
 //! | `pgdata.tar` | with `--physical`: `pg_basebackup --format=tar --wal-method=fetch`, the base of point-in-time recovery |
 //!
 //! with the tenant's name, the tag [`TAG`], and the [`verify::Record`] of the
@@ -29,8 +28,6 @@ pub const DUMP: &str = "database.dump";
 /// The snapshot entry holding the physical base backup (a tar of the data
 /// directory with the WAL that makes it consistent), when one was taken.
 pub const BASE: &str = "pgdata.tar";
-/// The snapshot entry holding the documents directory.
-pub const DOCUMENTS: &str = "documents";
 /// The tag of every tenant backup snapshot.
 pub const TAG: &str = "tenant-backup";
 

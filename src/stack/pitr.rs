@@ -2,7 +2,8 @@
 //! up to replay the tenant's archived WAL up to a target time (or to the end
 //! of the archive) and then promote. Whoever runs the tenant's PostgreSQL
 //! (the site driver, a StatefulSet) starts it on the prepared directory;
-//! [`super::verify`] then checks the result.
+//! `fenice agent verify` then writes the documents out of the recovered
+//! database and checks the result.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +15,6 @@ use crate::repo::restorer::{self, load_tree};
 use crate::repo::tree::NodeType;
 
 use super::child::feed;
-use super::restore::{find_documents, prepare_documents};
 use super::verify;
 use super::{BASE, Error, Result, TAG};
 
@@ -29,7 +29,6 @@ pub struct PitrRestore {
     /// A snapshot id or prefix; otherwise the newest base backup before the target.
     pub snapshot: Option<String>,
     pub pgdata: PathBuf,
-    pub documents: PathBuf,
     pub force: bool,
     /// The `fenice` program `restore_command` runs.
     pub fenice: PathBuf,
@@ -41,7 +40,6 @@ pub struct Prepared {
     pub snapshot: Id,
     pub time: String,
     pub recorded: verify::Record,
-    pub documents: u64,
 }
 
 /// Restores the base backup and the documents, and writes the recovery settings.
@@ -62,11 +60,7 @@ pub async fn prepare(repo: &Arc<Repository>, request: &PitrRestore) -> Result<Pr
         e => e,
     })?;
     write_recovery_settings(request, &id)?;
-    prepare_documents(&request.documents, request.force)?;
-    let root = load_tree(repo, &snapshot.tree).await.map_err(|e| restore_error(e.into()))?;
-    let documents = find_documents(&root, &id)?;
-    let report = restorer::restore(repo, &documents, &request.documents).await.map_err(restore_error)?;
-    Ok(Prepared { snapshot: id, time: snapshot.time, recorded, documents: report.files })
+    Ok(Prepared { snapshot: id, time: snapshot.time, recorded })
 }
 
 /// The snapshot named, or the tenant's newest one with a base backup taken

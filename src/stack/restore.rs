@@ -9,12 +9,12 @@ use std::sync::Arc;
 use crate::repo::id::Id;
 use crate::repo::repository::Repository;
 use crate::repo::restorer::{self, load_tree};
-use crate::repo::tree::{NodeType, Snapshot, Tree};
+use crate::repo::tree::{NodeType, Snapshot};
 
 use super::child::feed;
 use super::pg::{self, DbUrl};
 use super::verify::{self, ANNOTATION};
-use super::{DOCUMENTS, DUMP, Error, Result, TAG};
+use super::{DUMP, Error, Result, TAG};
 
 /// What to restore, and where.
 #[derive(Clone, Debug)]
@@ -70,39 +70,26 @@ pub async fn find(repo: &Repository, tenant: &str, spec: Option<&str>) -> Result
     Ok((id, snapshot, recorded))
 }
 
-/// Restores a tenant and verifies it.
+/// Restores a tenant and verifies it: the database from the dump, then the
+/// documents written out of it, then the record compared.
 pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<Outcome> {
     let pg_restore = pg::program("pg_restore", request.pg_bin.as_ref())?;
     let (id, snapshot, recorded) = find(repo, &request.tenant, request.snapshot.as_deref()).await?;
     let restore_error = |source: restorer::Error| Error::Restore { snapshot: id.short(), source: Box::new(source) };
     let root = load_tree(repo, &snapshot.tree).await.map_err(|source| restore_error(source.into()))?;
-    let entry = |name: &str, kind: NodeType| root.nodes.iter().find(|n| n.name == name && n.node_type == kind);
-    let not_backup = |reason: String| Error::NotTenantBackup { snapshot: id.short(), reason };
-    entry(DUMP, NodeType::File).ok_or_else(|| not_backup(format!("it has no {DUMP}")))?;
-    let documents = find_documents(&root, &id)?;
-
+    if !root.nodes.iter().any(|n| n.name == DUMP && n.node_type == NodeType::File) {
+        return Err(Error::NotTenantBackup { snapshot: id.short(), reason: format!("it has no {DUMP}") });
+    }
     prepare_documents(&request.documents, request.force)?;
-    let db = prepare_database(&request.db, request.force).await?;
-    drop(db);
+    drop(prepare_database(&request.db, request.force).await?);
     restore_database(repo, &snapshot.tree, &pg_restore, &request.db).await.map_err(|e| match e {
         Error::Restore { source, .. } => restore_error(*source),
         e => e,
     })?;
-    let report = restorer::restore(repo, &documents, &request.documents).await.map_err(restore_error)?;
-    if let Some((path, reason)) = report.damaged.first() {
-        return Err(Error::Mismatch {
-            tenant: request.tenant.clone(),
-            snapshot: id.short(),
-            differences: vec![verify::Difference {
-                what: format!("document {path}"),
-                recorded: "stored".into(),
-                restored: format!("damaged in the repository: {reason}"),
-            }],
-        });
-    }
 
     let mut client = request.db.connect().await?;
     let tx = pg::consistent_view(&mut client, "starting the verification transaction").await?;
+    let documents = verify::rebuild_documents(&tx, &request.documents).await?;
     let restored = verify::record(&tx).await?;
     let mut differences = verify::compare(&recorded, &restored);
     if recorded.tables.contains_key("invoices") {
@@ -111,14 +98,7 @@ pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<
     if !differences.is_empty() {
         return Err(Error::Mismatch { tenant: request.tenant.clone(), snapshot: id.short(), differences });
     }
-    Ok(Outcome { snapshot: id, time: snapshot.time, recorded, documents: report.files })
-}
-
-/// The subtree of a tenant snapshot's documents directory.
-pub(super) fn find_documents(root: &Tree, snapshot: &Id) -> Result<Id> {
-    root.nodes.iter().find(|n| n.name == DOCUMENTS && n.node_type == NodeType::Dir).and_then(|n| n.subtree).ok_or_else(
-        || Error::NotTenantBackup { snapshot: snapshot.short(), reason: format!("it has no {DOCUMENTS} directory") },
-    )
+    Ok(Outcome { snapshot: id, time: snapshot.time, recorded, documents })
 }
 
 /// Makes sure the documents directory exists and is empty (or emptied under `force`).

@@ -17,7 +17,8 @@ pub const ANNOTATION: &str = "verification";
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Per table of the `public` schema: rows, and a SHA-256 over the sorted
-    /// MD5 digests of the rows' text forms.
+    /// MD5 digests of the rows (columns in their text forms joined by `|`,
+    /// NULL as `\N`, binary columns by their MD5).
     pub tables: BTreeMap<String, TableSum>,
     /// The last invoice number per series.
     pub last_numbers: BTreeMap<String, i64>,
@@ -65,14 +66,16 @@ pub async fn record(db: &impl tokio_postgres::GenericClient) -> Result<Record> {
         .map_err(query("listing tables"))?;
     for row in tables {
         let table: String = row.get(0);
-        // NB: the name comes from the catalog; quote_ident guards odd names.
-        // Per-row digests, sorted: memory stays at 32 bytes a row, whatever the rows hold.
-        let sql = format!(
-            "SELECT count(*), coalesce(encode(sha256(convert_to(string_agg(h, '' ORDER BY h COLLATE \"C\"), 'UTF8')), 'hex'), '') \
-             FROM (SELECT md5(t::text) AS h FROM public.{} t) rows",
-            quote_ident(&table)
-        );
-        let sum = db.query_one(&sql, &[]).await.map_err(query("summing a table"))?;
+        let columns = db
+            .query(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                 WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+                &[&table],
+            )
+            .await
+            .map_err(query("listing columns"))?;
+        let columns: Vec<(String, String)> = columns.iter().map(|c| (c.get(0), c.get(1))).collect();
+        let sum = db.query_one(&table_sum_sql(&table, &columns), &[]).await.map_err(query("summing a table"))?;
         record.tables.insert(table, TableSum { rows: sum.get(0), sha256: sum.get(1) });
     }
     if !record.tables.contains_key("invoices") {
@@ -101,6 +104,30 @@ pub async fn record(db: &impl tokio_postgres::GenericClient) -> Result<Record> {
         .map_err(query("listing documents"))?;
     record.documents = document_sum(documents.iter().map(|row| (row.get::<_, String>(0), row.get::<_, String>(1))));
     Ok(record)
+}
+
+/// The query that sums one table: per row, an MD5 over its columns (binary
+/// columns hashed as they are rather than written out in hex, which would
+/// double what is read), then a SHA-256 over the sorted row digests, so memory
+/// stays at 32 bytes a row whatever the rows hold.
+fn table_sum_sql(table: &str, columns: &[(String, String)]) -> String {
+    let parts: Vec<String> = columns
+        .iter()
+        .map(|(name, data_type)| {
+            let column = format!("t.{}", quote_ident(name));
+            // NULL is written as \N, as COPY does: distinct from any text value.
+            match data_type.as_str() {
+                "bytea" => format!("coalesce(md5({column}), '\\N')"),
+                _ => format!("coalesce({column}::text, '\\N')"),
+            }
+        })
+        .collect();
+    let row = if parts.is_empty() { "''".to_string() } else { parts.join(" || '|' || ") };
+    format!(
+        "SELECT count(*), coalesce(encode(sha256(convert_to(string_agg(h, '' ORDER BY h COLLATE \"C\"), 'UTF8')), 'hex'), '') \
+         FROM (SELECT md5({row}) AS h FROM public.{} t) rows",
+        quote_ident(table)
+    )
 }
 
 fn document_sum(lines: impl Iterator<Item = (String, String)>) -> DocumentSum {
@@ -237,6 +264,11 @@ pub async fn rebuild_documents(db: &impl tokio_postgres::GenericClient, dir: &Pa
     if !has_table {
         return Ok(0);
     }
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        what: "creating the documents directory",
+        path: dir.to_owned(),
+        source,
+    })?;
     let names: Vec<String> = db
         .query("SELECT file_name FROM documents ORDER BY file_name", &[])
         .await
@@ -381,6 +413,17 @@ mod tests {
         let differences = compare(&sample(), &restored);
         assert_eq!(differences.len(), 1);
         assert_eq!(differences[0].what, "table invoices content");
+    }
+
+    #[test]
+    fn binary_columns_are_hashed_not_written_out() {
+        let sql =
+            table_sum_sql("documents", &[("file_name".into(), "text".into()), ("content".into(), "bytea".into())]);
+        assert!(
+            sql.contains(r#"coalesce(t."file_name"::text, '\N') || '|' || coalesce(md5(t."content"), '\N')"#),
+            "{sql}"
+        );
+        assert!(sql.contains(r#"FROM public."documents" t"#), "{sql}");
     }
 
     #[test]
