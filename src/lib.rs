@@ -2,6 +2,7 @@
 //! provider dies. See DESIGN.md in the shared docs and README.md.
 
 pub mod api;
+pub mod apiserver;
 pub mod app;
 pub mod cli;
 pub mod failover;

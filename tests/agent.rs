@@ -285,3 +285,27 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_does_not_match_its_record_says_what_differs() {
+    let t = Tenant::new();
+    t.init();
+    let documents = t.path("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    let mut db = t.create_db("acme").await;
+    for _ in 0..3 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    // A document whose stored content no longer matches the hash its invoice recorded.
+    db.batch_execute("UPDATE documents SET content = 'tampered'::bytea WHERE file_name = 'IT01234567890_00002.xml'")
+        .await
+        .unwrap();
+    let out = t.backup("acme");
+    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = t.restore("restored", &t.path("restored"), &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("differs from what snapshot"), "{err}");
+    assert!(err.contains("document IT01234567890_00002.xml: recorded sha256"), "{err}");
+    assert!(err.contains("in the database"), "{err}");
+}

@@ -28,6 +28,12 @@ impl PatchType {
     }
 }
 
+/// Parses a YAML apply body. NB: with YAML 1.2 booleans only, as the real
+/// server reads it: a key or value `y`, `yes` or `on` stays a string.
+pub fn yaml(text: &str) -> Result<Value, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, serde_saphyr::options! { strict_booleans: true })
+}
+
 /// Applies an RFC 7386 merge patch.
 pub fn merge(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
@@ -184,9 +190,13 @@ fn reorder(items: Vec<Value>, order: &[Value], key: Option<&str>) -> Vec<Value> 
 /// A patch value with every `$` directive removed.
 fn without_directives(value: &Value) -> Value {
     match value {
-        Value::Object(fields) => {
-            Value::Object(fields.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), without_directives(v))).collect())
-        }
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), without_directives(v)))
+                .collect(),
+        ),
         Value::Array(items) => Value::Array(items.iter().map(without_directives).collect()),
         other => other.clone(),
     }

@@ -167,7 +167,9 @@ impl Parser<'_> {
                 Node::Group(inner)
             }
             '[' => Node::Class(self.class()?),
-            '\\' => self.escape(false)?.map_or_else(|item| Node::Class(Class { negated: false, items: vec![item] }), Node::Char),
+            '\\' => self
+                .escape(false)?
+                .map_or_else(|item| Node::Class(Class { negated: false, items: vec![item] }), Node::Char),
             '*' | '+' | '?' => return Err("quantifier without an operand"),
             c => Node::Char(c),
         })

@@ -55,11 +55,6 @@ impl Resource {
         self.versions.iter().find(|v| v.name == name)
     }
 
-    /// The version listed first: where a CRD has several, the storage version.
-    pub fn preferred(&self) -> &Version {
-        &self.versions[0]
-    }
-
     /// Whether any served version has a status subresource.
     pub fn has_status(&self, version: &str) -> bool {
         self.version(version).is_some_and(|v| v.status)
@@ -141,11 +136,6 @@ impl Registry {
         self.resources.values().filter(move |r| r.group == group && r.version(version).is_some())
     }
 
-    /// Every resource.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Resource>> {
-        self.resources.values()
-    }
-
     /// The named groups (not the core one) with their versions, preferred first.
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -166,7 +156,8 @@ pub fn from_crd(crd: &CustomResourceDefinition) -> Result<Resource, Vec<Cause>> 
     let spec = &crd.spec;
     let names = &spec.names;
     let mut causes = Vec::new();
-    let invalid = |field: &str, message: String| Cause { reason: "FieldValueInvalid", message, field: field.to_owned() };
+    let invalid =
+        |field: &str, message: String| Cause { reason: "FieldValueInvalid", message, field: field.to_owned() };
     let name = crd.metadata.name.clone().unwrap_or_default();
     let expected = format!("{}.{}", names.plural, spec.group);
     if name != expected {
@@ -176,7 +167,10 @@ pub fn from_crd(crd: &CustomResourceDefinition) -> Result<Resource, Vec<Cause>> 
         ));
     }
     if !spec.group.contains('.') {
-        causes.push(invalid("spec.group", format!("Invalid value: \"{}\": should be a domain with at least one dot", spec.group)));
+        causes.push(invalid(
+            "spec.group",
+            format!("Invalid value: \"{}\": should be a domain with at least one dot", spec.group),
+        ));
     }
     let scope = spec.scope.as_str();
     if scope != "Namespaced" && scope != "Cluster" {

@@ -120,8 +120,8 @@ fn prune(value: &mut Value, schema: &JSONSchemaProps, path: &str, pruned: &mut V
     match value {
         Value::Object(fields) => {
             let embedded = schema.x_kubernetes_embedded_resource == Some(true);
-            let keep_unknown = preserves(schema)
-                || matches!(schema.additional_properties, Some(JSONSchemaPropsOrBool::Bool(true)));
+            let keep_unknown =
+                preserves(schema) || matches!(schema.additional_properties, Some(JSONSchemaPropsOrBool::Bool(true)));
             let keys: Vec<String> = fields.keys().cloned().collect();
             for key in keys {
                 let child_path = format!("{path}.{key}");

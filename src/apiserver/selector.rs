@@ -66,10 +66,6 @@ impl LabelSelector {
         let labels = object.pointer("/metadata/labels");
         self.requirements.iter().all(|r| r.holds(|key| labels.and_then(|l| l.get(key)).and_then(Value::as_str)))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.requirements.is_empty()
-    }
 }
 
 impl FieldSelector {
@@ -158,8 +154,7 @@ fn parse_label_requirement(part: &str) -> Result<Requirement, String> {
                 .strip_prefix('(')
                 .and_then(|r| r.strip_suffix(')'))
                 .ok_or_else(|| bad("expected a list of values in parentheses"))?;
-            let values: Vec<String> =
-                inner.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect();
+            let values: Vec<String> = inner.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect();
             if values.is_empty() {
                 return Err(bad("for 'in', 'notin' operators, values set can't be empty"));
             }

@@ -46,15 +46,18 @@ impl ApiError {
     }
 
     fn with_details(mut self, name: &str, group: &str, kind: &str, causes: Vec<Cause>) -> ApiError {
-        self.details =
-            Some(Details { name: name.to_owned(), group: group.to_owned(), kind: kind.to_owned(), causes });
+        self.details = Some(Details { name: name.to_owned(), group: group.to_owned(), kind: kind.to_owned(), causes });
         self
     }
 
     /// 404: `invoicingtenants.fenice.io "acme" not found`.
     pub fn not_found(plural: &str, group: &str, name: &str) -> ApiError {
-        ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(plural, group)))
-            .with_details(name, group, plural, Vec::new())
+        ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(plural, group))).with_details(
+            name,
+            group,
+            plural,
+            Vec::new(),
+        )
     }
 
     /// 404 for a path that names no resource at all.
@@ -97,8 +100,7 @@ impl ApiError {
         let mut managers: Vec<&str> = conflicts.iter().map(|(m, _)| m.as_str()).collect();
         managers.dedup();
         for manager in managers {
-            let fields: Vec<&str> =
-                conflicts.iter().filter(|(m, _)| m == manager).map(|(_, f)| f.as_str()).collect();
+            let fields: Vec<&str> = conflicts.iter().filter(|(m, _)| m == manager).map(|(_, f)| f.as_str()).collect();
             if fields.len() == 1 {
                 message.push_str(&format!(" conflict with \"{manager}\": {}", fields[0]));
             } else {
@@ -140,7 +142,13 @@ impl ApiError {
 
     /// 415.
     pub fn unsupported_media_type(content_type: &str) -> ApiError {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"))
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"
+            ),
+        )
     }
 
     /// 410 for a resourceVersion older than the kept history. NB: the real

@@ -157,7 +157,14 @@ impl Store {
         Some(object)
     }
 
-    fn record(&mut self, resource: &ResourceKey, namespace: &str, kind: ChangeKind, object: Value, previous: Option<Value>) {
+    fn record(
+        &mut self,
+        resource: &ResourceKey,
+        namespace: &str,
+        kind: ChangeKind,
+        object: Value,
+        previous: Option<Value>,
+    ) {
         let change = Arc::new(Change {
             rv: self.rv,
             resource: resource.clone(),

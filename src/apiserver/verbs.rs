@@ -237,7 +237,13 @@ fn check_namespace(store: &Store, target: &Target) -> Result<()> {
 /// Five characters from the alphabet the real server uses for generateName.
 fn random_suffix(store: &mut Store) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    store.uid().bytes().filter(u8::is_ascii_hexdigit).take(5).map(|b| ALPHABET[b as usize % ALPHABET.len()] as char).collect()
+    store
+        .uid()
+        .bytes()
+        .filter(u8::is_ascii_hexdigit)
+        .take(5)
+        .map(|b| ALPHABET[b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// POST: create an object in `target.namespace` (`target.name` is ignored).
@@ -384,7 +390,13 @@ pub fn patch(
 }
 
 /// Server-side apply; creates the object when it does not exist.
-fn apply(store: &mut Store, target: &Target, live: Option<Value>, body: &[u8], options: &WriteOptions) -> Result<Written> {
+fn apply(
+    store: &mut Store,
+    target: &Target,
+    live: Option<Value>,
+    body: &[u8],
+    options: &WriteOptions,
+) -> Result<Written> {
     if !options.manager_given {
         return Err(ApiError::invalid(
             "PatchOptions",
@@ -401,7 +413,7 @@ fn apply(store: &mut Store, target: &Target, live: Option<Value>, body: &[u8], o
         Ok(value) => value,
         Err(_) => {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the apply patch is not UTF-8"))?;
-            serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+            patch::yaml(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         }
     };
     if !applied.is_object() {
@@ -527,7 +539,14 @@ fn commit(
     metadata.remove("selfLink");
     match old {
         Some(old) => {
-            for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "generateName"] {
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "generateName",
+            ] {
                 match meta(old).and_then(|m| m.get(field)) {
                     Some(value) => metadata.insert(field.into(), value.clone()),
                     None => metadata.remove(field),
@@ -715,7 +734,8 @@ pub struct DeleteOptions {
 impl DeleteOptions {
     /// Reads the `preconditions` and `dryRun` of a DeleteOptions body.
     pub fn from_body(body: &Value, dry_run: bool) -> DeleteOptions {
-        let text = |field: &str| body.pointer(&format!("/preconditions/{field}")).and_then(Value::as_str).map(str::to_owned);
+        let text =
+            |field: &str| body.pointer(&format!("/preconditions/{field}")).and_then(Value::as_str).map(str::to_owned);
         let dry_run = dry_run || body.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
         DeleteOptions { uid: text("uid"), resource_version: text("resourceVersion"), dry_run }
     }
@@ -775,7 +795,12 @@ pub fn delete_collection(
     let names: Vec<(String, String)> = store
         .list(&key, selection.namespace.as_deref())
         .filter(|o| selection.matches(o))
-        .map(|o| (meta_str(o, "namespace").unwrap_or_default().to_owned(), meta_str(o, "name").unwrap_or_default().to_owned()))
+        .map(|o| {
+            (
+                meta_str(o, "namespace").unwrap_or_default().to_owned(),
+                meta_str(o, "name").unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
     let mut items = Vec::new();
     for (namespace, name) in names {
@@ -846,7 +871,12 @@ fn remove_now(store: &mut Store, key: &ResourceKey, namespace: &str, name: &str)
         let defined = (crd.spec.group.clone(), crd.spec.names.plural.clone());
         let objects: Vec<(String, String)> = store
             .list(&defined, None)
-            .map(|o| (meta_str(o, "namespace").unwrap_or_default().to_owned(), meta_str(o, "name").unwrap_or_default().to_owned()))
+            .map(|o| {
+                (
+                    meta_str(o, "namespace").unwrap_or_default().to_owned(),
+                    meta_str(o, "name").unwrap_or_default().to_owned(),
+                )
+            })
             .collect();
         for (ns, object) in objects {
             store.remove(&defined, &ns, &object);
@@ -867,8 +897,7 @@ fn remove_now(store: &mut Store, key: &ResourceKey, namespace: &str, name: &str)
 
 /// Deletes (background propagation) every object whose owners are all gone.
 fn collect_garbage(store: &mut Store) {
-    let uids: HashSet<String> =
-        store.everything().filter_map(|(_, o)| meta_str(o, "uid").map(str::to_owned)).collect();
+    let uids: HashSet<String> = store.everything().filter_map(|(_, o)| meta_str(o, "uid").map(str::to_owned)).collect();
     let orphans: Vec<(ResourceKey, String, String)> = store
         .everything()
         .filter(|(_, o)| !deleting(o))
@@ -881,7 +910,11 @@ fn collect_garbage(store: &mut Store) {
             !owners.is_empty() && owners.iter().all(|uid| !uids.contains(*uid))
         })
         .map(|(k, o)| {
-            (k.clone(), meta_str(o, "namespace").unwrap_or_default().to_owned(), meta_str(o, "name").unwrap_or_default().to_owned())
+            (
+                k.clone(),
+                meta_str(o, "namespace").unwrap_or_default().to_owned(),
+                meta_str(o, "name").unwrap_or_default().to_owned(),
+            )
         })
         .collect();
     for (key, namespace, name) in orphans {
@@ -906,4 +939,24 @@ pub fn preload_crd(store: &mut Store, crd: &Value) -> Result<()> {
         validation: FieldValidation::Ignore,
     };
     create(store, &target, crd.clone(), &options).map(|_| ())
+}
+
+/// Creates a namespace at start-up.
+pub fn preload_namespace(store: &mut Store, name: &str) -> Result<()> {
+    let resource = store
+        .registry
+        .get("", "namespaces")
+        .cloned()
+        .ok_or_else(|| ApiError::internal("the Namespace kind is missing"))?;
+    let target =
+        Target { resource, version: "v1".into(), namespace: String::new(), name: name.to_owned(), status: false };
+    let options = WriteOptions {
+        manager: "fenice-apiserver".into(),
+        manager_given: true,
+        force: false,
+        dry_run: false,
+        validation: FieldValidation::Ignore,
+    };
+    let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    create(store, &target, body, &options).map(|_| ())
 }

@@ -304,8 +304,9 @@ async fn run_verify(args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<Ex
     let (snapshot, _, recorded) = restore::find(&repo, &args.tenant.tenant, args.snapshot.as_deref()).await?;
     let db = DbUrl::parse(&args.db)?;
     let client = verify::wait_until_promoted(&db, Duration::from_secs(args.wait_seconds)).await?;
-    let rebuilt = verify::rebuild_documents(&client, &args.documents).await?;
-    let (restored, differences) = verify::check_recovered(&client, &args.documents, &recorded).await?;
+    let (rebuilt, mut differences) = verify::write_documents(&client, &args.documents).await?;
+    let (restored, more) = verify::check_recovered(&client, &recorded).await?;
+    differences.extend(more);
     if !differences.is_empty() {
         return Err(crate::stack::Error::Mismatch {
             tenant: args.tenant.tenant,

@@ -2,6 +2,7 @@
 //! by the library modules each subcommand calls.
 
 mod agent;
+mod apiserver;
 mod app;
 mod app_serve;
 mod crd;
@@ -49,7 +50,7 @@ pub enum Command {
     /// The reference invoicing app and the SdI simulator.
     App(Box<app::AppArgs>),
     /// An in-memory Kubernetes API for trying Fenice without a cluster (not for production).
-    Apiserver(Pending),
+    Apiserver(apiserver::ApiserverArgs),
     /// The whole system on one machine: simulated clouds, tenants, backups, a
     /// drill, an outage, an automatic failover and a report.
     Lab(Pending),
@@ -90,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repo(args) => runtime()?.block_on(repo::run(*args)),
         Command::Agent(args) => runtime()?.block_on(agent::run(*args)),
         Command::App(args) => runtime()?.block_on(app::run(*args)),
+        Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         pending => {
             eprintln!(
                 "fenice {}: not available in fenice {} yet; `fenice --help` lists the commands, README.md says what works today",

@@ -293,7 +293,9 @@ struct Unresolved {
 #[derive(Clone, Debug)]
 struct HandOver {
     to: String,
-    fenced: bool,
+    /// The handover's own `Fence` is number `fence`: the write waits until as
+    /// many fences are confirmed.
+    fence: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -317,6 +319,8 @@ pub struct LeaseAgent {
     held: Option<Versioned>,
     active: Option<Active>,
     hand_over: Option<HandOver>,
+    fences_issued: u64,
+    fences_confirmed: u64,
     pending: Option<Pending>,
     unresolved: Vec<Unresolved>,
     next_renew: MonoTime,
@@ -350,6 +354,8 @@ impl LeaseAgent {
             held: None,
             active: None,
             hand_over: None,
+            fences_issued: 0,
+            fences_confirmed: 0,
             pending: None,
             unresolved: Vec::new(),
             next_renew: MonoTime::ZERO,
@@ -417,18 +423,18 @@ impl LeaseAgent {
         if to == self.site {
             return Vec::new();
         }
-        self.hand_over = Some(HandOver { to, fenced: false });
         self.active = None;
         // NB: a Fence even when not active, so that the runner confirms it and
         // the order "fenced, then written" holds in every case.
+        self.fences_issued += 1;
+        self.hand_over = Some(HandOver { to, fence: self.fences_issued });
         vec![LeaseAction::Fence]
     }
 
-    /// The runner finished carrying out a `Fence`: nothing is in flight.
+    /// The runner finished carrying out a `Fence` (the oldest not yet
+    /// confirmed): nothing is in flight. Every `Fence` must be confirmed, in order.
     pub fn confirm_fenced(&mut self) {
-        if let Some(h) = &mut self.hand_over {
-            h.fenced = true;
-        }
+        self.fences_confirmed = (self.fences_confirmed + 1).min(self.fences_issued);
     }
 
     /// Advances to `now`: fences if the deadline passed, gives up on an
@@ -507,6 +513,7 @@ impl LeaseAgent {
     fn check_deadline(&mut self, now: MonoTime, out: &mut Vec<LeaseAction>) {
         if self.active.is_some_and(|a| now >= a.until) {
             self.active = None;
+            self.fences_issued += 1;
             out.push(LeaseAction::Fence);
         }
     }
@@ -515,6 +522,7 @@ impl LeaseAgent {
     fn lost(&mut self, out: &mut Vec<LeaseAction>) {
         self.held = None;
         if self.active.take().is_some() {
+            self.fences_issued += 1;
             out.push(LeaseAction::Fence);
         }
     }
@@ -575,7 +583,7 @@ impl LeaseAgent {
 
     fn next_op(&mut self, now: MonoTime, holder_health: SiteHealth) -> Option<WitnessOp> {
         if let Some(h) = &self.hand_over {
-            if !h.fenced {
+            if self.fences_confirmed < h.fence {
                 return None;
             }
             if let Some(held) = self.held.as_ref().filter(|_| !self.read_asap) {

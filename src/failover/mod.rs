@@ -4,7 +4,9 @@
 //! and sites into calls of this logic; docs/failover.md is its specification.
 
 pub mod clock;
+pub mod convert;
 pub mod error;
+pub mod executor;
 pub mod fencing;
 pub mod health;
 pub mod lease;

@@ -87,14 +87,20 @@ pub async fn restore(repo: &Arc<Repository>, request: &TenantRestore) -> Result<
         e => e,
     })?;
 
-    let mut client = request.db.connect().await?;
+    // Nothing writes to the restored database yet: the record and the
+    // documents are taken at once, each on a connection of its own.
+    let (mut client, documents_client) = (request.db.connect().await?, request.db.connect().await?);
     let tx = pg::consistent_view(&mut client, "starting the verification transaction").await?;
-    let documents = verify::rebuild_documents(&tx, &request.documents).await?;
-    let restored = verify::record(&tx).await?;
-    let mut differences = verify::compare(&recorded, &restored);
-    if recorded.tables.contains_key("invoices") {
-        differences.extend(verify::check_documents(&tx, &request.documents).await?);
-    }
+    let write_documents = async {
+        match recorded.tables.contains_key("invoices") {
+            true => verify::write_documents(&documents_client, &request.documents).await,
+            false => Ok((0, Vec::new())),
+        }
+    };
+    let (restored, written) = tokio::join!(verify::record(&tx), write_documents);
+    let mut differences = verify::compare(&recorded, &restored?);
+    let (documents, found) = written?;
+    differences.extend(found);
     if !differences.is_empty() {
         return Err(Error::Mismatch { tenant: request.tenant.clone(), snapshot: id.short(), differences });
     }

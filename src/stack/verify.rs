@@ -218,42 +218,14 @@ fn counts(map: &BTreeMap<String, i64>) -> String {
     map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }
 
-/// Checks that every document the database refers to is in `dir` with the
-/// recorded hash; returns one difference per missing or altered file.
-pub async fn check_documents(db: &impl tokio_postgres::GenericClient, dir: &Path) -> Result<Vec<Difference>> {
-    let rows = db
-        .query("SELECT file_name, xml_sha256 FROM invoices ORDER BY file_name", &[])
-        .await
-        .map_err(|source| Error::Query { what: "listing documents", source })?;
-    let expected: Vec<(String, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-    let dir = dir.to_owned();
-    let check = move || {
-        let mut differences = Vec::new();
-        for (name, sha256) in expected {
-            let actual = match std::fs::read(dir.join(&name)) {
-                Ok(bytes) => hex(&Sha256::digest(&bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".into(),
-                Err(e) => format!("unreadable ({e})"),
-            };
-            if actual != sha256 {
-                let restored = if actual.len() == 64 { format!("sha256 {}", &actual[..12]) } else { actual };
-                differences.push(Difference {
-                    what: format!("document {name}"),
-                    recorded: format!("sha256 {}", &sha256[..sha256.len().min(12)]),
-                    restored,
-                });
-            }
-        }
-        differences
-    };
-    Ok(tokio::task::spawn_blocking(check).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
-}
-
-/// Writes the documents the database holds but `dir` lacks: those of invoices
-/// issued after the backup, which a WAL replay brought back. Returns how many.
-pub async fn rebuild_documents(db: &impl tokio_postgres::GenericClient, dir: &Path) -> Result<u64> {
+/// Writes each invoice's document out of the database into `dir`, and checks
+/// every document against the hash its invoice recorded: one difference per
+/// document that is missing, or whose content (in the database or, when the
+/// database holds none, in `dir`) does not match. A file already in `dir` is
+/// checked, never overwritten. Returns how many files were written.
+pub async fn write_documents(db: &impl tokio_postgres::GenericClient, dir: &Path) -> Result<(u64, Vec<Difference>)> {
     let query = |what: &'static str| move |source| Error::Query { what, source };
-    let has_table = db
+    let stored = db
         .query_opt(
             "SELECT 1 FROM information_schema.tables WHERE table_schema = 'public' AND table_name = 'documents'",
             &[],
@@ -261,52 +233,97 @@ pub async fn rebuild_documents(db: &impl tokio_postgres::GenericClient, dir: &Pa
         .await
         .map_err(query("looking for the documents table"))?
         .is_some();
-    if !has_table {
-        return Ok(0);
-    }
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         what: "creating the documents directory",
         path: dir.to_owned(),
         source,
     })?;
-    let names: Vec<String> = db
-        .query("SELECT file_name FROM documents ORDER BY file_name", &[])
+    let expected: Vec<(String, String)> = db
+        .query("SELECT file_name, xml_sha256 FROM invoices ORDER BY file_name", &[])
         .await
-        .map_err(query("listing stored documents"))?
+        .map_err(query("listing documents"))?
         .iter()
-        .map(|row| row.get(0))
-        .filter(|name: &String| !dir.join(name).exists())
+        .map(|row| (row.get(0), row.get(1)))
         .collect();
-    let mut written = 0;
-    for batch in names.chunks(500) {
-        let rows = db
-            .query("SELECT file_name, content FROM documents WHERE file_name = ANY($1)", &[&batch])
+    let (mut written, mut differences) = (0, Vec::new());
+    // In batches: the contents of a large tenant do not fit in memory at once.
+    for batch in expected.chunks(500) {
+        let mut contents: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+        if stored {
+            let names: Vec<&String> = batch.iter().map(|(name, _)| name).collect();
+            let rows = db
+                .query("SELECT file_name, content FROM documents WHERE file_name = ANY($1)", &[&names])
+                .await
+                .map_err(query("reading stored documents"))?;
+            contents = rows.into_iter().map(|row| (row.get(0), row.get(1))).collect();
+        }
+        let (batch, dir) = (batch.to_vec(), dir.to_owned());
+        let (n, found) = tokio::task::spawn_blocking(move || write_batch(&dir, batch, contents))
             .await
-            .map_err(query("reading stored documents"))?;
-        for row in rows {
-            let (name, content): (String, Vec<u8>) = (row.get(0), row.get(1));
-            // Names come from the database; anything but a plain name is left for the check to report.
-            if name.contains('/') || name.starts_with('.') {
-                continue;
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        written += n;
+        differences.extend(found);
+    }
+    Ok((written, differences))
+}
+
+fn write_batch(
+    dir: &Path,
+    batch: Vec<(String, String)>,
+    mut contents: std::collections::HashMap<String, Vec<u8>>,
+) -> Result<(u64, Vec<Difference>)> {
+    let mut written = 0;
+    let mut differences = Vec::new();
+    let mut differ = |name: &str, sha256: &str, restored: String| {
+        differences.push(Difference {
+            what: format!("document {name}"),
+            recorded: format!("sha256 {}", &sha256[..sha256.len().min(12)]),
+            restored,
+        })
+    };
+    for (name, sha256) in batch {
+        // Names come from the database: anything but a plain name is reported, never followed.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            differ(&name, &sha256, "not a plain file name".into());
+            continue;
+        }
+        let path = dir.join(&name);
+        let on_disk = match std::fs::read(&path) {
+            Ok(bytes) => Some(hex(&Sha256::digest(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!("unreadable ({e})")),
+        };
+        match (on_disk, contents.remove(&name)) {
+            (Some(actual), _) if actual == sha256 => {}
+            (Some(actual), _) => {
+                let shown =
+                    if actual.len() == 64 { format!("sha256 {} in the directory", &actual[..12]) } else { actual };
+                differ(&name, &sha256, shown);
             }
-            let path = dir.join(&name);
-            let partial = dir.join(format!(".{name}.partial"));
-            let io = |source| Error::Io { what: "writing document", path: path.clone(), source };
-            std::fs::write(&partial, &content).map_err(io)?;
-            std::fs::rename(&partial, &path).map_err(io)?;
-            written += 1;
+            (None, Some(content)) => {
+                let actual = hex(&Sha256::digest(&content));
+                if actual != sha256 {
+                    differ(&name, &sha256, format!("sha256 {} in the database", &actual[..12]));
+                    continue;
+                }
+                let partial = dir.join(format!(".{name}.partial"));
+                let io = |source| Error::Io { what: "writing document", path: path.clone(), source };
+                std::fs::write(&partial, &content).map_err(io)?;
+                std::fs::rename(&partial, &path).map_err(io)?;
+                written += 1;
+            }
+            (None, None) => differ(&name, &sha256, "missing".into()),
         }
     }
-    Ok(written)
+    Ok((written, differences))
 }
 
 /// Checks a database recovered to a point at or after its base backup, where
 /// equality with the backup's record cannot hold: every series numbered 1…last
-/// without a gap, every invoice's document present with its hash, and nothing
-/// the backup recorded gone.
+/// without a gap, and nothing the backup recorded gone. (Documents are checked
+/// by [`write_documents`].)
 pub async fn check_recovered(
     db: &impl tokio_postgres::GenericClient,
-    dir: &Path,
     recorded: &Record,
 ) -> Result<(Record, Vec<Difference>)> {
     let restored = record(db).await?;
@@ -338,9 +355,6 @@ pub async fn check_recovered(
                 restored: now.to_string(),
             });
         }
-    }
-    if restored.tables.contains_key("invoices") {
-        differences.extend(check_documents(db, dir).await?);
     }
     Ok((restored, differences))
 }
