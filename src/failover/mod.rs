@@ -11,6 +11,7 @@ pub mod fencing;
 pub mod health;
 pub mod lease;
 pub mod machine;
+pub mod sim;
 pub mod waves;
 pub mod witness;
 
