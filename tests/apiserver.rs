@@ -20,7 +20,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{Discovery, Scope};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::wait::await_condition;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -232,11 +232,8 @@ async fn server_side_apply_conflicts_between_managers_until_forced() {
     applied["metadata"]["labels"] = json!({"owner": "a"});
     let created = tenants.patch("acme", &PatchParams::apply("manager-a"), &Patch::Apply(&applied)).await.unwrap();
     assert_eq!(created.spec.display_name, "Studio Associato Rossi");
-    let managers: Vec<(String, String)> = created
-        .managed_fields()
-        .iter()
-        .map(|m| (m.manager.clone().unwrap(), m.operation.clone().unwrap()))
-        .collect();
+    let managers: Vec<(String, String)> =
+        created.managed_fields().iter().map(|m| (m.manager.clone().unwrap(), m.operation.clone().unwrap())).collect();
     assert_eq!(managers, [("manager-a".to_owned(), "Apply".to_owned())]);
 
     // Manager b sets a field manager a owns to another value.
@@ -253,8 +250,7 @@ async fn server_side_apply_conflicts_between_managers_until_forced() {
     assert_eq!((causes[0].reason.as_str(), causes[0].field.as_str()), ("FieldManagerConflict", ".spec.tier"));
 
     // With force, b takes tier over; displayName has the same value, so both own it.
-    let forced =
-        tenants.patch("acme", &PatchParams::apply("manager-b").force(), &Patch::Apply(&other)).await.unwrap();
+    let forced = tenants.patch("acme", &PatchParams::apply("manager-b").force(), &Patch::Apply(&other)).await.unwrap();
     assert_eq!(serde_json::to_value(forced.spec.tier).unwrap(), json!("Silver"));
     let owners = |object: &InvoicingTenant, field: &str| -> Vec<String> {
         let mut owners: Vec<String> = object
@@ -276,19 +272,22 @@ async fn server_side_apply_conflicts_between_managers_until_forced() {
     assert!(reapplied.labels().get("owner").is_none());
     assert_eq!(serde_json::to_value(reapplied.spec.tier).unwrap(), json!("Silver"));
 
+    // Applying the same thing again changes nothing, not even the resourceVersion.
+    let before = tenants.get("acme").await.unwrap();
+    let again = tenants.patch("acme", &PatchParams::apply("manager-a"), &Patch::Apply(&applied)).await.unwrap();
+    assert_eq!(again.resource_version(), before.resource_version());
+
     // A plain update by a third manager takes the field it changes from the appliers.
     let merge = json!({"spec": {"tier": "Bronze"}});
     let updated = tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&merge)).await.unwrap();
     assert_eq!(owners(&updated, "/f:spec/f:tier").len(), 1);
     assert!(!owners(&updated, "/f:spec/f:tier").contains(&"manager-b".to_owned()));
+    // So applying the old value again conflicts with that manager.
+    let conflict = api_error(tenants.patch("acme", &PatchParams::apply("manager-a"), &Patch::Apply(&applied)).await);
+    assert_eq!(conflict.code, 409);
 
     let no_manager = api_error(tenants.patch("acme", &PatchParams::default(), &Patch::Apply(&other)).await);
     assert_eq!(no_manager.code, 422);
-
-    // Applying the same thing again changes nothing, not even the resourceVersion.
-    let before = tenants.get("acme").await.unwrap();
-    let again = tenants.patch("acme", &PatchParams::apply("manager-a"), &Patch::Apply(&applied)).await.unwrap();
-    assert_eq!(again.resource_version(), before.resource_version());
 }
 
 #[tokio::test]
@@ -380,7 +379,10 @@ async fn defaults_are_applied_unknown_fields_pruned_and_violations_rejected() {
         assert!(fields.contains(&field), "{field} missing from {fields:?}");
     }
     let cause = |field: &str| causes.iter().find(|c| c.field == field).unwrap();
-    assert_eq!(cause("spec.vatNumber").message, "Invalid value: \"123\": spec.vatNumber in body should match '^[0-9]{11}$'");
+    assert_eq!(
+        cause("spec.vatNumber").message,
+        "Invalid value: \"123\": spec.vatNumber in body should match '^[0-9]{11}$'"
+    );
     assert_eq!(cause("spec.tier").reason, "FieldValueNotSupported");
     assert_eq!(cause("spec.objectives.rpo").message, "Required value");
     assert_eq!(
@@ -405,8 +407,9 @@ async fn every_example_manifest_is_accepted() {
     let mut applied = 0;
     for file in files {
         for document in examples(&file) {
-            let gvk = GroupVersionKind::try_from(&serde_json::from_value::<kube::core::TypeMeta>(document.clone()).unwrap())
-                .unwrap();
+            let gvk =
+                GroupVersionKind::try_from(&serde_json::from_value::<kube::core::TypeMeta>(document.clone()).unwrap())
+                    .unwrap();
             let (resource, capabilities) =
                 discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("{file}: {gvk:?} is not served"));
             let name = document["metadata"]["name"].as_str().unwrap().to_owned();
@@ -587,7 +590,10 @@ async fn a_controller_reconciles_tenants() {
     let tenants = server.tenants("default");
     let reconciled = Arc::new(AtomicUsize::new(0));
 
-    async fn reconcile(tenant: Arc<InvoicingTenant>, ctx: Arc<(Client, Arc<AtomicUsize>)>) -> Result<Action, ReconcileError> {
+    async fn reconcile(
+        tenant: Arc<InvoicingTenant>,
+        ctx: Arc<(Client, Arc<AtomicUsize>)>,
+    ) -> Result<Action, ReconcileError> {
         ctx.1.fetch_add(1, Ordering::SeqCst);
         let api: Api<InvoicingTenant> = Api::namespaced(ctx.0.clone(), &tenant.namespace().unwrap());
         let status = json!({
@@ -638,8 +644,12 @@ async fn discovery_and_crds_created_through_the_api() {
     let (resource, capabilities) = discovery.resolve_gvk(&gvk).unwrap();
     assert_eq!(resource.plural, "invoicingtenants");
     assert_eq!(capabilities.scope, Scope::Namespaced);
-    assert!(capabilities.subresources.iter().any(|(r, _)| r.plural == "invoicingtenants/status" || r.plural == "status"));
-    for (group, kind) in [("", "Secret"), ("coordination.k8s.io", "Lease"), ("batch", "Job"), ("events.k8s.io", "Event")] {
+    assert!(
+        capabilities.subresources.iter().any(|(r, _)| r.plural == "invoicingtenants/status" || r.plural == "status")
+    );
+    for (group, kind) in
+        [("", "Secret"), ("coordination.k8s.io", "Lease"), ("batch", "Job"), ("events.k8s.io", "Event")]
+    {
         let version = "v1";
         assert!(discovery.resolve_gvk(&GroupVersionKind::gvk(group, version, kind)).is_some(), "{kind}");
     }

@@ -247,3 +247,44 @@ fn servers_die_with_the_test_process() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[test]
+fn the_app_and_the_sdi_simulator_run_as_processes_and_transmit() {
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_fenice"));
+    let pg = started(PostgresServer::start());
+    let out = pg.client("psql").args(["-c", "CREATE DATABASE acme"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sim = started(testkit::SdiSimServer::start(program, Duration::ZERO));
+    let documents = tempfile::tempdir().unwrap();
+    let app = started(testkit::AppServer::start(&testkit::AppOptions {
+        program: program.to_owned(),
+        tenant: "acme".into(),
+        vat: "01234567890".into(),
+        company: "Acme S.r.l.".into(),
+        db_url: pg.url("acme"),
+        documents: documents.path().to_owned(),
+        sdi_endpoint: Some(sim.endpoint()),
+        epoch: 1,
+        fenced: false,
+    }));
+    assert!(app.base_url().starts_with("http://127.0.0.1:"));
+    let invoice =
+        br#"{"series": "2026", "customer": {"vat": "09876543210", "name": "Rossi", "recipient_code": "ABC1234"},
+                      "description": "Consulenza", "taxable_cents": 10000}"#;
+    let created =
+        http::request(app.addr(), "POST", "/v1/invoices", &[("Content-Type", "application/json")], invoice).unwrap();
+    assert_eq!(created.status, 201, "{}", created.text());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = http::get(sim.addr(), "/v1/tenants/acme/transmissions").unwrap();
+        if listed.text().contains("IT01234567890_00001.xml") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never transmitted: {}", listed.text());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (app_pid, sim_pid) = (app.pid(), sim.pid());
+    drop(app);
+    drop(sim);
+    assert!(!testkit::process::is_alive(app_pid) && !testkit::process::is_alive(sim_pid));
+}

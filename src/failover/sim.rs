@@ -17,10 +17,13 @@ use std::time::Duration;
 
 use super::clock::{MonoTime, WallTime};
 use super::health::{DetectionRule, Probe, RenewalWatch, SiteHealth, VantageTracker, site_health};
-use super::lease::{LeaseAction, LeaseAgent, LeaseTiming, LeaseView, Standing, Takeover, Versioned, WitnessOp, WitnessReply, WitnessRequest};
+use super::lease::{
+    LeaseAction, LeaseAgent, LeaseTiming, LeaseView, Standing, Takeover, Versioned, WitnessOp, WitnessReply,
+    WitnessRequest,
+};
 use super::machine::{
-    Action, Call, CallResult, FailoverState, NewFailover, Observation, Phase, Restored, RetryRule, SourceFence, StepError,
-    StepOutput, TenantStep, Trigger, decide,
+    Action, Call, CallResult, FailoverState, NewFailover, Observation, Phase, Restored, RetryRule, SourceFence,
+    StepError, StepOutput, TenantStep, Trigger, decide,
 };
 use super::waves::{GateRule, GateVerdict, TenantSpec, WaveSpec, assign};
 use crate::api::common::{TenantRef, Tier};
@@ -129,7 +132,11 @@ impl SimConfig {
         };
         Self {
             timing,
-            detection: DetectionRule { failure_threshold: 3, window: Duration::from_millis(600), min_vantage_points: 2 },
+            detection: DetectionRule {
+                failure_threshold: 3,
+                window: Duration::from_millis(600),
+                min_vantage_points: 2,
+            },
             probe_interval: Duration::from_millis(250),
             tick,
             fault_time: Duration::from_secs(25),
@@ -216,10 +223,22 @@ enum Fault {
 
 #[derive(Clone, Debug)]
 enum Payload {
-    Request { site: usize, incarnation: u64, request: WitnessRequest },
-    Reply { site: usize, incarnation: u64, id: u64, reply: WitnessReply },
+    Request {
+        site: usize,
+        incarnation: u64,
+        request: WitnessRequest,
+    },
+    Reply {
+        site: usize,
+        incarnation: u64,
+        id: u64,
+        reply: WitnessReply,
+    },
     /// Asks site `to` to hand the lease to `target`.
-    HandOver { to: usize, target: usize },
+    HandOver {
+        to: usize,
+        target: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -466,7 +485,10 @@ impl<'c> World<'c> {
             }
             if self.t >= deadline {
                 let what = self.unsettled();
-                self.violate(format!("not settled {} s after the network healed: {what}", (self.t - self.healed_at) / MICROS));
+                self.violate(format!(
+                    "not settled {} s after the network healed: {what}",
+                    (self.t - self.healed_at) / MICROS
+                ));
                 break;
             }
             self.t += self.tick;
@@ -596,7 +618,13 @@ impl<'c> World<'c> {
         let ppm = skew(&mut self.rng, self.cfg.clock_skew_ppm);
         let incarnation = self.rng.next_u64();
         let old = &self.sites[i];
-        let mut site = new_site(i, self.cfg, incarnation, LocalClock { base_real: self.t, base_local: 0, ppm }, old.wall_offset_ms);
+        let mut site = new_site(
+            i,
+            self.cfg,
+            incarnation,
+            LocalClock { base_real: self.t, base_local: 0, ppm },
+            old.wall_offset_ms,
+        );
         site.app.highest = old.app.highest;
         site.last_activation = old.last_activation;
         site.failovers = old
@@ -613,7 +641,10 @@ impl<'c> World<'c> {
         if holder.as_deref().is_some_and(|h| h != SITES[i]) {
             self.stats.restarts_fenced += 1;
         }
-        trace!(self, "{} restarts (incarnation {incarnation:x}, clock {ppm:+} ppm), {resumed} failovers resumed", SITES[i]);
+        trace!(
+            self,
+            "{} restarts (incarnation {incarnation:x}, clock {ppm:+} ppm), {resumed} failovers resumed", SITES[i]
+        );
     }
 
     fn deliver(&mut self) {
@@ -687,7 +718,10 @@ impl<'c> World<'c> {
         }
         let old_epoch = self.witness.as_ref().map_or(0, |v| v.record.epoch);
         if record.epoch < old_epoch {
-            self.violate(format!("the lease epoch fell from {old_epoch} to {} ({} wrote it)", record.epoch, SITES[site]));
+            self.violate(format!(
+                "the lease epoch fell from {old_epoch} to {} ({} wrote it)",
+                record.epoch, SITES[site]
+            ));
         }
         if record.epoch > old_epoch {
             self.stats.epoch_changes += 1;
@@ -743,7 +777,10 @@ impl<'c> World<'c> {
                 AppCmd::Activate(epoch) => {
                     let highest = self.sites[i].app.highest;
                     if epoch < highest {
-                        self.violate(format!("{} activated with epoch {epoch} below {highest}, which it had used", SITES[i]));
+                        self.violate(format!(
+                            "{} activated with epoch {epoch} below {highest}, which it had used",
+                            SITES[i]
+                        ));
                     }
                     match self.activations.get(&epoch) {
                         Some(other) if *other != i => {
@@ -783,7 +820,8 @@ impl<'c> World<'c> {
     }
 
     fn tick_agent(&mut self, i: usize) {
-        let fencing = self.sites[i].failovers.iter().any(|f| f.state.phase == Phase::Fencing && f.state.fencing.lease_asked);
+        let fencing =
+            self.sites[i].failovers.iter().any(|f| f.state.phase == Phase::Fencing && f.state.fencing.lease_asked);
         let takeover = if fencing { Takeover::WhenExpired } else { Takeover::WhenHolderDown };
         self.sites[i].agent.set_takeover(takeover);
         let (now, health) = (self.local(i), self.peer_health(i));
@@ -824,7 +862,12 @@ impl<'c> World<'c> {
                 parallelism: 2,
                 gate: GateRule { max_failed_tenants: 1, require_approval: self.rng.chance(0.5) },
             },
-            WaveSpec { name: "rest".into(), tiers: vec![Tier::Silver, Tier::Bronze], parallelism: 3, gate: GateRule::default() },
+            WaveSpec {
+                name: "rest".into(),
+                tiers: vec![Tier::Silver, Tier::Bronze],
+                parallelism: 3,
+                gate: GateRule::default(),
+            },
         ];
         let tenants: Vec<TenantSpec> = (0..self.cfg.tenants)
             .map(|k| TenantSpec {
@@ -847,9 +890,22 @@ impl<'c> World<'c> {
         let state = FailoverState::new(new, waves, self.cfg.retry);
         let abort_at = (self.cfg.faults.people && self.rng.chance(0.15)).then(|| self.t + self.rng.below(10 * MICROS));
         let json = serde_json::to_string(&state).unwrap_or_default();
-        trace!(self, "{} starts failover {name} ({trigger:?}){}", SITES[i], if abort_at.is_some() { ", to be aborted" } else { "" });
+        trace!(
+            self,
+            "{} starts failover {name} ({trigger:?}){}",
+            SITES[i],
+            if abort_at.is_some() { ", to be aborted" } else { "" }
+        );
         self.stats.failovers += 1;
-        self.sites[i].failovers.push(SimFailover { json, state, abort_at, approved: 0, approve_at: None, running: Vec::new(), counted: false });
+        self.sites[i].failovers.push(SimFailover {
+            json,
+            state,
+            abort_at,
+            approved: 0,
+            approve_at: None,
+            running: Vec::new(),
+            counted: false,
+        });
     }
 
     fn observation(&self, i: usize, f: &SimFailover) -> Observation {
@@ -988,7 +1044,11 @@ impl<'c> World<'c> {
                 continue;
             }
             let wave = f.state.current_wave;
-            let waiting = f.state.waves.get(wave).is_some_and(|w| w.gate_verdict(wave, f.approved) == GateVerdict::AwaitingApproval);
+            let waiting = f
+                .state
+                .waves
+                .get(wave)
+                .is_some_and(|w| w.gate_verdict(wave, f.approved) == GateVerdict::AwaitingApproval);
             if !waiting {
                 continue;
             }
@@ -1033,7 +1093,10 @@ impl<'c> World<'c> {
             if self.rng.chance(0.2) {
                 self.stats.sdi_sends += 1;
                 if epoch < self.sdi_highest {
-                    self.violate(format!("SdI refused epoch {epoch} from active {}: it has seen {}", SITES[i], self.sdi_highest));
+                    self.violate(format!(
+                        "SdI refused epoch {epoch} from active {}: it has seen {}",
+                        SITES[i], self.sdi_highest
+                    ));
                 }
                 if let Some(sender) = self.sdi_epochs.get(&epoch).filter(|s| **s != i) {
                     self.violate(format!("SdI got epoch {epoch} from {} and from {}", SITES[*sender], SITES[i]));
@@ -1051,7 +1114,9 @@ impl<'c> World<'c> {
 
     fn settled(&self) -> bool {
         let active: Vec<usize> = (0..2).filter(|i| self.sites[*i].up && self.sites[*i].app.active.is_some()).collect();
-        self.sites.iter().all(|s| s.up && s.failovers.iter().all(|f| f.state.phase.is_terminal() && f.running.is_empty()))
+        self.sites
+            .iter()
+            .all(|s| s.up && s.failovers.iter().all(|f| f.state.phase.is_terminal() && f.running.is_empty()))
             && active.len() == 1
             && self.net.is_empty()
     }

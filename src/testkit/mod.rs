@@ -1,5 +1,6 @@
 //! Real local servers for tests and for `fenice lab`: PostgreSQL, an S3 service
-//! (moto) and Azure Blob storage (Azurite).
+//! (moto), Azure Blob storage (Azurite), and the invoicing stack's own SdI
+//! simulator and reference app.
 //!
 //! Each server runs as a child process on a free port of 127.0.0.1, with its own
 //! temporary directory that holds its data and its log (stdout and stderr). `start()`
@@ -21,6 +22,7 @@
 
 pub mod azurite;
 pub mod http;
+pub mod invoicing;
 pub mod postgres;
 pub mod process;
 pub mod s3;
@@ -30,6 +32,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 pub use azurite::{AccountKey, AzuriteServer, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+pub use invoicing::{AppOptions, AppServer, SdiSimServer};
 pub use postgres::{PostgresOptions, PostgresServer};
 pub use s3::S3Server;
 

@@ -1,0 +1,114 @@
+//! The invoicing stack's own processes: the SdI simulator and the reference
+//! app, each run as `fenice app …` on a free port, like the other servers here.
+//! The one-machine lab runs every tenant's app this way, so that killing a site
+//! kills real processes.
+
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{HttpServer, Result};
+
+/// A running SdI simulator, stopped on drop; its data is in its temporary directory.
+#[derive(Debug)]
+pub struct SdiSimServer {
+    inner: HttpServer,
+}
+
+impl Deref for SdiSimServer {
+    type Target = HttpServer;
+
+    fn deref(&self) -> &HttpServer {
+        &self.inner
+    }
+}
+
+impl SdiSimServer {
+    /// Starts `program app sdi-sim` (`program` is the `fenice` binary).
+    pub fn start(program: &Path, receipt_delay: Duration) -> Result<Self> {
+        let program = program.to_owned();
+        let delay = format!("{}ms", receipt_delay.as_millis());
+        let inner = HttpServer::start(
+            "sdi-sim",
+            "fenice-sdi-sim-",
+            "/healthz",
+            |r| r.status == 200,
+            |port, dir| {
+                let mut cmd = Command::new(&program);
+                cmd.args(["app", "sdi-sim", "--listen", &format!("127.0.0.1:{port}"), "--receipt-delay", &delay]);
+                cmd.arg("--data").arg(dir.join("data"));
+                cmd
+            },
+        )?;
+        Ok(Self { inner })
+    }
+
+    /// The simulator's URL, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.inner.addr())
+    }
+}
+
+/// How to run one tenant's app.
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    /// The `fenice` binary.
+    pub program: PathBuf,
+    pub tenant: String,
+    pub vat: String,
+    pub company: String,
+    pub db_url: String,
+    pub documents: PathBuf,
+    pub sdi_endpoint: Option<String>,
+    pub epoch: u64,
+    pub fenced: bool,
+}
+
+/// A running reference app for one tenant, stopped on drop.
+#[derive(Debug)]
+pub struct AppServer {
+    inner: HttpServer,
+}
+
+impl Deref for AppServer {
+    type Target = HttpServer;
+
+    fn deref(&self) -> &HttpServer {
+        &self.inner
+    }
+}
+
+impl AppServer {
+    /// Starts `fenice app serve` and waits until its health check names the tenant.
+    pub fn start(options: &AppOptions) -> Result<Self> {
+        let inner = HttpServer::start(
+            "app",
+            "fenice-app-",
+            "/healthz",
+            |r| r.text().contains("\"tenant\""),
+            |port, _dir| {
+                let mut cmd = Command::new(&options.program);
+                cmd.args(["app", "serve", "--listen", &format!("127.0.0.1:{port}")]);
+                cmd.args(["--tenant", &options.tenant, "--vat", &options.vat, "--company", &options.company]);
+                cmd.arg("--documents").arg(&options.documents);
+                cmd.args(["--epoch", &options.epoch.to_string(), "--send-interval", "200ms"]);
+                // NB: the URL goes in the environment, not on a command line others can read.
+                cmd.env("FENICE_APP_DB", &options.db_url);
+                if let Some(endpoint) = &options.sdi_endpoint {
+                    cmd.args(["--sdi-endpoint", endpoint]);
+                }
+                if options.fenced {
+                    cmd.arg("--fenced");
+                }
+                cmd
+            },
+        )?;
+        Ok(Self { inner })
+    }
+
+    /// The app's URL, `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.inner.addr())
+    }
+}
