@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod failover;
 pub mod repo;
+pub mod site;
 pub mod stack;
 pub mod store;
 pub mod testkit;

@@ -1,0 +1,209 @@
+//! The Local site driver's processes: a site on one machine is, per tenant, a
+//! PostgreSQL server and the reference app, each a process group of its own
+//! on free ports of 127.0.0.1. Killing the site sends SIGKILL to every one of
+//! them at once, as when a provider's machines die.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::testkit::{self, AppOptions, AppServer, PostgresOptions, PostgresServer};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("site {site}: starting tenant {tenant}'s {what}")]
+    Start {
+        site: String,
+        tenant: String,
+        what: &'static str,
+        #[source]
+        source: testkit::Error,
+    },
+
+    #[error("site {site}: creating tenant {tenant}'s database: {message}")]
+    CreateDatabase { site: String, tenant: String, message: String },
+
+    #[error("site {site}: tenant {tenant} already runs here")]
+    AlreadyRunning { site: String, tenant: String },
+
+    #[error("site {site}: {what} {}", path.display())]
+    Io {
+        site: String,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who a tenant is and how its stack runs.
+#[derive(Clone, Debug)]
+pub struct TenantSpec {
+    pub name: String,
+    /// The tenant's partita IVA.
+    pub vat: String,
+    pub company: String,
+    pub sdi_endpoint: Option<String>,
+    /// The fencing epoch the app runs under.
+    pub epoch: u64,
+    /// Start the app fenced: it neither issues nor transmits until activated.
+    pub fenced: bool,
+    /// PostgreSQL settings (e.g. WAL archiving) and their environment (the
+    /// repository and its credentials, for `archive_command`).
+    pub postgres: PostgresOptions,
+}
+
+/// One tenant's running stack.
+#[derive(Debug)]
+pub struct TenantStack {
+    pub postgres: PostgresServer,
+    pub app: AppServer,
+}
+
+impl TenantStack {
+    /// The tenant database's URL (database named after the tenant).
+    pub fn db_url(&self, tenant: &str) -> String {
+        self.postgres.url(&database_name(tenant))
+    }
+}
+
+/// A site made of local processes.
+#[derive(Debug)]
+pub struct LocalSite {
+    name: String,
+    /// The `fenice` binary, which runs the app.
+    program: PathBuf,
+    /// Where the site keeps its tenants' documents.
+    dir: PathBuf,
+    tenants: Mutex<BTreeMap<String, TenantStack>>,
+}
+
+/// A tenant's database name: its name with `-` as `_`.
+pub fn database_name(tenant: &str) -> String {
+    tenant.replace('-', "_")
+}
+
+impl LocalSite {
+    pub fn new(name: &str, program: &Path, dir: &Path) -> Self {
+        Self { name: name.into(), program: program.into(), dir: dir.into(), tenants: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tenant's documents directory at this site.
+    pub fn documents(&self, tenant: &str) -> PathBuf {
+        self.dir.join("tenants").join(tenant).join("documents")
+    }
+
+    /// Starts a new tenant: a fresh PostgreSQL with the tenant's database, and its app.
+    pub fn start_tenant(&self, spec: &TenantSpec) -> Result<()> {
+        self.refuse_running(&spec.name)?;
+        let postgres = self.start_postgres(spec, spec.postgres.clone())?;
+        let database = database_name(&spec.name);
+        let out = postgres
+            .client("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE \"{database}\"")])
+            .output()
+            .map_err(|e| Error::CreateDatabase {
+                site: self.name.clone(),
+                tenant: spec.name.clone(),
+                message: e.to_string(),
+            })?;
+        if !out.status.success() {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(Error::CreateDatabase { site: self.name.clone(), tenant: spec.name.clone(), message });
+        }
+        self.start_app(spec, postgres)
+    }
+
+    /// Starts a tenant on a restored data directory: PostgreSQL replays what
+    /// the restore set up (WAL to a target), then the app starts on it.
+    pub fn start_restored_tenant(&self, spec: &TenantSpec, pgdata: &Path) -> Result<()> {
+        self.refuse_running(&spec.name)?;
+        let postgres = self.start_postgres(spec, spec.postgres.clone().existing_data(pgdata))?;
+        self.start_app(spec, postgres)
+    }
+
+    fn refuse_running(&self, tenant: &str) -> Result<()> {
+        match self.lock().contains_key(tenant) {
+            true => Err(Error::AlreadyRunning { site: self.name.clone(), tenant: tenant.into() }),
+            false => Ok(()),
+        }
+    }
+
+    fn start_postgres(&self, spec: &TenantSpec, options: PostgresOptions) -> Result<PostgresServer> {
+        PostgresServer::start_with(options).map_err(|source| Error::Start {
+            site: self.name.clone(),
+            tenant: spec.name.clone(),
+            what: "PostgreSQL",
+            source,
+        })
+    }
+
+    fn start_app(&self, spec: &TenantSpec, postgres: PostgresServer) -> Result<()> {
+        let documents = self.documents(&spec.name);
+        std::fs::create_dir_all(&documents).map_err(|source| Error::Io {
+            site: self.name.clone(),
+            what: "creating the documents directory",
+            path: documents.clone(),
+            source,
+        })?;
+        let app = AppServer::start(&AppOptions {
+            program: self.program.clone(),
+            tenant: spec.name.clone(),
+            vat: spec.vat.clone(),
+            company: spec.company.clone(),
+            db_url: postgres.url(&database_name(&spec.name)),
+            documents,
+            sdi_endpoint: spec.sdi_endpoint.clone(),
+            epoch: spec.epoch,
+            fenced: spec.fenced,
+        })
+        .map_err(|source| Error::Start {
+            site: self.name.clone(),
+            tenant: spec.name.clone(),
+            what: "app",
+            source,
+        })?;
+        self.lock().insert(spec.name.clone(), TenantStack { postgres, app });
+        Ok(())
+    }
+
+    /// Runs `f` on a tenant's stack, if it runs here.
+    pub fn with_tenant<T>(&self, tenant: &str, f: impl FnOnce(&TenantStack) -> T) -> Option<T> {
+        self.lock().get(tenant).map(f)
+    }
+
+    /// The tenants running here.
+    pub fn tenants(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Stops one tenant's stack (app first, then its database) and forgets it.
+    pub fn stop_tenant(&self, tenant: &str) {
+        let stack = self.lock().remove(tenant);
+        drop(stack);
+    }
+
+    /// Every process of the site dies at once (SIGKILL to each process group),
+    /// as when a provider's machines die. Returns the process groups signalled.
+    pub fn kill(&self) -> Vec<u32> {
+        let stacks = std::mem::take(&mut *self.lock());
+        let groups: Vec<u32> = stacks.values().flat_map(|s| [s.app.pid(), s.postgres.pid()]).collect();
+        for group in &groups {
+            // SAFETY: kill only sends a signal, to a process group this site started.
+            unsafe { libc::kill(-(*group as libc::pid_t), libc::SIGKILL) };
+        }
+        // Reaps the killed processes and removes their directories.
+        drop(stacks);
+        groups
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TenantStack>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,50 @@
+//! The Local site driver's processes: tenants start as real PostgreSQL and app
+//! processes, and killing the site kills every one of them at once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fenice::site::local::{LocalSite, TenantSpec};
+use fenice::testkit::{PostgresOptions, SdiSimServer, http, process};
+
+fn spec(name: &str, sdi: &str) -> TenantSpec {
+    TenantSpec {
+        name: name.into(),
+        vat: "01234567890".into(),
+        company: format!("{name} S.r.l."),
+        sdi_endpoint: Some(sdi.into()),
+        epoch: 1,
+        fenced: false,
+        postgres: PostgresOptions::new(),
+    }
+}
+
+#[test]
+fn a_killed_site_leaves_no_process_of_any_tenant() {
+    let program = Path::new(env!("CARGO_BIN_EXE_fenice"));
+    let sim = SdiSimServer::start(program, Duration::ZERO).expect("the simulator starts");
+    let dir = tempfile::tempdir().unwrap();
+    let site = LocalSite::new("westpole", program, dir.path());
+    for tenant in ["studio-rossi", "bianchi-srl"] {
+        site.start_tenant(&spec(tenant, &sim.endpoint())).expect("the tenant starts");
+    }
+    assert_eq!(site.tenants(), ["bianchi-srl", "studio-rossi"]);
+    let again = site.start_tenant(&spec("bianchi-srl", &sim.endpoint())).unwrap_err();
+    assert!(again.to_string().contains("already runs here"), "{again}");
+
+    let body = br#"{"series": "2026", "customer": {"vat": "09876543210", "name": "Rossi", "recipient_code": "ABC1234"},
+                   "description": "Consulenza", "taxable_cents": 10000}"#;
+    let addr = site.with_tenant("studio-rossi", |s| s.app.addr()).unwrap();
+    let created = http::request(addr, "POST", "/v1/invoices", &[("Content-Type", "application/json")], body).unwrap();
+    assert_eq!(created.status, 201, "{}", created.text());
+
+    let groups = site.kill();
+    assert_eq!(groups.len(), 4, "an app and a PostgreSQL per tenant");
+    for group in groups {
+        assert!(process::live_members(group).is_empty(), "process group {group} survived the kill");
+    }
+    assert!(site.tenants().is_empty());
+    assert!(http::get(addr, "/healthz").is_err(), "the app still answers");
+    // The documents stay on the site's disk, as a dead machine's disk does.
+    assert!(site.documents("studio-rossi").join("IT01234567890_00001.xml").exists());
+}
