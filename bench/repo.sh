@@ -25,22 +25,7 @@ export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 
-# Runs a command; records wall seconds and peak RSS (KiB) of it and its children.
-measure() {
-  local label=$1 tool=$2
-  shift 2
-  python3 - "$@" >>"$RESULTS" <<PY
-import resource, subprocess, sys, time
-start = time.monotonic()
-done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-elapsed = time.monotonic() - start
-if done.returncode != 0:
-    sys.stderr.write(done.stderr.decode())
-    sys.exit("$label $tool failed")
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(f"$label\t$tool\t{elapsed:.2f}\t{peak}")
-PY
-}
+source bench/measure.sh
 
 echo "generating $TENANTS tenants in $WORK/data"
 python3 bench/gen_tenant_data.py "$WORK/data" --tenants "$TENANTS"

@@ -98,32 +98,18 @@ echo "database $((DB_BYTES / 1048576)) MiB, documents $((DOC_BYTES / 1048576)) M
 export FENICE_PASSWORD=bench PATH="$PG_BIN:$PATH"
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
-# Runs a shell command; records wall seconds and peak RSS (KiB) of it and its children.
-measure() {
-  local label=$1 tool=$2 command=$3
-  python3 - "$command" >>"$RESULTS" <<PY
-import resource, subprocess, sys, time
-start = time.monotonic()
-done = subprocess.run(["bash", "-o", "pipefail", "-c", sys.argv[1]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-elapsed = time.monotonic() - start
-if done.returncode != 0:
-    sys.stderr.write(done.stderr.decode())
-    sys.exit("$label $tool failed")
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(f"$label\t$tool\t{elapsed:.2f}\t{peak}")
-PY
-}
+source bench/measure.sh
 
 "$FENICE" repo --repo "$WORK/repo" init >/dev/null
 psql "$URL/postgres" -c "CREATE DATABASE baseline_restored"
-measure "backup, database" "pg_dump | zstd" "pg_dump -Fc -Z0 -d $URL/tenant | zstd -q -3 -o $WORK/tenant.dump.zst"
-measure "backup, documents" "tar | zstd" "tar -C $WORK/documents -cf - . | zstd -q -3 -o $WORK/documents.tar.zst"
-measure "backup, both" "fenice agent" "$FENICE agent backup --tenant bench --db $URL/tenant --repo $WORK/repo"
-measure "backup again, unchanged" "fenice agent" "$FENICE agent backup --tenant bench --db $URL/tenant --repo $WORK/repo"
-measure "restore, database" "zstd | pg_restore" "zstd -q -dc $WORK/tenant.dump.zst | pg_restore --no-owner --single-transaction -d $URL/baseline_restored"
+measure "backup, database" "pg_dump | zstd" bash -o pipefail -c "pg_dump -Fc -Z0 -d $URL/tenant | zstd -q -3 -o $WORK/tenant.dump.zst"
+measure "backup, documents" "tar | zstd" bash -o pipefail -c "tar -C $WORK/documents -cf - . | zstd -q -3 -o $WORK/documents.tar.zst"
+measure "backup, both" "fenice agent" bash -o pipefail -c "$FENICE agent backup --tenant bench --db $URL/tenant --repo $WORK/repo"
+measure "backup again, unchanged" "fenice agent" bash -o pipefail -c "$FENICE agent backup --tenant bench --db $URL/tenant --repo $WORK/repo"
+measure "restore, database" "zstd | pg_restore" bash -o pipefail -c "zstd -q -dc $WORK/tenant.dump.zst | pg_restore --no-owner --single-transaction -d $URL/baseline_restored"
 mkdir -p "$WORK/documents-baseline"
-measure "restore, documents" "zstd | tar" "zstd -q -dc $WORK/documents.tar.zst | tar -C $WORK/documents-baseline -xf -"
-measure "restore, both, verified" "fenice agent" "$FENICE agent restore --tenant bench --db $URL/fenice_restored --documents $WORK/documents-fenice --repo $WORK/repo"
+measure "restore, documents" "zstd | tar" bash -o pipefail -c "zstd -q -dc $WORK/documents.tar.zst | tar -C $WORK/documents-baseline -xf -"
+measure "restore, both, verified" "fenice agent" bash -o pipefail -c "$FENICE agent restore --tenant bench --db $URL/fenice_restored --documents $WORK/documents-fenice --repo $WORK/repo"
 
 BASELINE_STORED=$(($(stat -c %s "$WORK/tenant.dump.zst") + $(stat -c %s "$WORK/documents.tar.zst")))
 REPO_STORED=$(du -sb "$WORK/repo" | cut -f1)

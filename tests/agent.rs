@@ -50,6 +50,24 @@ impl Tenant {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// A repository, and the database `acme` with `invoices` invoices of
+    /// `series`; returns the live database and its documents directory.
+    async fn with_invoices(&self, series: &str, invoices: usize) -> (tokio_postgres::Client, PathBuf) {
+        self.init();
+        let documents = self.path("documents");
+        std::fs::create_dir_all(&documents).unwrap();
+        let mut db = self.create_db("acme").await;
+        for _ in 0..invoices {
+            issue(&mut db, &documents, series).await;
+        }
+        (db, documents)
+    }
+
+    fn backed_up(&self) {
+        let out = self.backup("acme");
+        assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     fn init(&self) {
         self.ok(&["repo", "--repo", &self.repo(), "init"]);
     }
@@ -83,13 +101,7 @@ async fn count(url: &str, sql: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_during_writes_restores_exactly_the_dumped_state() {
     let t = Tenant::new();
-    t.init();
-    let documents = t.path("documents");
-    std::fs::create_dir_all(&documents).unwrap();
-    let mut db = t.create_db("acme").await;
-    for _ in 0..50 {
-        issue(&mut db, &documents, "2026").await;
-    }
+    let (_db, documents) = t.with_invoices("2026", 50).await;
     // A writer keeps issuing invoices while the backup runs.
     let stop = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(50));
@@ -146,15 +158,8 @@ async fn backup_during_writes_restores_exactly_the_dumped_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_a_non_empty_database_unless_forced() {
     let t = Tenant::new();
-    t.init();
-    let documents = t.path("documents");
-    std::fs::create_dir_all(&documents).unwrap();
-    let mut db = t.create_db("acme").await;
-    for _ in 0..3 {
-        issue(&mut db, &documents, "A").await;
-    }
-    let out = t.backup("acme");
-    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (mut db, documents) = t.with_invoices("A", 3).await;
+    t.backed_up();
 
     // The live database is not empty: restoring over it must be refused, and change nothing.
     for _ in 0..2 {
@@ -182,15 +187,8 @@ async fn restore_refuses_a_non_empty_database_unless_forced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_dump_is_a_clear_error() {
     let t = Tenant::new();
-    t.init();
-    let documents = t.path("documents");
-    std::fs::create_dir_all(&documents).unwrap();
-    let mut db = t.create_db("acme").await;
-    for _ in 0..20 {
-        issue(&mut db, &documents, "2026").await;
-    }
-    let out = t.backup("acme");
-    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (_db, _documents) = t.with_invoices("2026", 20).await;
+    t.backed_up();
     // Flip a byte in the middle of every data pack.
     for entry in walk(&t.path("repo/data")) {
         let mut bytes = std::fs::read(&entry).unwrap();
@@ -289,19 +287,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_that_does_not_match_its_record_says_what_differs() {
     let t = Tenant::new();
-    t.init();
-    let documents = t.path("documents");
-    std::fs::create_dir_all(&documents).unwrap();
-    let mut db = t.create_db("acme").await;
-    for _ in 0..3 {
-        issue(&mut db, &documents, "2026").await;
-    }
+    let (db, _documents) = t.with_invoices("2026", 3).await;
     // A document whose stored content no longer matches the hash its invoice recorded.
     db.batch_execute("UPDATE documents SET content = 'tampered'::bytea WHERE file_name = 'IT01234567890_00002.xml'")
         .await
         .unwrap();
-    let out = t.backup("acme");
-    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    t.backed_up();
     let out = t.restore("restored", &t.path("restored"), &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -80,39 +80,19 @@ async fn after_restore_and_reconcile_numbering_continues_without_a_duplicate_at_
         "--repo",
         repo,
     ]);
-    let report = ok(&[
-        "agent",
-        "reconcile-sdi",
-        "--tenant",
-        "acme",
-        "--db",
-        &restored_url,
-        "--documents",
-        restored_docs_arg,
-        "--sdi-endpoint",
-        &sim.endpoint,
-        "--json",
-    ]);
-    let report: Value = serde_json::from_str(&report).unwrap();
+    let reconcile = || -> Value {
+        let args =
+            ["agent", "reconcile-sdi", "--tenant", "acme", "--db", &restored_url, "--documents", restored_docs_arg];
+        let out = ok(&[&args[..], &["--sdi-endpoint", &sim.endpoint, "--json"]].concat());
+        serde_json::from_str(&out).unwrap()
+    };
+    let report = reconcile();
     let reconciled = &report["reconciled"];
     assert_eq!(reconciled["transmissions"], 8, "{report}");
     assert_eq!(reconciled["imported"].as_array().unwrap().len(), 3, "{report}");
     assert_eq!(reconciled["gaps"], serde_json::json!({}), "{report}");
     // Reconciling again changes nothing.
-    let again: Value = serde_json::from_str(&ok(&[
-        "agent",
-        "reconcile-sdi",
-        "--tenant",
-        "acme",
-        "--db",
-        &restored_url,
-        "--documents",
-        restored_docs_arg,
-        "--sdi-endpoint",
-        &sim.endpoint,
-        "--json",
-    ]))
-    .unwrap();
+    let again = reconcile();
     assert_eq!(again["reconciled"]["imported"], serde_json::json!([]), "{again}");
 
     // The restored app, under a higher epoch, continues at 9.

@@ -256,17 +256,11 @@ fn the_app_and_the_sdi_simulator_run_as_processes_and_transmit() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sim = started(testkit::SdiSimServer::start(program, Duration::ZERO));
     let documents = tempfile::tempdir().unwrap();
-    let app = started(testkit::AppServer::start(&testkit::AppOptions {
-        program: program.to_owned(),
-        tenant: "acme".into(),
-        vat: "01234567890".into(),
-        company: "Acme S.r.l.".into(),
-        db_url: pg.url("acme"),
-        documents: documents.path().to_owned(),
+    let config = fenice::app::AppConfig {
         sdi_endpoint: Some(sim.endpoint()),
-        epoch: 1,
-        fenced: false,
-    }));
+        ..fenice::app::AppConfig::new("acme", "01234567890", "Acme S.r.l.", pg.url("acme"), documents.path())
+    };
+    let app = started(testkit::AppServer::start(&testkit::AppOptions { program: program.to_owned(), config }));
     assert!(app.base_url().starts_with("http://127.0.0.1:"));
     let invoice =
         br#"{"series": "2026", "customer": {"vat": "09876543210", "name": "Rossi", "recipient_code": "ABC1234"},

@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::app::AppConfig;
 use crate::testkit::{self, AppOptions, AppServer, PostgresOptions, PostgresServer};
+
+/// How often each app looks at its SdI queue: often, so the lab's RPO at SdI is short.
+const SEND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -152,22 +156,15 @@ impl LocalSite {
             path: documents.clone(),
             source,
         })?;
-        let app = AppServer::start(&AppOptions {
-            program: self.program.clone(),
-            tenant: spec.name.clone(),
-            vat: spec.vat.clone(),
-            company: spec.company.clone(),
-            db_url: postgres.url(&database_name(&spec.name)),
-            documents,
+        let config = AppConfig {
             sdi_endpoint: spec.sdi_endpoint.clone(),
             epoch: spec.epoch,
-            fenced: spec.fenced,
-        })
-        .map_err(|source| Error::Start {
-            site: self.name.clone(),
-            tenant: spec.name.clone(),
-            what: "app",
-            source,
+            start_fenced: spec.fenced,
+            send_interval: SEND_INTERVAL,
+            ..AppConfig::new(&spec.name, &spec.vat, &spec.company, postgres.url(&database_name(&spec.name)), documents)
+        };
+        let app = AppServer::start(&AppOptions { program: self.program.clone(), config }).map_err(|source| {
+            Error::Start { site: self.name.clone(), tenant: spec.name.clone(), what: "app", source }
         })?;
         self.lock().insert(spec.name.clone(), TenantStack { postgres, app });
         Ok(())

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{HttpServer, Result};
+use crate::app::AppConfig;
 
 /// A running SdI simulator, stopped on drop; its data is in its temporary directory.
 #[derive(Debug)]
@@ -50,19 +51,11 @@ impl SdiSimServer {
     }
 }
 
-/// How to run one tenant's app.
+/// How to run one tenant's app: the `fenice` binary, and the app's configuration.
 #[derive(Clone, Debug)]
 pub struct AppOptions {
-    /// The `fenice` binary.
     pub program: PathBuf,
-    pub tenant: String,
-    pub vat: String,
-    pub company: String,
-    pub db_url: String,
-    pub documents: PathBuf,
-    pub sdi_endpoint: Option<String>,
-    pub epoch: u64,
-    pub fenced: bool,
+    pub config: AppConfig,
 }
 
 /// A running reference app for one tenant, stopped on drop.
@@ -88,17 +81,22 @@ impl AppServer {
             "/healthz",
             |r| r.text().contains("\"tenant\""),
             |port, _dir| {
+                let config = &options.config;
                 let mut cmd = Command::new(&options.program);
                 cmd.args(["app", "serve", "--listen", &format!("127.0.0.1:{port}")]);
-                cmd.args(["--tenant", &options.tenant, "--vat", &options.vat, "--company", &options.company]);
-                cmd.arg("--documents").arg(&options.documents);
-                cmd.args(["--epoch", &options.epoch.to_string(), "--send-interval", "200ms"]);
+                cmd.args(["--tenant", &config.tenant, "--vat", &config.vat, "--company", &config.company]);
+                cmd.arg("--documents").arg(&config.documents);
+                cmd.args(["--epoch", &config.epoch.to_string()]);
+                cmd.args(["--send-interval", &format!("{}ms", config.send_interval.as_millis())]);
                 // NB: the URL goes in the environment, not on a command line others can read.
-                cmd.env("FENICE_APP_DB", &options.db_url);
-                if let Some(endpoint) = &options.sdi_endpoint {
+                cmd.env("FENICE_APP_DB", &config.db_url);
+                if let Some(endpoint) = &config.sdi_endpoint {
                     cmd.args(["--sdi-endpoint", endpoint]);
                 }
-                if options.fenced {
+                if let Some(expires) = config.certificate_expires {
+                    cmd.args(["--certificate-expires", &expires.to_string()]);
+                }
+                if config.start_fenced {
                     cmd.arg("--fenced");
                 }
                 cmd
