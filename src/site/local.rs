@@ -23,7 +23,7 @@ pub enum Error {
         tenant: String,
         what: &'static str,
         #[source]
-        source: testkit::Error,
+        source: Box<testkit::Error>,
     },
 
     #[error("site {site}: creating tenant {tenant}'s database: {message}")]
@@ -144,7 +144,7 @@ impl LocalSite {
             site: self.name.clone(),
             tenant: spec.name.clone(),
             what: "PostgreSQL",
-            source,
+            source: Box::new(source),
         })
     }
 
