@@ -164,7 +164,7 @@ impl LocalSite {
             ..AppConfig::new(&spec.name, &spec.vat, &spec.company, postgres.url(&database_name(&spec.name)), documents)
         };
         let app = AppServer::start(&AppOptions { program: self.program.clone(), config }).map_err(|source| {
-            Error::Start { site: self.name.clone(), tenant: spec.name.clone(), what: "app", source }
+            Error::Start { site: self.name.clone(), tenant: spec.name.clone(), what: "app", source: Box::new(source) }
         })?;
         self.lock().insert(spec.name.clone(), TenantStack { postgres, app });
         Ok(())
