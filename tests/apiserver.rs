@@ -16,7 +16,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::core::{ApiResource, GroupVersionKind, PartialObjectMeta};
 use kube::discovery::{Discovery, Scope};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::wait::await_condition;
@@ -58,6 +58,11 @@ async fn client_from(path: &Path) -> Client {
 }
 
 impl Server {
+    /// Stops the server; open watches must not hold it up.
+    async fn stop(self) {
+        timeout(DEADLINE, self.running.stop()).await.expect("the server stops in time").unwrap();
+    }
+
     fn tenants(&self, namespace: &str) -> Api<InvoicingTenant> {
         Api::namespaced(self.client.clone(), namespace)
     }
@@ -529,6 +534,24 @@ async fn a_watcher_sees_objects_added_and_modified() {
         }
     }
     assert_eq!(names_seen, ["acme", "acme"]);
+    server.stop().await;
+    // The watch ends with the server; the watcher then fails to reconnect.
+    let after = timeout(DEADLINE, stream.try_next()).await.expect("the watch ends with the server");
+    assert!(after.is_err(), "{after:?}");
+}
+
+#[tokio::test]
+async fn a_metadata_watcher_sees_only_metadata() {
+    let server = start().await;
+    let tenants = server.tenants("default");
+    tenants.create(&PostParams::default(), &tenant("acme")).await.unwrap();
+    let metadata: Api<PartialObjectMeta<InvoicingTenant>> = Api::all(server.client.clone());
+    let mut stream = watcher(metadata, watcher::Config::default()).touched_objects().boxed();
+    let first = timeout(DEADLINE, stream.try_next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.name_any(), "acme");
+    assert_eq!(first.types.unwrap().kind, "PartialObjectMetadata");
+    let listed = tenants.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(names(&listed.items), ["acme"]);
 }
 
 #[tokio::test]
@@ -555,8 +578,13 @@ async fn a_watch_from_a_compacted_version_gets_410_and_the_watcher_lists_again()
         other => panic!("expected a 410 ERROR event, got {other:?}"),
     }
 
-    // kube's watcher: its watch ends after a second (timeoutSeconds), it
-    // resumes from a version compacted meanwhile, gets 410 and lists again.
+    // timeoutSeconds ends a watch.
+    let mut short = maps.watch(&WatchParams::default().timeout(1), "0").await.unwrap().boxed();
+    assert!(timeout(DEADLINE, short.try_next()).await.expect("the watch ends").unwrap().is_none());
+
+    // kube's watcher resumes from a version compacted meanwhile (its watch
+    // starts after the changes, or ends after a second and restarts), gets
+    // 410 and lists again.
     let map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "m"}})).unwrap();
     maps.create(&PostParams::default(), &map).await.unwrap();
     let mut stream = watcher(maps.clone(), watcher::Config::default().timeout(1)).boxed();
@@ -727,4 +755,138 @@ async fn the_binary_serves_and_writes_a_kubeconfig() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = timeout(DEADLINE, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_streaming_list_watcher_gets_its_initial_events() {
+    let server = start().await;
+    let tenants = server.tenants("default");
+    tenants.create(&PostParams::default(), &tenant("acme")).await.unwrap();
+    let config = watcher::Config::default().streaming_lists();
+    let mut stream = watcher(Api::<InvoicingTenant>::all(server.client.clone()), config).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match timeout(DEADLINE, stream.try_next()).await.unwrap().unwrap().unwrap() {
+            watcher::Event::InitApply(object) => initial.push(object.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, ["acme"]);
+    tenants.create(&PostParams::default(), &tenant("bolt")).await.unwrap();
+    match timeout(DEADLINE, stream.try_next()).await.unwrap().unwrap().unwrap() {
+        watcher::Event::Apply(object) => assert_eq!(object.name_any(), "bolt"),
+        other => panic!("expected bolt to be applied, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn events_are_recorded_the_way_kubes_recorder_writes_them() {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+    let server = start().await;
+    let created = server.tenants("default").create(&PostParams::default(), &tenant("acme")).await.unwrap();
+    let recorder = Recorder::new(server.client.clone(), Reporter { controller: "fenice-test".into(), instance: None });
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "FailoverStarted".into(),
+        note: Some("tenant acme moves to azure-italynorth".into()),
+        action: "Failover".into(),
+        secondary: None,
+    };
+    let reference = created.object_ref(&());
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap();
+    let events: Api<K8sEvent> = Api::default_namespaced(server.client.clone());
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(listed.len(), 1, "the repeat is a patch of the same Event");
+    assert_eq!(listed[0].reason.as_deref(), Some("FailoverStarted"));
+    assert_eq!(listed[0].series.as_ref().map(|s| s.count), Some(2));
+    let about_acme = events.list(&ListParams::default().fields("regarding.name=acme")).await.unwrap().items;
+    assert_eq!(about_acme.len(), 1);
+}
+
+#[tokio::test]
+async fn kubectl_gets_tables_with_the_printer_columns() {
+    let server = start().await;
+    server.tenants("default").create(&PostParams::default(), &tenant("acme")).await.unwrap();
+    let request = axum::http::Request::get("/apis/fenice.io/v1alpha1/namespaces/default/invoicingtenants")
+        .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+        .body(Vec::new())
+        .unwrap();
+    let table: Value = serde_json::from_str(&server.client.request_text(request).await.unwrap()).unwrap();
+    assert_eq!(table["kind"], "Table");
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Name", "Site", "Tier", "Standby", "Last Backup", "Ready", "Age"]);
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!((&cells[0], &cells[2], &cells[3]), (&json!("acme"), &json!("Gold"), &json!("Warm")));
+    assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+}
+
+#[tokio::test]
+async fn secret_string_data_is_merged_and_creates_refuse_a_resource_version() {
+    let server = start().await;
+    let secrets: Api<Secret> = Api::default_namespaced(server.client.clone());
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "repo"}, "stringData": {"password": "hunter2"}})).unwrap();
+    let created = secrets.create(&PostParams::default(), &secret).await.unwrap();
+    assert!(created.string_data.is_none(), "stringData is write-only");
+    let data = created.data.unwrap();
+    assert_eq!(data["password"].0, b"hunter2");
+    let resource_version_set: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "x", "resourceVersion": "5"}})).unwrap();
+    let maps: Api<ConfigMap> = Api::default_namespaced(server.client.clone());
+    let refused = api_error(maps.create(&PostParams::default(), &resource_version_set).await);
+    assert_eq!(refused.code, 400);
+}
+
+/// Runs kubectl against `kubeconfig`, its discovery cache beside it; `None`
+/// when kubectl is not installed.
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Option<std::process::Output> {
+    let cache = kubeconfig.with_file_name("kubectl-cache");
+    let run = tokio::process::Command::new("kubectl")
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .env("KUBECONFIG", kubeconfig)
+        .output();
+    match timeout(DEADLINE, run).await.expect("kubectl finishes in time") {
+        Ok(output) => Some(output),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("running kubectl: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn kubectl_installs_fenice_and_its_examples() {
+    let server = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.running.kubeconfig()).unwrap();
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let manifests = manifests.to_str().unwrap();
+    let examples = format!("{manifests}/examples");
+    let steps: [&[&str]; 5] = [
+        &["apply", "--validate=false", "-k", manifests],
+        &["apply", "--validate=false", "-k", &examples],
+        &["apply", "--server-side", "--validate=false", "-f", &format!("{manifests}/crds.yaml")],
+        &["create", "secret", "generic", "repo-azure", "-n", "invoicing", "--from-literal=password=x"],
+        &["label", "tenant", "studio-rossi", "-n", "invoicing", "checked=yes"],
+    ];
+    for args in steps {
+        let Some(output) = kubectl(&kubeconfig, args).await else {
+            eprintln!("kubectl is not installed: skipping the kubectl checks");
+            return;
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "kubectl {args:?}: {stderr}");
+    }
+    let table = kubectl(&kubeconfig, &["get", "tenant", "-A"]).await.unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("NAMESPACE   NAME"), "{text}");
+    assert!(text.contains("TIER") && text.contains("studio-rossi") && text.contains("Gold"), "{text}");
+    let labelled: Api<InvoicingTenant> = Api::namespaced(server.client.clone(), "invoicing");
+    assert_eq!(labelled.list(&ListParams::default().labels("checked=yes")).await.unwrap().items.len(), 1);
 }

@@ -15,11 +15,13 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::discovery;
-use super::patch::PatchType;
+use super::patch::{self, PatchType};
+use super::protobuf;
 use super::resources::Resource;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::Store;
+use super::table::{self, IncludeObject, Printer};
 use super::verbs::{self, DeleteOptions, FieldValidation, Selection, Target, WriteOptions};
 use super::watch::{self as watches, WatchSpec};
 
@@ -90,9 +92,49 @@ impl Request<'_> {
         matches!(self.param(name), Some("true" | "1"))
     }
 
-    fn json_body(&self) -> Result<Value> {
-        serde_json::from_slice(self.body)
-            .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {e}")))
+    fn content_type(&self) -> &str {
+        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    /// The body of a create, update or delete: JSON, or YAML.
+    ///
+    /// NB: kubectl's imperative `create` sends built-in kinds as protobuf;
+    /// the few it is used for here are decoded.
+    fn object_body(&self) -> Result<Value> {
+        let media = self.content_type().split(';').next().unwrap_or_default().trim();
+        match media {
+            "" | "application/json" | "*/*" => serde_json::from_slice(self.body).map_err(|e| {
+                ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {e}"))
+            }),
+            "application/yaml" => {
+                let text = std::str::from_utf8(self.body)
+                    .map_err(|_| ApiError::bad_request("the body of the request is not UTF-8"))?;
+                patch::yaml(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+            }
+            "application/vnd.kubernetes.protobuf" => protobuf::decode(self.body).map_err(|e| {
+                tracing::debug!(problem = %e, "protobuf body refused");
+                ApiError::unsupported_media_type(self.content_type(), &["application/json", "application/yaml"])
+            }),
+            _ => Err(ApiError::unsupported_media_type(self.content_type(), &["application/json", "application/yaml"])),
+        }
+    }
+
+    fn accept(&self) -> &str {
+        self.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    fn metadata_only(&self) -> bool {
+        table::metadata_only(self.accept())
+    }
+
+    /// A Table printer, when the client asked for Tables and the resource has
+    /// printer columns.
+    fn printer(&self, target: &Target) -> Option<Printer> {
+        if !table::wanted(self.accept()) {
+            return None;
+        }
+        let version = target.resource.version(&target.version)?;
+        Printer::new(&version.printer_columns, IncludeObject::parse(self.param("includeObject")))
     }
 
     fn write_options(&self) -> Result<WriteOptions> {
@@ -107,8 +149,9 @@ impl Request<'_> {
             }
         };
         // Like the real server: the User-Agent up to its first '/'.
-        let agent = self.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
-        let from_agent = agent.split('/').next().unwrap_or(agent).chars().take(128).collect::<String>();
+        let agent = self.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let prefix = agent.split('/').next().unwrap_or_default().trim();
+        let from_agent = if prefix.is_empty() { "unknown".to_owned() } else { prefix.chars().take(128).collect() };
         Ok(WriteOptions {
             manager: self.param("fieldManager").map_or(from_agent, str::to_owned),
             manager_given: self.param("fieldManager").is_some(),
@@ -224,7 +267,14 @@ fn resource_request(
     };
     let method = request.method;
     match (method, address.name) {
-        (&Method::GET, Some(_)) => ok(&verbs::get(&store, &target)?),
+        (&Method::GET, Some(_)) => {
+            let object = verbs::get(&store, &target)?;
+            match request.printer(&target) {
+                Some(printer) => ok(&printer.table(&[object], None, true)),
+                None if request.metadata_only() => ok(&table::partial_metadata(&object)),
+                None => ok(&object),
+            }
+        }
         (&Method::GET, None) if request.flag("watch") => {
             let spec = watch_spec(shared, request, &target, address.namespace)?;
             let opened = watches::open(&store, &spec);
@@ -247,27 +297,49 @@ fn resource_request(
                 )));
             }
             let selection = request.selection(address.namespace)?;
-            ok(&verbs::list(&store, &target.resource, version, &selection))
+            let list = verbs::list(&store, &target.resource, version, &selection);
+            match request.printer(&target) {
+                Some(printer) => {
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    ok(&printer.table(&items, Some(store.rv().to_string()), true))
+                }
+                None if request.metadata_only() => {
+                    let items: Vec<Value> =
+                        list["items"].as_array().into_iter().flatten().map(table::partial_metadata).collect();
+                    ok(&json!({
+                        "kind": "PartialObjectMetadataList",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": list["metadata"],
+                        "items": items,
+                    }))
+                }
+                None => ok(&list),
+            }
         }
         (&Method::POST, None) if !address.status => {
-            let written = verbs::create(&mut store, &target, request.json_body()?, &request.write_options()?)?;
+            let written = verbs::create(&mut store, &target, request.object_body()?, &request.write_options()?)?;
             Ok(json_response(StatusCode::CREATED, &written.object, &written.warnings))
         }
         (&Method::PUT, Some(_)) => {
-            let written = verbs::update(&mut store, &target, request.json_body()?, &request.write_options()?)?;
+            let written = verbs::update(&mut store, &target, request.object_body()?, &request.write_options()?)?;
             Ok(json_response(StatusCode::OK, &written.object, &written.warnings))
         }
         (&Method::PATCH, Some(_)) => {
-            let content_type =
-                request.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            let kind = PatchType::from_content_type(content_type)
-                .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
+            let kind = PatchType::from_content_type(request.content_type())
+                .ok_or_else(|| ApiError::unsupported_media_type(request.content_type(), &PatchType::MEDIA_TYPES))?;
             let written = verbs::patch(&mut store, &target, kind, request.body, &request.write_options()?)?;
             let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(json_response(code, &written.object, &written.warnings))
         }
         (&Method::DELETE, name) if !address.status => {
-            let body = if request.body.is_empty() { json!({}) } else { request.json_body()? };
+            // NB: kubectl may send DeleteOptions as protobuf; only
+            // preconditions and dryRun are read from them, so they are
+            // ignored then rather than refused.
+            let body = match request.object_body() {
+                Ok(body) => body,
+                Err(_) if request.body.is_empty() || request.content_type().contains("protobuf") => json!({}),
+                Err(e) => return Err(e),
+            };
             let options = DeleteOptions::from_body(&body, request.param("dryRun").is_some());
             match name {
                 Some(_) => ok(&verbs::delete(&mut store, &target, &options)?),
@@ -305,5 +377,7 @@ fn watch_spec(shared: &Shared, request: &Request<'_>, target: &Target, namespace
         bookmarks: request.flag("allowWatchBookmarks"),
         bookmark_interval: shared.bookmark_interval,
         send_initial_events: request.flag("sendInitialEvents"),
+        printer: request.printer(target),
+        metadata_only: request.metadata_only(),
     })
 }

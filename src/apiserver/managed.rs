@@ -99,7 +99,9 @@ impl Scope {
     pub fn owns(self, field: &str) -> bool {
         match self {
             Scope::Main { status_subresource } => {
-                !matches!(field, "apiVersion" | "kind" | "metadata") && !(status_subresource && field == "status")
+                let reserved = matches!(field, "apiVersion" | "kind" | "metadata");
+                let subresource_only = status_subresource && field == "status";
+                !(reserved || subresource_only)
             }
             Scope::Status => field == "status",
         }
@@ -194,6 +196,27 @@ fn collect(value: &Value, shape: Shape<'_>, path: Path, set: &mut FieldSet) {
         _ => {
             set.insert(path);
         }
+    }
+}
+
+/// Whether two values are the same, numbers compared by value: `0` and
+/// `0.0` are equal, as they are to the real server (Go decodes both to a
+/// float64), whatever encoder wrote them.
+fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
+    fn equal(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+            (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(u, v)| equal(u, v)),
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, u)| y.get(k).is_some_and(|v| equal(u, v)))
+            }
+            (x, y) => x == y,
+        }
+    }
+    match (a, b) {
+        (Some(a), Some(b)) => equal(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -436,7 +459,7 @@ pub fn record_update(
     let old_value = old.unwrap_or(&null);
     let new_set = field_set(new, shape, scope);
     let old_set = field_set(old_value, shape, scope);
-    let changed: FieldSet = new_set.iter().filter(|p| get(old_value, p) != get(new, p)).cloned().collect();
+    let changed: FieldSet = new_set.iter().filter(|p| !same(get(old_value, p), get(new, p))).cloned().collect();
     let removed: FieldSet = old_set.difference(&new_set).cloned().collect();
     if changed.is_empty() && removed.is_empty() {
         return;
@@ -494,7 +517,7 @@ pub fn apply(
             .intersection(&applied_set)
             // A map-list item is shared by everyone who sets fields in it.
             .filter(|p| !matches!(p.last(), Some(Step::Key(_))))
-            .filter(|p| get(&object, p) != get(applied, p))
+            .filter(|p| !same(get(&object, p), get(applied, p)))
             .cloned()
             .collect();
         if force {

@@ -16,12 +16,13 @@ mod discovery;
 mod http;
 mod managed;
 mod patch;
-mod regex;
+mod protobuf;
 mod resources;
 mod schema;
 mod selector;
 mod status;
 mod store;
+mod table;
 mod verbs;
 mod watch;
 

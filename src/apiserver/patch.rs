@@ -14,6 +14,14 @@ pub enum PatchType {
 }
 
 impl PatchType {
+    /// What a PATCH may be sent as.
+    pub const MEDIA_TYPES: [&str; 4] = [
+        "application/json-patch+json",
+        "application/merge-patch+json",
+        "application/apply-patch+yaml",
+        "application/strategic-merge-patch+json",
+    ];
+
     pub fn from_content_type(content_type: &str) -> Option<PatchType> {
         let media = content_type.split(';').next().unwrap_or_default().trim();
         match media {
@@ -175,7 +183,7 @@ fn reorder(items: Vec<Value>, order: &[Value], key: Option<&str>) -> Vec<Value> 
             None => v.clone(),
         }
     };
-    let wanted: Vec<Value> = order.iter().map(|o| identity(o)).collect();
+    let wanted: Vec<Value> = order.iter().map(identity).collect();
     let mut slots: Vec<Option<Value>> = items.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(slots.len());
     for id in &wanted {

@@ -65,9 +65,10 @@ impl Resource {
 /// status subresource, generation).
 type Builtin = (&'static str, &'static str, &'static str, &'static str, bool, &'static [&'static str], bool, bool);
 
-/// NB: only what the operator and `kubectl apply` need, plus a few kinds the
-/// stack is made of. Nothing runs behind them: a Job never starts a Pod, a
-/// Deployment never gets replicas.
+/// NB: only what the operator needs, what `kubectl apply -k manifests/`
+/// installs, and a few kinds the stack is made of. Nothing runs behind them:
+/// a Job never starts a Pod, a Deployment never gets replicas, RBAC is
+/// stored but never enforced.
 const BUILTINS: &[Builtin] = &[
     ("", "v1", "Namespace", "namespaces", false, &["ns"], true, false),
     ("", "v1", "ConfigMap", "configmaps", true, &["cm"], false, false),
@@ -83,6 +84,11 @@ const BUILTINS: &[Builtin] = &[
     ("apps", "v1", "Deployment", "deployments", true, &["deploy"], true, true),
     ("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"], true, true),
     ("networking.k8s.io", "v1", "Ingress", "ingresses", true, &["ing"], true, true),
+    ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, &["pdb"], true, true),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, &[], false, false),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[], false, false),
+    ("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[], false, false),
+    ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, &[], false, false),
     (APIEXTENSIONS, "v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"], true, true),
 ];
 

@@ -13,8 +13,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use serde_json::{Map, Value};
 
-use super::regex::Regex;
 use super::status::Cause;
+use regex::Regex;
 
 /// What admission found: fields it pruned and what is invalid.
 #[derive(Debug, Default)]

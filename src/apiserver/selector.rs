@@ -161,7 +161,8 @@ fn parse_label_requirement(part: &str) -> Result<Requirement, String> {
             return Ok(if set_op { Requirement::NotIn(key, values) } else { Requirement::In(key, values) });
         }
     }
-    let ops: [(&str, fn(String, String) -> Result<Requirement, String>); 5] = [
+    type Build = fn(String, String) -> Result<Requirement, String>;
+    let ops: [(&str, Build); 5] = [
         ("!=", |k, v| Ok(Requirement::NotEquals(k, v))),
         ("==", |k, v| Ok(Requirement::Equals(k, v))),
         ("=", |k, v| Ok(Requirement::Equals(k, v))),

@@ -22,7 +22,7 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    details: Option<Details>,
+    details: Option<Box<Details>>,
 }
 
 #[derive(Clone, Debug)]
@@ -46,7 +46,8 @@ impl ApiError {
     }
 
     fn with_details(mut self, name: &str, group: &str, kind: &str, causes: Vec<Cause>) -> ApiError {
-        self.details = Some(Details { name: name.to_owned(), group: group.to_owned(), kind: kind.to_owned(), causes });
+        self.details =
+            Some(Box::new(Details { name: name.to_owned(), group: group.to_owned(), kind: kind.to_owned(), causes }));
         self
     }
 
@@ -140,13 +141,14 @@ impl ApiError {
         ApiError::new(405, "MethodNotAllowed", message)
     }
 
-    /// 415.
-    pub fn unsupported_media_type(content_type: &str) -> ApiError {
+    /// 415, naming the media types that would do.
+    pub fn unsupported_media_type(content_type: &str, accepted: &[&str]) -> ApiError {
         ApiError::new(
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"
+                "the body of the request was in an unknown format ({content_type:?}) - accepted media types include: {}",
+                accepted.join(", ")
             ),
         )
     }

@@ -16,6 +16,9 @@ use super::resources::Registry;
 /// (group, plural).
 pub type ResourceKey = (String, String);
 
+/// A receiver of every change from now on.
+pub type Changes = broadcast::Receiver<Arc<Change>>;
+
 /// What happened to an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -185,7 +188,7 @@ impl Store {
 
     /// The recorded changes after `rv`, and a receiver for every later one;
     /// `None` when changes after `rv` were already dropped from the history.
-    pub fn watch_from(&self, rv: u64) -> Option<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn watch_from(&self, rv: u64) -> Option<(Vec<Arc<Change>>, Changes)> {
         if rv < self.compacted {
             return None;
         }

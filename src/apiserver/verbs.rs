@@ -70,7 +70,8 @@ pub enum FieldValidation {
 /// The options every write takes.
 #[derive(Clone, Debug)]
 pub struct WriteOptions {
-    /// The field manager: `fieldManager`, else derived from the User-Agent.
+    /// The field manager: `fieldManager`, else derived from the User-Agent;
+    /// empty for what the server loads itself, which nobody owns.
     pub manager: String,
     /// Whether `fieldManager` was given (server-side apply needs it).
     pub manager_given: bool,
@@ -100,7 +101,12 @@ fn meta_str<'v>(object: &'v Value, field: &str) -> Option<&'v str> {
     meta(object)?.get(field)?.as_str()
 }
 
+/// The object's metadata, made an object if it is not one. Callers have
+/// checked that `object` is a JSON object; anything else is replaced.
 fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
+    if !object.is_object() {
+        *object = json!({});
+    }
     if !object.get("metadata").is_some_and(Value::is_object) {
         object["metadata"] = json!({});
     }
@@ -371,6 +377,9 @@ pub fn patch(
         }
         PatchType::Apply => unreachable!("handled above"),
     }
+    if !object.is_object() {
+        return Err(ApiError::bad_request("the patched object is not a JSON object"));
+    }
     if meta_str(&object, "resourceVersion") != meta_str(&live, "resourceVersion") {
         return Err(ApiError::stale(&target.resource.plural, &target.resource.group, &target.name));
     }
@@ -612,7 +621,7 @@ fn commit(
             return Err(ApiError::invalid(&resource.kind, &resource.group, &target.name, report.causes));
         }
     }
-    special_kinds(target, old.is_none(), &mut object, &now)?;
+    special_kinds(target, old, &mut object, &now)?;
 
     if resource.generation
         && let Some(old) = old
@@ -631,7 +640,7 @@ fn commit(
         }
     }
 
-    if ownership == Ownership::Update {
+    if ownership == Ownership::Update && !options.manager.is_empty() {
         let mut entries = managed::entries(old.unwrap_or(&object));
         if old.is_none() {
             entries.clear();
@@ -694,20 +703,37 @@ fn is_namespace(resource: &Resource) -> bool {
 }
 
 /// What the real server's strategies add for kinds it knows.
-fn special_kinds(target: &Target, created: bool, object: &mut Value, now: &str) -> Result<()> {
+fn special_kinds(target: &Target, old: Option<&Value>, object: &mut Value, now: &str) -> Result<()> {
     let resource = &target.resource;
+    let created = old.is_none();
     if is_crd(resource) {
         let crd = resources::parse_crd(object)?;
         resources::from_crd(&crd)
             .map_err(|causes| ApiError::invalid(&resource.kind, &resource.group, &target.name, causes))?;
-        object["status"] = resources::crd_status(&crd, now);
+        let status = resources::crd_status(&crd, now);
+        // The conditions keep their transition time while the names stand.
+        let unchanged = old.and_then(|o| o.get("status")).filter(|s| {
+            s.get("acceptedNames") == status.get("acceptedNames")
+                && s.get("storedVersions") == status.get("storedVersions")
+        });
+        object["status"] = unchanged.cloned().unwrap_or(status);
+    } else if resource.group.is_empty() && resource.plural == "secrets" {
+        // `stringData` is write-only: merged into `data`, base64-encoded.
+        if let Some(Value::Object(strings)) = object.as_object_mut().and_then(|o| o.remove("stringData")) {
+            use base64::Engine;
+            let data = object.as_object_mut().map(|o| o.entry("data").or_insert_with(|| json!({})));
+            if let Some(Value::Object(data)) = data {
+                for (key, value) in strings {
+                    let text = value.as_str().unwrap_or_default();
+                    data.insert(key, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+                }
+            }
+        }
     } else if is_namespace(resource) && created {
         object["status"] = json!({"phase": "Active"});
-        meta_mut(object)
-            .entry("labels")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .map(|labels| labels.insert("kubernetes.io/metadata.name".into(), json!(target.name)));
+        if let Some(labels) = meta_mut(object).entry("labels").or_insert_with(|| json!({})).as_object_mut() {
+            labels.insert("kubernetes.io/metadata.name".into(), json!(target.name));
+        }
     }
     Ok(())
 }
@@ -932,7 +958,7 @@ pub fn preload_crd(store: &mut Store, crd: &Value) -> Result<()> {
     let name = meta_str(crd, "name").unwrap_or_default().to_owned();
     let target = Target { resource, version: "v1".into(), namespace: String::new(), name, status: false };
     let options = WriteOptions {
-        manager: "fenice-apiserver".into(),
+        manager: String::new(),
         manager_given: true,
         force: false,
         dry_run: false,
@@ -951,7 +977,7 @@ pub fn preload_namespace(store: &mut Store, name: &str) -> Result<()> {
     let target =
         Target { resource, version: "v1".into(), namespace: String::new(), name: name.to_owned(), status: false };
     let options = WriteOptions {
-        manager: "fenice-apiserver".into(),
+        manager: String::new(),
         manager_given: true,
         force: false,
         dry_run: false,

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::resources::Resource;
 use super::status::ApiError;
 use super::store::{Change, ChangeKind, Store};
+use super::table::{self, Printer};
 use super::verbs::Selection;
 
 /// What a watch request asked for.
@@ -32,6 +33,10 @@ pub struct WatchSpec {
     pub bookmark_interval: Duration,
     /// `sendInitialEvents=true`: a bookmark marks the end of the initial ADDED events.
     pub send_initial_events: bool,
+    /// Set when kubectl asked for Tables: each event then carries a one-row Table.
+    pub printer: Option<Printer>,
+    /// Set when the client asked for `PartialObjectMetadata`.
+    pub metadata_only: bool,
 }
 
 impl WatchSpec {
@@ -68,6 +73,22 @@ impl WatchSpec {
             fields.insert("apiVersion".into(), json!(self.api_version()));
         }
         json!({"type": kind, "object": object})
+    }
+
+    /// The event as sent: with a Table for its object when one was asked
+    /// for, column definitions in the first only.
+    fn render(&self, mut event: Value, first: &mut bool) -> Value {
+        if let Some(printer) = &self.printer
+            && matches!(event["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED"))
+        {
+            let object = event["object"].take();
+            let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+            event["object"] = printer.table(&[object], rv, *first);
+            *first = false;
+        } else if self.metadata_only && matches!(event["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED")) {
+            event["object"] = table::partial_metadata(&event["object"]);
+        }
+        event
     }
 
     fn bookmark(&self, rv: u64, initial_events_end: bool) -> Value {
@@ -135,8 +156,9 @@ fn line(event: &Value) -> Bytes {
 pub fn stream(opened: Opened, spec: WatchSpec, mut shutdown: watch::Receiver<bool>) -> Body {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        for event in &opened.first {
-            if tx.send(line(event)).await.is_err() {
+        let mut first = true;
+        for event in opened.first {
+            if tx.send(line(&spec.render(event, &mut first))).await.is_err() {
                 return;
             }
         }
@@ -174,7 +196,7 @@ pub fn stream(opened: Opened, spec: WatchSpec, mut shutdown: watch::Receiver<boo
                 },
             };
             let last = event["type"] == "ERROR";
-            if tx.send(line(&event)).await.is_err() || last {
+            if tx.send(line(&spec.render(event, &mut first))).await.is_err() || last {
                 break;
             }
         }

@@ -1,13 +1,11 @@
 //! `fenice apiserver`.
 
-use std::io::Write;
+use super::serving;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::apiserver::{self, ApiServer, ServerOptions};
 
@@ -45,36 +43,14 @@ pub struct ApiserverArgs {
 pub async fn run(args: ApiserverArgs) -> anyhow::Result<ExitCode> {
     let options = ServerOptions { history: args.history, ..ServerOptions::default() };
     let server = ApiServer::new(options)?;
-    let shutdown = shutdown_signal().context("installing the SIGTERM and SIGINT handlers")?;
-    let listener = TcpListener::bind(&args.listen).await.with_context(|| {
-        format!(
-            "listening on {}: is another process using it? pick another with --listen (port 0 picks a free one)",
-            args.listen
-        )
-    })?;
-    let addr = listener.local_addr().context("reading the address listened on")?;
+    let shutdown = serving::shutdown_signal()?;
+    let (listener, addr) = serving::bind(&args.listen).await?;
     if let Some(path) = &args.kubeconfig_out {
         std::fs::write(path, apiserver::kubeconfig(addr)).with_context(|| {
             format!("writing the kubeconfig to {}: check that its directory exists and is writable", path.display())
         })?;
     }
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush()).context("writing to stdout")?;
-    drop(stdout);
+    serving::announce(addr)?;
     server.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on the first SIGTERM or SIGINT. The handlers are installed before
-/// this returns, so a signal sent once the address is printed is not missed.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        let name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "stopping");
-    })
 }

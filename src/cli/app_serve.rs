@@ -3,14 +3,12 @@
 //! Prints one line `listening on IP:PORT` on stdout once the database is open
 //! and the port bound; logs go to stderr. Stops gracefully on SIGTERM or Ctrl-C.
 
-use std::io::Write as _;
+use super::serving;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::app::{App, AppConfig};
 
@@ -84,26 +82,11 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed before anything else, so a stop request during start-up is not lost.
-    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let shutdown = serving::shutdown_signal()?;
+    let (listener, addr) = serving::bind(&args.listen).await?;
     let app = App::open(args.config()).await?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {address}").and_then(|()| stdout.flush()).context("writing to stdout")?;
-    drop(stdout);
-
-    let tenant = app.tenant().to_string();
-    app.serve(listener, async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!(%tenant, "SIGTERM: stopping"),
-            _ = interrupt.recv() => tracing::info!(%tenant, "SIGINT: stopping"),
-        }
-    })
-    .await?;
+    serving::announce(addr)?;
+    app.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

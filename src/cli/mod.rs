@@ -10,6 +10,7 @@ mod output;
 pub mod repo;
 mod sdi_sim;
 mod secrets;
+mod serving;
 
 use std::process::ExitCode;
 

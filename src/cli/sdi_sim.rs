@@ -1,13 +1,10 @@
 //! `fenice app sdi-sim`.
 
-use std::io::Write;
+use super::serving;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
-use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::api::common::Duration;
 use crate::app::sdi::sim::{SimConfig, Simulator};
@@ -33,31 +30,9 @@ pub struct SdiSimArgs {
 pub async fn run(args: SdiSimArgs) -> anyhow::Result<ExitCode> {
     let config = SimConfig { data_dir: args.data, receipt_delay: args.receipt_delay.as_std() };
     let simulator = Simulator::open(config).await?;
-    let shutdown = shutdown_signal().context("installing the SIGTERM and SIGINT handlers")?;
-    let listener = TcpListener::bind(&args.listen).await.with_context(|| {
-        format!(
-            "listening on {}: is another process using it? pick another with --listen (port 0 picks a free one)",
-            args.listen
-        )
-    })?;
-    let addr = listener.local_addr().context("reading the address listened on")?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush()).context("writing to stdout")?;
-    drop(stdout);
+    let shutdown = serving::shutdown_signal()?;
+    let (listener, addr) = serving::bind(&args.listen).await?;
+    serving::announce(addr)?;
     simulator.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on the first SIGTERM or SIGINT. The handlers are installed before
-/// this returns, so a signal sent once the address is printed is not missed.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        let name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "stopping");
-    })
 }

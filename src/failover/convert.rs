@@ -186,6 +186,7 @@ mod tests {
             source: "a".into(),
             target: "b".into(),
             declared_loss: WallTime::from_unix_millis(1_700_000_000_000),
+            epoch: None,
         };
         let mut s =
             FailoverState::new(new, assign("p", &[WaveSpec::from(&wave)], &tenants).unwrap(), RetryRule::default());

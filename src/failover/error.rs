@@ -16,7 +16,7 @@ pub enum Error {
         key: String,
         operation: &'static str,
         #[source]
-        source: store::Error,
+        source: Box<store::Error>,
     },
 
     #[error("witness lease {key} is not a lease record; it must be restored by hand, never deleted")]
@@ -43,7 +43,7 @@ pub enum Error {
         key: String,
         operation: &'static str,
         #[source]
-        source: store::Error,
+        source: Box<store::Error>,
     },
 
     #[error("failover state {key} is not valid JSON of a failover state")]

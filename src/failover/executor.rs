@@ -128,6 +128,8 @@ pub async fn carry_out(
 /// Where a failover's state is persisted between calls.
 #[async_trait]
 pub trait StateStore: Send {
+    /// Persists `state`; an error means it may not be persisted, and the
+    /// runner stops before calling anything.
     async fn save(&mut self, state: &FailoverState) -> Result<()>;
 }
 
@@ -154,7 +156,7 @@ impl StateFile {
         let etag = match store.put(&key, body, PutCondition::IfAbsent).await {
             Ok(outcome) => outcome.etag,
             Err(store::Error::AlreadyExists { .. }) => return Err(Error::StateConflict { key }),
-            Err(source) => return Err(Error::StateStore { key, operation: "create", source }),
+            Err(source) => return Err(Error::StateStore { key, operation: "create", source: Box::new(source) }),
         };
         Ok(Self { store, key, etag })
     }
@@ -162,7 +164,7 @@ impl StateFile {
     /// Reads a persisted failover, to resume it.
     pub async fn load(store: Arc<dyn ObjectStore>, plan: &str, name: &str) -> Result<Option<(FailoverState, Self)>> {
         let key = Self::key_for(plan, name);
-        let failed = |operation, source| Error::StateStore { key: key.clone(), operation, source };
+        let failed = |operation, source| Error::StateStore { key: key.clone(), operation, source: Box::new(source) };
         for _ in 0..3 {
             let Some(before) = store.head(&key).await.map_err(|e| failed("read", e))? else { return Ok(None) };
             let bytes = store.get(&key).await.map_err(|e| failed("read", e))?;
@@ -193,7 +195,9 @@ impl StateStore for StateFile {
             Err(store::Error::PreconditionFailed { .. } | store::Error::NotFound { .. }) => {
                 Err(Error::StateConflict { key: self.key.clone() })
             }
-            Err(source) => Err(Error::StateStore { key: self.key.clone(), operation: "save", source }),
+            Err(source) => {
+                Err(Error::StateStore { key: self.key.clone(), operation: "save", source: Box::new(source) })
+            }
         }
     }
 }
@@ -374,6 +378,7 @@ mod tests {
             source: "a".into(),
             target: "b".into(),
             declared_loss: WallTime::from_unix_millis(0),
+            epoch: Some(4),
         };
         FailoverState::new(new, assign("main", &waves, &tenants).unwrap(), RetryRule::default())
     }
@@ -454,7 +459,9 @@ mod tests {
         let mut file = StateFile::create(store.clone(), &state).await.unwrap();
         let mut stale = file.clone();
         let driver = FakeDriver::default();
-        let progress = run(&mut state, &driver, &mut file, &clock, &Observation::default).await.unwrap();
+        let source_holds = || Observation { lease_holder: Some("a".into()), lease_epoch: 3, ..Observation::default() };
+        state.epoch = None;
+        let progress = run(&mut state, &driver, &mut file, &clock, &source_holds).await.unwrap();
         assert_eq!(progress, Progress::Waiting(vec![Wait::Lease]));
         assert_eq!(state.phase, Phase::Fencing);
         assert!(matches!(stale.save(&state).await, Err(Error::StateConflict { .. })));

@@ -255,8 +255,10 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let probe =
-                Probe { at: MonoTime::from_origin(Duration::from_millis(i * 3_000 + x % 2_000)), ok: x % 5 == 0 };
+            let probe = Probe {
+                at: MonoTime::from_origin(Duration::from_millis(i * 3_000 + x % 2_000)),
+                ok: x.is_multiple_of(5),
+            };
             probes.push(probe);
             tracker.record(probe);
             assert_eq!(tracker.verdict(&r), vantage_verdict(&probes, &r), "after {} probes", i + 1);

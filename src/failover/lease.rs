@@ -214,7 +214,9 @@ pub enum WitnessReply {
     Read(Option<Versioned>),
     /// The write happened; the new ETag.
     Written { etag: String },
-    /// The condition did not hold (412, or the object already exists): nothing written.
+    /// The condition did not hold (412, or the object already exists). Usually
+    /// nothing was written, but a store that retried the put may answer this
+    /// after its first attempt landed: the agent settles it with a read.
     Conflict,
     /// No answer, or an error: the write may or may not have happened.
     Failed,
@@ -404,7 +406,7 @@ impl LeaseAgent {
         }
     }
 
-    /// The highest epoch this agent has seen or written.
+    /// The highest epoch this agent has seen or written successfully.
     pub fn max_epoch(&self) -> u64 {
         self.max_epoch
     }
@@ -412,6 +414,33 @@ impl LeaseAgent {
     /// Whether a request is out and unanswered.
     pub fn awaiting_reply(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// The earliest time at which [`tick`](Self::tick) may do something: a
+    /// deadline, a request timing out, a renewal, a read, or the end of an
+    /// observer's wait. `None` if it waits only for a reply or a fence
+    /// confirmation. A runner may sleep until then (or until a reply comes).
+    pub fn next_wake(&self) -> Option<MonoTime> {
+        let mut wake = self.active.map(|a| a.until);
+        let mut at = |t: MonoTime| wake = Some(wake.map_or(t, |w| w.min(t)));
+        if let Some(p) = &self.pending {
+            at(p.sent_at + self.timing.request_timeout());
+        } else if let Some(h) = &self.hand_over {
+            if self.fences_confirmed >= h.fence {
+                at(if self.held.is_some() && !self.read_asap { MonoTime::ZERO } else { self.next_read });
+            }
+        } else if self.read_asap {
+            at(MonoTime::ZERO);
+        } else if self.held.is_some() {
+            at(self.next_renew);
+        } else {
+            at(self.next_read);
+            match &self.seen {
+                Seen::Version { since, .. } | Seen::Absent { since } => at(*since + self.timing.observer_wait()),
+                Seen::Nothing => {}
+            }
+        }
+        wake
     }
 
     /// Hands the lease to `to`, for a planned failover or failback: fences this
@@ -443,10 +472,9 @@ impl LeaseAgent {
     pub fn tick(&mut self, now: MonoTime, holder_health: SiteHealth) -> Vec<LeaseAction> {
         let mut out = Vec::new();
         self.check_deadline(now, &mut out);
-        if self.pending.as_ref().is_some_and(|p| now >= p.sent_at + self.timing.request_timeout()) {
-            if let Some(p) = self.pending.take() {
-                self.failed(now, &p);
-            }
+        let timeout = self.timing.request_timeout();
+        if let Some(p) = self.pending.take_if(|p| now >= p.sent_at + timeout) {
+            self.failed(now, &p);
         }
         self.unresolved.retain(|u| now < u.sent_at + self.timing.fence_after);
         if self.pending.is_none()
@@ -475,6 +503,7 @@ impl LeaseAgent {
             }
             (Some((kind, record)), WitnessReply::Written { etag }) => {
                 self.unresolved.retain(|u| u.renewals != record.renewals);
+                self.max_epoch = self.max_epoch.max(record.epoch);
                 let version = Versioned { etag, record };
                 self.seen = Seen::Version { version: version.clone(), since: now };
                 if kind == WriteKind::HandOver {
@@ -487,10 +516,11 @@ impl LeaseAgent {
                     self.credit(now, pending.sent_at, version.record.epoch, &mut out);
                 }
             }
-            (Some((_, record)), WitnessReply::Conflict) => {
-                // Not written: someone else wrote first (or our own earlier write
-                // did). Read to learn which; a takeover is off.
-                self.unresolved.retain(|u| u.renewals != record.renewals);
+            (Some(_), WitnessReply::Conflict) => {
+                // Someone wrote first (or an earlier write of ours did). Read to
+                // learn which; a takeover is off. NB: the write stays unresolved:
+                // a store that retries a put after a timeout answers 412 when its
+                // first attempt landed, and only a read can tell.
                 self.read_asap = true;
             }
             _ => self.failed(now, &pending),
@@ -653,8 +683,9 @@ impl LeaseAgent {
             }
         };
         if let Some((_, record)) = &write {
+            // NB: not max_epoch: a write that fails must not push the next
+            // takeover's epoch further.
             self.renewals = record.renewals;
-            self.max_epoch = self.max_epoch.max(record.epoch);
             self.unresolved.push(Unresolved { renewals: record.renewals, sent_at: now });
         }
         self.pending = Some(Pending { id, sent_at: now, write });

@@ -264,6 +264,9 @@ pub struct NewFailover {
     pub source: String,
     pub target: String,
     pub declared_loss: WallTime,
+    /// The epoch the target already holds: an automatic failover is created
+    /// after its takeover. `None` for a person's failover.
+    pub epoch: Option<u64>,
 }
 
 /// What the site running the failover observes now (not persisted).
@@ -388,7 +391,7 @@ impl FailoverState {
             source: new.source,
             target: new.target,
             phase: Phase::Pending,
-            epoch: None,
+            epoch: new.epoch,
             declared_loss: new.declared_loss,
             started_at: None,
             completed_at: None,
@@ -574,17 +577,24 @@ pub fn decide(state: &FailoverState, seen: &Observation, now: WallTime) -> Vec<A
 
 fn decide_fencing(state: &FailoverState, seen: &Observation, now: WallTime) -> Vec<Action> {
     let f = &state.fencing;
-    let held = seen.lease_holder.as_deref() == Some(state.target.as_str());
-    if let (true, Some(epoch), Some(_)) = (held, seen.active_epoch, f.source) {
+    if seen.abort && f.asked_at.is_none() && !f.lease_asked {
+        return vec![Action::Update(Update::Finish { phase: Phase::Aborted, reason: EndReason::AbortedBeforeFencing })];
+    }
+    let Some(holder) = seen.lease_holder.as_deref() else {
+        // NB: nothing before the lease is known (after a restart, say): an old
+        // failover must not ask the source to hand over a lease it won since.
+        return vec![Action::Wait(Wait::Lease)];
+    };
+    let held = holder == state.target;
+    let known = state.epoch.unwrap_or(0);
+    if !held && seen.lease_epoch > known && state.epoch.is_some() {
+        let reason = EndReason::Superseded { holder: holder.to_owned(), epoch: seen.lease_epoch };
+        return vec![Action::Update(Update::Finish { phase: Phase::Failed, reason })];
+    }
+    if let (true, Some(epoch), Some(_)) = (held, seen.active_epoch.filter(|e| *e >= known), f.source) {
         return vec![Action::Update(Update::LeaseTaken { epoch })];
     }
     if seen.abort && !held {
-        if f.asked_at.is_none() && !f.lease_asked {
-            return vec![Action::Update(Update::Finish {
-                phase: Phase::Aborted,
-                reason: EndReason::AbortedBeforeFencing,
-            })];
-        }
         return vec![Action::Call(Call::CancelLease)];
     }
     let mut out = Vec::new();
@@ -629,12 +639,10 @@ fn decide_running(state: &FailoverState, seen: &Observation, now: WallTime) -> V
             TenantStep::Waiting if seen.abort => {
                 out.push(Action::Update(Update::SkipTenant { wave: index, tenant: i }))
             }
-            TenantStep::Waiting => {
-                if active && in_progress < wave.parallelism as usize {
-                    in_progress += 1;
-                    out.push(Action::Update(Update::StartTenant { wave: index, tenant: i }));
-                    out.push(Action::Call(Call::Tenant { wave: index, tenant: i, step: TenantStep::Restoring }));
-                }
+            TenantStep::Waiting if active && in_progress < wave.parallelism as usize => {
+                in_progress += 1;
+                out.push(Action::Update(Update::StartTenant { wave: index, tenant: i }));
+                out.push(Action::Call(Call::Tenant { wave: index, tenant: i, step: TenantStep::Restoring }));
             }
             step if step.is_work() => {
                 // NB: discarding a copy at the target is safe fenced or not;
@@ -709,6 +717,7 @@ mod tests {
             source: "a".into(),
             target: "b".into(),
             declared_loss: t0(),
+            epoch: None,
         };
         let retry = RetryRule { max_attempts: 2, base_millis: 1_000, max_millis: 4_000, refence_millis: 10_000 };
         FailoverState::new(new, assign("p", &waves, &specs).unwrap(), retry)
@@ -777,10 +786,17 @@ mod tests {
         }
     }
 
+    /// The lease as read: held by the source.
+    fn source_holds() -> Observation {
+        Observation { lease_holder: Some("a".into()), lease_epoch: 1, ..Default::default() }
+    }
+
     #[test]
     fn fencing_waits_for_the_lease_then_tenants_run_every_step_in_order() {
         let mut s = state(4, 2, GateRule::default());
-        let log = drive(&mut s, &Observation::default(), secs(1), ok);
+        assert!(drive(&mut s, &Observation::default(), secs(1), ok).is_empty(), "nothing before the lease is read");
+        assert_eq!(s.phase, Phase::Fencing);
+        let log = drive(&mut s, &source_holds(), secs(1), ok);
         assert_eq!(log, [Call::FenceSource, Call::AcquireLease]);
         assert_eq!(s.phase, Phase::Fencing);
         drive(&mut s, &held(7), secs(100), ok);
@@ -878,7 +894,8 @@ mod tests {
         assert!(drive(&mut s, &aborting, secs(1), ok).is_empty());
         assert_eq!((s.phase, s.end.clone()), (Phase::Aborted, Some(EndReason::AbortedBeforeFencing)));
         let mut s = state(2, 1, GateRule::default());
-        drive(&mut s, &Observation::default(), secs(1), ok);
+        drive(&mut s, &source_holds(), secs(1), ok);
+        let aborting = Observation { abort: true, ..source_holds() };
         assert_eq!(drive(&mut s, &aborting, secs(2), ok), [Call::CancelLease]);
         assert_eq!((s.phase, s.end.clone()), (Phase::Aborted, Some(EndReason::AbortedWhileFencing)));
     }
@@ -886,9 +903,22 @@ mod tests {
     #[test]
     fn the_source_is_asked_again_while_the_lease_does_not_come() {
         let mut s = state(2, 1, GateRule::default());
-        drive(&mut s, &Observation::default(), secs(1), ok);
-        assert!(drive(&mut s, &Observation::default(), secs(5), ok).is_empty());
-        assert_eq!(drive(&mut s, &Observation::default(), secs(11), ok), [Call::FenceSource]);
+        drive(&mut s, &source_holds(), secs(1), ok);
+        assert!(drive(&mut s, &source_holds(), secs(5), ok).is_empty());
+        assert_eq!(drive(&mut s, &source_holds(), secs(11), ok), [Call::FenceSource]);
+    }
+
+    #[test]
+    fn an_automatic_failover_whose_epoch_was_overtaken_while_fencing_is_superseded() {
+        let mut s = state(2, 1, GateRule::default());
+        s.epoch = Some(2);
+        let overtaken = Observation { lease_holder: Some("a".into()), lease_epoch: 3, ..Default::default() };
+        assert!(drive(&mut s, &overtaken, secs(1), ok).is_empty(), "the source is not asked to hand over");
+        assert_eq!(s.end, Some(EndReason::Superseded { holder: "a".into(), epoch: 3 }));
+        let mut s = state(2, 1, GateRule::default());
+        s.epoch = Some(2);
+        drive(&mut s, &held(2), secs(1), ok);
+        assert_eq!((s.phase, s.epoch), (Phase::Succeeded, Some(2)));
     }
 
     #[test]
@@ -926,7 +956,7 @@ mod tests {
         let persisted = serde_json::to_string(&s).unwrap();
         let mut resumed: FailoverState = serde_json::from_str(&persisted).unwrap();
         assert_eq!(resumed, s);
-        assert_eq!(calls(&decide(&resumed, &held(1), secs(31))), [switching.clone()]);
+        assert_eq!(calls(&decide(&resumed, &held(1), secs(31))), std::slice::from_ref(&switching));
         let log = drive(&mut resumed, &held(1), secs(31), ok);
         assert_eq!(log.iter().filter(|c| **c == switching).count(), 1, "{log:?}");
         assert_eq!(resumed.phase, Phase::Succeeded);

@@ -37,10 +37,12 @@ const MICROS: u64 = 1_000_000;
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator whose whole sequence follows from `seed`.
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -80,6 +82,7 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// Every kind of fault.
     pub const ALL: Faults = Faults { partitions: true, crashes: true, people: true, skew_changes: true };
 }
 
@@ -201,6 +204,11 @@ pub struct Stats {
     pub worst_rto_ms: u64,
     /// From healing until the model was settled.
     pub settle_ms: u64,
+    /// The shortest time between one site's app being last seen active and the
+    /// other's first being seen active: how close the run came to an overlap.
+    pub min_handoff_gap_ms: Option<u64>,
+    /// Ended failovers by reason (`Completed`, `GateClosed`, `Superseded`, …).
+    pub ends: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +268,13 @@ impl LocalClock {
     fn local(&self, t: u64) -> u64 {
         let elapsed = (t - self.base_real) as i128;
         self.base_local + (elapsed * (1_000_000 + self.ppm as i128) / 1_000_000) as u64
+    }
+
+    /// The first real time at which the clock reads at least `local`.
+    fn real(&self, local: u64) -> u64 {
+        let ahead = local.saturating_sub(self.base_local) as u128;
+        let rate = (1_000_000 + self.ppm) as u128;
+        self.base_real + (ahead * 1_000_000).div_ceil(rate) as u64
     }
 
     fn set_rate(&mut self, t: u64, ppm: i64) {
@@ -346,7 +361,9 @@ struct World<'c> {
     sdi_highest: u64,
     sdi_epochs: BTreeMap<u64, usize>,
     activations: BTreeMap<u64, usize>,
+    /// When each site's app was last seen active (or stopped being active).
     last_active: [Option<u64>; 2],
+    was_active: [bool; 2],
     starts: BTreeMap<StartKey, u32>,
     resumable: BTreeSet<StartKey>,
     crash_counts: [u32; 2],
@@ -356,7 +373,9 @@ struct World<'c> {
     trace: Option<Vec<String>>,
 }
 
-/// Runs the model for `seed`. Checks, after every step of `config.tick`:
+/// Runs the model for `seed`. Time moves on a grid of `config.tick`, from one
+/// tick at which something is due to the next (nothing changes in between).
+/// Checks at every step:
 /// - at most one site's app is active, and never one right after the other
 ///   within a step (the intervals during which sites are active and unfenced
 ///   never overlap, nor touch);
@@ -457,12 +476,13 @@ impl<'c> World<'c> {
             sdi_epochs: BTreeMap::new(),
             activations: BTreeMap::new(),
             last_active: [None; 2],
+            was_active: [false; 2],
             starts: BTreeMap::new(),
             resumable: BTreeSet::new(),
             crash_counts: [0; 2],
             manual_failovers: 0,
             violation: None,
-            stats: Stats { ..Stats::default() },
+            stats: Stats::default(),
             trace: trace.then(Vec::new),
         }
     }
@@ -491,7 +511,7 @@ impl<'c> World<'c> {
                 ));
                 break;
             }
-            self.t += self.tick;
+            self.t = self.next_step().min(deadline.next_multiple_of(self.tick));
         }
         self.stats.virtual_ms = self.t / 1_000;
         for s in &self.sites {
@@ -526,6 +546,51 @@ impl<'c> World<'c> {
             }
         }
         self.check();
+    }
+
+    /// The next step: the first tick at which something is due. Between two
+    /// steps nothing changes, so the invariants hold in between too.
+    fn next_step(&self) -> u64 {
+        let soon = self.t + self.tick;
+        let mut next = self.next_probe;
+        let mut at = |t: u64| next = next.min(t);
+        if let Some((t, _)) = self.faults.get(self.next_fault) {
+            at(*t);
+        }
+        if !self.healed {
+            at(self.healed_at);
+        }
+        self.net.iter().for_each(|m| at(m.at));
+        for s in &self.sites {
+            if let Some(t) = s.restart_at.filter(|_| !s.up) {
+                at(t);
+            }
+            if !s.up {
+                continue;
+            }
+            if let Some((t, _)) = s.app.queue.front() {
+                at(*t);
+            }
+            if let Some(wake) = s.agent.next_wake() {
+                at(s.clock.real(wake.since_origin().as_micros() as u64));
+            }
+            // A failover changes only when a call ends, a wall-clock time it
+            // waits for comes (a retry, asking the source again), the person
+            // acts, or its observation changes (an agent event, above).
+            let real = |w: WallTime| (w.unix_millis().saturating_sub(WALL_BASE_MS + s.wall_offset_ms) + 1) * 1_000;
+            for f in &s.failovers {
+                f.running.iter().for_each(|c| at(c.done_at));
+                if f.state.phase.is_terminal() {
+                    continue;
+                }
+                f.abort_at.filter(|t| *t > self.t).into_iter().chain(f.approve_at).for_each(&mut at);
+                f.state.tenants().filter_map(|(_, t)| t.retry_at).for_each(|w| at(real(w)));
+                if let Some(asked) = f.state.fencing.asked_at {
+                    at(real(asked + Duration::from_millis(f.state.retry.refence_millis)));
+                }
+            }
+        }
+        next.next_multiple_of(self.tick).max(soon)
     }
 
     fn local(&self, i: usize) -> MonoTime {
@@ -606,6 +671,9 @@ impl<'c> World<'c> {
             self.violate(format!("failover state of {} does not parse after a crash: {what}", SITES[i]));
         }
         self.resumable.extend(in_flight);
+        if self.sites[i].app.active.is_some() {
+            self.last_active[i] = Some(self.t);
+        }
         let s = &mut self.sites[i];
         s.up = false;
         s.app.active = None;
@@ -667,7 +735,16 @@ impl<'c> World<'c> {
                     if self.links_witness[site] == Link::Down {
                         continue;
                     }
-                    let reply = self.witness_apply(site, &request.op);
+                    let mut reply = self.witness_apply(site, &request.op);
+                    if matches!(reply, WitnessReply::Written { .. }) {
+                        // A store client that retried after its first attempt
+                        // landed answers 412, or gives up with an error.
+                        match self.rng.below(100) {
+                            0 | 1 => reply = WitnessReply::Conflict,
+                            2 | 3 => reply = WitnessReply::Failed,
+                            _ => {}
+                        }
+                    }
                     if self.links_witness[site] == Link::Up {
                         self.send(Payload::Reply { site, incarnation, id: request.id, reply });
                     }
@@ -770,7 +847,10 @@ impl<'c> World<'c> {
             let Some((_, cmd)) = self.sites[i].app.queue.pop_front() else { break };
             match cmd {
                 AppCmd::Fence => {
-                    self.sites[i].app.active = None;
+                    if self.sites[i].app.active.take().is_some() {
+                        // Active until this very instant.
+                        self.last_active[i] = Some(self.t);
+                    }
                     self.sites[i].agent.confirm_fenced();
                     trace!(self, "{} app: fenced", SITES[i]);
                 }
@@ -838,7 +918,7 @@ impl<'c> World<'c> {
             return;
         }
         let name = format!("auto-{}-e{epoch}", SITES[i]);
-        self.start_failover(i, name, Trigger::Automatic);
+        self.start_failover(i, name, Trigger::Automatic, Some(epoch));
     }
 
     fn manual_failover(&mut self) {
@@ -851,10 +931,10 @@ impl<'c> World<'c> {
         self.manual_failovers += 1;
         let trigger = if target == 1 { Trigger::Manual } else { Trigger::Failback };
         let name = format!("manual-{}", self.manual_failovers);
-        self.start_failover(target, name, trigger);
+        self.start_failover(target, name, trigger, None);
     }
 
-    fn start_failover(&mut self, i: usize, name: String, trigger: Trigger) {
+    fn start_failover(&mut self, i: usize, name: String, trigger: Trigger, epoch: Option<u64>) {
         let waves = [
             WaveSpec {
                 name: "gold".into(),
@@ -886,6 +966,7 @@ impl<'c> World<'c> {
             source: SITES[1 - i].into(),
             target: SITES[i].into(),
             declared_loss: self.wall(i),
+            epoch,
         };
         let state = FailoverState::new(new, waves, self.cfg.retry);
         let abort_at = (self.cfg.faults.people && self.rng.chance(0.15)).then(|| self.t + self.rng.below(10 * MICROS));
@@ -929,6 +1010,10 @@ impl<'c> World<'c> {
 
     fn run_failovers(&mut self, i: usize) {
         for k in 0..self.sites[i].failovers.len() {
+            let f = &self.sites[i].failovers[k];
+            if f.counted && f.running.is_empty() {
+                continue;
+            }
             let wall = self.wall(i);
             let mut changed = false;
             // Finished calls.
@@ -987,7 +1072,11 @@ impl<'c> World<'c> {
                     Phase::Failed => self.stats.failed += 1,
                     _ => self.stats.aborted += 1,
                 }
-                trace!(self, "{} failover {} ended {:?} ({:?})", SITES[i], f.state.name, f.state.phase, f.state.end);
+                let reason = format!("{:?}", f.state.end);
+                let kind =
+                    reason.trim_start_matches("Some(").split([' ', ')', '{']).next().unwrap_or_default().to_owned();
+                *self.stats.ends.entry(kind).or_default() += 1;
+                trace!(self, "{} failover {} ended {:?} ({reason})", SITES[i], f.state.name, f.state.phase);
             }
         }
     }
@@ -1077,16 +1166,19 @@ impl<'c> World<'c> {
             {
                 self.violate(format!(
                     "{} is active (epoch {epoch}) while {} was active {} ms ago",
-                    SITES[i],
-                    SITES[other],
+                    self.sites[i].name,
+                    self.sites[other].name,
                     (self.t - last) / 1_000
                 ));
             }
             match &self.witness {
-                Some(v) if v.record.holder == SITES[i] && v.record.epoch == epoch => {}
+                Some(v) if v.record.holder == self.sites[i].name && v.record.epoch == epoch => {}
                 lease => {
                     let lease = lease.as_ref().map(|v| format!("{} at epoch {}", v.record.holder, v.record.epoch));
-                    self.violate(format!("{} is active under epoch {epoch}, but the lease names {lease:?}", SITES[i]));
+                    self.violate(format!(
+                        "{} is active under epoch {epoch}, but the lease names {lease:?}",
+                        self.sites[i].name
+                    ));
                 }
             }
             // The SdI sender transmits under the epoch; SdI refuses an older one.
@@ -1095,30 +1187,40 @@ impl<'c> World<'c> {
                 if epoch < self.sdi_highest {
                     self.violate(format!(
                         "SdI refused epoch {epoch} from active {}: it has seen {}",
-                        SITES[i], self.sdi_highest
+                        self.sites[i].name, self.sdi_highest
                     ));
                 }
                 if let Some(sender) = self.sdi_epochs.get(&epoch).filter(|s| **s != i) {
-                    self.violate(format!("SdI got epoch {epoch} from {} and from {}", SITES[*sender], SITES[i]));
+                    self.violate(format!(
+                        "SdI got epoch {epoch} from {} and from {}",
+                        self.sites[*sender].name, self.sites[i].name
+                    ));
                 }
                 self.sdi_epochs.insert(epoch, i);
                 self.sdi_highest = self.sdi_highest.max(epoch);
             }
         }
         for i in 0..2 {
-            if self.sites[i].up && self.sites[i].app.active.is_some() {
+            let active = self.sites[i].up && self.sites[i].app.active.is_some();
+            if active {
+                if let (false, Some(other)) = (self.was_active[i], self.last_active[1 - i]) {
+                    let gap = (self.t - other) / 1_000;
+                    self.stats.min_handoff_gap_ms = Some(self.stats.min_handoff_gap_ms.map_or(gap, |g| g.min(gap)));
+                }
                 self.last_active[i] = Some(self.t);
             }
+            self.was_active[i] = active;
         }
     }
 
     fn settled(&self) -> bool {
-        let active: Vec<usize> = (0..2).filter(|i| self.sites[*i].up && self.sites[*i].app.active.is_some()).collect();
-        self.sites
-            .iter()
-            .all(|s| s.up && s.failovers.iter().all(|f| f.state.phase.is_terminal() && f.running.is_empty()))
-            && active.len() == 1
+        let active = self.sites.iter().filter(|s| s.up && s.app.active.is_some()).count();
+        active == 1
             && self.net.is_empty()
+            && self
+                .sites
+                .iter()
+                .all(|s| s.up && s.failovers.iter().all(|f| f.state.phase.is_terminal() && f.running.is_empty()))
     }
 
     fn unsettled(&self) -> String {

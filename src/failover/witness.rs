@@ -14,7 +14,8 @@ use super::error::{Error, Result};
 use super::fencing::FenceControl;
 use super::health::SiteHealth;
 use super::lease::{
-    LeaseAction, LeaseAgent, LeaseRecord, LeaseView, Standing, Takeover, Versioned, WitnessOp, WitnessReply, lease_key,
+    LeaseAction, LeaseAgent, LeaseRecord, LeaseView, Standing, Takeover, Versioned, WitnessOp, WitnessReply,
+    WitnessRequest, lease_key,
 };
 use crate::store::{self, ObjectStore, PutCondition};
 
@@ -108,7 +109,7 @@ impl Witness {
     }
 
     fn witness(&self, operation: &'static str, source: store::Error) -> Error {
-        Error::Witness { key: self.key.clone(), operation, source }
+        Error::Witness { key: self.key.clone(), operation, source: Box::new(source) }
     }
 }
 
@@ -124,29 +125,33 @@ pub async fn pump(
     holder_health: SiteHealth,
 ) -> Vec<LeaseAction> {
     let mut decisions = Vec::new();
-    let mut actions = agent.tick(now, holder_health);
     // NB: bounded: at one instant an agent sends at most a read, a write and a
     // read to settle it, then waits for time to pass.
     for _ in 0..16 {
-        let mut request = None;
-        for action in actions {
-            match action {
-                LeaseAction::Send(r) => request = Some(r),
-                decision => decisions.push(decision),
-            }
+        let mut actions = agent.tick(now, holder_health);
+        let mut sent = false;
+        while let Some(request) = take_request(&mut actions, &mut decisions) {
+            sent = true;
+            let reply = witness.execute(&request.op).await;
+            actions = agent.on_reply(now, request.id, reply);
         }
-        actions = match request {
-            Some(r) => {
-                let reply = witness.execute(&r.op).await;
-                agent.on_reply(now, r.id, reply)
-            }
-            None => agent.tick(now, holder_health),
-        };
-        if actions.is_empty() {
+        if !sent {
             break;
         }
     }
     decisions
+}
+
+/// Moves the decisions of `actions` to `decisions` and returns its request, if any.
+fn take_request(actions: &mut Vec<LeaseAction>, decisions: &mut Vec<LeaseAction>) -> Option<WitnessRequest> {
+    let mut request = None;
+    for action in actions.drain(..) {
+        match action {
+            LeaseAction::Send(r) => request = Some(r),
+            decision => decisions.push(decision),
+        }
+    }
+    request
 }
 
 /// A command to a running [`keep`] loop.

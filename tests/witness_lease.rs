@@ -1,0 +1,181 @@
+//! The witness lease against a real S3 server (moto, which implements
+//! If-Match and If-None-Match and answers 412 on a mismatch): the same agents
+//! as in production, driven with virtual clocks over the real store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use fenice::failover::Error;
+use fenice::failover::clock::MonoTime;
+use fenice::failover::health::SiteHealth;
+use fenice::failover::lease::{
+    LeaseAction, LeaseAgent, LeaseRecord, LeaseTiming, LeaseView, Standing, Takeover, WitnessOp, WitnessReply,
+};
+use fenice::failover::witness::{Witness, pump};
+use fenice::store::ObjectStore;
+use fenice::store::retry::RetryPolicy;
+use fenice::store::s3::{S3Config, S3Store, StaticCredentials};
+use fenice::testkit::S3Server;
+
+async fn start_moto() -> S3Server {
+    tokio::task::spawn_blocking(S3Server::start).await.unwrap().expect("moto starts (run scripts/prerequisites.sh)")
+}
+
+/// A witness on a fresh bucket. moto takes any credentials; these keep the SDK
+/// from looking for real ones.
+async fn witness(server: &S3Server, plan: &str) -> Witness {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let bucket = format!("fenice-witness-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    let config = S3Config {
+        prefix: "fenice".to_owned(),
+        endpoint: Some(server.endpoint()),
+        region: Some("us-east-1".to_owned()),
+        force_path_style: true,
+        // NB: a witness store answers fast or not at all: an attempt must end
+        // well inside the renew interval.
+        retry: RetryPolicy {
+            attempts: 2,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(100),
+            attempt_timeout: Duration::from_secs(30),
+        },
+        credentials: Some(StaticCredentials {
+            access_key_id: "test".to_owned(),
+            secret_access_key: "test".to_owned(),
+            session_token: None,
+        }),
+        ..S3Config::new(bucket)
+    };
+    let store = S3Store::connect(config).await.unwrap();
+    store.create_bucket(false).await.unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    Witness::new(store, plan)
+}
+
+fn at(ms: u64) -> MonoTime {
+    MonoTime::from_origin(Duration::from_millis(ms))
+}
+
+/// Lease 3 s, renewals every second, fence after 1.5 s.
+fn timing() -> LeaseTiming {
+    LeaseTiming::for_lease(Duration::from_secs(3), Duration::from_secs(1)).unwrap()
+}
+
+fn record(holder: &str, epoch: u64, renewals: u64) -> LeaseRecord {
+    LeaseRecord { holder: holder.to_owned(), epoch, renewals, incarnation: 1 }
+}
+
+#[tokio::test]
+async fn create_renew_and_a_stale_etag_is_refused_with_412() {
+    let server = start_moto().await;
+    let w = witness(&server, "main").await;
+    assert_eq!(w.read().await.unwrap(), None);
+    let e1 = w.create(&record("a", 1, 1)).await.unwrap();
+    assert!(matches!(w.create(&record("b", 1, 1)).await, Err(Error::LeaseConflict { .. })), "If-None-Match: *");
+    let read = w.read().await.unwrap().unwrap();
+    assert_eq!((read.etag.as_str(), &read.record), (e1.as_str(), &record("a", 1, 1)));
+
+    let e2 = w.replace(&e1, &record("a", 1, 2)).await.unwrap();
+    assert_ne!(e1, e2);
+    // A takeover conditioned on the ETag seen before the renewal: 412, nothing written.
+    let takeover = WitnessOp::Replace { if_match: e1.clone(), record: record("b", 2, 3) };
+    assert_eq!(w.execute(&takeover).await, WitnessReply::Conflict);
+    assert!(matches!(w.replace(&e1, &record("b", 2, 3)).await, Err(Error::LeaseConflict { .. })));
+    let read = w.read().await.unwrap().unwrap();
+    assert_eq!((read.etag, read.record), (e2, record("a", 1, 2)));
+}
+
+#[tokio::test]
+async fn expiry_is_counted_on_the_observers_clock_and_the_epoch_rises_on_each_takeover() {
+    let server = start_moto().await;
+    let w = witness(&server, "main").await;
+    let mut a = LeaseAgent::new("a", 11, timing(), Takeover::WhenHolderDown, true);
+    let mut b = LeaseAgent::new("b", 22, timing(), Takeover::WhenHolderDown, false);
+
+    // A finds no lease, waits a lease for safety, creates it: epoch 1.
+    assert!(pump(&mut a, &w, at(0), SiteHealth::Up).await.is_empty());
+    assert_eq!(pump(&mut a, &w, at(3_100), SiteHealth::Up).await, [LeaseAction::Activate { epoch: 1 }]);
+    // A renews while B watches; B's clock is its own (B started 50 s "later").
+    for t in [4_100, 5_100] {
+        assert!(pump(&mut a, &w, at(t), SiteHealth::Up).await.is_empty());
+    }
+    assert!(pump(&mut b, &w, at(50_000), SiteHealth::Up).await.is_empty());
+    assert!(matches!(b.view(), LeaseView::Held { ref holder, epoch: 1, .. } if holder == "a"));
+
+    // A dies. B sees the same ETag, and the holder Down, for a lease of its own time.
+    let wait = timing().observer_wait().as_millis() as u64;
+    assert!(pump(&mut b, &w, at(50_000 + wait - 1), SiteHealth::Down).await.is_empty());
+    assert_eq!(b.standing(at(50_000 + wait - 1)), Standing::Fenced);
+    assert_eq!(pump(&mut b, &w, at(50_000 + wait), SiteHealth::Down).await, [LeaseAction::Activate { epoch: 2 }]);
+
+    // A comes back as a new process: the lease names B, so it stays fenced.
+    let mut a = LeaseAgent::new("a", 33, timing(), Takeover::WhenHolderDown, true);
+    for t in (0..3_000).step_by(500) {
+        assert!(pump(&mut a, &w, at(t), SiteHealth::Up).await.is_empty());
+        assert_eq!(a.standing(at(t)), Standing::Fenced);
+    }
+    // B renews from its next renewal on; then B dies, and A takes over with epoch 3.
+    let b_renewal = 50_000 + wait + 1_000;
+    assert!(pump(&mut b, &w, at(b_renewal), SiteHealth::Up).await.is_empty());
+    assert!(pump(&mut a, &w, at(4_000), SiteHealth::Down).await.is_empty());
+    assert_eq!(pump(&mut a, &w, at(4_000 + wait), SiteHealth::Down).await, [LeaseAction::Activate { epoch: 3 }]);
+    let lease = w.read().await.unwrap().unwrap().record;
+    assert_eq!((lease.holder.as_str(), lease.epoch, lease.incarnation), ("a", 3, 33));
+
+    // B, cut off since its renewal, fences on its own deadline and then learns
+    // it lost the lease.
+    let decisions = pump(&mut b, &w, at(b_renewal + 1_500), SiteHealth::Up).await;
+    assert_eq!(decisions, [LeaseAction::Fence]);
+    assert!(matches!(b.view(), LeaseView::Held { ref holder, epoch: 3, .. } if holder == "a"));
+}
+
+#[tokio::test]
+async fn a_renewal_that_lands_first_wins_and_the_takeover_gets_412() {
+    let server = start_moto().await;
+    let w = witness(&server, "race").await;
+    let mut a = LeaseAgent::new("a", 1, timing(), Takeover::Never, true);
+    let mut b = LeaseAgent::new("b", 2, timing(), Takeover::WhenExpired, false);
+    pump(&mut a, &w, at(0), SiteHealth::Up).await;
+    pump(&mut a, &w, at(3_100), SiteHealth::Up).await;
+    pump(&mut b, &w, at(0), SiteHealth::Down).await;
+
+    // Both decide at once: B to take over (its wait is over), A to renew.
+    let wait = timing().observer_wait().as_millis() as u64;
+    let takeover = b.tick(at(wait), SiteHealth::Down);
+    let renewal = a.tick(at(4_100), SiteHealth::Up);
+    let (Some(LeaseAction::Send(takeover)), Some(LeaseAction::Send(renewal))) = (takeover.last(), renewal.last())
+    else {
+        panic!("both send: {takeover:?} {renewal:?}");
+    };
+    assert!(matches!(&takeover.op, WitnessOp::Replace { record, .. } if record.holder == "b" && record.epoch == 2));
+    // The renewal lands first.
+    let renewed = w.execute(&renewal.op).await;
+    assert!(matches!(renewed, WitnessReply::Written { .. }));
+    assert_eq!(w.execute(&takeover.op).await, WitnessReply::Conflict);
+    assert!(a.on_reply(at(4_150), renewal.id, renewed).is_empty());
+    assert!(b.on_reply(at(wait), takeover.id, WitnessReply::Conflict).is_empty());
+    assert_eq!(b.standing(at(wait)), Standing::Fenced);
+    assert!(matches!(a.standing(at(4_150)), Standing::Active { epoch: 1, .. }));
+    // B reads the new ETag and starts counting again.
+    assert!(pump(&mut b, &w, at(wait + 1), SiteHealth::Down).await.is_empty());
+    assert_eq!(w.read().await.unwrap().unwrap().record.holder, "a");
+}
+
+#[tokio::test]
+async fn a_planned_handover_fences_the_holder_before_the_successor_activates() {
+    let server = start_moto().await;
+    let w = witness(&server, "failback").await;
+    let mut a = LeaseAgent::new("a", 1, timing(), Takeover::Never, true);
+    let mut b = LeaseAgent::new("b", 2, timing(), Takeover::Never, false);
+    pump(&mut a, &w, at(0), SiteHealth::Up).await;
+    pump(&mut a, &w, at(3_100), SiteHealth::Up).await;
+    assert_eq!(a.hand_over("b"), [LeaseAction::Fence]);
+    assert!(pump(&mut a, &w, at(3_200), SiteHealth::Up).await.is_empty());
+    assert_eq!(w.read().await.unwrap().unwrap().record.holder, "a", "not written before the fence is confirmed");
+    a.confirm_fenced();
+    pump(&mut a, &w, at(3_300), SiteHealth::Up).await;
+    assert_eq!(w.read().await.unwrap().unwrap().record.holder, "b");
+    assert_eq!(pump(&mut b, &w, at(0), SiteHealth::Up).await, [LeaseAction::Activate { epoch: 2 }]);
+    assert_eq!(a.standing(at(3_300)), Standing::Fenced);
+}
