@@ -32,6 +32,9 @@ pub enum Error {
     #[error("site {site}: tenant {tenant} already runs here")]
     AlreadyRunning { site: String, tenant: String },
 
+    #[error("site {site}: tenant {tenant}'s database does not run here")]
+    NotRunning { site: String, tenant: String },
+
     #[error("site {site}: {what} {}", path.display())]
     Io {
         site: String,
@@ -59,17 +62,22 @@ pub struct TenantSpec {
     pub postgres: PostgresOptions,
 }
 
-/// One tenant's running stack.
+/// One tenant's running stack: its database, and its app once started.
 #[derive(Debug)]
 pub struct TenantStack {
     pub postgres: PostgresServer,
-    pub app: AppServer,
+    pub app: Option<AppServer>,
 }
 
 impl TenantStack {
     /// The tenant database's URL (database named after the tenant).
     pub fn db_url(&self, tenant: &str) -> String {
         self.postgres.url(&database_name(tenant))
+    }
+
+    /// The process groups of the stack.
+    fn groups(&self) -> Vec<u32> {
+        self.app.iter().map(|a| a.pid()).chain([self.postgres.pid()]).collect()
     }
 }
 
@@ -105,50 +113,52 @@ impl LocalSite {
 
     /// Starts a new tenant: a fresh PostgreSQL with the tenant's database, and its app.
     pub fn start_tenant(&self, spec: &TenantSpec) -> Result<()> {
-        self.refuse_running(&spec.name)?;
-        let postgres = self.start_postgres(spec, spec.postgres.clone())?;
+        self.start_database(spec, None)?;
         let database = database_name(&spec.name);
-        let out = postgres
-            .client("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE \"{database}\"")])
-            .output()
-            .map_err(|e| Error::CreateDatabase {
-                site: self.name.clone(),
-                tenant: spec.name.clone(),
-                message: e.to_string(),
-            })?;
+        let out = self
+            .with_tenant(&spec.name, |stack| {
+                stack
+                    .postgres
+                    .client("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE \"{database}\"")])
+                    .output()
+            })
+            .expect("started above")
+            .map_err(|e| self.create_error(spec, e.to_string()))?;
         if !out.status.success() {
-            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(Error::CreateDatabase { site: self.name.clone(), tenant: spec.name.clone(), message });
+            return Err(self.create_error(spec, String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
-        self.start_app(spec, postgres)
+        self.start_app(spec)
     }
 
-    /// Starts a tenant on a restored data directory: PostgreSQL replays what
-    /// the restore set up (WAL to a target), then the app starts on it.
-    pub fn start_restored_tenant(&self, spec: &TenantSpec, pgdata: &Path) -> Result<()> {
-        self.refuse_running(&spec.name)?;
-        let postgres = self.start_postgres(spec, spec.postgres.clone().existing_data(pgdata))?;
-        self.start_app(spec, postgres)
+    fn create_error(&self, spec: &TenantSpec, message: String) -> Error {
+        Error::CreateDatabase { site: self.name.clone(), tenant: spec.name.clone(), message }
     }
 
-    fn refuse_running(&self, tenant: &str) -> Result<()> {
-        match self.lock().contains_key(tenant) {
-            true => Err(Error::AlreadyRunning { site: self.name.clone(), tenant: tenant.into() }),
-            false => Ok(()),
+    /// Starts the tenant's PostgreSQL: fresh, or on a restored data directory
+    /// (where it replays what the restore set up, WAL to a target, and
+    /// promotes). The app is started separately, once the database serves.
+    pub fn start_database(&self, spec: &TenantSpec, pgdata: Option<&Path>) -> Result<()> {
+        if self.lock().contains_key(&spec.name) {
+            return Err(Error::AlreadyRunning { site: self.name.clone(), tenant: spec.name.clone() });
         }
-    }
-
-    fn start_postgres(&self, spec: &TenantSpec, options: PostgresOptions) -> Result<PostgresServer> {
-        PostgresServer::start_with(options).map_err(|source| Error::Start {
+        let options = match pgdata {
+            Some(dir) => spec.postgres.clone().existing_data(dir),
+            None => spec.postgres.clone(),
+        };
+        let postgres = PostgresServer::start_with(options).map_err(|source| Error::Start {
             site: self.name.clone(),
             tenant: spec.name.clone(),
             what: "PostgreSQL",
             source: Box::new(source),
-        })
+        })?;
+        self.lock().insert(spec.name.clone(), TenantStack { postgres, app: None });
+        Ok(())
     }
 
-    fn start_app(&self, spec: &TenantSpec, postgres: PostgresServer) -> Result<()> {
+    /// Starts the tenant's app on its running database (replacing an app
+    /// already running, e.g. to change its epoch).
+    pub fn start_app(&self, spec: &TenantSpec) -> Result<()> {
         let documents = self.documents(&spec.name);
         std::fs::create_dir_all(&documents).map_err(|source| Error::Io {
             site: self.name.clone(),
@@ -156,17 +166,22 @@ impl LocalSite {
             path: documents.clone(),
             source,
         })?;
+        let db_url = self
+            .with_tenant(&spec.name, |stack| stack.db_url(&spec.name))
+            .ok_or_else(|| Error::NotRunning { site: self.name.clone(), tenant: spec.name.clone() })?;
         let config = AppConfig {
             sdi_endpoint: spec.sdi_endpoint.clone(),
             epoch: spec.epoch,
             start_fenced: spec.fenced,
             send_interval: SEND_INTERVAL,
-            ..AppConfig::new(&spec.name, &spec.vat, &spec.company, postgres.url(&database_name(&spec.name)), documents)
+            ..AppConfig::new(&spec.name, &spec.vat, &spec.company, db_url, documents)
         };
         let app = AppServer::start(&AppOptions { program: self.program.clone(), config }).map_err(|source| {
             Error::Start { site: self.name.clone(), tenant: spec.name.clone(), what: "app", source: Box::new(source) }
         })?;
-        self.lock().insert(spec.name.clone(), TenantStack { postgres, app });
+        if let Some(stack) = self.lock().get_mut(&spec.name) {
+            stack.app = Some(app);
+        }
         Ok(())
     }
 
@@ -190,7 +205,7 @@ impl LocalSite {
     /// as when a provider's machines die. Returns the process groups signalled.
     pub fn kill(&self) -> Vec<u32> {
         let stacks = std::mem::take(&mut *self.lock());
-        let groups: Vec<u32> = stacks.values().flat_map(|s| [s.app.pid(), s.postgres.pid()]).collect();
+        let groups: Vec<u32> = stacks.values().flat_map(TenantStack::groups).collect();
         for group in &groups {
             // SAFETY: kill only sends a signal, to a process group this site started.
             unsafe { libc::kill(-(*group as libc::pid_t), libc::SIGKILL) };

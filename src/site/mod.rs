@@ -3,3 +3,4 @@
 //! ([`local`]).
 
 pub mod local;
+pub mod local_failover;

@@ -44,6 +44,7 @@ use super::error::check_key;
 use super::remote::{LockSupport, Properties, WriteAttempts, content_hash, retain_until};
 use super::retry::{GaveUp, LastFailure, RetryPolicy, with_retries};
 use super::{Error, Location, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
+use crate::error_chain::error_chain;
 
 /// User metadata entry (`x-amz-meta-fenice-blake3`) holding the
 /// [`content_hash`](super::remote::content_hash).
@@ -815,21 +816,6 @@ impl Failure {
             LastFailure::TimedOut(_) => None,
         }
     }
-}
-
-/// An error and its sources, `: `-separated, each said once (wrappers often
-/// repeat their source's text).
-fn error_chain(e: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    parts.join(": ")
 }
 
 /// An ETag without the quotes S3 puts around it.

@@ -1,0 +1,265 @@
+//! The failover steps carried out between two Local sites: the
+//! [`SiteDriver`] the lab's failovers run with. Each step is idempotent: run
+//! again after a crash, it redoes its work or finds it done.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::local::{LocalSite, TenantSpec};
+use crate::api::common::TenantRef;
+use crate::app::documents::Documents;
+use crate::app::{reconcile, sdi};
+use crate::error_chain::error_chain;
+use crate::failover::executor::{SiteDriver, StepContext};
+use crate::failover::machine::{Restored, SourceFence, StepError};
+use crate::repo::repository::Repository;
+use crate::stack::pg::DbUrl;
+use crate::stack::pitr::{self, PitrRestore};
+use crate::stack::verify;
+
+/// How long a recovering database may take to replay the archive and promote.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an app may take to answer a request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Moves tenants from `source` to `target`, restoring them from `repository`.
+pub struct LocalFailover {
+    pub source: Arc<LocalSite>,
+    pub target: Arc<LocalSite>,
+    /// How each tenant runs at the target (its PostgreSQL options carry the
+    /// environment `restore_command` needs: repository and credentials).
+    pub tenants: BTreeMap<String, TenantSpec>,
+    pub repo: Arc<Repository>,
+    /// The repository's location, as `restore_command` opens it.
+    pub repository: String,
+    /// The `fenice` program `restore_command` runs.
+    pub program: PathBuf,
+    /// The SdI endpoint and certificate expiry the target's channel is switched to.
+    pub sdi_endpoint: String,
+    pub certificate_expires: jiff::civil::Date,
+    /// Where each tenant is served: the lab's stand-in for DNS.
+    pub endpoints: Mutex<BTreeMap<String, String>>,
+    /// When the source was lost; RPO is measured up to it (to the restore's end otherwise).
+    pub lost_at: Mutex<Option<jiff::Timestamp>>,
+    http: reqwest::Client,
+}
+
+impl LocalFailover {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        source: Arc<LocalSite>,
+        target: Arc<LocalSite>,
+        tenants: BTreeMap<String, TenantSpec>,
+        repo: Arc<Repository>,
+        repository: String,
+        program: PathBuf,
+        sdi_endpoint: String,
+        certificate_expires: jiff::civil::Date,
+    ) -> Self {
+        let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_default();
+        Self {
+            source,
+            target,
+            tenants,
+            repo,
+            repository,
+            program,
+            sdi_endpoint,
+            certificate_expires,
+            endpoints: Mutex::new(BTreeMap::new()),
+            lost_at: Mutex::new(None),
+            http,
+        }
+    }
+
+    fn spec(&self, tenant: &TenantRef) -> Result<&TenantSpec, StepError> {
+        self.tenants.get(&tenant.name).ok_or_else(|| fatal(format!("tenant {} is not in this failover", tenant.name)))
+    }
+
+    fn pgdata(&self, tenant: &str) -> PathBuf {
+        self.target.documents(tenant).with_file_name("pgdata")
+    }
+
+    /// The tenant's app at the target, as a base URL.
+    fn app_url(&self, tenant: &str) -> Result<String, StepError> {
+        self.target
+            .with_tenant(tenant, |stack| stack.app.as_ref().map(|app| app.base_url()))
+            .flatten()
+            .ok_or_else(|| retry(format!("tenant {tenant}'s app does not run at {}", self.target.name())))
+    }
+
+    fn db(&self, tenant: &str) -> Result<DbUrl, StepError> {
+        let url = self
+            .target
+            .with_tenant(tenant, |stack| stack.db_url(tenant))
+            .ok_or_else(|| retry(format!("tenant {tenant}'s database does not run at {}", self.target.name())))?;
+        DbUrl::parse(&url).map_err(|e| fatal(e.to_string()))
+    }
+
+    async fn post(&self, url: String, body: serde_json::Value) -> Result<serde_json::Value, StepError> {
+        let response = self.http.post(&url).json(&body).send().await.map_err(|e| retry(format!("{url}: {e}")))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| retry(format!("{url}: {e}")))?;
+        if !status.is_success() {
+            return Err(retry(format!("{url}: HTTP {status}: {text}")));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+fn retry(message: String) -> StepError {
+    StepError { message, retryable: true }
+}
+
+fn fatal(message: String) -> StepError {
+    StepError { message, retryable: false }
+}
+
+#[async_trait]
+impl SiteDriver for LocalFailover {
+    async fn fence_source(&self, _ctx: &StepContext) -> SourceFence {
+        let apps: Vec<String> = self
+            .source
+            .tenants()
+            .iter()
+            .filter_map(|t| self.source.with_tenant(t, |s| s.app.as_ref().map(|a| a.base_url())).flatten())
+            .collect();
+        if apps.is_empty() {
+            return SourceFence::Unreachable;
+        }
+        for app in apps {
+            if self.post(format!("{app}/v1/admin/fence"), serde_json::json!({})).await.is_err() {
+                return SourceFence::Unreachable;
+            }
+        }
+        SourceFence::Fenced
+    }
+
+    /// The lab's lease agents take the lease themselves.
+    async fn acquire_lease(&self, _ctx: &StepContext) {}
+
+    async fn cancel_lease(&self, _ctx: &StepContext) {}
+
+    async fn restore_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<Restored, StepError> {
+        let spec = self.spec(tenant)?;
+        // A retry starts over: the copy of an earlier attempt goes first.
+        self.target.stop_tenant(&tenant.name);
+        let request = PitrRestore {
+            tenant: tenant.name.clone(),
+            repository: self.repository.clone(),
+            target_time: None,
+            snapshot: None,
+            pgdata: self.pgdata(&tenant.name),
+            force: true,
+            fenice: self.program.clone(),
+        };
+        let prepared = pitr::prepare(&self.repo, &request).await.map_err(|e| fatal(error_chain(&e)))?;
+        let target = self.target.clone();
+        let (spec, pgdata) = (spec.clone(), request.pgdata.clone());
+        tokio::task::spawn_blocking(move || target.start_database(&spec, Some(&pgdata)))
+            .await
+            .map_err(|e| retry(e.to_string()))?
+            .map_err(|e| retry(error_chain(&e)))?;
+        let db = self.db(&tenant.name)?;
+        let client = verify::wait_until_promoted(&db, RECOVERY_TIMEOUT).await.map_err(|e| retry(error_chain(&e)))?;
+        let documents = self.target.documents(&tenant.name);
+        let (_, mut differences) =
+            verify::write_documents(&client, &documents).await.map_err(|e| retry(error_chain(&e)))?;
+        let (_, more) =
+            verify::check_recovered(&client, &prepared.recorded).await.map_err(|e| retry(error_chain(&e)))?;
+        differences.extend(more);
+        if !differences.is_empty() {
+            let shown: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            return Err(fatal(format!("restored tenant {} does not verify: {}", tenant.name, shown.join("; "))));
+        }
+        let last: Option<jiff::Timestamp> = client
+            .query_one("SELECT max(created_at) FROM invoices", &[])
+            .await
+            .map_err(|e| retry(e.to_string()))?
+            .get(0);
+        let lost_at = self.lost_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(jiff::Timestamp::now);
+        let rpo = last
+            .map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO));
+        Ok(Restored { snapshot_id: prepared.snapshot.to_string(), rpo })
+    }
+
+    async fn reconcile_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
+        let mut client = self.db(&tenant.name)?.connect().await.map_err(|e| retry(error_chain(&e)))?;
+        let documents = Documents::open(self.target.documents(&tenant.name)).map_err(|e| fatal(error_chain(&e)))?;
+        let sdi = sdi::client::Client::new(&self.sdi_endpoint).map_err(|e| fatal(error_chain(&e)))?;
+        let done = reconcile::reconcile(&mut client, &documents, &sdi, &tenant.name).await.map_err(|e| match e {
+            reconcile::Error::Conflicts { .. } => fatal(error_chain(&e)),
+            e => retry(error_chain(&e)),
+        })?;
+        tracing::info!(
+            tenant = %tenant.name,
+            imported = done.imported.len(),
+            adopted = done.adopted.len(),
+            gaps = done.gaps.len(),
+            "reconciled with SdI"
+        );
+        Ok(())
+    }
+
+    async fn start_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
+        let epoch = ctx.epoch.ok_or_else(|| fatal("no fencing epoch yet: the lease is not taken".into()))?;
+        let spec = TenantSpec {
+            epoch,
+            fenced: false,
+            sdi_endpoint: Some(self.sdi_endpoint.clone()),
+            ..self.spec(tenant)?.clone()
+        };
+        let target = self.target.clone();
+        tokio::task::spawn_blocking(move || target.start_app(&spec))
+            .await
+            .map_err(|e| retry(e.to_string()))?
+            .map_err(|e| retry(error_chain(&e)))
+    }
+
+    async fn switch_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
+        let app = self.app_url(&tenant.name)?;
+        let channel = serde_json::json!({
+            "endpoint": self.sdi_endpoint,
+            "certificate_expires": self.certificate_expires.to_string(),
+        });
+        let response = self.http.put(format!("{app}/v1/channel")).json(&channel).send().await;
+        match response {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => return Err(retry(format!("{app}/v1/channel: HTTP {}", r.status()))),
+            Err(e) => return Err(retry(format!("{app}/v1/channel: {e}"))),
+        }
+        self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant.name.clone(), app);
+        Ok(())
+    }
+
+    async fn verify_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
+        let app = self.app_url(&tenant.name)?;
+        let health: serde_json::Value = self
+            .http
+            .get(format!("{app}/healthz"))
+            .send()
+            .await
+            .map_err(|e| retry(format!("{app}/healthz: {e}")))?
+            .json()
+            .await
+            .map_err(|e| retry(format!("{app}/healthz: {e}")))?;
+        let serving = health["active"] == true && health["epoch"].as_u64() == ctx.epoch;
+        match serving {
+            true => Ok(()),
+            false => Err(retry(format!("tenant {} does not serve under epoch {:?}: {health}", tenant.name, ctx.epoch))),
+        }
+    }
+
+    async fn discard_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
+        self.target.stop_tenant(&tenant.name);
+        match std::fs::remove_dir_all(self.pgdata(&tenant.name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(retry(format!("removing tenant {}'s restored data: {e}", tenant.name))),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! A tenant failed over between two Local sites with the failover steps of
+//! the Local site driver: the primary is killed with invoices sent after its
+//! last backup, the standby restores base backup + WAL, reconciles with SdI,
+//! starts under a higher epoch and serves; SdI holds every number once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fenice::api::common::TenantRef;
+use fenice::failover::executor::{SiteDriver, StepContext};
+use fenice::failover::machine::{SourceFence, Trigger};
+use fenice::repo::keyfile::Passphrase;
+use fenice::repo::repository::{Repository, Unlock};
+use fenice::site::local::{LocalSite, TenantSpec};
+use fenice::site::local_failover::LocalFailover;
+use fenice::store::s3::{S3Config, S3Store, StaticCredentials};
+use fenice::testkit::{PostgresOptions, S3Server, SdiSimServer, http};
+use serde_json::Value;
+
+const PASSWORD: &str = "local-failover-pw";
+const REPO: &str = "s3://tenant-backups/lab";
+
+fn env(s3: &S3Server) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("FENICE_S3_PATH_STYLE", "true".into()),
+        ("FENICE_PASSWORD", PASSWORD.into()),
+        ("FENICE_TENANT", "acme".into()),
+        ("FENICE_REPOSITORY", REPO.into()),
+    ]
+}
+
+fn fenice(s3: &S3Server, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fenice")).envs(env(s3)).args(args).output().unwrap();
+    assert!(out.status.success(), "fenice {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn json(addr: std::net::SocketAddr, path: &str) -> Value {
+    serde_json::from_str(&http::get(addr, path).unwrap().text()).unwrap()
+}
+
+fn issue(addr: std::net::SocketAddr) -> Value {
+    let body = br#"{"series": "2026", "customer": {"vat": "09876543210", "name": "Rossi", "recipient_code": "ABC1234"},
+                   "description": "Consulenza", "taxable_cents": 10000}"#;
+    let created = http::request(addr, "POST", "/v1/invoices", &[("Content-Type", "application/json")], body).unwrap();
+    assert_eq!(created.status, 201, "{}", created.text());
+    serde_json::from_str(&created.text()).unwrap()
+}
+
+fn all_sent(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while json(addr, "/v1/stats")["invoices"]["pending"] != 0 {
+        assert!(Instant::now() < deadline, "invoices left pending");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
+    let program = Path::new(env!("CARGO_BIN_EXE_fenice"));
+    let s3 = S3Server::start().expect("S3 server starts");
+    let sim = SdiSimServer::start(program, Duration::ZERO).expect("the simulator starts");
+    fenice(&s3, &["repo", "init"]);
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = Arc::new(LocalSite::new("westpole", program, dirs.0.path()));
+    let target = Arc::new(LocalSite::new("azure", program, dirs.1.path()));
+    let postgres = env(&s3).into_iter().fold(PostgresOptions::new(), |o, (k, v)| o.env(k, v));
+    let spec = TenantSpec {
+        name: "acme".into(),
+        vat: "01234567890".into(),
+        company: "Acme S.r.l.".into(),
+        sdi_endpoint: Some(sim.endpoint()),
+        epoch: 1,
+        fenced: false,
+        postgres: postgres.clone(),
+    };
+    let archiving = postgres
+        .setting("wal_level", "replica")
+        .setting("archive_mode", "on")
+        .setting("archive_timeout", "1")
+        .setting("archive_command", format!("{} agent wal-push %p", program.display()));
+    let source_spec = TenantSpec { postgres: archiving, ..spec.clone() };
+    let s = source.clone();
+    tokio::task::spawn_blocking(move || s.start_tenant(&source_spec)).await.unwrap().expect("the tenant starts");
+
+    // Five invoices, a base backup, three more, all sent; then the provider dies.
+    let app = source.with_tenant("acme", |s| s.app.as_ref().map(|a| a.addr())).flatten().unwrap();
+    let db = source.with_tenant("acme", |s| s.db_url("acme")).unwrap();
+    tokio::task::spawn_blocking(move || {
+        (0..5).for_each(|_| drop(issue(app)));
+        all_sent(app);
+    })
+    .await
+    .unwrap();
+    fenice(&s3, &["agent", "backup", "--physical", "--db", &db]);
+    tokio::task::spawn_blocking(move || {
+        (0..3).for_each(|_| drop(issue(app)));
+        all_sent(app);
+    })
+    .await
+    .unwrap();
+    assert_eq!(source.kill().len(), 2);
+
+    let store = S3Store::connect(S3Config {
+        prefix: "lab".into(),
+        endpoint: Some(s3.endpoint()),
+        region: Some("us-east-1".into()),
+        force_path_style: true,
+        credentials: Some(StaticCredentials {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+            session_token: None,
+        }),
+        ..S3Config::new("tenant-backups")
+    })
+    .await
+    .unwrap();
+    let repo = Arc::new(
+        Repository::open(Arc::new(store), &Unlock::Passphrase(Passphrase::new(PASSWORD.into()))).await.unwrap(),
+    );
+    let driver = LocalFailover::new(
+        source.clone(),
+        target.clone(),
+        BTreeMap::from([("acme".to_string(), spec)]),
+        repo,
+        REPO.into(),
+        program.to_owned(),
+        sim.endpoint(),
+        jiff::civil::date(2029, 1, 1),
+    );
+    let ctx = StepContext {
+        failover: "westpole-lost".into(),
+        plan: "westpole-to-azure".into(),
+        trigger: Trigger::Automatic,
+        source: "westpole".into(),
+        target: "azure".into(),
+        epoch: Some(2),
+    };
+    let tenant = TenantRef { namespace: "tenants".into(), name: "acme".into() };
+    assert_eq!(driver.fence_source(&ctx).await, SourceFence::Unreachable);
+    let restored = driver.restore_tenant(&ctx, &tenant).await.expect("restored");
+    assert!(!restored.snapshot_id.is_empty());
+    driver.reconcile_tenant(&ctx, &tenant).await.expect("reconciled");
+    driver.start_tenant(&ctx, &tenant).await.expect("started");
+    driver.switch_tenant(&ctx, &tenant).await.expect("switched");
+    driver.verify_tenant(&ctx, &tenant).await.expect("verified");
+    // Running a step again finds it done.
+    driver.switch_tenant(&ctx, &tenant).await.expect("switched again");
+
+    // The standby serves: the next number is 9, and SdI holds 1..9 once each.
+    let app = target.with_tenant("acme", |s| s.app.as_ref().map(|a| a.addr())).flatten().unwrap();
+    assert_eq!(driver.endpoints.lock().unwrap()["acme"], format!("http://{app}"));
+    let (invoice, listed) = tokio::task::spawn_blocking(move || {
+        let invoice = issue(app);
+        all_sent(app);
+        (invoice, json(sim.addr(), "/v1/tenants/acme/transmissions"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(invoice["number"], 9, "{invoice}");
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|r| r["file_name"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (1..=9).map(|n| format!("IT01234567890_{n:05}.xml")).collect();
+    assert_eq!(names, expected);
+}
