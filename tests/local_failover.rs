@@ -10,12 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fenice::api::common::TenantRef;
-use fenice::failover::executor::{SiteDriver, StepContext};
-use fenice::failover::machine::{SourceFence, Trigger};
+use fenice::api::common::Tier;
+use fenice::failover::clock::{Clock, SystemClock};
+use fenice::failover::executor::{Progress, SiteDriver, StateFile, StepContext, run};
+use fenice::failover::machine::{FailoverState, NewFailover, Observation, Phase, RetryRule, SourceFence, Trigger};
+use fenice::failover::waves::{GateRule, TenantSpec as WaveTenant, WaveSpec, assign};
 use fenice::repo::keyfile::Passphrase;
 use fenice::repo::repository::{Repository, Unlock};
 use fenice::site::local::{LocalSite, TenantSpec};
 use fenice::site::local_failover::LocalFailover;
+use fenice::store::ObjectStore;
+use fenice::store::fs::FsStore;
 use fenice::store::s3::{S3Config, S3Store, StaticCredentials};
 use fenice::testkit::{PostgresOptions, S3Server, SdiSimServer, http};
 use serde_json::Value;
@@ -61,8 +66,18 @@ fn all_sent(addr: std::net::SocketAddr) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
+/// A primary (westpole) whose tenants archive WAL to the S3 server, each with
+/// five invoices, a base backup, three more invoices sent to SdI; then the
+/// primary is killed. Returns the standby's driver, the standby, and the simulator.
+struct Lost {
+    driver: LocalFailover,
+    target: Arc<LocalSite>,
+    sim: SdiSimServer,
+    _s3: S3Server,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn primary_lost(tenants: &[&str]) -> Lost {
     let program = Path::new(env!("CARGO_BIN_EXE_fenice"));
     let s3 = S3Server::start().expect("S3 server starts");
     let sim = SdiSimServer::start(program, Duration::ZERO).expect("the simulator starts");
@@ -70,42 +85,49 @@ async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let source = Arc::new(LocalSite::new("westpole", program, dirs.0.path()));
     let target = Arc::new(LocalSite::new("azure", program, dirs.1.path()));
-    let postgres = env(&s3).into_iter().fold(PostgresOptions::new(), |o, (k, v)| o.env(k, v));
-    let spec = TenantSpec {
-        name: "acme".into(),
-        vat: "01234567890".into(),
-        company: "Acme S.r.l.".into(),
-        sdi_endpoint: Some(sim.endpoint()),
-        epoch: 1,
-        fenced: false,
-        postgres: postgres.clone(),
-    };
-    let archiving = postgres
-        .setting("wal_level", "replica")
-        .setting("archive_mode", "on")
-        .setting("archive_timeout", "1")
-        .setting("archive_command", format!("{} agent wal-push %p", program.display()));
-    let source_spec = TenantSpec { postgres: archiving, ..spec.clone() };
-    let s = source.clone();
-    tokio::task::spawn_blocking(move || s.start_tenant(&source_spec)).await.unwrap().expect("the tenant starts");
+    let mut specs = BTreeMap::new();
+    for name in tenants {
+        // Each tenant's WAL goes under its own name.
+        let postgres =
+            env(&s3).into_iter().fold(PostgresOptions::new(), |o, (k, v)| o.env(k, v)).env("FENICE_TENANT", *name);
+        let spec = TenantSpec {
+            name: name.to_string(),
+            vat: "01234567890".into(),
+            company: format!("{name} S.r.l."),
+            sdi_endpoint: Some(sim.endpoint()),
+            epoch: 1,
+            fenced: false,
+            postgres: postgres.clone(),
+        };
+        let archiving = postgres
+            .setting("wal_level", "replica")
+            .setting("archive_mode", "on")
+            .setting("archive_timeout", "1")
+            .setting("archive_command", format!("{} agent wal-push %p", program.display()));
+        let source_spec = TenantSpec { postgres: archiving, ..spec.clone() };
+        let s = source.clone();
+        tokio::task::spawn_blocking(move || s.start_tenant(&source_spec)).await.unwrap().expect("the tenant starts");
 
-    // Five invoices, a base backup, three more, all sent; then the provider dies.
-    let app = source.with_tenant("acme", |s| s.app.as_ref().map(|a| a.addr())).flatten().unwrap();
-    let db = source.with_tenant("acme", |s| s.db_url("acme")).unwrap();
-    tokio::task::spawn_blocking(move || {
-        (0..5).for_each(|_| drop(issue(app)));
-        all_sent(app);
-    })
-    .await
-    .unwrap();
-    fenice(&s3, &["agent", "backup", "--physical", "--db", &db]);
-    tokio::task::spawn_blocking(move || {
-        (0..3).for_each(|_| drop(issue(app)));
-        all_sent(app);
-    })
-    .await
-    .unwrap();
-    assert_eq!(source.kill().len(), 2);
+        // Five invoices, a base backup, three more, all sent.
+        let app = source.with_tenant(name, |s| s.app.as_ref().map(|a| a.addr())).flatten().unwrap();
+        let db = source.with_tenant(name, |s| s.db_url(name)).unwrap();
+        tokio::task::spawn_blocking(move || {
+            (0..5).for_each(|_| drop(issue(app)));
+            all_sent(app);
+        })
+        .await
+        .unwrap();
+        fenice(&s3, &["agent", "backup", "--physical", "--tenant", name, "--db", &db]);
+        tokio::task::spawn_blocking(move || {
+            (0..3).for_each(|_| drop(issue(app)));
+            all_sent(app);
+        })
+        .await
+        .unwrap();
+        specs.insert(name.to_string(), spec);
+    }
+    // The provider dies.
+    assert_eq!(source.kill().len(), 2 * tenants.len());
 
     let store = S3Store::connect(S3Config {
         prefix: "lab".into(),
@@ -125,15 +147,45 @@ async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
         Repository::open(Arc::new(store), &Unlock::Passphrase(Passphrase::new(PASSWORD.into()))).await.unwrap(),
     );
     let driver = LocalFailover::new(
-        source.clone(),
+        source,
         target.clone(),
-        BTreeMap::from([("acme".to_string(), spec)]),
+        specs,
         repo,
         REPO.into(),
         program.to_owned(),
         sim.endpoint(),
         jiff::civil::date(2029, 1, 1),
     );
+    Lost { driver, target, sim, _s3: s3, _dirs: dirs }
+}
+
+/// The file names SdI holds for `tenant`, in order.
+fn transmitted(sim: &SdiSimServer, tenant: &str) -> Vec<String> {
+    let listed = json(sim.addr(), &format!("/v1/tenants/{tenant}/transmissions"));
+    listed.as_array().unwrap().iter().map(|r| r["file_name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// After the failover: the tenant's next invoice at the standby is 9, and
+/// SdI holds 1..9 once each.
+async fn continues_at_the_standby(lost: &Lost, tenant: &str) {
+    let app = lost.target.with_tenant(tenant, |s| s.app.as_ref().map(|a| a.addr())).flatten().unwrap();
+    assert_eq!(lost.driver.endpoints.lock().unwrap()[tenant], format!("http://{app}"));
+    let invoice = tokio::task::spawn_blocking(move || {
+        let invoice = issue(app);
+        all_sent(app);
+        invoice
+    })
+    .await
+    .unwrap();
+    assert_eq!(invoice["number"], 9, "{invoice}");
+    let expected: Vec<String> = (1..=9).map(|n| format!("IT01234567890_{n:05}.xml")).collect();
+    assert_eq!(transmitted(&lost.sim, tenant), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
+    let lost = primary_lost(&["acme"]).await;
+    let driver = &lost.driver;
     let ctx = StepContext {
         failover: "westpole-lost".into(),
         plan: "westpole-to-azure".into(),
@@ -153,18 +205,65 @@ async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
     // Running a step again finds it done.
     driver.switch_tenant(&ctx, &tenant).await.expect("switched again");
 
-    // The standby serves: the next number is 9, and SdI holds 1..9 once each.
-    let app = target.with_tenant("acme", |s| s.app.as_ref().map(|a| a.addr())).flatten().unwrap();
-    assert_eq!(driver.endpoints.lock().unwrap()["acme"], format!("http://{app}"));
-    let (invoice, listed) = tokio::task::spawn_blocking(move || {
-        let invoice = issue(app);
-        all_sent(app);
-        (invoice, json(sim.addr(), "/v1/tenants/acme/transmissions"))
-    })
-    .await
-    .unwrap();
-    assert_eq!(invoice["number"], 9, "{invoice}");
-    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|r| r["file_name"].as_str().unwrap()).collect();
-    let expected: Vec<String> = (1..=9).map(|n| format!("IT01234567890_{n:05}.xml")).collect();
-    assert_eq!(names, expected);
+    continues_at_the_standby(&lost, "acme").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wave_state_machine_moves_every_tenant_and_persists_its_state() {
+    let lost = primary_lost(&["acme", "globex"]).await;
+    let witness_dir = tempfile::tempdir().unwrap();
+    let witness: Arc<dyn ObjectStore> = Arc::new(FsStore::open(witness_dir.path()).unwrap());
+    let clock = SystemClock::new();
+    let tenants: Vec<WaveTenant> = ["acme", "globex"]
+        .iter()
+        .map(|name| WaveTenant {
+            tenant: TenantRef { namespace: "tenants".into(), name: name.to_string() },
+            tier: Tier::Gold,
+        })
+        .collect();
+    let wave = WaveSpec {
+        name: "all".into(),
+        tiers: vec![Tier::Gold, Tier::Silver, Tier::Bronze],
+        parallelism: 2,
+        gate: GateRule::default(),
+    };
+    let waves = assign("westpole-to-azure", &[wave], &tenants).unwrap();
+    let new = NewFailover {
+        name: "westpole-lost".into(),
+        plan: "westpole-to-azure".into(),
+        trigger: Trigger::Automatic,
+        source: "westpole".into(),
+        target: "azure".into(),
+        declared_loss: clock.wall(),
+        epoch: Some(2),
+    };
+    let mut state = FailoverState::new(new, waves, RetryRule::default());
+    let mut file = StateFile::create(witness.clone(), &state).await.unwrap();
+    // The standby holds the lease under epoch 2: the automatic failover's takeover.
+    let observe = || Observation {
+        lease_holder: Some("azure".into()),
+        lease_epoch: 2,
+        active_epoch: Some(2),
+        ..Observation::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let phase = loop {
+        match run(&mut state, &lost.driver, &mut file, &clock, &observe).await.unwrap() {
+            Progress::Finished(phase) => break phase,
+            Progress::Waiting(_) => {
+                assert!(Instant::now() < deadline, "the failover never finished: {state:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(phase, Phase::Succeeded, "{state:?}");
+    assert_eq!(state.counts(), (2, 0, 2));
+    let (rto, rpo) = state.worst();
+    assert!(rto.is_some() && rpo.is_some(), "RTO and RPO measured per tenant");
+    // What the witness store holds is the finished state.
+    let (persisted, _) = StateFile::load(witness, "westpole-to-azure", "westpole-lost").await.unwrap().unwrap();
+    assert_eq!(persisted.phase, Phase::Succeeded);
+    for tenant in ["acme", "globex"] {
+        continues_at_the_standby(&lost, tenant).await;
+    }
 }
