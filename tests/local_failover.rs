@@ -21,7 +21,6 @@ use fenice::site::local::{LocalSite, TenantSpec};
 use fenice::site::local_failover::LocalFailover;
 use fenice::store::ObjectStore;
 use fenice::store::fs::FsStore;
-use fenice::store::s3::{S3Config, S3Store, StaticCredentials};
 use fenice::testkit::{PostgresOptions, S3Server, SdiSimServer, http};
 use serde_json::Value;
 
@@ -129,20 +128,7 @@ async fn primary_lost(tenants: &[&str]) -> Lost {
     // The provider dies.
     assert_eq!(source.kill().len(), 2 * tenants.len());
 
-    let store = S3Store::connect(S3Config {
-        prefix: "lab".into(),
-        endpoint: Some(s3.endpoint()),
-        region: Some("us-east-1".into()),
-        force_path_style: true,
-        credentials: Some(StaticCredentials {
-            access_key_id: "test".into(),
-            secret_access_key: "test".into(),
-            session_token: None,
-        }),
-        ..S3Config::new("tenant-backups")
-    })
-    .await
-    .unwrap();
+    let store = s3.store("tenant-backups", "lab").await.unwrap();
     let repo = Arc::new(
         Repository::open(Arc::new(store), &Unlock::Passphrase(Passphrase::new(PASSWORD.into()))).await.unwrap(),
     );

@@ -8,7 +8,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fenice::store::s3::{S3Config, S3Store, StaticCredentials};
 use fenice::store::{Error, ObjectStore, PutCondition, Retention};
 use fenice::testkit::{AzuriteServer, S3Server};
 
@@ -62,19 +61,7 @@ fn with_object_lock_the_backup_credentials_cannot_delete_or_overwrite_anything()
     // The attacker holds the same credentials the backup used.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let config = S3Config {
-            prefix: "tenants".into(),
-            endpoint: Some(server.endpoint()),
-            region: Some("us-east-1".into()),
-            force_path_style: true,
-            credentials: Some(StaticCredentials {
-                access_key_id: "test".into(),
-                secret_access_key: "test".into(),
-                session_token: None,
-            }),
-            ..S3Config::new("locked-backups")
-        };
-        let store = S3Store::connect(config).await.unwrap();
+        let store = server.store("locked-backups", "tenants").await.unwrap();
         let objects = store.list("").await.unwrap();
         assert!(objects.len() >= 5, "config, key, pack, index, snapshots: {objects:?}");
         for object in &objects {

@@ -767,37 +767,30 @@ impl DeleteOptions {
     }
 }
 
+/// A delete's precondition on a metadata field: 409 when the object's differs.
+fn precondition(target: &Target, live: &Value, field: &str, shown: &str, expected: Option<&str>) -> Result<()> {
+    let actual = meta_str(live, field);
+    match expected {
+        Some(expected) if Some(expected) != actual => Err(ApiError::conflict(
+            &target.resource.plural,
+            &target.resource.group,
+            &target.name,
+            &format!(
+                "Precondition failed: {shown} in precondition: {expected}, {shown} in object meta: {}",
+                actual.unwrap_or_default()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// DELETE of one object: gone at once, or marked for deletion while it has
 /// finalizers.
 pub fn delete(store: &mut Store, target: &Target, options: &DeleteOptions) -> Result<Value> {
     let key = target.key();
     let live = store.get(&key, &target.namespace, &target.name).cloned().ok_or_else(|| target.not_found())?;
-    if let Some(uid) = &options.uid
-        && Some(uid.as_str()) != meta_str(&live, "uid")
-    {
-        return Err(ApiError::conflict(
-            &target.resource.plural,
-            &target.resource.group,
-            &target.name,
-            &format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                meta_str(&live, "uid").unwrap_or_default()
-            ),
-        ));
-    }
-    if let Some(rv) = &options.resource_version
-        && Some(rv.as_str()) != meta_str(&live, "resourceVersion")
-    {
-        return Err(ApiError::conflict(
-            &target.resource.plural,
-            &target.resource.group,
-            &target.name,
-            &format!(
-                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                meta_str(&live, "resourceVersion").unwrap_or_default()
-            ),
-        ));
-    }
+    precondition(target, &live, "uid", "UID", options.uid.as_deref())?;
+    precondition(target, &live, "resourceVersion", "ResourceVersion", options.resource_version.as_deref())?;
     if options.dry_run {
         return Ok(in_version(live, &target.api_version()));
     }

@@ -50,6 +50,25 @@ impl S3Server {
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.inner.addr())
     }
+
+    /// A store on `bucket`, below `prefix`, with the credentials moto accepts
+    /// (`test`/`test`) given directly rather than through the environment.
+    pub async fn store(&self, bucket: &str, prefix: &str) -> crate::store::Result<crate::store::s3::S3Store> {
+        use crate::store::s3::{S3Config, S3Store, StaticCredentials};
+        S3Store::connect(S3Config {
+            prefix: prefix.into(),
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            force_path_style: true,
+            credentials: Some(StaticCredentials {
+                access_key_id: "test".into(),
+                secret_access_key: "test".into(),
+                session_token: None,
+            }),
+            ..S3Config::new(bucket)
+        })
+        .await
+    }
 }
 
 /// `moto_server` on PATH (a pyenv shim counts), or else in the scripts
