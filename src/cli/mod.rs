@@ -6,6 +6,7 @@ mod apiserver;
 mod app;
 mod app_serve;
 mod crd;
+mod failover;
 mod output;
 pub mod repo;
 mod sdi_sim;
@@ -43,7 +44,7 @@ pub enum Command {
     /// verify, WAL push and fetch.
     Agent(Box<agent::AgentArgs>),
     /// Plan, start, abort and follow failovers; failover reports.
-    Failover(Pending),
+    Failover(Box<failover::FailoverArgs>),
     /// Start and follow DR drills; drill reports.
     Drill(Pending),
     /// Check every tenant against the 3-2-1-1-0 rule.
@@ -92,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repo(args) => runtime()?.block_on(repo::run(*args)),
         Command::Agent(args) => runtime()?.block_on(agent::run(*args)),
         Command::App(args) => runtime()?.block_on(app::run(*args)),
+        Command::Failover(args) => failover::run(*args),
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         pending => {
             eprintln!(

@@ -3,6 +3,7 @@
 //! state machine with its waves. The controllers and the lab translate resources
 //! and sites into calls of this logic; docs/failover.md is its specification.
 
+pub mod capacity;
 pub mod clock;
 pub mod convert;
 pub mod error;
