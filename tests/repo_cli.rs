@@ -532,3 +532,21 @@ fn restoring_thousands_of_small_files_keeps_few_descriptors_open() {
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_dir(lab.path("out/invoices")).unwrap().count(), 3000);
 }
+
+#[test]
+fn special_files_are_skipped_and_said() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.path("site");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("invoice.xml"), "<FatturaElettronica/>").unwrap();
+    let fifo = std::ffi::CString::new(src.join("queue.fifo").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let out = lab.fenice("pw", &["--repo", &lab.repo(), "backup", "site"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 sockets, FIFOs or devices skipped"), "{err}");
+    let listed = lab.ok(&["--repo", &lab.repo(), "ls", "latest"]);
+    assert!(listed.contains("invoice.xml") && !listed.contains("queue.fifo"), "{listed}");
+}

@@ -491,6 +491,10 @@ async fn run_backup(args: &RepoArgs, backup: &BackupArgs, out: &mut impl Write) 
     let progress = Arc::new(Progress::default());
     let results =
         with_progress(&progress, args.json, archiver::backup(repos, source, options, progress.clone())).await?;
+    let special = progress.special_skipped.load(Ordering::Relaxed);
+    if special > 0 {
+        eprintln!("fenice repo backup: {special} sockets, FIFOs or devices skipped: they hold no data to back up");
+    }
     report_copies(&results, args.json, serde_json::Map::new(), out)
 }
 

@@ -112,6 +112,8 @@ pub struct Progress {
     /// Bytes of files unchanged since the parent snapshot, not read again.
     pub bytes_skipped: AtomicU64,
     pub files: AtomicU64,
+    /// Sockets, FIFOs and devices met inside directories: not backed up.
+    pub special_skipped: AtomicU64,
 }
 
 struct Job {
@@ -477,7 +479,11 @@ impl Walker<'_> {
                     previous_trees.iter().map(|t| parent_node(t.as_ref(), &child_name)).collect();
                 match self.node(&entry.path(), child_name, &child_previous) {
                     Ok(nodes) => nodes.into_iter().enumerate().for_each(|(r, n)| children[r].push(n)),
-                    Err(Error::Unsupported { .. }) => continue, // sockets, fifos, devices
+                    Err(Error::Unsupported { .. }) => {
+                        // Sockets, FIFOs and devices hold no data to keep; counted, so the run says so.
+                        self.progress.special_skipped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }
