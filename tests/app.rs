@@ -503,3 +503,33 @@ fn render_and_parse_are_inverses() {
     };
     assert_eq!(fenice::app::parse(&fattura.render()).unwrap(), fattura);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_near_their_sdi_deadline_are_listed() {
+    let (_pg, url) = postgres().await;
+    let documents = tempfile::tempdir().unwrap();
+    // No SdI endpoint: everything stays pending.
+    let app = start(config(&url, documents.path())).await;
+    let today = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::get("Europe/Rome").unwrap()).date();
+    let old = today.checked_sub(jiff::ToSpan::days(11)).unwrap();
+    let mut late = invoice_body("2026", "ABC1234");
+    late["issue_date"] = json!(old.to_string());
+    let late = app.issue(late).await;
+    let mut fresh = invoice_body("2026", "ABC1234");
+    fresh["issue_date"] = json!(today.to_string());
+    app.issue(fresh).await;
+
+    // Its deadline, the invoice date plus 12 days, is tomorrow: inside 48 hours, not inside 0.
+    let (status, listed) = app.get("/v1/deadlines?within_hours=48").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let invoices = listed["invoices"].as_array().unwrap();
+    assert_eq!(invoices.len(), 1, "{listed}");
+    assert_eq!(invoices[0]["file_name"], late["file_name"]);
+    assert_eq!(invoices[0]["deadline"], old.checked_add(jiff::ToSpan::days(12)).unwrap().to_string());
+    assert!(invoices[0]["rule"].as_str().unwrap().contains("12 days"));
+    let (_, none) = app.get("/v1/deadlines?within_hours=0").await;
+    assert_eq!(none["invoices"], json!([]), "{none}");
+    let (status, bad) = app.get("/v1/deadlines?within_hours=soon").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    app.stop().await;
+}

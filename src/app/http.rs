@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/fence", post(fence))
         .route("/v1/admin/activate", post(activate))
         .route("/v1/stats", get(stats))
+        .route("/v1/deadlines", get(deadlines))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorKind::MethodNotAllowed, "method not allowed here")
@@ -477,6 +478,36 @@ async fn stats(State(state): State<AppState>) -> ApiResult<axum::Json<Stats>> {
         last_file_name,
         sender: inner.sender.counters(),
     }))
+}
+
+/// `GET /v1/deadlines?within_hours=N` (24 by default): invoices whose SdI
+/// deadline falls within the next N hours, counted in days in Italy.
+async fn deadlines(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<axum::Json<DeadlineList>> {
+    if let Some(unknown) = params.keys().find(|k| k.as_str() != "within_hours") {
+        return Err(ApiError::invalid(unknown, "unknown parameter; the parameter is within_hours".to_string()));
+    }
+    let hours = match params.get("within_hours") {
+        None => 24,
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if (0..=24 * 366).contains(&n) => n,
+            _ => return Err(ApiError::invalid("within_hours", format!("{text:?}: use a whole number of hours"))),
+        },
+    };
+    let until = Timestamp::now() + jiff::SignedDuration::from_hours(hours);
+    let before = until.to_zoned(state.inner.rome.clone()).date();
+    let invoices = state.inner.db.deadlines(before).await?;
+    Ok(axum::Json(DeadlineList { before, invoices }))
+}
+
+/// The answer of `GET /v1/deadlines`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadlineList {
+    /// Deadlines on or before this day are listed.
+    pub before: Date,
+    pub invoices: Vec<crate::app::invoices::Deadline>,
 }
 
 #[cfg(test)]

@@ -276,6 +276,17 @@ pub struct ListFilter {
     pub limit: Option<i64>,
 }
 
+/// An invoice whose SdI deadline is near.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadline {
+    pub series: String,
+    pub number: i64,
+    pub file_name: String,
+    pub queue_state: String,
+    pub deadline: Date,
+    pub rule: String,
+}
+
 /// The tenant's counters, read in one snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -357,6 +368,43 @@ impl Db {
     }
 
     /// The counters, all from one snapshot of the database.
+    /// Invoices whose SdI deadline falls on or before `before` (a day in
+    /// Italy): pending ones must reach SdI within 12 days of their date, and
+    /// rejected ones (NS) be sent again within 5 days of the rejection. A
+    /// failover whose RTO crosses one of these dates must say so.
+    pub async fn deadlines(&self, before: Date) -> Result<Vec<Deadline>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT series, number, file_name, queue_state, issue_date + 12 AS deadline, 'transmit' AS rule \
+                 FROM invoices WHERE queue_state = 'pending' AND issue_date + 12 <= $1 \
+                 UNION ALL \
+                 SELECT i.series, i.number, i.file_name, i.queue_state, \
+                        (r.received_at AT TIME ZONE 'Europe/Rome')::date + 5, 'resend' \
+                 FROM invoices i JOIN receipts r ON r.sdi_id = i.sdi_id AND r.kind = 'NS' \
+                 WHERE (r.received_at AT TIME ZONE 'Europe/Rome')::date + 5 <= $1 \
+                 ORDER BY 5, 1, 2",
+                &[&before],
+            )
+            .await
+            .map_err(Error::query("looking for deadlines"))?;
+        Ok(rows
+            .iter()
+            .map(|row| Deadline {
+                series: row.get(0),
+                number: row.get(1),
+                file_name: row.get(2),
+                queue_state: row.get(3),
+                deadline: row.get(4),
+                rule: match row.get::<_, &str>(5) {
+                    "resend" => "resend within 5 days of the rejection (NS)",
+                    _ => "transmit within 12 days of the invoice date",
+                }
+                .to_string(),
+            })
+            .collect())
+    }
+
     pub async fn counters(&self) -> Result<Counters> {
         let mut client = self.pool.get().await?;
         let tx = client
