@@ -4,6 +4,13 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use fenice::app::schema::SCHEMA;
+use fenice::testkit::PostgresServer;
+
+#[path = "common/tenant.rs"]
+mod tenant;
+use tenant::{connect, issue};
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The `sh` blocks of a Markdown file, in order.
@@ -42,8 +49,8 @@ fn shell_blocks_are_found_in_order() {
     assert_eq!(blocks, ["a\nb\n", "c\n"]);
 }
 
-#[test]
-fn break_glass_restore_works_with_only_the_recovery_key() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_restore_works_with_only_the_recovery_key() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("nas-copy");
     let repo = repo.to_str().unwrap();
@@ -53,11 +60,19 @@ fn break_glass_restore_works_with_only_the_recovery_key() {
         serde_json::from_str(&fenice(dir.path(), &[], &["repo", "key", "generate-recovery", "--json"])).unwrap();
     let recipient = generated["recipient"].as_str().unwrap();
     fenice(dir.path(), &with_password, &["repo", "--repo", repo, "key", "add", "--recipient", recipient]);
-    let tenant = dir.path().join("studio-rossi");
-    std::fs::create_dir_all(tenant.join("documents")).unwrap();
-    std::fs::write(tenant.join("tenant.sql"), "INSERT INTO invoices VALUES (1);\n").unwrap();
-    std::fs::write(tenant.join("documents/IT01234567897_00001.xml"), "<FatturaElettronica/>").unwrap();
-    fenice(dir.path(), &with_password, &["repo", "--repo", repo, "backup", "studio-rossi", "--tenant", "studio-rossi"]);
+
+    // The tenant as it was backed up before the provider died: three invoices.
+    let pg = PostgresServer::start().expect("PostgreSQL starts");
+    connect(&pg.url("postgres")).await.batch_execute("CREATE DATABASE studio_rossi").await.unwrap();
+    let mut db = connect(&pg.url("studio_rossi")).await;
+    db.batch_execute(SCHEMA).await.unwrap();
+    let documents = dir.path().join("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    for _ in 0..3 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    let url = pg.url("studio_rossi");
+    fenice(dir.path(), &with_password, &["agent", "backup", "--tenant", "studio-rossi", "--db", &url, "--repo", repo]);
 
     // The SRE has the key on paper, retyped with line breaks; no password.
     let key = generated["recoveryKey"].as_str().unwrap().replacen('-', "-\n", 2);
@@ -67,7 +82,7 @@ fn break_glass_restore_works_with_only_the_recovery_key() {
 
     let runbook = std::fs::read_to_string(format!("{ROOT}/runbooks/break-glass-restore.md")).unwrap();
     let script = shell_blocks(&runbook).join("\n");
-    assert!(script.contains("fenice repo restore"), "the runbook restores something");
+    assert!(script.contains("fenice agent restore"), "the runbook restores the tenant");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_fenice")).parent().unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out = Command::new("bash")
@@ -78,6 +93,7 @@ fn break_glass_restore_works_with_only_the_recovery_key() {
         .env("HOME", &work)
         .env("REPO", repo)
         .env("TENANT", "studio-rossi")
+        .env("DB", pg.url("restored"))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -89,8 +105,10 @@ fn break_glass_restore_works_with_only_the_recovery_key() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("no errors"), "the check step ran: {stdout}");
-    assert_eq!(
-        std::fs::read_to_string(work.join("restore/studio-rossi/tenant.sql")).unwrap(),
-        "INSERT INTO invoices VALUES (1);\n"
-    );
+    assert!(stdout.contains("verified"), "the tenant was restored and verified: {stdout}");
+    let restored: i64 =
+        connect(&pg.url("restored")).await.query_one("SELECT count(*) FROM invoices", &[]).await.unwrap().get(0);
+    assert_eq!(restored, 3);
+    assert_eq!(std::fs::read_dir(work.join("restore/documents")).unwrap().count(), 3);
+    assert!(work.join("restore/files/database.dump").exists());
 }
