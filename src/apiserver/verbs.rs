@@ -306,17 +306,21 @@ pub fn create(store: &mut Store, target: &Target, mut body: Value, options: &Wri
     commit(store, &target, None, body, Ownership::Update, options)
 }
 
-/// PUT: replace an object (or its status).
-pub fn update(store: &mut Store, target: &Target, body: Value, options: &WriteOptions) -> Result<Written> {
-    check_kind(target, &body)?;
-    if let Some(name) = meta_str(&body, "name")
-        && name != target.name
-    {
-        return Err(ApiError::bad_request(format!(
+/// The body is of the URL's kind and, if it names itself, of the URL's name.
+fn check_identity(target: &Target, body: &Value) -> Result<()> {
+    check_kind(target, body)?;
+    match meta_str(body, "name") {
+        Some(name) if name != target.name => Err(ApiError::bad_request(format!(
             "the name of the object ({name}) does not match the name on the URL ({})",
             target.name
-        )));
+        ))),
+        _ => Ok(()),
     }
+}
+
+/// PUT: replace an object (or its status).
+pub fn update(store: &mut Store, target: &Target, body: Value, options: &WriteOptions) -> Result<Written> {
+    check_identity(target, &body)?;
     let live = store.get(&target.key(), &target.namespace, &target.name).cloned().ok_or_else(|| target.not_found())?;
     match meta_str(&body, "resourceVersion").filter(|rv| !rv.is_empty()) {
         Some(rv) if Some(rv) != meta_str(&live, "resourceVersion") => {
@@ -434,15 +438,7 @@ fn apply(
     if applied.get("kind").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(ApiError::bad_request("kind must be set in the applied configuration"));
     }
-    check_kind(target, &applied)?;
-    if let Some(name) = meta_str(&applied, "name")
-        && name != target.name
-    {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({name}) does not match the name on the URL ({})",
-            target.name
-        )));
-    }
+    check_identity(target, &applied)?;
     if let (Some(rv), Some(live)) = (meta_str(&applied, "resourceVersion"), live.as_ref())
         && !rv.is_empty()
         && Some(rv) != meta_str(live, "resourceVersion")
