@@ -66,7 +66,7 @@ fn invoice(versione: &str, codice_destinatario: &str, pec: Option<&str>) -> Vec<
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    fenice::repo::id::hex(&Sha256::digest(bytes))
 }
 
 fn id(t: &Transmission) -> u64 {

@@ -50,6 +50,13 @@ pub enum Error {
         source: ApiError,
     },
 
+    #[error("in-memory API server: the initial namespace {name} cannot be created: {source}")]
+    LoadNamespace {
+        name: String,
+        #[source]
+        source: ApiError,
+    },
+
     #[error("in-memory API server: cannot read the address it listens on")]
     LocalAddr {
         #[source]
@@ -131,7 +138,7 @@ impl ApiServer {
         }
         for namespace in INITIAL_NAMESPACES {
             verbs::preload_namespace(&mut store, namespace)
-                .map_err(|source| Error::LoadCrd { name: format!("namespace {namespace}"), source })?;
+                .map_err(|source| Error::LoadNamespace { name: (*namespace).to_owned(), source })?;
         }
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let shared = Arc::new(http::Shared::new(store, options.bookmark_interval, stopping_rx));

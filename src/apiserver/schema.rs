@@ -15,6 +15,8 @@ use serde_json::{Map, Value};
 
 use super::status::Cause;
 use regex::Regex;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 /// What admission found: fields it pruned and what is invalid.
 #[derive(Debug, Default)]
@@ -317,16 +319,15 @@ fn validate_string(text: &str, schema: &JSONSchemaProps, path: &str, causes: &mu
     {
         causes.push(cause("FieldValueTooLong", path, format!("Too long: may not be more than {max} bytes")));
     }
-    if let Some(pattern) = &schema.pattern {
-        match Regex::new(pattern) {
-            Ok(regex) if !regex.is_match(text) => causes.push(cause(
-                "FieldValueInvalid",
-                path,
-                format!("Invalid value: {quoted}: {path} in body should match '{pattern}'"),
-            )),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "pattern not checked"),
-        }
+    if let Some(pattern) = &schema.pattern
+        && let Some(regex) = compiled(pattern)
+        && !regex.is_match(text)
+    {
+        causes.push(cause(
+            "FieldValueInvalid",
+            path,
+            format!("Invalid value: {quoted}: {path} in body should match '{pattern}'"),
+        ));
     }
     if schema.format.as_deref() == Some("date-time") && text.parse::<jiff::Timestamp>().is_err() {
         causes.push(cause(
@@ -335,6 +336,19 @@ fn validate_string(text: &str, schema: &JSONSchemaProps, path: &str, causes: &mu
             format!("Invalid value: {quoted}: {path} in body must be of type date-time: {quoted}"),
         ));
     }
+}
+
+/// A schema `pattern`, compiled once per distinct pattern; `None` when it does
+/// not compile (it is then not checked, as before).
+fn compiled(pattern: &str) -> Option<Regex> {
+    static CACHE: LazyLock<Mutex<HashMap<String, Option<Regex>>>> = LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(regex) = cache.get(pattern) {
+        return regex.clone();
+    }
+    let regex = Regex::new(pattern).inspect_err(|e| tracing::debug!(error = %e, pattern, "pattern not checked")).ok();
+    cache.insert(pattern.to_owned(), regex.clone());
+    regex
 }
 
 fn validate_number(value: &Value, schema: &JSONSchemaProps, path: &str, causes: &mut Vec<Cause>) {

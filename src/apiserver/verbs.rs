@@ -57,6 +57,16 @@ impl Target {
     fn not_found(&self) -> ApiError {
         ApiError::not_found(&self.resource.plural, &self.resource.group, &self.name)
     }
+
+    /// 422 for this object, with the given causes.
+    fn invalid(&self, causes: Vec<Cause>) -> ApiError {
+        ApiError::invalid(&self.resource.kind, &self.resource.group, &self.name, causes)
+    }
+
+    /// 422 for this object, with one cause.
+    fn invalid_field(&self, reason: &'static str, field: &str, message: impl Into<String>) -> ApiError {
+        self.invalid(vec![Cause { reason, message: message.into(), field: field.into() }])
+    }
 }
 
 /// How unknown fields are reported (`fieldValidation`).
@@ -297,7 +307,7 @@ pub fn create(store: &mut Store, target: &Target, mut body: Value, options: &Wri
         }
     };
     if let Some(problem) = name_problem(&target.resource, &target.name) {
-        return Err(ApiError::invalid(&target.resource.kind, &target.resource.group, &target.name, vec![problem]));
+        return Err(target.invalid(vec![problem]));
     }
     check_namespace(store, &target)?;
     if store.get(&target.key(), &target.namespace, &target.name).is_some() {
@@ -328,15 +338,10 @@ pub fn update(store: &mut Store, target: &Target, body: Value, options: &WriteOp
         }
         Some(_) => {}
         None if target.resource.custom => {
-            return Err(ApiError::invalid(
-                &target.resource.kind,
-                &target.resource.group,
-                &target.name,
-                vec![Cause {
-                    reason: "FieldValueInvalid",
-                    message: "Invalid value: 0x0: must be specified for an update".into(),
-                    field: "metadata.resourceVersion".into(),
-                }],
+            return Err(target.invalid_field(
+                "FieldValueInvalid",
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update",
             ));
         }
         None => {}
@@ -359,14 +364,9 @@ pub fn patch(
     let live = live.ok_or_else(|| target.not_found())?;
     let mut object = live.clone();
     match kind {
-        PatchType::Json => patch::json(&mut object, body).map_err(|e| {
-            ApiError::invalid(
-                &target.resource.kind,
-                &target.resource.group,
-                &target.name,
-                vec![Cause { reason: "FieldValueInvalid", message: e, field: String::new() }],
-            )
-        })?,
+        PatchType::Json => {
+            patch::json(&mut object, body).map_err(|e| target.invalid_field("FieldValueInvalid", "", e))?
+        }
         PatchType::Merge | PatchType::Strategic => {
             let changes: Value = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
@@ -388,15 +388,10 @@ pub fn patch(
         return Err(ApiError::stale(&target.resource.plural, &target.resource.group, &target.name));
     }
     if meta_str(&object, "name") != Some(target.name.as_str()) {
-        return Err(ApiError::invalid(
-            &target.resource.kind,
-            &target.resource.group,
-            &target.name,
-            vec![Cause {
-                reason: "FieldValueInvalid",
-                message: "Invalid value: the name of an object cannot be changed: field is immutable".into(),
-                field: "metadata.name".into(),
-            }],
+        return Err(target.invalid_field(
+            "FieldValueInvalid",
+            "metadata.name",
+            "Invalid value: the name of an object cannot be changed: field is immutable",
         ));
     }
     commit(store, target, Some(&live), object, Ownership::Update, options)
@@ -450,7 +445,7 @@ fn apply(
             return Err(target.not_found());
         }
         if let Some(problem) = name_problem(&target.resource, &target.name) {
-            return Err(ApiError::invalid(&target.resource.kind, &target.resource.group, &target.name, vec![problem]));
+            return Err(target.invalid(vec![problem]));
         }
         check_namespace(store, target)?;
     }
@@ -583,18 +578,9 @@ fn commit(
         let before = finalizers(old);
         let added: Vec<String> = finalizers(&object).into_iter().filter(|f| !before.contains(f)).collect();
         if !added.is_empty() {
-            return Err(ApiError::invalid(
-                &resource.kind,
-                &resource.group,
-                &target.name,
-                vec![Cause {
-                    reason: "FieldValueForbidden",
-                    message: format!(
+            return Err(target.invalid_field("FieldValueForbidden", "metadata.finalizers", format!(
                         "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
-                    ),
-                    field: "metadata.finalizers".into(),
-                }],
-            ));
+                    )));
         }
     }
 
@@ -614,7 +600,7 @@ fn commit(
             }
         }
         if !report.causes.is_empty() {
-            return Err(ApiError::invalid(&resource.kind, &resource.group, &target.name, report.causes));
+            return Err(target.invalid(report.causes));
         }
     }
     special_kinds(target, old, &mut object, &now)?;
@@ -704,8 +690,7 @@ fn special_kinds(target: &Target, old: Option<&Value>, object: &mut Value, now: 
     let created = old.is_none();
     if is_crd(resource) {
         let crd = resources::parse_crd(object)?;
-        resources::from_crd(&crd)
-            .map_err(|causes| ApiError::invalid(&resource.kind, &resource.group, &target.name, causes))?;
+        resources::from_crd(&crd).map_err(|causes| target.invalid(causes))?;
         let status = resources::crd_status(&crd, now);
         // The conditions keep their transition time while the names stand.
         let unchanged = old.and_then(|o| o.get("status")).filter(|s| {

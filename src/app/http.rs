@@ -35,29 +35,24 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    tenant: String,
-    issuer: Issuer,
-    db: Db,
-    documents: Documents,
-    fencing: Arc<Fencing>,
-    sender: Arc<SenderStats>,
-    rome: jiff::tz::TimeZone,
+/// What [`AppState`] is made of.
+pub(crate) struct Inner {
+    pub(crate) tenant: String,
+    pub(crate) issuer: Issuer,
+    pub(crate) db: Db,
+    pub(crate) documents: Documents,
+    pub(crate) fencing: Arc<Fencing>,
+    pub(crate) sender: Arc<SenderStats>,
+    pub(crate) rome: jiff::tz::TimeZone,
+}
+
+impl From<Inner> for AppState {
+    fn from(inner: Inner) -> Self {
+        Self { inner: Arc::new(inner) }
+    }
 }
 
 impl AppState {
-    pub fn new(
-        tenant: String,
-        issuer: Issuer,
-        db: Db,
-        documents: Documents,
-        fencing: Arc<Fencing>,
-        sender: Arc<SenderStats>,
-        rome: jiff::tz::TimeZone,
-    ) -> Self {
-        Self { inner: Arc::new(Inner { tenant, issuer, db, documents, fencing, sender, rome }) }
-    }
-
     fn today(&self) -> Date {
         Timestamp::now().to_zoned(self.inner.rome.clone()).date()
     }
@@ -143,7 +138,7 @@ impl ApiError {
         } else {
             (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal)
         };
-        Self::new(status, kind, format!("{what}: {}", chain(error)))
+        Self::new(status, kind, format!("{what}: {}", crate::error_chain::error_chain(error)))
     }
 }
 
@@ -199,18 +194,6 @@ impl IntoResponse for ApiError {
         }
         (self.status, axum::Json(body)).into_response()
     }
-}
-
-/// An error's message with its sources, `a: b: c`.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 type ApiResult<T> = Result<T, ApiError>;

@@ -116,15 +116,15 @@ impl App {
         let fencing = Arc::new(fencing::Fencing::new(config.epoch, !config.start_fenced));
         let stats = Arc::new(sender::SenderStats::default());
         let issuer = numbering::Issuer { vat: config.vat.clone(), company: config.company.clone() };
-        let state = http::AppState::new(
-            tenant.clone(),
+        let state = http::AppState::from(http::Inner {
+            tenant: tenant.clone(),
             issuer,
-            db.clone(),
-            documents.clone(),
-            fencing.clone(),
-            stats.clone(),
+            db: db.clone(),
+            documents: documents.clone(),
+            fencing: fencing.clone(),
+            sender: stats.clone(),
             rome,
-        );
+        });
         let sender = sender::Sender {
             tenant: tenant.clone(),
             db: db.clone(),

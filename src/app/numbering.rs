@@ -88,7 +88,7 @@ pub fn file_name(vat: &str, progressive: u64) -> Result<String> {
 
 /// The hex SHA-256 of a document, as `invoices.xml_sha256` and SdI keep it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    crate::repo::id::hex(&Sha256::digest(bytes))
 }
 
 /// Who issues: the tenant as every document names it.

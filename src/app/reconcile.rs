@@ -96,21 +96,17 @@ pub async fn reconcile(
         .await
         .map_err(query("reading the tenant's VAT number"))?
         .map(|row| row.get(0));
-    let known: HashMap<String, Known> = tx
-        .query("SELECT file_name, sdi_id, xml_sha256, format FROM invoices", &[])
+    let mut known: HashMap<String, Known> = HashMap::new();
+    let mut taken: HashMap<(String, i64), String> = HashMap::new();
+    for row in tx
+        .query("SELECT file_name, sdi_id, xml_sha256, format, series, number FROM invoices", &[])
         .await
         .map_err(query("reading the invoices"))?
-        .into_iter()
-        .map(|row| (row.get(0), Known { sdi_id: row.get(1), sha256: row.get(2), format: row.get(3) }))
-        .collect();
-    let taken: HashMap<(String, i64), String> = tx
-        .query("SELECT series, number, file_name FROM invoices", &[])
-        .await
-        .map_err(query("reading the invoice numbers"))?
-        .into_iter()
-        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
-        .collect();
-
+    {
+        let file_name: String = row.get(0);
+        taken.insert((row.get(4), row.get(5)), file_name.clone());
+        known.insert(file_name, Known { sdi_id: row.get(1), sha256: row.get(2), format: row.get(3) });
+    }
     let mut plan = Vec::new();
     let mut conflicts = Vec::new();
     for record in &records {

@@ -216,10 +216,7 @@ async fn run_backup(args: BackupArgs, out: &mut impl Write) -> anyhow::Result<Ex
 
 /// The one repository a command reads.
 async fn open_one(target: &RepoTarget) -> anyhow::Result<Arc<crate::repo::repository::Repository>> {
-    let repos = open_all(&target.repos, &target.stores, &target.unlock).await?;
-    let [repo] = <[_; 1]>::try_from(repos)
-        .map_err(|r| anyhow::anyhow!("this command reads one repository; --repo was given {} times", r.len()))?;
-    Ok(repo)
+    Ok(Arc::new(super::repo::open_one(&target.repos, &target.stores, &target.unlock).await?))
 }
 
 async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {

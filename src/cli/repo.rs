@@ -232,17 +232,26 @@ fn host_name(given: Option<&String>) -> String {
 }
 
 fn one_repo(args: &RepoArgs) -> anyhow::Result<&str> {
-    match args.repos.as_slice() {
+    the_one(&args.repos)
+}
+
+/// The one location of a command that works on one repository.
+fn the_one(repos: &[String]) -> anyhow::Result<&str> {
+    match repos {
         [one] => Ok(one),
         [] => bail!("no repository given: pass --repo or set FENICE_REPOSITORY"),
-        _ => bail!("this command works on one repository; --repo was given {} times", args.repos.len()),
+        _ => bail!("this command works on one repository; --repo was given {} times", repos.len()),
     }
 }
 
 async fn open(args: &RepoArgs) -> anyhow::Result<Repository> {
-    let location = one_repo(args)?;
-    let store = args.stores.open(location).await?;
-    Ok(Repository::open(store, &args.unlock.unlock()?).await?)
+    open_one(&args.repos, &args.stores, &args.unlock).await
+}
+
+/// Opens the one repository in `repos`, refusing none or several before unlocking anything.
+pub(super) async fn open_one(repos: &[String], stores: &StoreArgs, unlock: &UnlockArgs) -> anyhow::Result<Repository> {
+    let store = stores.open(the_one(repos)?).await?;
+    Ok(Repository::open(store, &unlock.unlock()?).await?)
 }
 
 pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {

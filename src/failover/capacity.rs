@@ -40,7 +40,7 @@ pub struct Scenario {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Outcome {
     pub tenants: usize,
-    pub phase: String,
+    pub phase: Phase,
     /// From the declared loss to the last tenant serving.
     pub total_seconds: f64,
     pub rto_p50_seconds: f64,
@@ -176,7 +176,7 @@ pub async fn simulate(scenario: &Scenario) -> super::error::Result<Outcome> {
         .collect();
     Ok(Outcome {
         tenants: tenants.len(),
-        phase: format!("{phase:?}"),
+        phase,
         total_seconds: seconds(rtos.last().copied().unwrap_or(0)),
         rto_p50_seconds: seconds(rtos.get(rtos.len().saturating_sub(1) / 2).copied().unwrap_or(0)),
         rto_max_seconds: seconds(rtos.last().copied().unwrap_or(0)),
@@ -188,11 +188,6 @@ pub async fn simulate(scenario: &Scenario) -> super::error::Result<Outcome> {
 pub fn simulate_blocking(scenario: &Scenario) -> super::error::Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a Tokio runtime");
     runtime.block_on(simulate(scenario))
-}
-
-/// `Phase` as the simulation reports it.
-pub fn succeeded(outcome: &Outcome) -> bool {
-    outcome.phase == format!("{:?}", Phase::Succeeded)
 }
 
 #[cfg(test)]
@@ -213,7 +208,7 @@ mod tests {
     fn tenants_go_in_rounds_of_the_parallelism() {
         let scenario = Scenario { gold: 4, silver: 0, bronze: 0, parallelism: 2, costs: costs() };
         let outcome = simulate_blocking(&scenario).unwrap();
-        assert!(succeeded(&outcome), "{outcome:?}");
+        assert_eq!(outcome.phase, Phase::Succeeded, "{outcome:?}");
         assert_eq!(outcome.tenants, 4);
         // Two rounds of 8 s of steps each: the second pair serves after about 16 s.
         assert!((16.0..18.0).contains(&outcome.total_seconds), "{outcome:?}");
@@ -224,7 +219,7 @@ mod tests {
     fn waves_follow_each_other_by_tier() {
         let scenario = Scenario { gold: 2, silver: 2, bronze: 2, parallelism: 2, costs: costs() };
         let outcome = simulate_blocking(&scenario).unwrap();
-        assert!(succeeded(&outcome), "{outcome:?}");
+        assert_eq!(outcome.phase, Phase::Succeeded, "{outcome:?}");
         let ends: Vec<f64> = outcome.waves.iter().map(|(_, end)| *end).collect();
         assert!(ends.windows(2).all(|w| w[0] < w[1]), "gold, then silver, then bronze: {outcome:?}");
     }

@@ -115,15 +115,11 @@ impl LocalSite {
     pub fn start_tenant(&self, spec: &TenantSpec) -> Result<()> {
         self.start_database(spec, None)?;
         let database = database_name(&spec.name);
-        let out = self
-            .with_tenant(&spec.name, |stack| {
-                stack
-                    .postgres
-                    .client("psql")
-                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE \"{database}\"")])
-                    .output()
-            })
-            .expect("started above")
+        // The command is built under the lock and run outside it.
+        let mut psql = self.with_tenant(&spec.name, |stack| stack.postgres.client("psql")).expect("started above");
+        let out = psql
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE \"{database}\"")])
+            .output()
             .map_err(|e| self.create_error(spec, e.to_string()))?;
         if !out.status.success() {
             return Err(self.create_error(spec, String::from_utf8_lossy(&out.stderr).trim().to_string()));

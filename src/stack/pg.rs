@@ -19,7 +19,7 @@ impl DbUrl {
     pub fn parse(url: &str) -> Result<Self> {
         let config = tokio_postgres::Config::from_str(url).map_err(|source| Error::DbUrl {
             // NB: the URL may hold a password; the parser's message does not repeat it.
-            reason: source.to_string(),
+            reason: format!("{source}; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"),
         })?;
         if config.get_dbname().is_none() {
             return Err(Error::DbUrl { reason: "it names no database (postgres://HOST:PORT/DATABASE)".into() });
@@ -120,21 +120,13 @@ pub fn program(name: &'static str, bin_dir: Option<&PathBuf>) -> Result<PathBuf>
             Err(Error::NoProgram { program: name, looked: path.display().to_string() })
         };
     }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file());
-    if let Some(path) = on_path {
+    if let Some(path) = crate::testkit::process::find_on_path(name) {
         return Ok(path);
     }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path().join("bin").join(name))
+    // Debian puts each major version's programs in /usr/lib/postgresql/VERSION/bin.
+    crate::testkit::postgres::bin_dir()
+        .ok()
+        .map(|dir| dir.join(name))
         .filter(|path| path.is_file())
-        .collect();
-    versions.sort();
-    versions.pop().ok_or(Error::NoProgram { program: name, looked: "PATH and /usr/lib/postgresql/*/bin".into() })
+        .ok_or(Error::NoProgram { program: name, looked: "PATH and /usr/lib/postgresql/*/bin".into() })
 }

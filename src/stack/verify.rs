@@ -8,6 +8,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::app::numbering::sha256_hex;
+
 use super::{Error, Result};
 
 /// The snapshot annotation that holds a [`Record`].
@@ -142,15 +144,11 @@ fn document_sum(lines: impl Iterator<Item = (String, String)>) -> DocumentSum {
         hasher.update(format!("{name}:{sha256}\n"));
         count += 1;
     }
-    DocumentSum { count, sha256: hex(&hasher.finalize()) }
+    DocumentSum { count, sha256: crate::repo::id::hex(&hasher.finalize()) }
 }
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One way in which restored data differs from what was recorded.
@@ -294,7 +292,7 @@ fn write_batch(
         }
         let path = dir.join(&name);
         let on_disk = match std::fs::read(&path) {
-            Ok(bytes) => Some(hex(&Sha256::digest(&bytes))),
+            Ok(bytes) => Some(sha256_hex(&bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => Some(format!("unreadable ({e})")),
         };
@@ -306,7 +304,7 @@ fn write_batch(
                 differ(&name, &sha256, shown);
             }
             (None, Some(content)) => {
-                let actual = hex(&Sha256::digest(&content));
+                let actual = sha256_hex(&content);
                 if actual != sha256 {
                     differ(&name, &sha256, format!("sha256 {} in the database", &actual[..12]));
                     continue;

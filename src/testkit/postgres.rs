@@ -105,7 +105,7 @@ impl PostgresServer {
 
     /// Starts a server with `options`.
     pub fn start_with(options: PostgresOptions) -> Result<Self> {
-        let bin_dir = find_bin_dir()?;
+        let bin_dir = bin_dir()?;
         let run_as = if is_root() { Some(system_user()?) } else { None };
         let dir = process::temp_dir(SERVER, "fenice-postgres-")?;
         let socket_dir = dir.path().join("sock");
@@ -274,9 +274,10 @@ fn accepts_connections(bin_dir: &Path, port: u16) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The server programs: Debian's newest major version, or else `postgres` on PATH
+/// The directory of the PostgreSQL programs, server and clients of one
+/// version: Debian's newest major version, or else `postgres` on PATH
 /// (following symlinks, as in /usr/local/bin/postgres -> /usr/lib/postgresql/15/bin/postgres).
-fn find_bin_dir() -> Result<PathBuf> {
+pub fn bin_dir() -> Result<PathBuf> {
     let complete =
         |dir: &Path| ["postgres", "initdb", "pg_isready"].iter().all(|p| process::is_executable(&dir.join(p)));
     let mut debian: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(DEBIAN_ROOT)

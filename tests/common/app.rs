@@ -148,7 +148,7 @@ pub fn invoice_body(series: &str, recipient_code: &str) -> Value {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    fenice::repo::id::hex(&Sha256::digest(bytes))
 }
 
 /// The SdI simulator, run as the real binary on a free port.

@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -36,7 +34,7 @@ pub async fn issue(db: &mut tokio_postgres::Client, documents: &Path, series: &s
     let file_name = format!("IT01234567890_{progressive:05}.xml");
     let xml = format!("<FatturaElettronica versione=\"FPR12\"><Numero>{series}/{number}</Numero></FatturaElettronica>");
     std::fs::write(documents.join(&file_name), &xml).unwrap();
-    let sha: String = Sha256::digest(xml.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let sha = fenice::app::numbering::sha256_hex(xml.as_bytes());
     tx.execute(
         "INSERT INTO invoices (series, number, issue_date, format, customer_vat, customer_name, recipient_code, \
          description, taxable_cents, vat_cents, file_name, xml_sha256) \
