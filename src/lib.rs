@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod error_chain;
 pub mod failover;
+pub mod lab;
 pub mod repo;
 pub mod site;
 pub mod stack;

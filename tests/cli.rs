@@ -17,7 +17,7 @@ fn version_prints_the_crate_version() {
 fn help_lists_every_design_command() {
     let out = fenice(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["operator", "crd", "repo", "agent", "failover", "drill", "lab"] {
+    for command in ["operator", "crd", "repo", "agent", "failover", "drill", "lab", "audit"] {
         assert!(help.contains(command), "--help lacks {command}:\n{help}");
     }
 }

@@ -7,6 +7,7 @@ mod app;
 mod app_serve;
 mod crd;
 mod failover;
+mod lab;
 mod output;
 pub mod repo;
 mod sdi_sim;
@@ -55,7 +56,7 @@ pub enum Command {
     Apiserver(apiserver::ApiserverArgs),
     /// The whole system on one machine: simulated clouds, tenants, backups, a
     /// drill, an outage, an automatic failover and a report.
-    Lab(Pending),
+    Lab(lab::LabArgs),
 }
 
 /// Arguments of a command this build does not have yet: accepted so that the
@@ -95,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::App(args) => runtime()?.block_on(app::run(*args)),
         Command::Failover(args) => failover::run(*args),
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
+        Command::Lab(args) => runtime()?.block_on(lab::run(args)),
         pending => {
             eprintln!(
                 "fenice {}: not available in fenice {} yet; `fenice --help` lists the commands, README.md says what works today",

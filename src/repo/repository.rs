@@ -126,6 +126,8 @@ pub struct Repository {
     keys: Keys,
     config: Config,
     index: RwLock<Index>,
+    /// The index objects loaded into `index`.
+    index_loaded: Mutex<HashSet<String>>,
     writer: Mutex<Writer>,
     /// Whole packs of tree blobs, read once: walking a snapshot reads every tree.
     tree_packs: Mutex<HashMap<Id, Bytes>>,
@@ -205,6 +207,7 @@ impl Repository {
             keys,
             config,
             index: RwLock::new(Index::default()),
+            index_loaded: Mutex::new(HashSet::new()),
             writer: Mutex::new(Writer::default()),
             tree_packs: Mutex::new(HashMap::new()),
         }
@@ -328,6 +331,26 @@ impl Repository {
         let files = self.index_files().await?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         files.iter().for_each(|(_, f)| index.add_file(f));
+        let mut loaded = self.index_loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.extend(files.into_iter().map(|(key, _)| key));
+        Ok(())
+    }
+
+    /// Loads the index objects written since the repository was opened (by
+    /// other processes' backups), so that a long-running process restores
+    /// their snapshots too. Reads only the new objects.
+    pub async fn refresh_index(&self) -> Result<()> {
+        let known = self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for meta in self.store.list("index/").await? {
+            if known.contains(&meta.key) {
+                continue;
+            }
+            let sealed = self.store.get(&meta.key).await?;
+            let file: IndexFile =
+                open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store.as_ref(), &meta.key, e))?;
+            self.index.write().unwrap_or_else(|e| e.into_inner()).add_file(&file);
+            self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(meta.key);
+        }
         Ok(())
     }
 

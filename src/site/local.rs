@@ -67,6 +67,8 @@ pub struct TenantSpec {
 pub struct TenantStack {
     pub postgres: PostgresServer,
     pub app: Option<AppServer>,
+    /// The files of a database that crashed here and was started again on them.
+    crashed: Option<tempfile::TempDir>,
 }
 
 impl TenantStack {
@@ -90,6 +92,8 @@ pub struct LocalSite {
     /// Where the site keeps its tenants' documents.
     dir: PathBuf,
     tenants: Mutex<BTreeMap<String, TenantStack>>,
+    /// What [`kill`](Self::kill) left on disk: each tenant's data directory.
+    crashed: Mutex<BTreeMap<String, (PathBuf, tempfile::TempDir)>>,
 }
 
 /// A tenant's database name: its name with `-` as `_`.
@@ -99,7 +103,13 @@ pub fn database_name(tenant: &str) -> String {
 
 impl LocalSite {
     pub fn new(name: &str, program: &Path, dir: &Path) -> Self {
-        Self { name: name.into(), program: program.into(), dir: dir.into(), tenants: Mutex::new(BTreeMap::new()) }
+        Self {
+            name: name.into(),
+            program: program.into(),
+            dir: dir.into(),
+            tenants: Mutex::new(BTreeMap::new()),
+            crashed: Mutex::new(BTreeMap::new()),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -148,8 +158,27 @@ impl LocalSite {
             what: "PostgreSQL",
             source: Box::new(source),
         })?;
-        self.lock().insert(spec.name.clone(), TenantStack { postgres, app: None });
+        self.lock().insert(spec.name.clone(), TenantStack { postgres, app: None, crashed: None });
         Ok(())
+    }
+
+    /// Starts a tenant again on what [`kill`](Self::kill) left of it, as a
+    /// machine that comes back with its disk: PostgreSQL recovers from the crash,
+    /// then the app starts as `spec` says (fenced, for an old primary).
+    pub fn restart_tenant(&self, spec: &TenantSpec) -> Result<()> {
+        let Some((data, files)) = self.crashed.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name) else {
+            return Err(Error::NotRunning { site: self.name.clone(), tenant: spec.name.clone() });
+        };
+        self.start_database(spec, Some(&data))?;
+        if let Some(stack) = self.lock().get_mut(&spec.name) {
+            stack.crashed = Some(files);
+        }
+        self.start_app(spec)
+    }
+
+    /// The tenants [`kill`](Self::kill) left on disk.
+    pub fn crashed_tenants(&self) -> Vec<String> {
+        self.crashed.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
     /// Starts the tenant's app on its running database (replacing an app
@@ -198,7 +227,8 @@ impl LocalSite {
     }
 
     /// Every process of the site dies at once (SIGKILL to each process group),
-    /// as when a provider's machines die. Returns the process groups signalled.
+    /// as when a provider's machines die; their databases' files stay on disk
+    /// for [`restart_tenant`](Self::restart_tenant). Returns the process groups signalled.
     pub fn kill(&self) -> Vec<u32> {
         let stacks = std::mem::take(&mut *self.lock());
         let groups: Vec<u32> = stacks.values().flat_map(TenantStack::groups).collect();
@@ -206,8 +236,15 @@ impl LocalSite {
             // SAFETY: kill only sends a signal, to a process group this site started.
             unsafe { libc::kill(-(*group as libc::pid_t), libc::SIGKILL) };
         }
-        // Reaps the killed processes and removes their directories.
-        drop(stacks);
+        // Reaps the killed processes; the apps' directories go, the data stays.
+        let mut crashed = self.crashed.lock().unwrap_or_else(|e| e.into_inner());
+        for (tenant, stack) in stacks {
+            let TenantStack { postgres, app, crashed: earlier } = stack;
+            drop(app);
+            let (data, files) = postgres.crash();
+            // NB: a database started on crashed files keeps its data in those.
+            crashed.insert(tenant, (data, earlier.unwrap_or(files)));
+        }
         groups
     }
 

@@ -52,6 +52,10 @@ pub async fn prepare(repo: &Arc<Repository>, request: &PitrRestore) -> Result<Pr
             return Err(Error::Unquotable { what, value: value.clone() });
         }
     }
+    // NB: the repository may have been opened before the backup was taken.
+    repo.refresh_index()
+        .await
+        .map_err(|source| Error::Repository { repository: repo.describe(), source: Box::new(source) })?;
     let (id, snapshot, recorded) = base_snapshot(repo, request).await?;
     let restore_error = |source: restorer::Error| Error::Restore { snapshot: id.short(), source: Box::new(source) };
     prepare_empty_dir(&request.pgdata, request.force)?;

@@ -44,11 +44,18 @@ pub struct PostgresOptions {
     env: Vec<(OsString, OsString)>,
     ready_timeout: Duration,
     existing_data: Option<PathBuf>,
+    wal_segment_mb: Option<u32>,
 }
 
 impl Default for PostgresOptions {
     fn default() -> Self {
-        Self { settings: Vec::new(), env: Vec::new(), ready_timeout: DEFAULT_READY_TIMEOUT, existing_data: None }
+        Self {
+            settings: Vec::new(),
+            env: Vec::new(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            existing_data: None,
+            wal_segment_mb: None,
+        }
     }
 }
 
@@ -76,6 +83,14 @@ impl PostgresOptions {
     /// root, and is left in place when the server stops.
     pub fn existing_data(mut self, dir: impl Into<PathBuf>) -> Self {
         self.existing_data = Some(dir.into());
+        self
+    }
+
+    /// WAL segments of `mb` MiB (a power of two; 16 by default) for a fresh
+    /// cluster: with `archive_timeout`, every segment is archived whole, so
+    /// small ones keep frequent archiving cheap.
+    pub fn wal_segment_mb(mut self, mb: u32) -> Self {
+        self.wal_segment_mb = Some(mb);
         self
     }
 
@@ -123,7 +138,7 @@ impl PostgresServer {
                 data.clone()
             }
             None => {
-                initdb(&bin_dir, dir.path(), run_as)?;
+                initdb(&bin_dir, dir.path(), options.wal_segment_mb, run_as)?;
                 dir.path().join("data")
             }
         };
@@ -205,6 +220,16 @@ impl PostgresServer {
     pub fn log_path(&self) -> &Path {
         self.process.log_path()
     }
+
+    /// Kills the server at once (SIGKILL to its process group) and keeps its
+    /// files, as a machine's disk outlives its processes: the data directory,
+    /// and the guard that deletes the server's directory when dropped.
+    pub fn crash(self) -> (PathBuf, TempDir) {
+        let Self { mut process, dir, data, .. } = self;
+        process.set_quick_stop(libc::SIGKILL, QUICK_STOP_GRACE);
+        drop(process);
+        (data, dir)
+    }
 }
 
 fn prepare(step: &'static str, path: &Path, source: std::io::Error) -> Error {
@@ -218,6 +243,18 @@ fn adopt_data_dir(data: &Path, run_as: Option<(u32, u32)>) -> Result<()> {
     let step = "preparing the existing data directory";
     std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
         .map_err(|source| prepare(step, data, source))?;
+    chown_tree(data, run_as, step)
+}
+
+/// Hands `path` and everything below it to the user PostgreSQL runs as, when
+/// that is not us (we are root): for files its `archive_command` and
+/// `restore_command` read or write, such as a key file or a directory repository.
+pub fn hand_to_server_user(path: &Path) -> Result<()> {
+    let run_as = if is_root() { Some(system_user()?) } else { None };
+    chown_tree(path, run_as, "handing it to the postgres user")
+}
+
+fn chown_tree(data: &Path, run_as: Option<(u32, u32)>, step: &'static str) -> Result<()> {
     if let Some((uid, gid)) = run_as {
         let mut stack = vec![data.to_owned()];
         while let Some(path) = stack.pop() {
@@ -233,7 +270,7 @@ fn adopt_data_dir(data: &Path, run_as: Option<(u32, u32)>) -> Result<()> {
 }
 
 /// Runs `initdb` into `dir/data`, its output in `dir/initdb.log`.
-fn initdb(bin_dir: &Path, dir: &Path, run_as: Option<(u32, u32)>) -> Result<()> {
+fn initdb(bin_dir: &Path, dir: &Path, wal_segment_mb: Option<u32>, run_as: Option<(u32, u32)>) -> Result<()> {
     let program = bin_dir.join("initdb");
     let log = dir.join("initdb.log");
     let out = std::fs::File::create(&log).map_err(|source| prepare("creating initdb.log", &log, source))?;
@@ -241,6 +278,9 @@ fn initdb(bin_dir: &Path, dir: &Path, run_as: Option<(u32, u32)>) -> Result<()> 
     let mut cmd = Command::new(&program);
     cmd.arg("-D").arg(dir.join("data"));
     cmd.args(["-U", USER, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
+    if let Some(mb) = wal_segment_mb {
+        cmd.arg(format!("--wal-segsize={mb}"));
+    }
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     prepare_command(&mut cmd, dir, run_as);
     let status = cmd.status().map_err(|source| Error::Spawn { server: SERVER, program, source })?;

@@ -1,0 +1,121 @@
+//! `fenice lab`: the whole system on one machine, checked, with a report.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::lab::progress::Progress;
+use crate::lab::{LabOptions, LabReport};
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    /// Tenants to run, each with its own PostgreSQL and app at each site.
+    #[arg(long, default_value_t = 20)]
+    tenants: usize,
+    /// Where lab.json goes.
+    #[arg(long, default_value = "fenice-lab")]
+    report_dir: PathBuf,
+    /// Keep the run's directory (repositories, witness, sites' files, logs)
+    /// instead of deleting it at the end; its path is printed.
+    #[arg(long)]
+    keep: bool,
+    /// Tenants restored at once in each wave of the failover.
+    #[arg(long, default_value_t = 8)]
+    parallelism: u32,
+    /// Seconds the tenants keep working after their backups before the primary dies.
+    #[arg(long, default_value_t = 10)]
+    work_seconds: u64,
+    /// Each tenant gets an invoice this often, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    invoice_interval_ms: u64,
+}
+
+pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    let program = std::env::current_exe().context("finding the fenice binary the lab's processes run")?;
+    std::fs::create_dir_all(&args.report_dir)
+        .with_context(|| format!("creating the report directory {}", args.report_dir.display()))?;
+    // NB: in the system's temporary directory, which PostgreSQL's own user can
+    // reach when the lab runs as root (a home directory often is not).
+    let work = tempfile::Builder::new().prefix("fenice-lab-").tempdir().context("creating the lab's directory")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Traversable by PostgreSQL's user; what is secret inside is 0600.
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("opening {} to PostgreSQL's user", work.path().display()))?;
+    }
+    let options = LabOptions {
+        tenants: args.tenants,
+        work_dir: work.path().to_owned(),
+        program,
+        parallelism: args.parallelism.max(1),
+        work_before_kill: Duration::from_secs(args.work_seconds),
+        invoice_interval: Duration::from_millis(args.invoice_interval_ms.max(10)),
+    };
+    let progress = Progress::new();
+    let outcome = crate::lab::run(&options, &progress).await;
+    if args.keep {
+        let kept = work.keep();
+        progress.step(&format!("the run's files stay in {}", kept.display()));
+    }
+    let report = outcome?;
+    let path = args.report_dir.join("lab.json");
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    print_summary(&report, &mut std::io::stdout().lock())?;
+    println!("report: {}", path.display());
+    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_summary(r: &LabReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
+    let f = &r.findings;
+    writeln!(out)?;
+    writeln!(out, "fenice lab: {}", if r.passed { "PASSED" } else { "FAILED" })?;
+    writeln!(out, "  tenants                    {}", r.tenants)?;
+    writeln!(out, "  invoices issued            {}", f.invoices_issued)?;
+    writeln!(out, "  {} invoices lost          {}", mark(f.invoices_lost == 0), f.invoices_lost)?;
+    writeln!(out, "  {} duplicate numbers      {}", mark(f.duplicate_numbers == 0), f.duplicate_numbers)?;
+    writeln!(out, "  {} SdI duplicates         {}", mark(f.sdi_duplicates == 0), f.sdi_duplicates)?;
+    writeln!(out, "  {} sent exactly once      {}", mark(f.pending_sent_exactly_once), f.pending_sent_exactly_once)?;
+    writeln!(out, "  {} receipts carried       {}", mark(f.receipts_carried), f.receipts_carried)?;
+    writeln!(out, "  {} dual active            {}", mark(!f.dual_active), f.dual_active)?;
+    writeln!(out, "  {} old primary fenced     {}", mark(r.old_primary_fenced), r.old_primary_fenced)?;
+    writeln!(
+        out,
+        "  {} drill ({})     {}",
+        mark(r.drill.passed),
+        r.drill.tenant,
+        if r.drill.passed { "passed" } else { "failed" }
+    )?;
+    writeln!(
+        out,
+        "  {} failover               {:?}, {} succeeded, {} failed",
+        mark(r.failover.phase == crate::failover::machine::Phase::Succeeded),
+        r.failover.phase,
+        r.failover.succeeded,
+        r.failover.failed
+    )?;
+    writeln!(out, "  detect  p50 {:>7.2} s  max {:>7.2} s", r.detect_seconds.p50, r.detect_seconds.max)?;
+    writeln!(out, "  RTO     p50 {:>7.2} s  max {:>7.2} s", r.rto_seconds.p50, r.rto_seconds.max)?;
+    writeln!(out, "  RPO     p50 {:>7.2} s  max {:>7.2} s", r.rpo_seconds.p50, r.rpo_seconds.max)?;
+    for o in &r.objectives {
+        writeln!(
+            out,
+            "  objective {:<10} {:<6} target {}; measured {}",
+            o.name,
+            if o.met { "met" } else { "MISSED" },
+            o.target,
+            o.measured
+        )?;
+    }
+    for problem in f.problems.iter().take(20) {
+        writeln!(out, "  problem: {problem}")?;
+    }
+    if f.problems.len() > 20 {
+        writeln!(out, "  … and {} more problems (lab.json lists them all)", f.problems.len() - 20)?;
+    }
+    Ok(())
+}

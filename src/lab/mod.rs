@@ -1,0 +1,820 @@
+//! `fenice lab`: the whole story on one machine. Two sites of local processes
+//! (primary "westpole", standby "azure"), backup repositories at two other
+//! providers, a witness at a third, the SdI simulator; tenants issuing invoices
+//! continuously, archiving WAL and backed up; a drill; then the primary dies
+//! with invoices in flight, the standby takes the lease and fails every tenant
+//! over; the old primary comes back and must stay fenced. Everything is checked
+//! and written to `DIR/lab.json`.
+
+pub mod fence;
+pub mod probes;
+pub mod progress;
+pub mod providers;
+pub mod report;
+pub mod traffic;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use futures::stream;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use self::fence::SiteFence;
+use self::progress::Progress;
+use self::providers::{Providers, Repo};
+use self::report::{Findings, Held, HeldInvoice, Objective, Spread};
+use self::traffic::{Resolve, Traffic};
+use crate::api::common::{TenantRef, Tier};
+use crate::failover::clock::{Clock, SystemClock};
+use crate::failover::executor::{Progress as RunProgress, SiteDriver, StateFile, StepContext, run as run_failover};
+use crate::failover::health::{DetectionRule, SiteHealth};
+use crate::failover::lease::{LeaseAgent, LeaseTiming, LeaseView, Standing, Takeover, new_incarnation};
+use crate::failover::machine::{FailoverState, NewFailover, Observation, Phase, RetryRule, Trigger};
+use crate::failover::waves::{GateRule, TenantSpec as WaveTenant, WaveSpec, assign};
+use crate::failover::witness::{LeaseStatus, Witness, keep};
+use crate::site::local::{LocalSite, TenantSpec};
+use crate::site::local_failover::LocalFailover;
+use crate::stack::pg::DbUrl;
+use crate::testkit::PostgresOptions;
+
+const PRIMARY: &str = "westpole";
+const STANDBY: &str = "azure";
+const PLAN: &str = "westpole-to-azure";
+/// The namespace the tenants' resources would live in at a Kubernetes site.
+const NAMESPACE: &str = "tenants";
+/// How often each primary database archives its WAL at the latest: the RPO bound.
+const ARCHIVE_TIMEOUT_SECS: &str = "1";
+/// How long processes on one machine may take to start several at a time.
+const SETUP_PARALLELISM: usize = 4;
+
+/// What `fenice lab` runs.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub tenants: usize,
+    /// Where the run's files go: stores, sites, keys. PostgreSQL runs as its
+    /// own user when the lab runs as root, so every directory above must let it through.
+    pub work_dir: PathBuf,
+    /// The `fenice` binary the sites' processes run.
+    pub program: PathBuf,
+    /// Tenants restored at once in each wave of the failover.
+    pub parallelism: u32,
+    /// How long the tenants work after their backups before the primary dies.
+    pub work_before_kill: Duration,
+    /// An invoice per tenant this often.
+    pub invoice_interval: Duration,
+}
+
+/// Everything `lab.json` says.
+#[derive(Clone, Debug, Serialize)]
+pub struct LabReport {
+    pub passed: bool,
+    pub tenants: usize,
+    #[serde(flatten)]
+    pub findings: Findings,
+    pub detect_seconds: Spread,
+    pub rto_seconds: Spread,
+    pub rpo_seconds: Spread,
+    pub old_primary_fenced: bool,
+    pub failover: FailoverSummary,
+    pub drill: DrillSummary,
+    pub objectives: Vec<Objective>,
+    pub repositories: Vec<Repo>,
+    pub witness: String,
+    pub per_tenant: Vec<TenantFigures>,
+    pub notes: Vec<String>,
+    pub started_at: jiff::Timestamp,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FailoverSummary {
+    pub name: String,
+    pub phase: Phase,
+    pub epoch: Option<u64>,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub parallelism: u32,
+    /// From the kill to the last tenant verified.
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DrillSummary {
+    pub tenant: String,
+    pub passed: bool,
+    pub snapshot: Option<String>,
+    pub restore_seconds: f64,
+    pub rpo_seconds: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantFigures {
+    pub tenant: String,
+    pub tier: Tier,
+    pub snapshot: Option<String>,
+    pub rto_seconds: Option<f64>,
+    pub rpo_seconds: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// The lab's lease timing: a 5 s lease renewed every 500 ms.
+fn lease_timing() -> anyhow::Result<LeaseTiming> {
+    Ok(LeaseTiming::for_lease(Duration::from_secs(5), Duration::from_millis(500))?)
+}
+
+/// Down after 3 failed probes over at least 1 s, from 2 of the 3 vantage points.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+fn detection() -> DetectionRule {
+    DetectionRule { failure_threshold: 3, window: Duration::from_secs(1), min_vantage_points: 2 }
+}
+
+/// A lease agent running in this process.
+struct Agent {
+    status: watch::Receiver<LeaseStatus>,
+    fence: Arc<SiteFence>,
+    task: tokio::task::JoinHandle<LeaseAgent>,
+    // NB: held so the loop runs; dropping it ends the loop.
+    _commands: mpsc::Sender<crate::failover::witness::LeaseCommand>,
+}
+
+impl Agent {
+    fn start(
+        site: &Arc<LocalSite>,
+        witness: &Witness,
+        takeover: Takeover,
+        may_create: bool,
+        holder_health: watch::Receiver<SiteHealth>,
+        clock: &Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let fence = Arc::new(SiteFence::new(site.clone()));
+        let agent = LeaseAgent::new(site.name(), new_incarnation(), lease_timing()?, takeover, may_create);
+        let (commands, commands_rx) = mpsc::channel(4);
+        let (status_tx, status) = watch::channel(LeaseStatus { standing: Standing::Fenced, view: LeaseView::Unknown });
+        let task = tokio::spawn(keep(
+            agent,
+            witness.clone(),
+            fence.clone(),
+            clock.clone(),
+            holder_health,
+            commands_rx,
+            status_tx,
+        ));
+        Ok(Self { status, fence, task, _commands: commands })
+    }
+
+    /// What the failover runner observes of the lease.
+    fn observation(status: &watch::Receiver<LeaseStatus>) -> Observation {
+        let status = status.borrow();
+        let (lease_holder, lease_epoch) = match &status.view {
+            LeaseView::Held { holder, epoch, .. } => (Some(holder.clone()), *epoch),
+            _ => (None, 0),
+        };
+        let active_epoch = match status.standing {
+            Standing::Active { epoch, .. } => Some(epoch),
+            Standing::Fenced => None,
+        };
+        Observation { lease_holder, lease_epoch, active_epoch, ..Observation::default() }
+    }
+}
+
+/// A partita IVA per tenant (11 digits).
+fn vat_of(index: usize) -> String {
+    format!("{:011}", 1_234_500_000 + index)
+}
+
+fn tier_of(index: usize, tenants: usize) -> Tier {
+    match index * 10 / tenants.max(1) {
+        0 | 1 => Tier::Gold,
+        2..=4 => Tier::Silver,
+        _ => Tier::Bronze,
+    }
+}
+
+fn tenant_ref(name: &str) -> TenantRef {
+    TenantRef { namespace: NAMESPACE.into(), name: name.into() }
+}
+
+/// Runs the lab. `progress` says on the terminal what happens.
+pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<LabReport> {
+    if options.tenants == 0 {
+        bail!("--tenants must be at least 1");
+    }
+    let started_at = jiff::Timestamp::now();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let work = options.work_dir.clone();
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut notes = Vec::new();
+
+    progress.step("starting the providers: backup repositories, witness, SdI simulator");
+    let providers = Providers::start(&work, &options.program, progress).await?;
+    for repo in &providers.repos {
+        progress.step(&format!("  repository {} at {}", repo.location, repo.provider));
+    }
+    let repo = Arc::new(providers.open_restore_repo().await?);
+    let witness = Witness::new(providers.witness.clone(), PLAN);
+
+    let primary = Arc::new(LocalSite::new(PRIMARY, &options.program, &work.join(PRIMARY)));
+    let standby = Arc::new(LocalSite::new(STANDBY, &options.program, &work.join(STANDBY)));
+    let names: Vec<String> = (1..=options.tenants).map(|i| format!("tenant-{i:03}")).collect();
+    let specs = tenant_specs(&names, &providers);
+    let archiving = |spec: &TenantSpec| TenantSpec {
+        postgres: spec
+            .postgres
+            .clone()
+            .setting("wal_level", "replica")
+            .setting("archive_mode", "on")
+            .setting("archive_timeout", ARCHIVE_TIMEOUT_SECS)
+            .setting("archive_command", format!("'{}' agent wal-push %p", options.program.display())),
+        fenced: true,
+        ..spec.clone()
+    };
+
+    progress
+        .step(&format!("starting {} tenants at {PRIMARY} (PostgreSQL archiving WAL, the invoicing app)", names.len()));
+    let started = Instant::now();
+    let primary_specs: Vec<TenantSpec> = specs.values().map(archiving).collect();
+    for_each_blocking(&primary_specs, SETUP_PARALLELISM, {
+        let site = primary.clone();
+        move |spec| site.start_tenant(spec).map_err(anyhow::Error::from)
+    })
+    .await?;
+    progress.step(&format!("  {} tenants up in {:.1} s", names.len(), started.elapsed().as_secs_f64()));
+
+    // The primary creates the lease and activates its apps under epoch 1.
+    let (_always_up, up) = watch::channel(SiteHealth::Up);
+    let mut primary_agent = Agent::start(&primary, &witness, Takeover::Never, true, up, &clock)?;
+    wait_status(&mut primary_agent.status, Duration::from_secs(30), |s| matches!(s.standing, Standing::Active { .. }))
+        .await
+        .context("the primary never became active under the witness lease")?;
+    progress.step(&format!("{PRIMARY} holds the witness lease under epoch 1: its apps are active"));
+
+    let primary_urls: BTreeMap<String, String> = names
+        .iter()
+        .filter_map(|n| {
+            primary.with_tenant(n, |s| s.app.as_ref().map(|a| a.base_url())).flatten().map(|u| (n.clone(), u))
+        })
+        .collect();
+    let driver = Arc::new(LocalFailover::new(
+        primary.clone(),
+        standby.clone(),
+        specs.clone(),
+        repo.clone(),
+        providers.restore_location().to_owned(),
+        options.program.clone(),
+        providers.sdi.endpoint(),
+        jiff::civil::date(2029, 1, 1),
+    ));
+    let resolve: Resolve = {
+        let (driver, urls) = (driver.clone(), primary_urls.clone());
+        Arc::new(move |tenant: &str| {
+            let switched = driver.endpoints.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned();
+            switched.or_else(|| urls.get(tenant).cloned())
+        })
+    };
+    let traffic = Traffic::start(&names, resolve, options.invoice_interval);
+    progress.step(&format!(
+        "customers issue an invoice per tenant every {} ms; apps transmit to SdI",
+        options.invoice_interval.as_millis()
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    progress.step(&format!("backing up every tenant (dump + base backup) to {} repositories", providers.repos.len()));
+    let started = Instant::now();
+    let backups: Vec<(String, String)> =
+        names.iter().filter_map(|n| primary.with_tenant(n, |s| s.db_url(n)).map(|url| (n.clone(), url))).collect();
+    for_each_blocking(&backups, SETUP_PARALLELISM.min(2), {
+        let (program, env) = (options.program.clone(), providers.agent_env.clone());
+        move |(tenant, db)| backup(&program, &env, tenant, db)
+    })
+    .await?;
+    progress.step(&format!(
+        "  {} backups in {:.1} s; {} invoices confirmed so far",
+        backups.len(),
+        started.elapsed().as_secs_f64(),
+        traffic.confirmed()
+    ));
+
+    let drill = drill(options, &providers, &primary, &specs, &repo, &work, progress).await;
+
+    progress.step(&format!("tenants keep working for {} s", options.work_before_kill.as_secs()));
+    tokio::time::sleep(options.work_before_kill).await;
+
+    // The standby watches the primary from three vantage points.
+    let probing = probes::spawn(
+        PRIMARY,
+        primary_urls.values().cloned().collect(),
+        witness.clone(),
+        detection(),
+        PROBE_INTERVAL,
+        clock.clone(),
+    );
+    let mut standby_agent =
+        Agent::start(&standby, &witness, Takeover::WhenHolderDown, false, probing.health.clone(), &clock)?;
+    wait_status(&mut standby_agent.status, Duration::from_secs(30), |s| matches!(s.view, LeaseView::Held { .. }))
+        .await
+        .context("the standby never read the lease")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let before_kill = traffic.confirmed();
+    let killed_at = jiff::Timestamp::now();
+    primary_agent.task.abort();
+    let groups = primary.kill();
+    *driver.lost_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(killed_at);
+    progress.step(&format!(
+        "KILL: every process of {PRIMARY} got SIGKILL ({} process groups) with {} invoices confirmed",
+        groups.len(),
+        before_kill
+    ));
+
+    let mut activated = standby_agent.fence.subscribe();
+    let epoch = tokio::time::timeout(Duration::from_secs(120), activated.wait_for(Option::is_some))
+        .await
+        .context("the standby did not take the lease within 120 s of the kill")?
+        .context("the standby's lease agent stopped")?
+        .unwrap_or_default();
+    let detected_at = jiff::Timestamp::now();
+    let detect = duration_between(killed_at, detected_at);
+    progress.step(&format!(
+        "{PRIMARY} down from 2 of 3 vantage points at +{:.1} s; {STANDBY} took the lease under epoch {epoch} at +{:.1} s",
+        probing.down_at().map_or(f64::NAN, |d| duration_between(killed_at, d).as_secs_f64()),
+        detect.as_secs_f64()
+    ));
+
+    let state = fail_over(options, &names, &providers, &driver, &standby_agent, epoch, &clock, progress).await?;
+    let failover_seconds = state.completed_at.map_or(f64::NAN, |done| {
+        duration_between(killed_at, jiff::Timestamp::from_millisecond(done.unix_millis() as i64).unwrap_or(killed_at))
+            .as_secs_f64()
+    });
+
+    progress.step("customers now reach the tenants at the standby; 5 s more of work");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let refused = traffic.refused();
+    let committed = traffic.stop().await;
+    progress.step(&format!("{} invoices confirmed in all ({refused} requests refused or unanswered)", committed.len()));
+
+    let old_primary_fenced = restart_old_primary(&primary, &specs, &witness, &driver, &clock, progress).await;
+
+    progress.step("waiting for the standby to transmit everything and collect the receipts");
+    drain(&standby, &names, Duration::from_secs(120)).await;
+    let held = held_at(&standby, &names).await?;
+    let sdi = sdi_listing(&providers, &names).await?;
+    let mut findings = report::compare(&committed, &held, &sdi);
+    findings.dual_active =
+        report::dual_active(&[(&primary_agent.fence.events(), Some(killed_at)), (&standby_agent.fence.events(), None)]);
+    if findings.dual_active {
+        findings.problems.push("two sites were active at once".into());
+    }
+
+    let declared = jiff::Timestamp::from_millisecond(state.declared_loss.unix_millis() as i64).unwrap_or(killed_at);
+    let declared_after_kill = duration_between(killed_at, declared);
+    let per_tenant: Vec<TenantFigures> = state
+        .tenants()
+        .map(|(_, t)| TenantFigures {
+            tenant: t.tenant.name.clone(),
+            tier: tier_of(names.iter().position(|n| *n == t.tenant.name).unwrap_or(0), names.len()),
+            snapshot: t.snapshot_id.clone(),
+            rto_seconds: t.rto_ms.map(|ms| (declared_after_kill + Duration::from_millis(ms)).as_secs_f64()),
+            rpo_seconds: t.rpo_ms.map(|ms| ms as f64 / 1000.0),
+            error: t.error.clone(),
+        })
+        .collect();
+    let rto: Vec<Duration> = per_tenant.iter().filter_map(|t| t.rto_seconds.map(Duration::from_secs_f64)).collect();
+    let rpo: Vec<Duration> = per_tenant.iter().filter_map(|t| t.rpo_seconds.map(Duration::from_secs_f64)).collect();
+    let (succeeded, failed, _) = state.counts();
+    let (rto_seconds, rpo_seconds) = (Spread::of(&rto), Spread::of(&rpo));
+    let detect_seconds = Spread::of(&[detect]);
+    let timing = lease_timing()?;
+    let detect_bound = timing.observer_wait() + PROBE_INTERVAL;
+
+    notes.push(format!(
+        "detection is one instant for the whole site: detect_seconds is the time from the kill to the standby's \
+         takeover of the lease (lease {} s, renewed every {} ms; probes every {} ms)",
+        timing.lease_duration.as_secs_f64(),
+        timing.renew_interval.as_millis(),
+        PROBE_INTERVAL.as_millis()
+    ));
+    notes.push(
+        "RTO runs from the kill to the tenant verified at the standby; RPO from the tenant's last restored invoice \
+         to the kill"
+            .into(),
+    );
+    notes.push(
+        "the three vantage points run in this process on one machine: they differ in what they probe, not in \
+         their network path"
+            .into(),
+    );
+    notes.push(
+        "after the failover the standby's databases do not archive WAL yet: the next backup protects them".into(),
+    );
+
+    let objectives = vec![
+        Objective {
+            name: "detection",
+            target: format!(
+                "≤ {:.1} s (lease expiry as the standby counts it + one probe interval)",
+                detect_bound.as_secs_f64()
+            ),
+            measured: format!("{:.1} s", detect.as_secs_f64()),
+            met: detect <= detect_bound + Duration::from_secs(1),
+        },
+        Objective {
+            name: "rto",
+            target: "every tenant serves again within 60 s of the kill".into(),
+            measured: format!("p50 {:.1} s, max {:.1} s", rto_seconds.p50, rto_seconds.max),
+            met: rto.len() == names.len() && rto_seconds.max <= 60.0,
+        },
+        Objective {
+            name: "rpo",
+            target: "≤ 5 s".into(),
+            measured: format!("p50 {:.2} s, max {:.2} s", rpo_seconds.p50, rpo_seconds.max),
+            met: rpo.len() == names.len() && rpo_seconds.max <= 5.0,
+        },
+    ];
+    let passed = findings.problems.is_empty()
+        && findings.invoices_issued > 0
+        && state.phase == Phase::Succeeded
+        && old_primary_fenced
+        && drill.passed;
+    let report = LabReport {
+        passed,
+        tenants: names.len(),
+        findings,
+        detect_seconds,
+        rto_seconds,
+        rpo_seconds,
+        old_primary_fenced,
+        failover: FailoverSummary {
+            name: state.name.clone(),
+            phase: state.phase,
+            epoch: state.epoch,
+            succeeded,
+            failed,
+            parallelism: options.parallelism,
+            seconds: failover_seconds,
+        },
+        drill,
+        objectives,
+        repositories: providers.repos.clone(),
+        witness: providers.witness_provider.clone(),
+        per_tenant,
+        notes,
+        started_at,
+        seconds: progress.elapsed(),
+    };
+    progress.step("stopping every process");
+    drop((standby_agent, probing));
+    standby.kill();
+    primary.kill();
+    Ok(report)
+}
+
+fn tenant_specs(names: &[String], providers: &Providers) -> BTreeMap<String, TenantSpec> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let postgres = providers
+                .agent_env
+                .iter()
+                .fold(PostgresOptions::new().wal_segment_mb(1), |o, (k, v)| o.env(k, v))
+                .env("FENICE_TENANT", name);
+            let spec = TenantSpec {
+                name: name.clone(),
+                vat: vat_of(i),
+                company: format!("Studio {name} S.r.l."),
+                sdi_endpoint: Some(providers.sdi.endpoint()),
+                epoch: 1,
+                fenced: false,
+                postgres,
+            };
+            (name.clone(), spec)
+        })
+        .collect()
+}
+
+/// Runs `f` on every item, `parallelism` at a time, on blocking threads; the first error.
+async fn for_each_blocking<T, F>(items: &[T], parallelism: usize, f: F) -> anyhow::Result<()>
+where
+    T: Clone + Send + 'static,
+    F: Fn(&T) -> anyhow::Result<()> + Clone + Send + 'static,
+{
+    let results: Vec<anyhow::Result<()>> = stream::iter(items.iter().cloned())
+        .map(|item| {
+            let f = f.clone();
+            async move { tokio::task::spawn_blocking(move || f(&item)).await.map_err(anyhow::Error::from)? }
+        })
+        .buffer_unordered(parallelism.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// `fenice agent backup --physical` of one tenant into every repository.
+fn backup(program: &Path, env: &[(String, String)], tenant: &str, db: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new(program)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("FENICE_DB_URL", db)
+        .args(["agent", "backup", "--physical", "--tenant", tenant])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !out.status.success() {
+        bail!("backup of tenant {tenant} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A drill of the first tenant: its latest backup and WAL restored at an
+/// isolated copy of the standby (own ports and directories, no SdI), verified
+/// against the backup's record, then torn down.
+async fn drill(
+    options: &LabOptions,
+    providers: &Providers,
+    primary: &Arc<LocalSite>,
+    specs: &BTreeMap<String, TenantSpec>,
+    repo: &Arc<crate::repo::repository::Repository>,
+    work: &Path,
+    progress: &Progress,
+) -> DrillSummary {
+    let Some((tenant, _)) = specs.iter().next() else { unreachable!("at least one tenant") };
+    progress.step(&format!("drill: restoring {tenant} at an isolated copy of {STANDBY} and verifying it"));
+    let drill_site = Arc::new(LocalSite::new("azure-drill", &options.program, &work.join("azure-drill")));
+    let driver = LocalFailover::new(
+        primary.clone(),
+        drill_site.clone(),
+        specs.clone(),
+        repo.clone(),
+        providers.restore_location().to_owned(),
+        options.program.clone(),
+        providers.sdi.endpoint(),
+        jiff::civil::date(2029, 1, 1),
+    );
+    let ctx = StepContext {
+        failover: "drill".into(),
+        plan: PLAN.into(),
+        trigger: Trigger::Manual,
+        source: PRIMARY.into(),
+        target: "azure-drill".into(),
+        epoch: None,
+    };
+    let started = Instant::now();
+    let restored = driver.restore_tenant(&ctx, &tenant_ref(tenant)).await;
+    let restore_seconds = started.elapsed().as_secs_f64();
+    let torn_down = driver.discard_tenant(&ctx, &tenant_ref(tenant)).await;
+    let summary = match (restored, torn_down) {
+        (Ok(r), Ok(())) => DrillSummary {
+            tenant: tenant.clone(),
+            passed: true,
+            snapshot: Some(r.snapshot_id),
+            restore_seconds,
+            rpo_seconds: Some(r.rpo.as_secs_f64()),
+            error: None,
+        },
+        (Err(e), _) | (Ok(_), Err(e)) => DrillSummary {
+            tenant: tenant.clone(),
+            passed: false,
+            snapshot: None,
+            restore_seconds,
+            rpo_seconds: None,
+            error: Some(e.message),
+        },
+    };
+    match &summary.error {
+        None => progress.step(&format!(
+            "  drill passed: restored, verified against the backup's record, torn down in {restore_seconds:.1} s"
+        )),
+        Some(e) => progress.step(&format!("  DRILL FAILED: {e}")),
+    }
+    summary
+}
+
+/// The automatic failover at the standby, run to its end.
+#[allow(clippy::too_many_arguments)]
+async fn fail_over(
+    options: &LabOptions,
+    names: &[String],
+    providers: &Providers,
+    driver: &Arc<LocalFailover>,
+    agent: &Agent,
+    epoch: u64,
+    clock: &Arc<dyn Clock>,
+    progress: &Progress,
+) -> anyhow::Result<FailoverState> {
+    let tenants: Vec<WaveTenant> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| WaveTenant { tenant: tenant_ref(n), tier: tier_of(i, names.len()) })
+        .collect();
+    let wave = |name: &str, tiers: Vec<Tier>| WaveSpec {
+        name: name.into(),
+        tiers,
+        parallelism: options.parallelism,
+        gate: GateRule { max_failed_tenants: 0, require_approval: false },
+    };
+    let waves =
+        assign(PLAN, &[wave("gold", vec![Tier::Gold]), wave("others", vec![Tier::Silver, Tier::Bronze])], &tenants)?;
+    let new = NewFailover {
+        name: format!("{PRIMARY}-lost-epoch-{epoch}"),
+        plan: PLAN.into(),
+        trigger: Trigger::Automatic,
+        source: PRIMARY.into(),
+        target: STANDBY.into(),
+        declared_loss: clock.wall(),
+        epoch: Some(epoch),
+    };
+    let retry = RetryRule { max_attempts: 4, base_millis: 1_000, max_millis: 8_000, refence_millis: 5_000 };
+    let mut state = FailoverState::new(new, waves, retry);
+    let mut file = StateFile::create(providers.witness.clone(), &state).await?;
+    progress.step(&format!(
+        "failover {} begins: waves gold, then silver and bronze, {} tenants at a time; state in the witness store",
+        state.name, options.parallelism
+    ));
+    let status = agent.status.clone();
+    let observe = move || Agent::observation(&status);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut reported = 0;
+    loop {
+        let progress_now =
+            run_failover(&mut state, driver.as_ref() as &dyn SiteDriver, &mut file, clock.as_ref(), &observe).await?;
+        let (done, failed, total) = state.counts();
+        if done + failed > reported {
+            reported = done + failed;
+            for (_, t) in state.tenants().filter(|(_, t)| t.step == crate::failover::machine::TenantStep::Failed) {
+                progress.step(&format!(
+                    "  {} FAILED: {}",
+                    t.tenant.name,
+                    t.error.as_deref().unwrap_or("no reason given")
+                ));
+            }
+            progress.step(&format!(
+                "  {done}/{total} tenants serve at {STANDBY}{}",
+                if failed > 0 { format!(", {failed} failed") } else { String::new() }
+            ));
+        }
+        match progress_now {
+            RunProgress::Finished(phase) => {
+                progress.step(&format!("failover {}: {phase:?}", state.name));
+                return Ok(state);
+            }
+            RunProgress::Waiting(_) if Instant::now() > deadline => {
+                bail!("the failover did not finish within 15 minutes: {:?}", state.phase)
+            }
+            RunProgress::Waiting(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The old primary's machines come back with their disks: each tenant's
+/// database recovers and its app starts fenced, and a new lease agent finds a
+/// higher epoch. True when, after twice the lease's duration, the agent is
+/// still fenced and every app refuses to issue an invoice.
+async fn restart_old_primary(
+    primary: &Arc<LocalSite>,
+    specs: &BTreeMap<String, TenantSpec>,
+    witness: &Witness,
+    driver: &Arc<LocalFailover>,
+    clock: &Arc<dyn Clock>,
+    progress: &Progress,
+) -> bool {
+    progress.step(&format!("{PRIMARY} comes back: its databases recover from the crash, its apps start fenced"));
+    let crashed: Vec<TenantSpec> = primary
+        .crashed_tenants()
+        .iter()
+        .filter_map(|t| specs.get(t))
+        .map(|s| TenantSpec { fenced: true, ..s.clone() })
+        .collect();
+    let restarted = for_each_blocking(&crashed, SETUP_PARALLELISM, {
+        let site = primary.clone();
+        move |spec| site.restart_tenant(spec).map_err(anyhow::Error::from)
+    })
+    .await;
+    if let Err(e) = restarted {
+        progress.step(&format!("  restarting {PRIMARY} failed: {e:#}"));
+        return false;
+    }
+    let standby_urls: Vec<String> =
+        driver.endpoints.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    let probing = probes::spawn(STANDBY, standby_urls, witness.clone(), detection(), PROBE_INTERVAL, clock.clone());
+    let Ok(agent) = Agent::start(primary, witness, Takeover::WhenHolderDown, true, probing.health.clone(), clock)
+    else {
+        return false;
+    };
+    let wait = lease_timing().map_or(Duration::from_secs(10), |t| t.lease_duration * 2);
+    tokio::time::sleep(wait).await;
+    let standing = agent.status.borrow().standing;
+    let never_activated =
+        !agent.fence.events().iter().any(|(_, e)| matches!(e, crate::failover::fencing::FenceEvent::Activated { .. }));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let mut refused = 0;
+    let apps: Vec<String> = primary
+        .tenants()
+        .iter()
+        .filter_map(|t| primary.with_tenant(t, |s| s.app.as_ref().map(|a| a.base_url())).flatten())
+        .collect();
+    for app in &apps {
+        let body = serde_json::json!({
+            "series": "FENCED",
+            "customer": {"vat": "09876543210", "name": "Rossi", "recipient_code": "ABC1234"},
+            "description": "must be refused",
+            "taxable_cents": 100,
+        });
+        let answer = match http.post(format!("{app}/v1/invoices")).json(&body).send().await {
+            Ok(a) => a.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        if answer.is_some_and(|a| a["error"] == "fenced") {
+            refused += 1;
+        }
+    }
+    let fenced =
+        standing == Standing::Fenced && never_activated && refused == apps.len() && apps.len() == crashed.len();
+    progress.step(&format!(
+        "  {PRIMARY}'s lease agent: {}; {refused}/{} restarted apps refuse to issue",
+        if standing == Standing::Fenced { "fenced (the lease names a higher epoch)" } else { "ACTIVE" },
+        apps.len()
+    ));
+    drop(agent);
+    fenced
+}
+
+/// Waits until every tenant at `site` has nothing pending or awaiting a receipt.
+async fn drain(site: &LocalSite, names: &[String], timeout: Duration) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let deadline = Instant::now() + timeout;
+    for name in names {
+        let Some(url) = site.with_tenant(name, |s| s.app.as_ref().map(|a| a.base_url())).flatten() else { continue };
+        while Instant::now() < deadline {
+            let stats: Option<serde_json::Value> = match http.get(format!("{url}/v1/stats")).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            if stats.is_some_and(|s| s["invoices"]["pending"] == 0 && s["invoices"]["sent"] == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// What each tenant's database at `site` holds.
+async fn held_at(site: &LocalSite, names: &[String]) -> anyhow::Result<BTreeMap<String, Held>> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        let Some(url) = site.with_tenant(name, |s| s.db_url(name)) else { continue };
+        let client = DbUrl::parse(&url)?.connect().await?;
+        let invoices = client
+            .query("SELECT series, number, file_name, queue_state, sdi_id FROM invoices ORDER BY series, number", &[])
+            .await
+            .with_context(|| format!("reading tenant {name}'s invoices at {}", site.name()))?
+            .iter()
+            .map(|r| HeldInvoice {
+                series: r.get(0),
+                number: r.get(1),
+                file_name: r.get(2),
+                queue_state: r.get(3),
+                sdi_id: r.get(4),
+            })
+            .collect();
+        let receipts = client
+            .query("SELECT DISTINCT sdi_id FROM receipts", &[])
+            .await
+            .with_context(|| format!("reading tenant {name}'s receipts at {}", site.name()))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        out.insert(name.clone(), Held { invoices, receipts });
+    }
+    Ok(out)
+}
+
+/// What SdI received per tenant.
+async fn sdi_listing(
+    providers: &Providers,
+    names: &[String],
+) -> anyhow::Result<BTreeMap<String, Vec<crate::app::sdi::Record>>> {
+    let client = crate::app::sdi::client::Client::new(&providers.sdi.endpoint())?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        out.insert(name.clone(), client.list(name).await?);
+    }
+    Ok(out)
+}
+
+async fn wait_status(
+    status: &mut watch::Receiver<LeaseStatus>,
+    timeout: Duration,
+    done: impl Fn(&LeaseStatus) -> bool,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(timeout, status.wait_for(done)).await??;
+    Ok(())
+}
+
+fn duration_between(from: jiff::Timestamp, to: jiff::Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
+}

@@ -1,0 +1,216 @@
+//! The lab's providers besides the two sites: two backup repositories at
+//! providers other than the primary's (the S3 server and Azurite when they are
+//! installed, a directory each otherwise), the witness at a third, and the SdI
+//! simulator.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::progress::Progress;
+use crate::repo::keyfile::RecoveryKey;
+use crate::repo::repository::{Repository, Unlock};
+use crate::store::ObjectStore;
+use crate::store::fs::FsStore;
+use crate::testkit::azurite::{DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use crate::testkit::postgres::hand_to_server_user;
+use crate::testkit::{AzuriteServer, S3Server, SdiSimServer};
+
+/// The S3 repository's bucket and prefix.
+const S3_BUCKET: &str = "fenice-lab-backups";
+const S3_PREFIX: &str = "tenants";
+/// How long every object of the S3 repository is locked (Object Lock, COMPLIANCE).
+const RETENTION_DAYS: &str = "1";
+
+/// One backup repository.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Repo {
+    /// Which provider holds it.
+    pub provider: String,
+    pub location: String,
+    /// Every object is locked at the store for a retention period.
+    pub immutable: bool,
+}
+
+/// The running providers.
+pub struct Providers {
+    pub repos: Vec<Repo>,
+    /// The witness's store (the lease and the failovers' state).
+    pub witness: Arc<dyn ObjectStore>,
+    pub witness_provider: String,
+    pub sdi: SdiSimServer,
+    /// The environment every `fenice agent` process runs with: where the
+    /// repositories are, how to reach them, and the agents' key file.
+    pub agent_env: Vec<(String, String)>,
+    recovery: RecoveryKey,
+    s3: Option<S3Server>,
+    _azurite: Option<AzuriteServer>,
+}
+
+impl Providers {
+    /// Starts the stores and the simulator, and creates both repositories,
+    /// their master key wrapped for a lab password and for the agents' key.
+    pub async fn start(dir: &Path, program: &Path, progress: &Progress) -> anyhow::Result<Self> {
+        let stores = dir.join("providers");
+        std::fs::create_dir_all(&stores).with_context(|| format!("creating {}", stores.display()))?;
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut repos = Vec::new();
+
+        let s3 = match S3Server::start() {
+            Ok(s3) => {
+                env.extend([
+                    ("AWS_ENDPOINT_URL".to_owned(), s3.endpoint()),
+                    ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
+                    ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+                    ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+                    ("FENICE_S3_PATH_STYLE".to_owned(), "true".to_owned()),
+                ]);
+                repos.push(Repo {
+                    provider: format!("s3 (S3 server at {})", s3.endpoint()),
+                    location: format!("s3://{S3_BUCKET}/{S3_PREFIX}"),
+                    immutable: true,
+                });
+                Some(s3)
+            }
+            Err(e) => {
+                progress.note(&format!(
+                    "no S3 server ({}): the first repository is a directory instead, without immutability",
+                    crate::error_chain::error_chain(&e)
+                ));
+                repos.push(fs_repo(&stores, "offsite-a"));
+                None
+            }
+        };
+        let azurite = match AzuriteServer::start() {
+            Ok(azurite) => {
+                env.extend([
+                    ("FENICE_AZURE_ENDPOINT".to_owned(), azurite.blob_endpoint()),
+                    ("AZURE_STORAGE_KEY".to_owned(), DEV_ACCOUNT_KEY.expose().to_owned()),
+                ]);
+                progress.note("Azurite has no immutability policies: the Azure Blob repository is not locked");
+                repos.push(Repo {
+                    provider: format!("azure-blob (Azurite at {})", azurite.blob_endpoint()),
+                    location: format!("az://{DEV_ACCOUNT}/fenice-lab/tenants"),
+                    immutable: false,
+                });
+                Some(azurite)
+            }
+            Err(e) => {
+                progress.note(&format!(
+                    "no Azurite ({}): the second repository is a directory instead",
+                    crate::error_chain::error_chain(&e)
+                ));
+                repos.push(fs_repo(&stores, "offsite-b"));
+                None
+            }
+        };
+
+        let password = crate::repo::id::hex(&random::<16>());
+        let recovery = RecoveryKey::generate();
+        let key_file = dir.join("agent.key");
+        write_secret(&key_file, recovery.to_text().as_str())?;
+        for repo in &repos {
+            let mut init = vec!["init"];
+            if repo.immutable {
+                init.extend(["--retention-days", RETENTION_DAYS]);
+            }
+            let recipient = recovery.recipient().to_string();
+            let add = ["key", "add", "--recipient", recipient.as_str(), "--label", "lab-agents"];
+            for args in [init.as_slice(), add.as_slice()] {
+                run_repo(program, &env, &password, &repo.location, args)?;
+            }
+        }
+        // NB: archive_command and restore_command run as PostgreSQL's user.
+        hand_to_server_user(&key_file)?;
+        for repo in repos.iter().filter(|r| r.location.starts_with('/')) {
+            hand_to_server_user(Path::new(&repo.location))?;
+        }
+        let locations: Vec<&str> = repos.iter().map(|r| r.location.as_str()).collect();
+        env.push(("FENICE_REPOSITORY".to_owned(), locations.join(",")));
+        env.push(("FENICE_RECOVERY_KEY_FILE".to_owned(), key_file.display().to_string()));
+
+        let witness_dir = stores.join("witness");
+        let witness: Arc<dyn ObjectStore> = Arc::new(FsStore::open(&witness_dir)?);
+        let sdi = SdiSimServer::start(program, Duration::from_millis(500)).context("starting the SdI simulator")?;
+        Ok(Self {
+            repos,
+            witness,
+            witness_provider: format!("witness (a third provider; a directory here: {})", witness_dir.display()),
+            sdi,
+            agent_env: env,
+            recovery,
+            s3,
+            _azurite: azurite,
+        })
+    }
+
+    /// The repository failovers and drills restore from: the first one.
+    pub fn restore_location(&self) -> &str {
+        &self.repos[0].location
+    }
+
+    /// Opens [`restore_location`](Self::restore_location) with the agents' key.
+    pub async fn open_restore_repo(&self) -> anyhow::Result<Repository> {
+        let store: Arc<dyn ObjectStore> = match &self.s3 {
+            Some(s3) => Arc::new(s3.store(S3_BUCKET, S3_PREFIX).await?),
+            None => Arc::new(FsStore::open(Path::new(self.restore_location()))?),
+        };
+        let unlock = Unlock::Recovery(RecoveryKey::from_text(self.recovery.to_text().as_str())?);
+        Ok(Repository::open(store, &unlock).await?)
+    }
+}
+
+fn fs_repo(stores: &Path, name: &str) -> Repo {
+    Repo {
+        provider: format!("{name} (a directory standing in for an object store)"),
+        location: stores.join(name).display().to_string(),
+        immutable: false,
+    }
+}
+
+/// Runs `fenice repo ARGS` on `location` with the lab password in its environment.
+fn run_repo(
+    program: &Path,
+    env: &[(String, String)],
+    password: &str,
+    location: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("FENICE_PASSWORD", password)
+        .env("FENICE_NEW_PASSWORD", password)
+        .args(["repo", "--repo", location])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !out.status.success() {
+        bail!("fenice repo {} on {location}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &PathBuf, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // NB: a broken random generator is a broken operating system: nothing to go on with.
+    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+    bytes
+}
