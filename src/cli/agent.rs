@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::repo::{StoreArgs, open_all, report_copies, with_progress};
+use super::repo::{Index, StoreArgs, open_all, open_each, report_copies, with_progress};
 use super::secrets::UnlockArgs;
 use crate::app::documents::Documents;
 use crate::app::{reconcile, sdi};
@@ -107,6 +107,14 @@ struct WalFetchArgs {
     dest: PathBuf,
     #[arg(long, env = "FENICE_TENANT")]
     tenant: String,
+    /// Also fetch this many of the following segments into --spool, where the
+    /// next calls find them (recovery asks for one segment after the other).
+    #[arg(long, default_value_t = 0, requires = "spool")]
+    prefetch: usize,
+    /// The directory prefetched segments wait in (relative to the data
+    /// directory, where PostgreSQL runs restore_command).
+    #[arg(long)]
+    spool: Option<PathBuf>,
     #[command(flatten)]
     target: RepoTarget,
 }
@@ -335,16 +343,19 @@ async fn run_verify(args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<Ex
 async fn run_wal_push(args: WalPushArgs) -> anyhow::Result<ExitCode> {
     // NB: every repository must hold the segment before PostgreSQL may recycle
     // it; a failure makes PostgreSQL retry the whole push later.
-    for repo in open_all(&args.target.repos, &args.target.stores, &args.target.unlock).await? {
-        wal::push(&repo, &args.tenant, &args.path).await?;
-    }
+    let repos = open_each(&args.target.repos, &args.target.stores, &args.target.unlock, Index::Skip).await?;
+    futures::future::try_join_all(repos.iter().map(|repo| wal::push(repo, &args.tenant, &args.path))).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn run_wal_fetch(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
     let mut missing = Vec::new();
-    for repo in open_all(&args.target.repos, &args.target.stores, &args.target.unlock).await? {
-        match wal::fetch(&repo, &args.tenant, &args.name, &args.dest).await {
+    for repo in open_each(&args.target.repos, &args.target.stores, &args.target.unlock, Index::Skip).await? {
+        let fetched = match &args.spool {
+            Some(spool) => wal::fetch_ahead(&repo, &args.tenant, &args.name, &args.dest, spool, args.prefetch).await,
+            None => wal::fetch(&repo, &args.tenant, &args.name, &args.dest).await,
+        };
+        match fetched {
             Ok(()) => return Ok(ExitCode::SUCCESS),
             Err(e) => missing.push(e),
         }

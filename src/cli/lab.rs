@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::lab::progress::Progress;
-use crate::lab::{LabOptions, LabReport};
+use crate::lab::{LabOptions, LabReport, StandbyMode};
 
 #[derive(Args, Debug)]
 pub struct LabArgs {
@@ -31,6 +31,11 @@ pub struct LabArgs {
     /// Each tenant gets an invoice this often, in milliseconds.
     #[arg(long, default_value_t = 500)]
     invoice_interval_ms: u64,
+    /// How tenants wait at the standby: a synchronous PostgreSQL standby that
+    /// a failover promotes (no confirmed invoice lost), or nothing (cold: a
+    /// failover restores backups and archived WAL from the repositories).
+    #[arg(long, value_enum, default_value = "sync")]
+    standby: StandbyMode,
 }
 
 pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
@@ -53,6 +58,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         parallelism: args.parallelism.max(1),
         work_before_kill: Duration::from_secs(args.work_seconds),
         invoice_interval: Duration::from_millis(args.invoice_interval_ms.max(10)),
+        standby: args.standby,
     };
     let progress = Progress::new();
     let outcome = crate::lab::run(&options, &progress).await;

@@ -513,6 +513,24 @@ pub(super) async fn open_all(
     stores: &StoreArgs,
     unlock: &UnlockArgs,
 ) -> anyhow::Result<Vec<Arc<Repository>>> {
+    open_each(locations, stores, unlock, Index::Load).await
+}
+
+/// Whether opening a repository loads its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Index {
+    Load,
+    /// For work outside the index (the WAL archive).
+    Skip,
+}
+
+/// Opens every repository of `locations`, unlocked with one key.
+pub(super) async fn open_each(
+    locations: &[String],
+    stores: &StoreArgs,
+    unlock: &UnlockArgs,
+    index: Index,
+) -> anyhow::Result<Vec<Arc<Repository>>> {
     if locations.is_empty() {
         bail!("no repository given: pass --repo or set FENICE_REPOSITORY");
     }
@@ -520,7 +538,11 @@ pub(super) async fn open_all(
     let mut repos = Vec::new();
     for location in locations {
         let store = stores.open(location).await?;
-        repos.push(Arc::new(Repository::open(store, &unlock).await?));
+        let repo = match index {
+            Index::Load => Repository::open(store, &unlock).await?,
+            Index::Skip => Repository::open_unindexed(store, &unlock).await?,
+        };
+        repos.push(Arc::new(repo));
     }
     Ok(repos)
 }

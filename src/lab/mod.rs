@@ -67,6 +67,20 @@ pub struct LabOptions {
     pub work_before_kill: Duration,
     /// An invoice per tenant this often.
     pub invoice_interval: Duration,
+    pub standby: StandbyMode,
+}
+
+/// How each tenant waits at the standby site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StandbyMode {
+    /// A PostgreSQL standby the primary commits to synchronously: a failover
+    /// promotes it, and no confirmed invoice can be lost.
+    Sync,
+    /// Nothing runs at the standby: a failover restores the latest base backup
+    /// and the archived WAL (invoices confirmed after the last archived WAL
+    /// and not yet at SdI are lost: the RPO).
+    Cold,
 }
 
 /// Everything `lab.json` says.
@@ -80,6 +94,7 @@ pub struct LabReport {
     pub rto_seconds: Spread,
     pub rpo_seconds: Spread,
     pub old_primary_fenced: bool,
+    pub standby: StandbyMode,
     pub failover: FailoverSummary,
     pub drill: DrillSummary,
     pub objectives: Vec<Objective>,
@@ -246,6 +261,25 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     .await?;
     progress.step(&format!("  {} tenants up in {:.1} s", names.len(), started.elapsed().as_secs_f64()));
 
+    // The standby's databases archive their WAL once promoted, as the primary's do.
+    let standby_specs: BTreeMap<String, TenantSpec> =
+        specs.iter().map(|(name, spec)| (name.clone(), TenantSpec { fenced: false, ..archiving(spec) })).collect();
+    if options.standby == StandbyMode::Sync {
+        progress.step(&format!("starting a synchronous standby of every tenant's database at {STANDBY}"));
+        let started = Instant::now();
+        let each: Vec<TenantSpec> = standby_specs.values().cloned().collect();
+        for_each_blocking(&each, SETUP_PARALLELISM, {
+            let (site, primary) = (standby.clone(), primary.clone());
+            move |spec| site.start_standby(spec, &primary).map_err(anyhow::Error::from)
+        })
+        .await?;
+        progress.step(&format!(
+            "  {} standbys streaming in {:.1} s: a commit is confirmed once {STANDBY} has it",
+            each.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+
     // The primary creates the lease and activates its apps under epoch 1.
     let (_always_up, up) = watch::channel(SiteHealth::Up);
     let mut primary_agent = Agent::start(&primary, &witness, Takeover::Never, true, up, &clock)?;
@@ -263,7 +297,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let driver = Arc::new(LocalFailover::new(
         primary.clone(),
         standby.clone(),
-        specs.clone(),
+        standby_specs,
         repo.clone(),
         providers.restore_location().to_owned(),
         options.program.clone(),
@@ -449,6 +483,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         rto_seconds,
         rpo_seconds,
         old_primary_fenced,
+        standby: options.standby,
         failover: FailoverSummary {
             name: state.name.clone(),
             phase: state.phase,
@@ -543,9 +578,10 @@ async fn drill(
     progress: &Progress,
 ) -> DrillSummary {
     let Some((tenant, _)) = specs.iter().next() else { unreachable!("at least one tenant") };
-    progress.step(&format!("drill: restoring {tenant} at an isolated copy of {STANDBY} and verifying it"));
+    progress.step(&format!("drill: restoring {tenant} up to now at an isolated copy of {STANDBY}, verifying it"));
     let drill_site = Arc::new(LocalSite::new("azure-drill", &options.program, &work.join("azure-drill")));
-    let driver = LocalFailover::new(
+    let until = jiff::Timestamp::now();
+    let mut driver = LocalFailover::new(
         primary.clone(),
         drill_site.clone(),
         specs.clone(),
@@ -555,6 +591,8 @@ async fn drill(
         providers.sdi.endpoint(),
         jiff::civil::date(2029, 1, 1),
     );
+    driver.until = Some(until);
+    *driver.lost_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
     let ctx = StepContext {
         failover: "drill".into(),
         plan: PLAN.into(),
@@ -683,11 +721,16 @@ async fn restart_old_primary(
     progress: &Progress,
 ) -> bool {
     progress.step(&format!("{PRIMARY} comes back: its databases recover from the crash, its apps start fenced"));
+    // NB: without its standby, a primary that waited for one would hang on its first write.
     let crashed: Vec<TenantSpec> = primary
         .crashed_tenants()
         .iter()
         .filter_map(|t| specs.get(t))
-        .map(|s| TenantSpec { fenced: true, ..s.clone() })
+        .map(|s| TenantSpec {
+            fenced: true,
+            postgres: s.postgres.clone().setting("synchronous_standby_names", ""),
+            ..s.clone()
+        })
         .collect();
     let restarted = for_each_blocking(&crashed, SETUP_PARALLELISM, {
         let site = primary.clone();
@@ -769,7 +812,10 @@ async fn held_at(site: &LocalSite, names: &[String]) -> anyhow::Result<BTreeMap<
         let Some(url) = site.with_tenant(name, |s| s.db_url(name)) else { continue };
         let client = DbUrl::parse(&url)?.connect().await?;
         let invoices = client
-            .query("SELECT series, number, file_name, queue_state, sdi_id FROM invoices ORDER BY series, number", &[])
+            .query(
+                "SELECT series, number, file_name, queue_state, sdi_id, xml_sha256 FROM invoices ORDER BY series, number",
+                &[],
+            )
             .await
             .with_context(|| format!("reading tenant {name}'s invoices at {}", site.name()))?
             .iter()
@@ -779,6 +825,7 @@ async fn held_at(site: &LocalSite, names: &[String]) -> anyhow::Result<BTreeMap<
                 file_name: r.get(2),
                 queue_state: r.get(3),
                 sdi_id: r.get(4),
+                xml_sha256: r.get(5),
             })
             .collect();
         let receipts = client

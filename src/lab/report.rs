@@ -19,6 +19,7 @@ pub struct HeldInvoice {
     pub file_name: String,
     pub queue_state: String,
     pub sdi_id: Option<String>,
+    pub xml_sha256: String,
 }
 
 /// One tenant at the standby after the failover.
@@ -89,7 +90,12 @@ pub fn compare(
     for c in committed {
         *confirmed_numbers.entry((&c.tenant, &c.series, c.number)).or_default() += 1;
         let there = held.get(&c.tenant).unwrap_or(&empty);
-        if !there.invoices.iter().any(|h| h.series == c.series && h.number == c.number && h.file_name == c.file_name) {
+        // NB: the same number and file name with other content is another
+        // invoice that took the lost one's number.
+        let same = |h: &&HeldInvoice| {
+            h.series == c.series && h.number == c.number && h.file_name == c.file_name && h.xml_sha256 == c.xml_sha256
+        };
+        if !there.invoices.iter().any(|h| same(&h)) {
             f.invoices_lost += 1;
             f.problems.push(format!("lost: tenant {} invoice {}/{} ({})", c.tenant, c.series, c.number, c.file_name));
         }
@@ -195,6 +201,7 @@ mod tests {
             series: "2026".into(),
             number,
             file_name: format!("IT01234567890_{number:05}.xml"),
+            xml_sha256: format!("sha-{number}"),
             at: None,
         }
     }
@@ -206,6 +213,7 @@ mod tests {
             file_name: format!("IT01234567890_{number:05}.xml"),
             queue_state: state.into(),
             sdi_id: (state != "pending").then(|| format!("{number}")),
+            xml_sha256: format!("sha-{number}"),
         }
     }
 

@@ -21,6 +21,8 @@ pub struct Committed {
     pub series: String,
     pub number: i64,
     pub file_name: String,
+    /// The document's SHA-256: tells this invoice from another with its number.
+    pub xml_sha256: String,
     #[serde(skip)]
     pub at: Option<jiff::Timestamp>,
 }

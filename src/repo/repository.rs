@@ -228,11 +228,18 @@ impl Repository {
 
     /// Unlocks a repository and loads its index.
     pub async fn open(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
-        let config = Self::read_config(store.as_ref()).await?;
-        let master = Self::unlock(store.as_ref(), unlock).await?;
-        let repo = Self::assemble(store, master, config);
+        let repo = Self::open_unindexed(store, unlock).await?;
         repo.load_index().await?;
         Ok(repo)
+    }
+
+    /// Unlocks a repository without loading its index, for work on objects
+    /// outside it (the WAL archive): PostgreSQL runs one process per WAL file,
+    /// and the index grows with every backup.
+    pub async fn open_unindexed(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
+        let config = Self::read_config(store.as_ref()).await?;
+        let master = Self::unlock(store.as_ref(), unlock).await?;
+        Ok(Self::assemble(store, master, config))
     }
 
     async fn unlock(store: &dyn ObjectStore, unlock: &Unlock) -> Result<MasterKey> {

@@ -26,8 +26,8 @@ pub enum Error {
         source: Box<testkit::Error>,
     },
 
-    #[error("site {site}: creating tenant {tenant}'s database: {message}")]
-    CreateDatabase { site: String, tenant: String, message: String },
+    #[error("site {site}: tenant {tenant}, {what}: {message}")]
+    Sql { site: String, tenant: String, what: &'static str, message: String },
 
     #[error("site {site}: tenant {tenant} already runs here")]
     AlreadyRunning { site: String, tenant: String },
@@ -69,6 +69,8 @@ pub struct TenantStack {
     pub app: Option<AppServer>,
     /// The files of a database that crashed here and was started again on them.
     crashed: Option<tempfile::TempDir>,
+    /// The database is a standby of the tenant's primary at another site.
+    standby: bool,
 }
 
 impl TenantStack {
@@ -125,20 +127,79 @@ impl LocalSite {
     pub fn start_tenant(&self, spec: &TenantSpec) -> Result<()> {
         self.start_database(spec, None)?;
         let database = database_name(&spec.name);
-        // The command is built under the lock and run outside it.
-        let mut psql = self.with_tenant(&spec.name, |stack| stack.postgres.client("psql")).expect("started above");
-        let out = psql
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE \"{database}\"")])
-            .output()
-            .map_err(|e| self.create_error(spec, e.to_string()))?;
-        if !out.status.success() {
-            return Err(self.create_error(spec, String::from_utf8_lossy(&out.stderr).trim().to_string()));
-        }
+        self.psql(&spec.name, &[&format!("CREATE DATABASE \"{database}\"")], "creating its database")?;
         self.start_app(spec)
     }
 
-    fn create_error(&self, spec: &TenantSpec, message: String) -> Error {
-        Error::CreateDatabase { site: self.name.clone(), tenant: spec.name.clone(), message }
+    /// Runs SQL statements with psql on the tenant's server, one `-c` each.
+    fn psql(&self, tenant: &str, statements: &[&str], what: &'static str) -> Result<()> {
+        let failed = |message: String| Error::Sql { site: self.name.clone(), tenant: tenant.to_owned(), what, message };
+        // The command is built under the lock and run outside it.
+        let mut psql = self
+            .with_tenant(tenant, |stack| stack.postgres.client("psql"))
+            .ok_or_else(|| Error::NotRunning { site: self.name.clone(), tenant: tenant.to_owned() })?;
+        psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+        for statement in statements {
+            psql.args(["-c", statement]);
+        }
+        let out = psql.output().map_err(|e| failed(e.to_string()))?;
+        if !out.status.success() {
+            return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        Ok(())
+    }
+
+    /// Starts a synchronous standby here of the tenant's database at `primary`:
+    /// a base backup streamed from it, then PostgreSQL replaying its WAL as it
+    /// is written. From then on the primary confirms a commit only once this
+    /// copy has it, so a commit the app confirmed survives the primary's
+    /// provider. `spec`'s settings (archiving) take effect when it is promoted.
+    pub fn start_standby(&self, spec: &TenantSpec, primary: &LocalSite) -> Result<()> {
+        let data = self.dir.join("tenants").join(&spec.name).join("standby");
+        let io = |what, source| Error::Io { site: self.name.clone(), what, path: data.clone(), source };
+        if data.exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| io("removing an earlier standby", e))?;
+        }
+        std::fs::create_dir_all(data.parent().unwrap_or(&self.dir)).map_err(|e| io("creating", e))?;
+        let mut basebackup = primary
+            .with_tenant(&spec.name, |stack| stack.postgres.client("pg_basebackup"))
+            .ok_or_else(|| Error::NotRunning { site: primary.name.clone(), tenant: spec.name.clone() })?;
+        let out = basebackup
+            .arg("-D")
+            .arg(&data)
+            .args(["--write-recovery-conf", "--wal-method=stream", "--checkpoint=fast", "--no-sync"])
+            .output()
+            .map_err(|e| io("running pg_basebackup into", e))?;
+        if !out.status.success() {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(Error::Sql {
+                site: self.name.clone(),
+                tenant: spec.name.clone(),
+                what: "copying the primary",
+                message,
+            });
+        }
+        self.start_database(spec, Some(&data))?;
+        if let Some(stack) = self.lock().get_mut(&spec.name) {
+            stack.standby = true;
+        }
+        primary.psql(
+            &spec.name,
+            &["ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"],
+            "making its standby synchronous",
+        )
+    }
+
+    /// Whether the tenant's database here is a standby (not promoted by this site yet).
+    pub fn runs_standby(&self, tenant: &str) -> bool {
+        self.with_tenant(tenant, |stack| stack.standby).unwrap_or(false)
+    }
+
+    /// Marks the tenant's standby here as promoted.
+    pub fn promoted(&self, tenant: &str) {
+        if let Some(stack) = self.lock().get_mut(tenant) {
+            stack.standby = false;
+        }
     }
 
     /// Starts the tenant's PostgreSQL: fresh, or on a restored data directory
@@ -158,7 +219,7 @@ impl LocalSite {
             what: "PostgreSQL",
             source: Box::new(source),
         })?;
-        self.lock().insert(spec.name.clone(), TenantStack { postgres, app: None, crashed: None });
+        self.lock().insert(spec.name.clone(), TenantStack { postgres, app: None, crashed: None, standby: false });
         Ok(())
     }
 
@@ -239,7 +300,7 @@ impl LocalSite {
         // Reaps the killed processes; the apps' directories go, the data stays.
         let mut crashed = self.crashed.lock().unwrap_or_else(|e| e.into_inner());
         for (tenant, stack) in stacks {
-            let TenantStack { postgres, app, crashed: earlier } = stack;
+            let TenantStack { postgres, app, crashed: earlier, .. } = stack;
             drop(app);
             let (data, files) = postgres.crash();
             // NB: a database started on crashed files keeps its data in those.

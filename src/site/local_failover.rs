@@ -45,6 +45,9 @@ pub struct LocalFailover {
     pub endpoints: Mutex<BTreeMap<String, String>>,
     /// When the source was lost; RPO is measured up to it (to the restore's end otherwise).
     pub lost_at: Mutex<Option<jiff::Timestamp>>,
+    /// Restore up to this time rather than to the end of the archive (a drill
+    /// while the source still writes: its archive has no end).
+    pub until: Option<jiff::Timestamp>,
     http: reqwest::Client,
 }
 
@@ -72,6 +75,7 @@ impl LocalFailover {
             certificate_expires,
             endpoints: Mutex::new(BTreeMap::new()),
             lost_at: Mutex::new(None),
+            until: None,
             http,
         }
     }
@@ -108,6 +112,62 @@ impl LocalFailover {
             return Err(retry(format!("{url}: HTTP {status}: {text}")));
         }
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+    fn pitr_request(&self, tenant: &str) -> PitrRestore {
+        PitrRestore {
+            tenant: tenant.to_owned(),
+            repository: self.repository.clone(),
+            target_time: self.until,
+            snapshot: None,
+            pgdata: self.pgdata(tenant),
+            force: true,
+            fenice: self.program.clone(),
+        }
+    }
+
+    /// Promotes the tenant's synchronous standby at the target: it holds every
+    /// commit the primary confirmed, so nothing is restored.
+    async fn promote_standby(&self, request: &PitrRestore) -> Result<Restored, StepError> {
+        let (snapshot, recorded) =
+            pitr::latest_backup(&self.repo, request).await.map_err(|e| retry(error_chain(&e)))?;
+        let client = self.db(&request.tenant)?.connect().await.map_err(|e| retry(error_chain(&e)))?;
+        let in_recovery: bool =
+            client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| retry(e.to_string()))?.get(0);
+        if in_recovery {
+            client.execute("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| retry(e.to_string()))?;
+        }
+        self.target.promoted(&request.tenant);
+        self.verify_recovered(&request.tenant, snapshot, &recorded).await
+    }
+
+    /// Waits until the tenant's database at the target serves, brings back the
+    /// documents, checks it against what the backup recorded, and measures the RPO.
+    async fn verify_recovered(
+        &self,
+        tenant: &str,
+        snapshot: crate::repo::id::Id,
+        recorded: &verify::Record,
+    ) -> Result<Restored, StepError> {
+        let db = self.db(tenant)?;
+        let client = verify::wait_until_promoted(&db, RECOVERY_TIMEOUT).await.map_err(|e| retry(error_chain(&e)))?;
+        let documents = self.target.documents(tenant);
+        let (_, mut differences) =
+            verify::write_documents(&client, &documents).await.map_err(|e| retry(error_chain(&e)))?;
+        let (_, more) = verify::check_recovered(&client, recorded).await.map_err(|e| retry(error_chain(&e)))?;
+        differences.extend(more);
+        if !differences.is_empty() {
+            let shown: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            return Err(fatal(format!("restored tenant {tenant} does not verify: {}", shown.join("; "))));
+        }
+        let last: Option<jiff::Timestamp> = client
+            .query_one("SELECT max(created_at) FROM invoices", &[])
+            .await
+            .map_err(|e| retry(e.to_string()))?
+            .get(0);
+        let lost_at = self.lost_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(jiff::Timestamp::now);
+        let rpo = last
+            .map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO));
+        Ok(Restored { snapshot_id: snapshot.to_string(), rpo })
     }
 }
 
@@ -146,17 +206,19 @@ impl SiteDriver for LocalFailover {
 
     async fn restore_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<Restored, StepError> {
         let spec = self.spec(tenant)?;
+        let request = self.pitr_request(&tenant.name);
+        if self.target.runs_standby(&tenant.name) {
+            match self.promote_standby(&request).await {
+                Ok(restored) => return Ok(restored),
+                Err(e) => tracing::warn!(
+                    tenant = %tenant.name,
+                    error = %e.message,
+                    "the standby could not be promoted: restoring from the repository instead"
+                ),
+            }
+        }
         // A retry starts over: the copy of an earlier attempt goes first.
         self.target.stop_tenant(&tenant.name);
-        let request = PitrRestore {
-            tenant: tenant.name.clone(),
-            repository: self.repository.clone(),
-            target_time: None,
-            snapshot: None,
-            pgdata: self.pgdata(&tenant.name),
-            force: true,
-            fenice: self.program.clone(),
-        };
         let prepared = pitr::prepare(&self.repo, &request).await.map_err(|e| fatal(error_chain(&e)))?;
         let target = self.target.clone();
         let (spec, pgdata) = (spec.clone(), request.pgdata.clone());
@@ -164,27 +226,7 @@ impl SiteDriver for LocalFailover {
             .await
             .map_err(|e| retry(e.to_string()))?
             .map_err(|e| retry(error_chain(&e)))?;
-        let db = self.db(&tenant.name)?;
-        let client = verify::wait_until_promoted(&db, RECOVERY_TIMEOUT).await.map_err(|e| retry(error_chain(&e)))?;
-        let documents = self.target.documents(&tenant.name);
-        let (_, mut differences) =
-            verify::write_documents(&client, &documents).await.map_err(|e| retry(error_chain(&e)))?;
-        let (_, more) =
-            verify::check_recovered(&client, &prepared.recorded).await.map_err(|e| retry(error_chain(&e)))?;
-        differences.extend(more);
-        if !differences.is_empty() {
-            let shown: Vec<String> = differences.iter().map(ToString::to_string).collect();
-            return Err(fatal(format!("restored tenant {} does not verify: {}", tenant.name, shown.join("; "))));
-        }
-        let last: Option<jiff::Timestamp> = client
-            .query_one("SELECT max(created_at) FROM invoices", &[])
-            .await
-            .map_err(|e| retry(e.to_string()))?
-            .get(0);
-        let lost_at = self.lost_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(jiff::Timestamp::now);
-        let rpo = last
-            .map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO));
-        Ok(Restored { snapshot_id: prepared.snapshot.to_string(), rpo })
+        self.verify_recovered(&tenant.name, prepared.snapshot, &prepared.recorded).await
     }
 
     async fn reconcile_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {

@@ -67,6 +67,17 @@ pub async fn prepare(repo: &Arc<Repository>, request: &PitrRestore) -> Result<Pr
     Ok(Prepared { snapshot: id, time: snapshot.time, recorded })
 }
 
+/// The tenant's newest base backup (before `request.target_time`, or the one
+/// `request.snapshot` names) and what it recorded, without restoring anything:
+/// what a promoted standby is verified against.
+pub async fn latest_backup(repo: &Repository, request: &PitrRestore) -> Result<(Id, verify::Record)> {
+    repo.refresh_index()
+        .await
+        .map_err(|source| Error::Repository { repository: repo.describe(), source: Box::new(source) })?;
+    let (id, _, recorded) = base_snapshot(repo, request).await?;
+    Ok((id, recorded))
+}
+
 /// The snapshot named, or the tenant's newest one with a base backup taken
 /// before the target time.
 async fn base_snapshot(
@@ -141,6 +152,11 @@ async fn extract(repo: &Arc<Repository>, root: &Id, pgdata: &Path) -> Result<()>
 /// NB: archiving is switched off in the restored copy, so that a drill never
 /// writes into the tenant's archive; a failover's new primary turns it on
 /// with its own settings on the command line, which win over this file.
+/// Segments `restore_command` fetches ahead, and where they wait (in the data
+/// directory, where PostgreSQL runs the command).
+const PREFETCH: usize = 16;
+const SPOOL: &str = "fenice-wal-prefetch";
+
 fn write_recovery_settings(request: &PitrRestore, snapshot: &Id) -> Result<()> {
     let io = |path: PathBuf| move |source| Error::Io { what: "writing", path, source };
     let signal = request.pgdata.join("recovery.signal");
@@ -148,7 +164,8 @@ fn write_recovery_settings(request: &PitrRestore, snapshot: &Id) -> Result<()> {
     let fenice = request.fenice.display();
     let mut settings = format!(
         "\n# fenice agent restore: point-in-time recovery of tenant {tenant} from snapshot {snapshot}\n\
-         restore_command = '{fenice} agent wal-fetch --tenant {tenant} --repo {repository} %f %p'\n\
+         restore_command = '{fenice} agent wal-fetch --tenant {tenant} --repo {repository} \
+         --prefetch {PREFETCH} --spool {SPOOL} %f %p'\n\
          recovery_target_action = 'promote'\n\
          archive_mode = 'off'\n",
         tenant = request.tenant,

@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 use crate::repo::id::{Id, hex};
 use crate::repo::repository::Repository;
@@ -130,6 +131,72 @@ pub async fn fetch(repo: &Repository, tenant: &str, name: &str, dest: &Path) -> 
     Err(last_error.unwrap_or(Error::NotArchived { repository: repo.describe(), name: name.to_string() }))
 }
 
+/// How many prefetched segments are fetched at once.
+const PREFETCH_PARALLELISM: usize = 4;
+
+/// Like [`fetch`], for a recovery that asks for one segment after the other:
+/// a segment already in `spool` is moved to `dest`; otherwise it is fetched,
+/// and the `ahead` segments that follow it on its timeline are fetched into
+/// `spool` for the next calls. PostgreSQL runs one `restore_command` per
+/// segment, and without this each paid for a process, an unlock and a round
+/// trip. Prefetching is best effort; the spool goes once the end of the
+/// archive is reached.
+pub async fn fetch_ahead(
+    repo: &Repository,
+    tenant: &str,
+    name: &str,
+    dest: &Path,
+    spool: &Path,
+    ahead: usize,
+) -> Result<()> {
+    check_name(name)?;
+    if is_segment(name) && tokio::fs::rename(spool.join(name), dest).await.is_ok() {
+        return Ok(());
+    }
+    match fetch(repo, tenant, name, dest).await {
+        Err(end @ Error::NotArchived { .. }) => {
+            // NB: best effort; a leftover spool is only read for names it holds.
+            let _ = tokio::fs::remove_dir_all(spool).await;
+            Err(end)
+        }
+        Err(e) => Err(e),
+        Ok(()) => {
+            if is_segment(name) && ahead > 0 {
+                prefetch(repo, tenant, name, spool, ahead).await;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A WAL segment's name: 24 hex digits, timeline then position, so that names
+/// sort in replay order within a timeline.
+fn is_segment(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+async fn prefetch(repo: &Repository, tenant: &str, after: &str, spool: &Path, ahead: usize) {
+    let tenant_key = tenant_key(repo, tenant);
+    let Ok(objects) = repo.store().list(&format!("wal/{tenant_key}/")).await else { return };
+    let timeline = &after[..8];
+    let next: std::collections::BTreeSet<&str> = objects
+        .iter()
+        .filter_map(|o| o.key.split('/').nth(2))
+        .filter(|n| is_segment(n) && n.starts_with(timeline) && *n > after)
+        .collect();
+    if tokio::fs::create_dir_all(spool).await.is_err() {
+        return;
+    }
+    let wanted = next.into_iter().take(ahead).filter(|n| !spool.join(n).exists());
+    futures::stream::iter(wanted)
+        .for_each_concurrent(PREFETCH_PARALLELISM, |name| async move {
+            if let Err(e) = fetch(repo, tenant, name, &spool.join(name)).await {
+                tracing::debug!(name, error = &e as &dyn std::error::Error, "prefetching a WAL segment");
+            }
+        })
+        .await;
+}
+
 async fn open(repo: &Repository, tenant_key: &str, name: &str, key: &str) -> Result<Vec<u8>> {
     let damaged = || Error::Damaged { repository: repo.describe(), key: key.to_string() };
     let sealed = repo.store().get(key).await.map_err(|source| Error::Store {
@@ -147,4 +214,58 @@ async fn write_atomically(dest: &Path, content: &[u8]) -> Result<()> {
         dest.with_file_name(format!(".{}.fenice-partial", dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")));
     tokio::fs::write(&partial, content).await.map_err(write_error)?;
     tokio::fs::rename(&partial, dest).await.map_err(write_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::keyfile::{KdfParams, Passphrase};
+    use crate::store::fs::FsStore;
+
+    const FAST: KdfParams = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+
+    fn segment(n: u32) -> String {
+        format!("00000001000000000000{n:04X}")
+    }
+
+    #[tokio::test]
+    async fn recovery_finds_the_following_segments_prefetched_and_the_spool_goes_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::open(dir.path().join("repo")).unwrap());
+        let repo = Repository::init(store, &Passphrase::new("pw".into()), FAST, None).await.unwrap();
+        let wal = dir.path().join("pg_wal");
+        std::fs::create_dir(&wal).unwrap();
+        for n in 1..=5 {
+            std::fs::write(wal.join(segment(n)), format!("segment {n}")).unwrap();
+            push(&repo, "acme", &wal.join(segment(n))).await.unwrap();
+        }
+        // Another timeline's segment is never prefetched for this one.
+        std::fs::write(wal.join("000000020000000000000003"), "other timeline").unwrap();
+        push(&repo, "acme", &wal.join("000000020000000000000003")).await.unwrap();
+
+        let (spool, dest) = (dir.path().join("spool"), dir.path().join("RECOVERYXLOG"));
+        fetch_ahead(&repo, "acme", &segment(1), &dest, &spool, 2).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "segment 1");
+        let mut spooled: Vec<String> =
+            std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        spooled.sort();
+        assert_eq!(spooled, [segment(2), segment(3)]);
+
+        // The next call takes its segment from the spool, not the archive
+        // (marked here so the two can be told apart).
+        std::fs::write(spool.join(segment(2)), "segment 2, spooled").unwrap();
+        fetch_ahead(&repo, "acme", &segment(2), &dest, &spool, 2).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "segment 2, spooled");
+        assert!(!spool.join(segment(2)).exists());
+        for n in 3..=5 {
+            fetch_ahead(&repo, "acme", &segment(n), &dest, &spool, 2).await.unwrap();
+            assert_eq!(std::fs::read_to_string(&dest).unwrap(), format!("segment {n}"));
+        }
+        // The end of the archive: PostgreSQL is told so, and the spool goes.
+        let end = fetch_ahead(&repo, "acme", &segment(6), &dest, &spool, 2).await;
+        assert!(matches!(end, Err(Error::NotArchived { .. })), "{end:?}");
+        assert!(!spool.exists());
+    }
 }
