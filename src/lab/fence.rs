@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::failover::fencing::{FenceControl, FenceEvent};
@@ -13,6 +14,8 @@ use crate::site::local::LocalSite;
 
 /// An app that does not answer within this long is stopped instead.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Apps told at once.
+const ADMIN_PARALLELISM: usize = 32;
 
 /// A [`FenceControl`] for the apps of a [`LocalSite`].
 pub struct SiteFence {
@@ -43,19 +46,29 @@ impl SiteFence {
         self.events.lock().unwrap_or_else(PoisonError::into_inner).push((jiff::Timestamp::now(), event));
     }
 
-    /// Posts `body` to `path` of every app of the site; the tenants whose app did not answer.
+    /// Posts `body` to `path` of every app of the site, many at once (the
+    /// lease agent waits for this, and must renew within its deadline); the
+    /// tenants whose app did not answer.
     async fn post_all(&self, path: &str, body: serde_json::Value) -> Vec<String> {
-        let mut failed = Vec::new();
-        for tenant in self.site.tenants() {
-            let Some(url) = self.site.with_tenant(&tenant, |s| s.app.as_ref().map(|a| a.base_url())).flatten() else {
-                continue;
-            };
-            let answer = self.http.post(format!("{url}{path}")).json(&body).send().await;
-            if !answer.is_ok_and(|a| a.status().is_success()) {
-                failed.push(tenant);
-            }
-        }
-        failed
+        let apps: Vec<(String, String)> = self
+            .site
+            .tenants()
+            .into_iter()
+            .filter_map(|t| {
+                let url = self.site.with_tenant(&t, |s| s.app.as_ref().map(|a| a.base_url())).flatten()?;
+                Some((t, url))
+            })
+            .collect();
+        let (http, body) = (&self.http, &body);
+        futures::stream::iter(apps)
+            .map(|(tenant, url)| async move {
+                let answer = http.post(format!("{url}{path}")).json(body).send().await;
+                (!answer.is_ok_and(|a| a.status().is_success())).then_some(tenant)
+            })
+            .buffer_unordered(ADMIN_PARALLELISM)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await
     }
 }
 
