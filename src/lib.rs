@@ -5,6 +5,7 @@ pub mod api;
 pub mod apiserver;
 pub mod app;
 pub mod cli;
+pub mod controller;
 pub mod error_chain;
 pub mod failover;
 pub mod lab;

@@ -8,6 +8,7 @@ mod app_serve;
 mod crd;
 mod failover;
 mod lab;
+mod operator;
 mod output;
 pub mod repo;
 mod sdi_sim;
@@ -34,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controllers, in-cluster or from a kubeconfig.
-    Operator(Pending),
+    Operator(Box<operator::OperatorArgs>),
     /// Print every CustomResourceDefinition as one multi-document YAML
     /// (manifests/crds.yaml is its output).
     Crd,
@@ -97,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Failover(args) => failover::run(*args),
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         Command::Lab(args) => runtime()?.block_on(lab::run(args)),
+        Command::Operator(args) => runtime()?.block_on(operator::run(*args)),
         pending => {
             eprintln!(
                 "fenice {}: not available in fenice {} yet; `fenice --help` lists the commands, README.md says what works today",

@@ -1,0 +1,118 @@
+//! The operator's Prometheus metrics, in the text exposition format: a few
+//! counters and gauges do not need a metrics library.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// A counter family: name, type, help, and the value of one controller's counts.
+type Family = (&'static str, &'static str, &'static str, fn(&Reconciles) -> String);
+/// A gauge family: name, help, and the value of one repository's probe.
+type Gauge = (&'static str, &'static str, fn(&(bool, bool)) -> bool);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Reconciles {
+    total: u64,
+    errors: u64,
+    seconds: f64,
+}
+
+/// What the operator exports at /metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    reconciles: Mutex<BTreeMap<&'static str, Reconciles>>,
+    /// Per repository: reachable, immutability in force.
+    repositories: Mutex<BTreeMap<String, (bool, bool)>>,
+}
+
+impl Metrics {
+    /// One reconcile of `controller` took `took` and succeeded or not.
+    pub fn reconciled(&self, controller: &'static str, took: Duration, ok: bool) {
+        let mut all = self.reconciles.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = all.entry(controller).or_default();
+        r.total += 1;
+        r.errors += u64::from(!ok);
+        r.seconds += took.as_secs_f64();
+    }
+
+    /// A repository's last probe.
+    pub fn repository(&self, name: &str, reachable: bool, immutable: bool) {
+        self.repositories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), (reachable, immutable));
+    }
+
+    /// A repository that no longer exists.
+    pub fn forget_repository(&self, name: &str) {
+        self.repositories.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let reconciles = self.reconciles.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let families: [Family; 4] = [
+            ("fenice_reconciles_total", "counter", "Reconciles run, by controller.", |r| r.total.to_string()),
+            ("fenice_reconcile_errors_total", "counter", "Reconciles that failed, by controller.", |r| {
+                r.errors.to_string()
+            }),
+            ("fenice_reconcile_duration_seconds_sum", "counter", "Time spent reconciling, by controller.", |r| {
+                r.seconds.to_string()
+            }),
+            ("fenice_reconcile_duration_seconds_count", "counter", "Reconciles timed, by controller.", |r| {
+                r.total.to_string()
+            }),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (controller, r) in &reconciles {
+                let _ = writeln!(out, "{name}{{controller=\"{controller}\"}} {}", value(r));
+            }
+        }
+        let repositories = self.repositories.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let gauges: [Gauge; 2] = [
+            ("fenice_repository_reachable", "1 when the repository's store answered its last probe.", |r| r.0),
+            (
+                "fenice_repository_immutability_in_force",
+                "1 when the store itself reported retention on the last probe object.",
+                |r| r.1,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (repository, r) in &repositories {
+                let _ = writeln!(out, "{name}{{repository=\"{}\"}} {}", escape(repository), u8::from(value(r)));
+            }
+        }
+        out
+    }
+}
+
+/// A label value as the exposition format quotes it.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_gauges_render_in_the_exposition_format() {
+        let m = Metrics::default();
+        m.reconciled("backuprepository", Duration::from_millis(250), true);
+        m.reconciled("backuprepository", Duration::from_millis(750), false);
+        m.repository("azure-italynorth", true, false);
+        let text = m.render();
+        assert!(text.contains("fenice_reconciles_total{controller=\"backuprepository\"} 2\n"), "{text}");
+        assert!(text.contains("fenice_reconcile_errors_total{controller=\"backuprepository\"} 1\n"), "{text}");
+        assert!(text.contains("fenice_reconcile_duration_seconds_sum{controller=\"backuprepository\"} 1\n"), "{text}");
+        assert!(text.contains("fenice_repository_reachable{repository=\"azure-italynorth\"} 1\n"), "{text}");
+        assert!(text.contains("fenice_repository_immutability_in_force{repository=\"azure-italynorth\"} 0\n"));
+        assert!(text.contains("# TYPE fenice_repository_reachable gauge\n"));
+        m.forget_repository("azure-italynorth");
+        assert!(!m.render().contains("azure-italynorth"));
+    }
+}

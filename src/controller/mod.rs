@@ -1,0 +1,59 @@
+//! The operator: kube-runtime controllers sharing one [`Context`]. Each
+//! controller's decisions are pure functions of (spec, status, what was
+//! observed, now) with unit tests; the kube and store I/O around them is kept
+//! apart. Built so far: the BackupRepository controller; the other kinds are
+//! not reconciled yet.
+
+pub mod leader;
+pub mod metrics;
+pub mod repository;
+pub mod secrets;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+
+use self::metrics::Metrics;
+use crate::api::repository::BackupRepository;
+
+/// The field manager of everything the operator writes with server-side apply.
+pub const FIELD_MANAGER: &str = "fenice";
+
+/// What every controller shares.
+pub struct Context {
+    pub client: Client,
+    /// The operator's namespace: where cluster-scoped resources' Secrets are by default.
+    pub namespace: String,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// How often each repository is probed.
+    pub probe_interval: Duration,
+}
+
+impl Context {
+    pub fn new(client: Client, namespace: &str, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: "fenice-operator".into(), instance };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            namespace: namespace.into(),
+            metrics,
+            probe_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Runs the controllers until `shutdown` completes; reconciles in progress finish first.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let repositories: Api<BackupRepository> = Api::all(ctx.client.clone());
+    Controller::new(repositories, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(repository::reconcile, repository::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

@@ -1,0 +1,190 @@
+//! `fenice operator` against the in-memory Kubernetes API and the moto S3
+//! server: it takes the leader Lease, probes each BackupRepository (a store
+//! with Object Lock, one without, one whose Secret is missing), writes what
+//! it found as status and Events, exports it as metrics, never shows a secret,
+//! stops on SIGTERM, and a second replica takes over.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use fenice::api::repository::BackupRepository;
+use fenice::apiserver::{self, ServerOptions};
+use fenice::testkit::S3Server;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const SECRET_VALUE: &str = "s3cr3t-never-shown-anywhere";
+const NAMESPACE: &str = "fenice-system";
+
+async fn client_from(path: &std::path::Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+fn repository(name: &str, s3: &S3Server, bucket: &str, secret: &str) -> BackupRepository {
+    serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "BackupRepository",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": "Aws",
+            "storage": {"type": "S3", "s3": {
+                "bucket": bucket, "endpoint": s3.endpoint(), "region": "us-east-1", "forcePathStyle": true,
+                "credentialsSecretRef": {"name": secret},
+            }},
+            "immutability": {"enabled": true, "retention": "1d"},
+            "passwordSecretRef": {"name": "repo-password", "key": "password"},
+        },
+    }))
+    .unwrap()
+}
+
+/// Starts `fenice operator` and returns it with its health and metrics URLs.
+async fn operator(kubeconfig: &std::path::Path, identity: &str) -> (Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(["operator", "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--operator-namespace", NAMESPACE, "--identity", identity])
+        .args(["--lease-seconds", "3", "--probe-interval-seconds", "600", "--kubeconfig"])
+        .arg(kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = timeout(DEADLINE, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let addr = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let second = timeout(DEADLINE, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let metrics = second.strip_prefix("metrics on ").unwrap_or_else(|| panic!("unexpected second line {second:?}"));
+    (child, format!("http://{addr}"), format!("http://{metrics}"))
+}
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+async fn wait_ready(url: &str, ready: bool) {
+    let wanted = if ready { 200 } else { 503 };
+    timeout(DEADLINE, async {
+        while get(&format!("{url}/readyz")).await.0 != wanted {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("/readyz never answered {wanted}"));
+}
+
+fn stop(child: &Child) {
+    let pid = child.id().unwrap() as libc::pid_t;
+    // SAFETY: sends SIGTERM to a child this test started and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
+    let api = apiserver::spawn(ServerOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let client = client_from(&kubeconfig).await;
+
+    let s3 = S3Server::start().expect("moto");
+    s3.store("locked-backups", "").await.unwrap().create_bucket(true).await.unwrap();
+    s3.store("plain-backups", "").await.unwrap().create_bucket(false).await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
+    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "repo-s3"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE},
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let repos: Api<BackupRepository> = Api::all(client.clone());
+    for repo in [
+        repository("locked", &s3, "locked-backups", "repo-s3"),
+        repository("plain", &s3, "plain-backups", "repo-s3"),
+        repository("no-secret", &s3, "locked-backups", "nope"),
+    ] {
+        repos.create(&PostParams::default(), &repo).await.unwrap();
+    }
+
+    let (first, url, metrics_url) = operator(&kubeconfig, "replica-1").await;
+    wait_ready(&url, true).await;
+    let probed =
+        |r: Option<&BackupRepository>| r.and_then(|r| r.status.as_ref()).is_some_and(|s| s.reachable.is_some());
+    for name in ["locked", "plain", "no-secret"] {
+        timeout(DEADLINE, await_condition(repos.clone(), name, probed)).await.unwrap().unwrap();
+    }
+    let status = |name: &str| {
+        let repos = repos.clone();
+        let name = name.to_owned();
+        async move { repos.get(&name).await.unwrap().status.unwrap() }
+    };
+    let locked = status("locked").await;
+    assert_eq!((locked.reachable, locked.immutability_in_force), (Some(true), Some(true)), "{locked:?}");
+    assert!(locked.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{locked:?}");
+    let plain = status("plain").await;
+    assert_eq!((plain.reachable, plain.immutability_in_force), (Some(true), Some(false)), "{plain:?}");
+    let off = plain.conditions.iter().find(|c| c.type_ == "ImmutabilityInForce").unwrap();
+    assert_eq!(off.status, "False");
+    assert!(!off.message.is_empty(), "{off:?}");
+    let missing = status("no-secret").await;
+    assert_eq!(missing.reachable, Some(false));
+    let unreachable = missing.conditions.iter().find(|c| c.type_ == "Reachable").unwrap();
+    assert!(unreachable.message.contains("Secret fenice-system/nope does not exist"), "{unreachable:?}");
+
+    // Every problem is a Warning Event; no secret appears in any status or Event.
+    let events: Api<Event> = Api::all(client.clone());
+    let listed = timeout(DEADLINE, async {
+        loop {
+            let listed = events.list(&ListParams::default()).await.unwrap().items;
+            if listed.iter().any(|e| e.reason.as_deref() == Some("ImmutabilityOff")) {
+                break listed;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a Warning Event for the repository without Object Lock");
+    assert!(listed.iter().any(|e| e.reason.as_deref() == Some("Unreachable") && e.type_.as_deref() == Some("Warning")));
+    let everything = serde_json::to_string(&(listed, repos.list(&ListParams::default()).await.unwrap().items)).unwrap();
+    assert!(!everything.contains(SECRET_VALUE));
+
+    let (code, metrics) = get(&format!("{metrics_url}/metrics")).await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("fenice_repository_immutability_in_force{repository=\"locked\"} 1"), "{metrics}");
+    assert!(metrics.contains("fenice_repository_reachable{repository=\"no-secret\"} 0"), "{metrics}");
+    assert!(metrics.contains("fenice_reconciles_total{controller=\"backuprepository\"}"), "{metrics}");
+    assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
+
+    // A second replica waits; when the first stops, it takes the Lease over.
+    let (second, second_url, _) = operator(&kubeconfig, "replica-2").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(&format!("{second_url}/readyz")).await.0, 503, "only one replica leads");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder(leases.get("fenice-operator-leader").await.unwrap()).as_deref(), Some("replica-1"));
+    stop(&first);
+    let mut first = first;
+    let exited = timeout(DEADLINE, first.wait()).await.unwrap().unwrap();
+    assert!(exited.success(), "{exited:?}");
+    wait_ready(&second_url, true).await;
+    assert_eq!(holder(leases.get("fenice-operator-leader").await.unwrap()).as_deref(), Some("replica-2"));
+    stop(&second);
+}
