@@ -317,10 +317,10 @@ async fn reconcile_inner(repo: &BackupRepository, ctx: &Context) -> Result<Actio
     let mut probed = probe_spec(ctx, &name, &repo.spec, immutable).await;
     // NB: a store that refuses locked writes may still answer: then it is
     // reachable, and what it refused is why immutability is off.
-    if let (true, Err(why)) = (immutable, &probed.reachable) {
-        if probe_spec(ctx, &name, &repo.spec, false).await.reachable.is_ok() {
-            probed = Probe { reachable: Ok(()), immutability: Immutability::Off { why: why.clone() } };
-        }
+    if let (true, Err(why)) = (immutable, &probed.reachable)
+        && probe_spec(ctx, &name, &repo.spec, false).await.reachable.is_ok()
+    {
+        probed = Probe { reachable: Ok(()), immutability: Immutability::Off { why: why.clone() } };
     }
     let status = status_after(repo, &probed, Timestamp::now());
     ctx.metrics.repository(
