@@ -219,9 +219,9 @@ mod tests {
 
     fn record(number: i64, receipts: usize) -> Record {
         serde_json::from_value(serde_json::json!({
-            "transmission": {"sdi_id": format!("{number}"), "tenant": "acme",
-                "file_name": format!("IT01234567890_{number:05}.xml"), "sha256": "00", "epoch": 1,
-                "received_at": "2026-11-23T10:00:00Z"},
+            "sdi_id": format!("{number}"), "tenant": "acme",
+            "file_name": format!("IT01234567890_{number:05}.xml"), "sha256": "00", "epoch": 1,
+            "received_at": "2026-11-23T10:00:00Z",
             "receipts": (0..receipts).map(|_| serde_json::json!({"kind": "RC", "issued_at": "2026-11-23T10:00:01Z"}))
                 .collect::<Vec<_>>(),
         }))
