@@ -62,3 +62,44 @@ fn no_tenants_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tenants must be at least 1"));
 }
+
+#[test]
+fn an_interrupted_lab_stops_everything_and_leaves_nothing_behind() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+
+    // The lab's temporary directory, where every process it starts keeps its files.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let report = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(["lab", "--tenants", "1", "--report-dir"])
+        .arg(report.path())
+        .env("TMPDIR", tmp.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().unwrap_or_else(|| panic!("the lab ended early:\n{}", seen.join("\n"))).unwrap();
+        let working = line.contains("customers issue an invoice");
+        seen.push(line);
+        if working {
+            break;
+        }
+    }
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // SAFETY: sends SIGINT to the child this test started and still owns.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    let rest = drain.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", rest.join("\n"));
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{}", rest.join("\n"));
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!report.path().join("lab.json").exists());
+}

@@ -10,6 +10,9 @@ use clap::Args;
 use crate::lab::progress::Progress;
 use crate::lab::{LabOptions, LabReport, StandbyMode};
 
+/// Exit code after SIGINT or SIGTERM, as shells report a death by SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
+
 #[derive(Args, Debug)]
 pub struct LabArgs {
     /// Tenants to run, each with its own PostgreSQL and app at each site.
@@ -65,11 +68,21 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         standby: args.standby,
     };
     let progress = Progress::new();
-    let outcome = crate::lab::run(&options, &progress).await;
+    // NB: on Ctrl-C the lab's future is dropped, and with it every process it
+    // started and every directory it made: nothing is left behind in /tmp.
+    let interrupted = super::serving::shutdown_signal()?;
+    let outcome = tokio::select! {
+        outcome = crate::lab::run(&options, &progress) => Some(outcome),
+        () = interrupted => {
+            progress.step("interrupted: every process the lab started is stopped");
+            None
+        }
+    };
     if args.keep {
         let kept = work.keep();
         progress.step(&format!("the run's files stay in {}", kept.display()));
     }
+    let Some(outcome) = outcome else { return Ok(ExitCode::from(EXIT_INTERRUPTED)) };
     let report = outcome?;
     let path = args.report_dir.join("lab.json");
     let json = serde_json::to_string_pretty(&report)?;
