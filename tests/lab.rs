@@ -6,8 +6,13 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+/// One lab at a time: each runs dozens of processes, and two at once on a
+/// small machine would test the machine.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_lab_kills_the_primary_and_every_tenant_comes_back_with_every_invoice_once() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fenice"))
         .args(["lab", "--tenants", "2", "--work-seconds", "3", "--parallelism", "2", "--report-dir"])
@@ -68,6 +73,7 @@ fn an_interrupted_lab_stops_everything_and_leaves_nothing_behind() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt;
 
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     // The lab's temporary directory, where every process it starts keeps its files.
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
