@@ -536,7 +536,7 @@ fn tenant_specs(names: &[String], providers: &Providers) -> BTreeMap<String, Ten
             let postgres = providers
                 .agent_env
                 .iter()
-                .fold(PostgresOptions::new().wal_segment_mb(1), |o, (k, v)| o.env(k, v))
+                .fold(lab_postgres(), |o, (k, v)| o.env(k, v))
                 .env("FENICE_TENANT", name);
             let spec = TenantSpec {
                 name: name.clone(),
@@ -550,6 +550,12 @@ fn tenant_specs(names: &[String], providers: &Providers) -> BTreeMap<String, Ten
             (name.clone(), spec)
         })
         .collect()
+}
+
+/// PostgreSQL as the lab runs it, hundreds on one disk: 1 MiB WAL segments, and
+/// little WAL kept for recycling (the default keeps up to 1 GB per server).
+fn lab_postgres() -> PostgresOptions {
+    PostgresOptions::new().wal_segment_mb(1).setting("min_wal_size", "4MB").setting("max_wal_size", "32MB")
 }
 
 /// Runs `f` on every item, `parallelism` at a time, on blocking threads; the first error.
