@@ -7,13 +7,16 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use fenice::api::backup::Backup;
+use fenice::api::policy::BackupPolicy;
 use fenice::api::repository::BackupRepository;
+use fenice::api::tenant::InvoicingTenant;
 use fenice::apiserver::{self, ServerOptions};
 use fenice::testkit::S3Server;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use serde_json::json;
@@ -187,4 +190,79 @@ async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
     wait_ready(&second_url, true).await;
     assert_eq!(holder(leases.get("fenice-operator-leader").await.unwrap()).as_deref(), Some("replica-2"));
     stop(&second);
+}
+
+fn example(file: &str, name: &str, changes: serde_json::Value) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut document =
+        serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap().into_iter().find(|d| !d.is_null()).unwrap();
+    document["metadata"] = json!({"name": name});
+    json_patch::merge(&mut document, &changes);
+    document
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
+    let api = apiserver::spawn(ServerOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let client = client_from(&kubeconfig).await;
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
+    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    let every_five = example("policy.yaml", "nightly", json!({"spec": {"schedule": "*/5 * * * *"}}));
+    policies.create(&PostParams::default(), &serde_json::from_value(every_five).unwrap()).await.unwrap();
+    let broken = example("policy.yaml", "broken", json!({"spec": {"schedule": "61 * * * *"}}));
+    policies.create(&PostParams::default(), &serde_json::from_value(broken).unwrap()).await.unwrap();
+    // As if the last run were 12 minutes ago: a run is due now.
+    let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
+    let status = json!({"status": {"lastScheduleTime": last.to_string()}});
+    policies.patch_status("nightly", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "default");
+    for (name, policy) in [("acme", "nightly"), ("globex", "nightly"), ("initech", "other")] {
+        let tenant = example("tenants.yaml", name, json!({"spec": {"backupPolicy": policy}}));
+        tenants.create(&PostParams::default(), &serde_json::from_value(tenant).unwrap()).await.unwrap();
+    }
+
+    let (operator, url, _) = operator(&kubeconfig, "replica-1").await;
+    wait_ready(&url, true).await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), "default");
+    let created = timeout(DEADLINE, async {
+        loop {
+            let listed = backups.list(&ListParams::default()).await.unwrap().items;
+            if listed.len() >= 2 {
+                break listed;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("Backups for the due run");
+    let mut names: Vec<String> = created.iter().map(|b| b.metadata.name.clone().unwrap()).collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "initech is not under this policy: {names:?}");
+    assert!(names[0].starts_with("acme-") && names[1].starts_with("globex-"), "{names:?}");
+    for backup in &created {
+        assert_eq!(backup.spec.repositories.len(), 2);
+        let owner = &backup.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("BackupPolicy", "nightly"));
+    }
+    let scheduled = |p: Option<&BackupPolicy>| {
+        p.and_then(|p| p.status.as_ref()).is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Scheduled"))
+    };
+    for name in ["nightly", "broken"] {
+        timeout(DEADLINE, await_condition(policies.clone(), name, scheduled)).await.unwrap().unwrap();
+    }
+    let nightly = policies.get("nightly").await.unwrap().status.unwrap();
+    assert!(nightly.last_schedule_time.unwrap().0 > last);
+    assert!(nightly.next_schedule_time.is_some());
+    let broken = policies.get("broken").await.unwrap().status.unwrap();
+    let condition = broken.conditions.iter().find(|c| c.type_ == "Scheduled").unwrap();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "InvalidSchedule"));
+    assert!(condition.message.contains("minute \"61\""), "{condition:?}");
+    stop(&operator);
 }

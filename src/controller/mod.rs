@@ -1,12 +1,14 @@
 //! The operator: kube-runtime controllers sharing one [`Context`]. Each
 //! controller's decisions are pure functions of (spec, status, what was
 //! observed, now) with unit tests; the kube and store I/O around them is kept
-//! apart. Built so far: the BackupRepository controller; the other kinds are
-//! not reconciled yet.
+//! apart. Built so far: BackupRepository (probes) and BackupPolicy (the
+//! schedule creates Backups); the other kinds are not reconciled yet.
 
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod repository;
+pub mod schedule;
 pub mod secrets;
 
 use std::future::Future;
@@ -19,6 +21,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 
 use self::metrics::Metrics;
+use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
 
 /// The field manager of everything the operator writes with server-side apply.
@@ -50,10 +53,14 @@ impl Context {
 
 /// Runs the controllers until `shutdown` completes; reconciles in progress finish first.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let repositories: Api<BackupRepository> = Api::all(ctx.client.clone());
-    Controller::new(repositories, watcher::Config::default())
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let repositories = Controller::new(Api::<BackupRepository>::all(ctx.client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(repository::reconcile, repository::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let policies = Controller::new(Api::<BackupPolicy>::all(ctx.client.clone()), watcher::Config::default())
         .graceful_shutdown_on(shutdown)
-        .run(repository::reconcile, repository::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .run(policy::reconcile, policy::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(repositories, policies);
 }

@@ -533,11 +533,8 @@ fn tenant_specs(names: &[String], providers: &Providers) -> BTreeMap<String, Ten
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let postgres = providers
-                .agent_env
-                .iter()
-                .fold(lab_postgres(), |o, (k, v)| o.env(k, v))
-                .env("FENICE_TENANT", name);
+            let postgres =
+                providers.agent_env.iter().fold(lab_postgres(), |o, (k, v)| o.env(k, v)).env("FENICE_TENANT", name);
             let spec = TenantSpec {
                 name: name.clone(),
                 vat: vat_of(i),

@@ -1,0 +1,214 @@
+//! The BackupPolicy controller's schedule: at each time the policy's cron names
+//! (in its time zone), one Backup per tenant the policy protects. A controller
+//! that was away runs the latest missed time once, not every one it missed.
+//! [`plan`] decides; [`reconcile`] lists tenants, creates Backups (their names
+//! carry the scheduled time, so a retry creates nothing twice) and writes status.
+//! Not built yet: running the Backups, retention (forget), and the policy rules.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use super::schedule::{self, Cron};
+use super::{Context, FIELD_MANAGER};
+use crate::api::backup::{Backup, BackupSpec, BackupTrigger};
+use crate::api::condition::{self, Observed};
+use crate::api::policy::{BackupPolicy, BackupPolicyStatus};
+use crate::api::tenant::InvoicingTenant;
+use crate::error_chain::error_chain;
+
+pub const CONTROLLER: &str = "backuppolicy";
+const SCHEDULED: &str = "Scheduled";
+/// Longest wait between two looks at a policy, whatever its schedule says.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("BackupPolicy {name}: {what}")]
+    Api {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What to do with a policy now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Run now, for this scheduled time.
+    pub run: Option<Timestamp>,
+    /// The time after that (or after the last run).
+    pub next: Option<Timestamp>,
+}
+
+/// The run due at `now`, if any, since `since` (the last run, or the policy's creation).
+pub fn plan(cron: &Cron, zone: &jiff::tz::TimeZone, since: Timestamp, now: Timestamp) -> Plan {
+    let run = cron.latest_between(since, now, zone);
+    let next = cron.next_after(run.unwrap_or(since).max(now), zone);
+    Plan { run, next }
+}
+
+/// The Backup's name for a tenant's run at `at`: `<tenant>-<yyyymmdd-hhmm>` (UTC).
+pub fn backup_name(tenant: &str, at: Timestamp) -> String {
+    format!("{tenant}-{}", at.strftime("%Y%m%d-%H%M")).to_ascii_lowercase()
+}
+
+pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&policy, &ctx).await;
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed(), result.is_ok());
+    result
+}
+
+async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let now = Timestamp::now();
+    let parsed = Cron::parse(&policy.spec.schedule).and_then(|c| Ok((c, schedule::zone(&policy.spec.time_zone)?)));
+    let (cron, zone) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let message = e.to_string();
+            write_status(ctx, policy, None, None, false, "InvalidSchedule", message.clone(), now).await?;
+            publish(ctx, policy, EventType::Warning, "InvalidSchedule", message).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let status = policy.status.clone().unwrap_or_default();
+    let last = status.last_schedule_time.as_ref().map(|t| t.0);
+    let since = last.or_else(|| policy.metadata.creation_timestamp.as_ref().map(|t| t.0)).unwrap_or(now);
+    let plan = plan(&cron, &zone, since, now);
+    let Some(run) = plan.run else {
+        if status.next_schedule_time.as_ref().map(|t| t.0) != plan.next {
+            let message = "waiting for the next scheduled time".to_owned();
+            write_status(ctx, policy, last, plan.next, true, "Waiting", message, now).await?;
+        }
+        return Ok(Action::requeue(wait_until(plan.next, now)));
+    };
+
+    let tenants: Api<InvoicingTenant> = Api::all(ctx.client.clone());
+    let protected: Vec<InvoicingTenant> = tenants
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Api { name: name.clone(), what: "listing tenants", source })?
+        .items
+        .into_iter()
+        .filter(|t| t.spec.backup_policy == name)
+        .collect();
+    let mut created = 0;
+    for tenant in &protected {
+        let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
+        let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
+        let mut backup = Backup::new(
+            &backup_name(&tenant.name_any(), run),
+            BackupSpec {
+                tenant: tenant.name_any(),
+                trigger: BackupTrigger::Scheduled,
+                repositories: policy.spec.repositories.clone(),
+            },
+        );
+        backup.metadata.owner_references = Some(vec![owner(policy)]);
+        match backups.create(&PostParams::default(), &backup).await {
+            Ok(_) => created += 1,
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(source) => return Err(Error::Api { name, what: "creating a Backup", source }),
+        }
+    }
+    let message = format!("{} Backups for the run of {run} ({created} new)", protected.len());
+    write_status(ctx, policy, Some(run), plan.next, true, "BackupsCreated", message.clone(), now).await?;
+    publish(ctx, policy, EventType::Normal, "BackupsCreated", message).await;
+    Ok(Action::requeue(wait_until(plan.next, now)))
+}
+
+fn wait_until(next: Option<Timestamp>, now: Timestamp) -> Duration {
+    next.and_then(|n| Duration::try_from(n.duration_since(now)).ok())
+        .map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
+        .max(Duration::from_secs(1))
+}
+
+fn owner(policy: &BackupPolicy) -> OwnerReference {
+    OwnerReference {
+        api_version: BackupPolicy::api_version(&()).into_owned(),
+        kind: BackupPolicy::kind(&()).into_owned(),
+        name: policy.name_any(),
+        uid: policy.uid().unwrap_or_default(),
+        ..OwnerReference::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_status(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    last: Option<Timestamp>,
+    next: Option<Timestamp>,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let old = policy.status.clone().unwrap_or_default();
+    let observed = Observed { type_: SCHEDULED, status: ok, reason, message };
+    let status = BackupPolicyStatus {
+        repositories: Some(policy.spec.repositories.len() as u32),
+        last_schedule_time: last.map(Time),
+        next_schedule_time: next.map(Time),
+        observed_generation: policy.metadata.generation,
+        conditions: condition::set(&old.conditions, observed, policy.metadata.generation, now),
+        ..old
+    };
+    let patch = serde_json::json!({"apiVersion": "fenice.io/v1alpha1", "kind": "BackupPolicy", "status": status});
+    let api: Api<BackupPolicy> = Api::all(ctx.client.clone());
+    api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(drop)
+        .map_err(|source| Error::Api { name: policy.name_any(), what: "writing its status", source })
+}
+
+async fn publish(ctx: &Context, policy: &BackupPolicy, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Schedule".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        tracing::warn!(policy = %policy.name_any(), error = %e, "publishing an Event");
+    }
+}
+
+/// A failed reconcile is tried again after a short while.
+pub fn error_policy(policy: Arc<BackupPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(policy = %policy.name_any(), error = error_chain(error), "reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_run_is_due_once_per_scheduled_time_and_the_next_is_known() {
+        let cron = Cron::parse("0 2 * * *").unwrap();
+        let rome = schedule::zone("Europe/Rome").unwrap();
+        // Created at noon: nothing due before 02:00 Rome (01:00 UTC) the next day.
+        let created = at("2026-11-23T11:00:00Z");
+        let waiting = plan(&cron, &rome, created, at("2026-11-23T20:00:00Z"));
+        assert_eq!(waiting, Plan { run: None, next: Some(at("2026-11-24T01:00:00Z")) });
+        // Three days away: one run, for the latest time missed.
+        let back = plan(&cron, &rome, created, at("2026-11-26T09:00:00Z"));
+        assert_eq!(back, Plan { run: Some(at("2026-11-26T01:00:00Z")), next: Some(at("2026-11-27T01:00:00Z")) });
+        // After that run, nothing more until the next one.
+        assert_eq!(plan(&cron, &rome, at("2026-11-26T01:00:00Z"), at("2026-11-26T09:00:00Z")).run, None);
+    }
+
+    #[test]
+    fn backup_names_carry_the_scheduled_time() {
+        assert_eq!(backup_name("studio-rossi", at("2026-11-26T01:00:00Z")), "studio-rossi-20261126-0100");
+    }
+}
