@@ -257,6 +257,13 @@ async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
     for name in ["nightly", "broken"] {
         timeout(DEADLINE, await_condition(policies.clone(), name, scheduled)).await.unwrap().unwrap();
     }
+    // The Backups say they are not run by the operator yet, rather than nothing.
+    let told = |b: Option<&Backup>| {
+        b.and_then(|b| b.status.as_ref()).is_some_and(|s| s.conditions.iter().any(|c| c.reason == "NotRunByOperator"))
+    };
+    for name in &names {
+        timeout(DEADLINE, await_condition(backups.clone(), name, told)).await.unwrap().unwrap();
+    }
     let nightly = policies.get("nightly").await.unwrap().status.unwrap();
     assert!(nightly.last_schedule_time.unwrap().0 > last);
     assert!(nightly.next_schedule_time.is_some());

@@ -1,9 +1,11 @@
 //! The operator: kube-runtime controllers sharing one [`Context`]. Each
 //! controller's decisions are pure functions of (spec, status, what was
 //! observed, now) with unit tests; the kube and store I/O around them is kept
-//! apart. Built so far: BackupRepository (probes) and BackupPolicy (the
-//! schedule creates Backups); the other kinds are not reconciled yet.
+//! apart. Built so far: BackupRepository (probes), BackupPolicy (the schedule
+//! creates Backups) and Backup (says it is not run here yet); the other kinds
+//! are not reconciled yet.
 
+pub mod backup;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
@@ -21,6 +23,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 
 use self::metrics::Metrics;
+use crate::api::backup::Backup;
 use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
 
@@ -59,8 +62,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(repository::reconcile, repository::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let policies = Controller::new(Api::<BackupPolicy>::all(ctx.client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
-        .run(policy::reconcile, policy::error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(policy::reconcile, policy::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    futures::join!(repositories, policies);
+    let backups = Controller::new(Api::<Backup>::all(ctx.client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(backup::reconcile, backup::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(repositories, policies, backups);
 }
