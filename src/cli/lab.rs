@@ -74,7 +74,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let outcome = tokio::select! {
         outcome = crate::lab::run(&options, &progress) => Some(outcome),
         () = interrupted => {
-            progress.step("interrupted: every process the lab started is stopped");
+            progress.step("interrupted: stopping every process the lab started and removing its files");
             None
         }
     };
