@@ -59,9 +59,9 @@ async fn operator(kubeconfig: &std::path::Path, identity: &str) -> (Child, Strin
         .args(["--operator-namespace", NAMESPACE, "--identity", identity])
         .args(["--lease-seconds", "3", "--probe-interval-seconds", "600", "--kubeconfig"])
         .arg(kubeconfig)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -184,9 +184,11 @@ async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
     assert_eq!(holder(leases.get("fenice-operator-leader").await.unwrap()).as_deref(), Some("replica-1"));
     stop(&first);
-    let mut first = first;
-    let exited = timeout(DEADLINE, first.wait()).await.unwrap().unwrap();
-    assert!(exited.success(), "{exited:?}");
+    let exited = timeout(DEADLINE, first.wait_with_output()).await.unwrap().unwrap();
+    assert!(exited.status.success(), "{:?}", exited.status);
+    let log = String::from_utf8_lossy(&exited.stderr);
+    assert!(log.contains("leading"), "{log}");
+    assert!(!log.contains(SECRET_VALUE), "a secret in the log: {log}");
     wait_ready(&second_url, true).await;
     assert_eq!(holder(leases.get("fenice-operator-leader").await.unwrap()).as_deref(), Some("replica-2"));
     stop(&second);
