@@ -4,6 +4,7 @@
 pub mod api;
 pub mod apiserver;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod controller;
 pub mod error_chain;
