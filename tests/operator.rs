@@ -267,6 +267,12 @@ async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
         timeout(DEADLINE, await_condition(backups.clone(), name, told)).await.unwrap().unwrap();
     }
     let nightly = policies.get("nightly").await.unwrap().status.unwrap();
+    // No Site nor repository exists here: both tenants violate the rules, and say why.
+    assert_eq!((nightly.compliant_tenants, nightly.violating_tenants), (Some(0), Some(2)), "{nightly:?}");
+    let compliant = nightly.conditions.iter().find(|c| c.type_ == "Compliant").unwrap();
+    assert_eq!((compliant.status.as_str(), compliant.reason.as_str()), ("False", "RulesViolated"));
+    assert!(compliant.message.contains("names primary site westpole-rome, which does not exist"), "{compliant:?}");
+    assert!(nightly.conditions.iter().any(|c| c.type_ == "Scheduled" && c.status == "True"), "{nightly:?}");
     assert!(nightly.last_schedule_time.unwrap().0 > last);
     assert!(nightly.next_schedule_time.is_some());
     let broken = policies.get("broken").await.unwrap().status.unwrap();

@@ -3,7 +3,11 @@
 //! that was away runs the latest missed time once, not every one it missed.
 //! [`plan`] decides; [`reconcile`] lists tenants, creates Backups (their names
 //! carry the scheduled time, so a retry creates nothing twice) and writes status.
-//! Not built yet: running the Backups, retention (forget), and the policy rules.
+//! Each reconcile also judges every protected tenant against the policy's
+//! rules (`audit::check_policy`): where its backups go, the providers, and
+//! whether the probe found immutability in force; a violation is a False
+//! `Compliant` condition, the counts in status, and a Warning Event.
+//! Not built yet: running the Backups, and retention (forget).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,11 +24,15 @@ use super::{Context, FIELD_MANAGER};
 use crate::api::backup::{Backup, BackupSpec, BackupTrigger};
 use crate::api::condition::{self, Observed};
 use crate::api::policy::{BackupPolicy, BackupPolicyStatus};
+use crate::api::repository::BackupRepository;
+use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
+use crate::audit::{self, Copy, Violation};
 use crate::error_chain::error_chain;
 
 pub const CONTROLLER: &str = "backuppolicy";
 const SCHEDULED: &str = "Scheduled";
+const COMPLIANT: &str = "Compliant";
 /// Longest wait between two looks at a policy, whatever its schedule says.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
@@ -75,20 +83,23 @@ async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action,
         Ok(parsed) => parsed,
         Err(e) => {
             let message = e.to_string();
-            write_status(ctx, policy, None, None, false, "InvalidSchedule", message.clone(), now).await?;
+            let scheduled =
+                Scheduled { last: None, next: None, ok: false, reason: "InvalidSchedule", message: message.clone() };
+            write_status(ctx, policy, scheduled, None, now).await?;
             publish(ctx, policy, EventType::Warning, "InvalidSchedule", message).await;
             return Ok(Action::await_change());
         }
     };
+    let compliance = evaluate_rules(ctx, policy).await?;
     let status = policy.status.clone().unwrap_or_default();
     let last = status.last_schedule_time.as_ref().map(|t| t.0);
     let since = last.or_else(|| policy.metadata.creation_timestamp.as_ref().map(|t| t.0)).unwrap_or(now);
     let plan = plan(&cron, &zone, since, now);
     let Some(run) = plan.run else {
-        if status.next_schedule_time.as_ref().map(|t| t.0) != plan.next {
-            let message = "waiting for the next scheduled time".to_owned();
-            write_status(ctx, policy, last, plan.next, true, "Waiting", message, now).await?;
-        }
+        let message = "waiting for the next scheduled time".to_owned();
+        let scheduled = Scheduled { last, next: plan.next, ok: true, reason: "Waiting", message };
+        write_status(ctx, policy, scheduled, Some(&compliance), now).await?;
+        publish_violations(ctx, policy, &compliance).await;
         return Ok(Action::requeue(wait_until(plan.next, now)));
     };
 
@@ -121,9 +132,94 @@ async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action,
         }
     }
     let message = format!("{} Backups for the run of {run} ({created} new)", protected.len());
-    write_status(ctx, policy, Some(run), plan.next, true, "BackupsCreated", message.clone(), now).await?;
+    let scheduled =
+        Scheduled { last: Some(run), next: plan.next, ok: true, reason: "BackupsCreated", message: message.clone() };
+    write_status(ctx, policy, scheduled, Some(&compliance), now).await?;
     publish(ctx, policy, EventType::Normal, "BackupsCreated", message).await;
+    publish_violations(ctx, policy, &compliance).await;
     Ok(Action::requeue(wait_until(plan.next, now)))
+}
+
+/// Each protected tenant's violations of the policy's rules, judged on where
+/// its backups go: the policy's repositories, their providers, and whether
+/// the operator's probe found immutability in force at each store.
+#[derive(Clone, Debug, Default)]
+struct Compliance {
+    tenants: u32,
+    violations: Vec<(String, Vec<Violation>)>,
+}
+
+async fn evaluate_rules(ctx: &Context, policy: &BackupPolicy) -> Result<Compliance, Error> {
+    let failed = |what| move |source| Error::Api { name: policy.name_any(), what, source };
+    let repositories: Vec<BackupRepository> = Api::<BackupRepository>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(failed("listing repositories"))?
+        .items;
+    let sites: Vec<Site> =
+        Api::<Site>::all(ctx.client.clone()).list(&ListParams::default()).await.map_err(failed("listing sites"))?.items;
+    let tenants: Vec<InvoicingTenant> = Api::<InvoicingTenant>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(failed("listing tenants"))?
+        .items
+        .into_iter()
+        .filter(|t| t.spec.backup_policy == policy.name_any())
+        .collect();
+    let copies: Vec<Copy> = policy
+        .spec
+        .repositories
+        .iter()
+        .filter_map(|wanted| repositories.iter().find(|r| r.name_any() == *wanted))
+        .map(|r| Copy {
+            repository: r.name_any(),
+            provider: r.spec.provider,
+            immutable: r.status.as_ref().and_then(|s| s.immutability_in_force) == Some(true),
+        })
+        .collect();
+    let mut compliance = Compliance { tenants: tenants.len() as u32, violations: Vec::new() };
+    for tenant in &tenants {
+        let Some(site) = sites.iter().find(|s| s.name_any() == tenant.spec.primary_site) else {
+            let message = format!(
+                "tenant {} names primary site {}, which does not exist",
+                tenant.name_any(),
+                tenant.spec.primary_site
+            );
+            compliance.violations.push((tenant.name_any(), vec![Violation { rule: "primarySite", message }]));
+            continue;
+        };
+        let found = audit::check_policy(&tenant.name_any(), &policy.spec.rules, site.spec.provider, &copies);
+        if !found.is_empty() {
+            compliance.violations.push((tenant.name_any(), found));
+        }
+    }
+    Ok(compliance)
+}
+
+impl Compliance {
+    /// The `Compliant` condition.
+    fn condition(&self) -> Observed<'static> {
+        let violating = self.violations.len();
+        let message = match self.violations.first() {
+            None => format!("all {} tenants satisfy the rules", self.tenants),
+            Some((tenant, found)) => format!(
+                "{violating} of {} tenants violate the rules; e.g. {tenant}: {}",
+                self.tenants,
+                found.iter().map(|v| v.message.as_str()).collect::<Vec<_>>().join("; ")
+            ),
+        };
+        let ok = violating == 0;
+        Observed { type_: COMPLIANT, status: ok, reason: if ok { "RulesSatisfied" } else { "RulesViolated" }, message }
+    }
+}
+
+/// A Warning Event for each violation.
+async fn publish_violations(ctx: &Context, policy: &BackupPolicy, compliance: &Compliance) {
+    for (tenant, found) in &compliance.violations {
+        for violation in found {
+            publish(ctx, policy, EventType::Warning, "RuleViolated", format!("{tenant}: {}", violation.message)).await;
+        }
+    }
 }
 
 fn wait_until(next: Option<Timestamp>, now: Timestamp) -> Duration {
@@ -142,26 +238,42 @@ fn owner(policy: &BackupPolicy) -> OwnerReference {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn write_status(
-    ctx: &Context,
-    policy: &BackupPolicy,
+/// What the schedule did, for the `Scheduled` condition.
+struct Scheduled<'a> {
     last: Option<Timestamp>,
     next: Option<Timestamp>,
     ok: bool,
-    reason: &str,
+    reason: &'a str,
     message: String,
+}
+
+/// The whole status in one apply: the schedule, and the rules when they were evaluated.
+async fn write_status(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    scheduled: Scheduled<'_>,
+    compliance: Option<&Compliance>,
     now: Timestamp,
 ) -> Result<(), Error> {
     let old = policy.status.clone().unwrap_or_default();
-    let observed = Observed { type_: SCHEDULED, status: ok, reason, message };
+    let generation = policy.metadata.generation;
+    let observed =
+        Observed { type_: SCHEDULED, status: scheduled.ok, reason: scheduled.reason, message: scheduled.message };
+    let mut conditions = condition::set(&old.conditions, observed, generation, now);
+    let (mut compliant, mut violating) = (old.compliant_tenants, old.violating_tenants);
+    if let Some(compliance) = compliance {
+        let bad = compliance.violations.len() as u32;
+        conditions = condition::set(&conditions, compliance.condition(), generation, now);
+        (compliant, violating) = (Some(compliance.tenants - bad), Some(bad));
+    }
     let status = BackupPolicyStatus {
         repositories: Some(policy.spec.repositories.len() as u32),
-        last_schedule_time: last.map(Time),
-        next_schedule_time: next.map(Time),
-        observed_generation: policy.metadata.generation,
-        conditions: condition::set(&old.conditions, observed, policy.metadata.generation, now),
-        ..old
+        compliant_tenants: compliant,
+        violating_tenants: violating,
+        last_schedule_time: scheduled.last.map(Time),
+        next_schedule_time: scheduled.next.map(Time),
+        observed_generation: generation,
+        conditions,
     };
     let patch = serde_json::json!({"apiVersion": "fenice.io/v1alpha1", "kind": "BackupPolicy", "status": status});
     let api: Api<BackupPolicy> = Api::all(ctx.client.clone());
