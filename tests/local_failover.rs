@@ -253,3 +253,24 @@ async fn the_wave_state_machine_moves_every_tenant_and_persists_its_state() {
         continues_at_the_standby(&lost, tenant).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_that_cannot_reach_its_target_fails_at_once_with_the_servers_words() {
+    let mut lost = primary_lost(&["acme"]).await;
+    // An hour past the end of the archive: PostgreSQL gives up, and says why.
+    lost.driver.until = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1));
+    let ctx = StepContext {
+        failover: "drill".into(),
+        plan: "westpole-to-azure".into(),
+        trigger: Trigger::Manual,
+        source: "westpole".into(),
+        target: "azure".into(),
+        epoch: None,
+    };
+    let tenant = TenantRef { namespace: "tenants".into(), name: "acme".into() };
+    let started = Instant::now();
+    let error = lost.driver.restore_tenant(&ctx, &tenant).await.expect_err("the target is past the archive");
+    assert!(error.message.contains("exited during recovery"), "{}", error.message);
+    assert!(error.message.contains("recovery target"), "{}", error.message);
+    assert!(started.elapsed() < Duration::from_secs(120), "not the whole recovery timeout");
+}

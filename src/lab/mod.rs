@@ -668,6 +668,11 @@ async fn archive_now(site: &LocalSite, tenant: &str, timeout: Duration) -> anyho
         site.with_tenant(tenant, |s| s.db_url(tenant)).with_context(|| format!("tenant {tenant} does not run"))?;
     let client = DbUrl::parse(&url)?.connect().await?;
     let until = jiff::Timestamp::now();
+    // NB: recovery to `until` ends at the first commit after it, which must be
+    // in the archive too, or PostgreSQL stops with "recovery ended before
+    // configured recovery target was reached": this transaction is that commit.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    client.query_one("SELECT txid_current()", &[]).await?;
     let segment: String = client.query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).await?.get(0);
     client.query_one("SELECT pg_switch_wal()", &[]).await?;
     let deadline = Instant::now() + timeout;

@@ -113,6 +113,29 @@ impl LocalFailover {
         }
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
+    /// Waits for the recovering database to promote; fails at once, with the
+    /// end of its log, if its PostgreSQL exits meanwhile (a recovery target
+    /// past the archive's end, a missing segment) rather than after the timeout.
+    async fn wait_until_promoted(&self, tenant: &str, db: &DbUrl) -> Result<tokio_postgres::Client, StepError> {
+        let deadline = std::time::Instant::now() + RECOVERY_TIMEOUT;
+        loop {
+            match verify::wait_until_promoted(db, Duration::from_secs(5)).await {
+                Ok(client) => return Ok(client),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(retry(error_chain(&e))),
+                Err(_) => {}
+            }
+            let exited = self.target.with_tenant(tenant, |s| {
+                (!crate::testkit::process::is_alive(s.postgres.pid()))
+                    .then(|| crate::testkit::process::log_tail(s.postgres.log_path()))
+            });
+            if let Some(Some(log)) = exited {
+                return Err(retry(format!(
+                    "tenant {tenant}'s PostgreSQL exited during recovery; its log ends:\n{log}"
+                )));
+            }
+        }
+    }
+
     fn pitr_request(&self, tenant: &str) -> PitrRestore {
         PitrRestore {
             tenant: tenant.to_owned(),
@@ -149,7 +172,7 @@ impl LocalFailover {
         recorded: &verify::Record,
     ) -> Result<Restored, StepError> {
         let db = self.db(tenant)?;
-        let client = verify::wait_until_promoted(&db, RECOVERY_TIMEOUT).await.map_err(|e| retry(error_chain(&e)))?;
+        let client = self.wait_until_promoted(tenant, &db).await?;
         let documents = self.target.documents(tenant);
         let (_, mut differences) =
             verify::write_documents(&client, &documents).await.map_err(|e| retry(error_chain(&e)))?;
