@@ -52,6 +52,19 @@ fn repository(name: &str, s3: &S3Server, bucket: &str, secret: &str) -> BackupRe
     .unwrap()
 }
 
+/// The in-memory API server with the operator's namespace, its kubeconfig in
+/// a temporary directory, and a client.
+async fn cluster() -> (apiserver::Running, tempfile::TempDir, Client) {
+    let api = apiserver::spawn(ServerOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig()).unwrap();
+    let client = client_from(&dir.path().join("kubeconfig")).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
+    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    (api, dir, client)
+}
+
 /// Starts `fenice operator` and returns it with its health and metrics URLs.
 async fn operator(kubeconfig: &std::path::Path, identity: &str) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fenice"))
@@ -99,18 +112,12 @@ fn stop(child: &Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
-    let api = apiserver::spawn(ServerOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (_api, dir, client) = cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let client = client_from(&kubeconfig).await;
 
     let s3 = S3Server::start().expect("moto");
     s3.store("locked-backups", "").await.unwrap().create_bucket(true).await.unwrap();
     s3.store("plain-backups", "").await.unwrap().create_bucket(false).await.unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
-    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "repo-s3"},
@@ -206,15 +213,9 @@ fn example(file: &str, name: &str, changes: serde_json::Value) -> serde_json::Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
-    let api = apiserver::spawn(ServerOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (_api, dir, client) = cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let client = client_from(&kubeconfig).await;
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
-    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
     let policies: Api<BackupPolicy> = Api::all(client.clone());
     let every_five = example("policy.yaml", "nightly", json!({"spec": {"schedule": "*/5 * * * *"}}));
     policies.create(&PostParams::default(), &serde_json::from_value(every_five).unwrap()).await.unwrap();

@@ -3,7 +3,6 @@
 //! Backup it sees, once, as a False `Ready` condition with phase Pending.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -13,7 +12,6 @@ use kube::{Api, ResourceExt};
 use super::{Context, FIELD_MANAGER};
 use crate::api::backup::{Backup, BackupPhase, BackupStatus};
 use crate::api::condition::{self, Observed};
-use crate::error_chain::error_chain;
 
 pub const CONTROLLER: &str = "backup";
 pub const NOT_RUN: &str = "NotRunByOperator";
@@ -46,10 +44,7 @@ pub fn not_run_status(backup: &Backup, now: Timestamp) -> Option<BackupStatus> {
 }
 
 pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_inner(&backup, &ctx).await;
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed(), result.is_ok());
-    result
+    super::measured(&ctx, CONTROLLER, reconcile_inner(&backup, &ctx)).await
 }
 
 async fn reconcile_inner(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
@@ -64,8 +59,7 @@ async fn reconcile_inner(backup: &Backup, ctx: &Context) -> Result<Action, Error
 }
 
 pub fn error_policy(backup: Arc<Backup>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(backup = %backup.name_any(), error = error_chain(error), "reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+    super::retry_after_error(&backup.name_any(), error)
 }
 
 #[cfg(test)]

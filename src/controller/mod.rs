@@ -54,6 +54,45 @@ impl Context {
     }
 }
 
+/// Runs one reconcile of `controller`, counting it and timing it in the metrics.
+pub async fn measured<T, E>(
+    ctx: &Context,
+    controller: &'static str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let result = work.await;
+    ctx.metrics.reconciled(controller, started.elapsed(), result.is_ok());
+    result
+}
+
+/// After a failed reconcile: log it with its causes, try again shortly.
+pub fn retry_after_error(object: &str, error: &(dyn std::error::Error + 'static)) -> kube::runtime::controller::Action {
+    tracing::warn!(object, error = crate::error_chain::error_chain(error), "reconcile failed");
+    kube::runtime::controller::Action::requeue(Duration::from_secs(15))
+}
+
+/// Publishes an Event about `object`; a failure to publish is logged, never fatal.
+pub async fn publish<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(reason, error = %e, "publishing an Event");
+    }
+}
+
 /// Runs the controllers until `shutdown` completes; reconciles in progress finish first.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));

@@ -10,13 +10,13 @@
 //! Not built yet: running the Backups, and retention (forget).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use super::schedule::{self, Cron};
@@ -28,7 +28,6 @@ use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::audit::{self, Copy, Violation};
-use crate::error_chain::error_chain;
 
 pub const CONTROLLER: &str = "backuppolicy";
 const SCHEDULED: &str = "Scheduled";
@@ -69,10 +68,7 @@ pub fn backup_name(tenant: &str, at: Timestamp) -> String {
 }
 
 pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_inner(&policy, &ctx).await;
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed(), result.is_ok());
-    result
+    super::measured(&ctx, CONTROLLER, reconcile_inner(&policy, &ctx)).await
 }
 
 async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
@@ -103,17 +99,9 @@ async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action,
         return Ok(Action::requeue(wait_until(plan.next, now)));
     };
 
-    let tenants: Api<InvoicingTenant> = Api::all(ctx.client.clone());
-    let protected: Vec<InvoicingTenant> = tenants
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Api { name: name.clone(), what: "listing tenants", source })?
-        .items
-        .into_iter()
-        .filter(|t| t.spec.backup_policy == name)
-        .collect();
+    let protected = &compliance.protected;
     let mut created = 0;
-    for tenant in &protected {
+    for tenant in protected {
         let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
         let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
         let mut backup = Backup::new(
@@ -145,6 +133,8 @@ async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action,
 /// the operator's probe found immutability in force at each store.
 #[derive(Clone, Debug, Default)]
 struct Compliance {
+    /// The tenants whose spec.backupPolicy names the policy.
+    protected: Vec<InvoicingTenant>,
     tenants: u32,
     violations: Vec<(String, Vec<Violation>)>,
 }
@@ -177,7 +167,7 @@ async fn evaluate_rules(ctx: &Context, policy: &BackupPolicy) -> Result<Complian
             immutable: r.status.as_ref().and_then(|s| s.immutability_in_force) == Some(true),
         })
         .collect();
-    let mut compliance = Compliance { tenants: tenants.len() as u32, violations: Vec::new() };
+    let mut compliance = Compliance { protected: Vec::new(), tenants: tenants.len() as u32, violations: Vec::new() };
     for tenant in &tenants {
         let Some(site) = sites.iter().find(|s| s.name_any() == tenant.spec.primary_site) else {
             let message = format!(
@@ -193,6 +183,7 @@ async fn evaluate_rules(ctx: &Context, policy: &BackupPolicy) -> Result<Complian
             compliance.violations.push((tenant.name_any(), found));
         }
     }
+    compliance.protected = tenants;
     Ok(compliance)
 }
 
@@ -284,16 +275,11 @@ async fn write_status(
 }
 
 async fn publish(ctx: &Context, policy: &BackupPolicy, type_: EventType, reason: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Schedule".into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        tracing::warn!(policy = %policy.name_any(), error = %e, "publishing an Event");
-    }
+    super::publish(ctx, policy, type_, reason, "Schedule", note).await;
 }
 
-/// A failed reconcile is tried again after a short while.
 pub fn error_policy(policy: Arc<BackupPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(policy = %policy.name_any(), error = error_chain(error), "reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+    super::retry_after_error(&policy.name_any(), error)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! store and kube I/O is in [`reconcile`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use super::{Context, FIELD_MANAGER, secrets};
 use crate::api::common::StoreType;
@@ -244,7 +244,7 @@ pub async fn open_store(
 
 /// Writes a probe object and reads its retention back.
 pub async fn probe(store: &dyn ObjectStore, immutable: bool, now: SystemTime) -> Probe {
-    let key = format!("{PROBE_PREFIX}{}", crate::repo::id::hex(&random_bytes()));
+    let key = format!("{PROBE_PREFIX}{}", crate::repo::id::hex(&crate::repo::crypto::random::<16>()));
     let written = store.put(&key, Bytes::from_static(b"fenice probe\n"), PutCondition::IfAbsent).await;
     if let Err(e) = written {
         let why = error_chain(&e);
@@ -276,13 +276,6 @@ pub async fn probe(store: &dyn ObjectStore, immutable: bool, now: SystemTime) ->
     Probe { reachable: Ok(()), immutability }
 }
 
-fn random_bytes() -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    // NB: a broken random generator is a broken operating system.
-    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
-    bytes
-}
-
 /// Opens the store as the spec says and probes it, with locked writes when `immutable`.
 async fn probe_spec(ctx: &Context, name: &str, spec: &BackupRepositorySpec, immutable: bool) -> Probe {
     match open_store(ctx, name, spec, immutable.then_some(PROBE_RETENTION)).await {
@@ -298,10 +291,7 @@ async fn probe_spec(ctx: &Context, name: &str, spec: &BackupRepositorySpec, immu
 
 /// Probes the repository when due and writes what it found.
 pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_inner(&repo, &ctx).await;
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed(), result.is_ok());
-    result
+    super::measured(&ctx, CONTROLLER, reconcile_inner(&repo, &ctx)).await
 }
 
 async fn reconcile_inner(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> {
@@ -337,19 +327,15 @@ async fn reconcile_inner(repo: &BackupRepository, ctx: &Context) -> Result<Actio
     api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(|source| Error::Status { name: name.clone(), source })?;
-    let reference = repo.object_ref(&());
     for event in events_after(repo.status.as_ref(), &probed) {
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(repository = %name, error = %e, "publishing an Event");
-        }
+        let note = event.note.unwrap_or_default();
+        super::publish(ctx, repo, event.type_, &event.reason, &event.action, note).await;
     }
     Ok(Action::requeue(ctx.probe_interval))
 }
 
-/// A failed reconcile is tried again after a short while.
 pub fn error_policy(repo: Arc<BackupRepository>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(repository = %repo.name_any(), error = error_chain(error), "reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+    super::retry_after_error(&repo.name_any(), error)
 }
 
 #[cfg(test)]

@@ -574,17 +574,8 @@ where
 
 /// `fenice agent backup --physical` of one tenant into every repository.
 fn backup(program: &Path, env: &[(String, String)], tenant: &str, db: &str) -> anyhow::Result<()> {
-    let out = std::process::Command::new(program)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("FENICE_DB_URL", db)
-        .args(["agent", "backup", "--physical", "--tenant", tenant])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("running {}", program.display()))?;
-    if !out.status.success() {
-        bail!("backup of tenant {tenant} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    let args = ["agent", "backup", "--physical", "--tenant", tenant];
+    providers::run_fenice(program, env, &[("FENICE_DB_URL", db)], &args)
 }
 
 /// A drill of the first tenant: its latest backup and WAL restored at an

@@ -108,7 +108,7 @@ impl Providers {
             }
         };
 
-        let password = crate::repo::id::hex(&random::<16>());
+        let password = crate::repo::id::hex(&crate::repo::crypto::random::<16>());
         let recovery = RecoveryKey::generate();
         let key_file = dir.join("agent.key");
         write_secret(&key_file, recovery.to_text().as_str())?;
@@ -179,17 +179,28 @@ fn run_repo(
     location: &str,
     args: &[&str],
 ) -> anyhow::Result<()> {
+    let secrets = [("FENICE_PASSWORD", password), ("FENICE_NEW_PASSWORD", password)];
+    let all: Vec<&str> = ["repo", "--repo", location].into_iter().chain(args.iter().copied()).collect();
+    run_fenice(program, env, &secrets, &all)
+}
+
+/// Runs `fenice ARGS` with `env` and `more` in its environment (secrets go
+/// there, never on the command line); its stderr is the error when it fails.
+pub fn run_fenice(
+    program: &Path,
+    env: &[(String, String)],
+    more: &[(&str, &str)],
+    args: &[&str],
+) -> anyhow::Result<()> {
     let out = Command::new(program)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("FENICE_PASSWORD", password)
-        .env("FENICE_NEW_PASSWORD", password)
-        .args(["repo", "--repo", location])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(more.iter().copied())
         .args(args)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {}", program.display()))?;
     if !out.status.success() {
-        bail!("fenice repo {} on {location}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!("fenice {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -206,11 +217,4 @@ fn write_secret(path: &PathBuf, text: &str) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    // NB: a broken random generator is a broken operating system: nothing to go on with.
-    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
-    bytes
 }

@@ -202,7 +202,6 @@ mod tests {
             number,
             file_name: format!("IT01234567890_{number:05}.xml"),
             xml_sha256: format!("sha-{number}"),
-            at: None,
         }
     }
 

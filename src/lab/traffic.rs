@@ -23,8 +23,6 @@ pub struct Committed {
     pub file_name: String,
     /// The document's SHA-256: tells this invoice from another with its number.
     pub xml_sha256: String,
-    #[serde(skip)]
-    pub at: Option<jiff::Timestamp>,
 }
 
 /// Where a tenant is served now (the lab's stand-in for DNS).
@@ -127,7 +125,6 @@ impl Customer {
         }
         let mut invoice: Committed = answer.json().await.ok()?;
         invoice.tenant = self.tenant.clone();
-        invoice.at = Some(jiff::Timestamp::now());
         Some(invoice)
     }
 }

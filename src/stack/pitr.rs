@@ -52,11 +52,7 @@ pub async fn prepare(repo: &Arc<Repository>, request: &PitrRestore) -> Result<Pr
             return Err(Error::Unquotable { what, value: value.clone() });
         }
     }
-    // NB: the repository may have been opened before the backup was taken.
-    repo.refresh_index()
-        .await
-        .map_err(|source| Error::Repository { repository: repo.describe(), source: Box::new(source) })?;
-    let (id, snapshot, recorded) = base_snapshot(repo, request).await?;
+    let (id, snapshot, recorded) = newest_base(repo, request).await?;
     let restore_error = |source: restorer::Error| Error::Restore { snapshot: id.short(), source: Box::new(source) };
     prepare_empty_dir(&request.pgdata, request.force)?;
     extract(repo, &snapshot.tree, &request.pgdata).await.map_err(|e| match e {
@@ -71,11 +67,20 @@ pub async fn prepare(repo: &Arc<Repository>, request: &PitrRestore) -> Result<Pr
 /// `request.snapshot` names) and what it recorded, without restoring anything:
 /// what a promoted standby is verified against.
 pub async fn latest_backup(repo: &Repository, request: &PitrRestore) -> Result<(Id, verify::Record)> {
+    let (id, _, recorded) = newest_base(repo, request).await?;
+    Ok((id, recorded))
+}
+
+/// [`base_snapshot`], after loading the index objects written since the
+/// repository was opened: a long-running process restores later backups too.
+async fn newest_base(
+    repo: &Repository,
+    request: &PitrRestore,
+) -> Result<(Id, crate::repo::tree::Snapshot, verify::Record)> {
     repo.refresh_index()
         .await
         .map_err(|source| Error::Repository { repository: repo.describe(), source: Box::new(source) })?;
-    let (id, _, recorded) = base_snapshot(repo, request).await?;
-    Ok((id, recorded))
+    base_snapshot(repo, request).await
 }
 
 /// The snapshot named, or the tenant's newest one with a base backup taken
