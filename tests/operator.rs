@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -67,8 +67,18 @@ async fn cluster() -> (apiserver::Running, tempfile::TempDir, Client) {
 
 /// Starts `fenice operator` and returns it with its health and metrics URLs.
 async fn operator(kubeconfig: &std::path::Path, identity: &str) -> (Child, String, String) {
+    operator_with(kubeconfig, identity, &[]).await
+}
+
+/// [`operator`] with more arguments.
+async fn operator_with(
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    extra: &[&std::ffi::OsStr],
+) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fenice"))
         .args(["operator", "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .args(extra)
         .args(["--operator-namespace", NAMESPACE, "--identity", identity])
         .args(["--lease-seconds", "3", "--probe-interval-seconds", "600", "--kubeconfig"])
         .arg(kubeconfig)
@@ -201,11 +211,16 @@ async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
     stop(&second);
 }
 
-fn example(file: &str, name: &str, changes: serde_json::Value) -> serde_json::Value {
+/// Every document of an example manifest.
+fn examples(file: &str) -> Vec<serde_json::Value> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples").join(file);
     let text = std::fs::read_to_string(&path).unwrap();
-    let mut document =
-        serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap().into_iter().find(|d| !d.is_null()).unwrap();
+    serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap().into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// The first document of an example manifest, named `name`, with `changes` merged in.
+fn example(file: &str, name: &str, changes: serde_json::Value) -> serde_json::Value {
+    let mut document = examples(file).remove(0);
     document["metadata"] = json!({"name": name});
     json_patch::merge(&mut document, &changes);
     document
@@ -260,9 +275,9 @@ async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
     for name in ["nightly", "broken"] {
         timeout(DEADLINE, await_condition(policies.clone(), name, scheduled)).await.unwrap().unwrap();
     }
-    // The Backups say they are not run by the operator yet, rather than nothing.
+    // The Backups wait for the tenants' Site, and say so rather than nothing.
     let told = |b: Option<&Backup>| {
-        b.and_then(|b| b.status.as_ref()).is_some_and(|s| s.conditions.iter().any(|c| c.reason == "NotRunByOperator"))
+        b.and_then(|b| b.status.as_ref()).is_some_and(|s| s.conditions.iter().any(|c| c.reason == "SiteNotFound"))
     };
     for name in &names {
         timeout(DEADLINE, await_condition(backups.clone(), name, told)).await.unwrap().unwrap();
@@ -281,4 +296,175 @@ async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
     assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "InvalidSchedule"));
     assert!(condition.message.contains("minute \"61\""), "{condition:?}");
     stop(&operator);
+}
+
+/// Waits until `check` holds for the listed objects of `api`, or fails naming `what`.
+async fn wait_list<K>(api: &Api<K>, what: &str, check: impl Fn(&[K]) -> bool) -> Vec<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Duration::from_secs(180);
+    let mut last = Vec::new();
+    let waited = timeout(deadline, async {
+        loop {
+            last = api.list(&ListParams::default()).await.unwrap().items;
+            if check(&last) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what} within {deadline:?}; last seen: {last:#?}");
+    last
+}
+
+fn phase(backup: &Backup) -> Option<fenice::api::backup::BackupPhase> {
+    backup.status.as_ref().map(|s| s.phase)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are_run_and_recorded() {
+    use fenice::api::backup::BackupPhase;
+    use fenice::api::site::Site;
+
+    let (_api, dir, client) = cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let state = tempfile::tempdir().unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for document in examples("namespace.yaml") {
+        namespaces.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+
+    // Two repositories at two providers on the S3 server, one with Object Lock.
+    let s3 = S3Server::start().expect("moto");
+    s3.store("tenants-locked", "").await.unwrap().create_bucket(true).await.unwrap();
+    s3.store("tenants-plain", "").await.unwrap().create_bucket(false).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    for (name, data) in [
+        ("repo-s3", json!({"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE})),
+        ("repo-password", json!({"password": SECRET_VALUE})),
+    ] {
+        let secret = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+    }
+    let repos: Api<BackupRepository> = Api::all(client.clone());
+    let mut plain = repository("ovh-milan-backups", &s3, "tenants-plain", "repo-s3");
+    plain.spec.provider = fenice::api::common::Provider::Ovhcloud;
+    plain.spec.immutability = serde_json::from_value(json!({"enabled": false})).unwrap();
+    for repo in [repository("azure-italynorth-backups", &s3, "tenants-locked", "repo-s3"), plain] {
+        repos.create(&PostParams::default(), &repo).await.unwrap();
+    }
+
+    // The example Sites, the primary driven by this operator as local processes.
+    let sites: Api<Site> = Api::all(client.clone());
+    for mut document in examples("sites.yaml") {
+        if document["metadata"]["name"] == "westpole-rome" {
+            document["spec"]["cluster"] = json!({"driver": "Local"});
+        }
+        sites.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+    // The example policy, its last run 12 minutes ago on a five-minute schedule: a run is due.
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    let standard = example("policy.yaml", "standard", json!({"spec": {"schedule": "*/5 * * * *"}}));
+    policies.create(&PostParams::default(), &serde_json::from_value(standard).unwrap()).await.unwrap();
+    let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
+    let status = json!({"status": {"lastScheduleTime": last.to_string()}});
+    policies.patch_status("standard", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
+    for document in examples("tenants.yaml") {
+        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+    let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
+    let ghost: Backup = serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "Backup",
+        "metadata": {"name": "ghost-manual"}, "spec": {"tenant": "ghost"},
+    }))
+    .unwrap();
+    backups.create(&PostParams::default(), &ghost).await.unwrap();
+
+    let state_arg = [std::ffi::OsStr::new("--state-dir"), state.path().as_os_str()];
+    let (operator, url, metrics_url) = operator_with(&kubeconfig, "replica-1", &state_arg).await;
+    wait_ready(&url, true).await;
+
+    // Each tenant's stack starts at the Local site, under a finalizer.
+    let ready = |t: &InvoicingTenant| {
+        t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let running = wait_list(&tenants, "three tenants Ready", |all| all.len() == 3 && all.iter().all(ready)).await;
+    for tenant in &running {
+        let status = tenant.status.as_ref().unwrap();
+        assert_eq!((status.active_site.as_deref(), status.epoch), (Some("westpole-rome"), Some(1)), "{status:?}");
+        assert!(tenant.finalizers().contains(&"fenice.io/local-stack".to_string()));
+    }
+
+    // The schedule's Backups run into both repositories and record what they wrote.
+    let finished = |b: &Backup| matches!(phase(b), Some(p) if p != BackupPhase::Pending && p != BackupPhase::Running);
+    let all = wait_list(&backups, "four Backups finished", |all| all.len() == 4 && all.iter().all(finished)).await;
+    for backup in all.iter().filter(|b| b.spec.tenant != "ghost") {
+        let status = backup.status.as_ref().unwrap();
+        assert_eq!(status.phase, BackupPhase::Succeeded, "{status:#?}");
+        assert_eq!(status.copies_summary.as_deref(), Some("2/2"));
+        assert!(status.snapshot_id.is_some() && status.bytes_total.unwrap() > 0, "{status:?}");
+        let verification = status.verification.as_ref().unwrap();
+        assert!(verification.tables > 0, "{verification:?}");
+        let locked = status.copies.iter().find(|c| c.repository == "azure-italynorth-backups").unwrap();
+        assert!(locked.written && locked.immutable_until.is_some(), "{locked:?}");
+        let plain = status.copies.iter().find(|c| c.repository == "ovh-milan-backups").unwrap();
+        assert!(plain.written && plain.immutable_until.is_none(), "{plain:?}");
+        assert!(status.start_time.is_some() && status.completion_time.is_some());
+    }
+    // A Backup of a tenant that does not exist fails, naming it.
+    let ghost = all.iter().find(|b| b.spec.tenant == "ghost").unwrap().status.clone().unwrap();
+    assert_eq!(ghost.phase, BackupPhase::Failed);
+    let why = ghost.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(why.reason, "TenantNotFound");
+    assert!(why.message.contains("InvoicingTenant invoicing/ghost does not exist"), "{why:?}");
+
+    // The snapshots are really there, one per tenant in each repository, locked where asked.
+    for bucket in ["tenants-locked", "tenants-plain"] {
+        let store: std::sync::Arc<dyn fenice::store::ObjectStore> =
+            std::sync::Arc::new(s3.store(bucket, "").await.unwrap());
+        let unlock =
+            fenice::repo::repository::Unlock::Passphrase(fenice::repo::keyfile::Passphrase::new(SECRET_VALUE.into()));
+        let repo = fenice::repo::repository::Repository::open(store, &unlock).await.unwrap();
+        let mut found: Vec<String> =
+            repo.snapshots().await.unwrap().into_iter().filter_map(|(_, s)| s.tenant).collect();
+        found.sort();
+        assert_eq!(found, ["comune-di-tivoli", "geom-bianchi", "studio-rossi"], "{bucket}");
+        assert_eq!(repo.config().retention_days.is_some(), bucket == "tenants-locked");
+    }
+    let (_, metrics) = get(&format!("{metrics_url}/metrics")).await;
+    assert!(
+        metrics
+            .contains("fenice_tenant_last_backup_timestamp_seconds{namespace=\"invoicing\",tenant=\"studio-rossi\"}"),
+        "{metrics}"
+    );
+
+    // A deleted tenant goes once its stack is stopped.
+    let bianchi = running.iter().find(|t| t.metadata.name.as_deref() == Some("geom-bianchi")).unwrap();
+    let message = &bianchi.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message;
+    let app = message.split("serves ").nth(1).unwrap().to_owned();
+    assert_eq!(get(&format!("{app}/healthz")).await.0, 200, "{app}");
+    tenants.delete("geom-bianchi", &Default::default()).await.unwrap();
+    wait_list(&tenants, "geom-bianchi gone", |all| all.len() == 2).await;
+    assert_eq!(get(&format!("{app}/healthz")).await.0, 0, "the app still answers after its tenant was deleted");
+
+    // Nothing secret anywhere; on SIGTERM the stacks stop and their files go.
+    let events: Api<Event> = Api::all(client.clone());
+    let everything = serde_json::to_string(&(
+        events.list(&ListParams::default()).await.unwrap().items,
+        backups.list(&ListParams::default()).await.unwrap().items,
+        tenants.list(&ListParams::default()).await.unwrap().items,
+        repos.list(&ListParams::default()).await.unwrap().items,
+    ))
+    .unwrap();
+    assert!(!everything.contains(SECRET_VALUE));
+    stop(&operator);
+    let exited = timeout(DEADLINE, operator.wait_with_output()).await.unwrap().unwrap();
+    assert!(exited.status.success(), "{:?}", exited.status);
+    let log = String::from_utf8_lossy(&exited.stderr);
+    assert!(!log.contains(SECRET_VALUE), "a secret in the log");
+    let left: Vec<_> = std::fs::read_dir(state.path()).unwrap().collect();
+    assert!(left.is_empty(), "the operator left {left:?}");
 }

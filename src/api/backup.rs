@@ -107,7 +107,9 @@ pub struct BackupStatus {
 #[serde(rename_all = "camelCase")]
 pub struct BackupCopy {
     pub repository: String,
-    pub provider: Provider,
+    /// The BackupRepository's provider; absent when the repository was not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
     pub written: bool,
     /// Until when the store refuses to delete it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,7 @@ mod crd;
 mod failover;
 mod lab;
 mod operator;
-mod output;
+pub(crate) mod output;
 pub mod repo;
 mod sdi_sim;
 mod secrets;

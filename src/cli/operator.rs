@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::serving;
 use crate::controller::leader::Elector;
+use crate::controller::local_sites::LocalSites;
 use crate::controller::metrics::Metrics;
 use crate::controller::{self, Context};
 
@@ -51,6 +52,10 @@ pub struct OperatorArgs {
     /// Seconds between two probes of a BackupRepository.
     #[arg(long, default_value_t = 300)]
     probe_interval_seconds: u64,
+    /// Where Sites with the Local driver keep their processes' files (in a
+    /// directory of their own, removed when the operator stops); $TMPDIR by default.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -102,7 +107,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     ready.store(true, Ordering::SeqCst);
     let (lost_tx, mut lost) = watch::channel(false);
     tokio::spawn(keep_leading(elector, lost_tx));
-    let mut ctx = Context::new(client, &args.operator_namespace, Some(identity), metrics);
+    let state_parent = args.state_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let state = tempfile::Builder::new()
+        .prefix("fenice-operator-")
+        .tempdir_in(&state_parent)
+        .with_context(|| format!("creating a directory for Local sites in {}", state_parent.display()))?;
+    let program = std::env::current_exe().context("finding the fenice program the Local sites run")?;
+    let local = Arc::new(LocalSites::new(state.path(), &program));
+    let mut ctx = Context::new(client, &args.operator_namespace, Some(identity), metrics, local);
     ctx.probe_interval = Duration::from_secs(args.probe_interval_seconds.max(1));
     let mut stopped = stop.clone();
     let mut lost_wait = lost.clone();

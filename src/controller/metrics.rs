@@ -24,6 +24,8 @@ pub struct Metrics {
     reconciles: Mutex<BTreeMap<&'static str, Reconciles>>,
     /// Per repository: reachable, immutability in force.
     repositories: Mutex<BTreeMap<String, (bool, bool)>>,
+    /// Per tenant (namespace, name): when its last backup succeeded, in Unix seconds.
+    last_backups: Mutex<BTreeMap<(String, String), i64>>,
 }
 
 impl Metrics {
@@ -47,6 +49,14 @@ impl Metrics {
     /// A repository that no longer exists.
     pub fn forget_repository(&self, name: &str) {
         self.repositories.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+    }
+
+    /// A backup of the tenant succeeded at `at`.
+    pub fn backed_up(&self, namespace: &str, tenant: &str, at: jiff::Timestamp) {
+        self.last_backups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((namespace.to_owned(), tenant.to_owned()), at.as_second());
     }
 
     /// The exposition text.
@@ -86,6 +96,13 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{repository=\"{}\"}} {}", escape(repository), u8::from(value(r)));
             }
         }
+        let backups = self.last_backups.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let name = "fenice_tenant_last_backup_timestamp_seconds";
+        let help = "When the tenant's last backup succeeded (its age: time() minus this).";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for ((namespace, tenant), at) in &backups {
+            let _ = writeln!(out, "{name}{{namespace=\"{}\",tenant=\"{}\"}} {at}", escape(namespace), escape(tenant));
+        }
         out
     }
 }
@@ -112,6 +129,14 @@ mod tests {
         assert!(text.contains("fenice_repository_reachable{repository=\"azure-italynorth\"} 1\n"), "{text}");
         assert!(text.contains("fenice_repository_immutability_in_force{repository=\"azure-italynorth\"} 0\n"));
         assert!(text.contains("# TYPE fenice_repository_reachable gauge\n"));
+        m.backed_up("invoicing", "acme", jiff::Timestamp::from_second(1_700_000_000).unwrap());
+        let text = m.render();
+        assert!(
+            text.contains(
+                "fenice_tenant_last_backup_timestamp_seconds{namespace=\"invoicing\",tenant=\"acme\"} 1700000000\n"
+            ),
+            "{text}"
+        );
         m.forget_repository("azure-italynorth");
         assert!(!m.render().contains("azure-italynorth"));
     }

@@ -2,33 +2,42 @@
 //! controller's decisions are pure functions of (spec, status, what was
 //! observed, now) with unit tests; the kube and store I/O around them is kept
 //! apart. Built so far: BackupRepository (probes), BackupPolicy (the schedule
-//! creates Backups) and Backup (says it is not run here yet); the other kinds
-//! are not reconciled yet.
+//! creates Backups), Backup (runs at Local sites) and InvoicingTenant (stacks
+//! at Local sites); the other kinds are not reconciled yet.
 
 pub mod backup;
+mod backup_run;
 pub mod leader;
+pub mod local_sites;
 pub mod metrics;
 pub mod policy;
 pub mod repository;
 pub mod schedule;
 pub mod secrets;
+pub mod tenant;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
 
+use self::local_sites::LocalSites;
 use self::metrics::Metrics;
 use crate::api::backup::Backup;
 use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
+use crate::api::tenant::InvoicingTenant;
 
 /// The field manager of everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "fenice";
+/// How soon work that could not be done is tried again.
+pub const RETRY: Duration = Duration::from_secs(15);
 
 /// What every controller shares.
 pub struct Context {
@@ -39,10 +48,18 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// How often each repository is probed.
     pub probe_interval: Duration,
+    /// The sites whose driver is Local: processes on this machine.
+    pub local: Arc<LocalSites>,
 }
 
 impl Context {
-    pub fn new(client: Client, namespace: &str, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        instance: Option<String>,
+        metrics: Arc<Metrics>,
+        local: Arc<LocalSites>,
+    ) -> Self {
         let reporter = Reporter { controller: "fenice-operator".into(), instance };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -50,6 +67,7 @@ impl Context {
             namespace: namespace.into(),
             metrics,
             probe_interval: Duration::from_secs(300),
+            local,
         }
     }
 }
@@ -69,7 +87,55 @@ pub async fn measured<T, E>(
 /// After a failed reconcile: log it with its causes, try again shortly.
 pub fn retry_after_error(object: &str, error: &(dyn std::error::Error + 'static)) -> kube::runtime::controller::Action {
     tracing::warn!(object, error = crate::error_chain::error_chain(error), "reconcile failed");
-    kube::runtime::controller::Action::requeue(Duration::from_secs(15))
+    kube::runtime::controller::Action::requeue(RETRY)
+}
+
+/// Writes `status` as `object`'s status with server-side apply (field manager [`FIELD_MANAGER`]).
+pub async fn apply_status<K>(api: &Api<K>, object: &K, status: &impl Serialize) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
+    });
+    api.patch_status(&object.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Adds `finalizer` to `object`; a 409 or 422 if the object changed since it was read.
+pub async fn add_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let version = object.resource_version().unwrap_or_default();
+    let add = match object.meta().finalizers.as_ref() {
+        Some(list) if !list.is_empty() => {
+            serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer})
+        }
+        _ => serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}),
+    };
+    let operations = serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+        add,
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
+    api.patch(&object.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await.map(|_| ())
+}
+
+/// Removes `finalizer` from `object`, if the list still holds it where it was read.
+pub async fn remove_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(index) = object.finalizers().iter().position(|f| f == finalizer) else { return Ok(()) };
+    let path = format!("/metadata/finalizers/{index}");
+    let operations = serde_json::json!([
+        {"op": "test", "path": path, "value": finalizer},
+        {"op": "remove", "path": path},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
+    api.patch(&object.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await.map(|_| ())
 }
 
 /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
@@ -105,8 +171,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(policy::reconcile, policy::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let backups = Controller::new(Api::<Backup>::all(ctx.client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
-        .run(backup::reconcile, backup::error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(backup::reconcile, backup::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    futures::join!(repositories, policies, backups);
+    let tenants = Controller::new(Api::<InvoicingTenant>::all(ctx.client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(tenant::reconcile, tenant::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(repositories, policies, backups, tenants);
 }

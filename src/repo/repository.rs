@@ -48,6 +48,19 @@ pub struct Config {
     /// immutability); every writer must apply it. Absent: not immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_days: Option<u32>,
+    /// Which master key is this repository's: [`key_check`] of it, hex. Two
+    /// `init`s racing on one empty store both write a key file before one of
+    /// them wins the config; the loser's key file opens with the same
+    /// passphrase but holds another master key, and this tells it apart.
+    /// Absent in repositories made before it: every key file is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<String>,
+}
+
+/// The check value of `master` for the repository `id`: a keyed hash, so it
+/// says nothing about the key.
+fn key_check(master: &MasterKey, id: &str) -> String {
+    master.derive().blob_id(format!("fenice.io key check v1 {id}").as_bytes()).to_string()
 }
 
 /// What went wrong with a repository.
@@ -180,9 +193,11 @@ impl Repository {
         }
         let master = MasterKey::generate();
         let key_file = KeyFile::for_passphrase(&master, passphrase, kdf, "initial")?;
+        let id = hex(&random::<16>());
         let config = Config {
             version: FORMAT_VERSION,
-            id: hex(&random::<16>()),
+            key_check: Some(key_check(&master, &id)),
+            id,
             chunker: ChunkerParams::default(),
             created: key_file.created.clone(),
             retention_days,
@@ -238,11 +253,11 @@ impl Repository {
     /// and the index grows with every backup.
     pub async fn open_unindexed(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
         let config = Self::read_config(store.as_ref()).await?;
-        let master = Self::unlock(store.as_ref(), unlock).await?;
+        let master = Self::unlock(store.as_ref(), unlock, &config).await?;
         Ok(Self::assemble(store, master, config))
     }
 
-    async fn unlock(store: &dyn ObjectStore, unlock: &Unlock) -> Result<MasterKey> {
+    async fn unlock(store: &dyn ObjectStore, unlock: &Unlock, config: &Config) -> Result<MasterKey> {
         for (_, file) in Self::key_files(store).await? {
             let opened = match unlock {
                 Unlock::Passphrase(p) if matches!(file.holder, super::keyfile::Holder::Passphrase { .. }) => {
@@ -252,7 +267,11 @@ impl Repository {
                 _ => continue,
             };
             match opened {
-                Ok(master) => return Ok(master),
+                Ok(master) if config.key_check.as_ref().is_none_or(|c| *c == key_check(&master, &config.id)) => {
+                    return Ok(master);
+                }
+                // A key file of another master key: left by an init that lost the race.
+                Ok(_) => continue,
                 Err(KeyError::Wrong(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -568,5 +587,32 @@ impl Repository {
             }
             Err(_) => Err(Error::AmbiguousSnapshot { location: self.describe(), spec: spec.to_owned() }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::FsStore;
+
+    const FAST: KdfParams = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+
+    #[tokio::test]
+    async fn a_key_file_left_by_an_init_that_lost_the_race_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).unwrap());
+        let passphrase = || Passphrase::new("same passphrase".into());
+        let winner = Repository::init(store.clone(), &passphrase(), FAST, None).await.unwrap();
+        // The loser's key file: same passphrase, another master key, listed first.
+        let orphan = KeyFile::for_passphrase(&MasterKey::generate(), &passphrase(), FAST, "initial").unwrap();
+        let json = Bytes::from(serde_json::to_vec(&orphan).unwrap());
+        store.put(&format!("keys/{}", "0".repeat(64)), json, PutCondition::IfAbsent).await.unwrap();
+        assert_eq!(Repository::key_files(store.as_ref()).await.unwrap().len(), 2);
+
+        let opened = Repository::open(store.clone(), &Unlock::Passphrase(passphrase())).await.unwrap();
+        assert_eq!(opened.master_key().as_bytes(), winner.master_key().as_bytes());
+        // A second init finds the repository and changes nothing.
+        let again = Repository::init(store.clone(), &passphrase(), FAST, None).await;
+        assert!(matches!(again, Err(Error::AlreadyInitialized { .. })));
     }
 }

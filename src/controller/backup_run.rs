@@ -1,0 +1,283 @@
+//! Running one Backup: find the tenant's stack and repositories, open each
+//! repository (creating it on first use), stream the backup into all of them
+//! at once, and record the outcome. Whatever is missing is named in the
+//! Backup's status: a tenant or policy that does not exist fails it; a stack
+//! not running yet, or a Kubernetes site, leaves it Pending with a condition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+use super::backup::{self, Attempt, Error, Written};
+use super::tenant::{self, Placement};
+use super::{Context, repository::open_store, secrets};
+use crate::api::backup::{Backup, BackupPhase};
+use crate::api::policy::BackupPolicy;
+use crate::api::repository::BackupRepository;
+use crate::api::site::Site;
+use crate::api::tenant::InvoicingTenant;
+use crate::error_chain::error_chain;
+use crate::repo::archiver::Progress;
+use crate::repo::keyfile::{KdfParams, Passphrase};
+use crate::repo::repository::{self, Repository, Unlock};
+use crate::stack::backup::TenantBackup;
+use crate::stack::pg::DbUrl;
+
+/// Where the backup's data is, once everything it needs was found.
+struct Source {
+    db: DbUrl,
+    repositories: Vec<String>,
+    physical: bool,
+}
+
+/// Why a Backup does not run now: it waits (Pending) or cannot ever run (Failed).
+struct NotNow {
+    phase: BackupPhase,
+    reason: &'static str,
+    message: String,
+    retry: Option<Duration>,
+}
+
+impl NotNow {
+    fn wait(reason: &'static str, message: String, retry: Duration) -> Self {
+        NotNow { phase: BackupPhase::Pending, reason, message, retry: Some(retry) }
+    }
+
+    fn fail(reason: &'static str, message: String) -> Self {
+        NotNow { phase: BackupPhase::Failed, reason, message, retry: None }
+    }
+}
+
+pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
+    let namespace = backup.namespace().unwrap_or_else(|| "default".into());
+    let api_error = |what| {
+        let (namespace, name) = (namespace.clone(), backup.name_any());
+        move |source| Error { namespace, name, what, source }
+    };
+    let source = match find_source(ctx, backup, &namespace).await.map_err(api_error("finding what to back up"))? {
+        Ok(source) => source,
+        Err(not_now) => return hold(ctx, backup, not_now).await,
+    };
+
+    let status = backup::with_phase(
+        backup,
+        BackupPhase::Running,
+        "Running",
+        format!("writing to {}", source.repositories.join(", ")),
+        Timestamp::now(),
+    );
+    backup::write_status(ctx, backup, &status).await?;
+    let mut running = backup.clone();
+    running.status = Some(status);
+
+    let opened = futures::future::join_all(source.repositories.iter().map(|name| open_repository(ctx, name))).await;
+    let (mut attempts, mut repos) = (Vec::new(), Vec::new());
+    for (name, (provider, locked_for, repo)) in source.repositories.iter().zip(opened) {
+        let result = match repo {
+            Ok(repo) => {
+                repos.push((attempts.len(), Arc::new(repo)));
+                Err(String::new())
+            }
+            Err(why) => Err(why),
+        };
+        attempts.push(Attempt { repository: name.clone(), provider, locked_for, result });
+    }
+    let mut recorded = None;
+    let mut failure = None;
+    if !repos.is_empty() {
+        let request = TenantBackup {
+            tenant: backup.spec.tenant.clone(),
+            db: source.db.clone(),
+            host: crate::repo::host_name(),
+            pg_bin: None,
+            physical: source.physical,
+        };
+        let targets = repos.iter().map(|(_, r)| r.clone()).collect();
+        match crate::stack::backup::backup(targets, &request, Arc::new(Progress::default())).await {
+            Ok(outcome) => {
+                for ((index, _), copy) in repos.iter().zip(outcome.copies) {
+                    attempts[*index].result = match copy.result {
+                        Ok((id, snapshot)) => Ok(Written {
+                            snapshot_id: id.to_string(),
+                            bytes_total: snapshot.totals.bytes,
+                            bytes_added: snapshot.totals.added_bytes,
+                        }),
+                        Err(e) => Err(error_chain(&e)),
+                    };
+                }
+                recorded = Some(outcome.recorded);
+            }
+            Err(e) => {
+                let why = error_chain(&e);
+                for (index, _) in &repos {
+                    attempts[*index].result = Err("not written: the backup failed".into());
+                }
+                failure = Some(why);
+            }
+        }
+    }
+    let status = backup::finished(&running, &attempts, recorded.as_ref(), failure.as_deref(), Timestamp::now());
+    backup::write_status(ctx, backup, &status).await?;
+    let (type_, reason) = match status.phase {
+        BackupPhase::Succeeded => (EventType::Normal, "Succeeded"),
+        BackupPhase::PartiallySucceeded => (EventType::Warning, "PartiallySucceeded"),
+        _ => (EventType::Warning, "Failed"),
+    };
+    let note = status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+    super::publish(ctx, backup, type_, reason, "Backup", note).await;
+    if status.phase == BackupPhase::Succeeded {
+        ctx.metrics.backed_up(&namespace, &backup.spec.tenant, Timestamp::now());
+    }
+    Ok(Action::await_change())
+}
+
+/// Records why the Backup does not run now, once, and when to look again.
+async fn hold(ctx: &Context, backup: &Backup, not_now: NotNow) -> Result<Action, Error> {
+    let old = backup.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    if old.is_none_or(|c| c.reason != not_now.reason || c.message != not_now.message) {
+        let status =
+            backup::with_phase(backup, not_now.phase, not_now.reason, not_now.message.clone(), Timestamp::now());
+        backup::write_status(ctx, backup, &status).await?;
+        let type_ = if not_now.phase == BackupPhase::Failed { EventType::Warning } else { EventType::Normal };
+        super::publish(ctx, backup, type_, not_now.reason, "Backup", not_now.message).await;
+    }
+    Ok(not_now.retry.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The tenant's database and the repositories to write to, or why not now.
+async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<Result<Source, NotNow>, kube::Error> {
+    let name = &backup.spec.tenant;
+    let tenants: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(tenant) = tenants.get_opt(name).await? else {
+        let message =
+            format!("InvoicingTenant {namespace}/{name} does not exist: fix spec.tenant and create a new Backup");
+        return Ok(Err(NotNow::fail("TenantNotFound", message)));
+    };
+    let policy = Api::<BackupPolicy>::all(ctx.client.clone()).get_opt(&tenant.spec.backup_policy).await?;
+    let repositories = match (&backup.spec.repositories, &policy) {
+        (names, _) if !names.is_empty() => names.clone(),
+        (_, Some(policy)) => policy.spec.repositories.clone(),
+        (_, None) => {
+            let message = format!(
+                "the Backup names no repositories and the tenant's BackupPolicy {} does not exist: \
+                 create it, or list spec.repositories",
+                tenant.spec.backup_policy
+            );
+            return Ok(Err(NotNow::fail("PolicyNotFound", message)));
+        }
+    };
+    let physical = policy.as_ref().and_then(|p| p.spec.wal_archiving.as_ref()).is_some_and(|w| w.enabled);
+
+    let site_name = tenant.status.as_ref().and_then(|s| s.active_site.clone());
+    let site_name = site_name.unwrap_or_else(|| tenant.spec.primary_site.clone());
+    let site = Api::<Site>::all(ctx.client.clone()).get_opt(&site_name).await?;
+    Ok(match tenant::placement(&site_name, site.as_ref()) {
+        Placement::Invalid { reason, message } => Err(NotNow::wait(reason, message, Duration::from_secs(30))),
+        Placement::Kubernetes { site } => Err(NotNow::wait(
+            "DriverNotBuilt",
+            format!(
+                "tenant {name} runs at Kubernetes site {site}: running its backup as a Job there is not built yet; \
+                 take it with `fenice agent backup` (docs/tenant-backup.md)"
+            ),
+            Duration::from_secs(300),
+        )),
+        Placement::Local { site } => match ctx.local.database(&site, namespace, name).map(|db| DbUrl::parse(&db)) {
+            Some(Ok(db)) => Ok(Source { db, repositories, physical }),
+            Some(Err(e)) => Err(NotNow::fail("DatabaseUrlInvalid", format!("tenant {name}'s database URL: {e}"))),
+            None => Err(NotNow::wait(
+                "StackNotRunning",
+                format!(
+                    "tenant {name}'s stack does not run at Local site {site} yet: the InvoicingTenant's Ready \
+                     condition says why"
+                ),
+                Duration::from_secs(10),
+            )),
+        },
+    })
+}
+
+/// Opens the repository `name` (creating it when its store is empty), with
+/// its provider and how long its store locks what is written.
+async fn open_repository(
+    ctx: &Context,
+    name: &str,
+) -> (Option<crate::api::common::Provider>, Option<Duration>, Result<Repository, String>) {
+    let found = match Api::<BackupRepository>::all(ctx.client.clone()).get_opt(name).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            let why = format!("BackupRepository {name} does not exist: create it, or fix the list of repositories");
+            return (None, None, Err(why));
+        }
+        Err(e) => return (None, None, Err(format!("reading BackupRepository {name}: {}", error_chain(&e)))),
+    };
+    let spec = &found.spec;
+    let opened = open_or_create(ctx, &found).await;
+    match opened {
+        Ok((locked_for, repo)) => (Some(spec.provider), locked_for, Ok(repo)),
+        Err(why) => (Some(spec.provider), None, Err(why)),
+    }
+}
+
+/// Opens the repository, or creates it in an empty store. Two Backups may
+/// find the store empty at once: the one that loses the race opens what the
+/// other created.
+async fn open_or_create(ctx: &Context, found: &BackupRepository) -> Result<(Option<Duration>, Repository), String> {
+    let name = found.name_any();
+    let (name, spec) = (name.as_str(), &found.spec);
+    let chain = |e: &dyn std::error::Error| error_chain(e);
+    let password = secrets::key(&ctx.client, &ctx.namespace, &spec.password_secret_ref)
+        .await
+        .map_err(|e| format!("BackupRepository {name}: {e}"))?;
+    let plain = open_store(ctx, name, spec, None).await.map_err(|e| chain(&e))?;
+    // The store, locking what it writes for `days` when set.
+    let store = |days: Option<u32>| {
+        let plain = plain.clone();
+        async move {
+            match days {
+                Some(d) => open_store(ctx, name, spec, Some(days_to_duration(d))).await.map_err(|e| chain(&e)),
+                None => Ok(plain),
+            }
+        }
+    };
+    for _ in 0..2 {
+        match Repository::read_config(plain.as_ref()).await {
+            Ok(config) => {
+                // NB: what the repository was created with binds, as for `fenice repo`.
+                let days = config.retention_days;
+                let unlock = Unlock::Passphrase(Passphrase::new(password.to_string()));
+                let repo = Repository::open(store(days).await?, &unlock).await.map_err(|e| chain(&e))?;
+                return Ok((days.map(days_to_duration), repo));
+            }
+            Err(repository::Error::NotARepository { .. }) => {
+                let wanted = spec.immutability.retention.as_ref().filter(|_| spec.immutability.enabled);
+                let days = wanted.map(|r| r.as_std().as_secs().div_ceil(86_400).max(1) as u32);
+                match Repository::init(
+                    store(days).await?,
+                    &Passphrase::new(password.to_string()),
+                    KdfParams::default(),
+                    days,
+                )
+                .await
+                {
+                    Ok(repo) => {
+                        let note = format!("created the repository at {}", repo.describe());
+                        super::publish(ctx, found, EventType::Normal, "Initialized", "Backup", note).await;
+                        return Ok((days.map(days_to_duration), repo));
+                    }
+                    Err(repository::Error::AlreadyInitialized { .. }) => continue,
+                    Err(e) => return Err(chain(&e)),
+                }
+            }
+            Err(e) => return Err(chain(&e)),
+        }
+    }
+    Err(format!("BackupRepository {name}: created by someone else meanwhile, and still not readable"))
+}
+
+fn days_to_duration(days: u32) -> Duration {
+    Duration::from_secs(u64::from(days) * 86_400)
+}

@@ -1,0 +1,108 @@
+//! The operator's Local site driver: each Site whose `cluster.driver` is
+//! `Local` is a [`LocalSite`] of processes on the operator's own machine,
+//! under one state directory that goes when the operator stops. Stacks there
+//! live as long as the operator process, as in `fenice lab`: this driver is
+//! for trying Fenice and for tests, not for production.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::site::local::{self, LocalSite, TenantSpec};
+
+/// Why a tenant's stack cannot run at a Local site.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "site {site} already runs a tenant named {tenant} for namespace {owner}: \
+         at a Local site tenant names are unique across namespaces; rename one of them"
+    )]
+    NameTaken { site: String, tenant: String, owner: String },
+
+    #[error(transparent)]
+    Site(#[from] local::Error),
+}
+
+/// Every Local site the operator drives, created when first needed.
+pub struct LocalSites {
+    dir: PathBuf,
+    program: PathBuf,
+    sites: Mutex<BTreeMap<String, Arc<LocalSite>>>,
+    /// Which namespace each running tenant belongs to, per site.
+    owners: Mutex<BTreeMap<(String, String), String>>,
+}
+
+impl LocalSites {
+    /// Sites under `dir`, whose apps run `program` (the fenice binary).
+    pub fn new(dir: &Path, program: &Path) -> Self {
+        Self {
+            dir: dir.into(),
+            program: program.into(),
+            sites: Mutex::new(BTreeMap::new()),
+            owners: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The Local site `name`.
+    pub fn site(&self, name: &str) -> Arc<LocalSite> {
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(LocalSite::new(name, &self.program, &self.dir.join(name))))
+            .clone()
+    }
+
+    /// Starts the tenant's stack at `site` unless it runs there; an app that
+    /// did not start is started again. True when something was started.
+    /// Blocking: it waits for PostgreSQL and the app to serve.
+    pub fn ensure_running(&self, site: &str, namespace: &str, spec: &TenantSpec) -> Result<bool, Error> {
+        let key = (site.to_owned(), spec.name.clone());
+        {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            match owners.get(&key) {
+                Some(owner) if owner != namespace => {
+                    return Err(Error::NameTaken { site: key.0, tenant: key.1, owner: owner.clone() });
+                }
+                Some(_) => {}
+                None => {
+                    owners.insert(key.clone(), namespace.to_owned());
+                }
+            }
+        }
+        let local = self.site(site);
+        match local.with_tenant(&spec.name, |stack| stack.app.is_some()) {
+            Some(true) => Ok(false),
+            Some(false) => Ok(local.start_app(spec).map(|()| true)?),
+            None => match local.start_tenant(spec) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    // A fresh tenant holds nothing yet: undo the half start so a retry starts clean.
+                    local.stop_tenant(&spec.name);
+                    Err(e.into())
+                }
+            },
+        }
+    }
+
+    /// Stops the tenant's stack at `site` (if it runs there for `namespace`) and forgets it.
+    pub fn stop(&self, site: &str, namespace: &str, tenant: &str) {
+        let key = (site.to_owned(), tenant.to_owned());
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if owners.get(&key).is_some_and(|owner| owner == namespace) {
+            owners.remove(&key);
+            self.site(site).stop_tenant(tenant);
+        }
+    }
+
+    /// The tenant's database URL at `site`, if its stack runs there for `namespace`.
+    pub fn database(&self, site: &str, namespace: &str, tenant: &str) -> Option<String> {
+        let key = (site.to_owned(), tenant.to_owned());
+        let owned = self.owners.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|o| o == namespace);
+        owned.then(|| self.site(site).with_tenant(tenant, |stack| stack.db_url(tenant))).flatten()
+    }
+
+    /// The tenant's app address at `site`, when it runs.
+    pub fn app_url(&self, site: &str, tenant: &str) -> Option<String> {
+        self.site(site).with_tenant(tenant, |stack| stack.app.as_ref().map(|app| app.base_url())).flatten()
+    }
+}

@@ -1,0 +1,363 @@
+//! The InvoicingTenant controller: the tenant's stack at its primary Site, and
+//! whether a BackupPolicy protects it. With the Local site driver the stack is
+//! started here (PostgreSQL and the app, as processes), under a finalizer
+//! that stops it when the tenant is deleted. Stacks at Kubernetes sites are
+//! not deployed yet, and the `Ready` condition says so. [`assess`] decides
+//! from (spec, Site, policy, what runs); [`reconcile`] does the I/O.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+use super::{Context, FIELD_MANAGER};
+use crate::api::condition::{self, Observed};
+use crate::api::policy::BackupPolicy;
+use crate::api::site::{Driver, Site, SiteRole};
+use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus};
+use crate::site::local::TenantSpec;
+
+pub const CONTROLLER: &str = "invoicingtenant";
+/// Held while the tenant's stack runs at a Local site.
+pub const FINALIZER: &str = "fenice.io/local-stack";
+pub const PROTECTED: &str = "Protected";
+/// How often a Local stack is looked at again (a process may have died).
+const LOCAL_RECHECK: Duration = Duration::from_secs(60);
+/// How soon a tenant whose Site or policy is missing is looked at again.
+const MISSING_RECHECK: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+#[error("InvoicingTenant {namespace}/{name}: {what}")]
+pub struct Error {
+    namespace: String,
+    name: String,
+    what: &'static str,
+    #[source]
+    source: kube::Error,
+}
+
+/// Where the tenant's stack is to run, as its primary Site says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Started by this operator, as processes.
+    Local { site: String },
+    /// Not deployed by this operator yet.
+    Kubernetes { site: String },
+    /// The Site does not exist, or cannot run stacks.
+    Invalid { reason: &'static str, message: String },
+}
+
+/// Where a stack runs at the Site `name` (`site`: `None` when not found).
+pub fn placement(name: &str, site: Option<&Site>) -> Placement {
+    let name = name.to_owned();
+    let Some(site) = site else {
+        return Placement::Invalid {
+            reason: "SiteNotFound",
+            message: format!("Site {name} does not exist: create it, or fix spec.primarySite"),
+        };
+    };
+    if site.spec.role == SiteRole::Witness {
+        return Placement::Invalid {
+            reason: "SiteIsWitness",
+            message: format!("Site {name} is a witness and runs no stacks: choose a Primary or Standby site"),
+        };
+    }
+    match site.spec.cluster.as_ref().map(|c| c.driver) {
+        Some(Driver::Local) => Placement::Local { site: name },
+        Some(Driver::Kubernetes) => Placement::Kubernetes { site: name },
+        None => Placement::Invalid {
+            reason: "SiteHasNoCluster",
+            message: format!("Site {name} has no spec.cluster: say how to reach it (driver Kubernetes or Local)"),
+        },
+    }
+}
+
+/// What happened to the stack in this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stack {
+    Running { site: String, app: Option<String> },
+    Failed { message: String },
+    NotAttempted,
+}
+
+/// The tenant's status after this reconcile. Fields other controllers own
+/// (last backup, last drill) are left out: they write those themselves.
+pub fn assess(
+    tenant: &InvoicingTenant,
+    placement: &Placement,
+    stack: &Stack,
+    policy_found: bool,
+    now: Timestamp,
+) -> InvoicingTenantStatus {
+    let old = tenant.status.clone().unwrap_or_default();
+    let generation = tenant.metadata.generation;
+    let ready = match (placement, stack) {
+        (Placement::Invalid { reason, message }, _) => {
+            Observed { type_: condition::types::READY, status: false, reason, message: message.clone() }
+        }
+        (Placement::Kubernetes { site }, _) => Observed {
+            type_: condition::types::READY,
+            status: false,
+            reason: "DriverNotBuilt",
+            message: format!(
+                "Site {site} is a Kubernetes site: deploying tenant stacks there is not built yet \
+                 (the Local site driver is)"
+            ),
+        },
+        (Placement::Local { site }, Stack::Running { app, .. }) => Observed {
+            type_: condition::types::READY,
+            status: true,
+            reason: "StackRunning",
+            message: match app {
+                Some(url) => format!("PostgreSQL and the app run at Local site {site}; the app serves {url}"),
+                None => format!("PostgreSQL and the app run at Local site {site}"),
+            },
+        },
+        (Placement::Local { site }, Stack::Failed { message }) => Observed {
+            type_: condition::types::READY,
+            status: false,
+            reason: "StackFailed",
+            message: format!("starting the stack at Local site {site}: {message}"),
+        },
+        (Placement::Local { site }, Stack::NotAttempted) => Observed {
+            type_: condition::types::READY,
+            status: false,
+            reason: "StackPending",
+            message: format!("the stack at Local site {site} is not started yet"),
+        },
+    };
+    let protected = if policy_found {
+        Observed {
+            type_: PROTECTED,
+            status: true,
+            reason: "PolicyFound",
+            message: format!("BackupPolicy {} protects this tenant", tenant.spec.backup_policy),
+        }
+    } else {
+        Observed {
+            type_: PROTECTED,
+            status: false,
+            reason: "PolicyNotFound",
+            message: format!(
+                "BackupPolicy {} does not exist: nothing backs this tenant up; create it, or fix spec.backupPolicy",
+                tenant.spec.backup_policy
+            ),
+        }
+    };
+    let conditions = condition::set(&old.conditions, ready, generation, now);
+    let conditions = condition::set(&conditions, protected, generation, now);
+    let active_site = match stack {
+        Stack::Running { site, .. } => Some(site.clone()),
+        _ => None,
+    };
+    InvoicingTenantStatus {
+        active_site,
+        epoch: active_site_epoch(&old, stack),
+        observed_generation: generation,
+        conditions,
+        ..InvoicingTenantStatus::default()
+    }
+}
+
+/// The epoch the tenant's app runs under: the first one when it starts.
+fn active_site_epoch(old: &InvoicingTenantStatus, stack: &Stack) -> Option<u64> {
+    match stack {
+        Stack::Running { .. } => Some(old.epoch.unwrap_or(1)),
+        _ => old.epoch,
+    }
+}
+
+/// Whether `new` says anything the tenant's status does not say yet.
+fn changed(old: Option<&InvoicingTenantStatus>, new: &InvoicingTenantStatus) -> bool {
+    let Some(old) = old else { return true };
+    let mine = InvoicingTenantStatus {
+        active_site: old.active_site.clone(),
+        epoch: old.epoch,
+        observed_generation: old.observed_generation,
+        conditions: old.conditions.clone(),
+        ..InvoicingTenantStatus::default()
+    };
+    &mine != new
+}
+
+pub async fn reconcile(tenant: Arc<InvoicingTenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    super::measured(&ctx, CONTROLLER, reconcile_inner(&tenant, &ctx)).await
+}
+
+async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Action, Error> {
+    let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
+    let name = tenant.name_any();
+    let fail = |what| {
+        let (namespace, name) = (namespace.clone(), name.clone());
+        move |source| Error { namespace, name, what, source }
+    };
+    let api: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), &namespace);
+    let finalized = tenant.finalizers().iter().any(|f| f == FINALIZER);
+    if tenant.metadata.deletion_timestamp.is_some() {
+        if finalized {
+            let site = tenant.status.as_ref().and_then(|s| s.active_site.clone());
+            let site = site.unwrap_or_else(|| tenant.spec.primary_site.clone());
+            ctx.local.stop(&site, &namespace, &name);
+            super::remove_finalizer(&api, tenant, FINALIZER).await.map_err(fail("removing its finalizer"))?;
+            super::publish(ctx, tenant, EventType::Normal, "StackStopped", "Delete", format!("stopped at {site}"))
+                .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let site = Api::<Site>::all(ctx.client.clone())
+        .get_opt(&tenant.spec.primary_site)
+        .await
+        .map_err(fail("reading its Site"))?;
+    let policy_found = Api::<BackupPolicy>::all(ctx.client.clone())
+        .get_opt(&tenant.spec.backup_policy)
+        .await
+        .map_err(fail("reading its BackupPolicy"))?
+        .is_some();
+    let placement = placement(&tenant.spec.primary_site, site.as_ref());
+    let stack = match &placement {
+        Placement::Local { site } => {
+            if !finalized {
+                super::add_finalizer(&api, tenant, FINALIZER).await.map_err(fail("adding its finalizer"))?;
+            }
+            start_local(ctx, tenant, &namespace, site).await
+        }
+        _ => Stack::NotAttempted,
+    };
+    let status = assess(tenant, &placement, &stack, policy_found, Timestamp::now());
+    if changed(tenant.status.as_ref(), &status) {
+        let patch = serde_json::json!({
+            "apiVersion": "fenice.io/v1alpha1", "kind": "InvoicingTenant", "status": status,
+        });
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(fail("writing its status"))?;
+    }
+    Ok(match (&placement, &stack) {
+        (Placement::Local { .. }, Stack::Running { .. }) => Action::requeue(LOCAL_RECHECK),
+        (Placement::Local { .. }, _) => Action::requeue(super::RETRY),
+        (Placement::Invalid { .. }, _) => Action::requeue(MISSING_RECHECK),
+        _ if !policy_found => Action::requeue(MISSING_RECHECK),
+        _ => Action::await_change(),
+    })
+}
+
+/// Starts the tenant's stack at a Local site unless it runs; says what runs.
+async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, site: &str) -> Stack {
+    let spec = TenantSpec {
+        name: tenant.name_any(),
+        vat: tenant.spec.vat_number.clone(),
+        company: tenant.spec.display_name.clone(),
+        sdi_endpoint: None,
+        epoch: tenant.status.as_ref().and_then(|s| s.epoch).unwrap_or(1),
+        fenced: false,
+        postgres: Default::default(),
+    };
+    let local = ctx.local.clone();
+    let (site_name, namespace_owned) = (site.to_owned(), namespace.to_owned());
+    let started = tokio::task::spawn_blocking(move || local.ensure_running(&site_name, &namespace_owned, &spec)).await;
+    match started {
+        Ok(Ok(fresh)) => {
+            if fresh {
+                let note = format!("PostgreSQL and the app started at Local site {site}");
+                super::publish(ctx, tenant, EventType::Normal, "StackStarted", "Start", note).await;
+            }
+            Stack::Running { site: site.to_owned(), app: ctx.local.app_url(site, &tenant.name_any()) }
+        }
+        Ok(Err(e)) => {
+            let message = crate::error_chain::error_chain(&e);
+            super::publish(ctx, tenant, EventType::Warning, "StackFailed", "Start", message.clone()).await;
+            Stack::Failed { message }
+        }
+        Err(e) => Stack::Failed { message: format!("the start was cancelled: {e}") },
+    }
+}
+
+pub fn error_policy(tenant: Arc<InvoicingTenant>, error: &Error, _ctx: Arc<Context>) -> Action {
+    super::retry_after_error(&tenant.name_any(), error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::site::SiteSpec;
+
+    fn tenant(site: &str) -> InvoicingTenant {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/examples/tenants.yaml")).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let mut tenant: InvoicingTenant =
+            serde_json::from_value(docs.into_iter().find(|d| !d.is_null()).unwrap()).unwrap();
+        tenant.spec.primary_site = site.into();
+        tenant.metadata.generation = Some(2);
+        tenant
+    }
+
+    fn site(role: SiteRole, driver: Option<Driver>) -> Site {
+        let cluster = driver.map(|d| serde_json::json!({"driver": d}));
+        let spec: SiteSpec = serde_json::from_value(serde_json::json!({
+            "provider": "Azure", "region": "italynorth", "role": role, "cluster": cluster,
+        }))
+        .unwrap();
+        Site::new("here", spec)
+    }
+
+    #[test]
+    fn the_primary_site_decides_where_the_stack_runs() {
+        let t = tenant("here");
+        assert_eq!(
+            placement(&t.spec.primary_site, Some(&site(SiteRole::Primary, Some(Driver::Local)))),
+            Placement::Local { site: "here".into() }
+        );
+        assert_eq!(
+            placement(&t.spec.primary_site, Some(&site(SiteRole::Standby, Some(Driver::Kubernetes)))),
+            Placement::Kubernetes { site: "here".into() }
+        );
+        let Placement::Invalid { reason, message } = placement(&t.spec.primary_site, None) else { panic!() };
+        assert_eq!(reason, "SiteNotFound");
+        assert!(message.contains("Site here does not exist"), "{message}");
+        let witness = placement(&t.spec.primary_site, Some(&site(SiteRole::Witness, None)));
+        assert!(matches!(witness, Placement::Invalid { reason: "SiteIsWitness", .. }), "{witness:?}");
+        let bare = placement(&t.spec.primary_site, Some(&site(SiteRole::Primary, None)));
+        assert!(matches!(bare, Placement::Invalid { reason: "SiteHasNoCluster", .. }), "{bare:?}");
+    }
+
+    #[test]
+    fn the_status_names_what_is_missing_and_settles() {
+        let mut t = tenant("nowhere");
+        let missing = placement(&t.spec.primary_site, None);
+        let status = assess(&t, &missing, &Stack::NotAttempted, false, Timestamp::UNIX_EPOCH);
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SiteNotFound"));
+        let protected = status.conditions.iter().find(|c| c.type_ == PROTECTED).unwrap();
+        assert!(protected.message.contains("BackupPolicy standard does not exist"), "{protected:?}");
+        assert_eq!(status.active_site, None);
+        assert!(changed(t.status.as_ref(), &status));
+        // The next reconcile computes the same status: nothing to write, no loop.
+        t.status = Some(status);
+        let again = assess(&t, &missing, &Stack::NotAttempted, false, Timestamp::from_second(60).unwrap());
+        assert!(!changed(t.status.as_ref(), &again), "{again:?}");
+    }
+
+    #[test]
+    fn a_running_local_stack_makes_the_tenant_ready_at_its_site_under_epoch_one() {
+        let mut t = tenant("here");
+        let local = Placement::Local { site: "here".into() };
+        let running = Stack::Running { site: "here".into(), app: Some("http://127.0.0.1:1".into()) };
+        let status = assess(&t, &local, &running, true, Timestamp::UNIX_EPOCH);
+        assert_eq!((status.active_site.as_deref(), status.epoch), (Some("here"), Some(1)));
+        assert!(condition::is_true(&status.conditions, "Ready"));
+        assert!(condition::is_true(&status.conditions, PROTECTED));
+        // Fields other controllers write are kept out of the comparison.
+        t.status = Some(InvoicingTenantStatus { last_backup: Some("b".into()), ..status.clone() });
+        assert!(!changed(t.status.as_ref(), &status));
+        let failed = Stack::Failed { message: "initdb: no space".into() };
+        let down = assess(&t, &local, &failed, true, Timestamp::UNIX_EPOCH);
+        assert!(!condition::is_true(&down.conditions, "Ready"));
+        assert_eq!(down.active_site, None);
+    }
+}
