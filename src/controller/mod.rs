@@ -32,6 +32,7 @@ use self::metrics::Metrics;
 use crate::api::backup::Backup;
 use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
+use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 
 /// The field manager of everything the operator writes with server-side apply.
@@ -159,6 +160,14 @@ pub async fn publish<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// The tenants in `store` for which `names` holds.
+fn naming(
+    store: &kube::runtime::reflector::Store<InvoicingTenant>,
+    names: impl Fn(&InvoicingTenant) -> bool,
+) -> Vec<kube::runtime::reflector::ObjectRef<InvoicingTenant>> {
+    store.state().iter().filter(|t| names(t)).map(|t| kube::runtime::reflector::ObjectRef::from_obj(&**t)).collect()
+}
+
 /// Runs the controllers until `shutdown` completes; reconciles in progress finish first.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
@@ -174,7 +183,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .graceful_shutdown_on(shutdown.clone())
         .run(backup::reconcile, backup::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let tenants = Controller::new(Api::<InvoicingTenant>::all(ctx.client.clone()), watcher::Config::default())
+    let tenants = Controller::new(Api::<InvoicingTenant>::all(ctx.client.clone()), watcher::Config::default());
+    // A Site or BackupPolicy that appears, changes or goes concerns the tenants naming it.
+    let (by_site, by_policy) = (tenants.store(), tenants.store());
+    let tenants = tenants
+        .watches(Api::<Site>::all(ctx.client.clone()), watcher::Config::default(), move |site: Site| {
+            naming(&by_site, |t| t.spec.primary_site == site.name_any())
+        })
+        .watches(
+            Api::<BackupPolicy>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            move |policy: BackupPolicy| naming(&by_policy, |t| t.spec.backup_policy == policy.name_any()),
+        )
         .graceful_shutdown_on(shutdown)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

@@ -27,8 +27,6 @@ pub const FINALIZER: &str = "fenice.io/local-stack";
 pub const PROTECTED: &str = "Protected";
 /// How often a Local stack is looked at again (a process may have died).
 const LOCAL_RECHECK: Duration = Duration::from_secs(60);
-/// How soon a tenant whose Site or policy is missing is looked at again.
-const MISSING_RECHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 #[error("InvoicingTenant {namespace}/{name}: {what}")]
@@ -237,11 +235,11 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
             .await
             .map_err(fail("writing its status"))?;
     }
+    // NB: a missing Site or policy needs no polling: the controller watches
+    // both and looks at the tenants naming one when it appears.
     Ok(match (&placement, &stack) {
         (Placement::Local { .. }, Stack::Running { .. }) => Action::requeue(LOCAL_RECHECK),
         (Placement::Local { .. }, _) => Action::requeue(super::RETRY),
-        (Placement::Invalid { .. }, _) => Action::requeue(MISSING_RECHECK),
-        _ if !policy_found => Action::requeue(MISSING_RECHECK),
         _ => Action::await_change(),
     })
 }
