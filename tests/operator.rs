@@ -366,7 +366,13 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     }
     // The example policy, its last run 12 minutes ago on a five-minute schedule: a run is due.
     let policies: Api<BackupPolicy> = Api::all(client.clone());
-    let standard = example("policy.yaml", "standard", json!({"spec": {"schedule": "*/5 * * * *"}}));
+    let standard = example(
+        "policy.yaml",
+        "standard",
+        json!({"spec": {"schedule": "*/5 * * * *", "retention": {
+            "keepLast": 1, "keepDaily": null, "keepWeekly": null, "keepMonthly": null,
+        }}}),
+    );
     policies.create(&PostParams::default(), &serde_json::from_value(standard).unwrap()).await.unwrap();
     let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
     let status = json!({"status": {"lastScheduleTime": last.to_string()}});
@@ -421,7 +427,34 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     assert_eq!(why.reason, "TenantNotFound");
     assert!(why.message.contains("InvoicingTenant invoicing/ghost does not exist"), "{why:?}");
 
-    // The snapshots are really there, one per tenant in each repository, locked where asked.
+    // A second backup of one tenant: the policy keeps one snapshot, so the
+    // first is forgotten where the store allows it and held where it is locked.
+    let manual: Backup = serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "Backup",
+        "metadata": {"name": "studio-rossi-manual"}, "spec": {"tenant": "studio-rossi"},
+    }))
+    .unwrap();
+    backups.create(&PostParams::default(), &manual).await.unwrap();
+    let all = wait_list(&backups, "the manual Backup finished", |all| all.len() == 5 && all.iter().all(finished)).await;
+    let manual = all.iter().find(|b| b.metadata.name.as_deref() == Some("studio-rossi-manual")).unwrap();
+    assert_eq!(phase(manual), Some(BackupPhase::Succeeded), "{manual:#?}");
+    let events: Api<Event> = Api::all(client.clone());
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    let note = listed.iter().find(|e| e.reason.as_deref() == Some("Forgotten")).and_then(|e| e.note.clone());
+    let note = note.unwrap_or_else(|| panic!("an Event of the retention: {listed:#?}"));
+    assert!(
+        note.contains("repository ovh-milan-backups: forgot 1 of tenant studio-rossi's snapshots, kept 1"),
+        "{note}"
+    );
+    assert!(
+        note.contains(
+            "repository azure-italynorth-backups: forgot 0 of tenant studio-rossi's snapshots, kept 1, 1 more held"
+        ),
+        "{note}"
+    );
+
+    // The snapshots are really there, one per tenant in each repository (the
+    // older one of studio-rossi still in the locked one), locked where asked.
     for bucket in ["tenants-locked", "tenants-plain"] {
         let store: std::sync::Arc<dyn fenice::store::ObjectStore> =
             std::sync::Arc::new(s3.store(bucket, "").await.unwrap());
@@ -431,7 +464,11 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         let mut found: Vec<String> =
             repo.snapshots().await.unwrap().into_iter().filter_map(|(_, s)| s.tenant).collect();
         found.sort();
-        assert_eq!(found, ["comune-di-tivoli", "geom-bianchi", "studio-rossi"], "{bucket}");
+        let mut wanted = vec!["comune-di-tivoli", "geom-bianchi", "studio-rossi"];
+        if bucket == "tenants-locked" {
+            wanted.push("studio-rossi");
+        }
+        assert_eq!(found, wanted, "{bucket}");
         assert_eq!(repo.config().retention_days.is_some(), bucket == "tenants-locked");
     }
     let (_, metrics) = get(&format!("{metrics_url}/metrics")).await;
@@ -451,7 +488,6 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     assert_eq!(get(&format!("{app}/healthz")).await.0, 0, "the app still answers after its tenant was deleted");
 
     // Nothing secret anywhere; on SIGTERM the stacks stop and their files go.
-    let events: Api<Event> = Api::all(client.clone());
     let everything = serde_json::to_string(&(
         events.list(&ListParams::default()).await.unwrap().items,
         backups.list(&ListParams::default()).await.unwrap().items,

@@ -17,7 +17,7 @@ use super::secrets::{UnlockArgs, new_password, password_from};
 use crate::repo::archiver::{self, BackupOptions, CopyResult, Progress, Source};
 use crate::repo::check::check;
 use crate::repo::copy;
-use crate::repo::forget::{KeepPolicy, decide};
+use crate::repo::forget::{self, KeepPolicy, decide};
 use crate::repo::id::Id;
 use crate::repo::keyfile::{Holder, KdfParams, KeyFile, Recipient, RecoveryKey};
 use crate::repo::prune;
@@ -628,25 +628,13 @@ async fn run_forget(args: &RepoArgs, forget: &ForgetArgs, out: &mut impl Write) 
         .with_context(|| format!("unknown time zone {:?}; use an IANA name such as Europe/Rome", forget.time_zone))?;
     let repo = open(args).await?;
     let decisions = decide(&repo.snapshots().await?, &policy, &tz);
-    let mut rows = Vec::new();
-    let mut held = 0;
-    for d in &decisions {
-        let outcome = if !d.reasons.is_empty() {
-            format!("keep ({})", d.reasons.join(", "))
-        } else if forget.dry_run {
-            "would forget".to_owned()
-        } else {
-            match repo.store().delete(&format!("snapshots/{}", d.id)).await {
-                Ok(()) => "forgotten".to_owned(),
-                Err(store::Error::Immutable { .. }) => {
-                    held += 1;
-                    "kept: the store's retention holds it".to_owned()
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        rows.push(vec![d.id.short(), d.group.clone(), d.time.chars().take(19).collect(), outcome]);
-    }
+    let done = forget::apply(&repo, decisions, forget.dry_run).await?;
+    let held = done.iter().filter(|(_, o)| *o == forget::Outcome::Held).count();
+    let rows: Vec<Vec<String>> = done
+        .iter()
+        .map(|(d, o)| vec![d.id.short(), d.group.clone(), d.time.chars().take(19).collect(), o.to_string()])
+        .collect();
+    let decisions: Vec<_> = done.into_iter().map(|(d, _)| d).collect();
     if args.json {
         let list: Vec<_> = decisions
             .iter()

@@ -13,6 +13,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::backup::{self, Attempt, Error, Written};
+use super::retention;
 use super::tenant::{self, Placement};
 use super::{Context, repository::open_store, secrets};
 use crate::api::backup::{Backup, BackupPhase};
@@ -22,6 +23,7 @@ use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::error_chain::error_chain;
 use crate::repo::archiver::Progress;
+use crate::repo::forget::KeepPolicy;
 use crate::repo::keyfile::{KdfParams, Passphrase};
 use crate::repo::repository::{self, Repository, Unlock};
 use crate::stack::backup::TenantBackup;
@@ -32,6 +34,8 @@ struct Source {
     db: DbUrl,
     repositories: Vec<String>,
     physical: bool,
+    /// The tenant's policy's retention, applied after a successful backup.
+    retention: Option<(KeepPolicy, jiff::tz::TimeZone)>,
 }
 
 /// Why a Backup does not run now: it waits (Pending) or cannot ever run (Failed).
@@ -121,6 +125,13 @@ pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
         }
     }
     let status = backup::finished(&running, &attempts, recorded.as_ref(), failure.as_deref(), Timestamp::now());
+    // NB: before the final status, so that a finished Backup has its retention applied too.
+    if let Some((keep, tz)) = &source.retention {
+        let written = repos.iter().filter(|(index, _)| attempts[*index].result.is_ok());
+        let written: Vec<_> =
+            written.map(|(index, repo)| (attempts[*index].repository.as_str(), repo.as_ref())).collect();
+        apply_retention(ctx, backup, &written, keep, tz).await;
+    }
     backup::write_status(ctx, backup, &status).await?;
     let (type_, reason) = match status.phase {
         BackupPhase::Succeeded => (EventType::Normal, "Succeeded"),
@@ -133,6 +144,38 @@ pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
         ctx.metrics.backed_up(&namespace, &backup.spec.tenant, Timestamp::now());
     }
     Ok(Action::await_change())
+}
+
+/// Forgets the tenant's snapshots the policy does not keep in each of
+/// `repos`, saying what it did in one Event (Events with the same reason on one
+/// object are merged into a series that keeps the first note).
+async fn apply_retention(
+    ctx: &Context,
+    backup: &Backup,
+    repos: &[(&str, &Repository)],
+    keep: &KeepPolicy,
+    tz: &jiff::tz::TimeZone,
+) {
+    let tenant = &backup.spec.tenant;
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    for (name, repo) in repos {
+        match retention::forget_tenant(repo, tenant, keep, tz).await {
+            Ok(f) if f.forgotten + f.held > 0 => done.push(format!(
+                "repository {name}: forgot {} of tenant {tenant}'s snapshots, kept {}{}",
+                f.forgotten,
+                f.kept,
+                if f.held > 0 { format!(", {} more held by the store's retention", f.held) } else { String::new() }
+            )),
+            Ok(_) => {}
+            Err(e) => failed.push(format!("repository {name}: applying the retention: {}", error_chain(&e))),
+        }
+    }
+    if !done.is_empty() {
+        super::publish(ctx, backup, EventType::Normal, "Forgotten", "Retention", done.join("; ")).await;
+    }
+    if !failed.is_empty() {
+        super::publish(ctx, backup, EventType::Warning, "RetentionFailed", "Retention", failed.join("; ")).await;
+    }
 }
 
 /// Records why the Backup does not run now, once, and when to look again.
@@ -171,6 +214,11 @@ async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<
         }
     };
     let physical = policy.as_ref().and_then(|p| p.spec.wal_archiving.as_ref()).is_some_and(|w| w.enabled);
+    // NB: a time zone the policy controller cannot read is reported there (InvalidSchedule).
+    let retention = policy.as_ref().and_then(|p| {
+        let tz = jiff::tz::TimeZone::get(&p.spec.time_zone).ok()?;
+        Some((retention::keep_policy(&p.spec.retention), tz))
+    });
 
     let site_name = tenant.status.as_ref().and_then(|s| s.active_site.clone());
     let site_name = site_name.unwrap_or_else(|| tenant.spec.primary_site.clone());
@@ -186,7 +234,7 @@ async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<
             Duration::from_secs(300),
         )),
         Placement::Local { site } => match ctx.local.database(&site, namespace, name).map(|db| DbUrl::parse(&db)) {
-            Some(Ok(db)) => Ok(Source { db, repositories, physical }),
+            Some(Ok(db)) => Ok(Source { db, repositories, physical, retention }),
             Some(Err(e)) => Err(NotNow::fail("DatabaseUrlInvalid", format!("tenant {name}'s database URL: {e}"))),
             None => Err(NotNow::wait(
                 "StackNotRunning",

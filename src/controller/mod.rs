@@ -12,6 +12,7 @@ pub mod local_sites;
 pub mod metrics;
 pub mod policy;
 pub mod repository;
+pub mod retention;
 pub mod schedule;
 pub mod secrets;
 pub mod tenant;

@@ -7,7 +7,7 @@
 //! rules (`audit::check_policy`): where its backups go, the providers, and
 //! whether the probe found immutability in force; a violation is a False
 //! `Compliant` condition, the counts in status, and a Warning Event.
-//! Not built yet: retention (forget).
+//! Retention is applied by the Backup controller after each successful run.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,7 +7,9 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use super::id::Id;
+use super::repository::Repository;
 use super::tree::Snapshot;
+use crate::store;
 
 /// How many snapshots to keep, per group (tenant, or host and paths).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,6 +87,55 @@ pub fn decide(snapshots: &[(Id, Snapshot)], policy: &KeepPolicy, tz: &TimeZone) 
         }
     }
     out
+}
+
+/// What forgetting did to one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Kept by the policy, for these reasons.
+    Kept(Vec<&'static str>),
+    /// Not kept by the policy; left because this was a dry run.
+    WouldForget,
+    Forgotten,
+    /// Not kept by the policy, but the store's retention refuses the delete.
+    Held,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Kept(reasons) => write!(f, "keep ({})", reasons.join(", ")),
+            Outcome::WouldForget => f.write_str("would forget"),
+            Outcome::Forgotten => f.write_str("forgotten"),
+            Outcome::Held => f.write_str("kept: the store's retention holds it"),
+        }
+    }
+}
+
+/// Carries out `decisions` in `repo`: deletes the snapshot object of each one
+/// not kept (unless `dry_run`). Only snapshot objects go: their data stays
+/// until a prune, which needs a credential allowed to delete data.
+pub async fn apply(
+    repo: &Repository,
+    decisions: Vec<Decision>,
+    dry_run: bool,
+) -> Result<Vec<(Decision, Outcome)>, store::Error> {
+    let mut out = Vec::with_capacity(decisions.len());
+    for d in decisions {
+        let outcome = if !d.reasons.is_empty() {
+            Outcome::Kept(d.reasons.clone())
+        } else if dry_run {
+            Outcome::WouldForget
+        } else {
+            match repo.store().delete(&format!("snapshots/{}", d.id)).await {
+                Ok(()) => Outcome::Forgotten,
+                Err(store::Error::Immutable { .. }) => Outcome::Held,
+                Err(e) => return Err(e),
+            }
+        };
+        out.push((d, outcome));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
