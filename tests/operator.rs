@@ -504,3 +504,68 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     let left: Vec<_> = std::fs::read_dir(state.path()).unwrap().collect();
     assert!(left.is_empty(), "the operator left {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_compaction_the_operator_lists_again_and_keeps_reconciling() {
+    use fenice::api::site::Site;
+
+    let (api, dir, client) = cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "default");
+    let acme = example(
+        "tenants.yaml",
+        "acme",
+        json!({"spec": {"primarySite": "elsewhere", "sdi": {"channels": [
+            {"site": "elsewhere", "kind": "SDICoop", "endpoint": "https://sdi.example.it/ws", "environment": "Test",
+             "certificateSecretRef": {"name": "sdi", "key": "tls.crt"}, "privateKeySecretRef": {"name": "sdi", "key": "tls.key"}},
+        ]}}}),
+    );
+    tenants.create(&PostParams::default(), &serde_json::from_value(acme.clone()).unwrap()).await.unwrap();
+    let (operator, url, metrics_url) = operator(&kubeconfig, "replica-1").await;
+    wait_ready(&url, true).await;
+    let reason = |wanted: &'static str| {
+        move |t: Option<&InvoicingTenant>| {
+            t.and_then(|t| t.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == wanted))
+        }
+    };
+    timeout(DEADLINE, await_condition(tenants.clone(), "acme", reason("SiteNotFound"))).await.unwrap().unwrap();
+
+    // Every open watch ends with 410 Gone and no history is left to resume from.
+    api.compact();
+    // The Site appears: the Site watch (listed again) brings the tenant back.
+    let sites: Api<Site> = Api::all(client.clone());
+    let mut elsewhere = examples("sites.yaml").remove(0);
+    elsewhere["metadata"] = json!({"name": "elsewhere"});
+    sites.create(&PostParams::default(), &serde_json::from_value(elsewhere).unwrap()).await.unwrap();
+    timeout(DEADLINE, await_condition(tenants.clone(), "acme", reason("DriverNotBuilt"))).await.unwrap().unwrap();
+    // A tenant created after the compaction is reconciled: the tenant watch runs again.
+    let mut globex = acme;
+    globex["metadata"] = json!({"name": "globex"});
+    tenants.create(&PostParams::default(), &serde_json::from_value(globex).unwrap()).await.unwrap();
+    timeout(DEADLINE, await_condition(tenants.clone(), "globex", reason("DriverNotBuilt"))).await.unwrap().unwrap();
+    let (_, metrics) = get(&format!("{metrics_url}/metrics")).await;
+    assert!(metrics.contains("fenice_reconcile_errors_total{controller=\"invoicingtenant\"} 0"), "{metrics}");
+    stop(&operator);
+    let exited = timeout(DEADLINE, operator.wait_with_output()).await.unwrap().unwrap();
+    assert!(exited.status.success(), "{:?}", exited.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finalizer_added_to_an_object_changed_meanwhile_is_retried_on_the_fresh_one() {
+    let (_api, _dir, client) = cluster().await;
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "default");
+    let acme = example("tenants.yaml", "acme", json!({}));
+    let stale: InvoicingTenant =
+        tenants.create(&PostParams::default(), &serde_json::from_value(acme).unwrap()).await.unwrap();
+    // Someone else changes it after the controller read it.
+    let label = json!({"metadata": {"labels": {"team": "billing"}, "finalizers": ["example.com/other"]}});
+    tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+
+    fenice::controller::add_finalizer(&tenants, &stale, "fenice.io/local-stack").await.unwrap();
+    let fresh = tenants.get("acme").await.unwrap();
+    assert_eq!(fresh.finalizers(), ["example.com/other", "fenice.io/local-stack"], "both kept, ours once");
+    assert_eq!(fresh.labels().get("team").map(String::as_str), Some("billing"), "the other change is kept");
+    fenice::controller::add_finalizer(&tenants, &fresh, "fenice.io/local-stack").await.unwrap();
+    assert_eq!(tenants.get("acme").await.unwrap().finalizers().len(), 2, "adding it again changes nothing");
+}

@@ -32,11 +32,20 @@ pub struct Shared {
     store: Mutex<Store>,
     bookmark_interval: Duration,
     stopping: watch::Receiver<bool>,
+    /// Counts compactions; each one ends every open watch with a 410.
+    compactions: watch::Sender<u64>,
 }
 
 impl Shared {
     pub fn new(store: Store, bookmark_interval: Duration, stopping: watch::Receiver<bool>) -> Shared {
-        Shared { store: Mutex::new(store), bookmark_interval, stopping }
+        Shared { store: Mutex::new(store), bookmark_interval, stopping, compactions: watch::Sender::new(0) }
+    }
+
+    /// Drops the history and ends every open watch with a 410 Gone, as a
+    /// real server does when etcd compacts: watchers must list again.
+    pub fn compact(&self) {
+        self.lock().compact();
+        self.compactions.send_modify(|n| *n += 1);
     }
 
     /// NB: a panic while the lock was held leaves the store as the panicking
@@ -279,7 +288,7 @@ fn resource_request(
             let spec = watch_spec(shared, request, &target, address.namespace)?;
             let opened = watches::open(&store, &spec);
             drop(store);
-            let body = watches::stream(opened, spec, shared.stopping.clone());
+            let body = watches::stream(opened, spec, shared.stopping.clone(), shared.compactions.subscribe());
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "application/json")

@@ -198,6 +198,7 @@ preferences: {{}}
 /// the lab; it stops when dropped.
 pub struct Running {
     addr: SocketAddr,
+    shared: Arc<http::Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<()>>>,
 }
@@ -205,13 +206,14 @@ pub struct Running {
 /// Starts a server on `127.0.0.1:0` in the current tokio runtime.
 pub async fn spawn(options: ServerOptions) -> Result<Running> {
     let server = ApiServer::new(options)?;
+    let shared = server.shared.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|source| Error::Bind { source })?;
     let addr = listener.local_addr().map_err(|source| Error::LocalAddr { source })?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(listener, async move {
         let _ = stopped.await;
     }));
-    Ok(Running { addr, stop: Some(stop), task: Some(task) })
+    Ok(Running { addr, shared, stop: Some(stop), task: Some(task) })
 }
 
 impl Running {
@@ -233,6 +235,13 @@ impl Running {
             .await
             .map_err(|source| Error::Kubeconfig { source })?;
         kube::Client::try_from(config).map_err(|source| Error::Client { source })
+    }
+
+    /// Drops the change history and ends every open watch with a 410 Gone,
+    /// as a real server does after etcd compacts or restarts: clients must
+    /// list again. For testing that they do.
+    pub fn compact(&self) {
+        self.shared.compact();
     }
 
     /// Stops the server and waits until it has.

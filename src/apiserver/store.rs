@@ -101,6 +101,13 @@ impl Store {
         self.compacted
     }
 
+    /// Drops the whole history, as etcd's compaction does: a watch can
+    /// resume only from now on.
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.rv;
+    }
+
     /// A fresh object uid, formatted like a UUID.
     pub fn uid(&mut self) -> String {
         self.uids += 1;

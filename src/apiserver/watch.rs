@@ -153,7 +153,12 @@ fn line(event: &Value) -> Bytes {
 }
 
 /// The response body of a watch: a task feeds it until the watch ends.
-pub fn stream(opened: Opened, spec: WatchSpec, mut shutdown: watch::Receiver<bool>) -> Body {
+pub fn stream(
+    opened: Opened,
+    spec: WatchSpec,
+    mut shutdown: watch::Receiver<bool>,
+    mut compactions: watch::Receiver<u64>,
+) -> Body {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let mut first = true;
@@ -177,6 +182,10 @@ pub fn stream(opened: Opened, spec: WatchSpec, mut shutdown: watch::Receiver<boo
                 () = &mut deadline => break,
                 () = stopping => break,
                 () = tx.closed() => break,
+                Ok(()) = compactions.changed() => {
+                    let gone = ApiError::expired(format!("too old resource version: {position}: the history was compacted"));
+                    json!({"type": "ERROR", "object": gone.to_status()})
+                }
                 _ = ticks.tick(), if spec.bookmarks => spec.bookmark(position, false),
                 received = changes.recv() => match received {
                     Ok(change) => {

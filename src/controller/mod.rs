@@ -105,24 +105,40 @@ where
         .map(|_| ())
 }
 
-/// Adds `finalizer` to `object`; a 409 or 422 if the object changed since it was read.
+/// Adds `finalizer` to `object`. The patch holds only if the object is still
+/// the one read; when it changed meanwhile (409, or 422 from the failed
+/// `test`), it is read again and the patch retried, a few times.
 pub async fn add_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let version = object.resource_version().unwrap_or_default();
-    let add = match object.meta().finalizers.as_ref() {
-        Some(list) if !list.is_empty() => {
-            serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer})
+    let mut current = object.clone();
+    for attempt in 1.. {
+        if current.finalizers().iter().any(|f| f == finalizer) {
+            return Ok(());
         }
-        _ => serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}),
-    };
-    let operations = serde_json::json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": version},
-        add,
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
-    api.patch(&object.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await.map(|_| ())
+        let version = current.resource_version().unwrap_or_default();
+        let add = match current.meta().finalizers.as_ref() {
+            Some(list) if !list.is_empty() => {
+                serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer})
+            }
+            _ => serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}),
+        };
+        let operations = serde_json::json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+            add,
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(operations).expect("a valid JSON patch");
+        match api.patch(&current.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if (status.code == 409 || status.code == 422) && attempt < 5 => {
+                tracing::debug!(object = current.name_any(), attempt, "changed meanwhile: reading it again");
+                current = api.get(&current.name_any()).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Removes `finalizer` from `object`, if the list still holds it where it was read.
