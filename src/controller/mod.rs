@@ -24,7 +24,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{Controller, WatchStreamExt, controller, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
@@ -52,6 +53,36 @@ pub struct Context {
     pub probe_interval: Duration,
     /// The sites whose driver is Local: processes on this machine.
     pub local: Arc<LocalSites>,
+    /// What the watches hold, so that a reconcile looks objects up rather
+    /// than asking the API server (38,000 tenants would be 38,000 GETs).
+    pub cache: Cache,
+    writers: std::sync::Mutex<Option<Writers>>,
+}
+
+/// Readers of the objects the controllers watch.
+#[derive(Clone)]
+pub struct Cache {
+    pub tenants: Store<InvoicingTenant>,
+    pub sites: Store<Site>,
+    pub policies: Store<BackupPolicy>,
+}
+
+impl Cache {
+    /// The cluster-scoped object `name` of `store`, once the store has listed everything.
+    pub async fn get<K>(store: &Store<K>, name: &str) -> Option<Arc<K>>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        // NB: only fails when the watch is gone, i.e. the operator is stopping.
+        store.wait_until_ready().await.ok()?;
+        store.get(&ObjectRef::new(name))
+    }
+}
+
+struct Writers {
+    tenants: Writer<InvoicingTenant>,
+    sites: Writer<Site>,
+    policies: Writer<BackupPolicy>,
 }
 
 impl Context {
@@ -63,6 +94,9 @@ impl Context {
         local: Arc<LocalSites>,
     ) -> Self {
         let reporter = Reporter { controller: "fenice-operator".into(), instance };
+        let (tenants, tenants_writer) = reflector::store();
+        let (sites, sites_writer) = reflector::store();
+        let (policies, policies_writer) = reflector::store();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -70,6 +104,12 @@ impl Context {
             metrics,
             probe_interval: Duration::from_secs(300),
             local,
+            cache: Cache { tenants, sites, policies },
+            writers: std::sync::Mutex::new(Some(Writers {
+                tenants: tenants_writer,
+                sites: sites_writer,
+                policies: policies_writer,
+            })),
         }
     }
 }
@@ -177,12 +217,54 @@ pub async fn publish<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// Reconciles of one controller running at once: bounds the memory and the
+/// load on the API server when thousands of objects are due together.
+const CONCURRENCY: u16 = 16;
+/// Backups running at once: each streams a database dump through this process.
+const BACKUP_CONCURRENCY: u16 = 4;
+
+/// The InvoicingTenant controller, on watches that fill the [`Cache`]. Cached
+/// tenants drop their managedFields (nothing here reads them; at 38,000
+/// tenants they are most of the memory). A tenant is reconciled when its spec
+/// changes or its deletion starts, not on status writes (its own, or the
+/// last backup's), nor again when a watch lists everything anew; and when the
+/// Site or BackupPolicy it names appears, changes or goes.
+fn tenant_controller(ctx: &Context, writers: Writers) -> Controller<InvoicingTenant> {
+    let config = watcher::Config::default;
+    let tenants = watcher(Api::<InvoicingTenant>::all(ctx.client.clone()), config())
+        .default_backoff()
+        .modify(|t| t.managed_fields_mut().clear())
+        .reflect(writers.tenants)
+        .applied_objects()
+        .predicate_filter(spec_or_deletion, Default::default());
+    let sites = watcher(Api::<Site>::all(ctx.client.clone()), config())
+        .default_backoff()
+        .reflect(writers.sites)
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default());
+    let policies = watcher(Api::<BackupPolicy>::all(ctx.client.clone()), config())
+        .default_backoff()
+        .reflect(writers.policies)
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default());
+    let (by_site, by_policy) = (ctx.cache.tenants.clone(), ctx.cache.tenants.clone());
+    Controller::for_stream(tenants, ctx.cache.tenants.clone())
+        .watches_stream(sites, move |site: Site| naming(&by_site, |t| t.spec.primary_site == site.name_any()))
+        .watches_stream(policies, move |policy: BackupPolicy| {
+            naming(&by_policy, |t| t.spec.backup_policy == policy.name_any())
+        })
+}
+
+/// What makes a tenant worth a reconcile: its spec (generation) and whether
+/// it is being deleted.
+fn spec_or_deletion(tenant: &InvoicingTenant) -> Option<u64> {
+    let generation = tenant.metadata.generation.unwrap_or(0) as u64;
+    Some(generation << 1 | u64::from(tenant.metadata.deletion_timestamp.is_some()))
+}
+
 /// The tenants in `store` for which `names` holds.
-fn naming(
-    store: &kube::runtime::reflector::Store<InvoicingTenant>,
-    names: impl Fn(&InvoicingTenant) -> bool,
-) -> Vec<kube::runtime::reflector::ObjectRef<InvoicingTenant>> {
-    store.state().iter().filter(|t| names(t)).map(|t| kube::runtime::reflector::ObjectRef::from_obj(&**t)).collect()
+fn naming(store: &Store<InvoicingTenant>, names: impl Fn(&InvoicingTenant) -> bool) -> Vec<ObjectRef<InvoicingTenant>> {
+    store.state().iter().filter(|t| names(t)).map(|t| ObjectRef::from_obj(&**t)).collect()
 }
 
 /// Runs the controllers until `shutdown` completes; reconciles in progress finish first.
@@ -197,21 +279,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(policy::reconcile, policy::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let backups = Controller::new(Api::<Backup>::all(ctx.client.clone()), watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(BACKUP_CONCURRENCY))
         .graceful_shutdown_on(shutdown.clone())
         .run(backup::reconcile, backup::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let tenants = Controller::new(Api::<InvoicingTenant>::all(ctx.client.clone()), watcher::Config::default());
-    // A Site or BackupPolicy that appears, changes or goes concerns the tenants naming it.
-    let (by_site, by_policy) = (tenants.store(), tenants.store());
-    let tenants = tenants
-        .watches(Api::<Site>::all(ctx.client.clone()), watcher::Config::default(), move |site: Site| {
-            naming(&by_site, |t| t.spec.primary_site == site.name_any())
-        })
-        .watches(
-            Api::<BackupPolicy>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            move |policy: BackupPolicy| naming(&by_policy, |t| t.spec.backup_policy == policy.name_any()),
-        )
+    let writers = ctx.writers.lock().unwrap_or_else(|e| e.into_inner()).take().expect("the controllers run once");
+    let tenants = tenant_controller(&ctx, writers)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

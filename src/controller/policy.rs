@@ -25,7 +25,6 @@ use crate::api::backup::{Backup, BackupSpec, BackupTrigger};
 use crate::api::condition::{self, Observed};
 use crate::api::policy::{BackupPolicy, BackupPolicyStatus};
 use crate::api::repository::BackupRepository;
-use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::audit::{self, Copy, Violation};
 
@@ -134,7 +133,7 @@ async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action,
 #[derive(Clone, Debug, Default)]
 struct Compliance {
     /// The tenants whose spec.backupPolicy names the policy.
-    protected: Vec<InvoicingTenant>,
+    protected: Vec<Arc<InvoicingTenant>>,
     tenants: u32,
     violations: Vec<(String, Vec<Violation>)>,
 }
@@ -146,16 +145,14 @@ async fn evaluate_rules(ctx: &Context, policy: &BackupPolicy) -> Result<Complian
         .await
         .map_err(failed("listing repositories"))?
         .items;
-    let sites: Vec<Site> =
-        Api::<Site>::all(ctx.client.clone()).list(&ListParams::default()).await.map_err(failed("listing sites"))?.items;
-    let tenants: Vec<InvoicingTenant> = Api::<InvoicingTenant>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(failed("listing tenants"))?
-        .items
-        .into_iter()
-        .filter(|t| t.spec.backup_policy == policy.name_any())
-        .collect();
+    // NB: from the watches' cache: the tenants are many, and a list of them all is large.
+    let (sites, tenants) = (&ctx.cache.sites, &ctx.cache.tenants);
+    if sites.wait_until_ready().await.is_err() || tenants.wait_until_ready().await.is_err() {
+        return Ok(Compliance::default());
+    }
+    let sites = sites.state();
+    let tenants: Vec<Arc<InvoicingTenant>> =
+        tenants.state().into_iter().filter(|t| t.spec.backup_policy == policy.name_any()).collect();
     let copies: Vec<Copy> = policy
         .spec
         .repositories
@@ -206,10 +203,30 @@ impl Compliance {
 
 /// A Warning Event for each violation.
 async fn publish_violations(ctx: &Context, policy: &BackupPolicy, compliance: &Compliance) {
-    for (tenant, found) in &compliance.violations {
-        for violation in found {
-            publish(ctx, policy, EventType::Warning, "RuleViolated", format!("{tenant}: {}", violation.message)).await;
-        }
+    if let Some(note) = violations_note(compliance) {
+        publish(ctx, policy, EventType::Warning, "RuleViolated", note).await;
+    }
+}
+
+/// One note for all violations: with 38,000 tenants an Event each would be a
+/// storm (and Events of one reason about one object merge into a series that
+/// keeps only the first note anyway). The first few are spelled out.
+fn violations_note(compliance: &Compliance) -> Option<String> {
+    const SHOWN: usize = 3;
+    let lines: Vec<String> = compliance
+        .violations
+        .iter()
+        .flat_map(|(tenant, found)| found.iter().map(move |v| format!("{tenant}: {}", v.message)))
+        .collect();
+    let (first, rest) = lines.split_at(lines.len().min(SHOWN));
+    match (first.is_empty(), rest.len()) {
+        (true, _) => None,
+        (false, 0) => Some(first.join("; ")),
+        (false, more) => Some(format!(
+            "{}; and {more} more (status.violatingTenants: {})",
+            first.join("; "),
+            compliance.violations.len()
+        )),
     }
 }
 
@@ -308,5 +325,17 @@ mod tests {
     #[test]
     fn backup_names_carry_the_scheduled_time() {
         assert_eq!(backup_name("studio-rossi", at("2026-11-26T01:00:00Z")), "studio-rossi-20261126-0100");
+    }
+
+    #[test]
+    fn thousands_of_violations_make_one_note_that_spells_out_the_first_few() {
+        let violation = |n: usize| (format!("t{n}"), vec![Violation { rule: "minCopies", message: "one copy".into() }]);
+        let none = Compliance::default();
+        assert_eq!(violations_note(&none), None);
+        let two = Compliance { violations: (0..2).map(violation).collect(), ..Compliance::default() };
+        assert_eq!(violations_note(&two).unwrap(), "t0: one copy; t1: one copy");
+        let many = Compliance { violations: (0..38_000).map(violation).collect(), ..Compliance::default() };
+        let note = violations_note(&many).unwrap();
+        assert!(note.ends_with("t2: one copy; and 37997 more (status.violatingTenants: 38000)"), "{note}");
     }
 }

@@ -14,9 +14,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::{Context, FIELD_MANAGER};
+use super::{Cache, Context, FIELD_MANAGER};
 use crate::api::condition::{self, Observed};
-use crate::api::policy::BackupPolicy;
 use crate::api::site::{Driver, Site, SiteRole};
 use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus};
 use crate::site::local::TenantSpec;
@@ -207,16 +206,9 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    let site = Api::<Site>::all(ctx.client.clone())
-        .get_opt(&tenant.spec.primary_site)
-        .await
-        .map_err(fail("reading its Site"))?;
-    let policy_found = Api::<BackupPolicy>::all(ctx.client.clone())
-        .get_opt(&tenant.spec.backup_policy)
-        .await
-        .map_err(fail("reading its BackupPolicy"))?
-        .is_some();
-    let placement = placement(&tenant.spec.primary_site, site.as_ref());
+    let site = Cache::get(&ctx.cache.sites, &tenant.spec.primary_site).await;
+    let policy_found = Cache::get(&ctx.cache.policies, &tenant.spec.backup_policy).await.is_some();
+    let placement = placement(&tenant.spec.primary_site, site.as_deref());
     let stack = match &placement {
         Placement::Local { site } => {
             if !finalized {
