@@ -62,27 +62,73 @@ pub struct Context {
 /// Readers of the objects the controllers watch.
 #[derive(Clone)]
 pub struct Cache {
-    pub tenants: Store<InvoicingTenant>,
-    pub sites: Store<Site>,
-    pub policies: Store<BackupPolicy>,
+    pub tenants: Cached<InvoicingTenant>,
+    pub sites: Cached<Site>,
+    pub policies: Cached<BackupPolicy>,
 }
 
-impl Cache {
-    /// The cluster-scoped object `name` of `store`, once the store has listed everything.
-    pub async fn get<K>(store: &Store<K>, name: &str) -> Option<Arc<K>>
-    where
-        K: Resource<DynamicType = ()> + Clone + 'static,
-    {
-        // NB: only fails when the watch is gone, i.e. the operator is stopping.
-        store.wait_until_ready().await.ok()?;
-        store.get(&ObjectRef::new(name))
+/// One kind's objects as a watch last saw them.
+#[derive(Clone)]
+pub struct Cached<K: Resource<DynamicType = ()> + Clone + 'static> {
+    pub store: Store<K>,
+    // NB: not `Store::wait_until_ready`: its oneshot keeps one waker, so of
+    // several tasks waiting at once all but the last wait forever.
+    listed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
+    /// Waits until the watch has listed everything once; false if it stopped first.
+    pub async fn ready(&self) -> bool {
+        self.listed.clone().wait_for(|listed| *listed).await.is_ok()
+    }
+
+    /// The cluster-scoped object `name`, once everything was listed.
+    pub async fn get(&self, name: &str) -> Option<Arc<K>> {
+        if !self.ready().await {
+            return None;
+        }
+        self.store.get(&ObjectRef::new(name))
+    }
+
+    /// Every object, once everything was listed; `None` if the watch stopped first.
+    pub async fn all(&self) -> Option<Vec<Arc<K>>> {
+        self.ready().await.then(|| self.store.state())
     }
 }
 
+/// What fills a [`Cached`]: the reflector's writer and the listed flag.
+struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
+    writer: Writer<K>,
+    listed: tokio::sync::watch::Sender<bool>,
+}
+
+fn cached<K>() -> (Cached<K>, Feed<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (store, writer) = reflector::store();
+    let (listed_tx, listed) = tokio::sync::watch::channel(false);
+    (Cached { store, listed }, Feed { writer, listed: listed_tx })
+}
+
+/// `events` reflected into `feed`'s store, which is marked listed at the end of each full list.
+fn fill<K, S>(events: S, feed: Feed<K>) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let Feed { writer, listed } = feed;
+    events.reflect(writer).inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            listed.send_replace(true);
+        }
+    })
+}
+
 struct Writers {
-    tenants: Writer<InvoicingTenant>,
-    sites: Writer<Site>,
-    policies: Writer<BackupPolicy>,
+    tenants: Feed<InvoicingTenant>,
+    sites: Feed<Site>,
+    policies: Feed<BackupPolicy>,
 }
 
 impl Context {
@@ -94,9 +140,9 @@ impl Context {
         local: Arc<LocalSites>,
     ) -> Self {
         let reporter = Reporter { controller: "fenice-operator".into(), instance };
-        let (tenants, tenants_writer) = reflector::store();
-        let (sites, sites_writer) = reflector::store();
-        let (policies, policies_writer) = reflector::store();
+        let (tenants, tenants_writer) = cached();
+        let (sites, sites_writer) = cached();
+        let (policies, policies_writer) = cached();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -233,22 +279,18 @@ fn tenant_controller(ctx: &Context, writers: Writers) -> Controller<InvoicingTen
     let config = watcher::Config::default;
     let tenants = watcher(Api::<InvoicingTenant>::all(ctx.client.clone()), config())
         .default_backoff()
-        .modify(|t| t.managed_fields_mut().clear())
-        .reflect(writers.tenants)
-        .applied_objects()
-        .predicate_filter(spec_or_deletion, Default::default());
-    let sites = watcher(Api::<Site>::all(ctx.client.clone()), config())
-        .default_backoff()
-        .reflect(writers.sites)
+        .modify(|t| t.managed_fields_mut().clear());
+    let tenants =
+        fill(tenants, writers.tenants).applied_objects().predicate_filter(spec_or_deletion, Default::default());
+    let sites = watcher(Api::<Site>::all(ctx.client.clone()), config()).default_backoff();
+    let sites =
+        fill(sites, writers.sites).touched_objects().predicate_filter(predicates::resource_version, Default::default());
+    let policies = watcher(Api::<BackupPolicy>::all(ctx.client.clone()), config()).default_backoff();
+    let policies = fill(policies, writers.policies)
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
-    let policies = watcher(Api::<BackupPolicy>::all(ctx.client.clone()), config())
-        .default_backoff()
-        .reflect(writers.policies)
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, Default::default());
-    let (by_site, by_policy) = (ctx.cache.tenants.clone(), ctx.cache.tenants.clone());
-    Controller::for_stream(tenants, ctx.cache.tenants.clone())
+    let (by_site, by_policy) = (ctx.cache.tenants.store.clone(), ctx.cache.tenants.store.clone());
+    Controller::for_stream(tenants, ctx.cache.tenants.store.clone())
         .watches_stream(sites, move |site: Site| naming(&by_site, |t| t.spec.primary_site == site.name_any()))
         .watches_stream(policies, move |policy: BackupPolicy| {
             naming(&by_policy, |t| t.spec.backup_policy == policy.name_any())

@@ -146,13 +146,12 @@ async fn evaluate_rules(ctx: &Context, policy: &BackupPolicy) -> Result<Complian
         .map_err(failed("listing repositories"))?
         .items;
     // NB: from the watches' cache: the tenants are many, and a list of them all is large.
-    let (sites, tenants) = (&ctx.cache.sites, &ctx.cache.tenants);
-    if sites.wait_until_ready().await.is_err() || tenants.wait_until_ready().await.is_err() {
+    // NB: from the watches' cache: the tenants are many, and a list of them all is large.
+    let (Some(sites), Some(tenants)) = (ctx.cache.sites.all().await, ctx.cache.tenants.all().await) else {
         return Ok(Compliance::default());
-    }
-    let sites = sites.state();
+    };
     let tenants: Vec<Arc<InvoicingTenant>> =
-        tenants.state().into_iter().filter(|t| t.spec.backup_policy == policy.name_any()).collect();
+        tenants.into_iter().filter(|t| t.spec.backup_policy == policy.name_any()).collect();
     let copies: Vec<Copy> = policy
         .spec
         .repositories

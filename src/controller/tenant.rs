@@ -14,7 +14,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::{Cache, Context, FIELD_MANAGER};
+use super::{Context, FIELD_MANAGER};
 use crate::api::condition::{self, Observed};
 use crate::api::site::{Driver, Site, SiteRole};
 use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus};
@@ -206,8 +206,8 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    let site = Cache::get(&ctx.cache.sites, &tenant.spec.primary_site).await;
-    let policy_found = Cache::get(&ctx.cache.policies, &tenant.spec.backup_policy).await.is_some();
+    let site = ctx.cache.sites.get(&tenant.spec.primary_site).await;
+    let policy_found = ctx.cache.policies.get(&tenant.spec.backup_policy).await.is_some();
     let placement = placement(&tenant.spec.primary_site, site.as_deref());
     let stack = match &placement {
         Placement::Local { site } => {
