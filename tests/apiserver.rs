@@ -138,8 +138,8 @@ async fn create_get_and_list_with_selectors() {
     assert_eq!(names(&by_name.items), ["bolt"]);
     let everywhere: Api<InvoicingTenant> = Api::all(server.client.clone());
     let paged = everywhere.list(&ListParams::default().limit(1)).await.unwrap();
-    assert_eq!(paged.items.len(), 3, "limit is ignored, every object comes back");
-    assert!(paged.metadata.resource_version.is_some());
+    assert_eq!(paged.items.len(), 1, "one page of one");
+    assert!(paged.metadata.resource_version.is_some() && paged.metadata.continue_.is_some());
 
     let again = api_error(tenants.create(&PostParams::default(), &tenant("acme")).await);
     assert_eq!((again.code, again.reason.as_str()), (409, "AlreadyExists"));
@@ -151,6 +151,50 @@ async fn create_get_and_list_with_selectors() {
     assert_eq!((elsewhere.code, elsewhere.message.as_str()), (404, "namespaces \"nowhere\" not found"));
     let bad = api_error(tenants.list(&ListParams::default().labels("tier in gold")).await);
     assert_eq!((bad.code, bad.reason.as_str()), (400, "BadRequest"));
+}
+
+#[tokio::test]
+async fn lists_come_in_pages_that_a_watch_from_their_version_completes() {
+    let server = start().await;
+    server.namespace("shop").await;
+    let tenants = server.tenants("shop");
+    for name in ["acme", "bolt", "cork", "dune", "echo"] {
+        tenants.create(&PostParams::default(), &tenant(name)).await.unwrap();
+    }
+    let first = tenants.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(names(&first.items), ["acme", "bolt"]);
+    let token = first.metadata.continue_.clone().expect("a continue token on a partial page");
+    // A change between pages: the version of every page stays the first one.
+    let label = json!({"metadata": {"labels": {"seen": "late"}}});
+    tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+    let second = tenants.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    assert_eq!(names(&second.items), ["cork", "dune"]);
+    assert_eq!(second.metadata.resource_version, first.metadata.resource_version);
+    let token = second.metadata.continue_.clone().unwrap();
+    let last = tenants.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    assert_eq!(names(&last.items), ["echo"]);
+    assert_eq!(last.metadata.continue_, None, "the last page has no token");
+    // A watch from the pages' version sees what changed while they were read.
+    let params = WatchParams::default().timeout(1);
+    let version = first.metadata.resource_version.unwrap();
+    let events: Vec<_> = tenants.watch(&params, &version).await.unwrap().try_collect().await.unwrap();
+    assert!(events.iter().any(|e| matches!(e, WatchEvent::Modified(t) if t.name_any() == "acme")), "{events:?}");
+    // Without a limit, one complete list; a selector pages over what matches.
+    assert_eq!(tenants.list(&ListParams::default()).await.unwrap().items.len(), 5);
+    let late = tenants.list(&ListParams::default().labels("seen=late").limit(1)).await.unwrap();
+    assert_eq!((names(&late.items), late.metadata.continue_), (vec!["acme".to_string()], None));
+    let broken = api_error(tenants.list(&ListParams::default().continue_token("not-a-token")).await);
+    assert_eq!(broken.code, 400, "{broken:?}");
+    // kube's watcher lists in pages of its own and still sees everything.
+    let seen: Vec<InvoicingTenant> = watcher(tenants.clone(), watcher::Config::default().page_size(2))
+        .default_backoff()
+        .applied_objects()
+        .take(5)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(names(&seen), ["acme", "bolt", "cork", "dune", "echo"]);
+    server.stop().await;
 }
 
 #[tokio::test]

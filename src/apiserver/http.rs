@@ -306,7 +306,14 @@ fn resource_request(
                 )));
             }
             let selection = request.selection(address.namespace)?;
-            let list = verbs::list(&store, &target.resource, version, &selection);
+            let limit = match request.param("limit") {
+                Some(text) => Some(text.parse::<usize>().map_err(|_| {
+                    ApiError::bad_request(format!("limit must be a non-negative integer, not {text:?}"))
+                })?),
+                None => None,
+            };
+            let from = request.param("continue").map(|token| verbs::Continue::parse(token, &store)).transpose()?;
+            let list = verbs::list(&store, &target.resource, version, &selection, limit, from);
             match request.printer(&target) {
                 Some(printer) => {
                     let items = list["items"].as_array().cloned().unwrap_or_default();

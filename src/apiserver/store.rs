@@ -133,6 +133,22 @@ impl Store {
             .map(|(_, object)| object)
     }
 
+    /// The objects of `resource` in (namespace, name) order after `after`, with their keys.
+    pub fn list_after<'a>(
+        &'a self,
+        resource: &ResourceKey,
+        namespace: Option<&'a str>,
+        after: Option<&(String, String)>,
+    ) -> impl Iterator<Item = (&'a (String, String), &'a Value)> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |key| Bound::Excluded(key.clone()));
+        self.objects
+            .get(resource)
+            .into_iter()
+            .flat_map(move |objects| objects.range((from.clone(), Bound::Unbounded)))
+            .filter(move |((ns, _), _)| namespace.is_none_or(|want| ns == want))
+    }
+
     /// Every object anywhere, with its resource key.
     pub fn everything(&self) -> impl Iterator<Item = (&ResourceKey, &Value)> {
         self.objects.iter().flat_map(|(key, objects)| objects.values().map(move |o| (key, o)))

@@ -168,18 +168,74 @@ impl Selection {
     }
 }
 
-pub fn list(store: &Store, resource: &Resource, version: &str, selection: &Selection) -> Value {
+/// Where a paged list goes on: the version its first page was listed at, and
+/// the key of the last object it returned. Sent to the client as an opaque
+/// `continue` token.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Continue {
+    rv: u64,
+    after: (String, String),
+}
+
+impl Continue {
+    fn token(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("serializes"))
+    }
+
+    /// Reads a token, or 400 as the real server answers a malformed one; 410
+    /// when its version left the history (the real server keeps pages of a
+    /// list consistent with its first page only that long).
+    pub fn parse(token: &str, store: &Store) -> Result<Continue> {
+        use base64::Engine as _;
+        let invalid = || ApiError::bad_request(format!("continue key is not valid: {token}"));
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let parsed: Continue = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        if parsed.rv < store.compacted() {
+            return Err(ApiError::expired(format!(
+                "The provided continue parameter is too old to display a consistent list result. \
+                 You can start a new list without the continue parameter ({} < {})",
+                parsed.rv,
+                store.compacted()
+            )));
+        }
+        Ok(parsed)
+    }
+}
+
+/// Lists what `selection` covers, at most `limit` objects from where `from`
+/// left off; a partial page carries a `continue` token. Every page reports the
+/// version of the first one, so that a watch from it misses nothing that
+/// changed while the pages were read.
+pub fn list(
+    store: &Store,
+    resource: &Resource,
+    version: &str,
+    selection: &Selection,
+    limit: Option<usize>,
+    from: Option<Continue>,
+) -> Value {
     let api_version = resource.api_version(version);
     let key = (resource.group.clone(), resource.plural.clone());
-    let items: Vec<Value> = store
-        .list(&key, selection.namespace.as_deref())
-        .filter(|o| selection.matches(o))
-        .map(|o| in_version(o.clone(), &api_version))
-        .collect();
+    let rv = from.as_ref().map_or(store.rv(), |c| c.rv);
+    let mut matching = store
+        .list_after(&key, selection.namespace.as_deref(), from.as_ref().map(|c| &c.after))
+        .filter(|(_, o)| selection.matches(o));
+    let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let mut items = Vec::new();
+    let mut last = None;
+    for (k, o) in matching.by_ref().take(limit) {
+        items.push(in_version(o.clone(), &api_version));
+        last = Some(k.clone());
+    }
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(after) = last.filter(|_| matching.next().is_some()) {
+        metadata["continue"] = json!(Continue { rv, after }.token());
+    }
     json!({
         "apiVersion": api_version,
         "kind": resource.list_kind,
-        "metadata": {"resourceVersion": store.rv().to_string()},
+        "metadata": metadata,
         "items": items,
     })
 }
