@@ -453,6 +453,31 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         "{note}"
     );
 
+    // Repositories that do not exist, or whose password Secret lacks the key,
+    // fail the copy and are named in it.
+    let mut bad_key = repository("bad-key", &s3, "tenants-plain", "repo-s3");
+    bad_key.spec.password_secret_ref.key = "passphrase".into();
+    repos.create(&PostParams::default(), &bad_key).await.unwrap();
+    let broken: Backup = serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "Backup",
+        "metadata": {"name": "comune-broken-repositories"},
+        "spec": {"tenant": "comune-di-tivoli", "repositories": ["no-such-repository", "bad-key"]},
+    }))
+    .unwrap();
+    backups.create(&PostParams::default(), &broken).await.unwrap();
+    let all = wait_list(&backups, "the Backup to broken repositories finished", |all| {
+        all.len() == 6 && all.iter().all(finished)
+    })
+    .await;
+    let broken = all.iter().find(|b| b.metadata.name.as_deref() == Some("comune-broken-repositories")).unwrap();
+    let status = broken.status.as_ref().unwrap();
+    assert_eq!((status.phase, status.copies_summary.as_deref()), (BackupPhase::Failed, Some("0/2")), "{status:#?}");
+    let error = |name: &str| status.copies.iter().find(|c| c.repository == name).and_then(|c| c.error.clone());
+    let missing = error("no-such-repository").unwrap();
+    assert!(missing.contains("BackupRepository no-such-repository does not exist"), "{missing}");
+    let key = error("bad-key").unwrap();
+    assert!(key.contains("Secret fenice-system/repo-password has no key \"passphrase\""), "{key}");
+
     // The snapshots are really there, one per tenant in each repository (the
     // older one of studio-rossi still in the locked one), locked where asked.
     for bucket in ["tenants-locked", "tenants-plain"] {
@@ -544,6 +569,18 @@ async fn after_a_compaction_the_operator_lists_again_and_keeps_reconciling() {
     globex["metadata"] = json!({"name": "globex"});
     tenants.create(&PostParams::default(), &serde_json::from_value(globex).unwrap()).await.unwrap();
     timeout(DEADLINE, await_condition(tenants.clone(), "globex", reason("DriverNotBuilt"))).await.unwrap().unwrap();
+    // A kind without a controller yet says so, rather than nothing.
+    let plans: Api<fenice::api::plan::FailoverPlan> = Api::all(client.clone());
+    plans
+        .create(&PostParams::default(), &serde_json::from_value(examples("plan.yaml").remove(0)).unwrap())
+        .await
+        .unwrap();
+    let not_built = |p: Option<&fenice::api::plan::FailoverPlan>| {
+        p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+            s.conditions.iter().any(|c| c.reason == "NotBuilt" && c.message.contains("no automatic failover happens"))
+        })
+    };
+    timeout(DEADLINE, await_condition(plans.clone(), "westpole-to-azure", not_built)).await.unwrap().unwrap();
     let (_, metrics) = get(&format!("{metrics_url}/metrics")).await;
     assert!(metrics.contains("fenice_reconcile_errors_total{controller=\"invoicingtenant\"} 0"), "{metrics}");
     stop(&operator);

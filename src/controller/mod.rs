@@ -2,14 +2,16 @@
 //! controller's decisions are pure functions of (spec, status, what was
 //! observed, now) with unit tests; the kube and store I/O around them is kept
 //! apart. Built so far: BackupRepository (probes), BackupPolicy (the schedule
-//! creates Backups), Backup (runs at Local sites) and InvoicingTenant (stacks
-//! at Local sites); the other kinds are not reconciled yet.
+//! creates Backups, retention), Backup (runs at Local sites) and
+//! InvoicingTenant (stacks at Local sites); the other kinds are told, in a
+//! condition, that nothing is done for them yet (`not_built`).
 
 pub mod backup;
 mod backup_run;
 pub mod leader;
 pub mod local_sites;
 pub mod metrics;
+pub mod not_built;
 pub mod policy;
 pub mod repository;
 pub mod retention;
@@ -325,11 +327,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .graceful_shutdown_on(shutdown.clone())
         .run(backup::reconcile, backup::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let not_built = futures::future::join_all(not_built::kinds().into_iter().map(|kind| {
+        let api = Api::<kube::api::DynamicObject>::all_with(ctx.client.clone(), &kind.resource);
+        let resource = kind.resource.clone();
+        Controller::new_with(api, watcher::Config::default(), resource)
+            .graceful_shutdown_on(shutdown.clone())
+            .run(not_built::reconcile, not_built::error_policy, Arc::new((ctx.clone(), Arc::new(kind))))
+            .for_each(|_| futures::future::ready(()))
+    }));
     let writers = ctx.writers.lock().unwrap_or_else(|e| e.into_inner()).take().expect("the controllers run once");
     let tenants = tenant_controller(&ctx, writers)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    futures::join!(repositories, policies, backups, tenants);
+    futures::join!(repositories, policies, backups, tenants, not_built);
 }
