@@ -503,6 +503,42 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         "{metrics}"
     );
 
+    // A Restore runs side by side at the Local site and is verified against
+    // what the backup recorded; its copy goes with it.
+    let restores: Api<fenice::api::restore::Restore> = Api::namespaced(client.clone(), "invoicing");
+    let mut inspect = examples("restore.yaml").remove(0);
+    inspect["spec"]["targetSite"] = json!("westpole-rome");
+    inspect["spec"].as_object_mut().unwrap().remove("pointInTime");
+    restores.create(&PostParams::default(), &serde_json::from_value(inspect.clone()).unwrap()).await.unwrap();
+    let mut earlier = inspect;
+    earlier["metadata"]["name"] = json!("studio-rossi-earlier");
+    earlier["spec"]["pointInTime"] = json!("2026-11-20T10:15:00Z");
+    restores.create(&PostParams::default(), &serde_json::from_value(earlier).unwrap()).await.unwrap();
+    let restore_done = |r: &fenice::api::restore::Restore| {
+        use fenice::api::restore::RestorePhase;
+        r.status.as_ref().is_some_and(|s| matches!(s.phase, RestorePhase::Succeeded | RestorePhase::Failed))
+    };
+    let done =
+        wait_list(&restores, "two Restores finished", |all| all.len() == 2 && all.iter().all(restore_done)).await;
+    let restored = done.iter().find(|r| r.metadata.name.as_deref() == Some("studio-rossi-inspect")).unwrap();
+    let status = restored.status.as_ref().unwrap();
+    assert_eq!(
+        (status.phase, status.verified),
+        (fenice::api::restore::RestorePhase::Succeeded, Some(true)),
+        "{status:#?}"
+    );
+    assert!(status.mismatches.is_empty() && status.snapshot_id.is_some() && status.duration.is_some(), "{status:?}");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    let copy = ready.message.split(" into ").nth(1).unwrap().split(',').next().unwrap().to_owned();
+    let port: u16 = copy.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "the copy serves at {copy}");
+    let earlier = done.iter().find(|r| r.metadata.name.as_deref() == Some("studio-rossi-earlier")).unwrap();
+    let why = earlier.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(why.reason, "PointInTimeNotBuilt", "{why:?}");
+    restores.delete("studio-rossi-inspect", &Default::default()).await.unwrap();
+    wait_list(&restores, "the Restore gone", |all| all.len() == 1).await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the copy still serves at {copy}");
+
     // A deleted tenant goes once its stack is stopped.
     let bianchi = running.iter().find(|t| t.metadata.name.as_deref() == Some("geom-bianchi")).unwrap();
     let message = &bianchi.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message;

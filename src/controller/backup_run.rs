@@ -78,7 +78,8 @@ pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
     let mut running = backup.clone();
     running.status = Some(status);
 
-    let opened = futures::future::join_all(source.repositories.iter().map(|name| open_repository(ctx, name))).await;
+    let opened =
+        futures::future::join_all(source.repositories.iter().map(|name| open_repository(ctx, name, true))).await;
     let (mut attempts, mut repos) = (Vec::new(), Vec::new());
     for (name, (provider, locked_for, repo)) in source.repositories.iter().zip(opened) {
         let result = match repo {
@@ -248,11 +249,12 @@ async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<
     })
 }
 
-/// Opens the repository `name` (creating it when its store is empty), with
-/// its provider and how long its store locks what is written.
-async fn open_repository(
+/// Opens the repository `name` (creating it when its store is empty and
+/// `create`), with its provider and how long its store locks what is written.
+pub(super) async fn open_repository(
     ctx: &Context,
     name: &str,
+    create: bool,
 ) -> (Option<crate::api::common::Provider>, Option<Duration>, Result<Repository, String>) {
     let found = match Api::<BackupRepository>::all(ctx.client.clone()).get_opt(name).await {
         Ok(Some(found)) => found,
@@ -263,7 +265,7 @@ async fn open_repository(
         Err(e) => return (None, None, Err(format!("reading BackupRepository {name}: {}", error_chain(&e)))),
     };
     let spec = &found.spec;
-    let opened = open_or_create(ctx, &found).await;
+    let opened = open_or_create(ctx, &found, create).await;
     match opened {
         Ok((locked_for, repo)) => (Some(spec.provider), locked_for, Ok(repo)),
         Err(why) => (Some(spec.provider), None, Err(why)),
@@ -273,7 +275,11 @@ async fn open_repository(
 /// Opens the repository, or creates it in an empty store. Two Backups may
 /// find the store empty at once: the one that loses the race opens what the
 /// other created.
-async fn open_or_create(ctx: &Context, found: &BackupRepository) -> Result<(Option<Duration>, Repository), String> {
+async fn open_or_create(
+    ctx: &Context,
+    found: &BackupRepository,
+    create: bool,
+) -> Result<(Option<Duration>, Repository), String> {
     let name = found.name_any();
     let (name, spec) = (name.as_str(), &found.spec);
     let chain = |e: &dyn std::error::Error| error_chain(e);
@@ -300,6 +306,7 @@ async fn open_or_create(ctx: &Context, found: &BackupRepository) -> Result<(Opti
                 let repo = Repository::open(store(days).await?, &unlock).await.map_err(|e| chain(&e))?;
                 return Ok((days.map(days_to_duration), repo));
             }
+            Err(e @ repository::Error::NotARepository { .. }) if !create => return Err(chain(&e)),
             Err(repository::Error::NotARepository { .. }) => {
                 let wanted = spec.immutability.retention.as_ref().filter(|_| spec.immutability.enabled);
                 let days = wanted.map(|r| r.as_std().as_secs().div_ceil(86_400).max(1) as u32);

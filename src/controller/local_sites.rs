@@ -56,6 +56,16 @@ impl LocalSites {
     /// did not start is started again. True when something was started.
     /// Blocking: it waits for PostgreSQL and the app to serve.
     pub fn ensure_running(&self, site: &str, namespace: &str, spec: &TenantSpec) -> Result<bool, Error> {
+        self.ensure(site, namespace, spec, true)
+    }
+
+    /// Starts a PostgreSQL server alone for `spec` at `site` unless one runs
+    /// there (a restore creates its database). True when it was started.
+    pub fn ensure_database(&self, site: &str, namespace: &str, spec: &TenantSpec) -> Result<bool, Error> {
+        self.ensure(site, namespace, spec, false)
+    }
+
+    fn ensure(&self, site: &str, namespace: &str, spec: &TenantSpec, app: bool) -> Result<bool, Error> {
         let key = (site.to_owned(), spec.name.clone());
         {
             let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
@@ -70,10 +80,14 @@ impl LocalSites {
             }
         }
         let local = self.site(site);
+        let started = |local: &LocalSite| match app {
+            true => local.start_tenant(spec),
+            false => local.start_database(spec, None),
+        };
         match local.with_tenant(&spec.name, |stack| stack.app.is_some()) {
-            Some(true) => Ok(false),
-            Some(false) => Ok(local.start_app(spec).map(|()| true)?),
-            None => match local.start_tenant(spec) {
+            Some(running) if running || !app => Ok(false),
+            Some(_) => Ok(local.start_app(spec).map(|()| true)?),
+            None => match started(&local) {
                 Ok(()) => Ok(true),
                 Err(e) => {
                     // A fresh tenant holds nothing yet: undo the half start so a retry starts clean.
@@ -91,6 +105,21 @@ impl LocalSites {
         if owners.get(&key).is_some_and(|owner| owner == namespace) {
             owners.remove(&key);
             self.site(site).stop_tenant(tenant);
+        }
+    }
+
+    /// Stops `name` of `namespace` at every site it runs at.
+    pub fn stop_everywhere(&self, namespace: &str, name: &str) {
+        let sites: Vec<String> = {
+            let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            owners
+                .iter()
+                .filter(|((_, n), o)| n == name && *o == namespace)
+                .map(|((site, _), _)| site.clone())
+                .collect()
+        };
+        for site in sites {
+            self.stop(&site, namespace, name);
         }
     }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod not_built;
 pub mod policy;
 pub mod repository;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod secrets;
@@ -268,7 +269,7 @@ pub async fn publish<K: kube::Resource<DynamicType = ()>>(
 /// Reconciles of one controller running at once: bounds the memory and the
 /// load on the API server when thousands of objects are due together.
 const CONCURRENCY: u16 = 16;
-/// Backups running at once: each streams a database dump through this process.
+/// Backups (and restores) running at once: each streams a database dump through this process.
 const BACKUP_CONCURRENCY: u16 = 4;
 
 /// The InvoicingTenant controller, on watches that fill the [`Cache`]. Cached
@@ -336,10 +337,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             .for_each(|_| futures::future::ready(()))
     }));
     let writers = ctx.writers.lock().unwrap_or_else(|e| e.into_inner()).take().expect("the controllers run once");
+    let restores =
+        Controller::new(Api::<crate::api::restore::Restore>::all(ctx.client.clone()), watcher::Config::default())
+            .with_config(controller::Config::default().concurrency(BACKUP_CONCURRENCY))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(restore::reconcile, restore::error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()));
     let tenants = tenant_controller(&ctx, writers)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    futures::join!(repositories, policies, backups, tenants, not_built);
+    futures::join!(repositories, policies, backups, restores, tenants, not_built);
 }

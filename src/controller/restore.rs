@@ -1,0 +1,314 @@
+//! The Restore controller, at Sites with the Local driver: a Pending Restore
+//! runs once. A fresh PostgreSQL is started at the target Site, side by side
+//! with the tenant (never over it), the snapshot's dump is restored into it
+//! and its invoice documents written out, and the result is compared with
+//! what the backup recorded. The copy stays for inspection until the Restore
+//! is deleted (finalizer). Point-in-time restores are not run here yet, nor
+//! restores at Kubernetes sites; the Restore says so.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+use super::tenant::{self, Placement};
+use super::{Context, backup_run};
+use crate::api::common::Duration as SpecDuration;
+use crate::api::condition::{self, Observed};
+use crate::api::restore::{Restore, RestorePhase, RestoreStatus};
+use crate::api::site::Site;
+use crate::api::tenant::InvoicingTenant;
+use crate::error_chain::error_chain;
+use crate::site::local::TenantSpec;
+use crate::stack::restore::TenantRestore;
+
+pub const CONTROLLER: &str = "restore";
+/// Held while the restored copy runs at a Local site.
+pub const FINALIZER: &str = "fenice.io/local-restore";
+
+#[derive(Debug, thiserror::Error)]
+#[error("Restore {namespace}/{name}: {what}")]
+pub struct Error {
+    namespace: String,
+    name: String,
+    what: &'static str,
+    #[source]
+    source: kube::Error,
+}
+
+/// The name the restored copy runs under at its site: short and unique (a
+/// PostgreSQL database name holds 63 bytes).
+pub fn copy_name(restore: &Restore) -> String {
+    let uid: String = restore.uid().unwrap_or_default().chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    format!("restore-{uid}")
+}
+
+/// A status with `phase` and `Ready` set, the rest kept.
+pub fn with_phase(
+    restore: &Restore,
+    phase: RestorePhase,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> RestoreStatus {
+    let old = restore.status.clone().unwrap_or_default();
+    let ready = phase == RestorePhase::Succeeded;
+    let observed = Observed { type_: condition::types::READY, status: ready, reason, message };
+    let conditions = condition::set(&old.conditions, observed, restore.metadata.generation, now);
+    let start_time = match phase {
+        RestorePhase::Restoring => Some(Time(now)),
+        _ => old.start_time.clone(),
+    };
+    let finished = matches!(phase, RestorePhase::Succeeded | RestorePhase::Failed);
+    let completion_time = if finished { Some(Time(now)) } else { old.completion_time.clone() };
+    let duration = match (&start_time, finished) {
+        (Some(start), true) => {
+            let took = now.duration_since(start.0).unsigned_abs();
+            Some(SpecDuration::from_std(took))
+        }
+        _ => old.duration.clone(),
+    };
+    RestoreStatus {
+        phase,
+        start_time,
+        completion_time,
+        duration,
+        observed_generation: restore.metadata.generation,
+        conditions,
+        ..old
+    }
+}
+
+pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    super::measured(&ctx, CONTROLLER, reconcile_inner(&restore, &ctx)).await
+}
+
+async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Error> {
+    let namespace = restore.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let fail = |what| {
+        let (namespace, name) = (namespace.clone(), restore.name_any());
+        move |source| Error { namespace, name, what, source }
+    };
+    if restore.metadata.deletion_timestamp.is_some() {
+        if restore.finalizers().iter().any(|f| f == FINALIZER) {
+            ctx.local.stop_everywhere(&namespace, &copy_name(restore));
+            super::remove_finalizer(&api, restore, FINALIZER).await.map_err(fail("removing its finalizer"))?;
+        }
+        return Ok(Action::await_change());
+    }
+    let write = |status: RestoreStatus| {
+        let api = api.clone();
+        let fail = fail("writing its status");
+        async move { super::apply_status(&api, restore, &status).await.map_err(fail) }
+    };
+    let phase = restore.status.as_ref().map_or(RestorePhase::Pending, |s| s.phase);
+    match phase {
+        RestorePhase::Succeeded | RestorePhase::Failed => return Ok(Action::await_change()),
+        RestorePhase::Restoring | RestorePhase::Verifying => {
+            let message = "the operator stopped while this restore ran, so it did not finish; create a new Restore";
+            write(with_phase(restore, RestorePhase::Failed, "Interrupted", message.into(), Timestamp::now())).await?;
+            return Ok(Action::await_change());
+        }
+        RestorePhase::Pending => {}
+    }
+
+    let (site, tenant) = match where_to(ctx, restore, &namespace).await.map_err(fail("reading its tenant or Site"))? {
+        Ok(found) => found,
+        Err((phase, reason, message)) => {
+            let old = restore.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+            if old.is_none_or(|c| c.message != message) {
+                let type_ = if phase == RestorePhase::Failed { EventType::Warning } else { EventType::Normal };
+                write(with_phase(restore, phase, reason, message.clone(), Timestamp::now())).await?;
+                super::publish(ctx, restore, type_, reason, "Restore", message).await;
+            }
+            return Ok(if phase == RestorePhase::Failed {
+                Action::await_change()
+            } else {
+                Action::requeue(super::RETRY)
+            });
+        }
+    };
+    super::add_finalizer(&api, restore, FINALIZER).await.map_err(fail("adding its finalizer"))?;
+    let copy = copy_name(restore);
+    let message = format!("restoring at Local site {site} as {copy}");
+    let mut running = restore.clone();
+    running.status = Some(with_phase(restore, RestorePhase::Restoring, "Restoring", message, Timestamp::now()));
+    write(running.status.clone().unwrap_or_default()).await?;
+
+    let status = run(ctx, &running, &namespace, &site, &tenant).await;
+    let ok = status.phase == RestorePhase::Succeeded;
+    let note = status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+    write(status).await?;
+    let (type_, reason) = if ok { (EventType::Normal, "Succeeded") } else { (EventType::Warning, "Failed") };
+    super::publish(ctx, restore, type_, reason, "Restore", note).await;
+    Ok(Action::await_change())
+}
+
+type NotNow = (RestorePhase, &'static str, String);
+
+/// The Local site to restore at and the tenant, or why not (now).
+async fn where_to(
+    ctx: &Context,
+    restore: &Restore,
+    namespace: &str,
+) -> Result<Result<(String, InvoicingTenant), NotNow>, kube::Error> {
+    let name = &restore.spec.tenant;
+    let Some(tenant) = Api::<InvoicingTenant>::namespaced(ctx.client.clone(), namespace).get_opt(name).await? else {
+        let message =
+            format!("InvoicingTenant {namespace}/{name} does not exist: fix spec.tenant and create a new Restore");
+        return Ok(Err((RestorePhase::Failed, "TenantNotFound", message)));
+    };
+    if restore.spec.point_in_time.is_some() {
+        let message = "this operator does not run point-in-time restores yet: restore with \
+                       `fenice agent restore --pgdata DIR --target-time …` (docs/tenant-backup.md), \
+                       or leave pointInTime out to restore the snapshot"
+            .to_owned();
+        return Ok(Err((RestorePhase::Failed, "PointInTimeNotBuilt", message)));
+    }
+    let active = tenant.status.as_ref().and_then(|s| s.active_site.clone());
+    let site_name = restore.spec.target_site.clone().or(active).unwrap_or_else(|| tenant.spec.primary_site.clone());
+    let site = Api::<Site>::all(ctx.client.clone()).get_opt(&site_name).await?;
+    Ok(match tenant::placement(&site_name, site.as_ref()) {
+        Placement::Local { site } => Ok((site, tenant)),
+        Placement::Invalid { reason, message } => Err((RestorePhase::Pending, reason, message)),
+        Placement::Kubernetes { site } => Err((
+            RestorePhase::Pending,
+            "DriverNotBuilt",
+            format!(
+                "Site {site} is a Kubernetes site: running restores there (a Job) is not built yet; \
+                 restore with `fenice agent restore` (docs/tenant-backup.md)"
+            ),
+        )),
+    })
+}
+
+/// Starts the copy's PostgreSQL, restores into it and verifies; the final status.
+async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tenant: &InvoicingTenant) -> RestoreStatus {
+    let copy = copy_name(restore);
+    let failed =
+        |reason: &str, message: String| with_phase(restore, RestorePhase::Failed, reason, message, Timestamp::now());
+    let (_, _, repo) = backup_run::open_repository(ctx, &restore.spec.repository, false).await;
+    let repo = match repo {
+        Ok(repo) => Arc::new(repo),
+        Err(why) => return failed("RepositoryUnavailable", why),
+    };
+    let spec = TenantSpec {
+        name: copy.clone(),
+        vat: tenant.spec.vat_number.clone(),
+        company: tenant.spec.display_name.clone(),
+        sdi_endpoint: None,
+        epoch: 0,
+        fenced: true,
+        postgres: Default::default(),
+    };
+    let (local, site_owned, namespace_owned) = (ctx.local.clone(), site.to_owned(), namespace.to_owned());
+    let started =
+        tokio::task::spawn_blocking(move || local.ensure_database(&site_owned, &namespace_owned, &spec)).await;
+    match started {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return failed("CopyNotStarted", format!("starting PostgreSQL at Local site {site}: {}", error_chain(&e)));
+        }
+        Err(e) => return failed("CopyNotStarted", format!("starting PostgreSQL at Local site {site}: {e}")),
+    }
+    let Some(url) = ctx.local.database(site, namespace, &copy) else {
+        return failed("CopyNotStarted", format!("the copy's PostgreSQL at Local site {site} is not running"));
+    };
+    let db = match crate::stack::pg::DbUrl::parse(&url) {
+        Ok(db) => db,
+        Err(e) => return failed("CopyNotStarted", format!("the copy's database URL: {e}")),
+    };
+    let request = TenantRestore {
+        tenant: restore.spec.tenant.clone(),
+        snapshot: Some(restore.spec.snapshot.clone()),
+        db,
+        documents: ctx.local.site(site).documents(&copy),
+        force: false,
+        pg_bin: None,
+    };
+    let now = Timestamp::now;
+    match crate::stack::restore::restore(&repo, &request).await {
+        Ok(outcome) => {
+            let message = format!(
+                "restored snapshot {} of tenant {} (taken {}) at Local site {site} into {url}, {} documents, \
+                 every recorded count and checksum matched; delete this Restore to remove the copy",
+                outcome.snapshot.short(),
+                restore.spec.tenant,
+                outcome.time,
+                outcome.documents
+            );
+            let mut status = with_phase(restore, RestorePhase::Succeeded, "Verified", message, now());
+            status.snapshot_id = Some(outcome.snapshot.to_string());
+            status.verified = Some(true);
+            status.restored_up_to = outcome.time.parse::<Timestamp>().ok().map(Time);
+            status
+        }
+        Err(crate::stack::Error::Mismatch { snapshot, differences, .. }) => {
+            let mismatches: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            let (phase, reason) = match restore.spec.verify {
+                true => (RestorePhase::Failed, "VerificationFailed"),
+                false => (RestorePhase::Succeeded, "RestoredUnverified"),
+            };
+            let message = format!(
+                "restored snapshot {snapshot} at Local site {site} into {url}, but {} recorded values differ \
+                 (status.mismatches); the copy stays for inspection until this Restore is deleted",
+                mismatches.len()
+            );
+            let mut status = with_phase(restore, phase, reason, message, now());
+            status.snapshot_id = Some(snapshot);
+            status.verified = Some(false);
+            status.mismatches = mismatches;
+            status
+        }
+        Err(e) => failed("RestoreFailed", format!("at Local site {site}: {}", error_chain(&e))),
+    }
+}
+
+pub fn error_policy(restore: Arc<Restore>, error: &Error, _ctx: Arc<Context>) -> Action {
+    super::retry_after_error(&restore.name_any(), error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::restore::RestoreSpec;
+
+    fn restore() -> Restore {
+        let spec: RestoreSpec =
+            serde_json::from_value(serde_json::json!({"tenant": "acme", "repository": "r"})).unwrap();
+        let mut restore = Restore::new("acme-inspect", spec);
+        restore.metadata.uid = Some("5f2b9c4e-1d3a-4b6c-8e7f-0a1b2c3d4e5f".into());
+        restore
+    }
+
+    #[test]
+    fn the_copy_has_a_short_name_of_its_own() {
+        assert_eq!(copy_name(&restore()), "restore-5f2b9c4e1d3a");
+    }
+
+    #[test]
+    fn a_restore_records_its_times_and_duration() {
+        let mut r = restore();
+        let start = Timestamp::from_second(1_000).unwrap();
+        let message = "restoring at Local site azure-italynorth as restore-5f2b9c4e1d3a".to_owned();
+        r.status = Some(with_phase(&r, RestorePhase::Restoring, "Restoring", message, start));
+        let done = with_phase(
+            &r,
+            RestorePhase::Succeeded,
+            "Verified",
+            "at Local site azure-italynorth into x".into(),
+            Timestamp::from_second(1_075).unwrap(),
+        );
+        assert_eq!(done.duration.as_ref().map(|d| d.as_str()), Some("1m15s"));
+        assert_eq!(done.start_time, Some(Time(start)));
+        assert!(condition::is_true(&done.conditions, "Ready"));
+        let failed =
+            with_phase(&r, RestorePhase::Failed, "RestoreFailed", "no".into(), Timestamp::from_second(1_001).unwrap());
+        assert!(!condition::is_true(&failed.conditions, "Ready"));
+        assert_eq!(failed.duration.as_ref().map(|d| d.as_str()), Some("1s"));
+    }
+}
