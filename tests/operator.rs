@@ -535,6 +535,20 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     let earlier = done.iter().find(|r| r.metadata.name.as_deref() == Some("studio-rossi-earlier")).unwrap();
     let why = earlier.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(why.reason, "PointInTimeNotBuilt", "{why:?}");
+    // The audit, from what the operator recorded: studio-rossi has copies at two
+    // providers other than Westpole, one locked at the store, and a verified
+    // restore; the others were never verified.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(["audit", "--json", "--namespace", "invoicing", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let audits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let rossi = audits.iter().find(|a| a["tenant"] == "studio-rossi").unwrap();
+    assert_eq!((&rossi["violations"], &rossi["verification"]), (&json!([]), &json!("passed")), "{rossi:#}");
+    let tivoli = audits.iter().find(|a| a["tenant"] == "comune-di-tivoli").unwrap();
+    assert_eq!(tivoli["violations"][0]["rule"], "0 errors", "{tivoli:#}");
     restores.delete("studio-rossi-inspect", &Default::default()).await.unwrap();
     wait_list(&restores, "the Restore gone", |all| all.len() == 1).await;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the copy still serves at {copy}");

@@ -3,6 +3,8 @@
 //! they were observed (immutability read back from the store, never taken from
 //! configuration). Pure: the controllers and `fenice audit` gather the copies.
 
+pub mod observed;
+
 use std::collections::BTreeSet;
 
 use crate::api::common::Provider;

@@ -5,6 +5,7 @@ mod agent;
 mod apiserver;
 mod app;
 mod app_serve;
+mod audit;
 mod crd;
 mod failover;
 mod lab;
@@ -49,8 +50,8 @@ pub enum Command {
     Failover(Box<failover::FailoverArgs>),
     /// Start and follow DR drills; drill reports.
     Drill(Pending),
-    /// Check every tenant against the 3-2-1-1-0 rule.
-    Audit(Pending),
+    /// Check every tenant against the 3-2-1-1-0 rule, from what the cluster records.
+    Audit(audit::AuditArgs),
     /// The reference invoicing app and the SdI simulator.
     App(Box<app::AppArgs>),
     /// An in-memory Kubernetes API for trying Fenice without a cluster (not for production).
@@ -99,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         Command::Lab(args) => runtime()?.block_on(lab::run(args)),
         Command::Operator(args) => runtime()?.block_on(operator::run(*args)),
+        Command::Audit(args) => runtime()?.block_on(audit::run(args)),
         pending => {
             eprintln!(
                 "fenice {}: not available in fenice {} yet; `fenice --help` lists the commands, README.md says what works today",

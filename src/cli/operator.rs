@@ -174,7 +174,8 @@ async fn keep_leading(elector: Elector, lost: watch::Sender<bool>) {
     let _ = lost.send(true);
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+/// A client from `--kubeconfig`, or the in-cluster configuration, or $KUBECONFIG.
+pub(super) async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
