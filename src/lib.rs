@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod controller;
+pub mod drill;
 pub mod error_chain;
 pub mod failover;
 pub mod lab;

@@ -211,6 +211,15 @@ async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
     stop(&second);
 }
 
+/// A daily schedule (in the policy's time zone, Europe/Rome) whose time was
+/// ten minutes ago: with the last run set twelve minutes back, exactly one
+/// run is due now and the next one is a day away, however slow the test.
+fn due_once() -> String {
+    let due = (jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10))
+        .to_zoned(jiff::tz::TimeZone::get("Europe/Rome").unwrap());
+    format!("{} {} * * *", due.minute(), due.hour())
+}
+
 /// Every document of an example manifest.
 fn examples(file: &str) -> Vec<serde_json::Value> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples").join(file);
@@ -232,11 +241,11 @@ async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
     let kubeconfig = dir.path().join("kubeconfig");
 
     let policies: Api<BackupPolicy> = Api::all(client.clone());
-    let every_five = example("policy.yaml", "nightly", json!({"spec": {"schedule": "*/5 * * * *"}}));
+    let every_five = example("policy.yaml", "nightly", json!({"spec": {"schedule": due_once()}}));
     policies.create(&PostParams::default(), &serde_json::from_value(every_five).unwrap()).await.unwrap();
     let broken = example("policy.yaml", "broken", json!({"spec": {"schedule": "61 * * * *"}}));
     policies.create(&PostParams::default(), &serde_json::from_value(broken).unwrap()).await.unwrap();
-    // As if the last run were 12 minutes ago: a run is due now.
+    // As if the last run were 12 minutes ago: the run of 10 minutes ago is due now.
     let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
     let status = json!({"status": {"lastScheduleTime": last.to_string()}});
     policies.patch_status("nightly", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
@@ -359,17 +368,17 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     // The example Sites, the primary driven by this operator as local processes.
     let sites: Api<Site> = Api::all(client.clone());
     for mut document in examples("sites.yaml") {
-        if document["metadata"]["name"] == "westpole-rome" {
+        if document["metadata"]["name"] != "aws-witness" {
             document["spec"]["cluster"] = json!({"driver": "Local"});
         }
         sites.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
     }
-    // The example policy, its last run 12 minutes ago on a five-minute schedule: a run is due.
+    // The example policy, its last run 12 minutes ago and its daily time 10 minutes ago: one run is due.
     let policies: Api<BackupPolicy> = Api::all(client.clone());
     let standard = example(
         "policy.yaml",
         "standard",
-        json!({"spec": {"schedule": "*/5 * * * *", "retention": {
+        json!({"spec": {"schedule": due_once(), "retention": {
             "keepLast": 1, "keepDaily": null, "keepWeekly": null, "keepMonthly": null,
         }}}),
     );
@@ -552,6 +561,62 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     restores.delete("studio-rossi-inspect", &Default::default()).await.unwrap();
     wait_list(&restores, "the Restore gone", |all| all.len() == 1).await;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the copy still serves at {copy}");
+
+    // A drill of the plan's Silver tenants at its target site: restored side
+    // by side, verified, served, measured against the objectives, torn down.
+    let plans: Api<fenice::api::plan::FailoverPlan> = Api::all(client.clone());
+    plans
+        .create(&PostParams::default(), &serde_json::from_value(examples("plan.yaml").remove(0)).unwrap())
+        .await
+        .unwrap();
+    let drills: Api<fenice::api::drill::Drill> = Api::all(client.clone());
+    let mut silver = examples("drill.yaml").remove(0);
+    silver["metadata"] = json!({"name": "silver-drill"});
+    silver["spec"]["sample"] = json!({"tiers": ["Silver"]});
+    silver["spec"]["sdiTestEndpoint"] = json!("http://127.0.0.1:9/sdi");
+    drills.create(&PostParams::default(), &serde_json::from_value(silver.clone()).unwrap()).await.unwrap();
+    let mut production = silver;
+    production["metadata"] = json!({"name": "production-drill"});
+    production["spec"]["sdiTestEndpoint"] = json!("https://sdi-rome.fatture.example.it/ws");
+    drills.create(&PostParams::default(), &serde_json::from_value(production).unwrap()).await.unwrap();
+    let drill_done = |d: &fenice::api::drill::Drill| {
+        use fenice::api::drill::DrillPhase;
+        d.status.as_ref().is_some_and(|s| matches!(s.phase, DrillPhase::Passed | DrillPhase::Failed))
+    };
+    let done = wait_list(&drills, "two Drills finished", |all| all.len() == 2 && all.iter().all(drill_done)).await;
+    let passed = done.iter().find(|d| d.metadata.name.as_deref() == Some("silver-drill")).unwrap();
+    let status = passed.status.as_ref().unwrap();
+    assert_eq!(
+        (status.phase, status.passed.as_deref()),
+        (fenice::api::drill::DrillPhase::Passed, Some("1/1")),
+        "{status:#?}"
+    );
+    assert!(status.rto.is_some() && status.rpo.is_some(), "{status:?}");
+    let refused = done.iter().find(|d| d.metadata.name.as_deref() == Some("production-drill")).unwrap();
+    let why = refused.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(why.reason, "ProductionEndpoint", "{why:?}");
+    let tivoli = tenants.get("comune-di-tivoli").await.unwrap().status.unwrap();
+    assert_eq!(tivoli.last_drill_passed, Some(true), "{tivoli:?}");
+    assert!(
+        tivoli.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+        "the tenant's own status stays"
+    );
+    let (_, metrics) = get(&format!("{metrics_url}/metrics")).await;
+    assert!(
+        metrics.contains("fenice_tenant_last_drill_passed{namespace=\"invoicing\",tenant=\"comune-di-tivoli\"} 1"),
+        "{metrics}"
+    );
+    // Torn down: no process of the drill's copy is left (its app ran as `--tenant drill-<uid>-0`).
+    let uid: String =
+        passed.metadata.uid.clone().unwrap().chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    let copy = format!("drill-{uid}-0");
+    let leftover: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|p| std::fs::read(p.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&copy))
+        .collect();
+    assert!(leftover.is_empty(), "the drill left {leftover:?}");
 
     // A deleted tenant goes once its stack is stopped.
     let bianchi = running.iter().find(|t| t.metadata.name.as_deref() == Some("geom-bianchi")).unwrap();

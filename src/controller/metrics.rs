@@ -24,9 +24,21 @@ pub struct Metrics {
     reconciles: Mutex<BTreeMap<&'static str, Reconciles>>,
     /// Per repository: reachable, immutability in force.
     repositories: Mutex<BTreeMap<String, (bool, bool)>>,
-    /// Per tenant (namespace, name): when its last backup succeeded, in Unix seconds.
-    last_backups: Mutex<BTreeMap<(String, String), i64>>,
+    /// Per tenant (namespace, name): what its last backup and drill showed.
+    tenants: Mutex<BTreeMap<(String, String), TenantFigures>>,
 }
+
+/// The per-tenant figures.
+#[derive(Clone, Copy, Debug, Default)]
+struct TenantFigures {
+    /// When its last backup succeeded, in Unix seconds.
+    last_backup: Option<i64>,
+    /// Its last drill: passed, RTO and RPO in seconds.
+    drill: Option<(bool, f64, f64)>,
+}
+
+/// A per-tenant gauge: name, help, and its value if the tenant has one.
+type TenantGauge = (&'static str, &'static str, fn(&TenantFigures) -> Option<String>);
 
 impl Metrics {
     /// One reconcile of `controller` took `took` and succeeded or not.
@@ -53,10 +65,17 @@ impl Metrics {
 
     /// A backup of the tenant succeeded at `at`.
     pub fn backed_up(&self, namespace: &str, tenant: &str, at: jiff::Timestamp) {
-        self.last_backups
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((namespace.to_owned(), tenant.to_owned()), at.as_second());
+        self.tenant(namespace, tenant, |f| f.last_backup = Some(at.as_second()));
+    }
+
+    /// A drill of the tenant passed or not, with what it measured.
+    pub fn drilled(&self, namespace: &str, tenant: &str, passed: bool, rto: Duration, rpo: Duration) {
+        self.tenant(namespace, tenant, |f| f.drill = Some((passed, rto.as_secs_f64(), rpo.as_secs_f64())));
+    }
+
+    fn tenant(&self, namespace: &str, tenant: &str, change: impl FnOnce(&mut TenantFigures)) {
+        let mut all = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        change(all.entry((namespace.to_owned(), tenant.to_owned())).or_default());
     }
 
     /// The exposition text.
@@ -96,12 +115,35 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{repository=\"{}\"}} {}", escape(repository), u8::from(value(r)));
             }
         }
-        let backups = self.last_backups.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let name = "fenice_tenant_last_backup_timestamp_seconds";
-        let help = "When the tenant's last backup succeeded (its age: time() minus this).";
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for ((namespace, tenant), at) in &backups {
-            let _ = writeln!(out, "{name}{{namespace=\"{}\",tenant=\"{}\"}} {at}", escape(namespace), escape(tenant));
+        let tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let gauges: [TenantGauge; 4] = [
+            (
+                "fenice_tenant_last_backup_timestamp_seconds",
+                "When the tenant's last backup succeeded (its age: time() minus this).",
+                |f| f.last_backup.map(|t| t.to_string()),
+            ),
+            ("fenice_tenant_last_drill_passed", "1 when the tenant's last drill passed.", |f| {
+                f.drill.map(|(passed, _, _)| u8::from(passed).to_string())
+            }),
+            ("fenice_tenant_last_drill_rto_seconds", "The RTO the tenant's last drill measured.", |f| {
+                f.drill.map(|(_, rto, _)| rto.to_string())
+            }),
+            ("fenice_tenant_last_drill_rpo_seconds", "The RPO the tenant's last drill measured.", |f| {
+                f.drill.map(|(_, _, rpo)| rpo.to_string())
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for ((namespace, tenant), figures) in &tenants {
+                if let Some(v) = value(figures) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{namespace=\"{}\",tenant=\"{}\"}} {v}",
+                        escape(namespace),
+                        escape(tenant)
+                    );
+                }
+            }
         }
         out
     }
@@ -137,6 +179,13 @@ mod tests {
             ),
             "{text}"
         );
+        m.drilled("invoicing", "acme", false, Duration::from_secs(75), Duration::from_secs(600));
+        let text = m.render();
+        assert!(
+            text.contains("fenice_tenant_last_drill_passed{namespace=\"invoicing\",tenant=\"acme\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("fenice_tenant_last_drill_rto_seconds{namespace=\"invoicing\",tenant=\"acme\"} 75\n"));
         m.forget_repository("azure-italynorth");
         assert!(!m.render().contains("azure-italynorth"));
     }

@@ -8,6 +8,7 @@
 
 pub mod backup;
 mod backup_run;
+pub mod drill;
 pub mod leader;
 pub mod local_sites;
 pub mod metrics;
@@ -343,10 +344,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             .graceful_shutdown_on(shutdown.clone())
             .run(restore::reconcile, restore::error_policy, ctx.clone())
             .for_each(|_| futures::future::ready(()));
+    let drills = Controller::new(Api::<crate::api::drill::Drill>::all(ctx.client.clone()), watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(BACKUP_CONCURRENCY))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(drill::reconcile, drill::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
     let tenants = tenant_controller(&ctx, writers)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    futures::join!(repositories, policies, backups, restores, tenants, not_built);
+    futures::join!(repositories, policies, backups, restores, drills, tenants, not_built);
 }

@@ -1,5 +1,5 @@
 //! The kinds whose controllers are not built yet (Site, FailoverPlan,
-//! Failover, Drill) are not left silent: each object gets, once, a
+//! Failover) are not left silent: each object gets, once, a
 //! False `Ready` condition with reason `NotBuilt` saying what does not happen
 //! and what to use meanwhile. A FailoverPlan asking for automatic failover
 //! that nothing carries out must say so where an SRE looks.
@@ -26,7 +26,7 @@ pub struct Kind {
 
 /// The kinds, with their messages.
 pub fn kinds() -> Vec<Kind> {
-    use crate::api::{drill::Drill, failover::Failover, plan::FailoverPlan, site::Site};
+    use crate::api::{failover::Failover, plan::FailoverPlan, site::Site};
     vec![
         Kind {
             resource: ApiResource::erase::<Site>(&()),
@@ -42,11 +42,6 @@ pub fn kinds() -> Vec<Kind> {
             resource: ApiResource::erase::<Failover>(&()),
             message: "this operator does not execute Failovers yet: nothing was switched; \
                       `fenice lab` runs the failover logic with the Local driver (docs/failover.md)",
-        },
-        Kind {
-            resource: ApiResource::erase::<Drill>(&()),
-            message: "this operator does not run Drills yet: nothing was restored or verified; \
-                      `fenice lab` runs a drill with the Local driver (docs/lab.md)",
         },
     ]
 }
@@ -120,7 +115,7 @@ mod tests {
     fn every_kind_without_a_controller_has_a_message_saying_what_to_use() {
         let kinds = kinds();
         let names: Vec<&str> = kinds.iter().map(|k| k.resource.kind.as_str()).collect();
-        assert_eq!(names, ["Site", "FailoverPlan", "Failover", "Drill"]);
+        assert_eq!(names, ["Site", "FailoverPlan", "Failover"]);
         assert!(kinds.iter().all(|k| k.message.contains("fenice ")));
     }
 }

@@ -186,18 +186,66 @@ async fn where_to(
     })
 }
 
-/// Starts the copy's PostgreSQL, restores into it and verifies; the final status.
-async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tenant: &InvoicingTenant) -> RestoreStatus {
-    let copy = copy_name(restore);
-    let failed =
-        |reason: &str, message: String| with_phase(restore, RestorePhase::Failed, reason, message, Timestamp::now());
-    let (_, _, repo) = backup_run::open_repository(ctx, &restore.spec.repository, false).await;
-    let repo = match repo {
-        Ok(repo) => Arc::new(repo),
-        Err(why) => return failed("RepositoryUnavailable", why),
-    };
+/// Where a side-by-side copy goes: its site, the namespace that owns it and its name there.
+pub struct Copy<'a> {
+    pub site: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// A copy restored and verified.
+pub struct Restored {
+    pub outcome: crate::stack::restore::Outcome,
+    /// The copy's database URL (no password: the Local driver's servers trust loopback).
+    pub url: String,
+}
+
+/// Why a side-by-side restore did not give a verified copy.
+pub enum Failure {
+    /// The repository, or the copy's PostgreSQL: nothing was restored.
+    NotStarted {
+        reason: &'static str,
+        message: String,
+    },
+    /// Restored, but what the backup recorded differs.
+    Mismatch {
+        snapshot: String,
+        differences: Vec<String>,
+        url: String,
+    },
+    Failed(String),
+}
+
+impl Failure {
+    /// One line for a condition or a drill's failure list.
+    pub fn summary(&self) -> String {
+        match self {
+            Failure::NotStarted { message, .. } | Failure::Failed(message) => message.clone(),
+            Failure::Mismatch { snapshot, differences, .. } => {
+                format!(
+                    "snapshot {snapshot} restored, but it differs from what was recorded: {}",
+                    differences.join("; ")
+                )
+            }
+        }
+    }
+}
+
+/// Starts a fresh PostgreSQL for `copy` at its Local site and restores
+/// `tenant`'s `snapshot` from `repository` into it, verified against what the
+/// backup recorded. Shared by Restores and Drills.
+pub async fn restore_side_by_side(
+    ctx: &Context,
+    copy: &Copy<'_>,
+    tenant: &InvoicingTenant,
+    repository: &str,
+    snapshot: &str,
+) -> Result<Restored, Failure> {
+    let not_started = |reason, message| Failure::NotStarted { reason, message };
+    let (_, _, repo) = backup_run::open_repository(ctx, repository, false).await;
+    let repo = Arc::new(repo.map_err(|why| not_started("RepositoryUnavailable", why))?);
     let spec = TenantSpec {
-        name: copy.clone(),
+        name: copy.name.to_owned(),
         vat: tenant.spec.vat_number.clone(),
         company: tenant.spec.display_name.clone(),
         sdi_endpoint: None,
@@ -205,34 +253,44 @@ async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tena
         fenced: true,
         postgres: Default::default(),
     };
-    let (local, site_owned, namespace_owned) = (ctx.local.clone(), site.to_owned(), namespace.to_owned());
+    let site = copy.site;
+    let (local, site_owned, namespace_owned) = (ctx.local.clone(), site.to_owned(), copy.namespace.to_owned());
     let started =
         tokio::task::spawn_blocking(move || local.ensure_database(&site_owned, &namespace_owned, &spec)).await;
+    let start_failed =
+        |why: String| not_started("CopyNotStarted", format!("starting PostgreSQL at Local site {site}: {why}"));
     match started {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            return failed("CopyNotStarted", format!("starting PostgreSQL at Local site {site}: {}", error_chain(&e)));
-        }
-        Err(e) => return failed("CopyNotStarted", format!("starting PostgreSQL at Local site {site}: {e}")),
+        Ok(Err(e)) => return Err(start_failed(error_chain(&e))),
+        Err(e) => return Err(start_failed(e.to_string())),
     }
-    let Some(url) = ctx.local.database(site, namespace, &copy) else {
-        return failed("CopyNotStarted", format!("the copy's PostgreSQL at Local site {site} is not running"));
-    };
-    let db = match crate::stack::pg::DbUrl::parse(&url) {
-        Ok(db) => db,
-        Err(e) => return failed("CopyNotStarted", format!("the copy's database URL: {e}")),
-    };
+    let url =
+        ctx.local.database(site, copy.namespace, copy.name).ok_or_else(|| start_failed("it is not running".into()))?;
+    let db = crate::stack::pg::DbUrl::parse(&url).map_err(|e| start_failed(format!("the copy's database URL: {e}")))?;
     let request = TenantRestore {
-        tenant: restore.spec.tenant.clone(),
-        snapshot: Some(restore.spec.snapshot.clone()),
+        tenant: tenant.name_any(),
+        snapshot: Some(snapshot.to_owned()),
         db,
-        documents: ctx.local.site(site).documents(&copy),
+        documents: ctx.local.site(site).documents(copy.name),
         force: false,
         pg_bin: None,
     };
-    let now = Timestamp::now;
     match crate::stack::restore::restore(&repo, &request).await {
-        Ok(outcome) => {
+        Ok(outcome) => Ok(Restored { outcome, url }),
+        Err(crate::stack::Error::Mismatch { snapshot, differences, .. }) => {
+            Err(Failure::Mismatch { snapshot, differences: differences.iter().map(ToString::to_string).collect(), url })
+        }
+        Err(e) => Err(Failure::Failed(format!("at Local site {site}: {}", error_chain(&e)))),
+    }
+}
+
+/// Restores the copy and verifies it; the final status.
+async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tenant: &InvoicingTenant) -> RestoreStatus {
+    let name = copy_name(restore);
+    let copy = Copy { site, namespace, name: &name };
+    let now = Timestamp::now;
+    match restore_side_by_side(ctx, &copy, tenant, &restore.spec.repository, &restore.spec.snapshot).await {
+        Ok(Restored { outcome, url }) => {
             let message = format!(
                 "restored snapshot {} of tenant {} (taken {}) at Local site {site} into {url}, {} documents, \
                  every recorded count and checksum matched; delete this Restore to remove the copy",
@@ -247,8 +305,7 @@ async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tena
             status.restored_up_to = outcome.time.parse::<Timestamp>().ok().map(Time);
             status
         }
-        Err(crate::stack::Error::Mismatch { snapshot, differences, .. }) => {
-            let mismatches: Vec<String> = differences.iter().map(ToString::to_string).collect();
+        Err(Failure::Mismatch { snapshot, differences, url }) => {
             let (phase, reason) = match restore.spec.verify {
                 true => (RestorePhase::Failed, "VerificationFailed"),
                 false => (RestorePhase::Succeeded, "RestoredUnverified"),
@@ -256,15 +313,18 @@ async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tena
             let message = format!(
                 "restored snapshot {snapshot} at Local site {site} into {url}, but {} recorded values differ \
                  (status.mismatches); the copy stays for inspection until this Restore is deleted",
-                mismatches.len()
+                differences.len()
             );
             let mut status = with_phase(restore, phase, reason, message, now());
             status.snapshot_id = Some(snapshot);
             status.verified = Some(false);
-            status.mismatches = mismatches;
+            status.mismatches = differences;
             status
         }
-        Err(e) => failed("RestoreFailed", format!("at Local site {site}: {}", error_chain(&e))),
+        Err(Failure::NotStarted { reason, message }) => {
+            with_phase(restore, RestorePhase::Failed, reason, message, now())
+        }
+        Err(Failure::Failed(message)) => with_phase(restore, RestorePhase::Failed, "RestoreFailed", message, now()),
     }
 }
 

@@ -245,6 +245,13 @@ impl LocalSite {
     /// Starts the tenant's app on its running database (replacing an app
     /// already running, e.g. to change its epoch).
     pub fn start_app(&self, spec: &TenantSpec) -> Result<()> {
+        self.start_app_serving(spec, &spec.name)
+    }
+
+    /// Starts an app on the stack `spec.name` that serves `tenant`: a copy of
+    /// a tenant's data (a drill's) runs under a name of its own, and its app
+    /// must still be the tenant's, or it refuses the tenant's database.
+    pub fn start_app_serving(&self, spec: &TenantSpec, tenant: &str) -> Result<()> {
         let documents = self.documents(&spec.name);
         std::fs::create_dir_all(&documents).map_err(|source| Error::Io {
             site: self.name.clone(),
@@ -260,7 +267,7 @@ impl LocalSite {
             epoch: spec.epoch,
             start_fenced: spec.fenced,
             send_interval: SEND_INTERVAL,
-            ..AppConfig::new(&spec.name, &spec.vat, &spec.company, db_url, documents)
+            ..AppConfig::new(tenant, &spec.vat, &spec.company, db_url, documents)
         };
         let app = AppServer::start(&AppOptions { program: self.program.clone(), config }).map_err(|source| {
             Error::Start { site: self.name.clone(), tenant: spec.name.clone(), what: "app", source: Box::new(source) }

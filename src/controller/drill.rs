@@ -1,0 +1,325 @@
+//! The Drill controller, at a plan's target Site with the Local driver: a
+//! Pending Drill runs once. The sample's tenants are taken from the plan
+//! (`drill::select`), the test SdI endpoint is checked against every
+//! production channel first (`drill::guard_endpoint`), then each tenant's
+//! newest backup is restored side by side at the target site, verified
+//! against what it recorded, its app started on the copy and sending to the
+//! test endpoint, and its RTO and RPO measured and judged against its
+//! objectives; every copy is torn down, also when it failed. The result goes
+//! to the Drill's status, Events, metrics, and each tenant's
+//! `lastDrillTime`/`lastDrillPassed`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+use super::restore::{Copy, Failure, restore_side_by_side};
+use super::tenant::{self, Placement};
+use super::{Context, RETRY};
+use crate::api::common::{Duration as SpecDuration, TenantRef};
+use crate::api::condition::{self, Observed};
+use crate::api::drill::{Drill, DrillFailure, DrillPhase, DrillStatus};
+use crate::api::plan::FailoverPlan;
+use crate::api::policy::BackupPolicy;
+use crate::api::site::Site;
+use crate::api::tenant::InvoicingTenant;
+use crate::drill::{self, Measured};
+use crate::site::local::TenantSpec;
+
+pub const CONTROLLER: &str = "drill";
+/// The field manager of the tenant status fields drills write
+/// (`lastDrillTime`, `lastDrillPassed`): the tenant controller owns the rest.
+const DRILL_MANAGER: &str = "fenice-drill";
+
+#[derive(Debug, thiserror::Error)]
+#[error("Drill {name}: {what}")]
+pub struct Error {
+    name: String,
+    what: &'static str,
+    #[source]
+    source: kube::Error,
+}
+
+/// A status with `phase` and `Ready` set, the rest kept.
+pub fn with_phase(drill: &Drill, phase: DrillPhase, reason: &str, message: String, now: Timestamp) -> DrillStatus {
+    let old = drill.status.clone().unwrap_or_default();
+    let observed = Observed { type_: condition::types::READY, status: phase == DrillPhase::Passed, reason, message };
+    let conditions = condition::set(&old.conditions, observed, drill.metadata.generation, now);
+    let finished = matches!(phase, DrillPhase::Passed | DrillPhase::Failed);
+    DrillStatus {
+        phase,
+        start_time: old.start_time.clone().or_else(|| (!finished).then_some(Time(now))),
+        completion_time: if finished { Some(Time(now)) } else { old.completion_time.clone() },
+        observed_generation: drill.metadata.generation,
+        conditions,
+        ..old
+    }
+}
+
+/// The drill's final status from each tenant's measurement and verdict.
+pub fn finished(drill: &Drill, results: &[(Measured, Option<String>)], now: Timestamp) -> DrillStatus {
+    let total = results.len() as u32;
+    let failed = results.iter().filter(|(_, why)| why.is_some()).count() as u32;
+    let worst = |f: fn(&Measured) -> Duration| results.iter().map(|(m, _)| f(m)).max().map(SpecDuration::from_std);
+    let failures: Vec<DrillFailure> = results
+        .iter()
+        .filter_map(|(m, why)| why.as_ref().map(|w| DrillFailure { tenant: m.tenant.clone(), reason: w.clone() }))
+        .collect();
+    let (phase, reason, message) = match failures.first() {
+        None => (
+            DrillPhase::Passed,
+            "Passed",
+            format!("all {total} tenants restored, verified, served and within objectives"),
+        ),
+        Some(first) => (
+            DrillPhase::Failed,
+            "Failed",
+            format!(
+                "{failed} of {total} tenants failed; e.g. {}/{}: {}",
+                first.tenant.namespace, first.tenant.name, first.reason
+            ),
+        ),
+    };
+    DrillStatus {
+        tenants_total: total,
+        tenants_passed: total - failed,
+        tenants_failed: failed,
+        passed: Some(format!("{}/{total}", total - failed)),
+        rto: worst(|m| m.rto),
+        rpo: worst(|m| m.rpo),
+        failures,
+        ..with_phase(drill, phase, reason, message, now)
+    }
+}
+
+pub async fn reconcile(drill: Arc<Drill>, ctx: Arc<Context>) -> Result<Action, Error> {
+    super::measured(&ctx, CONTROLLER, reconcile_inner(&drill, &ctx)).await
+}
+
+async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> {
+    let api: Api<Drill> = Api::all(ctx.client.clone());
+    let write = |status: DrillStatus| {
+        let api = api.clone();
+        async move {
+            super::apply_status(&api, drill, &status).await.map_err(|source| Error {
+                name: drill.name_any(),
+                what: "writing its status",
+                source,
+            })
+        }
+    };
+    let phase = drill.status.as_ref().map_or(DrillPhase::Pending, |s| s.phase);
+    match phase {
+        DrillPhase::Passed | DrillPhase::Failed => return Ok(Action::await_change()),
+        DrillPhase::Pending => {}
+        _ => {
+            // NB: the Local driver's copies ended with the operator that ran them.
+            let message = "the operator stopped while this drill ran; its copies ended with it; create a new Drill";
+            write(with_phase(drill, DrillPhase::Failed, "Interrupted", message.into(), Timestamp::now())).await?;
+            return Ok(Action::await_change());
+        }
+    }
+    let plan = Api::<FailoverPlan>::all(ctx.client.clone())
+        .get_opt(&drill.spec.plan)
+        .await
+        .map_err(|source| Error { name: drill.name_any(), what: "reading its FailoverPlan", source })?;
+    let hold = |phase: DrillPhase, reason: &'static str, message: String| {
+        let old = drill.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        let changed = old.is_none_or(|c| c.message != message);
+        async move {
+            if changed {
+                write(with_phase(drill, phase, reason, message.clone(), Timestamp::now())).await?;
+                super::publish(ctx, drill, EventType::Warning, reason, "Drill", message).await;
+            }
+            Ok(if phase == DrillPhase::Failed { Action::await_change() } else { Action::requeue(RETRY) })
+        }
+    };
+    let Some(plan) = plan else {
+        let message = format!("FailoverPlan {} does not exist: fix spec.plan and create a new Drill", drill.spec.plan);
+        return hold(DrillPhase::Failed, "PlanNotFound", message).await;
+    };
+    let site_name = plan.spec.target_site.clone();
+    let site = Api::<Site>::all(ctx.client.clone()).get_opt(&site_name).await.map_err(|source| Error {
+        name: drill.name_any(),
+        what: "reading the plan's target Site",
+        source,
+    })?;
+    let site = match tenant::placement(&site_name, site.as_ref()) {
+        Placement::Local { site } => site,
+        Placement::Invalid { reason, message } => return hold(DrillPhase::Pending, reason, message).await,
+        Placement::Kubernetes { site } => {
+            let message = format!(
+                "the plan's target Site {site} is a Kubernetes site: drills there (an isolated namespace) are not \
+                 built yet; the Local driver runs them"
+            );
+            return hold(DrillPhase::Pending, "DriverNotBuilt", message).await;
+        }
+    };
+    let Some(all) = ctx.cache.tenants.all().await else { return Ok(Action::requeue(RETRY)) };
+    if let Err(why) = drill::guard_endpoint(&drill.spec.sdi_test_endpoint, &all) {
+        return hold(DrillPhase::Failed, "ProductionEndpoint", why).await;
+    }
+    let seed = drill.uid().unwrap_or_else(|| drill.name_any());
+    let chosen = match drill::select(&plan.spec.tenants, &all, &drill.spec.sample, &seed) {
+        Ok(chosen) => chosen.into_iter().cloned().collect::<Vec<InvoicingTenant>>(),
+        Err(why) => return hold(DrillPhase::Failed, "NoTenants", why).await,
+    };
+
+    let started = Timestamp::now();
+    let message = format!("restoring {} tenants at Local site {site}", chosen.len());
+    let mut status = with_phase(drill, DrillPhase::Restoring, "Restoring", message, started);
+    status.tenants_total = chosen.len() as u32;
+    write(status).await?;
+    let mut results = Vec::new();
+    for (index, tenant) in chosen.iter().enumerate() {
+        let measured = drill_tenant(ctx, drill, &site, index, tenant, started).await;
+        let verdict = drill::verdict(&measured, &tenant.spec.objectives);
+        record_on_tenant(ctx, tenant, verdict.is_none(), started).await;
+        let (namespace, name) = (measured.tenant.namespace.clone(), measured.tenant.name.clone());
+        ctx.metrics.drilled(&namespace, &name, verdict.is_none(), measured.rto, measured.rpo);
+        results.push((measured, verdict));
+    }
+    let status = finished(drill, &results, Timestamp::now());
+    let passed = status.phase == DrillPhase::Passed;
+    let note = status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+    write(status).await?;
+    let (type_, reason) = if passed { (EventType::Normal, "Passed") } else { (EventType::Warning, "Failed") };
+    super::publish(ctx, drill, type_, reason, "Drill", note).await;
+    Ok(Action::await_change())
+}
+
+/// Restores, verifies, serves and measures one tenant, then tears its copy down.
+async fn drill_tenant(
+    ctx: &Context,
+    drill: &Drill,
+    site: &str,
+    index: usize,
+    tenant: &InvoicingTenant,
+    drill_start: Timestamp,
+) -> Measured {
+    let began = Instant::now();
+    let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
+    let reference = TenantRef { namespace: namespace.clone(), name: tenant.name_any() };
+    let uid: String = drill.uid().unwrap_or_default().chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    let name = format!("drill-{uid}-{index}");
+    let copy = Copy { site, namespace: &namespace, name: &name };
+    let outcome = restore_and_serve(ctx, drill, &copy, tenant).await;
+    let rto = began.elapsed();
+    ctx.local.stop(site, &namespace, &name);
+    let (rpo, outcome) = match outcome {
+        Ok(taken) => (drill_start.duration_since(taken).unsigned_abs(), Ok(())),
+        Err(why) => (Duration::ZERO, Err(why)),
+    };
+    Measured { tenant: reference, rto, rpo, outcome }
+}
+
+/// The copy restored from the first of the tenant's policy's repositories
+/// that has a backup of it, verified, and its app serving; when the restored
+/// backup was taken.
+async fn restore_and_serve(
+    ctx: &Context,
+    drill: &Drill,
+    copy: &Copy<'_>,
+    tenant: &InvoicingTenant,
+) -> Result<Timestamp, String> {
+    let policy = Api::<BackupPolicy>::all(ctx.client.clone())
+        .get_opt(&tenant.spec.backup_policy)
+        .await
+        .map_err(|e| format!("reading BackupPolicy {}: {e}", tenant.spec.backup_policy))?
+        .ok_or_else(|| {
+            format!("its BackupPolicy {} does not exist: nothing to restore from", tenant.spec.backup_policy)
+        })?;
+    let mut tried = Vec::new();
+    let mut restored = None;
+    for repository in &policy.spec.repositories {
+        match restore_side_by_side(ctx, copy, tenant, repository, "latest").await {
+            Ok(done) => {
+                restored = Some(done);
+                break;
+            }
+            Err(failure @ Failure::Mismatch { .. }) => return Err(failure.summary()),
+            Err(failure) => tried.push(format!("{repository}: {}", failure.summary())),
+        }
+    }
+    let restored = restored.ok_or_else(|| format!("no repository gave a backup to restore: {}", tried.join("; ")))?;
+    let spec = TenantSpec {
+        name: copy.name.to_owned(),
+        vat: tenant.spec.vat_number.clone(),
+        company: tenant.spec.display_name.clone(),
+        sdi_endpoint: Some(drill.spec.sdi_test_endpoint.clone()),
+        epoch: 1,
+        fenced: false,
+        postgres: Default::default(),
+    };
+    let (local, serving) = (ctx.local.site(copy.site), tenant.name_any());
+    tokio::task::spawn_blocking(move || local.start_app_serving(&spec, &serving))
+        .await
+        .map_err(|e| format!("starting the app on the copy: {e}"))?
+        .map_err(|e| format!("the app on the restored copy did not serve: {}", crate::error_chain::error_chain(&e)))?;
+    restored
+        .outcome
+        .time
+        .parse::<Timestamp>()
+        .map_err(|e| format!("the snapshot's time {:?}: {e}", restored.outcome.time))
+}
+
+/// Writes the drill's verdict on the tenant (its own field manager: the
+/// tenant controller owns the rest of the status). Best effort: a failure
+/// is logged, the drill's own status holds the result.
+async fn record_on_tenant(ctx: &Context, tenant: &InvoicingTenant, passed: bool, at: Timestamp) {
+    let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "InvoicingTenant",
+        "status": {"lastDrillTime": Time(at), "lastDrillPassed": passed},
+    });
+    let params = PatchParams::apply(DRILL_MANAGER).force();
+    if let Err(e) = api.patch_status(&tenant.name_any(), &params, &Patch::Apply(&patch)).await {
+        tracing::warn!(tenant = tenant.name_any(), error = %e, "recording the drill on the tenant");
+    }
+}
+
+pub fn error_policy(drill: Arc<Drill>, error: &Error, _ctx: Arc<Context>) -> Action {
+    super::retry_after_error(&drill.name_any(), error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::drill::DrillSpec;
+
+    fn drill() -> Drill {
+        let spec: DrillSpec = serde_json::from_value(serde_json::json!({
+            "plan": "p", "sample": {"all": true}, "sdiTestEndpoint": "http://127.0.0.1:1/",
+        }))
+        .unwrap();
+        Drill::new("d", spec)
+    }
+
+    fn measured(name: &str, rto: u64, rpo: u64) -> Measured {
+        let tenant = TenantRef { namespace: "invoicing".into(), name: name.into() };
+        Measured { tenant, rto: Duration::from_secs(rto), rpo: Duration::from_secs(rpo), outcome: Ok(()) }
+    }
+
+    #[test]
+    fn a_drill_reports_the_worst_figures_and_names_each_failure() {
+        let d = drill();
+        let at = Timestamp::from_second(100).unwrap();
+        let passed = finished(&d, &[(measured("a", 30, 60), None), (measured("b", 45, 20), None)], at);
+        assert_eq!(passed.phase, DrillPhase::Passed);
+        assert_eq!((passed.passed.as_deref(), passed.rto.as_ref().map(|d| d.as_str())), (Some("2/2"), Some("45s")));
+        assert_eq!(passed.rpo.as_ref().map(|d| d.as_str()), Some("1m"));
+        let why = Some("RTO 6m over the objective 5m".to_owned());
+        let failed = finished(&d, &[(measured("a", 30, 60), None), (measured("b", 360, 20), why)], at);
+        assert_eq!((failed.phase, failed.tenants_failed, failed.tenants_passed), (DrillPhase::Failed, 1, 1));
+        assert_eq!(failed.failures[0].tenant.name, "b");
+        let ready = failed.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert!(ready.message.contains("1 of 2 tenants failed; e.g. invoicing/b: RTO 6m"), "{ready:?}");
+    }
+}
