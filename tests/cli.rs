@@ -28,7 +28,7 @@ fn a_command_not_built_yet_says_so_on_stderr_and_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty(), "no output on stdout: {}", String::from_utf8_lossy(&out.stdout));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("fenice drill: not available"), "{err}");
+    assert!(err.contains("fenice drill start: not available"), "{err}");
     // Within a command that is partly built, the missing subcommand says so too.
     let out = fenice(&["failover", "start", "--plan", "westpole-to-azure"]);
     assert_eq!(out.status.code(), Some(2));

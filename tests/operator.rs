@@ -606,6 +606,29 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         metrics.contains("fenice_tenant_last_drill_passed{namespace=\"invoicing\",tenant=\"comune-di-tivoli\"} 1"),
         "{metrics}"
     );
+    // The report: the verdict, the tenant's figures against its objectives, the timeline.
+    let report = |format: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+            .args(["drill", "report", "silver-drill", "--format", format, "--kubeconfig"])
+            .arg(&kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let html = report("html");
+    assert!(html.status.success(), "{}", String::from_utf8_lossy(&html.stderr));
+    let html = String::from_utf8_lossy(&html.stdout);
+    assert!(html.contains("<svg") && html.matches("<rect class=\"bar\"").count() == 1, "{html}");
+    assert!(html.contains("invoicing/comune-di-tivoli") && html.contains("passed"), "{html}");
+    let json: serde_json::Value = serde_json::from_slice(&report("json").stdout).unwrap();
+    assert_eq!((&json["verdict"], &json["tenants"][0]["rtoObjective"]), (&json!("passed"), &json!("30m")), "{json:#}");
+    assert!(json["tenants"][0]["snapshot"].is_string(), "{json:#}");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(["drill", "report", "production-drill", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "a failed drill exits 1");
+
     // Torn down: no process of the drill's copy is left (its app ran as `--tenant drill-<uid>-0`).
     let uid: String =
         passed.metadata.uid.clone().unwrap().chars().filter(char::is_ascii_alphanumeric).take(8).collect();

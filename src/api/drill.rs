@@ -102,6 +102,10 @@ pub struct DrillStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub failures: Vec<DrillFailure>,
+    /// What the drill did and measured for each tenant, for the report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub results: Vec<DrillTenantResult>,
     /// Where the full report is, e.g. `fenice drill report <name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
@@ -110,6 +114,29 @@ pub struct DrillStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// One tenant's part of a drill: when, what was restored, what was measured
+/// against which objectives, and the verdict.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillTenantResult {
+    pub tenant: TenantRef,
+    pub passed: bool,
+    /// When its restore started and when its copy was torn down.
+    pub start_time: Time,
+    pub end_time: Time,
+    /// From the start of its restore until its app served, in milliseconds.
+    pub rto_millis: u64,
+    /// The age of the restored backup when the drill started, in seconds.
+    pub rpo_seconds: u64,
+    pub objectives: super::common::Objectives,
+    /// The snapshot restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One tenant that failed a drill, and why.

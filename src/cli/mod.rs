@@ -7,6 +7,7 @@ mod app;
 mod app_serve;
 mod audit;
 mod crd;
+mod drill;
 mod failover;
 mod lab;
 mod operator;
@@ -18,7 +19,7 @@ mod serving;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 /// Exit code for usage errors and for commands this build does not have yet.
 pub const EXIT_USAGE: u8 = 2;
@@ -48,8 +49,8 @@ pub enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Plan, start, abort and follow failovers; failover reports.
     Failover(Box<failover::FailoverArgs>),
-    /// Start and follow DR drills; drill reports.
-    Drill(Pending),
+    /// DR drill reports (drills run as Drill objects, by the operator).
+    Drill(drill::DrillArgs),
     /// Check every tenant against the 3-2-1-1-0 rule, from what the cluster records.
     Audit(audit::AuditArgs),
     /// The reference invoicing app and the SdI simulator.
@@ -59,31 +60,6 @@ pub enum Command {
     /// The whole system on one machine: simulated clouds, tenants, backups, a
     /// drill, an outage, an automatic failover and a report.
     Lab(lab::LabArgs),
-}
-
-/// Arguments of a command this build does not have yet: accepted so that the
-/// command can say so instead of failing on the first flag.
-#[derive(Args, Debug)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
-}
-
-impl Command {
-    fn name(&self) -> &'static str {
-        match self {
-            Command::Operator(_) => "operator",
-            Command::Crd => "crd",
-            Command::Repo(_) => "repo",
-            Command::Agent(_) => "agent",
-            Command::Failover(_) => "failover",
-            Command::Drill(_) => "drill",
-            Command::Audit(_) => "audit",
-            Command::App(_) => "app",
-            Command::Apiserver(_) => "apiserver",
-            Command::Lab(_) => "lab",
-        }
-    }
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -101,14 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab(args) => runtime()?.block_on(lab::run(args)),
         Command::Operator(args) => runtime()?.block_on(operator::run(*args)),
         Command::Audit(args) => runtime()?.block_on(audit::run(args)),
-        pending => {
-            eprintln!(
-                "fenice {}: not available in fenice {} yet; `fenice --help` lists the commands, README.md says what works today",
-                pending.name(),
-                env!("CARGO_PKG_VERSION"),
-            );
-            Ok(ExitCode::from(EXIT_USAGE))
-        }
+        Command::Drill(args) => runtime()?.block_on(drill::run(args)),
     }
 }
 

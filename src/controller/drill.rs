@@ -22,9 +22,9 @@ use kube::{Api, ResourceExt};
 use super::restore::{Copy, Failure, restore_side_by_side};
 use super::tenant::{self, Placement};
 use super::{Context, RETRY};
-use crate::api::common::{Duration as SpecDuration, TenantRef};
+use crate::api::common::{Duration as SpecDuration, Objectives, TenantRef};
 use crate::api::condition::{self, Observed};
-use crate::api::drill::{Drill, DrillFailure, DrillPhase, DrillStatus};
+use crate::api::drill::{Drill, DrillFailure, DrillPhase, DrillStatus, DrillTenantResult};
 use crate::api::plan::FailoverPlan;
 use crate::api::policy::BackupPolicy;
 use crate::api::site::Site;
@@ -63,13 +63,27 @@ pub fn with_phase(drill: &Drill, phase: DrillPhase, reason: &str, message: Strin
 }
 
 /// The drill's final status from each tenant's measurement and verdict.
-pub fn finished(drill: &Drill, results: &[(Measured, Option<String>)], now: Timestamp) -> DrillStatus {
+pub fn finished(drill: &Drill, results: &[(Measured, Option<String>, Objectives)], now: Timestamp) -> DrillStatus {
     let total = results.len() as u32;
-    let failed = results.iter().filter(|(_, why)| why.is_some()).count() as u32;
-    let worst = |f: fn(&Measured) -> Duration| results.iter().map(|(m, _)| f(m)).max().map(SpecDuration::from_std);
+    let failed = results.iter().filter(|(_, why, _)| why.is_some()).count() as u32;
+    let worst = |f: fn(&Measured) -> Duration| results.iter().map(|(m, _, _)| f(m)).max().map(SpecDuration::from_std);
     let failures: Vec<DrillFailure> = results
         .iter()
-        .filter_map(|(m, why)| why.as_ref().map(|w| DrillFailure { tenant: m.tenant.clone(), reason: w.clone() }))
+        .filter_map(|(m, why, _)| why.as_ref().map(|w| DrillFailure { tenant: m.tenant.clone(), reason: w.clone() }))
+        .collect();
+    let per_tenant = results
+        .iter()
+        .map(|(m, why, objectives)| DrillTenantResult {
+            tenant: m.tenant.clone(),
+            passed: why.is_none(),
+            start_time: Time(m.started),
+            end_time: Time(m.ended),
+            rto_millis: m.rto.as_millis() as u64,
+            rpo_seconds: m.rpo.as_secs(),
+            objectives: objectives.clone(),
+            snapshot: m.snapshot.clone(),
+            reason: why.clone(),
+        })
         .collect();
     let (phase, reason, message) = match failures.first() {
         None => (
@@ -94,6 +108,8 @@ pub fn finished(drill: &Drill, results: &[(Measured, Option<String>)], now: Time
         rto: worst(|m| m.rto),
         rpo: worst(|m| m.rpo),
         failures,
+        results: per_tenant,
+        report: Some(format!("fenice drill report {}", drill.name_any())),
         ..with_phase(drill, phase, reason, message, now)
     }
 }
@@ -183,7 +199,7 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
         record_on_tenant(ctx, tenant, verdict.is_none(), started).await;
         let (namespace, name) = (measured.tenant.namespace.clone(), measured.tenant.name.clone());
         ctx.metrics.drilled(&namespace, &name, verdict.is_none(), measured.rto, measured.rpo);
-        results.push((measured, verdict));
+        results.push((measured, verdict, tenant.spec.objectives.clone()));
     }
     let status = finished(drill, &results, Timestamp::now());
     let passed = status.phase == DrillPhase::Passed;
@@ -203,7 +219,7 @@ async fn drill_tenant(
     tenant: &InvoicingTenant,
     drill_start: Timestamp,
 ) -> Measured {
-    let began = Instant::now();
+    let (began, started) = (Instant::now(), Timestamp::now());
     let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
     let reference = TenantRef { namespace: namespace.clone(), name: tenant.name_any() };
     let uid: String = drill.uid().unwrap_or_default().chars().filter(char::is_ascii_alphanumeric).take(8).collect();
@@ -212,22 +228,22 @@ async fn drill_tenant(
     let outcome = restore_and_serve(ctx, drill, &copy, tenant).await;
     let rto = began.elapsed();
     ctx.local.stop(site, &namespace, &name);
-    let (rpo, outcome) = match outcome {
-        Ok(taken) => (drill_start.duration_since(taken).unsigned_abs(), Ok(())),
-        Err(why) => (Duration::ZERO, Err(why)),
+    let (rpo, snapshot, outcome) = match outcome {
+        Ok((taken, snapshot)) => (drill_start.duration_since(taken).unsigned_abs(), Some(snapshot), Ok(())),
+        Err(why) => (Duration::ZERO, None, Err(why)),
     };
-    Measured { tenant: reference, rto, rpo, outcome }
+    Measured { tenant: reference, started, ended: Timestamp::now(), snapshot, rto, rpo, outcome }
 }
 
 /// The copy restored from the first of the tenant's policy's repositories
 /// that has a backup of it, verified, and its app serving; when the restored
-/// backup was taken.
+/// backup was taken, and its snapshot id.
 async fn restore_and_serve(
     ctx: &Context,
     drill: &Drill,
     copy: &Copy<'_>,
     tenant: &InvoicingTenant,
-) -> Result<Timestamp, String> {
+) -> Result<(Timestamp, String), String> {
     let policy = Api::<BackupPolicy>::all(ctx.client.clone())
         .get_opt(&tenant.spec.backup_policy)
         .await
@@ -262,11 +278,9 @@ async fn restore_and_serve(
         .await
         .map_err(|e| format!("starting the app on the copy: {e}"))?
         .map_err(|e| format!("the app on the restored copy did not serve: {}", crate::error_chain::error_chain(&e)))?;
-    restored
-        .outcome
-        .time
-        .parse::<Timestamp>()
-        .map_err(|e| format!("the snapshot's time {:?}: {e}", restored.outcome.time))
+    let taken = restored.outcome.time.parse::<Timestamp>();
+    let taken = taken.map_err(|e| format!("the snapshot's time {:?}: {e}", restored.outcome.time))?;
+    Ok((taken, restored.outcome.snapshot.to_string()))
 }
 
 /// Writes the drill's verdict on the tenant (its own field manager: the
@@ -302,24 +316,43 @@ mod tests {
         Drill::new("d", spec)
     }
 
-    fn measured(name: &str, rto: u64, rpo: u64) -> Measured {
+    fn measured(name: &str, rto: u64, rpo: u64) -> (Measured, Option<String>, Objectives) {
         let tenant = TenantRef { namespace: "invoicing".into(), name: name.into() };
-        Measured { tenant, rto: Duration::from_secs(rto), rpo: Duration::from_secs(rpo), outcome: Ok(()) }
+        let (started, ended) = (Timestamp::from_second(10).unwrap(), Timestamp::from_second(10 + rto as i64).unwrap());
+        let measured = Measured {
+            tenant,
+            started,
+            ended,
+            snapshot: Some("ab12".into()),
+            rto: Duration::from_secs(rto),
+            rpo: Duration::from_secs(rpo),
+            outcome: Ok(()),
+        };
+        let objectives = serde_json::from_value(serde_json::json!({"rpo": "15m", "rto": "5m"})).unwrap();
+        (measured, None, objectives)
+    }
+
+    fn failing(mut m: (Measured, Option<String>, Objectives), why: &str) -> (Measured, Option<String>, Objectives) {
+        m.1 = Some(why.into());
+        m
     }
 
     #[test]
     fn a_drill_reports_the_worst_figures_and_names_each_failure() {
         let d = drill();
         let at = Timestamp::from_second(100).unwrap();
-        let passed = finished(&d, &[(measured("a", 30, 60), None), (measured("b", 45, 20), None)], at);
+        let passed = finished(&d, &[measured("a", 30, 60), measured("b", 45, 20)], at);
         assert_eq!(passed.phase, DrillPhase::Passed);
         assert_eq!((passed.passed.as_deref(), passed.rto.as_ref().map(|d| d.as_str())), (Some("2/2"), Some("45s")));
         assert_eq!(passed.rpo.as_ref().map(|d| d.as_str()), Some("1m"));
-        let why = Some("RTO 6m over the objective 5m".to_owned());
-        let failed = finished(&d, &[(measured("a", 30, 60), None), (measured("b", 360, 20), why)], at);
+        let failed =
+            finished(&d, &[measured("a", 30, 60), failing(measured("b", 360, 20), "RTO 6m over the objective 5m")], at);
         assert_eq!((failed.phase, failed.tenants_failed, failed.tenants_passed), (DrillPhase::Failed, 1, 1));
         assert_eq!(failed.failures[0].tenant.name, "b");
         let ready = failed.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert!(ready.message.contains("1 of 2 tenants failed; e.g. invoicing/b: RTO 6m"), "{ready:?}");
+        assert_eq!(failed.results.len(), 2);
+        assert_eq!((failed.results[1].passed, failed.results[1].rto_millis), (false, 360_000));
+        assert_eq!(failed.report.as_deref(), Some("fenice drill report d"));
     }
 }

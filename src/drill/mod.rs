@@ -2,6 +2,8 @@
 //! the production SdI, and the verdict per tenant and for the drill. Pure: the
 //! Drill controller restores, starts and measures, then asks these.
 
+pub mod report;
+
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -99,6 +101,11 @@ pub fn guard_endpoint<T: Borrow<InvoicingTenant>>(endpoint: &str, tenants: &[T])
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Measured {
     pub tenant: TenantRef,
+    /// When its restore started and when its copy was torn down.
+    pub started: jiff::Timestamp,
+    pub ended: jiff::Timestamp,
+    /// The snapshot restored, when one was.
+    pub snapshot: Option<String>,
     /// From the start of its restore until its app served.
     pub rto: Duration,
     /// The age of the backup it was restored from, at the drill's start.
@@ -184,6 +191,9 @@ mod tests {
         let tenant = TenantRef { namespace: "invoicing".into(), name: "acme".into() };
         let ok = Measured {
             tenant: tenant.clone(),
+            started: jiff::Timestamp::UNIX_EPOCH,
+            ended: jiff::Timestamp::UNIX_EPOCH,
+            snapshot: None,
             rto: Duration::from_secs(40),
             rpo: Duration::from_secs(60),
             outcome: Ok(()),
