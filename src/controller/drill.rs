@@ -251,6 +251,9 @@ async fn restore_and_serve(
         .ok_or_else(|| {
             format!("its BackupPolicy {} does not exist: nothing to restore from", tenant.spec.backup_policy)
         })?;
+    // NB: only a repository without a backup of the tenant is passed over: an
+    // unreachable or damaged copy fails the drill, loudly, even if another
+    // repository could have served; finding that out is what drills are for.
     let mut tried = Vec::new();
     let mut restored = None;
     for repository in &policy.spec.repositories {
@@ -259,8 +262,8 @@ async fn restore_and_serve(
                 restored = Some(done);
                 break;
             }
-            Err(failure @ Failure::Mismatch { .. }) => return Err(failure.summary()),
-            Err(failure) => tried.push(format!("{repository}: {}", failure.summary())),
+            Err(Failure::NoBackup(why)) => tried.push(format!("{repository}: {why}")),
+            Err(failure) => return Err(format!("repository {repository}: {}", failure.summary())),
         }
     }
     let restored = restored.ok_or_else(|| format!("no repository gave a backup to restore: {}", tried.join("; ")))?;

@@ -207,6 +207,8 @@ pub enum Failure {
         reason: &'static str,
         message: String,
     },
+    /// The repository holds no backup of the tenant.
+    NoBackup(String),
     /// Restored, but what the backup recorded differs.
     Mismatch {
         snapshot: String,
@@ -220,7 +222,9 @@ impl Failure {
     /// One line for a condition or a drill's failure list.
     pub fn summary(&self) -> String {
         match self {
-            Failure::NotStarted { message, .. } | Failure::Failed(message) => message.clone(),
+            Failure::NotStarted { message, .. } | Failure::NoBackup(message) | Failure::Failed(message) => {
+                message.clone()
+            }
             Failure::Mismatch { snapshot, differences, .. } => {
                 format!(
                     "snapshot {snapshot} restored, but it differs from what was recorded: {}",
@@ -280,6 +284,7 @@ pub async fn restore_side_by_side(
         Err(crate::stack::Error::Mismatch { snapshot, differences, .. }) => {
             Err(Failure::Mismatch { snapshot, differences: differences.iter().map(ToString::to_string).collect(), url })
         }
+        Err(e @ crate::stack::Error::NoSnapshot { .. }) => Err(Failure::NoBackup(error_chain(&e))),
         Err(e) => Err(Failure::Failed(format!("at Local site {site}: {}", error_chain(&e)))),
     }
 }
@@ -324,6 +329,7 @@ async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tena
         Err(Failure::NotStarted { reason, message }) => {
             with_phase(restore, RestorePhase::Failed, reason, message, now())
         }
+        Err(Failure::NoBackup(message)) => with_phase(restore, RestorePhase::Failed, "NoBackup", message, now()),
         Err(Failure::Failed(message)) => with_phase(restore, RestorePhase::Failed, "RestoreFailed", message, now()),
     }
 }
