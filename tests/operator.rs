@@ -650,6 +650,42 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     wait_list(&tenants, "geom-bianchi gone", |all| all.len() == 2).await;
     assert_eq!(get(&format!("{app}/healthz")).await.0, 0, "the app still answers after its tenant was deleted");
 
+    // A damaged copy fails the drill, naming the repository and the pack, even
+    // though the other repository holds a good one. The drill restores from
+    // the policy's first repository, the locked one: a writer with the store's
+    // credentials can still put a new version over a locked object, and
+    // readers get the new version (the locked one stays, unread).
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(s3.endpoint())
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new("lab", "lab", None, None, "test"))
+        .build();
+    let raw = aws_sdk_s3::Client::from_conf(config);
+    let listed = raw.list_objects_v2().bucket("tenants-locked").prefix("data/").send().await.unwrap();
+    let packs: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+    assert!(!packs.is_empty());
+    for key in &packs {
+        let body = aws_sdk_s3::primitives::ByteStream::from(vec![0u8; 64]);
+        raw.put_object().bucket("tenants-locked").key(key).body(body).send().await.unwrap();
+    }
+    let mut damaged = examples("drill.yaml").remove(0);
+    damaged["metadata"] = json!({"name": "damaged-drill"});
+    damaged["spec"]["sample"] = json!({"tiers": ["Silver"]});
+    damaged["spec"]["sdiTestEndpoint"] = json!("http://127.0.0.1:9/sdi");
+    drills.create(&PostParams::default(), &serde_json::from_value(damaged).unwrap()).await.unwrap();
+    let done =
+        wait_list(&drills, "the drill of a damaged copy", |all| all.len() == 3 && all.iter().all(drill_done)).await;
+    let damaged = done.iter().find(|d| d.metadata.name.as_deref() == Some("damaged-drill")).unwrap();
+    let status = damaged.status.as_ref().unwrap();
+    assert_eq!(status.phase, fenice::api::drill::DrillPhase::Failed, "{status:#?}");
+    let reason = &status.failures[0].reason;
+    assert!(reason.starts_with("repository azure-italynorth-backups:") && reason.contains("was altered"), "{reason}");
+    assert!(packs.iter().any(|key| reason.contains(key.rsplit('/').next().unwrap())), "names the pack: {reason}");
+    let tivoli = tenants.get("comune-di-tivoli").await.unwrap().status.unwrap();
+    assert_eq!(tivoli.last_drill_passed, Some(false));
+
     // Nothing secret anywhere; on SIGTERM the stacks stop and their files go.
     let everything = serde_json::to_string(&(
         events.list(&ListParams::default()).await.unwrap().items,

@@ -259,10 +259,18 @@ async fn restore_and_serve(
     for repository in &policy.spec.repositories {
         match restore_side_by_side(ctx, copy, tenant, repository, "latest").await {
             Ok(done) => {
+                tracing::info!(tenant = tenant.name_any(), repository, snapshot = %done.outcome.snapshot, "drill: restored");
                 restored = Some(done);
                 break;
             }
-            Err(Failure::NoBackup(why)) => tried.push(format!("{repository}: {why}")),
+            Err(Failure::NoBackup(why)) => {
+                tracing::info!(
+                    tenant = tenant.name_any(),
+                    repository,
+                    "drill: no backup here, trying the next repository"
+                );
+                tried.push(format!("{repository}: {why}"));
+            }
             Err(failure) => return Err(format!("repository {repository}: {}", failure.summary())),
         }
     }
