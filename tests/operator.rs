@@ -398,6 +398,15 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     .unwrap();
     backups.create(&PostParams::default(), &ghost).await.unwrap();
 
+    let apps_dirs = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("fenice-app-"))
+            .map(|e| e.path())
+            .collect()
+    };
+    let apps_before = apps_dirs();
     let state_arg = [std::ffi::OsStr::new("--state-dir"), state.path().as_os_str()];
     let (operator, url, metrics_url) = operator_with(&kubeconfig, "replica-1", &state_arg).await;
     wait_ready(&url, true).await;
@@ -702,6 +711,8 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     assert!(!log.contains(SECRET_VALUE), "a secret in the log");
     let left: Vec<_> = std::fs::read_dir(state.path()).unwrap().collect();
     assert!(left.is_empty(), "the operator left {left:?}");
+    let apps_left: Vec<_> = apps_dirs().difference(&apps_before).cloned().collect();
+    assert!(apps_left.is_empty(), "the operator left its apps' directories {apps_left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,7 +114,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating a directory for Local sites in {}", state_parent.display()))?;
     let program = std::env::current_exe().context("finding the fenice program the Local sites run")?;
     let local = Arc::new(LocalSites::new(state.path(), &program));
-    let mut ctx = Context::new(client, &args.operator_namespace, Some(identity), metrics, local);
+    let mut ctx = Context::new(client, &args.operator_namespace, Some(identity), metrics, local.clone());
     ctx.probe_interval = Duration::from_secs(args.probe_interval_seconds.max(1));
     let mut stopped = stop.clone();
     let mut lost_wait = lost.clone();
@@ -126,6 +126,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     };
     controller::run(Arc::new(ctx), until).await;
     ready.store(false, Ordering::SeqCst);
+    local.stop_all();
     if *lost.borrow_and_update() {
         anyhow::bail!("lost the leader Lease: stopped reconciling so that another replica can take over");
     }

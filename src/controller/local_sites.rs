@@ -108,6 +108,19 @@ impl LocalSites {
         }
     }
 
+    /// Stops every stack at every site, e.g. when the operator stops: their
+    /// processes and files go now, whoever still holds this registry.
+    pub fn stop_all(&self) {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let sites: Vec<Arc<LocalSite>> =
+            self.sites.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for site in sites {
+            for tenant in site.tenants() {
+                site.stop_tenant(&tenant);
+            }
+        }
+    }
+
     /// Stops `name` of `namespace` at every site it runs at.
     pub fn stop_everywhere(&self, namespace: &str, name: &str) {
         let sites: Vec<String> = {
