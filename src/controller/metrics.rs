@@ -35,6 +35,8 @@ struct TenantFigures {
     last_backup: Option<i64>,
     /// Its last drill: passed, RTO and RPO in seconds.
     drill: Option<(bool, f64, f64)>,
+    /// Its objectives, RPO and RTO in seconds, for alerts to compare with.
+    objectives: Option<(u64, u64)>,
 }
 
 /// A per-tenant gauge: name, help, and its value if the tenant has one.
@@ -71,6 +73,16 @@ impl Metrics {
     /// A drill of the tenant passed or not, with what it measured.
     pub fn drilled(&self, namespace: &str, tenant: &str, passed: bool, rto: Duration, rpo: Duration) {
         self.tenant(namespace, tenant, |f| f.drill = Some((passed, rto.as_secs_f64(), rpo.as_secs_f64())));
+    }
+
+    /// The tenant's objectives (RPO, RTO).
+    pub fn objectives(&self, namespace: &str, tenant: &str, rpo: Duration, rto: Duration) {
+        self.tenant(namespace, tenant, |f| f.objectives = Some((rpo.as_secs(), rto.as_secs())));
+    }
+
+    /// A tenant that no longer exists.
+    pub fn forget_tenant(&self, namespace: &str, tenant: &str) {
+        self.tenants.lock().unwrap_or_else(PoisonError::into_inner).remove(&(namespace.to_owned(), tenant.to_owned()));
     }
 
     fn tenant(&self, namespace: &str, tenant: &str, change: impl FnOnce(&mut TenantFigures)) {
@@ -116,7 +128,13 @@ impl Metrics {
             }
         }
         let tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let gauges: [TenantGauge; 4] = [
+        let gauges: [TenantGauge; 6] = [
+            ("fenice_tenant_rpo_objective_seconds", "The tenant's recovery point objective.", |f| {
+                f.objectives.map(|(rpo, _)| rpo.to_string())
+            }),
+            ("fenice_tenant_rto_objective_seconds", "The tenant's recovery time objective.", |f| {
+                f.objectives.map(|(_, rto)| rto.to_string())
+            }),
             (
                 "fenice_tenant_last_backup_timestamp_seconds",
                 "When the tenant's last backup succeeded (its age: time() minus this).",
@@ -186,6 +204,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("fenice_tenant_last_drill_rto_seconds{namespace=\"invoicing\",tenant=\"acme\"} 75\n"));
+        m.objectives("invoicing", "acme", Duration::from_secs(60), Duration::from_secs(300));
+        assert!(
+            m.render().contains("fenice_tenant_rpo_objective_seconds{namespace=\"invoicing\",tenant=\"acme\"} 60\n")
+        );
+        m.forget_tenant("invoicing", "acme");
+        assert!(!m.render().contains("tenant=\"acme\""));
         m.forget_repository("azure-italynorth");
         assert!(!m.render().contains("azure-italynorth"));
     }

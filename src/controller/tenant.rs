@@ -195,6 +195,7 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     let api: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), &namespace);
     let finalized = tenant.finalizers().iter().any(|f| f == FINALIZER);
     if tenant.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget_tenant(&namespace, &name);
         if finalized {
             let site = tenant.status.as_ref().and_then(|s| s.active_site.clone());
             let site = site.unwrap_or_else(|| tenant.spec.primary_site.clone());
@@ -218,6 +219,8 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         }
         _ => Stack::NotAttempted,
     };
+    let objectives = &tenant.spec.objectives;
+    ctx.metrics.objectives(&namespace, &name, objectives.rpo.as_std(), objectives.rto.as_std());
     let status = assess(tenant, &placement, &stack, policy_found, Timestamp::now());
     if changed(tenant.status.as_ref(), &status) {
         let patch = serde_json::json!({
