@@ -66,8 +66,17 @@ async fn cluster() -> (apiserver::Running, tempfile::TempDir, Client) {
 }
 
 /// Starts `fenice operator` and returns it with its health and metrics URLs.
+/// Its Local sites' files go under the kubeconfig's directory, the test's own.
 async fn operator(kubeconfig: &std::path::Path, identity: &str) -> (Child, String, String) {
-    operator_with(kubeconfig, identity, &[]).await
+    let state = kubeconfig.parent().expect("the kubeconfig is in a directory").as_os_str();
+    operator_with(kubeconfig, identity, &[std::ffi::OsStr::new("--state-dir"), state]).await
+}
+
+/// Stops the operator with SIGTERM and waits until it has exited cleanly.
+async fn stopped(child: Child) {
+    stop(&child);
+    let exited = timeout(DEADLINE, child.wait_with_output()).await.unwrap().unwrap();
+    assert!(exited.status.success(), "{:?}", exited.status);
 }
 
 /// [`operator`] with more arguments.
@@ -208,7 +217,7 @@ async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
     assert!(!log.contains(SECRET_VALUE), "a secret in the log: {log}");
     wait_ready(&second_url, true).await;
     assert_eq!(holder(leases.get("fenice-operator-leader").await.unwrap()).as_deref(), Some("replica-2"));
-    stop(&second);
+    stopped(second).await;
 }
 
 /// A daily schedule (in the policy's time zone, Europe/Rome) whose time was
@@ -304,7 +313,7 @@ async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
     let condition = broken.conditions.iter().find(|c| c.type_ == "Scheduled").unwrap();
     assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "InvalidSchedule"));
     assert!(condition.message.contains("minute \"61\""), "{condition:?}");
-    stop(&operator);
+    stopped(operator).await;
 }
 
 /// Waits until `check` holds for the listed objects of `api`, or fails naming `what`.
@@ -402,7 +411,9 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         std::fs::read_dir(std::env::temp_dir())
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("fenice-app-"))
+            .filter(|e| {
+                ["fenice-app-", "fenice-postgres-"].iter().any(|p| e.file_name().to_string_lossy().starts_with(p))
+            })
             .map(|e| e.path())
             .collect()
     };
@@ -712,7 +723,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     let left: Vec<_> = std::fs::read_dir(state.path()).unwrap().collect();
     assert!(left.is_empty(), "the operator left {left:?}");
     let apps_left: Vec<_> = apps_dirs().difference(&apps_before).cloned().collect();
-    assert!(apps_left.is_empty(), "the operator left its apps' directories {apps_left:?}");
+    assert!(apps_left.is_empty(), "the operator left its stacks' directories {apps_left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,9 +779,7 @@ async fn after_a_compaction_the_operator_lists_again_and_keeps_reconciling() {
     timeout(DEADLINE, await_condition(plans.clone(), "westpole-to-azure", not_built)).await.unwrap().unwrap();
     let (_, metrics) = get(&format!("{metrics_url}/metrics")).await;
     assert!(metrics.contains("fenice_reconcile_errors_total{controller=\"invoicingtenant\"} 0"), "{metrics}");
-    stop(&operator);
-    let exited = timeout(DEADLINE, operator.wait_with_output()).await.unwrap().unwrap();
-    assert!(exited.status.success(), "{:?}", exited.status);
+    stopped(operator).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
