@@ -17,6 +17,8 @@ writes its status, but starts no stack (that is what the Local driver does,
 one PostgreSQL per tenant, which no single machine holds 38,000 times).
 
     python3 bench/operator_scale.py --fenice target/release/fenice [--tenants N] [--idle-seconds S]
+
+SCALE_LOG_DIR=DIR keeps the operator's and the API server's logs there.
 """
 
 import argparse
@@ -45,9 +47,11 @@ def request(base, method, path, body=None):
 
 
 def start(command, lines):
-    """Starts a process and returns it with the first `lines` lines of its stdout."""
-    log = open(os.path.join(os.environ.get("SCALE_LOG_DIR", "/dev"), "null" if "SCALE_LOG_DIR" not in os.environ else command[1] + ".log"), "w")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    """Starts a process and returns it with the first `lines` lines of its stdout.
+    Its stderr goes to $SCALE_LOG_DIR/<command>.log when that is set."""
+    logs = os.environ.get("SCALE_LOG_DIR")
+    stderr = open(os.path.join(logs, command[1] + ".log"), "w") if logs else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
     return process, [process.stdout.readline().strip() for _ in range(lines)]
 
 
@@ -121,7 +125,7 @@ def metric(base, name, controller):
     return metrics_of(base, name).get(controller, 0.0)
 
 
-def reconciled(base, tenants):
+def reconciled(base):
     listed = request(base, "GET", f"/apis/fenice.io/v1alpha1/namespaces/{NAMESPACE}/invoicingtenants")
     done = sum(
         1 for t in listed["items"]
@@ -179,12 +183,12 @@ def main():
             if time.monotonic() > deadline or operator.poll() is not None:
                 sys.exit("the operator did not reconcile every tenant")
             time.sleep(0.5)
-        done = reconciled(api, args.tenants)
+        done = reconciled(api)
         while done < args.tenants:
             if time.monotonic() > deadline:
                 sys.exit(f"only {done} of {args.tenants} tenants reconciled")
             time.sleep(2)
-            done = reconciled(api, args.tenants)
+            done = reconciled(api)
         took = time.monotonic() - started
         print(f"all {args.tenants} tenants reconciled {took:.1f} s after the operator started "
               f"({args.tenants / took:.0f}/s)", flush=True)

@@ -72,6 +72,16 @@ async fn operator(kubeconfig: &std::path::Path, identity: &str) -> (Child, Strin
     operator_with(kubeconfig, identity, &[std::ffi::OsStr::new("--state-dir"), state]).await
 }
 
+/// Runs a `fenice` command against the cluster of `kubeconfig`.
+fn fenice_on(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()
+        .unwrap()
+}
+
 /// Stops the operator with SIGTERM and waits until it has exited cleanly.
 async fn stopped(child: Child) {
     stop(&child);
@@ -567,11 +577,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     // The audit, from what the operator recorded: studio-rossi has copies at two
     // providers other than Westpole, one locked at the store, and a verified
     // restore; the others were never verified.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
-        .args(["audit", "--json", "--namespace", "invoicing", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .output()
-        .unwrap();
+    let out = fenice_on(&kubeconfig, &["audit", "--json", "--namespace", "invoicing"]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let audits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let rossi = audits.iter().find(|a| a["tenant"] == "studio-rossi").unwrap();
@@ -627,13 +633,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         "{metrics}"
     );
     // The report: the verdict, the tenant's figures against its objectives, the timeline.
-    let report = |format: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
-            .args(["drill", "report", "silver-drill", "--format", format, "--kubeconfig"])
-            .arg(&kubeconfig)
-            .output()
-            .unwrap()
-    };
+    let report = |format: &str| fenice_on(&kubeconfig, &["drill", "report", "silver-drill", "--format", format]);
     let html = report("html");
     assert!(html.status.success(), "{}", String::from_utf8_lossy(&html.stderr));
     let html = String::from_utf8_lossy(&html.stdout);
@@ -642,11 +642,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     let json: serde_json::Value = serde_json::from_slice(&report("json").stdout).unwrap();
     assert_eq!((&json["verdict"], &json["tenants"][0]["rtoObjective"]), (&json!("passed"), &json!("30m")), "{json:#}");
     assert!(json["tenants"][0]["snapshot"].is_string(), "{json:#}");
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
-        .args(["drill", "report", "production-drill", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .output()
-        .unwrap();
+    let refused = fenice_on(&kubeconfig, &["drill", "report", "production-drill"]);
     assert_eq!(refused.status.code(), Some(1), "a failed drill exits 1");
 
     // Torn down: no process of the drill's copy is left (its app ran as `--tenant drill-<uid>-0`).

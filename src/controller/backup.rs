@@ -23,15 +23,7 @@ use crate::stack::verify::Record;
 
 pub const CONTROLLER: &str = "backup";
 
-#[derive(Debug, thiserror::Error)]
-#[error("Backup {namespace}/{name}: {what}")]
-pub struct Error {
-    pub namespace: String,
-    pub name: String,
-    pub what: &'static str,
-    #[source]
-    pub source: kube::Error,
-}
+pub type Error = super::ObjectError;
 
 /// What to do with a Backup now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,12 +190,7 @@ async fn reconcile_inner(backup: &Backup, ctx: &Context) -> Result<Action, Error
 pub async fn write_status(ctx: &Context, backup: &Backup, status: &BackupStatus) -> Result<(), Error> {
     let namespace = backup.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
-    super::apply_status(&api, backup, status).await.map_err(|source| Error {
-        namespace,
-        name: backup.name_any(),
-        what: "writing its status",
-        source,
-    })
+    super::apply_status(&api, backup, status).await.map_err(super::about(backup, "writing its status"))
 }
 
 pub fn error_policy(backup: Arc<Backup>, error: &Error, _ctx: Arc<Context>) -> Action {

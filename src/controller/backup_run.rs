@@ -17,9 +17,7 @@ use super::retention;
 use super::tenant::{self, Placement};
 use super::{Context, repository::open_store, secrets};
 use crate::api::backup::{Backup, BackupPhase};
-use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
-use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::error_chain::error_chain;
 use crate::repo::archiver::Progress;
@@ -58,14 +56,11 @@ impl NotNow {
 
 pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
     let namespace = backup.namespace().unwrap_or_else(|| "default".into());
-    let api_error = |what| {
-        let (namespace, name) = (namespace.clone(), backup.name_any());
-        move |source| Error { namespace, name, what, source }
-    };
-    let source = match find_source(ctx, backup, &namespace).await.map_err(api_error("finding what to back up"))? {
-        Ok(source) => source,
-        Err(not_now) => return hold(ctx, backup, not_now).await,
-    };
+    let source =
+        match find_source(ctx, backup, &namespace).await.map_err(super::about(backup, "finding what to back up"))? {
+            Ok(source) => source,
+            Err(not_now) => return hold(ctx, backup, not_now).await,
+        };
 
     let status = backup::with_phase(
         backup,
@@ -134,13 +129,13 @@ pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
         apply_retention(ctx, backup, &written, keep, tz).await;
     }
     backup::write_status(ctx, backup, &status).await?;
-    let (type_, reason) = match status.phase {
-        BackupPhase::Succeeded => (EventType::Normal, "Succeeded"),
-        BackupPhase::PartiallySucceeded => (EventType::Warning, "PartiallySucceeded"),
-        _ => (EventType::Warning, "Failed"),
+    let reason = match status.phase {
+        BackupPhase::Succeeded => "Succeeded",
+        BackupPhase::PartiallySucceeded => "PartiallySucceeded",
+        _ => "Failed",
     };
-    let note = status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
-    super::publish(ctx, backup, type_, reason, "Backup", note).await;
+    super::publish_outcome(ctx, backup, status.phase == BackupPhase::Succeeded, reason, "Backup", &status.conditions)
+        .await;
     if status.phase == BackupPhase::Succeeded {
         ctx.metrics.backed_up(&namespace, &backup.spec.tenant, Timestamp::now());
     }
@@ -201,7 +196,7 @@ async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<
             format!("InvoicingTenant {namespace}/{name} does not exist: fix spec.tenant and create a new Backup");
         return Ok(Err(NotNow::fail("TenantNotFound", message)));
     };
-    let policy = Api::<BackupPolicy>::all(ctx.client.clone()).get_opt(&tenant.spec.backup_policy).await?;
+    let policy = ctx.cache.policies.get(&tenant.spec.backup_policy).await;
     let repositories = match (&backup.spec.repositories, &policy) {
         (names, _) if !names.is_empty() => names.clone(),
         (_, Some(policy)) => policy.spec.repositories.clone(),
@@ -223,8 +218,8 @@ async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<
 
     let site_name = tenant.status.as_ref().and_then(|s| s.active_site.clone());
     let site_name = site_name.unwrap_or_else(|| tenant.spec.primary_site.clone());
-    let site = Api::<Site>::all(ctx.client.clone()).get_opt(&site_name).await?;
-    Ok(match tenant::placement(&site_name, site.as_ref()) {
+    let site = ctx.cache.sites.get(&site_name).await;
+    Ok(match tenant::placement(&site_name, site.as_deref()) {
         Placement::Invalid { reason, message } => Err(NotNow::wait(reason, message, Duration::from_secs(30))),
         Placement::Kubernetes { site } => Err(NotNow::wait(
             "DriverNotBuilt",

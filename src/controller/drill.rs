@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -26,8 +25,6 @@ use crate::api::common::{Duration as SpecDuration, Objectives, TenantRef};
 use crate::api::condition::{self, Observed};
 use crate::api::drill::{Drill, DrillFailure, DrillPhase, DrillStatus, DrillTenantResult};
 use crate::api::plan::FailoverPlan;
-use crate::api::policy::BackupPolicy;
-use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::drill::{self, Measured};
 use crate::site::local::TenantSpec;
@@ -37,14 +34,7 @@ pub const CONTROLLER: &str = "drill";
 /// (`lastDrillTime`, `lastDrillPassed`): the tenant controller owns the rest.
 const DRILL_MANAGER: &str = "fenice-drill";
 
-#[derive(Debug, thiserror::Error)]
-#[error("Drill {name}: {what}")]
-pub struct Error {
-    name: String,
-    what: &'static str,
-    #[source]
-    source: kube::Error,
-}
+pub type Error = super::ObjectError;
 
 /// A status with `phase` and `Ready` set, the rest kept.
 pub fn with_phase(drill: &Drill, phase: DrillPhase, reason: &str, message: String, now: Timestamp) -> DrillStatus {
@@ -122,13 +112,7 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     let api: Api<Drill> = Api::all(ctx.client.clone());
     let write = |status: DrillStatus| {
         let api = api.clone();
-        async move {
-            super::apply_status(&api, drill, &status).await.map_err(|source| Error {
-                name: drill.name_any(),
-                what: "writing its status",
-                source,
-            })
-        }
+        async move { super::apply_status(&api, drill, &status).await.map_err(super::about(drill, "writing its status")) }
     };
     let phase = drill.status.as_ref().map_or(DrillPhase::Pending, |s| s.phase);
     match phase {
@@ -144,7 +128,7 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     let plan = Api::<FailoverPlan>::all(ctx.client.clone())
         .get_opt(&drill.spec.plan)
         .await
-        .map_err(|source| Error { name: drill.name_any(), what: "reading its FailoverPlan", source })?;
+        .map_err(super::about(drill, "reading its FailoverPlan"))?;
     let hold = |phase: DrillPhase, reason: &'static str, message: String| {
         let old = drill.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
         let changed = old.is_none_or(|c| c.message != message);
@@ -161,12 +145,8 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
         return hold(DrillPhase::Failed, "PlanNotFound", message).await;
     };
     let site_name = plan.spec.target_site.clone();
-    let site = Api::<Site>::all(ctx.client.clone()).get_opt(&site_name).await.map_err(|source| Error {
-        name: drill.name_any(),
-        what: "reading the plan's target Site",
-        source,
-    })?;
-    let site = match tenant::placement(&site_name, site.as_ref()) {
+    let site = ctx.cache.sites.get(&site_name).await;
+    let site = match tenant::placement(&site_name, site.as_deref()) {
         Placement::Local { site } => site,
         Placement::Invalid { reason, message } => return hold(DrillPhase::Pending, reason, message).await,
         Placement::Kubernetes { site } => {
@@ -203,10 +183,9 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     }
     let status = finished(drill, &results, Timestamp::now());
     let passed = status.phase == DrillPhase::Passed;
-    let note = status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+    let conditions = status.conditions.clone();
     write(status).await?;
-    let (type_, reason) = if passed { (EventType::Normal, "Passed") } else { (EventType::Warning, "Failed") };
-    super::publish(ctx, drill, type_, reason, "Drill", note).await;
+    super::publish_outcome(ctx, drill, passed, if passed { "Passed" } else { "Failed" }, "Drill", &conditions).await;
     Ok(Action::await_change())
 }
 
@@ -222,8 +201,7 @@ async fn drill_tenant(
     let (began, started) = (Instant::now(), Timestamp::now());
     let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
     let reference = TenantRef { namespace: namespace.clone(), name: tenant.name_any() };
-    let uid: String = drill.uid().unwrap_or_default().chars().filter(char::is_ascii_alphanumeric).take(8).collect();
-    let name = format!("drill-{uid}-{index}");
+    let name = format!("drill-{}-{index}", super::short_uid(drill, 8));
     let copy = Copy { site, namespace: &namespace, name: &name };
     let outcome = restore_and_serve(ctx, drill, &copy, tenant).await;
     let rto = began.elapsed();
@@ -244,13 +222,9 @@ async fn restore_and_serve(
     copy: &Copy<'_>,
     tenant: &InvoicingTenant,
 ) -> Result<(Timestamp, String), String> {
-    let policy = Api::<BackupPolicy>::all(ctx.client.clone())
-        .get_opt(&tenant.spec.backup_policy)
-        .await
-        .map_err(|e| format!("reading BackupPolicy {}: {e}", tenant.spec.backup_policy))?
-        .ok_or_else(|| {
-            format!("its BackupPolicy {} does not exist: nothing to restore from", tenant.spec.backup_policy)
-        })?;
+    let policy = ctx.cache.policies.get(&tenant.spec.backup_policy).await.ok_or_else(|| {
+        format!("its BackupPolicy {} does not exist: nothing to restore from", tenant.spec.backup_policy)
+    })?;
     // NB: only a repository without a backup of the tenant is passed over: an
     // unreachable or damaged copy fails the drill, loudly, even if another
     // repository could have served; finding that out is what drills are for.
@@ -300,12 +274,8 @@ async fn restore_and_serve(
 async fn record_on_tenant(ctx: &Context, tenant: &InvoicingTenant, passed: bool, at: Timestamp) {
     let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
     let api: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "fenice.io/v1alpha1", "kind": "InvoicingTenant",
-        "status": {"lastDrillTime": Time(at), "lastDrillPassed": passed},
-    });
-    let params = PatchParams::apply(DRILL_MANAGER).force();
-    if let Err(e) = api.patch_status(&tenant.name_any(), &params, &Patch::Apply(&patch)).await {
+    let status = serde_json::json!({"lastDrillTime": Time(at), "lastDrillPassed": passed});
+    if let Err(e) = super::apply_status_as(&api, tenant, &status, DRILL_MANAGER).await {
         tracing::warn!(tenant = tenant.name_any(), error = %e, "recording the drill on the tenant");
     }
 }

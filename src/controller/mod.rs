@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, controller, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -36,6 +36,7 @@ use serde::Serialize;
 use self::local_sites::LocalSites;
 use self::metrics::Metrics;
 use crate::api::backup::Backup;
+use crate::api::condition;
 use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
@@ -182,17 +183,71 @@ pub fn retry_after_error(object: &str, error: &(dyn std::error::Error + 'static)
     kube::runtime::controller::Action::requeue(RETRY)
 }
 
+/// A call to the API about one object failed: which object, and what for.
+#[derive(Debug, thiserror::Error)]
+#[error("{object}: {what}")]
+pub struct ObjectError {
+    /// `Kind namespace/name`, or `Kind name` for a cluster-scoped object.
+    object: String,
+    what: &'static str,
+    #[source]
+    source: kube::Error,
+}
+
+/// The first `len` letters and digits of `object`'s uid: a short name that
+/// is the object's own, for what it runs (a PostgreSQL database name holds 63 bytes).
+pub fn short_uid<K: Resource>(object: &K, len: usize) -> String {
+    object.meta().uid.as_deref().unwrap_or_default().chars().filter(char::is_ascii_alphanumeric).take(len).collect()
+}
+
+/// Names `object` in the error of a call made `what` for.
+pub fn about<K: Resource<DynamicType = ()>>(object: &K, what: &'static str) -> impl FnOnce(kube::Error) -> ObjectError {
+    let name = match object.meta().namespace.as_deref() {
+        Some(namespace) => format!("{namespace}/{}", object.name_any()),
+        None => object.name_any(),
+    };
+    let object = format!("{} {name}", K::kind(&()));
+    move |source| ObjectError { object, what, source }
+}
+
 /// Writes `status` as `object`'s status with server-side apply (field manager [`FIELD_MANAGER`]).
 pub async fn apply_status<K>(api: &Api<K>, object: &K, status: &impl Serialize) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    apply_status_as(api, object, status, FIELD_MANAGER).await
+}
+
+/// [`apply_status`] under another field manager, for the status fields a
+/// controller writes on objects another controller owns.
+pub async fn apply_status_as<K>(
+    api: &Api<K>,
+    object: &K,
+    status: &impl Serialize,
+    manager: &str,
+) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
     });
-    api.patch_status(&object.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map(|_| ())
+    api.patch_status(&object.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&patch)).await.map(|_| ())
+}
+
+/// Publishes how a run ended: a Normal Event `reason` when it `succeeded`,
+/// a Warning otherwise, with the message of the `Ready` condition.
+pub async fn publish_outcome<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    succeeded: bool,
+    reason: &str,
+    action: &str,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    let type_ = if succeeded { EventType::Normal } else { EventType::Warning };
+    let note = conditions.iter().find(|c| c.type_ == condition::types::READY).map(|c| c.message.clone());
+    publish(ctx, object, type_, reason, action, note.unwrap_or_default()).await;
 }
 
 /// Adds `finalizer` to `object`. The patch holds only if the object is still

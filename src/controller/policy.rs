@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
+use super::Context;
 use super::schedule::{self, Cron};
-use super::{Context, FIELD_MANAGER};
 use crate::api::backup::{Backup, BackupSpec, BackupTrigger};
 use crate::api::condition::{self, Observed};
 use crate::api::policy::{BackupPolicy, BackupPolicyStatus};
@@ -282,12 +282,12 @@ async fn write_status(
         observed_generation: generation,
         conditions,
     };
-    let patch = serde_json::json!({"apiVersion": "fenice.io/v1alpha1", "kind": "BackupPolicy", "status": status});
     let api: Api<BackupPolicy> = Api::all(ctx.client.clone());
-    api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map(drop)
-        .map_err(|source| Error::Api { name: policy.name_any(), what: "writing its status", source })
+    super::apply_status(&api, policy, &status).await.map_err(|source| Error::Api {
+        name: policy.name_any(),
+        what: "writing its status",
+        source,
+    })
 }
 
 async fn publish(ctx: &Context, policy: &BackupPolicy, type_: EventType, reason: &str, note: String) {

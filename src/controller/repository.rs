@@ -10,12 +10,11 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
 
-use super::{Context, FIELD_MANAGER, secrets};
+use super::{Context, secrets};
 use crate::api::common::StoreType;
 use crate::api::condition::{self, Observed};
 use crate::api::repository::{BackupRepository, BackupRepositorySpec, BackupRepositoryStatus};
@@ -319,14 +318,7 @@ async fn reconcile_inner(repo: &BackupRepository, ctx: &Context) -> Result<Actio
         matches!(probed.immutability, Immutability::InForce { .. }),
     );
     let api: Api<BackupRepository> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({
-        "apiVersion": "fenice.io/v1alpha1",
-        "kind": "BackupRepository",
-        "status": status,
-    });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::Status { name: name.clone(), source })?;
+    super::apply_status(&api, repo, &status).await.map_err(|source| Error::Status { name: name.clone(), source })?;
     for event in events_after(repo.status.as_ref(), &probed) {
         let note = event.note.unwrap_or_default();
         super::publish(ctx, repo, event.type_, &event.reason, &event.action, note).await;

@@ -19,7 +19,6 @@ use super::{Context, backup_run};
 use crate::api::common::Duration as SpecDuration;
 use crate::api::condition::{self, Observed};
 use crate::api::restore::{Restore, RestorePhase, RestoreStatus};
-use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::error_chain::error_chain;
 use crate::site::local::TenantSpec;
@@ -29,21 +28,12 @@ pub const CONTROLLER: &str = "restore";
 /// Held while the restored copy runs at a Local site.
 pub const FINALIZER: &str = "fenice.io/local-restore";
 
-#[derive(Debug, thiserror::Error)]
-#[error("Restore {namespace}/{name}: {what}")]
-pub struct Error {
-    namespace: String,
-    name: String,
-    what: &'static str,
-    #[source]
-    source: kube::Error,
-}
+pub type Error = super::ObjectError;
 
 /// The name the restored copy runs under at its site: short and unique (a
 /// PostgreSQL database name holds 63 bytes).
 pub fn copy_name(restore: &Restore) -> String {
-    let uid: String = restore.uid().unwrap_or_default().chars().filter(char::is_ascii_alphanumeric).take(12).collect();
-    format!("restore-{uid}")
+    format!("restore-{}", super::short_uid(restore, 12))
 }
 
 /// A status with `phase` and `Ready` set, the rest kept.
@@ -89,10 +79,7 @@ pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Actio
 async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Error> {
     let namespace = restore.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &namespace);
-    let fail = |what| {
-        let (namespace, name) = (namespace.clone(), restore.name_any());
-        move |source| Error { namespace, name, what, source }
-    };
+    let fail = |what| super::about(restore, what);
     if restore.metadata.deletion_timestamp.is_some() {
         if restore.finalizers().iter().any(|f| f == FINALIZER) {
             ctx.local.stop_everywhere(&namespace, &copy_name(restore));
@@ -141,10 +128,10 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
 
     let status = run(ctx, &running, &namespace, &site, &tenant).await;
     let ok = status.phase == RestorePhase::Succeeded;
-    let note = status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+    let conditions = status.conditions.clone();
     write(status).await?;
-    let (type_, reason) = if ok { (EventType::Normal, "Succeeded") } else { (EventType::Warning, "Failed") };
-    super::publish(ctx, restore, type_, reason, "Restore", note).await;
+    let reason = if ok { "Succeeded" } else { "Failed" };
+    super::publish_outcome(ctx, restore, ok, reason, "Restore", &conditions).await;
     Ok(Action::await_change())
 }
 
@@ -171,8 +158,8 @@ async fn where_to(
     }
     let active = tenant.status.as_ref().and_then(|s| s.active_site.clone());
     let site_name = restore.spec.target_site.clone().or(active).unwrap_or_else(|| tenant.spec.primary_site.clone());
-    let site = Api::<Site>::all(ctx.client.clone()).get_opt(&site_name).await?;
-    Ok(match tenant::placement(&site_name, site.as_ref()) {
+    let site = ctx.cache.sites.get(&site_name).await;
+    Ok(match tenant::placement(&site_name, site.as_deref()) {
         Placement::Local { site } => Ok((site, tenant)),
         Placement::Invalid { reason, message } => Err((RestorePhase::Pending, reason, message)),
         Placement::Kubernetes { site } => Err((

@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::{Context, FIELD_MANAGER};
+use super::Context;
 use crate::api::condition::{self, Observed};
 use crate::api::site::{Driver, Site, SiteRole};
 use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus};
@@ -27,15 +26,7 @@ pub const PROTECTED: &str = "Protected";
 /// How often a Local stack is looked at again (a process may have died).
 const LOCAL_RECHECK: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-#[error("InvoicingTenant {namespace}/{name}: {what}")]
-pub struct Error {
-    namespace: String,
-    name: String,
-    what: &'static str,
-    #[source]
-    source: kube::Error,
-}
+pub type Error = super::ObjectError;
 
 /// Where the tenant's stack is to run, as its primary Site says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,10 +179,7 @@ pub async fn reconcile(tenant: Arc<InvoicingTenant>, ctx: Arc<Context>) -> Resul
 async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Action, Error> {
     let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
     let name = tenant.name_any();
-    let fail = |what| {
-        let (namespace, name) = (namespace.clone(), name.clone());
-        move |source| Error { namespace, name, what, source }
-    };
+    let fail = |what| super::about(tenant, what);
     let api: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), &namespace);
     let finalized = tenant.finalizers().iter().any(|f| f == FINALIZER);
     if tenant.metadata.deletion_timestamp.is_some() {
@@ -223,12 +211,7 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     ctx.metrics.objectives(&namespace, &name, objectives.rpo.as_std(), objectives.rto.as_std());
     let status = assess(tenant, &placement, &stack, policy_found, Timestamp::now());
     if changed(tenant.status.as_ref(), &status) {
-        let patch = serde_json::json!({
-            "apiVersion": "fenice.io/v1alpha1", "kind": "InvoicingTenant", "status": status,
-        });
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(fail("writing its status"))?;
+        super::apply_status(&api, tenant, &status).await.map_err(fail("writing its status"))?;
     }
     // NB: a missing Site or policy needs no polling: the controller watches
     // both and looks at the tenants naming one when it appears.

@@ -42,7 +42,7 @@ pub fn select<'a, T: Borrow<InvoicingTenant>>(
     let chosen: Vec<&InvoicingTenant> = if let Some(percent) = sample.percent {
         let wanted = (planned.len() * percent.min(100) as usize).div_ceil(100).max(1).min(planned.len());
         let mut shuffled = planned;
-        shuffled.sort_by_key(|t| {
+        shuffled.sort_by_cached_key(|t| {
             blake3::hash(format!("{seed}/{}/{}", t.namespace().unwrap_or_default(), t.name_any()).as_bytes())
                 .to_hex()
                 .to_string()
