@@ -83,10 +83,27 @@ fn fenice_on(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Outpu
 }
 
 /// Stops the operator with SIGTERM and waits until it has exited cleanly.
-async fn stopped(child: Child) {
+async fn stopped(mut child: Child) {
+    use tokio::io::AsyncReadExt;
     stop(&child);
-    let exited = timeout(DEADLINE, child.wait_with_output()).await.unwrap().unwrap();
-    assert!(exited.status.success(), "{:?}", exited.status);
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut log = Vec::new();
+        let _ = stderr.read_to_end(&mut log).await;
+        log
+    });
+    let exited = match timeout(DEADLINE, child.wait()).await {
+        Ok(exited) => exited.unwrap(),
+        Err(_) => {
+            child.kill().await.unwrap();
+            let log = log.await.unwrap();
+            panic!(
+                "the operator did not stop within {DEADLINE:?} of SIGTERM; its log:\n{}",
+                String::from_utf8_lossy(&log)
+            );
+        }
+    };
+    assert!(exited.success(), "{exited:?}: {}", String::from_utf8_lossy(&log.await.unwrap()));
 }
 
 /// [`operator`] with more arguments.
@@ -666,39 +683,76 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     wait_list(&tenants, "geom-bianchi gone", |all| all.len() == 2).await;
     assert_eq!(get(&format!("{app}/healthz")).await.0, 0, "the app still answers after its tenant was deleted");
 
-    // A damaged copy fails the drill, naming the repository and the pack, even
-    // though the other repository holds a good one. The drill restores from
-    // the policy's first repository, the locked one: a writer with the store's
-    // credentials can still put a new version over a locked object, and
-    // readers get the new version (the locked one stays, unread).
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(s3.endpoint())
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new("lab", "lab", None, None, "test"))
-        .build();
-    let raw = aws_sdk_s3::Client::from_conf(config);
-    let listed = raw.list_objects_v2().bucket("tenants-locked").prefix("data/").send().await.unwrap();
-    let packs: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
-    assert!(!packs.is_empty());
-    for key in &packs {
-        let body = aws_sdk_s3::primitives::ByteStream::from(vec![0u8; 64]);
-        raw.put_object().bucket("tenants-locked").key(key).body(body).send().await.unwrap();
+    // A writer with the store's credentials can still put a new version over a
+    // locked object; every plain read then gets the new bytes. Objects are named
+    // by the hash of their content, so the drill reads the locked original of
+    // each pack instead, passes, and warns about every pack written over.
+    let drill_of = |name: &str| {
+        let mut drill = examples("drill.yaml").remove(0);
+        drill["metadata"] = json!({"name": name});
+        drill["spec"]["sample"] = json!({"tiers": ["Silver"]});
+        drill["spec"]["sdiTestEndpoint"] = json!("http://127.0.0.1:9/sdi");
+        serde_json::from_value::<fenice::api::drill::Drill>(drill).unwrap()
+    };
+    let packs_in = |bucket: &'static str| {
+        let client = s3.client();
+        async move {
+            let listed = client.list_objects_v2().bucket(bucket).prefix("data/").send().await.unwrap();
+            let packs: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+            assert!(!packs.is_empty(), "{bucket} has packs");
+            packs
+        }
+    };
+    let locked_packs = packs_in("tenants-locked").await;
+    for key in &locked_packs {
+        s3.write_over("tenants-locked", key, &[0u8; 64]).await;
     }
-    let mut damaged = examples("drill.yaml").remove(0);
-    damaged["metadata"] = json!({"name": "damaged-drill"});
-    damaged["spec"]["sample"] = json!({"tiers": ["Silver"]});
-    damaged["spec"]["sdiTestEndpoint"] = json!("http://127.0.0.1:9/sdi");
-    drills.create(&PostParams::default(), &serde_json::from_value(damaged).unwrap()).await.unwrap();
+    drills.create(&PostParams::default(), &drill_of("overwritten-drill")).await.unwrap();
     let done =
-        wait_list(&drills, "the drill of a damaged copy", |all| all.len() == 3 && all.iter().all(drill_done)).await;
+        wait_list(&drills, "the drill of a written-over copy", |all| all.len() == 3 && all.iter().all(drill_done))
+            .await;
+    let overwritten = done.iter().find(|d| d.metadata.name.as_deref() == Some("overwritten-drill")).unwrap();
+    let status = overwritten.status.as_ref().unwrap();
+    assert_eq!(status.phase, fenice::api::drill::DrillPhase::Passed, "{status:#?}");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "PassedWithWarnings", "{ready:?}");
+    let warnings = &status.results[0].warnings;
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.starts_with("repository azure-italynorth-backups: data/") && w.contains("written over")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| locked_packs.iter().any(|key| w.contains(key.as_str()))),
+        "names a pack: {warnings:?}"
+    );
+
+    // Without versions nothing is left to read: the policy's repository that
+    // keeps none goes first, its packs are overwritten, and the drill fails
+    // naming the repository and the pack, though the other repository holds
+    // a good copy.
+    let reorder = json!({"spec": {"repositories": ["ovh-milan-backups", "azure-italynorth-backups"]}});
+    let patched = policies.patch("standard", &PatchParams::default(), &Patch::Merge(&reorder)).await.unwrap();
+    let generation = patched.metadata.generation;
+    let seen = |p: Option<&BackupPolicy>| {
+        p.and_then(|p| p.status.as_ref())
+            .is_some_and(|s| s.observed_generation.is_some() && s.observed_generation >= generation)
+    };
+    timeout(DEADLINE, await_condition(policies.clone(), "standard", seen)).await.unwrap().unwrap();
+    let plain_packs = packs_in("tenants-plain").await;
+    for key in &plain_packs {
+        s3.write_over("tenants-plain", key, &[0u8; 64]).await;
+    }
+    drills.create(&PostParams::default(), &drill_of("damaged-drill")).await.unwrap();
+    let done =
+        wait_list(&drills, "the drill of a damaged copy", |all| all.len() == 4 && all.iter().all(drill_done)).await;
     let damaged = done.iter().find(|d| d.metadata.name.as_deref() == Some("damaged-drill")).unwrap();
     let status = damaged.status.as_ref().unwrap();
     assert_eq!(status.phase, fenice::api::drill::DrillPhase::Failed, "{status:#?}");
     let reason = &status.failures[0].reason;
-    assert!(reason.starts_with("repository azure-italynorth-backups:") && reason.contains("was altered"), "{reason}");
-    assert!(packs.iter().any(|key| reason.contains(key.rsplit('/').next().unwrap())), "names the pack: {reason}");
+    assert!(reason.starts_with("repository ovh-milan-backups:") && reason.contains("was altered"), "{reason}");
+    assert!(plain_packs.iter().any(|key| reason.contains(key.rsplit('/').next().unwrap())), "names the pack: {reason}");
     let tivoli = tenants.get("comune-di-tivoli").await.unwrap().status.unwrap();
     assert_eq!(tivoli.last_drill_passed, Some(false));
 

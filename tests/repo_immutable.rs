@@ -107,6 +107,56 @@ fn with_object_lock_the_backup_credentials_cannot_delete_or_overwrite_anything()
         serde_json::from_str(&ok(fenice(dir.path(), &env, &["--repo", repo, "check", "--read-data", "--json"])))
             .unwrap();
     assert_eq!(check["ok"], true, "{check}");
+
+    // Object Lock refuses deletes, but on a versioned bucket a plain PUT still
+    // puts a new current version over every object, config included, and one
+    // pack is hidden behind a delete marker. The locked originals restore,
+    // and check says what was written over.
+    let (before, attacked) = runtime.block_on(async {
+        let client = server.client();
+        let listed = client.list_objects_v2().bucket("locked-backups").prefix("tenants/").send().await.unwrap();
+        let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+        let store = server.store("locked-backups", "tenants").await.unwrap();
+        let before = store.get("config").await.unwrap();
+        for key in &keys {
+            server.write_over("locked-backups", key, b"encrypted by ransomware").await;
+        }
+        let hidden = keys.iter().find(|k| k.contains("/data/")).unwrap();
+        client.delete_object().bucket("locked-backups").key(hidden).send().await.unwrap();
+        (before, keys)
+    });
+    assert!(attacked.iter().any(|k| k.ends_with("/config")) && attacked.iter().any(|k| k.contains("/snapshots/")));
+    assert_ne!(before.as_ref(), b"encrypted by ransomware");
+    let snapshots: serde_json::Value =
+        serde_json::from_str(&ok(fenice(dir.path(), &env, &["--repo", repo, "snapshots", "--json"]))).unwrap();
+    assert_eq!(snapshots.as_array().unwrap().len(), 2, "{snapshots}");
+    let out = fenice(dir.path(), &env, &["--repo", repo, "restore", "latest", "--target", "after-attack"]);
+    let warned = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{warned}");
+    assert_eq!(
+        std::fs::read(dir.path().join("after-attack/src/dump.sql")).unwrap(),
+        std::fs::read(dir.path().join("src/dump.sql")).unwrap()
+    );
+    assert!(
+        warned.contains("warning:") && warned.contains("config: the current version is not the one written"),
+        "{warned}"
+    );
+    let out = fenice(dir.path(), &env, &["--repo", repo, "check", "--read-data", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (check["ok"].as_bool(), check["damagedPacks"].as_array().map(Vec::len)),
+        (Some(false), Some(0)),
+        "{check}"
+    );
+    let found: Vec<&str> =
+        check["overwritten"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap()).collect();
+    for key in &attacked {
+        let key = key.strip_prefix("tenants/").unwrap();
+        if !key.starts_with("locks/") {
+            assert!(found.contains(&key), "check does not name {key}: {check}");
+        }
+    }
 }
 
 #[test]

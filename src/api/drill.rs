@@ -137,6 +137,10 @@ pub struct DrillTenantResult {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What passed but needs attention (a backup object found written over
+    /// at its store, a channel certificate close to expiry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One tenant that failed a drill, and why.

@@ -353,6 +353,9 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("not restored: {path}: {error}");
                 }
             }
+            for o in repo.overwritten() {
+                eprintln!("warning: {}: written over: {o}", repo.describe());
+            }
             if !report.damaged.is_empty() {
                 return Ok(ExitCode::from(EXIT_PARTIAL));
             }
@@ -368,7 +371,9 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
                     .collect();
                 let doc = json!({"ok": report.is_ok(), "snapshots": report.snapshots, "packs": report.packs,
                     "packsRead": report.packs_read, "unindexedPacks": report.unindexed_packs,
-                    "errors": report.errors, "damagedPacks": damaged});
+                    "errors": report.errors, "damagedPacks": damaged,
+                    "overwritten": report.overwritten.iter().map(|o| json!({"key": o.key, "version": o.version}))
+                        .collect::<Vec<_>>()});
                 writeln!(out, "{doc}")?;
             } else {
                 writeln!(
@@ -391,6 +396,17 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
                     for f in &d.files {
                         writeln!(out, "  affects {f}")?;
                     }
+                }
+                for o in &report.overwritten {
+                    writeln!(out, "written over: {o}")?;
+                }
+                if !report.overwritten.is_empty() {
+                    writeln!(
+                        out,
+                        "someone with write access to {} wrote over objects of this repository: the data still \
+                         restores from the original versions, but find who wrote and revoke that access",
+                        repo.describe()
+                    )?;
                 }
                 writeln!(out, "{}", if report.is_ok() { "no errors" } else { "ERRORS FOUND" })?;
             }
@@ -667,7 +683,7 @@ async fn run_key(args: &RepoArgs, key: &KeyCommand, out: &mut impl Write) -> any
             let location = one_repo(args)?;
             let store = args.stores.open(location).await?;
             Repository::read_config(store.as_ref()).await?;
-            let files = Repository::key_files(store.as_ref()).await?;
+            let files = Repository::key_files(&store).await?;
             let describe = |f: &KeyFile| match &f.holder {
                 Holder::Passphrase { .. } => "password".to_owned(),
                 Holder::Recipient { recipient, .. } => {
@@ -699,7 +715,7 @@ async fn run_key(args: &RepoArgs, key: &KeyCommand, out: &mut impl Write) -> any
         }
         KeyCommand::Remove { id } => {
             let repo = open(args).await?;
-            let files = Repository::key_files(repo.store().as_ref()).await?;
+            let files = Repository::key_files(repo.store()).await?;
             let matches: Vec<Id> = files.iter().map(|(i, _)| *i).filter(|i| i.to_string().starts_with(id)).collect();
             let [found] = matches.as_slice() else {
                 bail!("{id} matches {} keys; `fenice repo key list` shows their ids", matches.len());

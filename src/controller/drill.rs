@@ -73,13 +73,27 @@ pub fn finished(drill: &Drill, results: &[(Measured, Option<String>, Objectives)
             objectives: objectives.clone(),
             snapshot: m.snapshot.clone(),
             reason: why.clone(),
+            warnings: m.warnings.clone(),
         })
         .collect();
+    let warned: Vec<String> = results
+        .iter()
+        .flat_map(|(m, _, _)| m.warnings.iter().map(|w| format!("{}/{}: {w}", m.tenant.namespace, m.tenant.name)))
+        .collect();
     let (phase, reason, message) = match failures.first() {
-        None => (
+        None if warned.is_empty() => (
             DrillPhase::Passed,
             "Passed",
             format!("all {total} tenants restored, verified, served and within objectives"),
+        ),
+        None => (
+            DrillPhase::Passed,
+            "PassedWithWarnings",
+            format!(
+                "all {total} tenants restored, verified, served and within objectives, with {} warnings; e.g. {}",
+                warned.len(),
+                warned[0]
+            ),
         ),
         Some(first) => (
             DrillPhase::Failed,
@@ -183,9 +197,16 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     }
     let status = finished(drill, &results, Timestamp::now());
     let passed = status.phase == DrillPhase::Passed;
+    let warned = status.results.iter().any(|r| !r.warnings.is_empty());
     let conditions = status.conditions.clone();
     write(status).await?;
-    super::publish_outcome(ctx, drill, passed, if passed { "Passed" } else { "Failed" }, "Drill", &conditions).await;
+    if passed && warned {
+        let message = conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+        super::publish(ctx, drill, EventType::Warning, "PassedWithWarnings", "Drill", message).await;
+    } else {
+        let reason = if passed { "Passed" } else { "Failed" };
+        super::publish_outcome(ctx, drill, passed, reason, "Drill", &conditions).await;
+    }
     Ok(Action::await_change())
 }
 
@@ -206,22 +227,31 @@ async fn drill_tenant(
     let outcome = restore_and_serve(ctx, drill, &copy, tenant).await;
     let rto = began.elapsed();
     ctx.local.stop(site, &namespace, &name);
-    let (rpo, snapshot, outcome) = match outcome {
-        Ok((taken, snapshot)) => (drill_start.duration_since(taken).unsigned_abs(), Some(snapshot), Ok(())),
-        Err(why) => (Duration::ZERO, None, Err(why)),
+    let (rpo, snapshot, outcome, warnings) = match outcome {
+        Ok(served) => {
+            (drill_start.duration_since(served.taken).unsigned_abs(), Some(served.snapshot), Ok(()), served.warnings)
+        }
+        Err(why) => (Duration::ZERO, None, Err(why), Vec::new()),
     };
-    Measured { tenant: reference, started, ended: Timestamp::now(), snapshot, rto, rpo, outcome }
+    Measured { tenant: reference, started, ended: Timestamp::now(), snapshot, rto, rpo, outcome, warnings }
+}
+
+/// A copy that served: when its backup was taken, the snapshot, and what
+/// needs attention.
+struct Served {
+    taken: Timestamp,
+    snapshot: String,
+    warnings: Vec<String>,
 }
 
 /// The copy restored from the first of the tenant's policy's repositories
-/// that has a backup of it, verified, and its app serving; when the restored
-/// backup was taken, and its snapshot id.
+/// that has a backup of it, verified, and its app serving.
 async fn restore_and_serve(
     ctx: &Context,
     drill: &Drill,
     copy: &Copy<'_>,
     tenant: &InvoicingTenant,
-) -> Result<(Timestamp, String), String> {
+) -> Result<Served, String> {
     let policy = ctx.cache.policies.get(&tenant.spec.backup_policy).await.ok_or_else(|| {
         format!("its BackupPolicy {} does not exist: nothing to restore from", tenant.spec.backup_policy)
     })?;
@@ -230,10 +260,12 @@ async fn restore_and_serve(
     // repository could have served; finding that out is what drills are for.
     let mut tried = Vec::new();
     let mut restored = None;
+    let mut warnings = Vec::new();
     for repository in &policy.spec.repositories {
         match restore_side_by_side(ctx, copy, tenant, repository, "latest").await {
             Ok(done) => {
                 tracing::info!(tenant = tenant.name_any(), repository, snapshot = %done.outcome.snapshot, "drill: restored");
+                warnings.extend(done.overwritten.iter().map(|o| format!("repository {repository}: {o}")));
                 restored = Some(done);
                 break;
             }
@@ -265,7 +297,7 @@ async fn restore_and_serve(
         .map_err(|e| format!("the app on the restored copy did not serve: {}", crate::error_chain::error_chain(&e)))?;
     let taken = restored.outcome.time.parse::<Timestamp>();
     let taken = taken.map_err(|e| format!("the snapshot's time {:?}: {e}", restored.outcome.time))?;
-    Ok((taken, restored.outcome.snapshot.to_string()))
+    Ok(Served { taken, snapshot: restored.outcome.snapshot.to_string(), warnings })
 }
 
 /// Writes the drill's verdict on the tenant (its own field manager: the
@@ -308,6 +340,7 @@ mod tests {
             rto: Duration::from_secs(rto),
             rpo: Duration::from_secs(rpo),
             outcome: Ok(()),
+            warnings: Vec::new(),
         };
         let objectives = serde_json::from_value(serde_json::json!({"rpo": "15m", "rto": "5m"})).unwrap();
         (measured, None, objectives)
@@ -335,5 +368,18 @@ mod tests {
         assert_eq!(failed.results.len(), 2);
         assert_eq!((failed.results[1].passed, failed.results[1].rto_millis), (false, 360_000));
         assert_eq!(failed.report.as_deref(), Some("fenice drill report d"));
+    }
+
+    #[test]
+    fn a_drill_with_warnings_passes_and_says_so() {
+        let mut warned = measured("a", 30, 60);
+        warned.0.warnings.push("repository r: data/ab/ab12: the current version was written over".into());
+        let status = finished(&drill(), &[warned, measured("b", 45, 20)], Timestamp::from_second(100).unwrap());
+        assert_eq!(status.phase, DrillPhase::Passed);
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.reason, "PassedWithWarnings");
+        assert!(ready.message.contains("with 1 warnings; e.g. invoicing/a: repository r: data/ab/ab12"), "{ready:?}");
+        assert_eq!(status.results[0].warnings.len(), 1);
+        assert!(status.results[1].warnings.is_empty());
     }
 }

@@ -6,6 +6,7 @@
 //! is deleted (finalizer). Point-in-time restores are not run here yet, nor
 //! restores at Kubernetes sites; the Restore says so.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -185,6 +186,9 @@ pub struct Restored {
     pub outcome: crate::stack::restore::Outcome,
     /// The copy's database URL (no password: the Local driver's servers trust loopback).
     pub url: String,
+    /// Objects of the repository found written over and read from their
+    /// intact versions.
+    pub overwritten: Vec<crate::repo::intact::Overwritten>,
 }
 
 /// Why a side-by-side restore did not give a verified copy.
@@ -267,7 +271,7 @@ pub async fn restore_side_by_side(
         pg_bin: None,
     };
     match crate::stack::restore::restore(&repo, &request).await {
-        Ok(outcome) => Ok(Restored { outcome, url }),
+        Ok(outcome) => Ok(Restored { outcome, url, overwritten: repo.overwritten() }),
         Err(crate::stack::Error::Mismatch { snapshot, differences, .. }) => {
             Err(Failure::Mismatch { snapshot, differences: differences.iter().map(ToString::to_string).collect(), url })
         }
@@ -282,8 +286,8 @@ async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tena
     let copy = Copy { site, namespace, name: &name };
     let now = Timestamp::now;
     match restore_side_by_side(ctx, &copy, tenant, &restore.spec.repository, &restore.spec.snapshot).await {
-        Ok(Restored { outcome, url }) => {
-            let message = format!(
+        Ok(Restored { outcome, url, overwritten }) => {
+            let mut message = format!(
                 "restored snapshot {} of tenant {} (taken {}) at Local site {site} into {url}, {} documents, \
                  every recorded count and checksum matched; delete this Restore to remove the copy",
                 outcome.snapshot.short(),
@@ -291,6 +295,15 @@ async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tena
                 outcome.time,
                 outcome.documents
             );
+            if let Some(first) = overwritten.first() {
+                let _ = write!(
+                    message,
+                    "; WARNING: {} objects of repository {} were written over at the store and read from their \
+                     original versions, e.g. {first}",
+                    overwritten.len(),
+                    restore.spec.repository
+                );
+            }
             let mut status = with_phase(restore, RestorePhase::Succeeded, "Verified", message, now());
             status.snapshot_id = Some(outcome.snapshot.to_string());
             status.verified = Some(true);

@@ -112,6 +112,8 @@ pub struct Measured {
     pub rpo: Duration,
     /// `Err` with what failed: the restore, the verification, the app.
     pub outcome: Result<(), String>,
+    /// What passed but needs attention.
+    pub warnings: Vec<String>,
 }
 
 /// Why a tenant failed (`None`: it passed): what failed, or the objective missed.
@@ -197,6 +199,7 @@ mod tests {
             rto: Duration::from_secs(40),
             rpo: Duration::from_secs(60),
             outcome: Ok(()),
+            warnings: Vec::new(),
         };
         assert_eq!(verdict(&ok, &objectives), None);
         let slow = Measured { rto: Duration::from_secs(400), rpo: Duration::from_secs(3600), ..ok.clone() };

@@ -42,6 +42,15 @@ pub struct TenantRow {
     pub started: String,
     pub ended: String,
     pub reason: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+impl TenantRow {
+    /// Why it failed and what needs attention, on one line.
+    fn remarks(&self) -> String {
+        let warnings = self.warnings.iter().map(|w| format!("warning: {w}"));
+        self.reason.iter().cloned().chain(warnings).collect::<Vec<_>>().join("; ")
+    }
 }
 
 /// The report of `drill` as its status stands.
@@ -67,6 +76,7 @@ pub fn of(drill: &Drill) -> Report {
             started: r.start_time.0.to_string(),
             ended: r.end_time.0.to_string(),
             reason: r.reason.clone(),
+            warnings: r.warnings.clone(),
         })
         .collect();
     Report {
@@ -105,7 +115,7 @@ pub fn markdown(report: &Report) -> String {
             t.rpo_seconds,
             t.rpo_objective,
             t.snapshot.as_deref().unwrap_or("-"),
-            t.reason.as_deref().unwrap_or("").replace('|', "\\|").replace('\n', " "),
+            t.remarks().replace('|', "\\|").replace('\n', " "),
         );
     }
     out
@@ -127,7 +137,7 @@ pub fn html(report: &Report) -> String {
             t.rpo_seconds,
             escape(&t.rpo_objective),
             escape(t.snapshot.as_deref().unwrap_or("-")),
-            escape(t.reason.as_deref().unwrap_or("")),
+            escape(&t.remarks()),
         );
     }
     format!(
@@ -219,7 +229,8 @@ mod tests {
                 "results": [
                     {"tenant": {"namespace": "invoicing", "name": "studio-rossi"}, "passed": true,
                      "startTime": "2026-11-23T10:00:00Z", "endTime": "2026-11-23T10:00:20Z",
-                     "rtoMillis": 18500, "rpoSeconds": 40, "objectives": {"rpo": "1m", "rto": "5m"}, "snapshot": "ab12"},
+                     "rtoMillis": 18500, "rpoSeconds": 40, "objectives": {"rpo": "1m", "rto": "5m"}, "snapshot": "ab12",
+                     "warnings": ["repository r: data/ab/ab12: written over"]},
                     {"tenant": {"namespace": "invoicing", "name": "geom-<b>"}, "passed": false,
                      "startTime": "2026-11-23T10:00:20Z", "endTime": "2026-11-23T10:01:00Z",
                      "rtoMillis": 40000, "rpoSeconds": 0, "objectives": {"rpo": "6h", "rto": "4h"},
@@ -237,7 +248,10 @@ mod tests {
         assert_eq!(report.tenants[0].rto_seconds, 18.5);
         let md = markdown(&report);
         assert!(md.starts_with("# Drill gold-drill: FAILED"), "{md}");
-        assert!(md.contains("| invoicing/studio-rossi | passed | 18.5 s | 5m | 40 s | 1m | ab12 |"), "{md}");
+        assert!(
+            md.contains("| invoicing/studio-rossi | passed | 18.5 s | 5m | 40 s | 1m | ab12 | warning: repository r:"),
+            "{md}"
+        );
         assert!(md.contains("recorded 7 rows, restored 6 rows"), "{md}");
     }
 

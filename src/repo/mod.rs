@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod forget;
 pub mod id;
 pub mod index;
+pub mod intact;
 pub mod keyfile;
 pub mod lock;
 pub mod pack;

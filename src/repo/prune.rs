@@ -155,7 +155,7 @@ async fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
 
     let mut builder = PackBuilder::default();
     for (id, needed) in &to_repack {
-        let bytes = repo.store().get(&pack_key(id)).await?;
+        let bytes = repo.reads().get(&pack_key(id)).await?;
         for blob in needed {
             let range = blob.offset as usize..(blob.offset + blob.length) as usize;
             let sealed = bytes.get(range).ok_or_else(|| Error::Corrupt {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::crypto::{Keys, MasterKey, Unauthentic, random};
 use super::id::{Id, hex};
 use super::index::{INDEX_AAD, Index, IndexFile, PackEntry};
+use super::intact::{IntactReads, Overwritten};
 use super::keyfile::{KdfParams, KeyError, KeyFile, Passphrase, RecoveryKey};
 use super::pack::{BlobEntry, BlobType, PackBuilder, PackError, header_length, open_blob, parse_header, seal_blob};
 use super::tree::{SNAPSHOT_AAD, Snapshot};
@@ -144,6 +145,7 @@ pub struct Repository {
     writer: Mutex<Writer>,
     /// Whole packs of tree blobs, read once: walking a snapshot reads every tree.
     tree_packs: Mutex<HashMap<Id, Bytes>>,
+    reads: IntactReads,
 }
 
 /// Bytes of tree packs kept in memory at most.
@@ -171,6 +173,14 @@ fn seal_json<T: Serialize>(keys: &Keys, value: &T, aad: &[u8]) -> Vec<u8> {
     let json = serde_json::to_vec(value).expect("repository JSON serializes");
     let compressed = zstd::bulk::compress(&json, 3).expect("zstd compresses in memory");
     keys.seal(&compressed, aad)
+}
+
+fn parse_config(store: &dyn ObjectStore, bytes: &[u8]) -> Result<Config> {
+    let config: Config = serde_json::from_slice(bytes).map_err(|e| corrupt(store, "config", e))?;
+    if config.version > FORMAT_VERSION {
+        return Err(Error::NewerFormat { location: store.describe(), found: config.version });
+    }
+    Ok(config)
 }
 
 fn open_json<T: for<'de> Deserialize<'de>>(keys: &Keys, sealed: &[u8], aad: &[u8]) -> Result<T, String> {
@@ -202,7 +212,7 @@ impl Repository {
             created: key_file.created.clone(),
             retention_days,
         };
-        let repo = Self::assemble(store, master, config);
+        let repo = Self::assemble(IntactReads::new(store), master, config);
         repo.add_key_file(&key_file).await?;
         let json = serde_json::to_vec_pretty(&repo.config).expect("config serializes");
         match repo.store.put(CONFIG_KEY, Bytes::from(json), PutCondition::IfAbsent).await {
@@ -214,10 +224,11 @@ impl Repository {
         Ok(repo)
     }
 
-    fn assemble(store: Arc<dyn ObjectStore>, master: MasterKey, config: Config) -> Self {
+    fn assemble(reads: IntactReads, master: MasterKey, config: Config) -> Self {
         let keys = master.derive();
         Repository {
-            store,
+            store: reads.store().clone(),
+            reads,
             master,
             keys,
             config,
@@ -234,11 +245,20 @@ impl Repository {
             Err(store::Error::NotFound { .. }) => return Err(Error::NotARepository { location: store.describe() }),
             other => other?,
         };
-        let config: Config = serde_json::from_slice(&bytes).map_err(|e| corrupt(store, "config", e))?;
-        if config.version > FORMAT_VERSION {
-            return Err(Error::NewerFormat { location: store.describe(), found: config.version });
+        parse_config(store, &bytes)
+    }
+
+    /// The config as first written, when the store keeps versions and the
+    /// current one is not it: the config is written once, so a later version
+    /// (or a delete marker) is someone else's write. With its version id.
+    async fn original_config(store: &dyn ObjectStore) -> Result<Option<(String, Config)>> {
+        let versions = store.versions(CONFIG_KEY).await?;
+        let Some(oldest) = versions.last() else { return Ok(None) };
+        if versions.len() == 1 && store.head(CONFIG_KEY).await?.is_some() {
+            return Ok(None);
         }
-        Ok(config)
+        let bytes = store.get_version(CONFIG_KEY, oldest, None).await?;
+        Ok(Some((oldest.clone(), parse_config(store, &bytes)?)))
     }
 
     /// Unlocks a repository and loads its index.
@@ -252,13 +272,27 @@ impl Repository {
     /// outside it (the WAL archive): PostgreSQL runs one process per WAL file,
     /// and the index grows with every backup.
     pub async fn open_unindexed(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
-        let config = Self::read_config(store.as_ref()).await?;
-        let master = Self::unlock(store.as_ref(), unlock, &config).await?;
-        Ok(Self::assemble(store, master, config))
+        let reads = IntactReads::new(store.clone());
+        let current = Self::read_config(store.as_ref()).await;
+        let opened = match current {
+            Ok(config) => Self::unlock(&reads, unlock, &config).await.map(|master| (master, config)),
+            Err(e) => Err(e),
+        };
+        let failed = match opened {
+            Ok((master, config)) => return Ok(Self::assemble(reads, master, config)),
+            Err(e) => e,
+        };
+        // NB: asked only after a failure, so a healthy open costs no version listing.
+        let Some((version, config)) = Self::original_config(store.as_ref()).await? else { return Err(failed) };
+        let master = Self::unlock(&reads, unlock, &config).await?;
+        tracing::warn!(store = %store.describe(), version, "the config was written over; reading its original version");
+        reads.pin(CONFIG_KEY, version);
+        Ok(Self::assemble(reads, master, config))
     }
 
-    async fn unlock(store: &dyn ObjectStore, unlock: &Unlock, config: &Config) -> Result<MasterKey> {
-        for (_, file) in Self::key_files(store).await? {
+    async fn unlock(reads: &IntactReads, unlock: &Unlock, config: &Config) -> Result<MasterKey> {
+        let store = reads.store().as_ref();
+        for (_, file) in Self::read_key_files(reads).await? {
             let opened = match unlock {
                 Unlock::Passphrase(p) if matches!(file.holder, super::keyfile::Holder::Passphrase { .. }) => {
                     file.open_with_passphrase(p)
@@ -283,10 +317,15 @@ impl Repository {
     }
 
     /// Every key file, with its id.
-    pub async fn key_files(store: &dyn ObjectStore) -> Result<Vec<(Id, KeyFile)>> {
+    pub async fn key_files(store: &Arc<dyn ObjectStore>) -> Result<Vec<(Id, KeyFile)>> {
+        Self::read_key_files(&IntactReads::new(store.clone())).await
+    }
+
+    async fn read_key_files(reads: &IntactReads) -> Result<Vec<(Id, KeyFile)>> {
+        let store = reads.store().as_ref();
         let mut files = Vec::new();
         for meta in store.list("keys/").await? {
-            let bytes = store.get(&meta.key).await?;
+            let bytes = reads.get(&meta.key).await?;
             let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(store, &meta.key, e))?;
             files.push((Id::of_content(&bytes), file));
         }
@@ -303,7 +342,7 @@ impl Repository {
 
     /// Removes a holder's key file; refuses to remove the last one.
     pub async fn remove_key_file(&self, id: &Id) -> Result<()> {
-        let files = Self::key_files(self.store.as_ref()).await?;
+        let files = Self::read_key_files(&self.reads).await?;
         if !files.iter().any(|(f, _)| f == id) {
             return Err(Error::NoSuchKey { location: self.describe(), id: *id });
         }
@@ -345,7 +384,7 @@ impl Repository {
     pub async fn index_files(&self) -> Result<Vec<(String, IndexFile)>> {
         let mut files = Vec::new();
         for meta in self.store.list("index/").await? {
-            let sealed = self.store.get(&meta.key).await?;
+            let sealed = self.reads.get(&meta.key).await?;
             let file: IndexFile =
                 open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store.as_ref(), &meta.key, e))?;
             files.push((meta.key, file));
@@ -371,7 +410,7 @@ impl Repository {
             if known.contains(&meta.key) {
                 continue;
             }
-            let sealed = self.store.get(&meta.key).await?;
+            let sealed = self.reads.get(&meta.key).await?;
             let file: IndexFile =
                 open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store.as_ref(), &meta.key, e))?;
             self.index.write().unwrap_or_else(|e| e.into_inner()).add_file(&file);
@@ -422,12 +461,44 @@ impl Repository {
     /// Reads a pack's header with two ranged reads.
     pub async fn read_pack_header(&self, pack: &Id, size: u64) -> Result<Vec<BlobEntry>> {
         let key = pack_key(pack);
-        let pack_error = |source| Error::Pack { location: self.describe(), pack: *pack, source };
-        let tail = self.store.get_range(&key, size.saturating_sub(4)..size).await?;
-        let len = header_length(&tail).map_err(pack_error)? as u64;
-        let start = size.checked_sub(4 + len).ok_or(pack_error(PackError::TooShort))?;
-        let sealed = self.store.get_range(&key, start..size - 4).await?;
-        parse_header(&self.keys, &sealed).map_err(pack_error)
+        let header = self.intact_pack(pack, || self.read_header_once(&key, size)).await?;
+        header.map_err(|source| Error::Pack { location: self.describe(), pack: *pack, source })
+    }
+
+    async fn read_header_once(&self, key: &str, size: u64) -> Result<Result<Vec<BlobEntry>, PackError>> {
+        let tail = self.reads.get_range(key, size.saturating_sub(4)..size).await?;
+        let len = match header_length(&tail) {
+            Ok(len) => len as u64,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(start) = size.checked_sub(4 + len) else { return Ok(Err(PackError::TooShort)) };
+        let sealed = self.reads.get_range(key, start..size - 4).await?;
+        Ok(parse_header(&self.keys, &sealed))
+    }
+
+    /// Runs `read` (ranged reads of a pack and the check of what they read);
+    /// when the check fails and the store keeps an intact version of the pack
+    /// (it was written over), runs it again on that version.
+    async fn intact_pack<T, F>(&self, pack: &Id, read: impl Fn() -> F) -> Result<Result<T, PackError>>
+    where
+        F: std::future::Future<Output = Result<Result<T, PackError>>>,
+    {
+        let first = read().await?;
+        if first.is_ok() || !self.reads.recover(&pack_key(pack)).await? {
+            return Ok(first);
+        }
+        read().await
+    }
+
+    /// Reads of the repository's objects that go to an object's intact
+    /// version when it was written over.
+    pub fn reads(&self) -> &IntactReads {
+        &self.reads
+    }
+
+    /// The objects found written over so far (see [`super::intact`]).
+    pub fn overwritten(&self) -> Vec<Overwritten> {
+        self.reads.overwritten()
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
@@ -509,15 +580,21 @@ impl Repository {
         let location = self.locate(id).ok_or(Error::MissingBlob { location: self.describe(), id: *id })?;
         let entry = location.entry;
         let range = u64::from(entry.offset)..u64::from(entry.offset) + u64::from(entry.length);
-        let sealed = match self.tree_pack(&location.pack).await? {
-            Some(pack) => pack.slice(range.start as usize..(range.end as usize).min(pack.len())),
-            None => self.store.get_range(&pack_key(&location.pack), range).await?,
+        if let Some(pack) = self.tree_pack(&location.pack).await? {
+            let sealed = pack.slice(range.start as usize..(range.end as usize).min(pack.len()));
+            return open_blob(&self.keys, &entry, &sealed).map_err(|source| Error::Pack {
+                location: self.describe(),
+                pack: location.pack,
+                source,
+            });
+        }
+        let key = pack_key(&location.pack);
+        let open_once = || async {
+            let sealed = self.reads.get_range(&key, range.clone()).await?;
+            Ok(open_blob(&self.keys, &entry, &sealed))
         };
-        open_blob(&self.keys, &entry, &sealed).map_err(|source| Error::Pack {
-            location: self.describe(),
-            pack: location.pack,
-            source,
-        })
+        let opened = self.intact_pack(&location.pack, open_once).await?;
+        opened.map_err(|source| Error::Pack { location: self.describe(), pack: location.pack, source })
     }
 
     /// The whole pack, from memory, if it holds only tree blobs.
@@ -531,7 +608,7 @@ impl Repository {
         if !only_trees {
             return Ok(None);
         }
-        let bytes = self.store.get(&pack_key(pack)).await?;
+        let bytes = self.reads.get(&pack_key(pack)).await?;
         let mut cache = self.tree_packs.lock().unwrap_or_else(|e| e.into_inner());
         if cache.values().map(Bytes::len).sum::<usize>() + bytes.len() <= TREE_CACHE_BYTES {
             cache.insert(*pack, bytes.clone());
@@ -568,7 +645,7 @@ impl Repository {
 
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let key = format!("snapshots/{id}");
-        let sealed = self.store.get(&key).await?;
+        let sealed = self.reads.get(&key).await?;
         open_json(&self.keys, &sealed, SNAPSHOT_AAD).map_err(|e| corrupt(self.store.as_ref(), key, e))
     }
 
@@ -607,7 +684,7 @@ mod tests {
         let orphan = KeyFile::for_passphrase(&MasterKey::generate(), &passphrase(), FAST, "initial").unwrap();
         let json = Bytes::from(serde_json::to_vec(&orphan).unwrap());
         store.put(&format!("keys/{}", "0".repeat(64)), json, PutCondition::IfAbsent).await.unwrap();
-        assert_eq!(Repository::key_files(store.as_ref()).await.unwrap().len(), 2);
+        assert_eq!(Repository::key_files(&store).await.unwrap().len(), 2);
 
         let opened = Repository::open(store.clone(), &Unlock::Passphrase(passphrase())).await.unwrap();
         assert_eq!(opened.master_key().as_bytes(), winner.master_key().as_bytes());

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 
 use super::id::Id;
+use super::intact::IntactReads;
 use super::pack::{BlobEntry, PackError};
 use super::repository::{Error as RepoError, Repository, pack_key};
 use super::tree::{Node, NodeType, Tree};
@@ -165,11 +166,15 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
     loop {
         while running.len() < PARALLEL_READS {
             let Some((pack, blobs)) = queue.next() else { break };
-            let store = repo.store().clone();
-            let keys = repo.keys().clone();
-            let paths = paths.clone();
-            let location = repo.describe();
-            running.spawn(async move { restore_window(store, keys, location, pack, blobs, paths).await });
+            let window = Window {
+                reads: repo.reads().clone(),
+                keys: repo.keys().clone(),
+                location: repo.describe(),
+                pack,
+                blobs: std::sync::Arc::new(blobs),
+                paths: paths.clone(),
+            };
+            running.spawn(async move { window.restore().await });
         }
         let Some(done) = running.join_next().await else { break };
         let outcome = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -198,60 +203,78 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
     Ok(report)
 }
 
-/// Reads one window of a pack and writes each of its blobs to their files.
-/// Returns the files hit by damaged blobs; an I/O error writing the target
-/// stops the restore.
-async fn restore_window(
-    store: std::sync::Arc<dyn crate::store::ObjectStore>,
+/// One window of a pack and the files its blobs go to.
+struct Window {
+    reads: IntactReads,
     keys: super::crypto::Keys,
     location: String,
     pack: Id,
-    blobs: Vec<(BlobEntry, Targets)>,
+    blobs: std::sync::Arc<Vec<(BlobEntry, Targets)>>,
     paths: std::sync::Arc<Vec<PathBuf>>,
-) -> Result<Vec<(usize, String)>, (PathBuf, std::io::Error)> {
-    let start = blobs.first().map_or(0, |(e, _)| u64::from(e.offset));
-    let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(start);
-    let bytes = match store.get_range(&pack_key(&pack), start..end).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let why = RepoError::from(e).to_string();
-            return Ok(blobs.iter().flat_map(|(_, t)| t.iter().map(|(i, _)| (*i, why.clone()))).collect());
+}
+
+impl Window {
+    /// Reads the window and writes each of its blobs to their files; when some
+    /// fail authentication and the pack was written over, writes them all again
+    /// from the pack's intact version. Returns the files hit by damaged blobs; an
+    /// I/O error writing the target stops the restore.
+    async fn restore(self) -> Result<Vec<(usize, String)>, (PathBuf, std::io::Error)> {
+        let damage = self.write().await?;
+        if damage.is_empty() || !self.reads.recover(&pack_key(&self.pack)).await.unwrap_or(false) {
+            return Ok(damage);
         }
-    };
-    tokio::task::spawn_blocking(move || {
-        let mut damage = Vec::new();
-        // A file's blobs mostly sit next to each other in a pack: keeping the
-        // last file open saves reopening it, and keeps one descriptor per window
-        // however many small files the window holds.
-        let mut open: Option<(usize, std::fs::File)> = None;
-        for (entry, targets) in blobs {
-            let from = (u64::from(entry.offset) - start) as usize;
-            let opened = bytes
-                .get(from..from + entry.length as usize)
-                .ok_or(PackError::TooShort)
-                .and_then(|sealed| super::pack::open_blob(&keys, &entry, sealed));
-            let plaintext = match opened {
-                Ok(plaintext) => plaintext,
-                Err(source) => {
-                    let why = RepoError::Pack { location: location.clone(), pack, source }.to_string();
-                    damage.extend(targets.iter().map(|(i, _)| (*i, why.clone())));
-                    continue;
-                }
-            };
-            for (i, offset) in targets {
-                if open.as_ref().is_none_or(|(last, _)| *last != i) {
-                    let file =
-                        std::fs::OpenOptions::new().write(true).open(&paths[i]).map_err(|e| (paths[i].clone(), e))?;
-                    open = Some((i, file));
-                }
-                let (_, file) = open.as_ref().expect("opened above");
-                file.write_all_at(&plaintext, offset).map_err(|e| (paths[i].clone(), e))?;
+        self.write().await
+    }
+
+    async fn write(&self) -> Result<Vec<(usize, String)>, (PathBuf, std::io::Error)> {
+        let blobs = self.blobs.clone();
+        let start = blobs.first().map_or(0, |(e, _)| u64::from(e.offset));
+        let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(start);
+        let bytes = match self.reads.get_range(&pack_key(&self.pack), start..end).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let why = RepoError::from(e).to_string();
+                return Ok(blobs.iter().flat_map(|(_, t)| t.iter().map(|(i, _)| (*i, why.clone()))).collect());
             }
-        }
-        Ok(damage)
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        };
+        let (keys, location, pack, paths) = (self.keys.clone(), self.location.clone(), self.pack, self.paths.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut damage = Vec::new();
+            // A file's blobs mostly sit next to each other in a pack: keeping the
+            // last file open saves reopening it, and keeps one descriptor per window
+            // however many small files the window holds.
+            let mut open: Option<(usize, std::fs::File)> = None;
+            for (entry, targets) in blobs.iter() {
+                let from = (u64::from(entry.offset) - start) as usize;
+                let opened = bytes
+                    .get(from..from + entry.length as usize)
+                    .ok_or(PackError::TooShort)
+                    .and_then(|sealed| super::pack::open_blob(&keys, entry, sealed));
+                let plaintext = match opened {
+                    Ok(plaintext) => plaintext,
+                    Err(source) => {
+                        let why = RepoError::Pack { location: location.clone(), pack, source }.to_string();
+                        damage.extend(targets.iter().map(|(i, _)| (*i, why.clone())));
+                        continue;
+                    }
+                };
+                for &(i, offset) in targets {
+                    if open.as_ref().is_none_or(|(last, _)| *last != i) {
+                        let file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&paths[i])
+                            .map_err(|e| (paths[i].clone(), e))?;
+                        open = Some((i, file));
+                    }
+                    let (_, file) = open.as_ref().expect("opened above");
+                    file.write_all_at(&plaintext, offset).map_err(|e| (paths[i].clone(), e))?;
+                }
+            }
+            Ok(damage)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
 }
 
 fn finish_file(partial: &Path, path: &Path, node: &Node) -> std::io::Result<()> {

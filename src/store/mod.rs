@@ -91,4 +91,23 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// The retention in force on an object, read back from the store.
     async fn retention(&self, key: &str) -> Result<Retention>;
+
+    /// The ids of the versions the store keeps of an object, newest first (S3
+    /// with versioning keeps every version a write replaced); empty where the
+    /// store keeps only the current content.
+    async fn versions(&self, key: &str) -> Result<Vec<String>> {
+        let _ = key;
+        Ok(Vec::new())
+    }
+
+    /// Reads one version [`versions`](Self::versions) listed: whole, or `range`
+    /// of it (bytes, end exclusive).
+    async fn get_version(&self, key: &str, version: &str, range: Option<Range<u64>>) -> Result<Bytes> {
+        let _ = (version, range);
+        Err(Error::Unsupported {
+            store: self.describe(),
+            what: "reading an older version",
+            why: format!("the store keeps only the current content of {key}"),
+        })
+    }
 }

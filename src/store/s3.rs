@@ -454,7 +454,7 @@ impl S3Store {
     /// Every version and delete marker of exactly `full`, oldest data first and
     /// delete markers last, so that a refused deletion stops before the current
     /// version and leaves the object readable.
-    async fn versions(&self, full: &str, key: &str) -> Result<Vec<Version>> {
+    async fn all_versions(&self, full: &str, key: &str) -> Result<Vec<Version>> {
         let mut data = Vec::new();
         let mut markers = Vec::new();
         let mut key_marker: Option<String> = None;
@@ -502,6 +502,36 @@ impl S3Store {
         data.reverse();
         data.extend(markers);
         Ok(data)
+    }
+
+    /// Reads the current or one version of an object, whole or `range` of it.
+    async fn read(&self, key: &str, version: Option<&str>, range: Option<Range<u64>>) -> Result<Bytes> {
+        let full = self.full_key(key)?;
+        if range.as_ref().is_some_and(|r| r.start >= r.end) {
+            return Ok(Bytes::new());
+        }
+        let header = range.map(|r| format!("bytes={}-{}", r.start, r.end - 1));
+        let result = self
+            .call(|| {
+                let request = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .set_version_id(version.map(str::to_owned))
+                    .set_range(header.clone());
+                async move {
+                    let out = request.send().await.map_err(Failed::from)?;
+                    out.body.collect().await.map(|b| b.into_bytes()).map_err(Failed::body)
+                }
+            })
+            .await;
+        match result {
+            Ok(bytes) => Ok(bytes),
+            // 416: the range starts at or past the end; clamped, that is nothing.
+            Err(f) if f.status() == Some(416) => Ok(Bytes::new()),
+            Err(f) => Err(self.error(f, "read", key)),
+        }
     }
 
     /// Deletes one version; a refusal is immutability when the version is under
@@ -609,39 +639,11 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
-        let full = self.full_key(key)?;
-        self.call(|| {
-            let request = self.client.get_object().bucket(&self.bucket).key(&full);
-            async move {
-                let out = request.send().await.map_err(Failed::from)?;
-                out.body.collect().await.map(|b| b.into_bytes()).map_err(Failed::body)
-            }
-        })
-        .await
-        .map_err(|f| self.error(f, "read", key))
+        self.read(key, None, None).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        let full = self.full_key(key)?;
-        if range.start >= range.end {
-            return Ok(Bytes::new());
-        }
-        let header = format!("bytes={}-{}", range.start, range.end - 1);
-        let result = self
-            .call(|| {
-                let request = self.client.get_object().bucket(&self.bucket).key(&full).range(&header);
-                async move {
-                    let out = request.send().await.map_err(Failed::from)?;
-                    out.body.collect().await.map(|b| b.into_bytes()).map_err(Failed::body)
-                }
-            })
-            .await;
-        match result {
-            Ok(bytes) => Ok(bytes),
-            // 416: the range starts at or past the end; clamped, that is nothing.
-            Err(f) if f.status() == Some(416) => Ok(Bytes::new()),
-            Err(f) => Err(self.error(f, "read", key)),
-        }
+        self.read(key, None, Some(range)).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -691,10 +693,21 @@ impl ObjectStore for S3Store {
         // would only hide it behind a delete marker on a versioned bucket. On an
         // unversioned bucket the one version is listed with the id "null", which
         // deletes the object as a plain DELETE would.
-        for version in self.versions(&full, key).await? {
+        for version in self.all_versions(&full, key).await? {
             self.delete_version(&full, key, &version).await?;
         }
         Ok(())
+    }
+
+    async fn versions(&self, key: &str) -> Result<Vec<String>> {
+        let full = self.full_key(key)?;
+        let versions = self.all_versions(&full, key).await?;
+        // Listed oldest first, delete markers last.
+        Ok(versions.into_iter().filter(|v| !v.delete_marker).rev().map(|v| v.id).collect())
+    }
+
+    async fn get_version(&self, key: &str, version: &str, range: Option<Range<u64>>) -> Result<Bytes> {
+        self.read(key, Some(version), range).await
     }
 
     async fn retention(&self, key: &str) -> Result<Retention> {

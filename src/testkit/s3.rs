@@ -69,6 +69,26 @@ impl S3Server {
         })
         .await
     }
+
+    /// A plain S3 client with moto's credentials, for what a store would refuse
+    /// to do: an attacker's writes in tests.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "test"))
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Puts `body` as a new current version of `key` in `bucket`, the way a
+    /// writer holding the store's credentials can even over a locked object.
+    pub async fn write_over(&self, bucket: &str, key: &str, body: &[u8]) {
+        let body = aws_sdk_s3::primitives::ByteStream::from(body.to_vec());
+        self.client().put_object().bucket(bucket).key(key).body(body).send().await.expect("moto takes the write");
+    }
 }
 
 /// `moto_server` on PATH (a pyenv shim counts), or else in the scripts
