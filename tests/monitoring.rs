@@ -68,3 +68,89 @@ fn the_rules_are_a_prometheus_rule_with_an_expression_and_a_summary_each() {
     .unwrap();
     assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 4));
 }
+
+/// Runs promtool (Debian's `prometheus` package, installed by
+/// scripts/prerequisites.sh) in `dir`.
+fn promtool(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool (Debian package prometheus): run scripts/prerequisites.sh");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+/// promtool checks the rules and runs them on made-up series: each alert
+/// fires when it should and not before.
+#[test]
+fn promtool_accepts_the_rules_and_the_alerts_fire_when_they_should() {
+    let text = std::fs::read_to_string(format!("{ROOT}/manifests/monitoring/prometheus-rules.yaml")).unwrap();
+    let rule: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let groups = serde_json::json!({"groups": rule["spec"]["groups"]});
+    std::fs::write(dir.path().join("rules.json"), groups.to_string()).unwrap();
+    let checked = promtool(dir.path(), &["check", "rules", "rules.json"]);
+    assert!(checked.contains("SUCCESS"), "{checked}");
+
+    // Time starts at the Unix epoch in promtool's tests: a certificate that
+    // ends 1,000,000 s after it expires on day 11.6; a drill at 0 is 35 days
+    // old on day 35; a backup at 0 is older than a 1-hour RPO after an hour.
+    let tenant = r#"{namespace="invoicing",tenant="acme"}"#;
+    let rules: Vec<serde_json::Value> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().clone())
+        .collect();
+    // promtool compares annotations too: render the two templates they use here.
+    let annotations = |name: &str| {
+        let rule = rules.iter().find(|r| r["alert"] == name).unwrap_or_else(|| panic!("no alert {name}"));
+        let mut rendered = serde_json::Map::new();
+        for (key, value) in rule["annotations"].as_object().unwrap() {
+            let text = value.as_str().unwrap().replace("{{ $labels.namespace }}", "invoicing");
+            rendered.insert(key.clone(), text.replace("{{ $labels.tenant }}", "acme").into());
+        }
+        rendered
+    };
+    let alert = |at: &str, name: &str, severity: Option<&str>| {
+        let expected: Vec<serde_json::Value> = severity
+            .map(|s| {
+                serde_json::json!({
+                    "exp_labels": {"severity": s, "namespace": "invoicing", "tenant": "acme"},
+                    "exp_annotations": annotations(name),
+                })
+            })
+            .into_iter()
+            .collect();
+        serde_json::json!({"eval_time": at, "alertname": name, "exp_alerts": expected})
+    };
+    let tests = serde_json::json!({
+        "rule_files": ["rules.json"],
+        "evaluation_interval": "5m",
+        "tests": [{
+            // Within Prometheus' 5-minute lookback, so a series never goes stale.
+            "interval": "5m",
+            "input_series": [
+                {"series": format!("fenice_tenant_certificate_expiry_timestamp_seconds{tenant}"), "values": "1000000x11000"},
+                {"series": format!("fenice_tenant_last_drill_timestamp_seconds{tenant}"), "values": "0x11000"},
+                {"series": format!("fenice_tenant_last_backup_timestamp_seconds{tenant}"), "values": "0x11000"},
+                {"series": format!("fenice_tenant_rpo_objective_seconds{tenant}"), "values": "3600x11000"},
+            ],
+            "alert_rule_test": [
+                alert("1d", "FeniceCertificateExpiringSoon", Some("warning")),
+                alert("1d", "FeniceCertificateExpired", None),
+                alert("12d", "FeniceCertificateExpired", Some("critical")),
+                alert("34d", "FeniceDrillOverdue", None),
+                alert("36d", "FeniceDrillOverdue", Some("warning")),
+                alert("30m", "FeniceBackupOlderThanRPO", None),
+                alert("2h", "FeniceBackupOlderThanRPO", Some("warning")),
+                alert("2h", "FeniceTenantNeverBackedUp", None),
+            ],
+        }],
+    });
+    std::fs::write(dir.path().join("tests.json"), tests.to_string()).unwrap();
+    let tested = promtool(dir.path(), &["test", "rules", "tests.json"]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}

@@ -612,6 +612,20 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         .create(&PostParams::default(), &serde_json::from_value(examples("plan.yaml").remove(0)).unwrap())
         .await
         .unwrap();
+    // The channels' certificates, which drills check by their own dates.
+    let certificate = |name: &str| {
+        std::fs::read_to_string(format!("{}/tests/vectors/sdi/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let channel_secret = |name: &str, pem: String| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "stringData": {"tls.crt": pem, "tls.key": "not read by drills"}}))
+        .unwrap()
+    };
+    let channels: Api<Secret> = Api::namespaced(client.clone(), "invoicing");
+    for name in ["sdi-channel-rome", "sdi-channel-italynorth"] {
+        let secret = channel_secret(name, certificate("until-2036-11-20.pem"));
+        channels.create(&PostParams::default(), &secret).await.unwrap();
+    }
     let drills: Api<fenice::api::drill::Drill> = Api::all(client.clone());
     let mut silver = examples("drill.yaml").remove(0);
     silver["metadata"] = json!({"name": "silver-drill"});
@@ -640,6 +654,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     assert_eq!(why.reason, "ProductionEndpoint", "{why:?}");
     let tivoli = tenants.get("comune-di-tivoli").await.unwrap().status.unwrap();
     assert_eq!(tivoli.last_drill_passed, Some(true), "{tivoli:?}");
+    assert_eq!(tivoli.certificate_expiry.map(|t| t.0.to_string()).as_deref(), Some("2036-11-20T20:19:50Z"));
     assert!(
         tivoli.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
         "the tenant's own status stays"
@@ -703,13 +718,34 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
             packs
         }
     };
+    // An expired channel certificate fails the drill, naming the channel and
+    // the Secret, though the restore itself passed.
+    let expired = channel_secret("sdi-channel-italynorth", certificate("expired-2025-03-01.pem"));
+    channels.replace("sdi-channel-italynorth", &PostParams::default(), &expired).await.unwrap();
+    drills.create(&PostParams::default(), &drill_of("expired-certificate-drill")).await.unwrap();
+    let done =
+        wait_list(&drills, "the drill with an expired certificate", |all| all.len() == 3 && all.iter().all(drill_done))
+            .await;
+    let expired = done.iter().find(|d| d.metadata.name.as_deref() == Some("expired-certificate-drill")).unwrap();
+    let status = expired.status.as_ref().unwrap();
+    assert_eq!(status.phase, fenice::api::drill::DrillPhase::Failed, "{status:#?}");
+    let reason = &status.failures[0].reason;
+    assert!(
+        reason.contains("channel at site azure-italynorth (certificate in Secret invoicing/sdi-channel-italynorth")
+            && reason.contains("expired on 2025-03-01T12:00:00Z"),
+        "{reason}"
+    );
+    assert!(!reason.contains("sdi-channel-rome"), "the valid one is not named: {reason}");
+    let valid = channel_secret("sdi-channel-italynorth", certificate("until-2036-11-20.pem"));
+    channels.replace("sdi-channel-italynorth", &PostParams::default(), &valid).await.unwrap();
+
     let locked_packs = packs_in("tenants-locked").await;
     for key in &locked_packs {
         s3.write_over("tenants-locked", key, &[0u8; 64]).await;
     }
     drills.create(&PostParams::default(), &drill_of("overwritten-drill")).await.unwrap();
     let done =
-        wait_list(&drills, "the drill of a written-over copy", |all| all.len() == 3 && all.iter().all(drill_done))
+        wait_list(&drills, "the drill of a written-over copy", |all| all.len() == 4 && all.iter().all(drill_done))
             .await;
     let overwritten = done.iter().find(|d| d.metadata.name.as_deref() == Some("overwritten-drill")).unwrap();
     let status = overwritten.status.as_ref().unwrap();
@@ -746,7 +782,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     }
     drills.create(&PostParams::default(), &drill_of("damaged-drill")).await.unwrap();
     let done =
-        wait_list(&drills, "the drill of a damaged copy", |all| all.len() == 4 && all.iter().all(drill_done)).await;
+        wait_list(&drills, "the drill of a damaged copy", |all| all.len() == 5 && all.iter().all(drill_done)).await;
     let damaged = done.iter().find(|d| d.metadata.name.as_deref() == Some("damaged-drill")).unwrap();
     let status = damaged.status.as_ref().unwrap();
     assert_eq!(status.phase, fenice::api::drill::DrillPhase::Failed, "{status:#?}");

@@ -18,6 +18,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
+use super::certificates;
+use super::metrics::Drilled;
 use super::restore::{Copy, Failure, restore_side_by_side};
 use super::tenant::{self, Placement};
 use super::{Context, RETRY};
@@ -188,11 +190,22 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     write(status).await?;
     let mut results = Vec::new();
     for (index, tenant) in chosen.iter().enumerate() {
-        let measured = drill_tenant(ctx, drill, &site, index, tenant, started).await;
+        let certificates = certificates::check(ctx, tenant, Timestamp::now()).await;
+        let mut measured = drill_tenant(ctx, drill, &site, index, tenant, started).await;
+        measured.warnings.extend(certificates.warnings);
+        if measured.outcome.is_ok() && !certificates.failures.is_empty() {
+            measured.outcome = Err(certificates.failures.join("; "));
+        }
         let verdict = drill::verdict(&measured, &tenant.spec.objectives);
-        record_on_tenant(ctx, tenant, verdict.is_none(), started).await;
-        let (namespace, name) = (measured.tenant.namespace.clone(), measured.tenant.name.clone());
-        ctx.metrics.drilled(&namespace, &name, verdict.is_none(), measured.rto, measured.rpo);
+        record_on_tenant(ctx, tenant, verdict.is_none(), started, certificates.earliest).await;
+        let drilled = Drilled {
+            passed: verdict.is_none(),
+            rto: measured.rto,
+            rpo: measured.rpo,
+            at: started,
+            certificate_expiry: certificates.earliest,
+        };
+        ctx.metrics.drilled(&measured.tenant.namespace, &measured.tenant.name, &drilled);
         results.push((measured, verdict, tenant.spec.objectives.clone()));
     }
     let status = finished(drill, &results, Timestamp::now());
@@ -303,10 +316,19 @@ async fn restore_and_serve(
 /// Writes the drill's verdict on the tenant (its own field manager: the
 /// tenant controller owns the rest of the status). Best effort: a failure
 /// is logged, the drill's own status holds the result.
-async fn record_on_tenant(ctx: &Context, tenant: &InvoicingTenant, passed: bool, at: Timestamp) {
+async fn record_on_tenant(
+    ctx: &Context,
+    tenant: &InvoicingTenant,
+    passed: bool,
+    at: Timestamp,
+    certificate_expiry: Option<Timestamp>,
+) {
     let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
     let api: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), &namespace);
-    let status = serde_json::json!({"lastDrillTime": Time(at), "lastDrillPassed": passed});
+    let mut status = serde_json::json!({"lastDrillTime": Time(at), "lastDrillPassed": passed});
+    if let Some(expiry) = certificate_expiry {
+        status["certificateExpiry"] = serde_json::json!(Time(expiry));
+    }
     if let Err(e) = super::apply_status_as(&api, tenant, &status, DRILL_MANAGER).await {
         tracing::warn!(tenant = tenant.name_any(), error = %e, "recording the drill on the tenant");
     }

@@ -37,6 +37,23 @@ struct TenantFigures {
     drill: Option<(bool, f64, f64)>,
     /// Its objectives, RPO and RTO in seconds, for alerts to compare with.
     objectives: Option<(u64, u64)>,
+    /// When its last drill ran, in Unix seconds.
+    last_drill: Option<i64>,
+    /// When the first of its SdI channel certificates expires, in Unix seconds,
+    /// as its last drill read them.
+    certificate_expiry: Option<i64>,
+}
+
+/// What a drill found of one tenant.
+#[derive(Clone, Copy, Debug)]
+pub struct Drilled {
+    pub passed: bool,
+    pub rto: Duration,
+    pub rpo: Duration,
+    /// When the drill ran.
+    pub at: jiff::Timestamp,
+    /// When the first of the tenant's channel certificates expires, if read.
+    pub certificate_expiry: Option<jiff::Timestamp>,
 }
 
 /// A per-tenant gauge: name, help, and its value if the tenant has one.
@@ -71,8 +88,12 @@ impl Metrics {
     }
 
     /// A drill of the tenant passed or not, with what it measured.
-    pub fn drilled(&self, namespace: &str, tenant: &str, passed: bool, rto: Duration, rpo: Duration) {
-        self.tenant(namespace, tenant, |f| f.drill = Some((passed, rto.as_secs_f64(), rpo.as_secs_f64())));
+    pub fn drilled(&self, namespace: &str, tenant: &str, drilled: &Drilled) {
+        self.tenant(namespace, tenant, |f| {
+            f.drill = Some((drilled.passed, drilled.rto.as_secs_f64(), drilled.rpo.as_secs_f64()));
+            f.last_drill = Some(drilled.at.as_second());
+            f.certificate_expiry = drilled.certificate_expiry.map(|t| t.as_second()).or(f.certificate_expiry);
+        });
     }
 
     /// The tenant's objectives (RPO, RTO).
@@ -128,7 +149,7 @@ impl Metrics {
             }
         }
         let tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let gauges: [TenantGauge; 6] = [
+        let gauges: [TenantGauge; 8] = [
             ("fenice_tenant_rpo_objective_seconds", "The tenant's recovery point objective.", |f| {
                 f.objectives.map(|(rpo, _)| rpo.to_string())
             }),
@@ -149,6 +170,14 @@ impl Metrics {
             ("fenice_tenant_last_drill_rpo_seconds", "The RPO the tenant's last drill measured.", |f| {
                 f.drill.map(|(_, _, rpo)| rpo.to_string())
             }),
+            ("fenice_tenant_last_drill_timestamp_seconds", "When the tenant's last drill ran.", |f| {
+                f.last_drill.map(|t| t.to_string())
+            }),
+            (
+                "fenice_tenant_certificate_expiry_timestamp_seconds",
+                "When the first of the tenant's SdI channel certificates expires, as its last drill read them.",
+                |f| f.certificate_expiry.map(|t| t.to_string()),
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -197,8 +226,23 @@ mod tests {
             ),
             "{text}"
         );
-        m.drilled("invoicing", "acme", false, Duration::from_secs(75), Duration::from_secs(600));
+        let at = jiff::Timestamp::from_second(1_700_000_100).unwrap();
+        let expiry = Some(jiff::Timestamp::from_second(1_800_000_000).unwrap());
+        let drilled = Drilled {
+            passed: false,
+            rto: Duration::from_secs(75),
+            rpo: Duration::from_secs(600),
+            at,
+            certificate_expiry: expiry,
+        };
+        m.drilled("invoicing", "acme", &drilled);
         let text = m.render();
+        assert!(text.contains(
+            "fenice_tenant_last_drill_timestamp_seconds{namespace=\"invoicing\",tenant=\"acme\"} 1700000100\n"
+        ));
+        assert!(text.contains(
+            "fenice_tenant_certificate_expiry_timestamp_seconds{namespace=\"invoicing\",tenant=\"acme\"} 1800000000\n"
+        ));
         assert!(
             text.contains("fenice_tenant_last_drill_passed{namespace=\"invoicing\",tenant=\"acme\"} 0\n"),
             "{text}"

@@ -8,6 +8,7 @@
 
 pub mod backup;
 mod backup_run;
+mod certificates;
 pub mod drill;
 pub mod leader;
 pub mod local_sites;
@@ -368,9 +369,26 @@ fn naming(store: &Store<InvoicingTenant>, names: impl Fn(&InvoicingTenant) -> bo
     store.state().iter().filter(|t| names(t)).map(|t| ObjectRef::from_obj(&**t)).collect()
 }
 
-/// Runs the controllers until `shutdown` completes; reconciles in progress finish first.
+/// How long reconciles in progress get to finish once the operator is told to
+/// stop: less than Kubernetes' default termination grace period (30 s), after
+/// which the kubelet kills the process anyway.
+const STOP_GRACE: Duration = Duration::from_secs(25);
+
+/// Runs the controllers until `shutdown` completes; reconciles in progress
+/// get [`STOP_GRACE`] to finish.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    // NB: kube-runtime 5's graceful shutdown never ends for a controller told to
+    // stop before its first list completed (its runner waits for the store to
+    // be ready, and the watch filling it is no longer polled): bounded here.
+    let bound = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            tokio::time::sleep(STOP_GRACE).await;
+            tracing::warn!(grace = ?STOP_GRACE, "reconciles still in progress were stopped");
+        }
+    };
     let repositories = Controller::new(Api::<BackupRepository>::all(ctx.client.clone()), watcher::Config::default())
         .graceful_shutdown_on(shutdown.clone())
         .run(repository::reconcile, repository::error_policy, ctx.clone())
@@ -409,5 +427,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .graceful_shutdown_on(shutdown)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    futures::join!(repositories, policies, backups, restores, drills, tenants, not_built);
+    let controllers = async { futures::join!(repositories, policies, backups, restores, drills, tenants, not_built) };
+    tokio::select! {
+        _ = controllers => {}
+        () = bound => {}
+    }
 }

@@ -2,6 +2,7 @@
 //! the production SdI, and the verdict per tenant and for the drill. Pure: the
 //! Drill controller restores, starts and measures, then asks these.
 
+pub mod certificate;
 pub mod report;
 
 use std::borrow::Borrow;
