@@ -12,6 +12,7 @@ pub mod error_chain;
 pub mod failover;
 pub mod lab;
 pub mod repo;
+pub mod report_page;
 pub mod site;
 pub mod stack;
 pub mod store;

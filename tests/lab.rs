@@ -46,13 +46,64 @@ fn the_lab_kills_the_primary_and_every_tenant_comes_back_with_every_invoice_once
         assert!(p50 > 0.0 && p50 <= max, "{figure}: {report:#}");
     }
     assert_eq!(report["failover"]["phase"], "Succeeded");
-    assert_eq!(report["drill"]["passed"], true);
+    assert_eq!((&report["drill"]["passed"], &report["drill"]["tenants"]), (&Value::Bool(true), &Value::from(1)));
+    for figure in ["rto_seconds", "rpo_seconds"] {
+        assert!(report["drill"][figure].as_f64().is_some_and(|s| s >= 0.0), "drill {figure}: {report:#}");
+    }
+    // The drill's and the failover's reports render in a browser, with their timelines.
+    let (dom, pixels) = render(&dir.path().join("drill.html"), dir.path());
+    assert!(dom.contains("aria-label=\"drill timeline\"") && dom.contains("Drill lab-drill: "), "{dom}");
+    assert_eq!(dom.matches("class=\"bar\"").count(), 1, "{dom}");
+    assert_drawn(&pixels, "the drill's bar, green", [0x22, 0xaa, 0x22]);
+    let (dom, pixels) = render(&dir.path().join("failover.html"), dir.path());
+    assert!(dom.contains("aria-label=\"failover timeline\"") && dom.contains("succeeded"), "{dom}");
+    assert!(dom.matches("class=\"bar\"").count() >= 2 * 5, "five steps of two tenants: {dom}");
+    assert_drawn(&pixels, "the restore bars, blue", [0x33, 0x66, 0xcc]);
     assert_eq!(report["per_tenant"].as_array().unwrap().len(), 2);
     // The terminal shows the story as it goes, and a summary.
     for step in ["KILL", "took the lease under epoch 2", "drill passed", "restarted apps refuse to issue"] {
         assert!(stderr.contains(step), "progress lacks {step:?}:\n{stderr}");
     }
     assert!(stdout.contains("fenice lab: PASSED"), "{stdout}");
+}
+
+/// Renders `page` in headless Chromium (Debian's package, installed by
+/// scripts/prerequisites.sh): the DOM once loaded, and a screenshot's pixels (RGB).
+fn render(page: &std::path::Path, work: &std::path::Path) -> (String, Vec<[u8; 3]>) {
+    let chromium = |args: &[&str]| {
+        let out = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"])
+            .arg(format!("--user-data-dir={}", work.join("chromium-profile").display()))
+            .args(args)
+            .arg(format!("file://{}", page.display()))
+            .stdin(Stdio::null())
+            .output()
+            .expect("chromium (Debian package chromium): run scripts/prerequisites.sh");
+        assert!(out.status.success(), "chromium {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    let shot = work.join("screenshot.png");
+    chromium(&["--window-size=1000,900", &format!("--screenshot={}", shot.display())]);
+    let file = std::io::BufReader::new(std::fs::File::open(&shot).unwrap());
+    let mut decoder = png::Decoder::new(file);
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buffer = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut buffer).unwrap();
+    let channels = frame.color_type.samples();
+    assert!(channels >= 3, "a colour screenshot: {:?}", frame.color_type);
+    let pixels = buffer[..frame.buffer_size()].chunks(channels).map(|p| [p[0], p[1], p[2]]).collect();
+    (dom, pixels)
+}
+
+/// The picture is not blank and holds at least a bar's worth of `colour`.
+fn assert_drawn(pixels: &[[u8; 3]], what: &str, colour: [u8; 3]) {
+    let inked = pixels.iter().filter(|p| p.iter().any(|c| *c < 200)).count();
+    assert!(inked > 2_000, "the page looks blank: {inked} dark pixels of {}", pixels.len());
+    let near = |p: &[u8; 3]| p.iter().zip(colour).all(|(a, b)| a.abs_diff(b) <= 8);
+    let found = pixels.iter().filter(|p| near(p)).count();
+    assert!(found > 100, "{what} not drawn: {found} pixels of {colour:?}");
 }
 
 #[test]

@@ -87,8 +87,12 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let path = args.report_dir.join("lab.json");
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    for (name, page) in &report.pages {
+        let page_path = args.report_dir.join(name);
+        std::fs::write(&page_path, page).with_context(|| format!("writing {}", page_path.display()))?;
+    }
     print_summary(&report, &mut std::io::stdout().lock())?;
-    println!("report: {}", path.display());
+    println!("report: {} (and drill.html, failover.html beside it)", path.display());
     Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::api::drill::{Drill, DrillPhase};
+use crate::report_page::{self, Bar, Lane, Page, escape};
 
 /// The report's content.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -140,80 +141,50 @@ pub fn html(report: &Report) -> String {
             escape(&t.remarks()),
         );
     }
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Drill {name}: {verdict}</title>\n\
-         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px}}\
-         tr.failed td{{background:#fdd}}.verdict-passed{{color:#060}}.verdict-failed{{color:#b00}}</style></head><body>\n\
-         <h1>Drill {name}: <span class=\"verdict-{verdict_class}\">{verdict}</span></h1>\n\
-         <p>Plan {plan}; started {started}; completed {completed}; the copies sent to {endpoint}; {passed}/{total} tenants passed.</p>\n\
-         <h2>Timeline</h2>\n{svg}\n<h2>Tenants</h2>\n<table><tr><th>tenant</th><th>verdict</th><th>RTO</th><th>RTO objective</th>\
-         <th>RPO</th><th>RPO objective</th><th>snapshot</th><th>why</th></tr>\n{rows}</table>\n</body></html>\n",
-        name = escape(&report.drill),
-        verdict = escape(&report.verdict),
-        verdict_class = if report.verdict == "passed" { "passed" } else { "failed" },
-        plan = escape(&report.plan),
-        started = escape(report.started.as_deref().unwrap_or("not yet")),
-        completed = escape(report.completed.as_deref().unwrap_or("not yet")),
-        endpoint = escape(&report.sdi_test_endpoint),
-        passed = report.tenants_passed,
-        total = report.tenants_total,
-        svg = timeline(report),
-    )
+    let summary_html = format!(
+        "Plan {}; started {}; completed {}; the copies sent to {}; {}/{} tenants passed.",
+        escape(&report.plan),
+        escape(report.started.as_deref().unwrap_or("not yet")),
+        escape(report.completed.as_deref().unwrap_or("not yet")),
+        escape(&report.sdi_test_endpoint),
+        report.tenants_passed,
+        report.tenants_total,
+    );
+    report_page::html(&Page {
+        kind: "Drill",
+        name: &report.drill,
+        verdict: &report.verdict,
+        good: report.verdict == "passed",
+        summary_html,
+        timeline_svg: timeline(report),
+        note: None,
+        headers: &["tenant", "verdict", "RTO", "RTO objective", "RPO", "RPO objective", "snapshot", "why"],
+        rows_html: rows,
+    })
 }
 
 /// A lane per tenant, its bar from the start of its restore to its teardown,
 /// green when it passed and red when not, on a shared time axis in seconds.
 pub fn timeline(report: &Report) -> String {
-    const WIDTH: f64 = 900.0;
-    const LABEL: f64 = 220.0;
-    const LANE: f64 = 24.0;
-    let times: Vec<(f64, f64)> = report
+    let at = |s: &str| s.parse::<Timestamp>().map(|t| t.as_millisecond() as f64 / 1000.0).unwrap_or(0.0);
+    let lanes: Vec<Lane> = report
         .tenants
         .iter()
-        .map(|t| {
-            let at = |s: &str| s.parse::<Timestamp>().map(|t| t.as_millisecond() as f64 / 1000.0).unwrap_or(0.0);
-            (at(&t.started), at(&t.ended))
+        .map(|t| Lane {
+            label: format!("{}/{}", t.namespace, t.tenant),
+            bars: vec![Bar {
+                start: at(&t.started),
+                end: at(&t.ended),
+                colour: if t.passed { PASSED } else { FAILED },
+                title: t.tenant.clone(),
+            }],
         })
         .collect();
-    let origin = times.iter().map(|(s, _)| *s).fold(f64::INFINITY, f64::min);
-    let end = times.iter().map(|(_, e)| *e).fold(f64::NEG_INFINITY, f64::max);
-    let span = if times.is_empty() { 1.0 } else { (end - origin).max(1.0) };
-    let scale = (WIDTH - LABEL - 20.0) / span;
-    let height = LANE * report.tenants.len() as f64 + 40.0;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" role=\"img\" \
-         aria-label=\"drill timeline\"><rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>"
-    );
-    for (i, (t, (start, stop))) in report.tenants.iter().zip(&times).enumerate() {
-        let y = 10.0 + LANE * i as f64;
-        let x = LABEL + (start - origin) * scale;
-        let w = ((stop - start) * scale).max(2.0);
-        let colour = if t.passed { "#2a2" } else { "#c22" };
-        let _ = write!(
-            svg,
-            "<text x=\"4\" y=\"{:.1}\" font-size=\"12\">{}/{}</text><rect class=\"bar\" x=\"{x:.1}\" y=\"{y:.1}\" \
-             width=\"{w:.1}\" height=\"{:.1}\" fill=\"{colour}\"><title>{}: {:.1} s</title></rect>",
-            y + 14.0,
-            escape(&t.namespace),
-            escape(&t.tenant),
-            LANE - 6.0,
-            escape(&t.tenant),
-            stop - start,
-        );
-    }
-    let axis = 10.0 + LANE * report.tenants.len() as f64 + 16.0;
-    let _ = write!(
-        svg,
-        "<text x=\"{LABEL}\" y=\"{axis:.1}\" font-size=\"11\">0 s</text><text x=\"{:.1}\" y=\"{axis:.1}\" \
-         font-size=\"11\" text-anchor=\"end\">{span:.1} s</text></svg>",
-        WIDTH - 20.0
-    );
-    svg
+    report_page::svg("drill timeline", &lanes, &[(PASSED, "passed"), (FAILED, "failed")])
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+const PASSED: &str = "#2a2";
+const FAILED: &str = "#c22";
 
 #[cfg(test)]
 mod tests {
@@ -263,6 +234,6 @@ mod tests {
         assert!(page.contains("fill=\"#c22\"") && page.contains("fill=\"#2a2\""));
         assert!(page.contains("geom-&lt;b&gt;") && !page.contains("geom-<b>"), "names are escaped");
         // The second tenant's bar starts where the first one's ends, 20 s into a 60 s axis.
-        assert!(page.contains("60.0 s</text></svg>"), "{page}");
+        assert!(page.contains(">60.0 s</text>"), "{page}");
     }
 }

@@ -137,6 +137,20 @@ pub struct TenantState {
     pub rto_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When each step it went through began and ended (retries included), for
+    /// the report's timeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<StepSpan>,
+}
+
+/// One step of one tenant, in time.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSpan {
+    pub step: TenantStep,
+    pub began: WallTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<WallTime>,
 }
 
 impl TenantState {
@@ -152,6 +166,13 @@ impl TenantState {
             rpo_ms: None,
             rto_ms: None,
             error: None,
+            timeline: Vec::new(),
+        }
+    }
+
+    fn end_span(&mut self, step: TenantStep, now: WallTime) {
+        if let Some(span) = self.timeline.last_mut().filter(|s| s.step == step && s.ended.is_none()) {
+            span.ended = Some(now);
         }
     }
 }
@@ -481,6 +502,9 @@ impl FailoverState {
                         t.in_flight = true;
                         t.attempts += 1;
                         t.retry_at = None;
+                        if t.timeline.last().is_none_or(|s| s.step != *step) {
+                            t.timeline.push(StepSpan { step: *step, began: now, ended: None });
+                        }
                     }
                 }
             }
@@ -510,6 +534,7 @@ impl FailoverState {
                 t.in_flight = false;
                 match result {
                     Ok(output) => {
+                        t.end_span(*step, now);
                         if let StepOutput::Restored(r) = output {
                             t.snapshot_id = Some(r.snapshot_id);
                             t.rpo_ms = Some(u64::try_from(r.rpo.as_millis()).unwrap_or(u64::MAX));
@@ -529,6 +554,7 @@ impl FailoverState {
                         t.error = Some(e.message);
                     }
                     Err(e) => {
+                        t.end_span(*step, now);
                         t.step = TenantStep::Failed;
                         t.error = Some(e.message);
                     }
@@ -804,6 +830,27 @@ mod tests {
         assert_eq!(s.counts(), (4, 0, 4));
         let t = &s.waves[0].tenants[0];
         assert_eq!((t.snapshot_id.as_deref(), t.rpo_ms, t.rto_ms), (Some("snap0"), Some(800), Some(100_000)));
+        let steps: Vec<_> = t.timeline.iter().map(|span| (span.step, span.began, span.ended)).collect();
+        let done = |step| (step, secs(100), Some(secs(100)));
+        use TenantStep::*;
+        assert_eq!(steps, [done(Restoring), done(Reconciling), done(Starting), done(Switching), done(Verifying)]);
+    }
+
+    #[test]
+    fn a_step_retried_is_one_span_from_its_first_attempt_to_its_failure() {
+        let mut s = state(1, 1, GateRule::default());
+        let failing = |c: &Call| match c {
+            Call::Tenant { step: TenantStep::Restoring, .. } => {
+                CallResult::Step(Err(StepError { message: "store 503".into(), retryable: true }))
+            }
+            other => ok(other),
+        };
+        drive(&mut s, &held(1), secs(1), failing);
+        drive(&mut s, &held(1), secs(5), failing);
+        let t = &s.waves[0].tenants[0];
+        assert_eq!(t.step, TenantStep::Failed);
+        let span = StepSpan { step: TenantStep::Restoring, began: secs(1), ended: Some(secs(5)) };
+        assert_eq!(t.timeline, [span]);
     }
 
     #[test]

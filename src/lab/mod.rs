@@ -7,6 +7,7 @@
 //! and written to `DIR/lab.json`.
 
 pub mod fence;
+mod pages;
 pub mod probes;
 pub mod progress;
 pub mod providers;
@@ -45,6 +46,10 @@ use crate::testkit::PostgresOptions;
 const PRIMARY: &str = "westpole";
 const STANDBY: &str = "azure";
 const PLAN: &str = "westpole-to-azure";
+/// Every tenant serves again within this of the kill.
+const RTO_OBJECTIVE: Duration = Duration::from_secs(60);
+/// Every tenant loses at most this.
+const RPO_OBJECTIVE: Duration = Duration::from_secs(5);
 /// The namespace the tenants' resources would live in at a Kubernetes site.
 const NAMESPACE: &str = "tenants";
 /// How often each primary database archives its WAL at the latest (the RPO
@@ -117,6 +122,9 @@ pub struct LabReport {
     pub notes: Vec<String>,
     pub started_at: jiff::Timestamp,
     pub seconds: f64,
+    /// The drill's and the failover's reports, as HTML pages by file name.
+    #[serde(skip)]
+    pub pages: Vec<(&'static str, String)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -134,10 +142,14 @@ pub struct FailoverSummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct DrillSummary {
     pub tenant: String,
+    pub tenants: usize,
     pub passed: bool,
     pub snapshot: Option<String>,
-    pub restore_seconds: f64,
+    /// From the start of the restore until the copy was verified.
+    pub rto_seconds: f64,
     pub rpo_seconds: Option<f64>,
+    pub started: jiff::Timestamp,
+    pub ended: jiff::Timestamp,
     pub error: Option<String>,
 }
 
@@ -478,15 +490,15 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         },
         Objective {
             name: "rto",
-            target: "every tenant serves again within 60 s of the kill".into(),
+            target: format!("every tenant serves again within {} s of the kill", RTO_OBJECTIVE.as_secs()),
             measured: format!("p50 {:.1} s, max {:.1} s", rto_seconds.p50, rto_seconds.max),
-            met: rto.len() == names.len() && rto_seconds.max <= 60.0,
+            met: rto.len() == names.len() && rto_seconds.max <= RTO_OBJECTIVE.as_secs_f64(),
         },
         Objective {
             name: "rpo",
-            target: "≤ 5 s".into(),
+            target: format!("≤ {} s", RPO_OBJECTIVE.as_secs()),
             measured: format!("p50 {:.2} s, max {:.2} s", rpo_seconds.p50, rpo_seconds.max),
-            met: rpo.len() == names.len() && rpo_seconds.max <= 5.0,
+            met: rpo.len() == names.len() && rpo_seconds.max <= RPO_OBJECTIVE.as_secs_f64(),
         },
     ];
     let passed = findings.problems.is_empty()
@@ -512,6 +524,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
             parallelism: options.parallelism,
             seconds: failover_seconds,
         },
+        pages: pages::render(&drill, &state, &names),
         drill,
         objectives,
         repositories: providers.repos.clone(),
@@ -620,27 +633,29 @@ async fn drill(
         target: "azure-drill".into(),
         epoch: None,
     };
-    let started = Instant::now();
+    let (started, began) = (Instant::now(), jiff::Timestamp::now());
     let restored = driver.restore_tenant(&ctx, &tenant_ref(tenant)).await;
     let restore_seconds = started.elapsed().as_secs_f64();
     let torn_down = driver.discard_tenant(&ctx, &tenant_ref(tenant)).await;
+    let summary = DrillSummary {
+        tenant: tenant.clone(),
+        tenants: 1,
+        passed: false,
+        snapshot: None,
+        rto_seconds: restore_seconds,
+        rpo_seconds: None,
+        started: began,
+        ended: jiff::Timestamp::now(),
+        error: None,
+    };
     let summary = match (restored, torn_down) {
         (Ok(r), Ok(())) => DrillSummary {
-            tenant: tenant.clone(),
             passed: true,
             snapshot: Some(r.snapshot_id),
-            restore_seconds,
             rpo_seconds: Some(r.rpo.as_secs_f64()),
-            error: None,
+            ..summary
         },
-        (Err(e), _) | (Ok(_), Err(e)) => DrillSummary {
-            tenant: tenant.clone(),
-            passed: false,
-            snapshot: None,
-            restore_seconds,
-            rpo_seconds: None,
-            error: Some(e.message),
-        },
+        (Err(e), _) | (Ok(_), Err(e)) => DrillSummary { error: Some(e.message), ..summary },
     };
     match &summary.error {
         None => progress.step(&format!(
