@@ -272,6 +272,63 @@ fn example(file: &str, name: &str, changes: serde_json::Value) -> serde_json::Va
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_creates_its_drills_at_their_scheduled_times() {
+    use fenice::api::drill::Drill;
+    use fenice::api::plan::FailoverPlan;
+
+    let (_api, dir, client) = cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let plans: Api<FailoverPlan> = Api::all(client.clone());
+    let weekly = examples("plan.yaml").remove(0);
+    let schedule = |name: &str, schedule: &str| {
+        let mut plan = weekly.clone();
+        plan["metadata"] = json!({"name": name});
+        plan["spec"]["drills"]["schedule"] = json!(schedule);
+        serde_json::from_value::<FailoverPlan>(plan).unwrap()
+    };
+    plans.create(&PostParams::default(), &schedule("daily", &due_once())).await.unwrap();
+    plans.create(&PostParams::default(), &schedule("broken", "61 * * * *")).await.unwrap();
+    plans.create(&PostParams::default(), &serde_json::from_value(weekly.clone()).unwrap()).await.unwrap();
+    // As if the last drill were 12 minutes ago: the one of 10 minutes ago is due now.
+    let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
+    let status = json!({"status": {"lastDrillTime": last.to_string()}});
+    plans.patch_status("daily", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+
+    let (operator, url, _) = operator(&kubeconfig, "replica-1").await;
+    wait_ready(&url, true).await;
+    let drills: Api<Drill> = Api::all(client.clone());
+    let created = wait_list(&drills, "the scheduled Drill", |all| !all.is_empty()).await;
+    assert_eq!(created.len(), 1, "only the daily plan is due: {created:?}");
+    let drill = &created[0];
+    let daily = plans.get("daily").await.unwrap().status.unwrap();
+    let run = daily.last_drill_time.expect("the scheduled time is recorded").0;
+    assert!(run > last, "{run} after {last}");
+    assert_eq!(drill.name_any(), format!("daily-{}", run.strftime("%Y%m%d-%H%M")));
+    assert_eq!((drill.spec.plan.as_str(), drill.spec.sample.percent), ("daily", Some(5)));
+    assert_eq!(drill.spec.sdi_test_endpoint, weekly["spec"]["drills"]["sdiTestEndpoint"]);
+    let owner = &drill.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("FailoverPlan", "daily"));
+    let next = daily.next_drill_time.expect("the next time is known").0;
+    assert_eq!(next.duration_since(run).as_hours(), 24, "{run} → {next}");
+    // The weekly plan waits for Sunday 03:00 in Rome; the broken one says why it waits for ever.
+    let has_next =
+        |p: Option<&FailoverPlan>| p.and_then(|p| p.status.as_ref()).is_some_and(|s| s.next_drill_time.is_some());
+    timeout(DEADLINE, await_condition(plans.clone(), "westpole-to-azure", has_next)).await.unwrap().unwrap();
+    let next = plans.get("westpole-to-azure").await.unwrap().status.unwrap().next_drill_time.unwrap().0;
+    let rome = next.to_zoned(jiff::tz::TimeZone::get("Europe/Rome").unwrap());
+    assert_eq!((rome.weekday(), rome.hour(), rome.minute()), (jiff::civil::Weekday::Sunday, 3, 0), "{rome}");
+    let events: Api<Event> = Api::all(client.clone());
+    let told = wait_list(&events, "the Event about the broken schedule", |all| {
+        all.iter().any(|e| e.reason.as_deref() == Some("InvalidDrillSchedule"))
+    })
+    .await;
+    let event = told.iter().find(|e| e.reason.as_deref() == Some("InvalidDrillSchedule")).unwrap();
+    assert_eq!(event.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("broken"));
+    assert!(event.note.as_deref().is_some_and(|n| n.contains("spec.drills")), "{event:?}");
+    stopped(operator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_creates_one_backup_per_tenant_at_each_scheduled_time() {
     let (_api, dir, client) = cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");

@@ -10,6 +10,7 @@ pub mod backup;
 mod backup_run;
 mod certificates;
 pub mod drill;
+pub mod drill_schedule;
 pub mod leader;
 pub mod local_sites;
 pub mod metrics;
@@ -38,6 +39,7 @@ use self::local_sites::LocalSites;
 use self::metrics::Metrics;
 use crate::api::backup::Backup;
 use crate::api::condition;
+use crate::api::plan::FailoverPlan;
 use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
@@ -221,6 +223,19 @@ where
 
 /// [`apply_status`] under another field manager, for the status fields a
 /// controller writes on objects another controller owns.
+/// An owner reference to `object`, so that what is made for it goes with it.
+pub fn owner<K: Resource<DynamicType = ()>>(
+    object: &K,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: object.meta().name.clone().unwrap_or_default(),
+        uid: object.meta().uid.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
 pub async fn apply_status_as<K>(
     api: &Api<K>,
     object: &K,
@@ -422,12 +437,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .graceful_shutdown_on(shutdown.clone())
         .run(drill::reconcile, drill::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let drill_schedules = Controller::new(Api::<FailoverPlan>::all(ctx.client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(drill_schedule::reconcile, drill_schedule::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
     let tenants = tenant_controller(&ctx, writers)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    let controllers = async { futures::join!(repositories, policies, backups, restores, drills, tenants, not_built) };
+    let controllers = async {
+        futures::join!(repositories, policies, backups, restores, drills, drill_schedules, tenants, not_built)
+    };
     tokio::select! {
         _ = controllers => {}
         () = bound => {}

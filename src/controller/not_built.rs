@@ -36,7 +36,8 @@ pub fn kinds() -> Vec<Kind> {
         Kind {
             resource: ApiResource::erase::<FailoverPlan>(&()),
             message: "this operator does not carry out FailoverPlans yet: no automatic failover happens \
-                      from this plan; `fenice lab` runs the failover logic with the Local driver (docs/failover.md)",
+                      from this plan (its scheduled drills do run); `fenice lab` runs the failover logic with the \
+                      Local driver (docs/failover.md)",
         },
         Kind {
             resource: ApiResource::erase::<Failover>(&()),

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use super::Context;
 use super::schedule::{self, Cron};
@@ -111,7 +111,7 @@ async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action,
                 repositories: policy.spec.repositories.clone(),
             },
         );
-        backup.metadata.owner_references = Some(vec![owner(policy)]);
+        backup.metadata.owner_references = Some(vec![super::owner(policy)]);
         match backups.create(&PostParams::default(), &backup).await {
             Ok(_) => created += 1,
             Err(kube::Error::Api(status)) if status.code == 409 => {}
@@ -229,20 +229,11 @@ fn violations_note(compliance: &Compliance) -> Option<String> {
     }
 }
 
-fn wait_until(next: Option<Timestamp>, now: Timestamp) -> Duration {
+/// How long to wait for `next`: at least a second, at most [`MAX_WAIT`].
+pub fn wait_until(next: Option<Timestamp>, now: Timestamp) -> Duration {
     next.and_then(|n| Duration::try_from(n.duration_since(now)).ok())
         .map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
         .max(Duration::from_secs(1))
-}
-
-fn owner(policy: &BackupPolicy) -> OwnerReference {
-    OwnerReference {
-        api_version: BackupPolicy::api_version(&()).into_owned(),
-        kind: BackupPolicy::kind(&()).into_owned(),
-        name: policy.name_any(),
-        uid: policy.uid().unwrap_or_default(),
-        ..OwnerReference::default()
-    }
 }
 
 /// What the schedule did, for the `Scheduled` condition.
