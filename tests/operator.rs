@@ -12,7 +12,7 @@ use fenice::api::policy::BackupPolicy;
 use fenice::api::repository::BackupRepository;
 use fenice::api::tenant::InvoicingTenant;
 use fenice::apiserver::{self, ServerOptions};
-use fenice::testkit::S3Server;
+use fenice::testkit::{S3Server, SdiSimServer};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -683,20 +683,23 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         let secret = channel_secret(name, certificate("until-2036-11-20.pem"));
         channels.create(&PostParams::default(), &secret).await.unwrap();
     }
+    // SdI's test endpoint, simulated: the copies transmit their test invoice there.
+    let sdi_test = SdiSimServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_fenice")), Duration::from_millis(200))
+        .expect("the SdI simulator");
     let drills: Api<fenice::api::drill::Drill> = Api::all(client.clone());
     let mut silver = examples("drill.yaml").remove(0);
     silver["metadata"] = json!({"name": "silver-drill"});
     silver["spec"]["sample"] = json!({"tiers": ["Silver"]});
-    silver["spec"]["sdiTestEndpoint"] = json!("http://127.0.0.1:9/sdi");
+    silver["spec"]["sdiTestEndpoint"] = json!(sdi_test.endpoint());
     drills.create(&PostParams::default(), &serde_json::from_value(silver.clone()).unwrap()).await.unwrap();
     let mut production = silver;
     production["metadata"] = json!({"name": "production-drill"});
     production["spec"]["sdiTestEndpoint"] = json!("https://sdi-rome.fatture.example.it/ws");
     drills.create(&PostParams::default(), &serde_json::from_value(production).unwrap()).await.unwrap();
-    let drill_done = |d: &fenice::api::drill::Drill| {
-        use fenice::api::drill::DrillPhase;
-        d.status.as_ref().is_some_and(|s| matches!(s.phase, DrillPhase::Passed | DrillPhase::Failed))
+    let drill_status_done = |s: &fenice::api::drill::DrillStatus| {
+        matches!(s.phase, fenice::api::drill::DrillPhase::Passed | fenice::api::drill::DrillPhase::Failed)
     };
+    let drill_done = |d: &fenice::api::drill::Drill| d.status.as_ref().is_some_and(drill_status_done);
     let done = wait_list(&drills, "two Drills finished", |all| all.len() == 2 && all.iter().all(drill_done)).await;
     let passed = done.iter().find(|d| d.metadata.name.as_deref() == Some("silver-drill")).unwrap();
     let status = passed.status.as_ref().unwrap();
@@ -706,6 +709,9 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         "{status:#?}"
     );
     assert!(status.rto.is_some() && status.rpo.is_some(), "{status:?}");
+    // The copy's numbering went on from the backup, and its test invoice reached the test endpoint.
+    let sent = status.results[0].test_invoice.as_deref().unwrap_or_default();
+    assert!(sent.starts_with("DRILL/1 sent to http://127.0.0.1:") && !sent.contains("none yet"), "{sent}");
     let refused = done.iter().find(|d| d.metadata.name.as_deref() == Some("production-drill")).unwrap();
     let why = refused.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(why.reason, "ProductionEndpoint", "{why:?}");
@@ -763,7 +769,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         let mut drill = examples("drill.yaml").remove(0);
         drill["metadata"] = json!({"name": name});
         drill["spec"]["sample"] = json!({"tiers": ["Silver"]});
-        drill["spec"]["sdiTestEndpoint"] = json!("http://127.0.0.1:9/sdi");
+        drill["spec"]["sdiTestEndpoint"] = json!(sdi_test.endpoint());
         serde_json::from_value::<fenice::api::drill::Drill>(drill).unwrap()
     };
     let packs_in = |bucket: &'static str| {
@@ -848,6 +854,44 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     assert!(plain_packs.iter().any(|key| reason.contains(key.rsplit('/').next().unwrap())), "names the pack: {reason}");
     let tivoli = tenants.get("comune-di-tivoli").await.unwrap().status.unwrap();
     assert_eq!(tivoli.last_drill_passed, Some(false));
+
+    // A drill interrupted by killing the operator: the copy's processes die
+    // with it; the next leader marks the drill Interrupted and removes what
+    // the dead operator left on disk.
+    drills.create(&PostParams::default(), &drill_of("interrupted-drill")).await.unwrap();
+    let restoring = |d: Option<&fenice::api::drill::Drill>| {
+        d.and_then(|d| d.status.as_ref()).is_some_and(|s| s.phase == fenice::api::drill::DrillPhase::Restoring)
+    };
+    timeout(DEADLINE, await_condition(drills.clone(), "interrupted-drill", restoring)).await.unwrap().unwrap();
+    let interrupted = drills.get("interrupted-drill").await.unwrap();
+    let copy: String = interrupted.uid().unwrap().chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    let copy = format!("drill-{copy}-");
+    let mut operator = operator;
+    operator.kill().await.unwrap();
+    let copies_running = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|p| std::fs::read(p.ok()?.path().join("cmdline")).ok())
+            .any(|c| String::from_utf8_lossy(&c).contains(&copy))
+    };
+    timeout(DEADLINE, async {
+        while copies_running() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the drill's copy dies with the operator");
+    let dead: Vec<_> = std::fs::read_dir(state.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dead.len(), 1, "the killed operator's files are left: {dead:?}");
+    let (operator, url, _) = operator_with(&kubeconfig, "replica-2", &state_arg).await;
+    wait_ready(&url, true).await;
+    let ended =
+        |d: Option<&fenice::api::drill::Drill>| d.and_then(|d| d.status.as_ref()).is_some_and(drill_status_done);
+    timeout(DEADLINE, await_condition(drills.clone(), "interrupted-drill", ended)).await.unwrap().unwrap();
+    let status = drills.get("interrupted-drill").await.unwrap().status.unwrap();
+    let why = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((status.phase, why.reason.as_str()), (fenice::api::drill::DrillPhase::Failed, "Interrupted"), "{why:?}");
+    assert!(!dead[0].exists(), "the next operator removes {}", dead[0].display());
 
     // Nothing secret anywhere; on SIGTERM the stacks stop and their files go.
     let everything = serde_json::to_string(&(

@@ -141,6 +141,10 @@ pub struct DrillTenantResult {
     /// at its store, a channel certificate close to expiry).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The invoice the copy issued (with the number that should come next)
+    /// and transmitted to the test endpoint: series/number and SdI's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_invoice: Option<String>,
 }
 
 /// One tenant that failed a drill, and why.

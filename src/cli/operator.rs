@@ -108,10 +108,20 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let (lost_tx, mut lost) = watch::channel(false);
     tokio::spawn(keep_leading(elector, lost_tx));
     let state_parent = args.state_dir.clone().unwrap_or_else(std::env::temp_dir);
+    remove_dead_operators_state(&state_parent);
     let state = tempfile::Builder::new()
-        .prefix("fenice-operator-")
+        .prefix(STATE_PREFIX)
         .tempdir_in(&state_parent)
         .with_context(|| format!("creating a directory for Local sites in {}", state_parent.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // PostgreSQL runs as its own user and must reach its directory in here.
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("opening {} to the postgres user", state.path().display()))?;
+    }
+    let pid_file = state.path().join(PID_FILE);
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
     let program = std::env::current_exe().context("finding the fenice program the Local sites run")?;
     let local = Arc::new(LocalSites::new(state.path(), &program));
     let mut ctx = Context::new(client, &args.operator_namespace, Some(identity), metrics, local.clone());
@@ -131,6 +141,38 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("lost the leader Lease: stopped reconciling so that another replica can take over");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The directories of Local sites' files: `<state dir>/fenice-operator-XXXX`,
+/// each holding the pid of the operator that made it.
+const STATE_PREFIX: &str = "fenice-operator-";
+const PID_FILE: &str = "operator.pid";
+
+/// Removes what operators that died without stopping (SIGKILL, a crash) left
+/// in `parent`: their Local sites' processes died with them, their files did
+/// not. A directory whose operator still runs, or without a pid yet (being
+/// made), is left alone.
+fn remove_dead_operators_state(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(STATE_PREFIX) {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // NB: a pid reused by another program is not an operator.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("operator") {
+            continue;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(dir = %dir.display(), pid, "removed the files of an operator that died"),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing the files of an operator that died"),
+        }
+    }
 }
 
 async fn readyz(State(s): State<Served>) -> (StatusCode, &'static str) {

@@ -76,6 +76,7 @@ pub fn finished(drill: &Drill, results: &[(Measured, Option<String>, Objectives)
             snapshot: m.snapshot.clone(),
             reason: why.clone(),
             warnings: m.warnings.clone(),
+            test_invoice: m.test_invoice.clone(),
         })
         .collect();
     let warned: Vec<String> = results
@@ -240,13 +241,27 @@ async fn drill_tenant(
     let outcome = restore_and_serve(ctx, drill, &copy, tenant).await;
     let rto = began.elapsed();
     ctx.local.stop(site, &namespace, &name);
-    let (rpo, snapshot, outcome, warnings) = match outcome {
-        Ok(served) => {
-            (drill_start.duration_since(served.taken).unsigned_abs(), Some(served.snapshot), Ok(()), served.warnings)
-        }
-        Err(why) => (Duration::ZERO, None, Err(why), Vec::new()),
+    let (rpo, snapshot, outcome, warnings, test_invoice) = match outcome {
+        Ok(served) => (
+            drill_start.duration_since(served.taken).unsigned_abs(),
+            Some(served.snapshot),
+            served.test_invoice.as_ref().map(|_| ()).map_err(Clone::clone),
+            served.warnings,
+            served.test_invoice.ok(),
+        ),
+        Err(why) => (Duration::ZERO, None, Err(why), Vec::new(), None),
     };
-    Measured { tenant: reference, started, ended: Timestamp::now(), snapshot, rto, rpo, outcome, warnings }
+    Measured {
+        tenant: reference,
+        started,
+        ended: Timestamp::now(),
+        snapshot,
+        rto,
+        rpo,
+        outcome,
+        warnings,
+        test_invoice,
+    }
 }
 
 /// A copy that served: when its backup was taken, the snapshot, and what
@@ -255,6 +270,8 @@ struct Served {
     taken: Timestamp,
     snapshot: String,
     warnings: Vec<String>,
+    /// The test invoice sent, or why that failed: RTO and RPO are measured either way.
+    test_invoice: Result<String, String>,
 }
 
 /// The copy restored from the first of the tenant's policy's repositories
@@ -310,7 +327,61 @@ async fn restore_and_serve(
         .map_err(|e| format!("the app on the restored copy did not serve: {}", crate::error_chain::error_chain(&e)))?;
     let taken = restored.outcome.time.parse::<Timestamp>();
     let taken = taken.map_err(|e| format!("the snapshot's time {:?}: {e}", restored.outcome.time))?;
-    Ok(Served { taken, snapshot: restored.outcome.snapshot.to_string(), warnings })
+    let url = ctx.local.app_url(copy.site, copy.name).ok_or("the app on the restored copy stopped")?;
+    let (series, number) = drill::next_invoice(&restored.outcome.recorded.last_numbers);
+    let test_invoice = test_invoice(&url, &series, number, &drill.spec.sdi_test_endpoint).await;
+    Ok(Served { taken, snapshot: restored.outcome.snapshot.to_string(), warnings, test_invoice })
+}
+
+/// How long the copy's app gets to transmit the test invoice.
+const TRANSMIT_WITHIN: Duration = Duration::from_secs(30);
+
+/// Issues one invoice on the copy's app at `url`, which must get `number` in
+/// `series` (the restored numbering goes on where the backup left it), and
+/// waits until the app has transmitted it to the test endpoint.
+async fn test_invoice(url: &str, series: &str, number: i64, endpoint: &str) -> Result<String, String> {
+    use crate::app::invoices::{Invoice, QueueState};
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+    let body = serde_json::json!({
+        "series": series,
+        "customer": {"vat": "01234567890", "name": "Fenice drill", "recipient_code": "0000000"},
+        "description": "Test invoice of a Fenice drill: never sent to production",
+        "taxable_cents": 100,
+    });
+    let issued = http.post(format!("{url}/v1/invoices")).json(&body).send().await;
+    let issued = issued.map_err(|e| format!("issuing the test invoice on the copy: {e}"))?;
+    if issued.status() != reqwest::StatusCode::CREATED {
+        let status = issued.status();
+        let text = issued.text().await.unwrap_or_default();
+        return Err(format!("the copy refused the test invoice: {status} {text}"));
+    }
+    let invoice: Invoice = issued.json().await.map_err(|e| format!("the copy's answer to the test invoice: {e}"))?;
+    if invoice.number != number {
+        return Err(format!(
+            "the test invoice got number {} in series {series}, not {number}: the restored numbering does not go on \
+             from the backup",
+            invoice.number
+        ));
+    }
+    let deadline = Instant::now() + TRANSMIT_WITHIN;
+    loop {
+        let got = http.get(format!("{url}/v1/invoices/{series}/{number}")).send().await;
+        let sent = match got {
+            Ok(r) if r.status().is_success() => r.json::<Invoice>().await.ok(),
+            _ => None,
+        };
+        if let Some(sent) = sent.filter(|i| i.queue_state != QueueState::Pending) {
+            let id = sent.sdi_id.unwrap_or_else(|| "none yet".into());
+            return Ok(format!("{series}/{number} sent to {endpoint} (SdI id {id})"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the test invoice {series}/{number} was not transmitted to the test endpoint {endpoint} within {} s",
+                TRANSMIT_WITHIN.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Writes the drill's verdict on the tenant (its own field manager: the
@@ -363,6 +434,7 @@ mod tests {
             rpo: Duration::from_secs(rpo),
             outcome: Ok(()),
             warnings: Vec::new(),
+            test_invoice: None,
         };
         let objectives = serde_json::from_value(serde_json::json!({"rpo": "15m", "rto": "5m"})).unwrap();
         (measured, None, objectives)

@@ -115,6 +115,15 @@ pub struct Measured {
     pub outcome: Result<(), String>,
     /// What passed but needs attention.
     pub warnings: Vec<String>,
+    /// The test invoice the copy issued and transmitted to the test endpoint.
+    pub test_invoice: Option<String>,
+}
+
+/// The series a drill's test invoice goes in, and the number it must get: the
+/// next after the last one the backup recorded, in the first series recorded
+/// (a tenant that never issued one: series `DRILL`, number 1).
+pub fn next_invoice(last_numbers: &BTreeMap<String, i64>) -> (String, i64) {
+    last_numbers.iter().next().map_or(("DRILL".to_owned(), 1), |(series, last)| (series.clone(), last + 1))
 }
 
 /// Why a tenant failed (`None`: it passed): what failed, or the objective missed.
@@ -188,6 +197,13 @@ mod tests {
     }
 
     #[test]
+    fn the_test_invoice_follows_the_last_recorded_number() {
+        assert_eq!(next_invoice(&BTreeMap::new()), ("DRILL".to_owned(), 1));
+        let recorded = BTreeMap::from([("2026".to_owned(), 41), ("PA".to_owned(), 7)]);
+        assert_eq!(next_invoice(&recorded), ("2026".to_owned(), 42));
+    }
+
+    #[test]
     fn a_tenant_fails_on_an_error_or_a_missed_objective() {
         let objectives: crate::api::common::Objectives =
             serde_json::from_value(serde_json::json!({"rpo": "15m", "rto": "5m"})).unwrap();
@@ -201,6 +217,7 @@ mod tests {
             rpo: Duration::from_secs(60),
             outcome: Ok(()),
             warnings: Vec::new(),
+            test_invoice: None,
         };
         assert_eq!(verdict(&ok, &objectives), None);
         let slow = Measured { rto: Duration::from_secs(400), rpo: Duration::from_secs(3600), ..ok.clone() };

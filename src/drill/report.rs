@@ -44,6 +44,7 @@ pub struct TenantRow {
     pub ended: String,
     pub reason: Option<String>,
     pub warnings: Vec<String>,
+    pub test_invoice: Option<String>,
 }
 
 impl TenantRow {
@@ -78,6 +79,7 @@ pub fn of(drill: &Drill) -> Report {
             ended: r.end_time.0.to_string(),
             reason: r.reason.clone(),
             warnings: r.warnings.clone(),
+            test_invoice: r.test_invoice.clone(),
         })
         .collect();
     Report {
@@ -102,12 +104,15 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(out, "- completed: {}", report.completed.as_deref().unwrap_or("not yet"));
     let _ = writeln!(out, "- SdI endpoint of the copies: {}", report.sdi_test_endpoint);
     let _ = writeln!(out, "- tenants passed: {}/{}\n", report.tenants_passed, report.tenants_total);
-    let _ = writeln!(out, "| tenant | verdict | RTO | RTO objective | RPO | RPO objective | snapshot | why |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(
+        out,
+        "| tenant | verdict | RTO | RTO objective | RPO | RPO objective | snapshot | test invoice | why |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---|---|");
     for t in &report.tenants {
         let _ = writeln!(
             out,
-            "| {}/{} | {} | {:.1} s | {} | {} s | {} | {} | {} |",
+            "| {}/{} | {} | {:.1} s | {} | {} s | {} | {} | {} | {} |",
             t.namespace,
             t.tenant,
             if t.passed { "passed" } else { "FAILED" },
@@ -116,6 +121,7 @@ pub fn markdown(report: &Report) -> String {
             t.rpo_seconds,
             t.rpo_objective,
             t.snapshot.as_deref().unwrap_or("-"),
+            t.test_invoice.as_deref().unwrap_or("-"),
             t.remarks().replace('|', "\\|").replace('\n', " "),
         );
     }
@@ -128,7 +134,7 @@ pub fn html(report: &Report) -> String {
     for t in &report.tenants {
         let _ = writeln!(
             rows,
-            "<tr class=\"{}\"><td>{}/{}</td><td>{}</td><td>{:.1} s</td><td>{}</td><td>{} s</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            "<tr class=\"{}\"><td>{}/{}</td><td>{}</td><td>{:.1} s</td><td>{}</td><td>{} s</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
             if t.passed { "passed" } else { "failed" },
             escape(&t.namespace),
             escape(&t.tenant),
@@ -138,6 +144,7 @@ pub fn html(report: &Report) -> String {
             t.rpo_seconds,
             escape(&t.rpo_objective),
             escape(t.snapshot.as_deref().unwrap_or("-")),
+            escape(t.test_invoice.as_deref().unwrap_or("-")),
             escape(&t.remarks()),
         );
     }
@@ -158,7 +165,17 @@ pub fn html(report: &Report) -> String {
         summary_html,
         timeline_svg: timeline(report),
         note: None,
-        headers: &["tenant", "verdict", "RTO", "RTO objective", "RPO", "RPO objective", "snapshot", "why"],
+        headers: &[
+            "tenant",
+            "verdict",
+            "RTO",
+            "RTO objective",
+            "RPO",
+            "RPO objective",
+            "snapshot",
+            "test invoice",
+            "why",
+        ],
         rows_html: rows,
     })
 }
@@ -201,7 +218,7 @@ mod tests {
                     {"tenant": {"namespace": "invoicing", "name": "studio-rossi"}, "passed": true,
                      "startTime": "2026-11-23T10:00:00Z", "endTime": "2026-11-23T10:00:20Z",
                      "rtoMillis": 18500, "rpoSeconds": 40, "objectives": {"rpo": "1m", "rto": "5m"}, "snapshot": "ab12",
-                     "warnings": ["repository r: data/ab/ab12: written over"]},
+                     "warnings": ["repository r: data/ab/ab12: written over"], "testInvoice": "2026/8 sent"},
                     {"tenant": {"namespace": "invoicing", "name": "geom-<b>"}, "passed": false,
                      "startTime": "2026-11-23T10:00:20Z", "endTime": "2026-11-23T10:01:00Z",
                      "rtoMillis": 40000, "rpoSeconds": 0, "objectives": {"rpo": "6h", "rto": "4h"},
@@ -220,7 +237,7 @@ mod tests {
         let md = markdown(&report);
         assert!(md.starts_with("# Drill gold-drill: FAILED"), "{md}");
         assert!(
-            md.contains("| invoicing/studio-rossi | passed | 18.5 s | 5m | 40 s | 1m | ab12 | warning: repository r:"),
+            md.contains("| invoicing/studio-rossi | passed | 18.5 s | 5m | 40 s | 1m | ab12 | 2026/8 sent | warning: repository r:"),
             "{md}"
         );
         assert!(md.contains("recorded 7 rows, restored 6 rows"), "{md}");

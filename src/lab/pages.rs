@@ -31,6 +31,7 @@ fn drill_page(drill: &DrillSummary) -> DrillReport {
         ended: drill.ended.to_string(),
         reason: drill.error.clone(),
         warnings: Vec::new(),
+        test_invoice: None,
     };
     DrillReport {
         drill: "lab-drill".into(),

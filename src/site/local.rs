@@ -118,6 +118,19 @@ impl LocalSite {
         &self.name
     }
 
+    /// Where the site's servers keep their directories (sockets, logs, fresh
+    /// data), inside the site's own directory: whoever removes that after a
+    /// crash removes them too. Made world-readable, as $TMPDIR is, for
+    /// PostgreSQL run as its own user.
+    fn run_dir(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let run = self.dir.join("run");
+        let io = |what, source| Error::Io { site: self.name.clone(), what, path: run.clone(), source };
+        std::fs::create_dir_all(&run).map_err(|e| io("creating the servers' directory", e))?;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).map_err(|e| io("opening", e))?;
+        Ok(run)
+    }
+
     /// The tenant's documents directory at this site.
     pub fn documents(&self, tenant: &str) -> PathBuf {
         self.dir.join("tenants").join(tenant).join("documents")
@@ -209,10 +222,12 @@ impl LocalSite {
         if self.lock().contains_key(&spec.name) {
             return Err(Error::AlreadyRunning { site: self.name.clone(), tenant: spec.name.clone() });
         }
+        let run = self.run_dir()?;
         let options = match pgdata {
             Some(dir) => spec.postgres.clone().existing_data(dir),
             None => spec.postgres.clone(),
-        };
+        }
+        .run_dir(run);
         let postgres = PostgresServer::start_with(options).map_err(|source| Error::Start {
             site: self.name.clone(),
             tenant: spec.name.clone(),
@@ -269,9 +284,16 @@ impl LocalSite {
             send_interval: SEND_INTERVAL,
             ..AppConfig::new(tenant, &spec.vat, &spec.company, db_url, documents)
         };
-        let app = AppServer::start(&AppOptions { program: self.program.clone(), config }).map_err(|source| {
-            Error::Start { site: self.name.clone(), tenant: spec.name.clone(), what: "app", source: Box::new(source) }
-        })?;
+        let run_dir = Some(self.run_dir()?);
+        let app =
+            AppServer::start(&AppOptions { program: self.program.clone(), config, run_dir }).map_err(|source| {
+                Error::Start {
+                    site: self.name.clone(),
+                    tenant: spec.name.clone(),
+                    what: "app",
+                    source: Box::new(source),
+                }
+            })?;
         if let Some(stack) = self.lock().get_mut(&spec.name) {
             stack.app = Some(app);
         }

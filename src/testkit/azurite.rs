@@ -57,6 +57,7 @@ impl AzuriteServer {
         let inner = HttpServer::start(
             SERVER,
             "fenice-azurite-",
+            None,
             &format!("/{DEV_ACCOUNT}?comp=list"),
             // Unsigned, so refused; but with Azure's request id.
             |r| r.header("x-ms-request-id").is_some(),

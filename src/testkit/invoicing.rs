@@ -33,6 +33,7 @@ impl SdiSimServer {
         let inner = HttpServer::start(
             "sdi-sim",
             "fenice-sdi-sim-",
+            None,
             "/healthz",
             |r| r.status == 200,
             |port, dir| {
@@ -56,6 +57,8 @@ impl SdiSimServer {
 pub struct AppOptions {
     pub program: PathBuf,
     pub config: AppConfig,
+    /// Where the app's directory goes ($TMPDIR by default).
+    pub run_dir: Option<PathBuf>,
 }
 
 /// A running reference app for one tenant, stopped on drop.
@@ -78,6 +81,7 @@ impl AppServer {
         let inner = HttpServer::start(
             "app",
             "fenice-app-",
+            options.run_dir.as_deref(),
             "/healthz",
             |r| r.text().contains("\"tenant\""),
             |port, _dir| {

@@ -135,11 +135,12 @@ impl HttpServer {
     fn start(
         server: &'static str,
         dir_prefix: &str,
+        parent: Option<&std::path::Path>,
         probe_path: &str,
         is_ours: fn(&http::Response) -> bool,
         command: impl Fn(u16, &std::path::Path) -> std::process::Command,
     ) -> Result<Self> {
-        let dir = process::temp_dir(server, dir_prefix)?;
+        let dir = process::temp_dir(server, dir_prefix, parent)?;
         let log = dir.path().join("server.log");
         let (process, port) = process::on_free_port(server, |port| {
             let mut cmd = command(port, dir.path());

@@ -45,6 +45,7 @@ pub struct PostgresOptions {
     ready_timeout: Duration,
     existing_data: Option<PathBuf>,
     wal_segment_mb: Option<u32>,
+    run_dir: Option<PathBuf>,
 }
 
 impl Default for PostgresOptions {
@@ -55,6 +56,7 @@ impl Default for PostgresOptions {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             existing_data: None,
             wal_segment_mb: None,
+            run_dir: None,
         }
     }
 }
@@ -83,6 +85,14 @@ impl PostgresOptions {
     /// root, and is left in place when the server stops.
     pub fn existing_data(mut self, dir: impl Into<PathBuf>) -> Self {
         self.existing_data = Some(dir.into());
+        self
+    }
+
+    /// Makes the server's directory (sockets, log, a fresh cluster's data) in
+    /// `dir` rather than $TMPDIR: an owner that dies without stopping it then
+    /// leaves it where the owner's own files are.
+    pub fn run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.run_dir = Some(dir.into());
         self
     }
 
@@ -122,7 +132,7 @@ impl PostgresServer {
     pub fn start_with(options: PostgresOptions) -> Result<Self> {
         let bin_dir = bin_dir()?;
         let run_as = if is_root() { Some(system_user()?) } else { None };
-        let dir = process::temp_dir(SERVER, "fenice-postgres-")?;
+        let dir = process::temp_dir(SERVER, "fenice-postgres-", options.run_dir.as_deref())?;
         let socket_dir = dir.path().join("sock");
         std::fs::create_dir(&socket_dir)
             .map_err(|source| prepare("creating the socket directory", &socket_dir, source))?;

@@ -264,12 +264,14 @@ pub fn is_executable(file: &Path) -> bool {
     file.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Creates the temporary directory of one server, named after it.
-pub fn temp_dir(server: &'static str, prefix: &str) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new().prefix(prefix).tempdir().map_err(|source| Error::Prepare {
+/// Creates the temporary directory of one server, named after it, in `parent`
+/// ($TMPDIR by default).
+pub fn temp_dir(server: &'static str, prefix: &str, parent: Option<&Path>) -> Result<tempfile::TempDir> {
+    let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    tempfile::Builder::new().prefix(prefix).tempdir_in(&parent).map_err(|source| Error::Prepare {
         server,
         step: "creating a temporary directory",
-        path: std::env::temp_dir(),
+        path: parent,
         source,
     })
 }

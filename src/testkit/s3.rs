@@ -33,6 +33,7 @@ impl S3Server {
         let inner = HttpServer::start(
             SERVER,
             "fenice-s3-",
+            None,
             "/",
             |r| r.status == 200 && r.text().contains("ListAllMyBucketsResult"),
             |port, _dir| {
