@@ -691,6 +691,8 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     silver["metadata"] = json!({"name": "silver-drill"});
     silver["spec"]["sample"] = json!({"tiers": ["Silver"]});
     silver["spec"]["sdiTestEndpoint"] = json!(sdi_test.endpoint());
+    // The example keeps its copies an hour; these drills tear theirs down at once.
+    silver["spec"].as_object_mut().unwrap().remove("keepFor");
     drills.create(&PostParams::default(), &serde_json::from_value(silver.clone()).unwrap()).await.unwrap();
     let mut production = silver;
     production["metadata"] = json!({"name": "production-drill"});
@@ -770,6 +772,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         drill["metadata"] = json!({"name": name});
         drill["spec"]["sample"] = json!({"tiers": ["Silver"]});
         drill["spec"]["sdiTestEndpoint"] = json!(sdi_test.endpoint());
+        drill["spec"].as_object_mut().unwrap().remove("keepFor");
         serde_json::from_value::<fenice::api::drill::Drill>(drill).unwrap()
     };
     let packs_in = |bucket: &'static str| {
@@ -781,13 +784,32 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
             packs
         }
     };
+    // keepFor: a copy that served stays up for inspection until keptUntil, then goes.
+    let mut kept = drill_of("kept-drill");
+    kept.spec.keep_for = Some(serde_json::from_value(json!("4s")).unwrap());
+    drills.create(&PostParams::default(), &kept).await.unwrap();
+    let finished =
+        |d: Option<&fenice::api::drill::Drill>| d.and_then(|d| d.status.as_ref()).is_some_and(drill_status_done);
+    timeout(DEADLINE, await_condition(drills.clone(), "kept-drill", finished)).await.unwrap().unwrap();
+    let status = drills.get("kept-drill").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, fenice::api::drill::DrillPhase::Passed, "{status:#?}");
+    let until = status.kept_until.clone().expect("keptUntil").0;
+    let copy_url = status.results[0].copy.clone().expect("the kept copy's address");
+    assert_eq!(get(&format!("{copy_url}/healthz")).await.0, 200, "the kept copy serves at {copy_url}");
+    let released = |d: Option<&fenice::api::drill::Drill>| {
+        d.is_some_and(|d| d.finalizers().is_empty() && d.status.as_ref().is_some_and(|s| s.kept_until.is_none()))
+    };
+    timeout(DEADLINE, await_condition(drills.clone(), "kept-drill", released)).await.unwrap().unwrap();
+    assert!(jiff::Timestamp::now() >= until, "stopped before {until}");
+    assert_eq!(get(&format!("{copy_url}/healthz")).await.0, 0, "the copy still serves after keptUntil");
+
     // An expired channel certificate fails the drill, naming the channel and
     // the Secret, though the restore itself passed.
     let expired = channel_secret("sdi-channel-italynorth", certificate("expired-2025-03-01.pem"));
     channels.replace("sdi-channel-italynorth", &PostParams::default(), &expired).await.unwrap();
     drills.create(&PostParams::default(), &drill_of("expired-certificate-drill")).await.unwrap();
     let done =
-        wait_list(&drills, "the drill with an expired certificate", |all| all.len() == 3 && all.iter().all(drill_done))
+        wait_list(&drills, "the drill with an expired certificate", |all| all.len() == 4 && all.iter().all(drill_done))
             .await;
     let expired = done.iter().find(|d| d.metadata.name.as_deref() == Some("expired-certificate-drill")).unwrap();
     let status = expired.status.as_ref().unwrap();
@@ -808,7 +830,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     }
     drills.create(&PostParams::default(), &drill_of("overwritten-drill")).await.unwrap();
     let done =
-        wait_list(&drills, "the drill of a written-over copy", |all| all.len() == 4 && all.iter().all(drill_done))
+        wait_list(&drills, "the drill of a written-over copy", |all| all.len() == 5 && all.iter().all(drill_done))
             .await;
     let overwritten = done.iter().find(|d| d.metadata.name.as_deref() == Some("overwritten-drill")).unwrap();
     let status = overwritten.status.as_ref().unwrap();
@@ -845,7 +867,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     }
     drills.create(&PostParams::default(), &drill_of("damaged-drill")).await.unwrap();
     let done =
-        wait_list(&drills, "the drill of a damaged copy", |all| all.len() == 5 && all.iter().all(drill_done)).await;
+        wait_list(&drills, "the drill of a damaged copy", |all| all.len() == 6 && all.iter().all(drill_done)).await;
     let damaged = done.iter().find(|d| d.metadata.name.as_deref() == Some("damaged-drill")).unwrap();
     let status = damaged.status.as_ref().unwrap();
     assert_eq!(status.phase, fenice::api::drill::DrillPhase::Failed, "{status:#?}");

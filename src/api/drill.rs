@@ -109,6 +109,11 @@ pub struct DrillStatus {
     /// Where the full report is, e.g. `fenice drill report <name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// With `spec.keepFor`: the copies that served run until then, for
+    /// inspection (their addresses in `results[].copy`); deleting the Drill
+    /// stops them sooner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_until: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -145,6 +150,9 @@ pub struct DrillTenantResult {
     /// and transmitted to the test endpoint: series/number and SdI's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_invoice: Option<String>,
+    /// The copy's app address while it is kept (`spec.keepFor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<String>,
 }
 
 /// One tenant that failed a drill, and why.

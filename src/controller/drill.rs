@@ -56,6 +56,8 @@ pub fn with_phase(drill: &Drill, phase: DrillPhase, reason: &str, message: Strin
 
 /// The drill's final status from each tenant's measurement and verdict.
 pub fn finished(drill: &Drill, results: &[(Measured, Option<String>, Objectives)], now: Timestamp) -> DrillStatus {
+    let kept = results.iter().filter(|(m, _, _)| m.kept.is_some()).count();
+    let kept_until = drill.spec.keep_for.as_ref().filter(|_| kept > 0).map(|d| now + d.as_std());
     let total = results.len() as u32;
     let failed = results.iter().filter(|(_, why, _)| why.is_some()).count() as u32;
     let worst = |f: fn(&Measured) -> Duration| results.iter().map(|(m, _, _)| f(m)).max().map(SpecDuration::from_std);
@@ -77,6 +79,7 @@ pub fn finished(drill: &Drill, results: &[(Measured, Option<String>, Objectives)
             reason: why.clone(),
             warnings: m.warnings.clone(),
             test_invoice: m.test_invoice.clone(),
+            copy: m.kept.clone(),
         })
         .collect();
     let warned: Vec<String> = results
@@ -117,7 +120,18 @@ pub fn finished(drill: &Drill, results: &[(Measured, Option<String>, Objectives)
         failures,
         results: per_tenant,
         report: Some(format!("fenice drill report {}", drill.name_any())),
-        ..with_phase(drill, phase, reason, message, now)
+        kept_until: kept_until.map(Time),
+        ..with_phase(drill, phase, reason, kept_note(message, kept, kept_until), now)
+    }
+}
+
+fn kept_note(message: String, kept: usize, until: Option<Timestamp>) -> String {
+    match until {
+        Some(until) => format!(
+            "{message}; {kept} copies kept for inspection until {until} (results[].copy); deleting the Drill stops \
+             them sooner"
+        ),
+        None => message,
     }
 }
 
@@ -131,9 +145,32 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
         let api = api.clone();
         async move { super::apply_status(&api, drill, &status).await.map_err(super::about(drill, "writing its status")) }
     };
+    if drill.metadata.deletion_timestamp.is_some() {
+        if drill.finalizers().iter().any(|f| f == FINALIZER) {
+            stop_copies(ctx, drill);
+            super::remove_finalizer(&api, drill, FINALIZER)
+                .await
+                .map_err(super::about(drill, "removing its finalizer"))?;
+        }
+        return Ok(Action::await_change());
+    }
     let phase = drill.status.as_ref().map_or(DrillPhase::Pending, |s| s.phase);
     match phase {
-        DrillPhase::Passed | DrillPhase::Failed => return Ok(Action::await_change()),
+        DrillPhase::Passed | DrillPhase::Failed => {
+            let status = drill.status.clone().unwrap_or_default();
+            let Some(until) = status.kept_until.as_ref().map(|t| t.0) else { return Ok(Action::await_change()) };
+            let left = until.duration_since(Timestamp::now());
+            if left.is_positive() {
+                return Ok(Action::requeue(left.unsigned_abs().max(Duration::from_secs(1))));
+            }
+            stop_copies(ctx, drill);
+            let results = status.results.iter().cloned().map(|r| DrillTenantResult { copy: None, ..r }).collect();
+            write(DrillStatus { kept_until: None, results, ..status }).await?;
+            super::remove_finalizer(&api, drill, FINALIZER)
+                .await
+                .map_err(super::about(drill, "removing its finalizer"))?;
+            return Ok(Action::await_change());
+        }
         DrillPhase::Pending => {}
         _ => {
             // NB: the Local driver's copies ended with the operator that ran them.
@@ -184,6 +221,9 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
         Err(why) => return hold(DrillPhase::Failed, "NoTenants", why).await,
     };
 
+    if drill.spec.keep_for.is_some() {
+        super::add_finalizer(&api, drill, FINALIZER).await.map_err(super::about(drill, "adding its finalizer"))?;
+    }
     let started = Timestamp::now();
     let message = format!("restoring {} tenants at Local site {site}", chosen.len());
     let mut status = with_phase(drill, DrillPhase::Restoring, "Restoring", message, started);
@@ -224,7 +264,25 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     Ok(Action::await_change())
 }
 
-/// Restores, verifies, serves and measures one tenant, then tears its copy down.
+/// The finalizer of a Drill whose copies are kept (`spec.keepFor`): deleting
+/// it stops them.
+const FINALIZER: &str = "fenice.io/drill-copies";
+
+/// The name of the drill's copy of its `index`th tenant.
+fn copy_name(drill: &Drill, index: usize) -> String {
+    format!("drill-{}-{index}", super::short_uid(drill, 8))
+}
+
+/// Stops the copies a drill kept (none left after an operator restart: the
+/// Local driver's copies end with the operator).
+fn stop_copies(ctx: &Context, drill: &Drill) {
+    for (index, result) in drill.status.iter().flat_map(|s| s.results.iter()).enumerate() {
+        ctx.local.stop_everywhere(&result.tenant.namespace, &copy_name(drill, index));
+    }
+}
+
+/// Restores, verifies, serves and measures one tenant, then tears its copy
+/// down (with `keepFor`, a copy that served stays until the drill's `keptUntil`).
 async fn drill_tenant(
     ctx: &Context,
     drill: &Drill,
@@ -236,11 +294,15 @@ async fn drill_tenant(
     let (began, started) = (Instant::now(), Timestamp::now());
     let namespace = tenant.namespace().unwrap_or_else(|| "default".into());
     let reference = TenantRef { namespace: namespace.clone(), name: tenant.name_any() };
-    let name = format!("drill-{}-{index}", super::short_uid(drill, 8));
+    let name = copy_name(drill, index);
     let copy = Copy { site, namespace: &namespace, name: &name };
     let outcome = restore_and_serve(ctx, drill, &copy, tenant).await;
     let rto = began.elapsed();
-    ctx.local.stop(site, &namespace, &name);
+    let keep = drill.spec.keep_for.is_some() && outcome.as_ref().is_ok_and(|s| s.test_invoice.is_ok());
+    let kept = if keep { ctx.local.app_url(site, &name) } else { None };
+    if kept.is_none() {
+        ctx.local.stop(site, &namespace, &name);
+    }
     let (rpo, snapshot, outcome, warnings, test_invoice) = match outcome {
         Ok(served) => (
             drill_start.duration_since(served.taken).unsigned_abs(),
@@ -261,6 +323,7 @@ async fn drill_tenant(
         outcome,
         warnings,
         test_invoice,
+        kept,
     }
 }
 
@@ -435,6 +498,7 @@ mod tests {
             outcome: Ok(()),
             warnings: Vec::new(),
             test_invoice: None,
+            kept: None,
         };
         let objectives = serde_json::from_value(serde_json::json!({"rpo": "15m", "rto": "5m"})).unwrap();
         (measured, None, objectives)

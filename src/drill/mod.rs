@@ -117,6 +117,8 @@ pub struct Measured {
     pub warnings: Vec<String>,
     /// The test invoice the copy issued and transmitted to the test endpoint.
     pub test_invoice: Option<String>,
+    /// The copy's app address, when it is kept for inspection.
+    pub kept: Option<String>,
 }
 
 /// The series a drill's test invoice goes in, and the number it must get: the
@@ -218,6 +220,7 @@ mod tests {
             outcome: Ok(()),
             warnings: Vec::new(),
             test_invoice: None,
+            kept: None,
         };
         assert_eq!(verdict(&ok, &objectives), None);
         let slow = Measured { rto: Duration::from_secs(400), rpo: Duration::from_secs(3600), ..ok.clone() };
