@@ -499,3 +499,35 @@ fn kustomization_names_the_operator_image_and_the_manifests() {
         assert!(resources.contains(&file.as_str()), "kustomization.yaml does not list {file}");
     }
 }
+
+/// What the Kubernetes site driver renders for the example tenants at the
+/// example sites is valid Kubernetes 1.33, strictly (the Gateway API HTTPRoute
+/// has no schema in the validator and is left out).
+#[test]
+fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
+    use fenice::api::site::Site;
+    use fenice::api::tenant::InvoicingTenant;
+    use fenice::site::kubernetes::{Images, render};
+
+    let docs = |file: &str| read_yaml_docs(&manifests_dir().join("examples").join(file));
+    let sites: Vec<Site> = docs("sites.yaml").into_iter().map(|d| serde_json::from_value(d).unwrap()).collect();
+    let tenants: Vec<InvoicingTenant> =
+        docs("tenants.yaml").into_iter().map(|d| serde_json::from_value(d).unwrap()).collect();
+    let images = Images { fenice: "0.1.0".into(), postgres: "15-0.1.0".into() };
+    let mut text = String::new();
+    let mut kinds = BTreeSet::new();
+    for site in sites.iter().filter(|s| s.spec.platform.is_some()) {
+        for tenant in &tenants {
+            for object in render(tenant, site, &images).unwrap() {
+                kinds.insert(kind(&object).to_owned());
+                if kind(&object) != "HTTPRoute" {
+                    text.push_str(&format!("---\n{object}\n"));
+                }
+            }
+        }
+    }
+    let expected = ["ConfigMap", "Deployment", "HTTPRoute", "Ingress", "NetworkPolicy", "PersistentVolumeClaim"];
+    assert!(expected.iter().all(|k| kinds.contains(*k)), "{kinds:?}");
+    let file = TempYaml::new("rendered-stacks", &text);
+    Validator::get().check(&file.0, true).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -1,0 +1,311 @@
+//! The Kubernetes site driver's renderer: the objects one tenant's stack is at
+//! a Kubernetes site. Pure: the same InvoicingTenant gives the same objects on
+//! any provider's cluster, and only what the Site declares (storage class,
+//! exposure, DNS, registry, node placement) differs. The controller applies
+//! them with server-side apply and deletes, by label, what it no longer renders.
+//!
+//! Per tenant: the app (ConfigMap, Deployment running `fenice app serve`,
+//! Service, PodDisruptionBudget, the documents' PersistentVolumeClaim),
+//! PostgreSQL (StatefulSet archiving WAL with `fenice agent wal-push`, headless
+//! Service), a NetworkPolicy for each, and an Ingress or a Gateway API HTTPRoute.
+
+use serde_json::{Value, json};
+
+use crate::api::common::Tier;
+use crate::api::site::{DnsSwitch, ExposureKind, Site};
+use crate::api::tenant::InvoicingTenant;
+
+/// The label every rendered object carries, with the tenant's name: what the
+/// controller lists and deletes by.
+pub const TENANT_LABEL: &str = "fenice.io/tenant";
+const APP_PORT: u16 = 8080;
+const DB_PORT: u16 = 5432;
+
+/// What the images are called; the registry comes from the Site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Images {
+    /// Tag of the `fenice` image (the app, the agents).
+    pub fenice: String,
+    /// Tag of the `fenice-postgres` image: PostgreSQL with the `fenice` binary for `archive_command`.
+    pub postgres: String,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("InvoicingTenant {tenant} has no namespace")]
+    NoNamespace { tenant: String },
+    #[error("Site {site} has no platform settings (spec.platform): storage class, exposure and registry are needed")]
+    NoPlatform { site: String },
+    #[error("InvoicingTenant {tenant} has no SdI channel at Site {site}: add one to spec.sdi.channels")]
+    NoChannel { tenant: String, site: String },
+    #[error(
+        "InvoicingTenant {tenant}: spec.database.cloudNativePG is not built yet: leave it false (a StatefulSet runs PostgreSQL)"
+    )]
+    CloudNativePgNotBuilt { tenant: String },
+}
+
+/// Requests and limits by tier: CPU (millicores) and memory (MiB), for the app and for PostgreSQL.
+fn sizes(tier: Tier) -> ((u32, u32), (u32, u32)) {
+    match tier {
+        Tier::Gold => ((500, 512), (1000, 2048)),
+        Tier::Silver => ((250, 256), (500, 1024)),
+        Tier::Bronze => ((100, 128), (250, 512)),
+    }
+}
+
+fn resources((millicores, mebibytes): (u32, u32)) -> Value {
+    // NB: no CPU limit (throttling hurts latency more than it protects); memory limited at twice the request.
+    json!({
+        "requests": {"cpu": format!("{millicores}m"), "memory": format!("{mebibytes}Mi")},
+        "limits": {"memory": format!("{}Mi", mebibytes * 2)},
+    })
+}
+
+/// The tenant's objects at `site`.
+pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<Vec<Value>, RenderError> {
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    let namespace =
+        tenant.metadata.namespace.clone().ok_or_else(|| RenderError::NoNamespace { tenant: name.clone() })?;
+    let site_name = site.metadata.name.clone().unwrap_or_default();
+    let platform = site.spec.platform.as_ref().ok_or_else(|| RenderError::NoPlatform { site: site_name.clone() })?;
+    let spec = &tenant.spec;
+    if spec.database.cloud_native_pg {
+        return Err(RenderError::CloudNativePgNotBuilt { tenant: name });
+    }
+    let channel = spec
+        .sdi
+        .channels
+        .iter()
+        .find(|c| c.site == site_name)
+        .ok_or_else(|| RenderError::NoChannel { tenant: name.clone(), site: site_name.clone() })?;
+    let registry =
+        platform.image_registry.as_deref().map_or(String::new(), |r| format!("{}/", r.trim_end_matches('/')));
+    let owner = json!([{
+        "apiVersion": "fenice.io/v1alpha1", "kind": "InvoicingTenant", "name": name,
+        "uid": tenant.metadata.uid.clone().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true,
+    }]);
+    let labels = |component: &str| {
+        json!({
+            "app.kubernetes.io/name": "fenice-tenant", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fenice", TENANT_LABEL: name,
+        })
+    };
+    let selector = |component: &str| json!({"fenice.io/tenant": name, "app.kubernetes.io/component": component});
+    let metadata = |object: String, component: &str| json!({"name": object, "namespace": namespace, "labels": labels(component), "ownerReferences": owner});
+    let (app_size, db_size) = sizes(spec.tier);
+    let app_resources = match &spec.app.resources {
+        Some(custom) => serde_json::to_value(custom).unwrap_or(Value::Null),
+        None => resources(app_size),
+    };
+    let placement = json!({
+        "nodeSelector": platform.node_selector,
+        "tolerations": serde_json::to_value(&platform.tolerations).unwrap_or(Value::Null),
+    });
+    let hardened = json!({
+        "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    let storage_class = platform.storage_class.clone();
+    let (app, db) = (format!("{name}-app"), format!("{name}-db"));
+    let host = spec.app.host.clone().unwrap_or_else(|| match &platform.dns_zone {
+        Some(zone) => format!("{name}.{zone}"),
+        None => name.clone(),
+    });
+
+    let mut objects = vec![
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(app.clone(), "app"),
+            "data": {
+                "FENICE_TENANT": name, "FENICE_VAT": spec.vat_number, "FENICE_COMPANY": spec.display_name,
+                "FENICE_SDI_ENDPOINT": channel.endpoint, "FENICE_SITE": site_name,
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata(format!("{name}-documents"), "app"),
+            "spec": {
+                "accessModes": [if spec.app.replicas > 1 { "ReadWriteMany" } else { "ReadWriteOnce" }],
+                "storageClassName": storage_class,
+                "resources": {"requests": {"storage": spec.documents.storage}},
+            },
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata(app.clone(), "app"),
+            "spec": {
+                "replicas": spec.app.replicas,
+                "selector": {"matchLabels": selector("app")},
+                "template": {
+                    "metadata": {"labels": labels("app")},
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "fsGroup": 10001},
+                        "nodeSelector": placement["nodeSelector"],
+                        "tolerations": placement["tolerations"],
+                        "containers": [{
+                            "name": "app",
+                            "image": format!("{registry}fenice:{}", images.fenice),
+                            "args": [
+                                "app", "serve", "--listen", format!("0.0.0.0:{APP_PORT}"),
+                                "--tenant", "$(FENICE_TENANT)", "--vat", "$(FENICE_VAT)",
+                                "--company", "$(FENICE_COMPANY)", "--documents", "/var/lib/fenice/documents",
+                                "--sdi-endpoint", "$(FENICE_SDI_ENDPOINT)",
+                            ],
+                            "envFrom": [{"configMapRef": {"name": app}}],
+                            // NB: the database URL carries a password: a Secret, never the ConfigMap.
+                            "env": [{"name": "FENICE_APP_DB", "valueFrom": {"secretKeyRef": {"name": db, "key": "url"}}}],
+                            "ports": [{"name": "http", "containerPort": APP_PORT}],
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6,
+                            },
+                            "resources": app_resources,
+                            "securityContext": hardened,
+                            "volumeMounts": [
+                                {"name": "documents", "mountPath": "/var/lib/fenice/documents"},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }],
+                        "volumes": [
+                            {"name": "documents", "persistentVolumeClaim": {"claimName": format!("{name}-documents")}},
+                            {"name": "tmp", "emptyDir": {}},
+                        ],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata(app.clone(), "app"),
+            "spec": {"selector": selector("app"), "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }),
+        json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata(app.clone(), "app"),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector("app")}},
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata(db.clone(), "database"),
+            "spec": {
+                "serviceName": db,
+                "replicas": 1,
+                "selector": {"matchLabels": selector("database")},
+                "template": {
+                    "metadata": {"labels": labels("database")},
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999},
+                        "nodeSelector": placement["nodeSelector"],
+                        "tolerations": placement["tolerations"],
+                        "containers": [{
+                            "name": "postgres",
+                            "image": format!("{registry}fenice-postgres:{}", images.postgres),
+                            "args": [
+                                "-c", "archive_mode=on",
+                                "-c", "archive_command=fenice agent wal-push %p",
+                                "-c", "archive_timeout=60",
+                            ],
+                            "env": [
+                                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                                {"name": "FENICE_TENANT", "value": name},
+                                {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": db, "key": "password"}}},
+                            ],
+                            "envFrom": [{"secretRef": {"name": format!("{name}-repositories")}}],
+                            "ports": [{"name": "postgres", "containerPort": DB_PORT}],
+                            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
+                            "resources": resources(db_size),
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+                        }],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "data", "labels": labels("database")},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": storage_class,
+                        "resources": {"requests": {"storage": spec.database.storage}},
+                    },
+                }],
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata(db.clone(), "database"),
+            "spec": {"clusterIP": "None", "selector": selector("database"), "ports": [{"name": "postgres", "port": DB_PORT}]},
+        }),
+        network_policy(metadata(app.clone(), "app"), selector("app"), json!([{"ports": [{"port": APP_PORT}]}]), {
+            json!([{"to": [{"podSelector": {"matchLabels": selector("database")}}], "ports": [{"port": DB_PORT}]}])
+        }),
+        network_policy(
+            metadata(db.clone(), "database"),
+            selector("database"),
+            json!([{"from": [{"podSelector": {"matchLabels": selector("app")}}], "ports": [{"port": DB_PORT}]}]),
+            json!([]),
+        ),
+    ];
+    let exposure = platform.exposure.as_ref();
+    let mut annotations = serde_json::Map::new();
+    if platform.dns_switch == Some(DnsSwitch::ExternalDnsAnnotation) {
+        annotations.insert("external-dns.alpha.kubernetes.io/hostname".into(), json!(host));
+    }
+    let mut exposed = metadata(app.clone(), "app");
+    exposed["annotations"] = Value::Object(annotations);
+    match exposure.map(|e| e.kind) {
+        Some(ExposureKind::HttpRoute) => {
+            let gateway = exposure.and_then(|e| e.gateway_ref.as_deref()).unwrap_or_default();
+            let (gateway_namespace, gateway_name) = gateway.split_once('/').unwrap_or(("", gateway));
+            objects.push(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": exposed,
+                "spec": {
+                    "parentRefs": [{"name": gateway_name, "namespace": gateway_namespace}],
+                    "hostnames": [host],
+                    "rules": [{"backendRefs": [{"name": app, "port": 80}]}],
+                },
+            }));
+        }
+        Some(ExposureKind::Ingress) | None => objects.push(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": exposed,
+            "spec": {
+                "ingressClassName": exposure.and_then(|e| e.ingress_class_name.clone()),
+                "rules": [{"host": host, "http": {"paths": [{
+                    "path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": app, "port": {"name": "http"}}},
+                }]}}],
+            },
+        })),
+    }
+    Ok(objects.into_iter().map(without_nulls).collect())
+}
+
+/// A NetworkPolicy for the pods `selector` picks: `ingress` as given; egress to
+/// `egress` plus DNS and HTTPS (SdI and the object stores are outside the
+/// cluster, by name: a NetworkPolicy cannot name them closer than the port).
+fn network_policy(metadata: Value, selector: Value, ingress: Value, egress: Value) -> Value {
+    let mut egress = egress.as_array().cloned().unwrap_or_default();
+    egress.push(json!({"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}));
+    egress.push(json!({"ports": [{"port": 443, "protocol": "TCP"}]}));
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    })
+}
+
+/// Drops null fields and empty maps that a Site leaves unset (no node
+/// selector, no annotations), so an apply does not claim fields it has no
+/// value for. An empty `emptyDir` is a value and stays.
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, without_nulls(v)))
+                .filter(|(k, v)| !v.is_null() && (k == "emptyDir" || v.as_object().is_none_or(|m| !m.is_empty())))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
+}

@@ -1,0 +1,135 @@
+//! The Kubernetes site driver's objects for the example tenants at the example
+//! sites (a Westpole-like cluster with an Ingress, AKS with a Gateway API
+//! HTTPRoute), against golden files in tests/golden/kubernetes/. After an
+//! intended change: `FENICE_UPDATE_GOLDEN=1 cargo test --test kubernetes_render`,
+//! then read the diff.
+
+use fenice::api::site::Site;
+use fenice::api::tenant::InvoicingTenant;
+use fenice::site::kubernetes::{Images, RenderError, TENANT_LABEL, render};
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn examples<T: serde::de::DeserializeOwned>(file: &str) -> Vec<T> {
+    let text = std::fs::read_to_string(format!("{ROOT}/manifests/examples/{file}")).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .map(|d| serde_json::from_value(d).unwrap())
+        .collect()
+}
+
+fn images() -> Images {
+    Images { fenice: "0.1.0".into(), postgres: "15-0.1.0".into() }
+}
+
+fn kubernetes_sites() -> Vec<Site> {
+    examples::<Site>("sites.yaml").into_iter().filter(|s| s.spec.platform.is_some()).collect()
+}
+
+#[test]
+fn every_example_tenant_renders_as_its_golden_file_at_each_kubernetes_site() {
+    let update = std::env::var_os("FENICE_UPDATE_GOLDEN").is_some();
+    let sites = kubernetes_sites();
+    assert_eq!(sites.len(), 2, "the Westpole-like cluster and AKS");
+    let mut tenants: Vec<InvoicingTenant> = examples("tenants.yaml");
+    for (i, tenant) in tenants.iter_mut().enumerate() {
+        tenant.metadata.uid = Some(format!("00000000-0000-0000-0000-00000000000{i}"));
+    }
+    let mut differ = Vec::new();
+    for site in &sites {
+        for tenant in &tenants {
+            let objects = render(tenant, site, &images()).unwrap();
+            let text = serde_json::to_string_pretty(&objects).unwrap() + "\n";
+            let name =
+                format!("{}@{}.json", tenant.metadata.name.as_deref().unwrap(), site.metadata.name.as_deref().unwrap());
+            let path = format!("{ROOT}/tests/golden/kubernetes/{name}");
+            if update {
+                std::fs::create_dir_all(format!("{ROOT}/tests/golden/kubernetes")).unwrap();
+                std::fs::write(&path, &text).unwrap();
+            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                differ.push(name);
+            }
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "rendered objects differ from tests/golden/kubernetes/ {differ:?}; see this file's header"
+    );
+}
+
+#[test]
+fn the_same_tenant_differs_between_sites_only_where_the_sites_differ() {
+    let sites = kubernetes_sites();
+    let tenant: InvoicingTenant = examples("tenants.yaml").remove(0);
+    let [westpole, aks] = [&sites[0], &sites[1]].map(|s| render(&tenant, s, &images()).unwrap());
+    let kinds = |objects: &[Value]| objects.iter().map(|o| o["kind"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let (wk, ak) = (kinds(&westpole), kinds(&aks));
+    assert_eq!(wk.last().map(String::as_str), Some("Ingress"));
+    assert_eq!(ak.last().map(String::as_str), Some("HTTPRoute"));
+    assert_eq!(wk[..wk.len() - 1], ak[..ak.len() - 1], "the same objects but the exposure");
+    let deployment = |objects: &[Value]| objects.iter().find(|o| o["kind"] == "Deployment").unwrap().clone();
+    let (w, a) = (deployment(&westpole), deployment(&aks));
+    let image = |d: &Value| d["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap().to_owned();
+    assert_eq!(image(&w), "registry.westpole.example.it/fenice/fenice:0.1.0");
+    assert_eq!(image(&a), "fenice.azurecr.io/fenice/fenice:0.1.0");
+    assert_eq!(a["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.azure.com/mode"], "user");
+    assert!(w["spec"]["template"]["spec"].get("nodeSelector").is_none());
+    let storage = |objects: &[Value]| {
+        let set = objects.iter().find(|o| o["kind"] == "StatefulSet").unwrap();
+        set["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"].as_str().unwrap().to_owned()
+    };
+    assert_eq!((storage(&westpole), storage(&aks)), ("westpole-ssd".into(), "managed-csi-premium".into()));
+    // Every object carries the tenant's label and is owned by the tenant.
+    for object in westpole.iter().chain(&aks) {
+        assert_eq!(object["metadata"]["labels"][TENANT_LABEL], "studio-rossi", "{object}");
+        assert_eq!(object["metadata"]["ownerReferences"][0]["kind"], "InvoicingTenant", "{object}");
+    }
+    // The app's SdI endpoint is the channel prepared at that site.
+    let config = |objects: &[Value]| objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap()["data"].clone();
+    assert_eq!(config(&westpole)["FENICE_SDI_ENDPOINT"], "https://sdi-rome.fatture.example.it/ws");
+    assert_eq!(config(&aks)["FENICE_SDI_ENDPOINT"], "https://sdi-italynorth.fatture.example.it/ws");
+}
+
+#[test]
+fn resources_follow_the_tier_and_secrets_stay_out_of_config_maps() {
+    let site = &kubernetes_sites()[0];
+    let tenants: Vec<InvoicingTenant> = examples("tenants.yaml");
+    let requests: Vec<(String, String)> = tenants
+        .iter()
+        .map(|t| {
+            let objects = render(t, site, &images()).unwrap();
+            let d = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+            let r = &d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"];
+            (format!("{:?}", t.spec.tier), r["cpu"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert!(requests.contains(&("Gold".into(), "500m".into())), "{requests:?}");
+    assert!(requests.contains(&("Bronze".into(), "100m".into())), "{requests:?}");
+    for tenant in &tenants {
+        for object in render(tenant, site, &images()).unwrap() {
+            if object["kind"] == "ConfigMap" {
+                let text = object["data"].to_string().to_lowercase();
+                assert!(!text.contains("password") && !text.contains("postgres://"), "{object}");
+            }
+        }
+    }
+}
+
+#[test]
+fn what_cannot_be_rendered_is_a_clear_error() {
+    let mut tenant: InvoicingTenant = examples("tenants.yaml").remove(0);
+    let site = &kubernetes_sites()[1];
+    tenant.spec.sdi.channels.retain(|c| c.site != "azure-italynorth");
+    let error = render(&tenant, site, &images()).unwrap_err();
+    assert_eq!(error, RenderError::NoChannel { tenant: "studio-rossi".into(), site: "azure-italynorth".into() });
+    assert!(error.to_string().contains("add one to spec.sdi.channels"));
+    let mut bare = site.clone();
+    bare.spec.platform = None;
+    assert!(matches!(
+        render(&examples("tenants.yaml").remove(0), &bare, &images()),
+        Err(RenderError::NoPlatform { .. })
+    ));
+}
