@@ -25,6 +25,33 @@ pub struct KdfParams {
     pub parallelism: u32,
 }
 
+impl KdfParams {
+    /// The most a key file may ask for: 1 GiB of memory, 16 passes, 16 lanes.
+    /// Key files are not sealed, so anyone who can write to the store can write
+    /// one; without bounds, one asking for 4 TiB or 4 billion passes would stop
+    /// every unlock, the break-glass restore's included.
+    pub const MAX: KdfParams = KdfParams { memory_kib: 1024 * 1024, iterations: 16, parallelism: 16 };
+
+    /// `Ok` if the parameters are within [`MAX`](Self::MAX) (and not zero).
+    pub fn check(&self) -> Result<(), KeyError> {
+        let max = Self::MAX;
+        let within = |value: u32, max: u32| (1..=max).contains(&value);
+        if within(self.memory_kib, max.memory_kib)
+            && within(self.iterations, max.iterations)
+            && within(self.parallelism, max.parallelism)
+        {
+            return Ok(());
+        }
+        Err(KeyError::Kdf {
+            what: format!(
+                "Argon2id with {} KiB, {} passes, {} lanes is beyond what this version runs ({} KiB, {} passes, {} \
+                 lanes)",
+                self.memory_kib, self.iterations, self.parallelism, max.memory_kib, max.iterations, max.parallelism
+            ),
+        })
+    }
+}
+
 impl Default for KdfParams {
     /// 64 MiB, 3 passes: about a second on one core of a small machine, which
     /// is nothing for an SRE opening a repository and a lot for a guesser.
@@ -193,6 +220,7 @@ impl std::str::FromStr for Recipient {
 }
 
 fn argon2id(passphrase: &Passphrase, salt: &[u8], kdf: KdfParams) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
+    kdf.check()?;
     let params = argon2::Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(KEY_LEN))
         .map_err(|e| KeyError::Kdf { what: e.to_string() })?;
     let mut out = Zeroizing::new([0; KEY_LEN]);

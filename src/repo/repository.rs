@@ -30,6 +30,29 @@ pub struct ChunkerParams {
     pub max_size: u32,
 }
 
+impl ChunkerParams {
+    /// `Ok` if the chunker can run with these bounds. The config is not
+    /// sealed: bounds outside FastCDC's would stop every backup, and huge ones
+    /// would hold that much of a file in memory per chunk.
+    pub fn check(&self) -> Result<(), String> {
+        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        let (min, avg, max) = (self.min_size as usize, self.avg_size as usize, self.max_size as usize);
+        let fits = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
+            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
+            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max;
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "chunk sizes {min}/{avg}/{max} (min/avg/max) are outside what FastCDC 2020 cuts with \
+                 ({MINIMUM_MIN}..={MINIMUM_MAX}, {AVERAGE_MIN}..={AVERAGE_MAX}, {MAXIMUM_MIN}..={MAXIMUM_MAX}, in order)"
+            ))
+        }
+    }
+}
+
 impl Default for ChunkerParams {
     fn default() -> Self {
         Self { min_size: 512 * 1024, avg_size: 1024 * 1024, max_size: 8 * 1024 * 1024 }
@@ -180,6 +203,7 @@ fn parse_config(store: &dyn ObjectStore, bytes: &[u8]) -> Result<Config> {
     if config.version > FORMAT_VERSION {
         return Err(Error::NewerFormat { location: store.describe(), found: config.version });
     }
+    config.chunker.check().map_err(|why| corrupt(store, "config", why))?;
     Ok(config)
 }
 
@@ -307,6 +331,12 @@ impl Repository {
                 // A key file of another master key: left by an init that lost the race.
                 Ok(_) => continue,
                 Err(KeyError::Wrong(_)) => continue,
+                // NB: one unusable key file (anyone who can write to the store can
+                // add one) must not stop the others from opening the repository.
+                Err(e @ (KeyError::Kdf { .. } | KeyError::Malformed { .. })) => {
+                    tracing::warn!(store = %store.describe(), error = %e, "skipping a key file that cannot be used");
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -691,5 +721,44 @@ mod tests {
         // A second init finds the repository and changes nothing.
         let again = Repository::init(store.clone(), &passphrase(), FAST, None).await;
         assert!(matches!(again, Err(Error::AlreadyInitialized { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_key_file_asking_for_unbounded_work_is_skipped_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).unwrap());
+        let passphrase = || Passphrase::new("pw".into());
+        let repo = Repository::init(store.clone(), &passphrase(), FAST, None).await.unwrap();
+        // Anyone who can write to the store can add a key file: this one asks
+        // Argon2id for 4 TiB and 4 billion passes, and is listed first.
+        let mut hostile = KeyFile::for_passphrase(repo.master_key(), &passphrase(), FAST, "hostile").unwrap();
+        if let super::super::keyfile::Holder::Passphrase { kdf, .. } = &mut hostile.holder {
+            *kdf = KdfParams { memory_kib: u32::MAX, iterations: u32::MAX, parallelism: 1 };
+        }
+        let json = Bytes::from(serde_json::to_vec(&hostile).unwrap());
+        store.put(&format!("keys/{}", "0".repeat(64)), json, PutCondition::IfAbsent).await.unwrap();
+        let opened = Repository::open(store.clone(), &Unlock::Passphrase(passphrase())).await.unwrap();
+        assert_eq!(opened.master_key().as_bytes(), repo.master_key().as_bytes());
+        // Nor can such a key file be made.
+        let huge = KdfParams { memory_kib: 2 * 1024 * 1024, ..FAST };
+        let refused = KeyFile::for_passphrase(repo.master_key(), &passphrase(), huge, "too big");
+        assert!(matches!(&refused, Err(KeyError::Kdf { what }) if what.contains("2097152 KiB")), "{refused:?}");
+        assert!(KdfParams::default().check().is_ok() && KdfParams::MAX.check().is_ok());
+        assert!(KdfParams { iterations: 0, ..FAST }.check().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_config_with_chunk_sizes_the_chunker_cannot_use_is_refused_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).unwrap());
+        Repository::init(store.clone(), &Passphrase::new("pw".into()), FAST, None).await.unwrap();
+        let path = dir.path().join(CONFIG_KEY);
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config["chunker"]["maxSize"] = serde_json::json!(1u32 << 30);
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let refused = Repository::open(store, &Unlock::Passphrase(Passphrase::new("pw".into()))).await;
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("config") && message.contains("chunk sizes 524288/1048576/1073741824"), "{message}");
+        assert!(ChunkerParams::default().check().is_ok());
     }
 }
