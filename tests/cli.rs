@@ -54,3 +54,43 @@ fn failover_simulate_reports_the_time_to_bring_tenants_back() {
     let total = outcome["total_seconds"].as_f64().unwrap();
     assert!((80.0..90.0).contains(&total), "{outcome}");
 }
+
+/// `fenice failover report` reads a failover's state from the witness store
+/// (here a directory) and prints its report; exit 1 unless it succeeded.
+#[test]
+fn a_failover_report_is_read_from_the_witness_store() {
+    let witness = tempfile::tempdir().unwrap();
+    let span = |step: &str, began: u64| serde_json::json!({"step": step, "began": began, "ended": began + 2000});
+    let tenant = |name: &str, step: &str, error: Option<&str>| {
+        serde_json::json!({
+            "tenant": {"namespace": "invoicing", "name": name}, "step": step, "rtoMs": 8000, "rpoMs": 300,
+            "snapshotId": format!("snap-{name}"), "error": error,
+            "timeline": [span("Restoring", 1_800_000_000_000), span("Reconciling", 1_800_000_002_000)],
+        })
+    };
+    let state = serde_json::json!({
+        "name": "westpole-lost", "plan": "westpole-to-azure", "trigger": "Automatic", "source": "westpole",
+        "target": "azure", "phase": "Failed", "epoch": 2, "declaredLoss": 1_800_000_000_000u64,
+        "waves": [{"name": "gold", "parallelism": 4, "gate": {"maxFailedTenants": 0, "requireApproval": false},
+                   "tenants": [tenant("studio-rossi", "Succeeded", None), tenant("geom-bianchi", "Failed", Some("no backup"))]}],
+    });
+    let key = witness.path().join("witness/westpole-to-azure/failovers/westpole-lost.json");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, state.to_string()).unwrap();
+    let dir = witness.path().to_str().unwrap();
+    let report = |format: &str| {
+        let args = ["failover", "report", "westpole-lost", "--plan", "westpole-to-azure", "--witness", dir, "--format"];
+        fenice(&[&args[..], &[format]].concat())
+    };
+    let md = report("md");
+    assert_eq!(md.status.code(), Some(1), "a failed failover: {}", String::from_utf8_lossy(&md.stderr));
+    let text = String::from_utf8_lossy(&md.stdout);
+    assert!(text.starts_with("# Failover westpole-lost: FAILED"), "{text}");
+    assert!(text.contains("| invoicing/geom-bianchi | gold | Failed |") && text.contains("no backup"), "{text}");
+    let html = String::from_utf8_lossy(&report("html").stdout).into_owned();
+    assert_eq!(html.matches("class=\"bar\"").count(), 4, "two steps of two tenants: {html}");
+    let missing = fenice(&["failover", "report", "other", "--plan", "westpole-to-azure", "--witness", dir]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("no failover other of plan westpole-to-azure"), "{err}");
+}

@@ -40,8 +40,9 @@ struct ReportArgs {
     kubeconfig: Option<PathBuf>,
 }
 
+/// How a report is printed.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
+pub(super) enum Format {
     Md,
     Json,
     Html,

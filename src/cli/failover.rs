@@ -1,5 +1,5 @@
-//! `fenice failover`: failovers as an SRE runs them. Only `simulate` is built
-//! so far; the other commands say so.
+//! `fenice failover`: failovers as an SRE runs them. `simulate` and `report`
+//! are built so far; the other commands say so.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,8 +8,12 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::EXIT_USAGE;
+use super::drill::Format;
+use super::repo::StoreArgs;
 use crate::failover::capacity::{self, Costs, Scenario};
+use crate::failover::executor::StateFile;
 use crate::failover::machine::Phase;
+use crate::failover::report;
 
 #[derive(Args, Debug)]
 pub struct FailoverArgs {
@@ -22,6 +26,10 @@ enum FailoverCommand {
     /// How long a failover of many tenants takes with the real wave logic,
     /// on a virtual clock, from per-tenant step costs.
     Simulate(SimulateArgs),
+    /// The report of a failover, from the state it persisted in the witness
+    /// store: verdict, epoch, each tenant's RTO, RPO, snapshot and steps, a
+    /// timeline. Exit 1 unless it succeeded.
+    Report(ReportArgs),
     #[command(external_subcommand)]
     Other(Vec<String>),
 }
@@ -55,9 +63,27 @@ struct SimulateArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The failover's name.
+    name: String,
+    /// The plan it ran for.
+    #[arg(long)]
+    plan: String,
+    /// The witness store: a path, s3://bucket/prefix or az://account/container/prefix.
+    #[arg(long)]
+    witness: String,
+    #[arg(long, value_enum, default_value_t = Format::Md)]
+    format: Format,
+    #[command(flatten)]
+    stores: StoreArgs,
+}
+
 pub fn run(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        // NB: simulate runs its own runtime on a virtual clock.
         FailoverCommand::Simulate(args) => simulate(args),
+        FailoverCommand::Report(args) => super::runtime()?.block_on(print_report(args)),
         FailoverCommand::Other(words) => {
             eprintln!(
                 "fenice failover {}: not available in fenice {} yet; `fenice failover simulate` is",
@@ -67,6 +93,28 @@ pub fn run(args: FailoverArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_USAGE))
         }
     }
+}
+
+async fn print_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let store = args.stores.open(&args.witness).await?;
+    let key = StateFile::key_for(&args.plan, &args.name);
+    let Some((state, _)) = StateFile::load(store.clone(), &args.plan, &args.name).await? else {
+        anyhow::bail!(
+            "no failover {} of plan {} at {} (no {key}): check the name, the plan and the witness location",
+            args.name,
+            args.plan,
+            store.describe()
+        );
+    };
+    // NB: the persisted state has no objectives: the report gives the figures alone.
+    let report = report::of(&state, &report::Objectives::new());
+    let text = match args.format {
+        Format::Md => report::markdown(&report),
+        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Format::Html => report::html(&report),
+    };
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(if state.phase == Phase::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
