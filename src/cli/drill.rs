@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use kube::Api;
 
 use super::EXIT_USAGE;
+use super::output::ReportFormat;
 use crate::api::drill::{Drill, DrillPhase};
 use crate::drill::report;
 
@@ -33,19 +34,11 @@ enum DrillCommand {
 struct ReportArgs {
     /// The Drill's name.
     name: String,
-    #[arg(long, value_enum, default_value_t = Format::Md)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    format: ReportFormat,
     /// The cluster; in-cluster configuration (or $KUBECONFIG) otherwise.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-}
-
-/// How a report is printed.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(super) enum Format {
-    Md,
-    Json,
-    Html,
 }
 
 pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
@@ -71,11 +64,7 @@ async fn print_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading Drill {}", args.name))?
         .with_context(|| format!("Drill {} does not exist: `kubectl get drills` lists them", args.name))?;
     let report = report::of(&drill);
-    let text = match args.format {
-        Format::Md => report::markdown(&report),
-        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Format::Html => report::html(&report),
-    };
+    let text = args.format.render(&report, report::markdown, report::html)?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     let failed = drill.status.is_some_and(|s| s.phase == DrillPhase::Failed);
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })

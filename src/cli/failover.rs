@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::EXIT_USAGE;
-use super::drill::Format;
+use super::output::ReportFormat;
 use super::repo::StoreArgs;
 use crate::failover::capacity::{self, Costs, Scenario};
 use crate::failover::executor::StateFile;
@@ -73,8 +73,8 @@ struct ReportArgs {
     /// The witness store: a path, s3://bucket/prefix or az://account/container/prefix.
     #[arg(long)]
     witness: String,
-    #[arg(long, value_enum, default_value_t = Format::Md)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    format: ReportFormat,
     #[command(flatten)]
     stores: StoreArgs,
 }
@@ -108,11 +108,7 @@ async fn print_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     };
     // NB: the persisted state has no objectives: the report gives the figures alone.
     let report = report::of(&state, &report::Objectives::new());
-    let text = match args.format {
-        Format::Md => report::markdown(&report),
-        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Format::Html => report::html(&report),
-    };
+    let text = args.format.render(&report, report::markdown, report::html)?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(if state.phase == Phase::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

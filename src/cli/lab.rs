@@ -50,12 +50,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     // NB: in the system's temporary directory, which PostgreSQL's own user can
     // reach when the lab runs as root (a home directory often is not).
     let work = tempfile::Builder::new().prefix("fenice-lab-").tempdir().context("creating the lab's directory")?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Traversable by PostgreSQL's user; what is secret inside is 0600.
-        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("opening {} to PostgreSQL's user", work.path().display()))?;
-    }
+    crate::site::local::open_to_postgres(work.path())
+        .with_context(|| format!("opening {} to PostgreSQL's user", work.path().display()))?;
     let options = LabOptions {
         tenants: args.tenants,
         work_dir: work.path().to_owned(),

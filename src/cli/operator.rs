@@ -113,12 +113,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         .prefix(STATE_PREFIX)
         .tempdir_in(&state_parent)
         .with_context(|| format!("creating a directory for Local sites in {}", state_parent.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // PostgreSQL runs as its own user and must reach its directory in here.
-        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("opening {} to the postgres user", state.path().display()))?;
-    }
+    crate::site::local::open_to_postgres(state.path())
+        .with_context(|| format!("opening {} to PostgreSQL's user", state.path().display()))?;
     let pid_file = state.path().join(PID_FILE);
     std::fs::write(&pid_file, std::process::id().to_string())
         .with_context(|| format!("writing {}", pid_file.display()))?;

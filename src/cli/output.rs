@@ -23,6 +23,30 @@ pub fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std
 
 pub use crate::error_chain::error_chain;
 
+/// How a report (a drill's, a failover's) is printed.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Json,
+    Html,
+}
+
+impl ReportFormat {
+    /// `report` in this format, with its own Markdown and HTML renderers.
+    pub fn render<R: serde::Serialize>(
+        self,
+        report: &R,
+        markdown: fn(&R) -> String,
+        html: fn(&R) -> String,
+    ) -> serde_json::Result<String> {
+        Ok(match self {
+            Self::Md => markdown(report),
+            Self::Json => serde_json::to_string_pretty(report)? + "\n",
+            Self::Html => html(report),
+        })
+    }
+}
+
 /// `1.5 MiB`-style sizes.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -304,13 +304,14 @@ async fn drill_tenant(
         ctx.local.stop(site, &namespace, &name);
     }
     let (rpo, snapshot, outcome, warnings, test_invoice) = match outcome {
-        Ok(served) => (
-            drill_start.duration_since(served.taken).unsigned_abs(),
-            Some(served.snapshot),
-            served.test_invoice.as_ref().map(|_| ()).map_err(Clone::clone),
-            served.warnings,
-            served.test_invoice.ok(),
-        ),
+        Ok(served) => {
+            let rpo = drill_start.duration_since(served.taken).unsigned_abs();
+            let (outcome, sent) = match served.test_invoice {
+                Ok(sent) => (Ok(()), Some(sent)),
+                Err(why) => (Err(why), None),
+            };
+            (rpo, Some(served.snapshot), outcome, served.warnings, sent)
+        }
         Err(why) => (Duration::ZERO, None, Err(why), Vec::new(), None),
     };
     Measured {

@@ -15,8 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::policy::{plan as due, wait_until};
-use super::schedule::{self, Cron};
+use super::schedule::{self, Schedule, wait_until};
 use super::{Context, ObjectError, about};
 use crate::api::drill::{Drill, DrillSpec};
 use crate::api::plan::FailoverPlan;
@@ -28,7 +27,7 @@ pub type Error = ObjectError;
 
 /// The Drill's name for the plan's run at `at`: `<plan>-<yyyymmdd-hhmm>` (UTC).
 pub fn drill_name(plan: &str, at: Timestamp) -> String {
-    format!("{plan}-{}", at.strftime("%Y%m%d-%H%M")).to_ascii_lowercase()
+    schedule::run_name(plan, at)
 }
 
 pub async fn reconcile(plan: Arc<FailoverPlan>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -37,8 +36,7 @@ pub async fn reconcile(plan: Arc<FailoverPlan>, ctx: Arc<Context>) -> Result<Act
 
 async fn reconcile_inner(plan: &FailoverPlan, ctx: &Context) -> Result<Action, Error> {
     let Some(drills) = &plan.spec.drills else { return Ok(Action::await_change()) };
-    let parsed = Cron::parse(&drills.schedule).and_then(|c| Ok((c, schedule::zone(&drills.time_zone)?)));
-    let (cron, zone) = match parsed {
+    let schedule = match Schedule::parse(&drills.schedule, &drills.time_zone) {
         Ok(parsed) => parsed,
         Err(e) => {
             let note = format!("spec.drills: {e}: no drill is scheduled until it is fixed");
@@ -48,8 +46,7 @@ async fn reconcile_inner(plan: &FailoverPlan, ctx: &Context) -> Result<Action, E
     };
     let now = Timestamp::now();
     let last = plan.status.as_ref().and_then(|s| s.last_drill_time.as_ref()).map(|t| t.0);
-    let since = last.or_else(|| plan.metadata.creation_timestamp.as_ref().map(|t| t.0)).unwrap_or(now);
-    let due = due(&cron, &zone, since, now);
+    let due = schedule.due(last, plan.metadata.creation_timestamp.as_ref().map(|t| t.0), now);
     if let Some(run) = due.run {
         let mut drill = Drill::new(
             &drill_name(&plan.name_any(), run),

@@ -1,7 +1,7 @@
 //! The BackupPolicy controller's schedule: at each time the policy's cron names
 //! (in its time zone), one Backup per tenant the policy protects. A controller
 //! that was away runs the latest missed time once, not every one it missed.
-//! [`plan`] decides; [`reconcile`] lists tenants, creates Backups (their names
+//! [`Schedule::due`] decides; [`reconcile`] lists tenants, creates Backups (their names
 //! carry the scheduled time, so a retry creates nothing twice) and writes status.
 //! Each reconcile also judges every protected tenant against the policy's
 //! rules (`audit::check_policy`): where its backups go, the providers, and
@@ -10,7 +10,6 @@
 //! Retention is applied by the Backup controller after each successful run.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -20,7 +19,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::Context;
-use super::schedule::{self, Cron};
+use super::schedule::{self, Schedule, wait_until};
 use crate::api::backup::{Backup, BackupSpec, BackupTrigger};
 use crate::api::condition::{self, Observed};
 use crate::api::policy::{BackupPolicy, BackupPolicyStatus};
@@ -31,8 +30,6 @@ use crate::audit::{self, Copy, Violation};
 pub const CONTROLLER: &str = "backuppolicy";
 const SCHEDULED: &str = "Scheduled";
 const COMPLIANT: &str = "Compliant";
-/// Longest wait between two looks at a policy, whatever its schedule says.
-const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,25 +42,9 @@ pub enum Error {
     },
 }
 
-/// What to do with a policy now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    /// Run now, for this scheduled time.
-    pub run: Option<Timestamp>,
-    /// The time after that (or after the last run).
-    pub next: Option<Timestamp>,
-}
-
-/// The run due at `now`, if any, since `since` (the last run, or the policy's creation).
-pub fn plan(cron: &Cron, zone: &jiff::tz::TimeZone, since: Timestamp, now: Timestamp) -> Plan {
-    let run = cron.latest_between(since, now, zone);
-    let next = cron.next_after(run.unwrap_or(since).max(now), zone);
-    Plan { run, next }
-}
-
 /// The Backup's name for a tenant's run at `at`: `<tenant>-<yyyymmdd-hhmm>` (UTC).
 pub fn backup_name(tenant: &str, at: Timestamp) -> String {
-    format!("{tenant}-{}", at.strftime("%Y%m%d-%H%M")).to_ascii_lowercase()
+    schedule::run_name(tenant, at)
 }
 
 pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -73,8 +54,7 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
 async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     let name = policy.name_any();
     let now = Timestamp::now();
-    let parsed = Cron::parse(&policy.spec.schedule).and_then(|c| Ok((c, schedule::zone(&policy.spec.time_zone)?)));
-    let (cron, zone) = match parsed {
+    let schedule = match Schedule::parse(&policy.spec.schedule, &policy.spec.time_zone) {
         Ok(parsed) => parsed,
         Err(e) => {
             let message = e.to_string();
@@ -88,8 +68,7 @@ async fn reconcile_inner(policy: &BackupPolicy, ctx: &Context) -> Result<Action,
     let compliance = evaluate_rules(ctx, policy).await?;
     let status = policy.status.clone().unwrap_or_default();
     let last = status.last_schedule_time.as_ref().map(|t| t.0);
-    let since = last.or_else(|| policy.metadata.creation_timestamp.as_ref().map(|t| t.0)).unwrap_or(now);
-    let plan = plan(&cron, &zone, since, now);
+    let plan = schedule.due(last, policy.metadata.creation_timestamp.as_ref().map(|t| t.0), now);
     let Some(run) = plan.run else {
         let message = "waiting for the next scheduled time".to_owned();
         let scheduled = Scheduled { last, next: plan.next, ok: true, reason: "Waiting", message };
@@ -229,13 +208,6 @@ fn violations_note(compliance: &Compliance) -> Option<String> {
     }
 }
 
-/// How long to wait for `next`: at least a second, at most [`MAX_WAIT`].
-pub fn wait_until(next: Option<Timestamp>, now: Timestamp) -> Duration {
-    next.and_then(|n| Duration::try_from(n.duration_since(now)).ok())
-        .map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
-        .max(Duration::from_secs(1))
-}
-
 /// What the schedule did, for the `Scheduled` condition.
 struct Scheduled<'a> {
     last: Option<Timestamp>,
@@ -292,6 +264,7 @@ pub fn error_policy(policy: Arc<BackupPolicy>, error: &Error, _ctx: Arc<Context>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::schedule::Due;
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()
@@ -299,17 +272,16 @@ mod tests {
 
     #[test]
     fn a_run_is_due_once_per_scheduled_time_and_the_next_is_known() {
-        let cron = Cron::parse("0 2 * * *").unwrap();
-        let rome = schedule::zone("Europe/Rome").unwrap();
+        let schedule = Schedule::parse("0 2 * * *", "Europe/Rome").unwrap();
         // Created at noon: nothing due before 02:00 Rome (01:00 UTC) the next day.
-        let created = at("2026-11-23T11:00:00Z");
-        let waiting = plan(&cron, &rome, created, at("2026-11-23T20:00:00Z"));
-        assert_eq!(waiting, Plan { run: None, next: Some(at("2026-11-24T01:00:00Z")) });
+        let created = Some(at("2026-11-23T11:00:00Z"));
+        let waiting = schedule.due(None, created, at("2026-11-23T20:00:00Z"));
+        assert_eq!(waiting, Due { run: None, next: Some(at("2026-11-24T01:00:00Z")) });
         // Three days away: one run, for the latest time missed.
-        let back = plan(&cron, &rome, created, at("2026-11-26T09:00:00Z"));
-        assert_eq!(back, Plan { run: Some(at("2026-11-26T01:00:00Z")), next: Some(at("2026-11-27T01:00:00Z")) });
+        let back = schedule.due(None, created, at("2026-11-26T09:00:00Z"));
+        assert_eq!(back, Due { run: Some(at("2026-11-26T01:00:00Z")), next: Some(at("2026-11-27T01:00:00Z")) });
         // After that run, nothing more until the next one.
-        assert_eq!(plan(&cron, &rome, at("2026-11-26T01:00:00Z"), at("2026-11-26T09:00:00Z")).run, None);
+        assert_eq!(schedule.due(Some(at("2026-11-26T01:00:00Z")), created, at("2026-11-26T09:00:00Z")).run, None);
     }
 
     #[test]

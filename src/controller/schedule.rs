@@ -3,6 +3,12 @@
 //! `@weekly`, `@monthly`. Times are civil times in the zone: at the spring
 //! daylight-saving gap a skipped time runs right after the gap, and at the
 //! autumn fold a repeated time runs once, the first time.
+//!
+//! [`Schedule::due`] is what the scheduled kinds (BackupPolicy, FailoverPlan's
+//! drills) share: a controller that was away runs the latest missed time once,
+//! not every one it missed.
+
+use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::civil::{Date, DateTime};
@@ -127,6 +133,53 @@ impl Cron {
 /// The time zone named, or why not.
 pub fn zone(name: &str) -> Result<TimeZone, Error> {
     TimeZone::get(name).map_err(|_| Error::UnknownZone { zone: name.to_owned() })
+}
+
+/// A cron schedule in its time zone.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    cron: Cron,
+    zone: TimeZone,
+}
+
+/// What to do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Due {
+    /// Run now, for this scheduled time.
+    pub run: Option<Timestamp>,
+    /// The time after that (or after the last run).
+    pub next: Option<Timestamp>,
+}
+
+/// Longest wait between two looks at a scheduled object, whatever its schedule says.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+impl Schedule {
+    pub fn parse(cron: &str, zone_name: &str) -> Result<Self, Error> {
+        Ok(Self { cron: Cron::parse(cron)?, zone: zone(zone_name)? })
+    }
+
+    /// The run due at `now`, if any, since the last run (or, before the
+    /// first, since the object was created).
+    pub fn due(&self, last: Option<Timestamp>, created: Option<Timestamp>, now: Timestamp) -> Due {
+        let since = last.or(created).unwrap_or(now);
+        let run = self.cron.latest_between(since, now, &self.zone);
+        let next = self.cron.next_after(run.unwrap_or(since).max(now), &self.zone);
+        Due { run, next }
+    }
+}
+
+/// How long to wait for `next`: at least a second, at most an hour.
+pub fn wait_until(next: Option<Timestamp>, now: Timestamp) -> Duration {
+    next.and_then(|n| Duration::try_from(n.duration_since(now)).ok())
+        .map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
+        .max(Duration::from_secs(1))
+}
+
+/// The name of what a run at `at` creates: `<prefix>-<yyyymmdd-hhmm>` (UTC),
+/// so that a retry creates nothing twice.
+pub fn run_name(prefix: &str, at: Timestamp) -> String {
+    format!("{prefix}-{}", at.strftime("%Y%m%d-%H%M")).to_ascii_lowercase()
 }
 
 /// One field as a bit set.

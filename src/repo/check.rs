@@ -128,7 +128,7 @@ async fn read_pack(
     let mut damaged_blobs = Vec::new();
     // NB: the size listed is the current version's (0 when hidden by a delete
     // marker); an intact older one differs.
-    let written_over = repo.overwritten().iter().any(|o| o.key == pack_key(pack));
+    let written_over = repo.reads().is_written_over(&pack_key(pack));
     if (bytes.len() as u64 != size && !written_over) || Id::of_content(&bytes) != *pack {
         reasons.push("content does not match its name".to_owned());
     }

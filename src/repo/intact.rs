@@ -135,6 +135,11 @@ impl IntactReads {
         Ok(version.map(|v| self.pin(key, v)).is_some())
     }
 
+    /// Whether `key` was found written over (and is read from an older version).
+    pub fn is_written_over(&self, key: &str) -> bool {
+        self.pinned(key).is_some()
+    }
+
     /// The objects found overwritten so far, by key.
     pub fn overwritten(&self) -> Vec<Overwritten> {
         let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());

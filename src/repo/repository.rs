@@ -158,7 +158,6 @@ struct Writer {
 
 /// An open repository.
 pub struct Repository {
-    store: Arc<dyn ObjectStore>,
     master: MasterKey,
     keys: Keys,
     config: Config,
@@ -176,7 +175,7 @@ const TREE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repository").field("store", &self.store.describe()).finish_non_exhaustive()
+        f.debug_struct("Repository").field("store", &self.store().describe()).finish_non_exhaustive()
     }
 }
 
@@ -239,9 +238,9 @@ impl Repository {
         let repo = Self::assemble(IntactReads::new(store), master, config);
         repo.add_key_file(&key_file).await?;
         let json = serde_json::to_vec_pretty(&repo.config).expect("config serializes");
-        match repo.store.put(CONFIG_KEY, Bytes::from(json), PutCondition::IfAbsent).await {
+        match repo.store().put(CONFIG_KEY, Bytes::from(json), PutCondition::IfAbsent).await {
             Err(store::Error::AlreadyExists { .. }) => {
-                return Err(Error::AlreadyInitialized { location: repo.store.describe() });
+                return Err(Error::AlreadyInitialized { location: repo.store().describe() });
             }
             other => other?,
         };
@@ -251,7 +250,6 @@ impl Repository {
     fn assemble(reads: IntactReads, master: MasterKey, config: Config) -> Self {
         let keys = master.derive();
         Repository {
-            store: reads.store().clone(),
             reads,
             master,
             keys,
@@ -379,7 +377,7 @@ impl Repository {
         if files.len() == 1 {
             return Err(Error::LastKey { location: self.describe(), id: *id });
         }
-        Ok(self.store.delete(&format!("keys/{id}")).await?)
+        Ok(self.store().delete(&format!("keys/{id}")).await?)
     }
 
     pub fn master_key(&self) -> &MasterKey {
@@ -391,7 +389,7 @@ impl Repository {
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+        self.reads.store()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -399,11 +397,11 @@ impl Repository {
     }
 
     pub fn describe(&self) -> String {
-        self.store.describe()
+        self.store().describe()
     }
 
     async fn put_once(&self, key: &str, data: Vec<u8>) -> Result<()> {
-        match self.store.put(key, Bytes::from(data), PutCondition::IfAbsent).await {
+        match self.store().put(key, Bytes::from(data), PutCondition::IfAbsent).await {
             // Content-addressed: an existing object under this name has this content.
             Ok(_) | Err(store::Error::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -413,10 +411,10 @@ impl Repository {
     /// Every index object, with its key.
     pub async fn index_files(&self) -> Result<Vec<(String, IndexFile)>> {
         let mut files = Vec::new();
-        for meta in self.store.list("index/").await? {
+        for meta in self.store().list("index/").await? {
             let sealed = self.reads.get(&meta.key).await?;
             let file: IndexFile =
-                open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store.as_ref(), &meta.key, e))?;
+                open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store().as_ref(), &meta.key, e))?;
             files.push((meta.key, file));
         }
         Ok(files)
@@ -436,13 +434,13 @@ impl Repository {
     /// their snapshots too. Reads only the new objects.
     pub async fn refresh_index(&self) -> Result<()> {
         let known = self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for meta in self.store.list("index/").await? {
+        for meta in self.store().list("index/").await? {
             if known.contains(&meta.key) {
                 continue;
             }
             let sealed = self.reads.get(&meta.key).await?;
             let file: IndexFile =
-                open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store.as_ref(), &meta.key, e))?;
+                open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store().as_ref(), &meta.key, e))?;
             self.index.write().unwrap_or_else(|e| e.into_inner()).add_file(&file);
             self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(meta.key);
         }
@@ -471,7 +469,7 @@ impl Repository {
     /// Returns how many packs were found.
     pub async fn adopt_unindexed_packs(&self) -> Result<usize> {
         let mut adopted = 0;
-        for meta in self.store.list("data/").await? {
+        for meta in self.store().list("data/").await? {
             let Some(id) = meta.key.rsplit('/').next().and_then(|name| name.parse::<Id>().ok()) else {
                 continue;
             };
@@ -663,7 +661,7 @@ impl Repository {
     /// Every snapshot, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let mut out = Vec::new();
-        for meta in self.store.list("snapshots/").await? {
+        for meta in self.store().list("snapshots/").await? {
             let Some(id) = meta.key.strip_prefix("snapshots/").and_then(|s| s.parse::<Id>().ok()) else {
                 continue;
             };
@@ -676,7 +674,7 @@ impl Repository {
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let key = format!("snapshots/{id}");
         let sealed = self.reads.get(&key).await?;
-        open_json(&self.keys, &sealed, SNAPSHOT_AAD).map_err(|e| corrupt(self.store.as_ref(), key, e))
+        open_json(&self.keys, &sealed, SNAPSHOT_AAD).map_err(|e| corrupt(self.store().as_ref(), key, e))
     }
 
     /// Finds a snapshot by id, unique id prefix, or `latest`.

@@ -97,14 +97,22 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         Some(custom) => serde_json::to_value(custom).unwrap_or(Value::Null),
         None => resources(app_size),
     };
-    let placement = json!({
-        "nodeSelector": platform.node_selector,
-        "tolerations": serde_json::to_value(&platform.tolerations).unwrap_or(Value::Null),
-    });
+    let tolerations = serde_json::to_value(&platform.tolerations).unwrap_or(Value::Null);
+    // A pod template: `spec`'s containers and volumes, as user `uid`, on the Site's nodes.
+    let template = |component: &str, uid: u32, mut spec: Value| {
+        spec["automountServiceAccountToken"] = json!(false);
+        spec["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": uid, "fsGroup": uid});
+        spec["nodeSelector"] = json!(platform.node_selector);
+        spec["tolerations"] = tolerations.clone();
+        json!({"metadata": {"labels": labels(component)}, "spec": spec})
+    };
     let hardened = json!({
         "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
     });
+    // NB: PostgreSQL writes its socket and lock files outside its data volume.
+    let mut db_hardened = hardened.clone();
+    db_hardened.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
     let storage_class = platform.storage_class.clone();
     let (app, db) = (format!("{name}-app"), format!("{name}-db"));
     let host = spec.app.host.clone().unwrap_or_else(|| match &platform.dns_zone {
@@ -133,13 +141,7 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
             "spec": {
                 "replicas": spec.app.replicas,
                 "selector": {"matchLabels": selector("app")},
-                "template": {
-                    "metadata": {"labels": labels("app")},
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "fsGroup": 10001},
-                        "nodeSelector": placement["nodeSelector"],
-                        "tolerations": placement["tolerations"],
+                "template": template("app", 10001, json!({
                         "containers": [{
                             "name": "app",
                             "image": format!("{registry}fenice:{}", images.fenice),
@@ -168,8 +170,7 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
                             {"name": "documents", "persistentVolumeClaim": {"claimName": format!("{name}-documents")}},
                             {"name": "tmp", "emptyDir": {}},
                         ],
-                    },
-                },
+                })),
             },
         }),
         json!({
@@ -186,13 +187,7 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
                 "serviceName": db,
                 "replicas": 1,
                 "selector": {"matchLabels": selector("database")},
-                "template": {
-                    "metadata": {"labels": labels("database")},
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "securityContext": {"runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999},
-                        "nodeSelector": placement["nodeSelector"],
-                        "tolerations": placement["tolerations"],
+                "template": template("database", 999, json!({
                         "containers": [{
                             "name": "postgres",
                             "image": format!("{registry}fenice-postgres:{}", images.postgres),
@@ -210,14 +205,10 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
                             "ports": [{"name": "postgres", "containerPort": DB_PORT}],
                             "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
                             "resources": resources(db_size),
-                            "securityContext": {
-                                "allowPrivilegeEscalation": false, "runAsNonRoot": true,
-                                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
-                            },
+                            "securityContext": db_hardened,
                             "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
                         }],
-                    },
-                },
+                })),
                 "volumeClaimTemplates": [{
                     "metadata": {"name": "data", "labels": labels("database")},
                     "spec": {

@@ -103,6 +103,13 @@ pub fn database_name(tenant: &str) -> String {
     tenant.replace('-', "_")
 }
 
+/// Lets PostgreSQL's own user (it runs as `postgres` when we are root) through
+/// `dir`, as it can through $TMPDIR; what is secret inside is 0600.
+pub fn open_to_postgres(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
 impl LocalSite {
     pub fn new(name: &str, program: &Path, dir: &Path) -> Self {
         Self {
@@ -120,14 +127,12 @@ impl LocalSite {
 
     /// Where the site's servers keep their directories (sockets, logs, fresh
     /// data), inside the site's own directory: whoever removes that after a
-    /// crash removes them too. Made world-readable, as $TMPDIR is, for
-    /// PostgreSQL run as its own user.
+    /// crash removes them too.
     fn run_dir(&self) -> Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
         let run = self.dir.join("run");
         let io = |what, source| Error::Io { site: self.name.clone(), what, path: run.clone(), source };
         std::fs::create_dir_all(&run).map_err(|e| io("creating the servers' directory", e))?;
-        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).map_err(|e| io("opening", e))?;
+        open_to_postgres(&run).map_err(|e| io("opening", e))?;
         Ok(run)
     }
 
