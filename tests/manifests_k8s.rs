@@ -531,3 +531,35 @@ fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
     let file = TempYaml::new("rendered-stacks", &text);
     Validator::get().check(&file.0, true).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The Role a Kubernetes site's identity gets in each tenant namespace grants
+/// what the site driver does and no more: list, patch and delete on each kind
+/// it applies; create and delete on Secrets, never get or list; a namespaced
+/// Role, never a ClusterRole.
+#[test]
+fn the_tenant_namespace_role_grants_what_the_site_driver_does_and_no_more() {
+    let path = manifests_dir().join("site/tenant-namespace-rbac.yaml");
+    let docs = read_yaml_docs(&path);
+    assert!(docs.iter().all(|d| kind(d) != "ClusterRole" && kind(d) != "ClusterRoleBinding"), "{docs:?}");
+    let mut granted = BTreeSet::new();
+    for (label, rule) in rules(&docs) {
+        for group in strings(rule, "apiGroups") {
+            for resource in strings(rule, "resources") {
+                let verbs = strings(rule, "verbs").join(",");
+                assert!(granted.insert((group.to_owned(), resource.to_owned(), verbs)), "{label}: {resource} twice");
+            }
+        }
+    }
+    let mut wanted: BTreeSet<(String, String, String)> = fenice::site::cluster::KINDS
+        .iter()
+        .map(|(group, version, kind)| {
+            let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind));
+            (group.to_string(), resource.plural, "list,patch,delete".to_owned())
+        })
+        .collect();
+    wanted.insert((String::new(), "secrets".into(), "create,delete".into()));
+    assert_eq!(granted, wanted, "{} must grant exactly what the site driver does", shown(&path));
+    let role_binding = docs.iter().find(|d| kind(d) == "RoleBinding").expect("a RoleBinding");
+    assert_eq!(role_binding["subjects"][0]["name"], SERVICE_ACCOUNT);
+    Validator::get().check(&path, true).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -968,12 +968,13 @@ async fn after_a_compaction_the_operator_lists_again_and_keeps_reconciling() {
     let mut elsewhere = examples("sites.yaml").remove(0);
     elsewhere["metadata"] = json!({"name": "elsewhere"});
     sites.create(&PostParams::default(), &serde_json::from_value(elsewhere).unwrap()).await.unwrap();
-    timeout(DEADLINE, await_condition(tenants.clone(), "acme", reason("DriverNotBuilt"))).await.unwrap().unwrap();
+    // (Its kubeconfig Secret is not there: the stack cannot be applied.)
+    timeout(DEADLINE, await_condition(tenants.clone(), "acme", reason("StackFailed"))).await.unwrap().unwrap();
     // A tenant created after the compaction is reconciled: the tenant watch runs again.
     let mut globex = acme;
     globex["metadata"] = json!({"name": "globex"});
     tenants.create(&PostParams::default(), &serde_json::from_value(globex).unwrap()).await.unwrap();
-    timeout(DEADLINE, await_condition(tenants.clone(), "globex", reason("DriverNotBuilt"))).await.unwrap().unwrap();
+    timeout(DEADLINE, await_condition(tenants.clone(), "globex", reason("StackFailed"))).await.unwrap().unwrap();
     // A kind without a controller yet says so, rather than nothing.
     let plans: Api<fenice::api::plan::FailoverPlan> = Api::all(client.clone());
     plans

@@ -83,6 +83,7 @@ const BUILTINS: &[Builtin] = &[
     ("batch", "v1", "Job", "jobs", true, &[], true, true),
     ("apps", "v1", "Deployment", "deployments", true, &["deploy"], true, true),
     ("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"], true, true),
+    ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true, &["netpol"], false, true),
     ("networking.k8s.io", "v1", "Ingress", "ingresses", true, &["ing"], true, true),
     ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, &["pdb"], true, true),
     ("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, &[], false, false),

@@ -3,7 +3,7 @@
 //! observed, now) with unit tests; the kube and store I/O around them is kept
 //! apart. Built so far: BackupRepository (probes), BackupPolicy (the schedule
 //! creates Backups, retention), Backup (runs at Local sites) and
-//! InvoicingTenant (stacks at Local sites); the other kinds are told, in a
+//! InvoicingTenant (stacks at Local and Kubernetes sites); the other kinds are told, in a
 //! condition, that nothing is done for them yet (`not_built`).
 
 pub mod backup;
@@ -21,7 +21,9 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod secrets;
+pub mod site_clients;
 pub mod tenant;
+mod tenant_site;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +66,10 @@ pub struct Context {
     /// What the watches hold, so that a reconcile looks objects up rather
     /// than asking the API server (38,000 tenants would be 38,000 GETs).
     pub cache: Cache,
+    /// Clients of the Kubernetes sites' clusters.
+    pub site_clients: site_clients::SiteClients,
+    /// The images tenants' stacks run at Kubernetes sites.
+    pub images: crate::site::kubernetes::Images,
     writers: std::sync::Mutex<Option<Writers>>,
 }
 
@@ -159,6 +165,8 @@ impl Context {
             probe_interval: Duration::from_secs(300),
             local,
             cache: Cache { tenants, sites, policies },
+            site_clients: Default::default(),
+            images: crate::site::kubernetes::Images::of_this_build(),
             writers: std::sync::Mutex::new(Some(Writers {
                 tenants: tenants_writer,
                 sites: sites_writer,

@@ -1,9 +1,10 @@
 //! The InvoicingTenant controller: the tenant's stack at its primary Site, and
 //! whether a BackupPolicy protects it. With the Local site driver the stack is
-//! started here (PostgreSQL and the app, as processes), under a finalizer
-//! that stops it when the tenant is deleted. Stacks at Kubernetes sites are
-//! not deployed yet, and the `Ready` condition says so. [`assess`] decides
-//! from (spec, Site, policy, what runs); [`reconcile`] does the I/O.
+//! started here (PostgreSQL and the app, as processes); at a Kubernetes site
+//! its objects are applied to the Site's cluster ([`super::tenant_site`]).
+//! Either way under a finalizer that takes the stack down when the tenant is
+//! deleted. [`assess`] decides from (spec, Site, policy, what runs);
+//! [`reconcile`] does the I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +23,15 @@ use crate::site::local::TenantSpec;
 pub const CONTROLLER: &str = "invoicingtenant";
 /// Held while the tenant's stack runs at a Local site.
 pub const FINALIZER: &str = "fenice.io/local-stack";
+/// Held while objects applied for the tenant may be at a Kubernetes site.
+pub const SITE_FINALIZER: &str = "fenice.io/site-objects";
 pub const PROTECTED: &str = "Protected";
 /// How often a Local stack is looked at again (a process may have died).
 const LOCAL_RECHECK: Duration = Duration::from_secs(60);
+/// How often a Kubernetes stack is looked at while its pods start.
+const STARTING_RECHECK: Duration = Duration::from_secs(20);
+/// How often a running Kubernetes stack is applied again, undoing hand edits.
+const DRIFT_RECHECK: Duration = Duration::from_secs(3600);
 
 pub type Error = super::ObjectError;
 
@@ -33,7 +40,7 @@ pub type Error = super::ObjectError;
 pub enum Placement {
     /// Started by this operator, as processes.
     Local { site: String },
-    /// Not deployed by this operator yet.
+    /// Applied to the Site's cluster.
     Kubernetes { site: String },
     /// The Site does not exist, or cannot run stacks.
     Invalid { reason: &'static str, message: String },
@@ -67,8 +74,18 @@ pub fn placement(name: &str, site: Option<&Site>) -> Placement {
 /// What happened to the stack in this reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stack {
-    Running { site: String, app: Option<String> },
-    Failed { message: String },
+    Running {
+        site: String,
+        app: Option<String>,
+    },
+    /// Applied at a Kubernetes site; these workloads are not ready yet.
+    Starting {
+        site: String,
+        waiting: Vec<String>,
+    },
+    Failed {
+        message: String,
+    },
     NotAttempted,
 }
 
@@ -87,36 +104,28 @@ pub fn assess(
         (Placement::Invalid { reason, message }, _) => {
             Observed { type_: condition::types::READY, status: false, reason, message: message.clone() }
         }
-        (Placement::Kubernetes { site }, _) => Observed {
-            type_: condition::types::READY,
-            status: false,
-            reason: "DriverNotBuilt",
-            message: format!(
-                "Site {site} is a Kubernetes site: deploying tenant stacks there is not built yet \
-                 (the Local site driver is)"
-            ),
-        },
-        (Placement::Local { site }, Stack::Running { app, .. }) => Observed {
-            type_: condition::types::READY,
-            status: true,
-            reason: "StackRunning",
-            message: match app {
-                Some(url) => format!("PostgreSQL and the app run at Local site {site}; the app serves {url}"),
-                None => format!("PostgreSQL and the app run at Local site {site}"),
-            },
-        },
-        (Placement::Local { site }, Stack::Failed { message }) => Observed {
-            type_: condition::types::READY,
-            status: false,
-            reason: "StackFailed",
-            message: format!("starting the stack at Local site {site}: {message}"),
-        },
-        (Placement::Local { site }, Stack::NotAttempted) => Observed {
-            type_: condition::types::READY,
-            status: false,
-            reason: "StackPending",
-            message: format!("the stack at Local site {site} is not started yet"),
-        },
+        (Placement::Local { site } | Placement::Kubernetes { site }, stack) => {
+            let at = match placement {
+                Placement::Local { .. } => format!("Local site {site}"),
+                _ => format!("Kubernetes site {site}"),
+            };
+            let (status, reason, message) = match stack {
+                Stack::Running { app: Some(url), .. } => {
+                    (true, "StackRunning", format!("PostgreSQL and the app run at {at}; the app serves {url}"))
+                }
+                Stack::Running { app: None, .. } => {
+                    (true, "StackRunning", format!("PostgreSQL and the app run at {at}"))
+                }
+                Stack::Starting { waiting, .. } => (
+                    false,
+                    "StackStarting",
+                    format!("the stack is applied at {at}; waiting for {}", waiting.join(", ")),
+                ),
+                Stack::Failed { message } => (false, "StackFailed", format!("starting the stack at {at}: {message}")),
+                Stack::NotAttempted => (false, "StackPending", format!("the stack at {at} is not started yet")),
+            };
+            Observed { type_: condition::types::READY, status, reason, message }
+        }
     };
     let protected = if policy_found {
         Observed {
@@ -139,7 +148,7 @@ pub fn assess(
     let conditions = condition::set(&old.conditions, ready, generation, now);
     let conditions = condition::set(&conditions, protected, generation, now);
     let active_site = match stack {
-        Stack::Running { site, .. } => Some(site.clone()),
+        Stack::Running { site, .. } | Stack::Starting { site, .. } => Some(site.clone()),
         _ => None,
     };
     InvoicingTenantStatus {
@@ -154,7 +163,7 @@ pub fn assess(
 /// The epoch the tenant's app runs under: the first one when it starts.
 fn active_site_epoch(old: &InvoicingTenantStatus, stack: &Stack) -> Option<u64> {
     match stack {
-        Stack::Running { .. } => Some(old.epoch.unwrap_or(1)),
+        Stack::Running { .. } | Stack::Starting { .. } => Some(old.epoch.unwrap_or(1)),
         _ => old.epoch,
     }
 }
@@ -181,16 +190,44 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     let name = tenant.name_any();
     let fail = |what| super::about(tenant, what);
     let api: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), &namespace);
-    let finalized = tenant.finalizers().iter().any(|f| f == FINALIZER);
+    let holds = |finalizer: &str| tenant.finalizers().iter().any(|f| f == finalizer);
     if tenant.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget_tenant(&namespace, &name);
-        if finalized {
-            let site = tenant.status.as_ref().and_then(|s| s.active_site.clone());
-            let site = site.unwrap_or_else(|| tenant.spec.primary_site.clone());
+        let site = tenant.status.as_ref().and_then(|s| s.active_site.clone());
+        let site = site.unwrap_or_else(|| tenant.spec.primary_site.clone());
+        if holds(FINALIZER) {
             ctx.local.stop(&site, &namespace, &name);
             super::remove_finalizer(&api, tenant, FINALIZER).await.map_err(fail("removing its finalizer"))?;
             super::publish(ctx, tenant, EventType::Normal, "StackStopped", "Delete", format!("stopped at {site}"))
                 .await;
+        }
+        if holds(SITE_FINALIZER) {
+            let removed = match ctx.cache.sites.get(&site).await {
+                Some(found) => super::tenant_site::remove(ctx, tenant, &found).await,
+                None => Err(format!(
+                    "Site {site} does not exist, so what was applied there cannot be removed: create the Site again, \
+                     or delete the objects labelled {}={name} there by hand and then remove the finalizer \
+                     ({SITE_FINALIZER})",
+                    crate::site::kubernetes::TENANT_LABEL
+                )),
+            };
+            // NB: a stack never applied in full was never active; when its site
+            // cannot be reached either, waiting for it would keep the tenant forever.
+            let never_active = tenant.status.as_ref().is_none_or(|s| s.active_site.is_none());
+            match removed {
+                Ok(()) => {}
+                Err(message) if never_active => {
+                    let note = format!("{message}; the stack never ran there, so the tenant goes anyway");
+                    super::publish(ctx, tenant, EventType::Warning, "StackNotRemoved", "Delete", note).await;
+                }
+                Err(message) => {
+                    super::publish(ctx, tenant, EventType::Warning, "StackNotRemoved", "Delete", message).await;
+                    return Ok(Action::requeue(super::RETRY));
+                }
+            }
+            // NB: a re-read tenant, since removing the other finalizer changed the list's indexes.
+            let current = api.get(&name).await.map_err(fail("reading it again"))?;
+            super::remove_finalizer(&api, &current, SITE_FINALIZER).await.map_err(fail("removing its finalizer"))?;
         }
         return Ok(Action::await_change());
     }
@@ -198,12 +235,18 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     let site = ctx.cache.sites.get(&tenant.spec.primary_site).await;
     let policy_found = ctx.cache.policies.get(&tenant.spec.backup_policy).await.is_some();
     let placement = placement(&tenant.spec.primary_site, site.as_deref());
-    let stack = match &placement {
-        Placement::Local { site } => {
-            if !finalized {
+    let stack = match (&placement, &site) {
+        (Placement::Local { site }, _) => {
+            if !holds(FINALIZER) {
                 super::add_finalizer(&api, tenant, FINALIZER).await.map_err(fail("adding its finalizer"))?;
             }
             start_local(ctx, tenant, &namespace, site).await
+        }
+        (Placement::Kubernetes { .. }, Some(site)) => {
+            if !holds(SITE_FINALIZER) {
+                super::add_finalizer(&api, tenant, SITE_FINALIZER).await.map_err(fail("adding its finalizer"))?;
+            }
+            super::tenant_site::deploy(ctx, tenant, site).await
         }
         _ => Stack::NotAttempted,
     };
@@ -218,6 +261,9 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     Ok(match (&placement, &stack) {
         (Placement::Local { .. }, Stack::Running { .. }) => Action::requeue(LOCAL_RECHECK),
         (Placement::Local { .. }, _) => Action::requeue(super::RETRY),
+        (Placement::Kubernetes { .. }, Stack::Running { .. }) => Action::requeue(DRIFT_RECHECK),
+        (Placement::Kubernetes { .. }, Stack::Starting { .. }) => Action::requeue(STARTING_RECHECK),
+        (Placement::Kubernetes { .. }, _) => Action::requeue(super::RETRY),
         _ => Action::await_change(),
     })
 }

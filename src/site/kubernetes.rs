@@ -30,6 +30,15 @@ pub struct Images {
     pub postgres: String,
 }
 
+impl Images {
+    /// The images of this build: `fenice:<version>`, and `fenice-postgres:15-<version>`
+    /// (PostgreSQL 15, the major version the agents' dumps and WAL are made with).
+    pub fn of_this_build() -> Images {
+        let version = env!("CARGO_PKG_VERSION");
+        Images { fenice: version.to_owned(), postgres: format!("15-{version}") }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
     #[error("InvoicingTenant {tenant} has no namespace")]
@@ -63,9 +72,8 @@ fn resources((millicores, mebibytes): (u32, u32)) -> Value {
 
 /// The tenant's objects at `site`.
 pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<Vec<Value>, RenderError> {
-    let name = tenant.metadata.name.clone().unwrap_or_default();
-    let namespace =
-        tenant.metadata.namespace.clone().ok_or_else(|| RenderError::NoNamespace { tenant: name.clone() })?;
+    let who = Who::of(tenant)?;
+    let name = who.name.to_owned();
     let site_name = site.metadata.name.clone().unwrap_or_default();
     let platform = site.spec.platform.as_ref().ok_or_else(|| RenderError::NoPlatform { site: site_name.clone() })?;
     let spec = &tenant.spec;
@@ -80,18 +88,9 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         .ok_or_else(|| RenderError::NoChannel { tenant: name.clone(), site: site_name.clone() })?;
     let registry =
         platform.image_registry.as_deref().map_or(String::new(), |r| format!("{}/", r.trim_end_matches('/')));
-    let owner = json!([{
-        "apiVersion": "fenice.io/v1alpha1", "kind": "InvoicingTenant", "name": name,
-        "uid": tenant.metadata.uid.clone().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true,
-    }]);
-    let labels = |component: &str| {
-        json!({
-            "app.kubernetes.io/name": "fenice-tenant", "app.kubernetes.io/instance": name,
-            "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fenice", TENANT_LABEL: name,
-        })
-    };
+    let labels = |component: &str| who.labels(component);
     let selector = |component: &str| json!({"fenice.io/tenant": name, "app.kubernetes.io/component": component});
-    let metadata = |object: String, component: &str| json!({"name": object, "namespace": namespace, "labels": labels(component), "ownerReferences": owner});
+    let metadata = |object: String, component: &str| who.metadata(object, component);
     let (app_size, db_size) = sizes(spec.tier);
     let app_resources = match &spec.app.resources {
         Some(custom) => serde_json::to_value(custom).unwrap_or(Value::Null),
@@ -186,6 +185,8 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
             "spec": {
                 "serviceName": db,
                 "replicas": 1,
+                // NB: the database volume goes with the tenant; its backups stay in the repositories.
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
                 "selector": {"matchLabels": selector("database")},
                 "template": template("database", 999, json!({
                         "containers": [{
@@ -265,6 +266,56 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         })),
     }
     Ok(objects.into_iter().map(without_nulls).collect())
+}
+
+/// The tenant the objects are for: their names, labels and owner.
+struct Who<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    uid: &'a str,
+}
+
+impl Who<'_> {
+    fn of(tenant: &InvoicingTenant) -> Result<Who<'_>, RenderError> {
+        let name = tenant.metadata.name.as_deref().unwrap_or_default();
+        let namespace =
+            tenant.metadata.namespace.as_deref().ok_or_else(|| RenderError::NoNamespace { tenant: name.to_owned() })?;
+        Ok(Who { name, namespace, uid: tenant.metadata.uid.as_deref().unwrap_or_default() })
+    }
+
+    fn labels(&self, component: &str) -> Value {
+        json!({
+            "app.kubernetes.io/name": "fenice-tenant", "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fenice", TENANT_LABEL: self.name,
+        })
+    }
+
+    fn metadata(&self, object: String, component: &str) -> Value {
+        json!({
+            "name": object, "namespace": self.namespace, "labels": self.labels(component),
+            "ownerReferences": [{
+                "apiVersion": "fenice.io/v1alpha1", "kind": "InvoicingTenant", "name": self.name, "uid": self.uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        })
+    }
+}
+
+/// The name of the tenant's database Secret (and of its StatefulSet and Service).
+pub fn database_secret_name(tenant: &str) -> String {
+    format!("{tenant}-db")
+}
+
+/// The Secret `<tenant>-db`: the PostgreSQL superuser's `password` and the
+/// app's `url` with it. Made once with a generated password and never
+/// rendered again: the database keeps the password it was initialised with.
+pub fn database_secret(tenant: &InvoicingTenant, password: &str) -> Result<Value, RenderError> {
+    let who = Who::of(tenant)?;
+    let db = database_secret_name(who.name);
+    Ok(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": who.metadata(db.clone(), "database"), "type": "Opaque",
+        "stringData": {"password": password, "url": format!("postgres://postgres:{password}@{db}:{DB_PORT}/postgres")},
+    }))
 }
 
 /// A NetworkPolicy for the pods `selector` picks: `ingress` as given; egress to

@@ -1,7 +1,8 @@
 //! How a site is driven. A site is a place tenants run: a Kubernetes cluster at
 //! a cloud provider in production ([`kubernetes`]: what a tenant's stack is
-//! there), a set of local processes in the lab ([`local`]).
+//! there, [`cluster`]: putting them into its cluster), a set of local processes in the lab ([`local`]).
 
+pub mod cluster;
 pub mod kubernetes;
 pub mod local;
 pub mod local_failover;

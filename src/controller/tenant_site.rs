@@ -1,0 +1,105 @@
+//! The InvoicingTenant controller's Kubernetes sites: render the tenant's
+//! objects for its Site, apply them to the Site's cluster, and say what runs;
+//! when the tenant goes, delete what was applied (its backups stay).
+
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use super::Context;
+use super::tenant::Stack;
+use crate::api::site::Site;
+use crate::api::tenant::InvoicingTenant;
+use crate::error_chain::error_chain;
+use crate::site::cluster::{self, Applied};
+use crate::site::kubernetes;
+
+/// Applies the tenant's objects at `site`; says what runs.
+pub async fn deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Stack {
+    let site_name = site.name_any();
+    match try_deploy(ctx, tenant, site).await {
+        Ok(applied) => {
+            if applied.changed() {
+                let note = format!("Kubernetes site {site_name}: {}", summary(&applied));
+                tracing::info!(tenant = tenant.name_any(), "{note}");
+                // NB: Events with one reason are folded into a series that keeps
+                // the first note: a stack made and a stack changed are told apart.
+                let fresh = applied.updated.is_empty() && applied.deleted.is_empty();
+                let reason = if fresh { "StackCreated" } else { "StackChanged" };
+                super::publish(ctx, tenant, EventType::Normal, reason, "Apply", note).await;
+            }
+            if applied.waiting.is_empty() {
+                Stack::Running { site: site_name, app: None }
+            } else {
+                Stack::Starting { site: site_name, waiting: applied.waiting }
+            }
+        }
+        Err(message) => {
+            super::publish(ctx, tenant, EventType::Warning, "StackFailed", "Apply", message.clone()).await;
+            Stack::Failed { message }
+        }
+    }
+}
+
+async fn try_deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Result<Applied, String> {
+    let objects = kubernetes::render(tenant, site, &ctx.images).map_err(|e| e.to_string())?;
+    let secret = kubernetes::database_secret(tenant, &password()).map_err(|e| e.to_string())?;
+    let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
+    let namespace = tenant.namespace().unwrap_or_default();
+    cluster::apply(&target, &namespace, &tenant.name_any(), objects, vec![secret]).await.map_err(|e| error_chain(&e))
+}
+
+/// Deletes what was applied for the tenant at `site`; `Err` says why it could not.
+pub async fn remove(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Result<(), String> {
+    let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
+    let namespace = tenant.namespace().unwrap_or_default();
+    let secrets = [kubernetes::database_secret_name(&tenant.name_any())];
+    let deleted =
+        cluster::remove(&target, &namespace, &tenant.name_any(), &secrets).await.map_err(|e| error_chain(&e))?;
+    let note = format!("Kubernetes site {}: deleted {} (backups are kept)", site.name_any(), list(&deleted));
+    super::publish(ctx, tenant, EventType::Normal, "StackRemoved", "Delete", note).await;
+    Ok(())
+}
+
+fn list(objects: &[String]) -> String {
+    if objects.is_empty() { "nothing".into() } else { objects.join(", ") }
+}
+
+fn summary(applied: &Applied) -> String {
+    let parts = [("created", &applied.created), ("updated", &applied.updated), ("deleted", &applied.deleted)];
+    let said: Vec<String> = parts
+        .iter()
+        .filter(|(_, objects)| !objects.is_empty())
+        .map(|(what, objects)| format!("{what} {}", list(objects)))
+        .collect();
+    said.join("; ")
+}
+
+/// A new database password: 128 random bits as hex, safe in a URL unescaped.
+fn password() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_names_what_changed_and_only_that() {
+        let applied = Applied {
+            created: vec!["Service a-app".into()],
+            deleted: vec!["Ingress a-app".into(), "ConfigMap old".into()],
+            ..Applied::default()
+        };
+        assert_eq!(summary(&applied), "created Service a-app; deleted Ingress a-app, ConfigMap old");
+    }
+
+    #[test]
+    fn passwords_are_fresh_and_url_safe() {
+        let (a, b) = (password(), password());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+    }
+}

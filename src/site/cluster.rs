@@ -1,0 +1,335 @@
+//! Putting a tenant's rendered objects ([`super::kubernetes::render`]) into a
+//! Kubernetes site's cluster: server-side apply of each object under one field
+//! manager, the database Secret made once, and, by the tenant label, deleting
+//! what this manager applied earlier and no longer renders. Only the kinds in
+//! [`KINDS`] are ever listed or deleted, and Secrets only by name: Backups,
+//! Restores and everything else a tenant is named in are out of reach by
+//! construction, and no Secret is ever read (listing Secrets reads them).
+//! The tenant's namespace must exist at the site: making namespaces would need
+//! a cluster-wide grant (manifests/site/tenant-namespace-rbac.yaml is per namespace).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use super::kubernetes::TENANT_LABEL;
+
+/// The field manager of the objects applied at sites: what marks an object
+/// as this driver's (a PersistentVolumeClaim the StatefulSet controller made
+/// from its template carries the tenant label too, and is not ours to delete).
+pub const FIELD_MANAGER: &str = "fenice-site";
+
+/// What the renderer can make, as (group, version, kind): the kinds listed
+/// for orphans. A kind the renderer stops making stays here so its old
+/// objects are still found.
+pub const KINDS: &[(&str, &str, &str)] = &[
+    ("", "v1", "ConfigMap"),
+    ("", "v1", "PersistentVolumeClaim"),
+    ("", "v1", "Service"),
+    ("apps", "v1", "Deployment"),
+    ("apps", "v1", "StatefulSet"),
+    ("policy", "v1", "PodDisruptionBudget"),
+    ("networking.k8s.io", "v1", "NetworkPolicy"),
+    ("networking.k8s.io", "v1", "Ingress"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+];
+
+/// Whether a 404 says the namespace is missing (rather than the object or its kind).
+fn namespace_missing(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404
+        && status.details.as_ref().is_some_and(|d| d.kind == "namespaces"))
+}
+
+/// A site's cluster, and whether it is the one the InvoicingTenant lives in.
+#[derive(Clone)]
+pub struct SiteCluster {
+    pub site: String,
+    pub client: Client,
+    /// The tenant object is in this cluster: owner references hold here. In
+    /// another cluster an owner's uid names nothing, and the garbage collector
+    /// would delete every object pointing at it.
+    pub local: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Site {site}: applying {object}")]
+    Apply {
+        site: String,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "Site {site}: the cluster does not serve {kind} ({api_version}), which {object} is: install its \
+         CustomResourceDefinitions, or change the Site's platform.exposure"
+    )]
+    NotServed { site: String, kind: String, api_version: String, object: String },
+    #[error("Site {site}: listing {kind} in namespace {namespace}")]
+    List {
+        site: String,
+        kind: String,
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Site {site}: deleting {object}")]
+    Delete {
+        site: String,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "Site {site}: namespace {namespace} does not exist in its cluster: create it there (`kubectl create \
+         namespace {namespace}`) and apply manifests/site/tenant-namespace-rbac.yaml in it"
+    )]
+    NoNamespace { site: String, namespace: String },
+    #[error("Site {site}: making Secret {namespace}/{name}")]
+    Secret {
+        site: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What an apply did, by object (`Kind name`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub deleted: Vec<String>,
+    /// Workloads not ready yet, as `Kind name (ready/wanted ready)`.
+    pub waiting: Vec<String>,
+}
+
+impl Applied {
+    pub fn changed(&self) -> bool {
+        !(self.created.is_empty() && self.updated.is_empty() && self.deleted.is_empty())
+    }
+}
+
+fn resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Whether this driver applied or made `object`.
+fn ours(object: &DynamicObject) -> bool {
+    object.metadata.managed_fields.iter().flatten().any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
+}
+
+/// The objects of `tenant` in `namespace` that this driver made, by (kind,
+/// name), with their resourceVersions.
+async fn existing(
+    cluster: &SiteCluster,
+    namespace: &str,
+    tenant: &str,
+) -> Result<BTreeMap<(String, String), (ApiResource, String)>, Error> {
+    let selector = format!("{TENANT_LABEL}={tenant}");
+    let mut found = BTreeMap::new();
+    for &(group, version, kind) in KINDS {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), namespace, &resource);
+        let list = match api.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => list,
+            // NB: a kind the cluster does not serve (no Gateway API) holds nothing of ours.
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(source) => {
+                return Err(Error::List {
+                    site: cluster.site.clone(),
+                    kind: kind.into(),
+                    namespace: namespace.into(),
+                    source,
+                });
+            }
+        };
+        for object in list.items.into_iter().filter(ours) {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let version = object.metadata.resource_version.clone().unwrap_or_default();
+            found.insert((kind.to_owned(), name), (resource.clone(), version));
+        }
+    }
+    Ok(found)
+}
+
+/// Applies `objects` (and the Secrets in `made_once`, created only when
+/// missing) for `tenant` in `namespace`, then deletes what this driver made
+/// for the tenant before and is not among them.
+pub async fn apply(
+    cluster: &SiteCluster,
+    namespace: &str,
+    tenant: &str,
+    objects: Vec<Value>,
+    made_once: Vec<Value>,
+) -> Result<Applied, Error> {
+    let site = cluster.site.clone();
+    let before = existing(cluster, namespace, tenant).await?;
+    let mut applied = Applied::default();
+    let mut wanted = BTreeSet::new();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for object in objects.into_iter().map(|o| placed(o, cluster.local)) {
+        let (kind, name) = (text(&object, "/kind").to_owned(), text(&object, "/metadata/name").to_owned());
+        let label = format!("{kind} {namespace}/{name}");
+        let api_version = text(&object, "/apiVersion").to_owned();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(cluster.client.clone(), namespace, &resource(&api_version, &kind));
+        let result = match api.patch(&name, &params, &Patch::Apply(&object)).await {
+            Ok(result) => result,
+            Err(e) if namespace_missing(&e) => return Err(Error::NoNamespace { site, namespace: namespace.into() }),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                return Err(Error::NotServed { site, kind, api_version, object: label });
+            }
+            Err(source) => return Err(Error::Apply { site, object: label, source }),
+        };
+        match before.get(&(kind.clone(), name.clone())) {
+            None => applied.created.push(format!("{kind} {name}")),
+            Some((_, version)) if result.metadata.resource_version.as_ref() != Some(version) => {
+                applied.updated.push(format!("{kind} {name}"))
+            }
+            Some(_) => {}
+        }
+        if let Some(waiting) = not_ready(&kind, &name, &result.data) {
+            applied.waiting.push(waiting);
+        }
+        wanted.insert((kind, name));
+    }
+    for secret in made_once.into_iter().map(|o| placed(o, cluster.local)) {
+        let name = text(&secret, "/metadata/name").to_owned();
+        if !before.contains_key(&("Secret".to_owned(), name.clone()))
+            && create_secret(cluster, namespace, &secret).await?
+        {
+            applied.created.push(format!("Secret {name}"));
+        }
+        wanted.insert(("Secret".to_owned(), name));
+    }
+    for ((kind, name), (resource, _)) in before {
+        if !wanted.contains(&(kind.clone(), name.clone()))
+            && delete(cluster, namespace, &resource, &kind, &name).await?
+        {
+            applied.deleted.push(format!("{kind} {name}"));
+        }
+    }
+    Ok(applied)
+}
+
+/// Deletes everything this driver made for `tenant` in `namespace`, and the
+/// Secrets named `secrets` (made once for it); says what.
+pub async fn remove(
+    cluster: &SiteCluster,
+    namespace: &str,
+    tenant: &str,
+    secrets: &[String],
+) -> Result<Vec<String>, Error> {
+    let mut deleted = Vec::new();
+    for ((kind, name), (resource, _)) in existing(cluster, namespace, tenant).await? {
+        if delete(cluster, namespace, &resource, &kind, &name).await? {
+            deleted.push(format!("{kind} {name}"));
+        }
+    }
+    for name in secrets {
+        if delete(cluster, namespace, &resource("v1", "Secret"), "Secret", name).await? {
+            deleted.push(format!("Secret {name}"));
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes one object; whether it was there.
+async fn delete(
+    cluster: &SiteCluster,
+    namespace: &str,
+    resource: &ApiResource,
+    kind: &str,
+    name: &str,
+) -> Result<bool, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), namespace, resource);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(source) => {
+            Err(Error::Delete { site: cluster.site.clone(), object: format!("{kind} {namespace}/{name}"), source })
+        }
+    }
+}
+
+/// `object` as it goes to this cluster: without owner references where the owner is not.
+fn placed(mut object: Value, local: bool) -> Value {
+    if !local && let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("ownerReferences");
+    }
+    object
+}
+
+/// Creates `secret` unless it exists; whether it was created. Never
+/// overwritten: it holds what was generated once (the database password) and
+/// what runs already uses.
+async fn create_secret(cluster: &SiteCluster, namespace: &str, secret: &Value) -> Result<bool, Error> {
+    let name = text(secret, "/metadata/name").to_owned();
+    let fail =
+        |source| Error::Secret { site: cluster.site.clone(), namespace: namespace.into(), name: name.clone(), source };
+    let object: DynamicObject = serde_json::from_value(secret.clone()).expect("a rendered Secret is an object");
+    let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), namespace, &resource("v1", "Secret"));
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    match api.create(&params, &object).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) if namespace_missing(&e) => {
+            Err(Error::NoNamespace { site: cluster.site.clone(), namespace: namespace.into() })
+        }
+        Err(source) => Err(fail(source)),
+    }
+}
+
+/// `Kind name (ready/wanted ready)` for a Deployment or StatefulSet whose pods
+/// are not all ready, from the object the apply returned.
+fn not_ready(kind: &str, name: &str, object: &Value) -> Option<String> {
+    if kind != "Deployment" && kind != "StatefulSet" {
+        return None;
+    }
+    let wanted = object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let ready = object.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0);
+    (ready < wanted).then(|| format!("{kind} {name} ({ready}/{wanted} ready)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn workloads_wait_until_every_replica_is_ready() {
+        let deployment = json!({"spec": {"replicas": 2}, "status": {"readyReplicas": 1}});
+        assert_eq!(not_ready("Deployment", "a-app", &deployment).as_deref(), Some("Deployment a-app (1/2 ready)"));
+        let ready = json!({"spec": {"replicas": 1}, "status": {"readyReplicas": 1}});
+        assert_eq!(not_ready("StatefulSet", "a-db", &ready), None);
+        assert_eq!(not_ready("StatefulSet", "a-db", &json!({})).as_deref(), Some("StatefulSet a-db (0/1 ready)"));
+        assert_eq!(not_ready("Service", "a-app", &json!({})), None);
+    }
+
+    #[test]
+    fn owner_references_go_only_where_the_owner_is() {
+        let object = json!({"metadata": {"name": "a", "ownerReferences": [{"uid": "u"}]}});
+        assert!(placed(object.clone(), true).pointer("/metadata/ownerReferences").is_some());
+        assert!(placed(object, false).pointer("/metadata/ownerReferences").is_none());
+    }
+
+    #[test]
+    fn kinds_map_to_the_resources_the_api_serves() {
+        let plurals: Vec<_> = KINDS.iter().map(|(g, v, k)| resource(&format!("{g}/{v}"), k).plural).collect();
+        assert!(plurals.contains(&"networkpolicies".to_owned()), "{plurals:?}");
+        assert!(plurals.contains(&"ingresses".to_owned()), "{plurals:?}");
+        assert!(plurals.contains(&"httproutes".to_owned()), "{plurals:?}");
+        assert_eq!(resource("v1", "Secret").group, "");
+    }
+}

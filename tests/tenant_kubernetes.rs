@@ -1,0 +1,375 @@
+//! The InvoicingTenant controller at Kubernetes sites, against two in-memory
+//! API servers: the operator's cluster, and a site's cluster reached with the
+//! kubeconfig in the Site's Secret. A missing namespace there is named; a tenant's objects are applied there (no
+//! owner references across clusters), a second apply changes nothing, what
+//! the Site no longer asks for is deleted and what the driver did not make is
+//! left alone, an unusable kubeconfig is named without its contents, and
+//! deleting the tenant removes its objects but never its Backups. A site that
+//! is the operator's own cluster gets owner references.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fenice::api::site::Site;
+use fenice::api::tenant::InvoicingTenant;
+use fenice::apiserver::{self, ServerOptions};
+use fenice::controller::{Context, local_sites::LocalSites, metrics::Metrics};
+use fenice::site::cluster::{self, SiteCluster};
+use fenice::site::kubernetes::{self, Images, TENANT_LABEL};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const OPERATOR_NAMESPACE: &str = "fenice-system";
+const NAMESPACE: &str = "invoicing";
+const TOKEN: &str = "kubeconfig-token-never-shown";
+
+fn examples<T: serde::de::DeserializeOwned>(file: &str) -> Vec<T> {
+    let text = std::fs::read_to_string(format!("{}/manifests/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .map(|d| serde_json::from_value(d).unwrap())
+        .collect()
+}
+
+fn example<T: serde::de::DeserializeOwned + ResourceExt>(file: &str, name: &str) -> T {
+    examples::<T>(file).into_iter().find(|o| o.name_any() == name).unwrap()
+}
+
+fn httproute_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+        "spec": {
+            "group": "gateway.networking.k8s.io", "scope": "Namespaced",
+            "names": {"plural": "httproutes", "singular": "httproute", "kind": "HTTPRoute", "listKind": "HTTPRouteList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+            }],
+        },
+    })
+}
+
+async fn create<K>(api: &Api<K>, object: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap();
+}
+
+/// Every object labelled for `tenant` in the namespace, by `Kind name`, with its resourceVersion.
+async fn objects_of(client: &Client, tenant: &str) -> BTreeMap<String, String> {
+    let kinds = [
+        ("", "v1", "ConfigMap"),
+        ("", "v1", "Secret"),
+        ("", "v1", "PersistentVolumeClaim"),
+        ("", "v1", "Service"),
+        ("apps", "v1", "Deployment"),
+        ("apps", "v1", "StatefulSet"),
+        ("policy", "v1", "PodDisruptionBudget"),
+        ("networking.k8s.io", "v1", "NetworkPolicy"),
+        ("networking.k8s.io", "v1", "Ingress"),
+        ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+    ];
+    let mut found = BTreeMap::new();
+    for (group, version, kind) in kinds {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+        let Ok(list) = api.list(&ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}"))).await else {
+            continue;
+        };
+        for object in list.items {
+            found.insert(format!("{kind} {}", object.name_any()), object.resource_version().unwrap_or_default());
+        }
+    }
+    found
+}
+
+/// The tenant's `Ready` condition, once `holds` is true of it.
+async fn ready_when(
+    tenants: &Api<InvoicingTenant>,
+    name: &str,
+    holds: impl Fn(&str, &str) -> bool,
+) -> (String, String) {
+    let mut last = None;
+    let found = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let tenant = tenants.get(name).await.unwrap();
+            let ready = tenant.status.iter().flat_map(|s| s.conditions.iter()).find(|c| c.type_ == "Ready").cloned();
+            if let Some(c) = ready {
+                if holds(&c.reason, &c.message) {
+                    return (c.reason, c.message);
+                }
+                last = Some((c.reason, c.message));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("tenant {name}: the Ready condition never became what was expected; last {last:?}"))
+}
+
+async fn events_about(client: &Client, name: &str, reason: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
+    let all = events.list(&ListParams::default()).await.unwrap().items;
+    all.into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+async fn gone(tenants: &Api<InvoicingTenant>, name: &str) {
+    tokio::time::timeout(DEADLINE, async {
+        while tenants.get_opt(name).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("tenant {name} is still there: its finalizers were not removed"));
+}
+
+/// Changes the Site, so that the controller looks at the tenants on it again.
+async fn touch_site(sites: &Api<Site>, name: &str, annotation: &str) {
+    let patch = json!({"metadata": {"annotations": {"test/touched": annotation}}});
+    sites.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
+    let control = apiserver::spawn(ServerOptions::default()).await.unwrap();
+    let remote = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
+    let client = control.client().await.unwrap();
+    let site_client = remote.client().await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for namespace in [OPERATOR_NAMESPACE, NAMESPACE] {
+        create(&namespaces, json!({"metadata": {"name": namespace}})).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    create(
+        &secrets,
+        json!({"metadata": {"name": "site-westpole-rome"}, "stringData": {"kubeconfig": remote.kubeconfig()}}),
+    )
+    .await;
+    // Valid YAML, a token, and no cluster: not a kubeconfig anything can use.
+    let broken = format!("apiVersion: v1\nkind: Config\nusers: [{{name: u, user: {{token: {TOKEN}}}}}]\n");
+    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": {"kubeconfig": broken}}))
+        .await;
+    let sites: Api<Site> = Api::all(client.clone());
+    sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "westpole-rome")).await.unwrap();
+    sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "azure-italynorth")).await.unwrap();
+    let mut home: Site = example("sites.yaml", "westpole-rome");
+    home.metadata.name = Some("home".into());
+    home.spec.cluster = Some(serde_json::from_value(json!({"driver": "Kubernetes", "inCluster": true})).unwrap());
+    sites.create(&PostParams::default(), &home).await.unwrap();
+
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+    let rossi: InvoicingTenant = example("tenants.yaml", "studio-rossi");
+    tenants.create(&PostParams::default(), &rossi).await.unwrap();
+    let mut tivoli: InvoicingTenant = example("tenants.yaml", "comune-di-tivoli");
+    tivoli.spec.primary_site = "azure-italynorth".into();
+    tenants.create(&PostParams::default(), &tivoli).await.unwrap();
+    let mut bianchi: InvoicingTenant = example("tenants.yaml", "geom-bianchi");
+    bianchi.spec.primary_site = "home".into();
+    bianchi.spec.sdi.channels[0].site = "home".into();
+    tenants.create(&PostParams::default(), &bianchi).await.unwrap();
+    // A Backup of the tenant, which deleting the tenant must leave alone.
+    let backups: Api<fenice::api::backup::Backup> = Api::namespaced(client.clone(), NAMESPACE);
+    create(
+        &backups,
+        json!({"metadata": {"name": "studio-rossi-manual"}, "spec": {"tenant": "studio-rossi", "trigger": "Manual"}}),
+    )
+    .await;
+
+    let state = tempfile::tempdir().unwrap();
+    let local = Arc::new(LocalSites::new(state.path(), std::path::Path::new(env!("CARGO_BIN_EXE_fenice"))));
+    let ctx = Arc::new(Context::new(client.clone(), OPERATOR_NAMESPACE, None, Arc::new(Metrics::default()), local));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(fenice::controller::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+
+    // The tenant's namespace must exist at the site: nothing makes namespaces there.
+    let (_, message) = ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackFailed").await;
+    assert!(message.contains("namespace invoicing does not exist"), "{message}");
+    assert!(message.contains("manifests/site/tenant-namespace-rbac.yaml"), "{message}");
+    let remote_namespaces: Api<Namespace> = Api::all(site_client.clone());
+    create(&remote_namespaces, json!({"metadata": {"name": NAMESPACE}})).await;
+    touch_site(&sites, "westpole-rome", "namespace").await;
+
+    // Applied at the remote site; the pods never start in an API without kubelets.
+    let (_, message) = ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
+    assert!(message.contains("Kubernetes site westpole-rome"), "{message}");
+    assert!(message.contains("Deployment studio-rossi-app (0/2 ready)"), "{message}");
+    assert!(message.contains("StatefulSet studio-rossi-db (0/1 ready)"), "{message}");
+    let site: Site = sites.get("westpole-rome").await.unwrap();
+    let rossi = tenants.get("studio-rossi").await.unwrap();
+    assert_eq!(rossi.status.as_ref().unwrap().active_site.as_deref(), Some("westpole-rome"));
+    let rendered = kubernetes::render(&rossi, &site, &Images::of_this_build()).unwrap();
+    let mut expected: Vec<String> = rendered
+        .iter()
+        .map(|o| format!("{} {}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    expected.push("Secret studio-rossi-db".into());
+    expected.sort();
+    let first = objects_of(&site_client, "studio-rossi").await;
+    assert_eq!(first.keys().cloned().collect::<Vec<_>>(), expected);
+    let remote_namespaces: Api<Namespace> = Api::all(site_client.clone());
+    assert!(
+        remote_namespaces.get_opt(NAMESPACE).await.unwrap().is_some(),
+        "the tenant's namespace is made at the site"
+    );
+    let deployments: Api<DynamicObject> = Api::namespaced_with(
+        site_client.clone(),
+        NAMESPACE,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment")),
+    );
+    let deployment = deployments.get("studio-rossi-app").await.unwrap();
+    assert!(deployment.metadata.owner_references.is_none(), "no owner reference across clusters: {deployment:?}");
+    let db: Secret = Api::namespaced(site_client.clone(), NAMESPACE).get("studio-rossi-db").await.unwrap();
+    let data = db.data.unwrap();
+    let password = String::from_utf8(data["password"].0.clone()).unwrap();
+    let url = String::from_utf8(data["url"].0.clone()).unwrap();
+    assert_eq!(password.len(), 32);
+    assert_eq!(url, format!("postgres://postgres:{password}@studio-rossi-db:5432/postgres"));
+    assert_eq!(events_about(&client, "studio-rossi", "StackCreated").await.len(), 1);
+
+    // What the driver did not make stays, though it carries the tenant label: a
+    // note, and the volume the StatefulSet controller makes from its template
+    // (which that controller deletes with the StatefulSet in a real cluster).
+    let label = json!({TENANT_LABEL: "studio-rossi"});
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(site_client.clone(), NAMESPACE);
+    create(
+        &claims,
+        json!({
+            "metadata": {"name": "data-studio-rossi-db-0", "labels": label},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}},
+        }),
+    )
+    .await;
+    let notes: Api<ConfigMap> = Api::namespaced(site_client.clone(), NAMESPACE);
+    create(&notes, json!({"metadata": {"name": "studio-rossi-notes", "labels": label}, "data": {"a": "b"}})).await;
+
+    // A second apply (the spec changed, the objects did not) writes nothing:
+    // no object changes, the password stays, no Event.
+    let patch = json!({"spec": {"backupPolicy": "another"}});
+    tenants.patch("studio-rossi", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let t = tenants.get("studio-rossi").await.unwrap();
+            let protected = t.status.iter().flat_map(|s| s.conditions.iter()).find(|c| c.type_ == "Protected").cloned();
+            if protected.is_some_and(|c| c.message.contains("BackupPolicy another")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the tenant reconciled after its spec changed");
+    let second = objects_of(&site_client, "studio-rossi").await;
+    let ours: BTreeMap<_, _> =
+        second.iter().filter(|(k, _)| first.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(ours, first, "a second apply changed objects");
+    assert_eq!(events_about(&client, "studio-rossi", "StackCreated").await.len(), 1);
+    assert!(events_about(&client, "studio-rossi", "StackChanged").await.is_empty(), "nothing changed, nothing told");
+    // The library call says the same.
+    let target = SiteCluster { site: "westpole-rome".into(), client: site_client.clone(), local: false };
+    let rossi = tenants.get("studio-rossi").await.unwrap();
+    let again = cluster::apply(
+        &target,
+        NAMESPACE,
+        "studio-rossi",
+        kubernetes::render(&rossi, &site, &Images::of_this_build()).unwrap(),
+        vec![kubernetes::database_secret(&rossi, "another-password").unwrap()],
+    )
+    .await
+    .unwrap();
+    assert!(!again.changed(), "{again:?}");
+    let db: Secret = Api::namespaced(site_client.clone(), NAMESPACE).get("studio-rossi-db").await.unwrap();
+    assert_eq!(
+        String::from_utf8(db.data.unwrap()["password"].0.clone()).unwrap(),
+        password,
+        "the password is made once"
+    );
+
+    // The Site switches to a Gateway API HTTPRoute the cluster does not serve yet: a clear error.
+    let patch = json!({"spec": {"platform": {"exposure": {"kind": "HTTPRoute", "gatewayRef": "gateway-system/public", "ingressClassName": null}}}});
+    sites.patch("westpole-rome", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let (_, message) = ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackFailed").await;
+    assert!(message.contains("does not serve HTTPRoute (gateway.networking.k8s.io/v1)"), "{message}");
+    assert!(message.contains("install its CustomResourceDefinitions"), "{message}");
+    // Once it does, the HTTPRoute replaces the Ingress, which is deleted.
+    let crds: Api<DynamicObject> = Api::all_with(
+        site_client.clone(),
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition")),
+    );
+    crds.create(&PostParams::default(), &serde_json::from_value(httproute_crd()).unwrap()).await.unwrap();
+    touch_site(&sites, "westpole-rome", "crd").await;
+    ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
+    let third = objects_of(&site_client, "studio-rossi").await;
+    assert!(third.contains_key("HTTPRoute studio-rossi-app"), "{third:?}");
+    assert!(!third.contains_key("Ingress studio-rossi-app"), "{third:?}");
+    assert!(
+        third.contains_key("ConfigMap studio-rossi-notes")
+            && third.contains_key("PersistentVolumeClaim data-studio-rossi-db-0")
+    );
+    let applied = events_about(&client, "studio-rossi", "StackChanged").await;
+    assert_eq!(applied.len(), 1, "one Event, after the Site changed");
+    let notes: Vec<_> = applied.iter().filter_map(|e| e.note.clone()).collect();
+    assert!(notes.iter().any(|n| n.contains("created HTTPRoute studio-rossi-app") && n.contains("deleted Ingress studio-rossi-app")), "{notes:?}");
+
+    // An unusable kubeconfig is named, its contents never shown.
+    let (_, message) = ready_when(&tenants, "comune-di-tivoli", |reason, _| reason == "StackFailed").await;
+    assert!(message.contains("Secret fenice-system/site-azure-italynorth"), "{message}");
+    assert!(message.contains("not a usable kubeconfig"), "{message}");
+    assert!(!message.contains(TOKEN), "{message}");
+    for event in events_about(&client, "comune-di-tivoli", "StackFailed").await {
+        assert!(!event.note.unwrap_or_default().contains(TOKEN));
+    }
+
+    // A tenant whose stack never got to its site can still be deleted, with a warning.
+    tenants.delete("comune-di-tivoli", &DeleteParams::default()).await.unwrap();
+    gone(&tenants, "comune-di-tivoli").await;
+    let warned = events_about(&client, "comune-di-tivoli", "StackNotRemoved").await;
+    assert!(warned[0].note.as_deref().unwrap_or_default().contains("the stack never ran there"), "{warned:?}");
+
+    // At the operator's own cluster the objects are owned by the tenant.
+    ready_when(&tenants, "geom-bianchi", |reason, _| reason == "StackStarting").await;
+    let bianchi = tenants.get("geom-bianchi").await.unwrap();
+    let own_deployments: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NAMESPACE,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment")),
+    );
+    let owners = own_deployments.get("geom-bianchi-app").await.unwrap().metadata.owner_references.unwrap();
+    assert_eq!(owners[0].uid, bianchi.uid().unwrap());
+
+    // Deleting the tenant removes what the driver made, and only that; the Backup stays.
+    tenants.delete("studio-rossi", &DeleteParams::default()).await.unwrap();
+    gone(&tenants, "studio-rossi").await;
+    let left = objects_of(&site_client, "studio-rossi").await;
+    assert_eq!(
+        left.keys().cloned().collect::<Vec<_>>(),
+        ["ConfigMap studio-rossi-notes", "PersistentVolumeClaim data-studio-rossi-db-0"]
+    );
+    assert!(
+        backups.get_opt("studio-rossi-manual").await.unwrap().is_some(),
+        "deleting a tenant never deletes its Backups"
+    );
+    let removed = events_about(&client, "studio-rossi", "StackRemoved").await;
+    assert!(
+        removed[0].note.as_deref().unwrap_or_default().contains("deleted ConfigMap studio-rossi-app"),
+        "{removed:?}"
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), operator).await.expect("the operator stopped").unwrap();
+}
