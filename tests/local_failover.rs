@@ -1,6 +1,7 @@
 //! A tenant failed over between two Local sites with the failover steps of
 //! the Local site driver: the primary is killed with invoices sent after its
-//! last backup, the standby restores base backup + WAL, reconciles with SdI,
+//! last backup, the standby restores base backup + WAL (or promotes its warm
+//! standby, which replayed the WAL as it was archived), reconciles with SdI,
 //! starts under a higher epoch and serves; SdI holds every number once.
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use fenice::repo::keyfile::Passphrase;
 use fenice::repo::repository::{Repository, Unlock};
 use fenice::site::local::{LocalSite, TenantSpec};
 use fenice::site::local_failover::LocalFailover;
+use fenice::stack::pg::DbUrl;
 use fenice::store::ObjectStore;
 use fenice::store::fs::FsStore;
 use fenice::testkit::{PostgresOptions, S3Server, SdiSimServer, http};
@@ -77,6 +79,29 @@ struct Lost {
 }
 
 async fn primary_lost(tenants: &[&str]) -> Lost {
+    primary_lost_with(tenants, false).await
+}
+
+/// Waits until the tenant's warm standby at `site` has replayed `invoices`
+/// invoices from the archive, still in recovery.
+async fn replayed(site: &LocalSite, tenant: &str, invoices: i64) {
+    let url = site.with_tenant(tenant, |s| s.db_url(tenant)).expect("the standby runs");
+    let client = DbUrl::parse(&url).unwrap().connect().await.expect("a hot standby takes connections");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = client.query_one("SELECT count(*), pg_is_in_recovery() FROM invoices", &[]).await.unwrap();
+        let (count, recovering): (i64, bool) = (row.get(0), row.get(1));
+        assert!(recovering, "the warm standby promoted itself");
+        if count == invoices {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the warm standby replayed {count} of {invoices} invoices in 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`primary_lost`], with a warm standby of each tenant at the standby before the kill.
+async fn primary_lost_with(tenants: &[&str], warm: bool) -> Lost {
     let program = Path::new(env!("CARGO_BIN_EXE_fenice"));
     let s3 = S3Server::start().expect("S3 server starts");
     let sim = SdiSimServer::start(program, Duration::ZERO).expect("the simulator starts");
@@ -125,15 +150,12 @@ async fn primary_lost(tenants: &[&str]) -> Lost {
         .unwrap();
         specs.insert(name.to_string(), spec);
     }
-    // The provider dies.
-    assert_eq!(source.kill().len(), 2 * tenants.len());
-
     let store = s3.store("tenant-backups", "lab").await.unwrap();
     let repo = Arc::new(
         Repository::open(Arc::new(store), &Unlock::Passphrase(Passphrase::new(PASSWORD.into()))).await.unwrap(),
     );
     let driver = LocalFailover::new(
-        source,
+        source.clone(),
         target.clone(),
         specs,
         repo,
@@ -142,6 +164,14 @@ async fn primary_lost(tenants: &[&str]) -> Lost {
         sim.endpoint(),
         jiff::civil::date(2029, 1, 1),
     );
+    if warm {
+        for name in tenants {
+            driver.start_warm_standby(name).await.expect("the warm standby starts");
+            replayed(&target, name, 8).await;
+        }
+    }
+    // The provider dies.
+    assert_eq!(source.kill().len(), 2 * tenants.len());
     Lost { driver, target, sim, _s3: s3, _dirs: dirs }
 }
 
@@ -191,6 +221,36 @@ async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
     // Running a step again finds it done.
     driver.switch_tenant(&ctx, &tenant).await.expect("switched again");
 
+    continues_at_the_standby(&lost, "acme").await;
+}
+
+/// A warm standby replays the archive while the primary works (it holds all
+/// eight invoices before the kill), and the failover promotes that very
+/// PostgreSQL instead of restoring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_follows_the_archive_and_a_failover_only_promotes_it() {
+    let lost = primary_lost_with(&["acme"], true).await;
+    let driver = &lost.driver;
+    let ctx = StepContext {
+        failover: "westpole-lost".into(),
+        plan: "westpole-to-azure".into(),
+        trigger: Trigger::Automatic,
+        source: "westpole".into(),
+        target: "azure".into(),
+        epoch: Some(2),
+    };
+    let tenant = TenantRef { namespace: "tenants".into(), name: "acme".into() };
+    let pid = |site: &LocalSite| site.with_tenant("acme", |s| s.postgres.pid()).unwrap();
+    let standby = pid(&lost.target);
+    assert!(lost.target.runs_standby("acme"));
+    let restored = driver.restore_tenant(&ctx, &tenant).await.expect("promoted");
+    assert!(!restored.snapshot_id.is_empty());
+    assert_eq!(pid(&lost.target), standby, "promoted in place, not restored anew");
+    assert!(!lost.target.runs_standby("acme"));
+    driver.reconcile_tenant(&ctx, &tenant).await.expect("reconciled");
+    driver.start_tenant(&ctx, &tenant).await.expect("started");
+    driver.switch_tenant(&ctx, &tenant).await.expect("switched");
+    driver.verify_tenant(&ctx, &tenant).await.expect("verified");
     continues_at_the_standby(&lost, "acme").await;
 }
 

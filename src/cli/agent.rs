@@ -184,6 +184,10 @@ struct RestoreArgs {
     /// With --pgdata: replay up to this time (RFC 3339); to the end of the archive otherwise.
     #[arg(long, requires = "pgdata")]
     target_time: Option<jiff::Timestamp>,
+    /// With --pgdata: prepare a warm standby, which replays the archive as it
+    /// grows and waits to be promoted (`pg_ctl promote`), instead of a recovery.
+    #[arg(long, requires = "pgdata", conflicts_with = "target_time")]
+    standby: bool,
     /// The snapshot to restore; the tenant's newest backup (before --target-time) by default.
     #[arg(long)]
     snapshot: Option<String>,
@@ -238,9 +242,14 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
             pgdata,
             force: args.force,
             fenice: std::env::current_exe().context("finding the fenice program for restore_command")?,
+            standby: args.standby,
         };
         let prepared = pitr::prepare(&repo, &request).await?;
-        let target = request.target_time.map_or("the end of the archive".to_string(), |t| t.to_string());
+        let target = match (request.standby, request.target_time) {
+            (true, _) => "the end of the archive as it grows, until promoted (warm standby)".to_string(),
+            (false, Some(time)) => time.to_string(),
+            (false, None) => "the end of the archive".to_string(),
+        };
         if args.target.json {
             let report = json!({
                 "tenant": request.tenant,

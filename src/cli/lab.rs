@@ -36,8 +36,10 @@ pub struct LabArgs {
     #[arg(long)]
     invoice_interval_ms: Option<u64>,
     /// How tenants wait at the standby: a synchronous PostgreSQL standby that
-    /// a failover promotes (no confirmed invoice lost), or nothing (cold: a
-    /// failover restores backups and archived WAL from the repositories).
+    /// a failover promotes (no confirmed invoice lost); a warm standby
+    /// replaying the archived WAL from the repositories, which a failover
+    /// promotes; or nothing (cold: a failover restores backups and archived
+    /// WAL from the repositories).
     #[arg(long, value_enum, default_value = "sync")]
     standby: StandbyMode,
 }

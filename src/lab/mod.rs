@@ -35,7 +35,7 @@ use crate::failover::clock::{Clock, SystemClock};
 use crate::failover::executor::{Progress as RunProgress, SiteDriver, StateFile, StepContext, run as run_failover};
 use crate::failover::health::{DetectionRule, SiteHealth};
 use crate::failover::lease::{LeaseAgent, LeaseTiming, LeaseView, Standing, Takeover, new_incarnation};
-use crate::failover::machine::{FailoverState, NewFailover, Observation, Phase, RetryRule, Trigger};
+use crate::failover::machine::{FailoverState, NewFailover, Observation, Phase, RetryRule, StepError, Trigger};
 use crate::failover::waves::{GateRule, TenantSpec as WaveTenant, WaveSpec, assign};
 use crate::failover::witness::{LeaseStatus, Witness, keep};
 use crate::site::local::{LocalSite, TenantSpec};
@@ -99,6 +99,10 @@ pub enum StandbyMode {
     /// and the archived WAL (invoices confirmed after the last archived WAL
     /// and not yet at SdI are lost: the RPO).
     Cold,
+    /// A PostgreSQL at the standby replays the archived WAL from the
+    /// repositories as it arrives: a failover only promotes it (the RPO of
+    /// cold, in seconds of RTO).
+    Warm,
 }
 
 /// Everything `lab.json` says.
@@ -367,6 +371,26 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     ));
 
     let drill = drill(options, &providers, &primary, &specs, &repo, &work, progress).await;
+
+    if options.standby == StandbyMode::Warm {
+        progress.step(&format!(
+            "starting a warm standby of every tenant's database at {STANDBY}: its base backup, replaying the archive"
+        ));
+        let started = Instant::now();
+        let results: Vec<Result<(), StepError>> = stream::iter(names.iter())
+            .map(|name| driver.start_warm_standby(name))
+            .buffer_unordered(SETUP_PARALLELISM)
+            .collect()
+            .await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            bail!("starting a warm standby at {STANDBY}: {}", e.message);
+        }
+        progress.step(&format!(
+            "  {} warm standbys replaying in {:.1} s: a failover promotes them",
+            names.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
 
     progress.step(&format!("tenants keep working for {} s", options.work_before_kill.as_secs()));
     tokio::time::sleep(options.work_before_kill).await;

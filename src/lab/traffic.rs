@@ -93,6 +93,7 @@ struct Customer {
 impl Customer {
     async fn run(self, interval: Duration, mut stop: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(interval);
+        let mut request = 0;
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -102,7 +103,8 @@ impl Customer {
             if *stop.borrow() {
                 return;
             }
-            match self.issue().await {
+            request += 1;
+            match self.issue(request).await {
                 Some(invoice) => self.committed.lock().unwrap_or_else(PoisonError::into_inner).push(invoice),
                 None => {
                     self.refused.fetch_add(1, Ordering::Relaxed);
@@ -111,12 +113,14 @@ impl Customer {
         }
     }
 
-    async fn issue(&self) -> Option<Committed> {
+    async fn issue(&self, request: u64) -> Option<Committed> {
         let url = (self.resolve)(&self.tenant)?;
+        // NB: each request's own description, so that a lost invoice and the one
+        // that took its number differ in content, and the check can tell them apart.
         let body = serde_json::json!({
             "series": self.series,
             "customer": {"vat": "09876543210", "name": "Studio Rossi", "recipient_code": "ABC1234"},
-            "description": "Consulenza",
+            "description": format!("Consulenza, richiesta {request}"),
             "taxable_cents": 10_000,
         });
         let answer = self.http.post(format!("{url}/v1/invoices")).json(&body).send().await.ok()?;

@@ -197,15 +197,22 @@ impl LocalSite {
                 message,
             });
         }
-        self.start_database(spec, Some(&data))?;
-        if let Some(stack) = self.lock().get_mut(&spec.name) {
-            stack.standby = true;
-        }
+        self.start_standby_on(spec, &data)?;
         primary.psql(
             &spec.name,
             &["ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"],
             "making its standby synchronous",
         )
+    }
+
+    /// Starts the tenant's PostgreSQL on `pgdata` prepared as a warm standby
+    /// (replaying the archive, see [`crate::stack::pitr`]).
+    pub fn start_standby_on(&self, spec: &TenantSpec, pgdata: &Path) -> Result<()> {
+        self.start_database(spec, Some(pgdata))?;
+        if let Some(stack) = self.lock().get_mut(&spec.name) {
+            stack.standby = true;
+        }
+        Ok(())
     }
 
     /// Whether the tenant's database here is a standby (not promoted by this site yet).

@@ -145,7 +145,23 @@ impl LocalFailover {
             pgdata: self.pgdata(tenant),
             force: true,
             fenice: self.program.clone(),
+            standby: false,
         }
+    }
+
+    /// Starts the tenant's warm standby at the target: its newest base backup,
+    /// replaying the archived WAL as it arrives. A failover then promotes it
+    /// ([`SiteDriver::restore_tenant`]) instead of restoring.
+    pub async fn start_warm_standby(&self, tenant: &str) -> Result<(), StepError> {
+        let spec = self.spec(&TenantRef { namespace: String::new(), name: tenant.to_owned() })?.clone();
+        let request = PitrRestore { standby: true, target_time: None, ..self.pitr_request(tenant) };
+        self.target.stop_tenant(tenant);
+        pitr::prepare(&self.repo, &request).await.map_err(|e| fatal(error_chain(&e)))?;
+        let target = self.target.clone();
+        tokio::task::spawn_blocking(move || target.start_standby_on(&spec, &request.pgdata))
+            .await
+            .map_err(|e| retry(e.to_string()))?
+            .map_err(|e| retry(error_chain(&e)))
     }
 
     /// Promotes the tenant's synchronous standby at the target: it holds every

@@ -32,6 +32,9 @@ pub struct PitrRestore {
     pub force: bool,
     /// The `fenice` program `restore_command` runs.
     pub fenice: PathBuf,
+    /// Stay a standby (warm standby): replay the archive as it grows, never
+    /// promote on its own; a failover promotes it. `target_time` is ignored.
+    pub standby: bool,
 }
 
 /// A prepared data directory.
@@ -164,20 +167,26 @@ const SPOOL: &str = "fenice-wal-prefetch";
 
 fn write_recovery_settings(request: &PitrRestore, snapshot: &Id) -> Result<()> {
     let io = |path: PathBuf| move |source| Error::Io { what: "writing", path, source };
-    let signal = request.pgdata.join("recovery.signal");
+    // NB: in standby mode a segment not archived yet is asked for again every
+    // few seconds (wal_retrieve_retry_interval), and a promotion first replays
+    // whatever the archive holds: a warm standby loses no more than a restore.
+    let (signal, what, end) = match request.standby {
+        true => ("standby.signal", "warm standby", ""),
+        false => ("recovery.signal", "point-in-time recovery", "recovery_target_action = 'promote'\n"),
+    };
+    let signal = request.pgdata.join(signal);
     std::fs::write(&signal, "").map_err(io(signal.clone()))?;
     let fenice = request.fenice.display();
     let mut settings = format!(
-        "\n# fenice agent restore: point-in-time recovery of tenant {tenant} from snapshot {snapshot}\n\
+        "\n# fenice agent restore: {what} of tenant {tenant} from snapshot {snapshot}\n\
          restore_command = '{fenice} agent wal-fetch --tenant {tenant} --repo {repository} \
          --prefetch {PREFETCH} --spool {SPOOL} %f %p'\n\
-         recovery_target_action = 'promote'\n\
-         archive_mode = 'off'\n",
+         {end}archive_mode = 'off'\n",
         tenant = request.tenant,
         repository = request.repository,
         snapshot = snapshot.short(),
     );
-    if let Some(target) = request.target_time {
+    if let Some(target) = request.target_time.filter(|_| !request.standby) {
         // PostgreSQL reads `2026-11-23 11:48:34.296691+00`, not RFC 3339's T and Z.
         let shown = target.to_zoned(jiff::tz::TimeZone::UTC).strftime("%Y-%m-%d %H:%M:%S%.f+00");
         settings.push_str(&format!("recovery_target_time = '{shown}'\n"));
