@@ -349,6 +349,14 @@ fn cel_cases() -> Vec<(&'static str, &'static str, Breaker, &'static str)> {
         ),
         (
             "Site",
+            "azure-italynorth",
+            |v| {
+                v["spec"]["platform"].as_object_mut().map(|p| p.remove("dnsTarget"));
+            },
+            "dnsSwitch: DnsEndpoint needs dnsTarget",
+        ),
+        (
+            "Site",
             "aws-witness",
             |v| v["spec"]["witnessStore"]["type"] = json!("AzureBlob"),
             "storage: set s3 exactly when type is S3",

@@ -68,8 +68,13 @@ fn the_same_tenant_differs_between_sites_only_where_the_sites_differ() {
     let kinds = |objects: &[Value]| objects.iter().map(|o| o["kind"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
     let (wk, ak) = (kinds(&westpole), kinds(&aks));
     assert_eq!(wk.last().map(String::as_str), Some("Ingress"));
-    assert_eq!(ak.last().map(String::as_str), Some("HTTPRoute"));
-    assert_eq!(wk[..wk.len() - 1], ak[..ak.len() - 1], "the same objects but the exposure");
+    // AKS switches DNS with a DNSEndpoint, the Westpole-like site with annotations.
+    assert_eq!(ak[ak.len() - 2..], ["HTTPRoute", "DNSEndpoint"]);
+    assert_eq!(wk[..wk.len() - 1], ak[..ak.len() - 2], "the same objects but the exposure and DNS");
+    let record = &aks.last().unwrap()["spec"]["endpoints"][0];
+    assert_eq!(record["dnsName"], "studio-rossi.fatture.example.it");
+    assert_eq!(record["recordType"], "CNAME");
+    assert_eq!(record["targets"][0], "public-gateway.italynorth.cloudapp.azure.com");
     let deployment = |objects: &[Value]| objects.iter().find(|o| o["kind"] == "Deployment").unwrap().clone();
     let (w, a) = (deployment(&westpole), deployment(&aks));
     let image = |d: &Value| d["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap().to_owned();

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fenice::api::policy::BackupPolicy;
+use fenice::api::repository::BackupRepository;
 use fenice::api::site::Site;
 use fenice::api::tenant::InvoicingTenant;
 use fenice::apiserver::{self, ServerOptions};
@@ -29,6 +31,9 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const OPERATOR_NAMESPACE: &str = "fenice-system";
 const NAMESPACE: &str = "invoicing";
 const TOKEN: &str = "kubeconfig-token-never-shown";
+const S3_SECRET: &str = "s3-secret-never-shown";
+const SAS_SECRET: &str = "sas-signature-never-shown";
+const REPO_PASSWORD: &str = "repository-password-never-shown";
 
 fn examples<T: serde::de::DeserializeOwned>(file: &str) -> Vec<T> {
     let text = std::fs::read_to_string(format!("{}/manifests/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
@@ -171,6 +176,45 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     home.spec.cluster = Some(serde_json::from_value(json!({"driver": "Kubernetes", "inCluster": true})).unwrap());
     sites.create(&PostParams::default(), &home).await.unwrap();
 
+    // The policy's repositories, whose Secrets the agents at the site get.
+    create(
+        &secrets,
+        json!({"metadata": {"name": "repo-s3"}, "stringData": {
+            "AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "password": REPO_PASSWORD,
+        }}),
+    )
+    .await;
+    create(&secrets, json!({"metadata": {"name": "repo-az"}, "stringData": {
+        "sasUrl": format!("http://127.0.0.1:9/devstoreaccount1/tenants?sig={SAS_SECRET}"), "password": REPO_PASSWORD,
+    }}))
+    .await;
+    let repositories: Api<BackupRepository> = Api::all(client.clone());
+    create(
+        &repositories,
+        json!({"metadata": {"name": "s3-backups"}, "spec": {
+            "provider": "Ovhcloud", "immutability": {"enabled": false},
+            "storage": {"type": "S3", "s3": {
+                "bucket": "tenants", "prefix": "prod", "endpoint": "http://127.0.0.1:9", "region": "eu-south-mil",
+                "forcePathStyle": true, "credentialsSecretRef": {"name": "repo-s3"},
+            }},
+            "passwordSecretRef": {"name": "repo-s3", "key": "password"},
+        }}),
+    )
+    .await;
+    create(&repositories, json!({"metadata": {"name": "az-backups"}, "spec": {
+        "provider": "Azure", "immutability": {"enabled": false},
+        "storage": {"type": "AzureBlob", "azureBlob": {
+            "account": "devstoreaccount1", "container": "tenants", "endpoint": "http://127.0.0.1:9/devstoreaccount1",
+            "sasUrlSecretRef": {"name": "repo-az", "key": "sasUrl"},
+        }},
+        "passwordSecretRef": {"name": "repo-az", "key": "password"},
+    }}))
+    .await;
+    let mut policy: Value = examples::<Value>("policy.yaml").remove(0);
+    policy["spec"]["repositories"] = json!(["s3-backups", "az-backups"]);
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    create(&policies, policy).await;
+
     let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
     let rossi: InvoicingTenant = example("tenants.yaml", "studio-rossi");
     tenants.create(&PostParams::default(), &rossi).await.unwrap();
@@ -219,6 +263,7 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
         .map(|o| format!("{} {}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
         .collect();
     expected.push("Secret studio-rossi-db".into());
+    expected.push("Secret studio-rossi-repositories".into());
     expected.sort();
     let first = objects_of(&site_client, "studio-rossi").await;
     assert_eq!(first.keys().cloned().collect::<Vec<_>>(), expected);
@@ -241,6 +286,17 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     assert_eq!(password.len(), 32);
     assert_eq!(url, format!("postgres://postgres:{password}@studio-rossi-db:5432/postgres"));
     assert_eq!(events_about(&client, "studio-rossi", "StackCreated").await.len(), 1);
+    // The agents' environment: both repositories, their credentials, one password.
+    let agents: Secret =
+        Api::namespaced(site_client.clone(), NAMESPACE).get("studio-rossi-repositories").await.unwrap();
+    let env: BTreeMap<String, String> =
+        agents.data.unwrap().into_iter().map(|(k, v)| (k, String::from_utf8(v.0).unwrap())).collect();
+    assert_eq!(env["FENICE_REPOSITORY"], "s3://tenants/prod,az://devstoreaccount1/tenants");
+    assert_eq!(env["FENICE_PASSWORD"], REPO_PASSWORD);
+    assert_eq!(env["AWS_SECRET_ACCESS_KEY"], S3_SECRET);
+    assert_eq!(env["AWS_ENDPOINT_URL"], "http://127.0.0.1:9");
+    assert!(env["AZURE_STORAGE_SAS_URL"].contains(SAS_SECRET));
+    assert!(!env.contains_key("password"), "only the agents' variables: {:?}", env.keys());
 
     // What the driver did not make stays, though it carries the tenant label: a
     // note, and the volume the StatefulSet controller makes from its template
@@ -258,22 +314,16 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     let notes: Api<ConfigMap> = Api::namespaced(site_client.clone(), NAMESPACE);
     create(&notes, json!({"metadata": {"name": "studio-rossi-notes", "labels": label}, "data": {"a": "b"}})).await;
 
-    // A second apply (the spec changed, the objects did not) writes nothing:
-    // no object changes, the password stays, no Event.
-    let patch = json!({"spec": {"backupPolicy": "another"}});
+    // Without its BackupPolicy the database has nowhere to archive to: said so.
+    let patch = json!({"spec": {"backupPolicy": "nope"}});
     tenants.patch("studio-rossi", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            let t = tenants.get("studio-rossi").await.unwrap();
-            let protected = t.status.iter().flat_map(|s| s.conditions.iter()).find(|c| c.type_ == "Protected").cloned();
-            if protected.is_some_and(|c| c.message.contains("BackupPolicy another")) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the tenant reconciled after its spec changed");
+    let (_, message) = ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackFailed").await;
+    assert!(message.contains("BackupPolicy nope does not exist"), "{message}");
+    // Back on its policy, a second apply writes nothing: no object changes,
+    // the password stays, no Event.
+    let patch = json!({"spec": {"backupPolicy": "standard"}});
+    tenants.patch("studio-rossi", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
     let second = objects_of(&site_client, "studio-rossi").await;
     let ours: BTreeMap<_, _> =
         second.iter().filter(|(k, _)| first.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -369,6 +419,24 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
         removed[0].note.as_deref().unwrap_or_default().contains("deleted ConfigMap studio-rossi-app"),
         "{removed:?}"
     );
+
+    // No secret value in any status or Event.
+    let all_events: Api<Event> = Api::all(client.clone());
+    let mut said: Vec<String> =
+        all_events.list(&ListParams::default()).await.unwrap().items.iter().filter_map(|e| e.note.clone()).collect();
+    let all_tenants: Api<InvoicingTenant> = Api::all(client.clone());
+    said.extend(
+        all_tenants
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|t| serde_json::to_string(&t.status).unwrap()),
+    );
+    for secret in [S3_SECRET, SAS_SECRET, REPO_PASSWORD, TOKEN, &password] {
+        assert!(said.iter().all(|s| !s.contains(secret)), "a secret value was shown: {said:?}");
+    }
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), operator).await.expect("the operator stopped").unwrap();

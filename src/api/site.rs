@@ -123,8 +123,9 @@ pub struct ProbeEndpoint {
 
 /// Provider differences, and only those: the same tenant deploys unchanged on
 /// any site.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.dnsSwitch) || self.dnsSwitch != 'DnsEndpoint' || has(self.dnsTarget)").message("dnsSwitch: DnsEndpoint needs dnsTarget, the load balancer's host name or address that tenant host names point at"))]
 pub struct Platform {
     /// StorageClass for PostgreSQL and document volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +139,11 @@ pub struct Platform {
     /// How DNS records are switched on failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_switch: Option<DnsSwitch>,
+    /// What tenant host names point at here, for `dnsSwitch: DnsEndpoint`: the
+    /// load balancer's host name (a CNAME) or IPv4 address (an A record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub dns_target: Option<String>,
     /// Registry that images are pulled from at this site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_registry: Option<String>,

@@ -2,16 +2,22 @@
 //! objects for its Site, apply them to the Site's cluster, and say what runs;
 //! when the tenant goes, delete what was applied (its backups stay).
 
-use kube::ResourceExt;
-use kube::runtime::events::EventType;
+use std::collections::BTreeMap;
 
-use super::Context;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use zeroize::Zeroizing;
+
 use super::tenant::Stack;
+use super::{Context, secrets};
+use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::error_chain::error_chain;
+use crate::site::agent_env::{RepositoryAccess, agent_env};
 use crate::site::cluster::{self, Applied};
 use crate::site::kubernetes;
+use crate::store::open::AZURE_SAS_ENV;
 
 /// Applies the tenant's objects at `site`; says what runs.
 pub async fn deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Stack {
@@ -41,7 +47,9 @@ pub async fn deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Sta
 }
 
 async fn try_deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Result<Applied, String> {
-    let objects = kubernetes::render(tenant, site, &ctx.images).map_err(|e| e.to_string())?;
+    let mut objects = kubernetes::render(tenant, site, &ctx.images).map_err(|e| e.to_string())?;
+    let env = repositories_env(ctx, tenant).await?;
+    objects.push(kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?);
     let secret = kubernetes::database_secret(tenant, &password()).map_err(|e| e.to_string())?;
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
     let namespace = tenant.namespace().unwrap_or_default();
@@ -52,12 +60,60 @@ async fn try_deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Res
 pub async fn remove(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Result<(), String> {
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
     let namespace = tenant.namespace().unwrap_or_default();
-    let secrets = [kubernetes::database_secret_name(&tenant.name_any())];
+    let name = tenant.name_any();
+    let secrets = [kubernetes::database_secret_name(&name), kubernetes::repositories_secret_name(&name)];
     let deleted =
         cluster::remove(&target, &namespace, &tenant.name_any(), &secrets).await.map_err(|e| error_chain(&e))?;
     let note = format!("Kubernetes site {}: deleted {} (backups are kept)", site.name_any(), list(&deleted));
     super::publish(ctx, tenant, EventType::Normal, "StackRemoved", "Delete", note).await;
     Ok(())
+}
+
+/// The environment the tenant's agents open its policy's repositories with.
+async fn repositories_env(
+    ctx: &Context,
+    tenant: &InvoicingTenant,
+) -> Result<BTreeMap<String, Zeroizing<String>>, String> {
+    let policy_name = &tenant.spec.backup_policy;
+    let Some(policy) = ctx.cache.policies.get(policy_name).await else {
+        return Err(format!(
+            "BackupPolicy {policy_name} does not exist, so the database has no repository to archive its WAL to: \
+             create it, or fix spec.backupPolicy"
+        ));
+    };
+    let api: Api<BackupRepository> = Api::all(ctx.client.clone());
+    let mut found = Vec::new();
+    for name in &policy.spec.repositories {
+        let repository = match api.get_opt(name).await {
+            Ok(Some(repository)) => repository,
+            Ok(None) => return Err(format!("BackupRepository {name}, in BackupPolicy {policy_name}, does not exist")),
+            Err(e) => return Err(format!("reading BackupRepository {name}: {}", error_chain(&e))),
+        };
+        let unreadable = |e: secrets::Error| format!("BackupRepository {name}: {}", error_chain(&e));
+        let password = secrets::key(&ctx.client, &ctx.namespace, &repository.spec.password_secret_ref)
+            .await
+            .map_err(unreadable)?;
+        let mut credentials = BTreeMap::new();
+        let storage = &repository.spec.storage;
+        if let Some(reference) = storage.s3.as_ref().and_then(|s3| s3.credentials_secret_ref.as_ref()) {
+            credentials = secrets::all(&ctx.client, &ctx.namespace, reference).await.map_err(unreadable)?;
+        }
+        if let Some(reference) = storage.azure_blob.as_ref().and_then(|az| az.sas_url_secret_ref.as_ref()) {
+            let sas = secrets::key(&ctx.client, &ctx.namespace, reference).await.map_err(unreadable)?;
+            credentials.insert(AZURE_SAS_ENV.to_owned(), sas);
+        }
+        found.push((name.clone(), repository, password, credentials));
+    }
+    let access: Vec<RepositoryAccess<'_>> = found
+        .iter()
+        .map(|(name, repository, password, credentials)| RepositoryAccess {
+            name,
+            spec: &repository.spec,
+            password: password.clone(),
+            credentials: credentials.clone(),
+        })
+        .collect();
+    agent_env(&access).map_err(|e| format!("BackupPolicy {policy_name}: {e}"))
 }
 
 fn list(objects: &[String]) -> String {

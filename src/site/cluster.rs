@@ -36,12 +36,18 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ("networking.k8s.io", "v1", "NetworkPolicy"),
     ("networking.k8s.io", "v1", "Ingress"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+    ("externaldns.k8s.io", "v1alpha1", "DNSEndpoint"),
 ];
 
 /// Whether a 404 says the namespace is missing (rather than the object or its kind).
 fn namespace_missing(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404
         && status.details.as_ref().is_some_and(|d| d.kind == "namespaces"))
+}
+
+/// Whether objects of `kind` are listed (and found as orphans).
+fn listed(kind: &str) -> bool {
+    KINDS.iter().any(|(_, _, k)| *k == kind)
 }
 
 /// A site's cluster, and whether it is the one the InvoicingTenant lives in.
@@ -66,7 +72,7 @@ pub enum Error {
     },
     #[error(
         "Site {site}: the cluster does not serve {kind} ({api_version}), which {object} is: install its \
-         CustomResourceDefinitions, or change the Site's platform.exposure"
+         CustomResourceDefinitions, or change the Site's platform (exposure, dnsSwitch)"
     )]
     NotServed { site: String, kind: String, api_version: String, object: String },
     #[error("Site {site}: listing {kind} in namespace {namespace}")]
@@ -193,6 +199,8 @@ pub async fn apply(
             Err(source) => return Err(Error::Apply { site, object: label, source }),
         };
         match before.get(&(kind.clone(), name.clone())) {
+            // NB: Secrets are never listed, so whether one changed is not known: not told.
+            _ if !listed(&kind) => {}
             None => applied.created.push(format!("{kind} {name}")),
             Some((_, version)) if result.metadata.resource_version.as_ref() != Some(version) => {
                 applied.updated.push(format!("{kind} {name}"))

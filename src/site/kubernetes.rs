@@ -7,7 +7,8 @@
 //! Per tenant: the app (ConfigMap, Deployment running `fenice app serve`,
 //! Service, PodDisruptionBudget, the documents' PersistentVolumeClaim),
 //! PostgreSQL (StatefulSet archiving WAL with `fenice agent wal-push`, headless
-//! Service), a NetworkPolicy for each, and an Ingress or a Gateway API HTTPRoute.
+//! Service), a NetworkPolicy for each, an Ingress or a Gateway API HTTPRoute,
+//! and, where the Site switches DNS that way, an external-dns DNSEndpoint.
 
 use serde_json::{Value, json};
 
@@ -202,7 +203,7 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
                                 {"name": "FENICE_TENANT", "value": name},
                                 {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": db, "key": "password"}}},
                             ],
-                            "envFrom": [{"secretRef": {"name": format!("{name}-repositories")}}],
+                            "envFrom": [{"secretRef": {"name": repositories_secret_name(&name)}}],
                             "ports": [{"name": "postgres", "containerPort": DB_PORT}],
                             "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
                             "resources": resources(db_size),
@@ -265,6 +266,16 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
             },
         })),
     }
+    if platform.dns_switch == Some(DnsSwitch::DnsEndpoint)
+        && let Some(target) = &platform.dns_target
+    {
+        let record = if target.parse::<std::net::Ipv4Addr>().is_ok() { "A" } else { "CNAME" };
+        objects.push(json!({
+            "apiVersion": "externaldns.k8s.io/v1alpha1", "kind": "DNSEndpoint", "metadata": metadata(app.clone(), "app"),
+            // NB: a short TTL: on failover the record moves to the other site.
+            "spec": {"endpoints": [{"dnsName": host, "recordType": record, "recordTTL": 60, "targets": [target]}]},
+        }));
+    }
     Ok(objects.into_iter().map(without_nulls).collect())
 }
 
@@ -315,6 +326,28 @@ pub fn database_secret(tenant: &InvoicingTenant, password: &str) -> Result<Value
     Ok(json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": who.metadata(db.clone(), "database"), "type": "Opaque",
         "stringData": {"password": password, "url": format!("postgres://postgres:{password}@{db}:{DB_PORT}/postgres")},
+    }))
+}
+
+/// The name of the Secret the tenant's agents open its repositories with.
+pub fn repositories_secret_name(tenant: &str) -> String {
+    format!("{tenant}-repositories")
+}
+
+/// The Secret `<tenant>-repositories`: the agents' environment
+/// ([`crate::site::agent_env`]), applied on every reconcile so that it follows
+/// the policy's repositories and their Secrets.
+pub fn repositories_secret(
+    tenant: &InvoicingTenant,
+    env: &std::collections::BTreeMap<String, zeroize::Zeroizing<String>>,
+) -> Result<Value, RenderError> {
+    use base64::Engine;
+    let who = Who::of(tenant)?;
+    let encode = |value: &str| base64::engine::general_purpose::STANDARD.encode(value);
+    let data: serde_json::Map<String, Value> = env.iter().map(|(k, v)| (k.clone(), json!(encode(v)))).collect();
+    Ok(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": who.metadata(repositories_secret_name(who.name), "database"), "data": data,
     }))
 }
 

@@ -2,6 +2,7 @@
 //! a cloud provider in production ([`kubernetes`]: what a tenant's stack is
 //! there, [`cluster`]: putting them into its cluster), a set of local processes in the lab ([`local`]).
 
+pub mod agent_env;
 pub mod cluster;
 pub mod kubernetes;
 pub mod local;
