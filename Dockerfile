@@ -27,5 +27,10 @@ FROM docker.io/library/postgres:15-bookworm AS fenice-postgres
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+# pg_basebackup in a backup Job is a replication connection, which the image's
+# pg_hba.conf does not let in from other pods; the NetworkPolicy admits only
+# the tenant's app and backup pods.
+RUN printf '#!/bin/sh\necho "host replication all all scram-sha-256" >> "$PGDATA/pg_hba.conf"\n' \
+        > /docker-entrypoint-initdb.d/10-replication.sh
 COPY --from=build /src/target/release/fenice /usr/local/bin/fenice
 USER 999:999

@@ -535,7 +535,8 @@ fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
 
 /// The Role a Kubernetes site's identity gets in each tenant namespace grants
 /// what the site driver does and no more: list, patch and delete on each kind
-/// it applies; create, patch and delete on Secrets, never get or list; a namespaced
+/// it applies; create, patch and delete on Secrets, never get or list; get and
+/// patch on the backup Jobs; a namespaced
 /// Role, never a ClusterRole.
 #[test]
 fn the_tenant_namespace_role_grants_what_the_site_driver_does_and_no_more() {
@@ -559,6 +560,7 @@ fn the_tenant_namespace_role_grants_what_the_site_driver_does_and_no_more() {
         })
         .collect();
     wanted.insert((String::new(), "secrets".into(), "create,patch,delete".into()));
+    wanted.insert(("batch".into(), "jobs".into(), "get,patch".into()));
     assert_eq!(granted, wanted, "{} must grant exactly what the site driver does", shown(&path));
     let role_binding = docs.iter().find(|d| kind(d) == "RoleBinding").expect("a RoleBinding");
     assert_eq!(role_binding["subjects"][0]["name"], SERVICE_ACCOUNT);

@@ -5,7 +5,10 @@
 //! the Site no longer asks for is deleted and what the driver did not make is
 //! left alone, an unusable kubeconfig is named without its contents, and
 //! deleting the tenant removes its objects but never its Backups. A site that
-//! is the operator's own cluster gets owner references.
+//! is the operator's own cluster gets owner references. A Backup of a tenant
+//! there runs as a Job at the site (its command run here with the Job's own
+//! environment, against a real PostgreSQL and S3 server) and is recorded from
+//! what the repository holds, by an operator restarted while the Job ran.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +29,9 @@ use kube::api::{
 };
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
+
+#[path = "common/tenant.rs"]
+mod tenant_db;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const OPERATOR_NAMESPACE: &str = "fenice-system";
@@ -234,12 +240,7 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     .await;
 
     let state = tempfile::tempdir().unwrap();
-    let local = Arc::new(LocalSites::new(state.path(), std::path::Path::new(env!("CARGO_BIN_EXE_fenice"))));
-    let ctx = Arc::new(Context::new(client.clone(), OPERATOR_NAMESPACE, None, Arc::new(Metrics::default()), local));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(fenice::controller::run(ctx, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, running) = operator(&client, state.path());
 
     // The tenant's namespace must exist at the site: nothing makes namespaces there.
     let (_, message) = ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackFailed").await;
@@ -439,5 +440,186 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     }
 
     let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(40), operator).await.expect("the operator stopped").unwrap();
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+}
+
+/// What a kubelet would do with the Job: run its one container's command
+/// with its environment (Secrets read at the site), here, with the tenant's
+/// database at `db` (the cluster's DNS name for it does not resolve here);
+/// then record the end in the Job's status, as the Job controller would.
+async fn run_job(site: &Client, name: &str, db: &str) {
+    use k8s_openapi::api::batch::v1::Job;
+    let jobs: Api<Job> = Api::namespaced(site.clone(), NAMESPACE);
+    let job = jobs.get(name).await.unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let secrets: Api<Secret> = Api::namespaced(site.clone(), NAMESPACE);
+    let text = |v: &k8s_openapi::ByteString| String::from_utf8(v.0.clone()).unwrap();
+    let mut env = BTreeMap::new();
+    for source in container.env_from.iter().flatten() {
+        let secret = secrets.get(&source.secret_ref.as_ref().unwrap().name).await.unwrap();
+        env.extend(secret.data.unwrap().iter().map(|(k, v)| (k.clone(), text(v))));
+    }
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref())) {
+            (Some(value), _) => value.clone(),
+            (None, Some(key)) => text(&secrets.get(&key.name).await.unwrap().data.unwrap()[&key.key]),
+            (None, None) => panic!("{var:?}"),
+        };
+        env.insert(var.name.clone(), value);
+    }
+    assert!(env["FENICE_DB_URL"].contains("@studio-rossi-db:5432/"), "{}", env["FENICE_DB_URL"]);
+    env.insert("FENICE_DB_URL".into(), db.to_owned());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(container.args.as_ref().unwrap())
+        .env_remove("FENICE_REPOSITORY")
+        .envs(&env)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "the Job's command failed: {}", String::from_utf8_lossy(&out.stderr));
+    let done = json!({"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}});
+    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&done)).await.unwrap();
+}
+
+/// The Backup once `holds` is true of it.
+async fn backup_when(
+    backups: &Api<fenice::api::backup::Backup>,
+    name: &str,
+    holds: impl Fn(&fenice::api::backup::BackupStatus) -> bool,
+) -> fenice::api::backup::BackupStatus {
+    let mut last = None;
+    let found = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(status) = backups.get(name).await.unwrap().status {
+                if holds(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("Backup {name} never got where expected; last {last:?}"))
+}
+
+/// Runs the controllers until the returned sender is used or dropped.
+fn operator(
+    client: &Client,
+    state: &std::path::Path,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let local = Arc::new(LocalSites::new(state, std::path::Path::new(env!("CARGO_BIN_EXE_fenice"))));
+    let ctx = Arc::new(Context::new(client.clone(), OPERATOR_NAMESPACE, None, Arc::new(Metrics::default()), local));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(fenice::controller::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+    (stop, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_the_repository() {
+    let control = apiserver::spawn(ServerOptions::default()).await.unwrap();
+    let remote = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
+    let client = control.client().await.unwrap();
+    let site_client = remote.client().await.unwrap();
+    for (cluster, namespace) in [(&client, OPERATOR_NAMESPACE), (&client, NAMESPACE), (&site_client, NAMESPACE)] {
+        create(&Api::<Namespace>::all(cluster.clone()), json!({"metadata": {"name": namespace}})).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    create(
+        &secrets,
+        json!({"metadata": {"name": "site-westpole-rome"}, "stringData": {"kubeconfig": remote.kubeconfig()}}),
+    )
+    .await;
+    create(
+        &secrets,
+        json!({"metadata": {"name": "repo-s3"}, "stringData": {
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "password": REPO_PASSWORD,
+        }}),
+    )
+    .await;
+    let s3 = fenice::testkit::S3Server::start().expect("the S3 server starts");
+    s3.store("tenants", "").await.unwrap().create_bucket(false).await.unwrap();
+    create(
+        &Api::<BackupRepository>::all(client.clone()),
+        json!({"metadata": {"name": "s3-backups"}, "spec": {
+            "provider": "Ovhcloud", "immutability": {"enabled": false},
+            "storage": {"type": "S3", "s3": {
+                "bucket": "tenants", "prefix": "prod", "endpoint": s3.endpoint(), "region": "us-east-1",
+                "forcePathStyle": true, "credentialsSecretRef": {"name": "repo-s3"},
+            }},
+            "passwordSecretRef": {"name": "repo-s3", "key": "password"},
+        }}),
+    )
+    .await;
+    let mut policy: Value = examples::<Value>("policy.yaml").remove(0);
+    policy["spec"]["repositories"] = json!(["s3-backups"]);
+    create(&Api::<BackupPolicy>::all(client.clone()), policy).await;
+    Api::<Site>::all(client.clone())
+        .create(&PostParams::default(), &example::<Site>("sites.yaml", "westpole-rome"))
+        .await
+        .unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+    tenants.create(&PostParams::default(), &example::<InvoicingTenant>("tenants.yaml", "studio-rossi")).await.unwrap();
+
+    // The tenant's database, with three invoices (the StatefulSet's, in a real cluster).
+    let pg = fenice::testkit::PostgresServer::start().expect("PostgreSQL starts");
+    let admin = tenant_db::connect(&pg.url("postgres")).await;
+    admin.batch_execute("CREATE DATABASE studio_rossi").await.unwrap();
+    let mut db = tenant_db::connect(&pg.url("studio_rossi")).await;
+    db.batch_execute(fenice::app::schema::SCHEMA).await.unwrap();
+    let documents = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        tenant_db::issue(&mut db, documents.path(), "2026").await;
+    }
+
+    let state = tempfile::tempdir().unwrap();
+    let (stop, running) = operator(&client, state.path());
+    ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
+    let backups: Api<fenice::api::backup::Backup> = Api::namespaced(client.clone(), NAMESPACE);
+    create(&backups, json!({"metadata": {"name": "studio-rossi-manual"}, "spec": {"tenant": "studio-rossi"}})).await;
+    let running_status = backup_when(&backups, "studio-rossi-manual", |s| s.job.is_some()).await;
+    assert_eq!(running_status.job.as_deref(), Some("westpole-rome/invoicing/backup-studio-rossi-manual"));
+    let ready = running_status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("Job invoicing/backup-studio-rossi-manual runs the backup"), "{ready:?}");
+
+    // The operator stops while the Job runs; the next one goes on watching it.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    run_job(&site_client, "backup-studio-rossi-manual", &pg.url("studio_rossi")).await;
+    let (stop, running) = operator(&client, state.path());
+    let done = backup_when(&backups, "studio-rossi-manual", |s| s.completion_time.is_some()).await;
+    let ready = done.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(done.phase, fenice::api::backup::BackupPhase::Succeeded, "{ready:?}");
+    assert_eq!(done.copies_summary.as_deref(), Some("1/1"));
+    assert_eq!(done.verification.as_ref().map(|v| v.invoices), Some(3));
+    // The snapshot is the Job's: physical (the policy archives WAL), tagged with the Backup.
+    let store = s3.store("tenants", "prod").await.unwrap();
+    let unlock =
+        fenice::repo::repository::Unlock::Passphrase(fenice::repo::keyfile::Passphrase::new(REPO_PASSWORD.into()));
+    let repo = fenice::repo::repository::Repository::open(Arc::new(store), &unlock).await.unwrap();
+    let backup = backups.get("studio-rossi-manual").await.unwrap();
+    let (id, snapshot) = repo.find_snapshot(done.snapshot_id.as_deref().unwrap()).await.unwrap();
+    assert!(snapshot.tags.contains(&format!("fenice.io/backup={}", backup.uid().unwrap())), "{:?}", snapshot.tags);
+    assert_eq!(snapshot.host, "westpole-rome");
+    assert!(!id.to_string().is_empty());
+
+    // A Job that gives up fails its Backup, saying where its log is.
+    create(&backups, json!({"metadata": {"name": "studio-rossi-again"}, "spec": {"tenant": "studio-rossi"}})).await;
+    backup_when(&backups, "studio-rossi-again", |s| s.job.is_some()).await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(site_client.clone(), NAMESPACE);
+    let gave_up = json!({"status": {"failed": 2, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"},
+    ]}});
+    jobs.patch_status("backup-studio-rossi-again", &PatchParams::default(), &Patch::Merge(&gave_up)).await.unwrap();
+    let failed = backup_when(&backups, "studio-rossi-again", |s| s.completion_time.is_some()).await;
+    assert_eq!(failed.phase, fenice::api::backup::BackupPhase::Failed);
+    let ready = failed.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("BackoffLimitExceeded"), "{ready:?}");
+    assert!(ready.message.contains("kubectl -n invoicing logs job/backup-studio-rossi-again"), "{ready:?}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
 }

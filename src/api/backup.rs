@@ -78,6 +78,9 @@ pub struct BackupStatus {
     /// The snapshot id (the same in every repository).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// The Job running this backup at a Kubernetes site, as `site/namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// One entry per repository written to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<BackupCopy>,

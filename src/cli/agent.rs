@@ -162,6 +162,9 @@ struct BackupArgs {
     /// The host name recorded in the snapshot.
     #[arg(long)]
     host: Option<String>,
+    /// A tag recorded in the snapshot besides `tenant-backup` (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
     #[command(flatten)]
     target: RepoTarget,
 }
@@ -218,6 +221,7 @@ async fn run_backup(args: BackupArgs, out: &mut impl Write) -> anyhow::Result<Ex
         host: args.host.unwrap_or_else(crate::repo::host_name),
         pg_bin: args.tenant.pg_bin,
         physical: args.physical,
+        tags: args.tags,
     };
     let progress = Arc::new(Progress::default());
     let outcome = with_progress(&progress, args.target.json, backup::backup(repos, &request, progress.clone())).await?;

@@ -2,8 +2,8 @@
 //! it names (or its tenant's policy names), and its status records each copy,
 //! the snapshot, sizes and the verification counts. With the Local site driver
 //! the backup runs in the operator (pg_dump of the tenant's database there);
-//! at Kubernetes sites it would run as a Job, which is not built yet, and the
-//! Backup says so. A Backup found Running when no run of it is in progress
+//! at Kubernetes sites it runs as a Job there (`backup_job`), which a
+//! restarted operator goes on watching. A Backup found Running when no run of it is in progress
 //! was interrupted by an operator restart: it is marked Failed, never run
 //! twice. [`next_step`] and [`finished`] decide; `backup_run` does the work.
 
@@ -32,6 +32,8 @@ pub enum Step {
     Run,
     /// Running, but no run is in progress here: an operator stopped during it.
     Interrupted,
+    /// Running as a Job at a Kubernetes site: see how it goes.
+    Watch,
     /// Finished: nothing more to do.
     Done,
 }
@@ -39,6 +41,7 @@ pub enum Step {
 pub fn next_step(backup: &Backup) -> Step {
     match backup.status.as_ref().map_or(BackupPhase::Pending, |s| s.phase) {
         BackupPhase::Pending => Step::Run,
+        BackupPhase::Running if backup.status.as_ref().is_some_and(|s| s.job.is_some()) => Step::Watch,
         BackupPhase::Running => Step::Interrupted,
         BackupPhase::Succeeded | BackupPhase::PartiallySucceeded | BackupPhase::Failed => Step::Done,
     }
@@ -144,6 +147,7 @@ pub fn finished(
         conditions: condition::set(&base.conditions, observed, backup.metadata.generation, now),
         observed_generation: backup.metadata.generation,
         start_time: Some(Time(started)),
+        job: base.job.clone(),
         copies,
     }
 }
@@ -183,6 +187,7 @@ async fn reconcile_inner(backup: &Backup, ctx: &Context) -> Result<Action, Error
             Ok(Action::await_change())
         }
         Step::Run => super::backup_run::run(ctx, backup).await,
+        Step::Watch => super::backup_job::watch(ctx, backup).await,
     }
 }
 
@@ -233,6 +238,9 @@ mod tests {
         assert_eq!(next_step(&backup(None)), Step::Run);
         assert_eq!(next_step(&backup(Some(BackupPhase::Pending))), Step::Run);
         assert_eq!(next_step(&backup(Some(BackupPhase::Running))), Step::Interrupted);
+        let mut as_job = backup(Some(BackupPhase::Running));
+        as_job.status.as_mut().unwrap().job = Some("westpole-rome/invoicing/backup-acme".into());
+        assert_eq!(next_step(&as_job), Step::Watch);
         for done in [BackupPhase::Succeeded, BackupPhase::PartiallySucceeded, BackupPhase::Failed] {
             assert_eq!(next_step(&backup(Some(done))), Step::Done);
         }

@@ -1,8 +1,9 @@
 //! Running one Backup: find the tenant's stack and repositories, open each
 //! repository (creating it on first use), stream the backup into all of them
-//! at once, and record the outcome. Whatever is missing is named in the
-//! Backup's status: a tenant or policy that does not exist fails it; a stack
-//! not running yet, or a Kubernetes site, leaves it Pending with a condition.
+//! at once, and record the outcome; at a Kubernetes site, start its Job
+//! (`backup_job`). Whatever is missing is named in the Backup's status: a
+//! tenant or policy that does not exist fails it; a stack not running yet
+//! leaves it Pending with a condition.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use super::tenant::{self, Placement};
 use super::{Context, repository::open_store, secrets};
 use crate::api::backup::{Backup, BackupPhase};
 use crate::api::repository::BackupRepository;
+use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::error_chain::error_chain;
 use crate::repo::archiver::Progress;
@@ -27,9 +29,17 @@ use crate::repo::repository::{self, Repository, Unlock};
 use crate::stack::backup::TenantBackup;
 use crate::stack::pg::DbUrl;
 
+/// Where the backup runs.
+enum Runs {
+    /// Here, reading the tenant's database at a Local site.
+    Here(Box<DbUrl>),
+    /// As a Job at the tenant's Kubernetes site.
+    Job { tenant: Box<InvoicingTenant>, site: Arc<Site> },
+}
+
 /// Where the backup's data is, once everything it needs was found.
 struct Source {
-    db: DbUrl,
+    runs: Runs,
     repositories: Vec<String>,
     physical: bool,
     /// The tenant's policy's retention, applied after a successful backup.
@@ -62,6 +72,12 @@ pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
             Err(not_now) => return hold(ctx, backup, not_now).await,
         };
 
+    let db = match source.runs {
+        Runs::Here(db) => *db,
+        Runs::Job { tenant, site } => {
+            return super::backup_job::start(ctx, backup, &tenant, &site, &source.repositories, source.physical).await;
+        }
+    };
     let status = backup::with_phase(
         backup,
         BackupPhase::Running,
@@ -91,10 +107,11 @@ pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
     if !repos.is_empty() {
         let request = TenantBackup {
             tenant: backup.spec.tenant.clone(),
-            db: source.db.clone(),
+            db: db.clone(),
             host: crate::repo::host_name(),
             pg_bin: None,
             physical: source.physical,
+            tags: Vec::new(),
         };
         let targets = repos.iter().map(|(_, r)| r.clone()).collect();
         match crate::stack::backup::backup(targets, &request, Arc::new(Progress::default())).await {
@@ -145,7 +162,7 @@ pub async fn run(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
 /// Forgets the tenant's snapshots the policy does not keep in each of
 /// `repos`, saying what it did in one Event (Events with the same reason on one
 /// object are merged into a series that keeps the first note).
-async fn apply_retention(
+pub(super) async fn apply_retention(
     ctx: &Context,
     backup: &Backup,
     repos: &[(&str, &Repository)],
@@ -221,16 +238,21 @@ async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<
     let site = ctx.cache.sites.get(&site_name).await;
     Ok(match tenant::placement(&site_name, site.as_deref()) {
         Placement::Invalid { reason, message } => Err(NotNow::wait(reason, message, Duration::from_secs(30))),
-        Placement::Kubernetes { site } => Err(NotNow::wait(
-            "DriverNotBuilt",
-            format!(
-                "tenant {name} runs at Kubernetes site {site}: running its backup as a Job there is not built yet; \
-                 take it with `fenice agent backup` (docs/tenant-backup.md)"
-            ),
-            Duration::from_secs(300),
-        )),
+        Placement::Kubernetes { site: site_name } => {
+            let held = policy.as_ref().map(|p| p.spec.repositories.clone()).unwrap_or_default();
+            if repositories != held {
+                let message = format!(
+                    "tenant {name} runs at Kubernetes site {site_name}, where its backup Job can write only to its \
+                     BackupPolicy's repositories ({}): leave spec.repositories empty",
+                    held.join(", ")
+                );
+                return Ok(Err(NotNow::fail("RepositoriesNotAtSite", message)));
+            }
+            let site = site.expect("a Kubernetes placement has its Site");
+            Ok(Source { runs: Runs::Job { tenant: Box::new(tenant), site }, repositories, physical, retention })
+        }
         Placement::Local { site } => match ctx.local.database(&site, namespace, name).map(|db| DbUrl::parse(&db)) {
-            Some(Ok(db)) => Ok(Source { db, repositories, physical, retention }),
+            Some(Ok(db)) => Ok(Source { runs: Runs::Here(Box::new(db)), repositories, physical, retention }),
             Some(Err(e)) => Err(NotNow::fail("DatabaseUrlInvalid", format!("tenant {name}'s database URL: {e}"))),
             None => Err(NotNow::wait(
                 "StackNotRunning",

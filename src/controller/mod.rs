@@ -7,6 +7,7 @@
 //! condition, that nothing is done for them yet (`not_built`).
 
 pub mod backup;
+mod backup_job;
 mod backup_run;
 mod certificates;
 pub mod drill;

@@ -13,7 +13,7 @@
 use serde_json::{Value, json};
 
 use crate::api::common::Tier;
-use crate::api::site::{DnsSwitch, ExposureKind, Site};
+use crate::api::site::{DnsSwitch, ExposureKind, Platform, Site};
 use crate::api::tenant::InvoicingTenant;
 
 /// The label every rendered object carries, with the tenant's name: what the
@@ -87,8 +87,8 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         .iter()
         .find(|c| c.site == site_name)
         .ok_or_else(|| RenderError::NoChannel { tenant: name.clone(), site: site_name.clone() })?;
-    let registry =
-        platform.image_registry.as_deref().map_or(String::new(), |r| format!("{}/", r.trim_end_matches('/')));
+    let pods = Pods { who: &who, platform };
+    let registry = pods.registry();
     let labels = |component: &str| who.labels(component);
     let selector = |component: &str| json!({"fenice.io/tenant": name, "app.kubernetes.io/component": component});
     let metadata = |object: String, component: &str| who.metadata(object, component);
@@ -97,19 +97,8 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         Some(custom) => serde_json::to_value(custom).unwrap_or(Value::Null),
         None => resources(app_size),
     };
-    let tolerations = serde_json::to_value(&platform.tolerations).unwrap_or(Value::Null);
-    // A pod template: `spec`'s containers and volumes, as user `uid`, on the Site's nodes.
-    let template = |component: &str, uid: u32, mut spec: Value| {
-        spec["automountServiceAccountToken"] = json!(false);
-        spec["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": uid, "fsGroup": uid});
-        spec["nodeSelector"] = json!(platform.node_selector);
-        spec["tolerations"] = tolerations.clone();
-        json!({"metadata": {"labels": labels(component)}, "spec": spec})
-    };
-    let hardened = json!({
-        "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
-        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
-    });
+    let template = |component: &str, uid: u32, spec: Value| pods.template(component, uid, spec);
+    let hardened = HARDENED.clone();
     // NB: PostgreSQL writes its socket and lock files outside its data volume.
     let mut db_hardened = hardened.clone();
     db_hardened.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
@@ -231,9 +220,16 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         network_policy(
             metadata(db.clone(), "database"),
             selector("database"),
-            json!([{"from": [{"podSelector": {"matchLabels": selector("app")}}], "ports": [{"port": DB_PORT}]}]),
+            json!([{
+                "from": [{"podSelector": {"matchLabels": selector("app")}}, {"podSelector": {"matchLabels": selector("backup")}}],
+                "ports": [{"port": DB_PORT}],
+            }]),
             json!([]),
         ),
+        // The backup Jobs' pods take no connections, and reach their database and the repositories.
+        network_policy(metadata(format!("{name}-backup"), "backup"), selector("backup"), json!([]), {
+            json!([{"to": [{"podSelector": {"matchLabels": selector("database")}}], "ports": [{"port": DB_PORT}]}])
+        }),
     ];
     let exposure = platform.exposure.as_ref();
     let mut annotations = serde_json::Map::new();
@@ -277,6 +273,91 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         }));
     }
     Ok(objects.into_iter().map(without_nulls).collect())
+}
+
+/// What every container runs with: no privileges, no writes outside its volumes.
+static HARDENED: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+    json!({
+        "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+    })
+});
+
+/// The pods of one tenant at one site.
+struct Pods<'a> {
+    who: &'a Who<'a>,
+    platform: &'a Platform,
+}
+
+impl Pods<'_> {
+    /// `registry/`, or nothing when the Site names none.
+    fn registry(&self) -> String {
+        self.platform.image_registry.as_deref().map_or(String::new(), |r| format!("{}/", r.trim_end_matches('/')))
+    }
+
+    /// A pod template: `spec`'s containers and volumes, as user `uid`, on the Site's nodes.
+    fn template(&self, component: &str, uid: u32, mut spec: Value) -> Value {
+        spec["automountServiceAccountToken"] = json!(false);
+        spec["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": uid, "fsGroup": uid});
+        spec["nodeSelector"] = json!(self.platform.node_selector);
+        spec["tolerations"] = serde_json::to_value(&self.platform.tolerations).unwrap_or(Value::Null);
+        json!({"metadata": {"labels": self.who.labels(component)}, "spec": spec})
+    }
+}
+
+/// The Job that runs one Backup at the tenant's site: `fenice agent backup`
+/// against the tenant's database (`<tenant>-db`) into its policy's
+/// repositories (`<tenant>-repositories`), tagging the snapshot with
+/// `tag` so that the operator finds it. Named by [`backup_job_name`].
+pub fn backup_job(
+    tenant: &InvoicingTenant,
+    site: &Site,
+    images: &Images,
+    backup: &str,
+    tag: &str,
+    physical: bool,
+) -> Result<Value, RenderError> {
+    let who = Who::of(tenant)?;
+    let site_name = site.metadata.name.clone().unwrap_or_default();
+    let platform = site.spec.platform.as_ref().ok_or_else(|| RenderError::NoPlatform { site: site_name.clone() })?;
+    let pods = Pods { who: &who, platform };
+    let mut args = vec!["agent", "backup", "--json", "--tenant", who.name, "--host", &site_name, "--tag", tag];
+    if physical {
+        args.push("--physical");
+    }
+    let mut metadata = who.metadata(backup_job_name(backup), "backup");
+    metadata["labels"]["fenice.io/backup"] = json!(backup);
+    // NB: no owner: the Job outlives a tenant deleted mid-backup only until its TTL.
+    metadata.as_object_mut().map(|m| m.remove("ownerReferences"));
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": 6 * 3600,
+            "ttlSecondsAfterFinished": 24 * 3600,
+            "template": pods.template("backup", 10001, json!({
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "backup",
+                    "image": format!("{}fenice:{}", pods.registry(), images.fenice),
+                    "args": args,
+                    "env": [{"name": "FENICE_DB_URL", "valueFrom": {"secretKeyRef": {"name": database_secret_name(who.name), "key": "url"}}}],
+                    "envFrom": [{"secretRef": {"name": repositories_secret_name(who.name)}}],
+                    "resources": resources((250, 256)),
+                    "securityContext": *HARDENED,
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+            })),
+        },
+    });
+    Ok(without_nulls(job))
+}
+
+/// The name of the Job that runs the Backup `backup` (at most 63 characters).
+pub fn backup_job_name(backup: &str) -> String {
+    let name = format!("backup-{backup}");
+    name.chars().take(63).collect::<String>().trim_end_matches('-').to_owned()
 }
 
 /// The tenant the objects are for: their names, labels and owner.

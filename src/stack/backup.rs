@@ -25,6 +25,8 @@ pub struct TenantBackup {
     /// Also take a physical base backup (pg_basebackup), the starting point of
     /// point-in-time recovery with the archived WAL.
     pub physical: bool,
+    /// Tags besides `tenant-backup`, e.g. the Backup object a Job ran for.
+    pub tags: Vec<String>,
 }
 
 /// The result of a tenant backup: one copy per repository, and what was recorded.
@@ -80,7 +82,7 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
         force_read: false,
         host: request.host.clone(),
         tenant: Some(request.tenant.clone()),
-        tags: vec![TAG.into()],
+        tags: std::iter::once(TAG.to_owned()).chain(request.tags.iter().cloned()).collect(),
         annotations: [("database".to_string(), serde_json::Value::String(request.db.database().to_string()))].into(),
     };
     let recorded = Arc::new(std::sync::Mutex::new(None));
