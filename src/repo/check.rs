@@ -137,7 +137,8 @@ async fn read_pack(
         reasons.push(format!("header: {e}"));
     }
     for entry in &indexed {
-        let range = entry.offset as usize..(entry.offset + entry.length) as usize;
+        // NB: in usize: an index entry may end past 4 GiB.
+        let range = entry.offset as usize..entry.offset as usize + entry.length as usize;
         let opened = bytes
             .get(range)
             .ok_or(super::pack::PackError::TooShort)

@@ -35,10 +35,13 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Bytes from hex; `None` if `text` is not even-length lowercase or uppercase hex.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // NB: not `u8::from_str_radix`, which takes "+f" for 15.
+    let digit = |b: &u8| char::from(*b).to_digit(16);
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
+    bytes.chunks_exact(2).map(|pair| Some((digit(&pair[0])? << 4 | digit(&pair[1])?) as u8)).collect()
 }
 
 impl fmt::Display for Id {
@@ -101,7 +104,7 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for text in ["", "abc", &"g".repeat(64), &"a".repeat(62)] {
+        for text in ["", "abc", &"g".repeat(64), &"a".repeat(62), &"+a".repeat(32)] {
             assert!(text.parse::<Id>().is_err(), "{text}");
         }
     }

@@ -301,6 +301,14 @@ impl KeyFile {
             .map(PublicKey::from)
             .ok_or_else(|| KeyError::Malformed { what: "ephemeral key is not 32 bytes of hex".into() })?;
         let shared = key.0.diffie_hellman(&ephemeral);
+        // NB: with a low-order ephemeral key the shared secret is zero whatever
+        // the recovery secret: whoever wrote the file (anyone who can write to
+        // the store) knows the key that wraps it, and the master key inside.
+        if !shared.was_contributory() {
+            return Err(KeyError::Malformed {
+                what: "ephemeral key is a low-order point, which any key agrees with".into(),
+            });
+        }
         let kek = x25519_kek(shared.as_bytes(), &ephemeral, &PublicKey::from(&key.0));
         self.unwrap_with(&kek)
     }

@@ -17,6 +17,9 @@ const HEADER_VERSION: u8 = 1;
 const ENTRY_LEN: usize = 41;
 /// zstd level for blobs: fast, as a backup must keep up with a busy database.
 const ZSTD_LEVEL: i32 = 3;
+/// The largest raw length of a data blob: a chunk is at most FastCDC 2020's
+/// largest maximum size, whatever the repository's chunker bounds.
+pub const MAX_DATA_BLOB: u32 = fastcdc::v2020::MAXIMUM_MAX as u32;
 
 /// What a blob holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -94,16 +97,43 @@ pub fn seal_blob(keys: &Keys, id: &Id, plaintext: &[u8]) -> Vec<u8> {
 pub fn open_blob(keys: &Keys, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>, PackError> {
     let id = entry.id;
     let framed = keys.open(sealed, &id.0).map_err(|Unauthentic| PackError::BlobUnauthentic { id })?;
+    if entry.blob_type == BlobType::Data && entry.raw_length > MAX_DATA_BLOB {
+        let reason = format!("its raw length {} is more than any chunk ({MAX_DATA_BLOB} bytes)", entry.raw_length);
+        return Err(PackError::BlobCorrupt { id, reason });
+    }
     let plaintext = match framed.split_first() {
         Some((0, raw)) => raw.to_vec(),
-        Some((1, compressed)) => zstd::bulk::decompress(compressed, entry.raw_length as usize)
-            .map_err(|e| PackError::BlobCorrupt { id, reason: e.to_string() })?,
+        Some((1, compressed)) => {
+            // NB: the raw length is what the header says, and a holder of the
+            // key writes headers too: a tree's may claim 4 GiB. Reserve no more
+            // than a chunk up front; beyond that, memory grows with the content.
+            let capacity = entry.raw_length.min(MAX_DATA_BLOB) as usize;
+            match decompress(compressed, u64::from(entry.raw_length), capacity) {
+                Ok(Some(plaintext)) => plaintext,
+                Ok(None) => {
+                    let reason = format!("it decompresses to more than its raw length {}", entry.raw_length);
+                    return Err(PackError::BlobCorrupt { id, reason });
+                }
+                Err(e) => return Err(PackError::BlobCorrupt { id, reason: e.to_string() }),
+            }
+        }
         _ => return Err(PackError::BlobCorrupt { id, reason: "unknown framing byte".into() }),
     };
     if plaintext.len() != entry.raw_length as usize || keys.blob_id(&plaintext) != id {
         return Err(PackError::BlobCorrupt { id, reason: "content does not match its id".into() });
     }
     Ok(plaintext)
+}
+
+/// Decompresses zstd frames (one or more, concatenated); `None` when they hold
+/// more than `limit` bytes. Memory grows with what the frames hold, from
+/// `capacity`, never with what their headers claim: a few bytes of zstd can
+/// claim, or hold, gigabytes.
+pub fn decompress(compressed: &[u8], limit: u64, capacity: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(capacity.min(usize::try_from(limit).unwrap_or(usize::MAX)));
+    zstd::stream::read::Decoder::with_buffer(compressed)?.take(limit.saturating_add(1)).read_to_end(&mut out)?;
+    Ok(Some(out).filter(|out| out.len() as u64 <= limit))
 }
 
 /// Builds one pack in memory.

@@ -157,7 +157,8 @@ async fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     for (id, needed) in &to_repack {
         let bytes = repo.reads().get(&pack_key(id)).await?;
         for blob in needed {
-            let range = blob.offset as usize..(blob.offset + blob.length) as usize;
+            // NB: in usize: an index entry may end past 4 GiB.
+            let range = blob.offset as usize..blob.offset as usize + blob.length as usize;
             let sealed = bytes.get(range).ok_or_else(|| Error::Corrupt {
                 location: repo.describe(),
                 what: format!("pack {id}"),

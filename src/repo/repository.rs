@@ -12,7 +12,9 @@ use super::id::{Id, hex};
 use super::index::{INDEX_AAD, Index, IndexFile, PackEntry};
 use super::intact::{IntactReads, Overwritten};
 use super::keyfile::{KdfParams, KeyError, KeyFile, Passphrase, RecoveryKey};
-use super::pack::{BlobEntry, BlobType, PackBuilder, PackError, header_length, open_blob, parse_header, seal_blob};
+use super::pack::{
+    BlobEntry, BlobType, PackBuilder, PackError, decompress, header_length, open_blob, parse_header, seal_blob,
+};
 use super::tree::{SNAPSHOT_AAD, Snapshot};
 use crate::store::{self, ObjectStore, PutCondition};
 
@@ -206,9 +208,19 @@ fn parse_config(store: &dyn ObjectStore, bytes: &[u8]) -> Result<Config> {
     Ok(config)
 }
 
+/// How much larger than its zstd an index or snapshot's JSON may be. Writers'
+/// JSON is mostly random ids and compresses about 3 to 1; a few KiB of zstd
+/// sealed by a hostile holder of the key can hold gigabytes of spaces.
+const MAX_JSON_EXPANSION: u64 = 64;
+/// What any index or snapshot may decompress to, however small its zstd.
+const JSON_ALLOWANCE: u64 = 1024 * 1024;
+
 fn open_json<T: for<'de> Deserialize<'de>>(keys: &Keys, sealed: &[u8], aad: &[u8]) -> Result<T, String> {
     let compressed = keys.open(sealed, aad).map_err(|Unauthentic| Unauthentic.to_string())?;
-    let json = zstd::stream::decode_all(&compressed[..]).map_err(|e| e.to_string())?;
+    let limit = (compressed.len() as u64).saturating_mul(MAX_JSON_EXPANSION).saturating_add(JSON_ALLOWANCE);
+    let json = decompress(&compressed, limit, compressed.len().saturating_mul(4))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("it decompresses to more than {limit} bytes, which no writer makes"))?;
     serde_json::from_slice(&json).map_err(|e| e.to_string())
 }
 
@@ -314,7 +326,16 @@ impl Repository {
 
     async fn unlock(reads: &IntactReads, unlock: &Unlock, config: &Config) -> Result<MasterKey> {
         let store = reads.store().as_ref();
-        for (_, file) in Self::read_key_files(reads).await? {
+        for (key, bytes) in Self::read_key_objects(reads).await? {
+            // NB: anyone who can write to the store can add a key file; one that
+            // does not parse must not stop the others from opening the repository.
+            let file: KeyFile = match serde_json::from_slice(&bytes) {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::warn!(store = %store.describe(), key, error = %e, "skipping a key file that does not parse");
+                    continue;
+                }
+            };
             let opened = match unlock {
                 Unlock::Passphrase(p) if matches!(file.holder, super::keyfile::Holder::Passphrase { .. }) => {
                     file.open_with_passphrase(p)
@@ -351,13 +372,24 @@ impl Repository {
 
     async fn read_key_files(reads: &IntactReads) -> Result<Vec<(Id, KeyFile)>> {
         let store = reads.store().as_ref();
-        let mut files = Vec::new();
-        for meta in store.list("keys/").await? {
+        let objects = Self::read_key_objects(reads).await?;
+        objects
+            .into_iter()
+            .map(|(key, bytes)| {
+                let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(store, &key, e))?;
+                Ok((Id::of_content(&bytes), file))
+            })
+            .collect()
+    }
+
+    /// Every object under `keys/`, with its key.
+    async fn read_key_objects(reads: &IntactReads) -> Result<Vec<(String, Bytes)>> {
+        let mut objects = Vec::new();
+        for meta in reads.store().list("keys/").await? {
             let bytes = reads.get(&meta.key).await?;
-            let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(store, &meta.key, e))?;
-            files.push((Id::of_content(&bytes), file));
+            objects.push((meta.key, bytes));
         }
-        Ok(files)
+        Ok(objects)
     }
 
     /// Stores a key file for another holder; data is not touched.
@@ -609,7 +641,11 @@ impl Repository {
         let entry = location.entry;
         let range = u64::from(entry.offset)..u64::from(entry.offset) + u64::from(entry.length);
         if let Some(pack) = self.tree_pack(&location.pack).await? {
-            let sealed = pack.slice(range.start as usize..(range.end as usize).min(pack.len()));
+            // NB: cut as a ranged read of the store would be: an index may name
+            // any range (a holder of the key writes them), and what lies beyond
+            // the pack then fails to authenticate.
+            let end = (range.end as usize).min(pack.len());
+            let sealed = pack.slice((range.start as usize).min(end)..end);
             return open_blob(&self.keys, &entry, &sealed).map_err(|source| Error::Pack {
                 location: self.describe(),
                 pack: location.pack,

@@ -2,7 +2,7 @@
 //! blob costs only the file that holds it: the others are restored and the
 //! damaged ones reported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,8 @@ pub struct RestoreReport {
     pub files: u64,
     pub dirs: u64,
     pub bytes: u64,
-    /// Files that could not be restored, with why.
+    /// Files that could not be restored, and nodes that were not (a name that
+    /// is not one, twice the same name), with why.
     pub damaged: Vec<(String, String)>,
 }
 
@@ -50,6 +51,28 @@ pub async fn load_tree(repo: &Repository, id: &Id) -> Result<Tree, RepoError> {
         what: format!("tree {id}"),
         reason: e.to_string(),
     })
+}
+
+/// Why `name` cannot be a node's name, if it cannot: it must stay in its directory.
+fn not_a_name(name: &str) -> Option<String> {
+    let bad = name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']);
+    bad.then(|| "a tree names a node with this, which is not a file name: not restored".to_owned())
+}
+
+/// Makes the directory `path`, or finds it there as a directory: never a
+/// symlink to one, which would take what is restored below it elsewhere.
+fn real_dir(path: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let found = std::fs::symlink_metadata(path)?;
+            if found.is_dir() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("it exists and is not a directory (a symlink is never followed)"))
+            }
+        }
+        other => other,
+    }
 }
 
 /// A file being restored: written beside its final name until every blob is in.
@@ -92,12 +115,23 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
             }
             Err(e) => return Err(e.into()),
         };
+        let mut seen = HashSet::new();
         for node in tree.nodes {
-            let path = dir.join(&node.name);
+            // NB: a holder of the key writes trees too: a name is one path
+            // component, once per directory, or it is not restored at all.
             let shown = if shown.is_empty() { node.name.clone() } else { format!("{shown}/{}", node.name) };
+            if let Some(why) = not_a_name(&node.name) {
+                report.damaged.push((format!("{shown:?}"), why));
+                continue;
+            }
+            if !seen.insert(node.name.clone()) {
+                report.damaged.push((shown, "named twice in its directory: only the first is restored".into()));
+                continue;
+            }
+            let path = dir.join(&node.name);
             match node.node_type {
                 NodeType::Dir => {
-                    std::fs::create_dir_all(&path).map_err(write_err(&path))?;
+                    real_dir(&path).map_err(write_err(&path))?;
                     report.dirs += 1;
                     if let Some(subtree) = node.subtree {
                         stack.push((subtree, path.clone(), shown));

@@ -197,6 +197,9 @@ async fn prefetch(repo: &Repository, tenant: &str, after: &str, spool: &Path, ah
         .await;
 }
 
+/// PostgreSQL's largest WAL segment size.
+const MAX_SEGMENT: u64 = 1 << 30;
+
 async fn open(repo: &Repository, tenant_key: &str, name: &str, key: &str) -> Result<Vec<u8>> {
     let damaged = || Error::Damaged { repository: repo.describe(), key: key.to_string() };
     let sealed = repo.store().get(key).await.map_err(|source| Error::Store {
@@ -205,7 +208,9 @@ async fn open(repo: &Repository, tenant_key: &str, name: &str, key: &str) -> Res
         source: Box::new(source),
     })?;
     let compressed = repo.keys().open(&sealed, &aad(tenant_key, name)).map_err(|_| damaged())?;
-    zstd::stream::decode_all(compressed.as_slice()).map_err(|_| damaged())
+    // NB: a holder of the key can seal a few bytes of zstd that inflate to
+    // gigabytes: no segment is larger than PostgreSQL's largest, 1 GiB.
+    crate::repo::pack::decompress(&compressed, MAX_SEGMENT, 16 << 20).ok().flatten().ok_or_else(damaged)
 }
 
 async fn write_atomically(dest: &Path, content: &[u8]) -> Result<()> {
