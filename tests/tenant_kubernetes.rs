@@ -30,6 +30,8 @@ use kube::api::{
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
+#[path = "common/rbac.rs"]
+mod rbac;
 #[path = "common/tenant.rs"]
 mod tenant_db;
 
@@ -37,6 +39,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const OPERATOR_NAMESPACE: &str = "fenice-system";
 const NAMESPACE: &str = "invoicing";
 const TOKEN: &str = "kubeconfig-token-never-shown";
+const OPERATOR_USER: &str = "fenice-operator";
+const SITE_USER: &str = "fenice-site";
 const S3_SECRET: &str = "s3-secret-never-shown";
 const SAS_SECRET: &str = "sas-signature-never-shown";
 const REPO_PASSWORD: &str = "repository-password-never-shown";
@@ -167,7 +171,7 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     create(
         &secrets,
-        json!({"metadata": {"name": "site-westpole-rome"}, "stringData": {"kubeconfig": remote.kubeconfig()}}),
+        json!({"metadata": {"name": "site-westpole-rome"}, "stringData": {"kubeconfig": remote.kubeconfig_as(SITE_USER)}}),
     )
     .await;
     // Valid YAML, a token, and no cluster: not a kubeconfig anything can use.
@@ -240,7 +244,7 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     .await;
 
     let state = tempfile::tempdir().unwrap();
-    let (stop, running) = operator(&client, state.path());
+    let (stop, running) = operator(&control, state.path()).await;
 
     // The tenant's namespace must exist at the site: nothing makes namespaces there.
     let (_, message) = ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackFailed").await;
@@ -441,6 +445,7 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    within_rbac(&control, &remote);
 }
 
 /// What a kubelet would do with the Job: run its one container's command
@@ -504,18 +509,35 @@ async fn backup_when(
     found.unwrap_or_else(|_| panic!("Backup {name} never got where expected; last {last:?}"))
 }
 
-/// Runs the controllers until the returned sender is used or dropped.
-fn operator(
-    client: &Client,
+/// Runs the controllers, as their own user, until the returned sender is used or dropped.
+async fn operator(
+    control: &apiserver::Running,
     state: &std::path::Path,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&control.kubeconfig_as(OPERATOR_USER)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let client = Client::try_from(config).unwrap();
     let local = Arc::new(LocalSites::new(state, std::path::Path::new(env!("CARGO_BIN_EXE_fenice"))));
-    let ctx = Arc::new(Context::new(client.clone(), OPERATOR_NAMESPACE, None, Arc::new(Metrics::default()), local));
+    let ctx = Arc::new(Context::new(client, OPERATOR_NAMESPACE, None, Arc::new(Metrics::default()), local));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(fenice::controller::run(ctx, async move {
         let _ = stopped.await;
     }));
     (stop, running)
+}
+
+/// What the operator did in the operator's cluster is allowed by
+/// manifests/rbac.yaml, plus the site Role in the tenants' namespace (a Site
+/// may be the operator's own cluster); what it did at the site, by that Role alone.
+fn within_rbac(control: &apiserver::Running, site: &apiserver::Running) {
+    let site_role = rbac::grants("manifests/site/tenant-namespace-rbac.yaml", Some(NAMESPACE));
+    let mut operator = rbac::grants("manifests/rbac.yaml", None);
+    operator.extend(site_role.iter().cloned());
+    let denied = rbac::denied(&control.accesses(), OPERATOR_USER, &operator);
+    assert!(denied.is_empty(), "beyond what the operator is granted:\n{}", denied.join("\n"));
+    let denied = rbac::denied(&site.accesses(), SITE_USER, &site_role);
+    assert!(denied.is_empty(), "beyond the site Role:\n{}", denied.join("\n"));
+    assert!(site.accesses().iter().any(|a| a.user == SITE_USER), "the site saw no request from the driver");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,7 +552,7 @@ async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     create(
         &secrets,
-        json!({"metadata": {"name": "site-westpole-rome"}, "stringData": {"kubeconfig": remote.kubeconfig()}}),
+        json!({"metadata": {"name": "site-westpole-rome"}, "stringData": {"kubeconfig": remote.kubeconfig_as(SITE_USER)}}),
     )
     .await;
     create(
@@ -576,7 +598,7 @@ async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_
     }
 
     let state = tempfile::tempdir().unwrap();
-    let (stop, running) = operator(&client, state.path());
+    let (stop, running) = operator(&control, state.path()).await;
     ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
     let backups: Api<fenice::api::backup::Backup> = Api::namespaced(client.clone(), NAMESPACE);
     create(&backups, json!({"metadata": {"name": "studio-rossi-manual"}, "spec": {"tenant": "studio-rossi"}})).await;
@@ -589,7 +611,7 @@ async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
     run_job(&site_client, "backup-studio-rossi-manual", &pg.url("studio_rossi")).await;
-    let (stop, running) = operator(&client, state.path());
+    let (stop, running) = operator(&control, state.path()).await;
     let done = backup_when(&backups, "studio-rossi-manual", |s| s.completion_time.is_some()).await;
     let ready = done.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(done.phase, fenice::api::backup::BackupPhase::Succeeded, "{ready:?}");
@@ -622,4 +644,5 @@ async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    within_rbac(&control, &remote);
 }

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::access::{self, Access, Accesses};
 use super::discovery;
 use super::patch::{self, PatchType};
 use super::protobuf;
@@ -34,11 +35,18 @@ pub struct Shared {
     stopping: watch::Receiver<bool>,
     /// Counts compactions; each one ends every open watch with a 410.
     compactions: watch::Sender<u64>,
+    pub accesses: Accesses,
 }
 
 impl Shared {
     pub fn new(store: Store, bookmark_interval: Duration, stopping: watch::Receiver<bool>) -> Shared {
-        Shared { store: Mutex::new(store), bookmark_interval, stopping, compactions: watch::Sender::new(0) }
+        Shared {
+            store: Mutex::new(store),
+            bookmark_interval,
+            stopping,
+            compactions: watch::Sender::new(0),
+            accesses: Accesses::default(),
+        }
     }
 
     /// Drops the history and ends every open watch with a 410 Gone, as a
@@ -267,6 +275,17 @@ fn resource_request(
         };
     }
     let address = address(&store, path, group, version, rest)?;
+    let resource = match address.status {
+        true => format!("{}/status", address.resource.plural),
+        false => address.resource.plural.clone(),
+    };
+    shared.accesses.record(Access {
+        user: access::user(request.headers),
+        verb: access::verb(request.method, address.name.is_some(), request.flag("watch")),
+        group: group.to_owned(),
+        resource,
+        namespace: address.namespace.map(str::to_owned),
+    });
     let target = Target {
         resource: address.resource.clone(),
         version: version.to_owned(),

@@ -12,6 +12,7 @@
 //! streams, [`selector`] label and field selectors, [`discovery`] the
 //! discovery documents, [`http`] the routes, [`status`] the error bodies.
 
+pub mod access;
 mod discovery;
 mod http;
 mod managed;
@@ -172,6 +173,13 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + S
 /// A kubeconfig for a server at `addr`: cluster, user (no credentials) and
 /// context all named `fenice-memory`, the context current.
 pub fn kubeconfig(addr: SocketAddr) -> String {
+    kubeconfig_as(addr, None)
+}
+
+/// [`kubeconfig`] whose user sends `token`: how the server tells clients
+/// apart in [`Running::accesses`] (it authenticates nobody).
+pub fn kubeconfig_as(addr: SocketAddr, token: Option<&str>) -> String {
+    let user = token.map_or("{}".to_owned(), |t| format!("{{token: {t}}}"));
     format!(
         "apiVersion: v1
 kind: Config
@@ -181,7 +189,7 @@ clusters:
     server: http://{addr}
 users:
 - name: fenice-memory
-  user: {{}}
+  user: {user}
 contexts:
 - name: fenice-memory
   context:
@@ -235,6 +243,16 @@ impl Running {
             .await
             .map_err(|source| Error::Kubeconfig { source })?;
         kube::Client::try_from(config).map_err(|source| Error::Client { source })
+    }
+
+    /// [`Running::kubeconfig`] for a client that sends `token`.
+    pub fn kubeconfig_as(&self, token: &str) -> String {
+        kubeconfig_as(self.addr, Some(token))
+    }
+
+    /// Every distinct request to a resource so far, by user, verb, resource and namespace.
+    pub fn accesses(&self) -> Vec<access::Access> {
+        self.shared.accesses.all()
     }
 
     /// Drops the change history and ends every open watch with a 410 Gone,

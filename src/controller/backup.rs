@@ -180,6 +180,11 @@ async fn reconcile_inner(backup: &Backup, ctx: &Context) -> Result<Action, Error
     match next_step(backup) {
         Step::Done => Ok(Action::await_change()),
         Step::Interrupted => {
+            let namespace = backup.namespace().unwrap_or_else(|| "default".into());
+            let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
+            if !super::still_current(&api, backup).await.map_err(super::about(backup, "reading it again"))? {
+                return Ok(Action::requeue(super::OUTDATED));
+            }
             let message = "the operator stopped while this backup ran, so it did not finish; \
                            create a new Backup (copies it wrote stay in the repositories until forgotten)";
             let status = with_phase(backup, BackupPhase::Failed, "Interrupted", message.into(), Timestamp::now());

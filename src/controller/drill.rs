@@ -173,6 +173,9 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
         }
         DrillPhase::Pending => {}
         _ => {
+            if !super::still_current(&api, drill).await.map_err(super::about(drill, "reading it again"))? {
+                return Ok(Action::requeue(super::OUTDATED));
+            }
             // NB: the Local driver's copies ended with the operator that ran them.
             let message = "the operator stopped while this drill ran; its copies ended with it; create a new Drill";
             write(with_phase(drill, DrillPhase::Failed, "Interrupted", message.into(), Timestamp::now())).await?;

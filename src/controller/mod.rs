@@ -311,6 +311,21 @@ where
     unreachable!("the loop returns")
 }
 
+/// Whether the API server still holds `object` as read. A run that ended
+/// wrote its outcome; a reconcile queued meanwhile may get the object from
+/// before that write (the watch lags behind), and must not take a run it
+/// sees in progress for one an operator restart cut short.
+pub async fn still_current<K>(api: &Api<K>, object: &K) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let fresh = api.get(&object.name_any()).await?;
+    Ok(fresh.resource_version() == object.resource_version())
+}
+
+/// How soon a reconcile that got an outdated object looks again.
+pub const OUTDATED: Duration = Duration::from_secs(1);
+
 /// Removes `finalizer` from `object`, if the list still holds it where it was read.
 pub async fn remove_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<(), kube::Error>
 where

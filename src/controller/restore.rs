@@ -97,6 +97,9 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
     match phase {
         RestorePhase::Succeeded | RestorePhase::Failed => return Ok(Action::await_change()),
         RestorePhase::Restoring | RestorePhase::Verifying => {
+            if !super::still_current(&api, restore).await.map_err(fail("reading it again"))? {
+                return Ok(Action::requeue(super::OUTDATED));
+            }
             let message = "the operator stopped while this restore ran, so it did not finish; create a new Restore";
             write(with_phase(restore, RestorePhase::Failed, "Interrupted", message.into(), Timestamp::now())).await?;
             return Ok(Action::await_change());
