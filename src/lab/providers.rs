@@ -108,7 +108,11 @@ impl Providers {
             }
         };
 
-        let password = crate::repo::id::hex(&crate::repo::crypto::random::<16>());
+        // NB: a known password lets a person open the kept repositories by hand (`--keep`).
+        let password = match std::env::var(PASSWORD_ENV) {
+            Ok(password) if !password.is_empty() => password,
+            _ => crate::repo::id::hex(&crate::repo::crypto::random::<16>()),
+        };
         let recovery = RecoveryKey::generate();
         let key_file = dir.join("agent.key");
         write_secret(&key_file, recovery.to_text().as_str())?;
@@ -170,6 +174,9 @@ fn fs_repo(stores: &Path, name: &str) -> Repo {
         immutable: false,
     }
 }
+
+/// The repositories' password when set; random otherwise.
+pub const PASSWORD_ENV: &str = "FENICE_LAB_PASSWORD";
 
 /// Runs `fenice repo ARGS` on `location` with the lab password in its environment.
 fn run_repo(
