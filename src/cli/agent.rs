@@ -362,6 +362,14 @@ async fn run_wal_push(args: WalPushArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_wal_fetch(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
+    // NB: recovery asks for one segment after the other, each in a process of
+    // its own: a prefetched one must not cost opening the repositories again,
+    // or a warm standby falls behind an archive that grows every second.
+    if let Some(spool) = &args.spool
+        && wal::take_spooled(&args.name, &args.dest, spool).await
+    {
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut missing = Vec::new();
     for repo in open_each(&args.target.repos, &args.target.stores, &args.target.unlock, Index::Skip).await? {
         let fetched = match &args.spool {

@@ -150,7 +150,7 @@ pub async fn fetch_ahead(
     ahead: usize,
 ) -> Result<()> {
     check_name(name)?;
-    if is_segment(name) && tokio::fs::rename(spool.join(name), dest).await.is_ok() {
+    if take_spooled(name, dest, spool).await {
         return Ok(());
     }
     match fetch(repo, tenant, name, dest).await {
@@ -167,6 +167,34 @@ pub async fn fetch_ahead(
             Ok(())
         }
     }
+}
+
+/// Moves the segment `name` from `spool` to `dest` if an earlier fetch
+/// prefetched it there; whether it did.
+pub async fn take_spooled(name: &str, dest: &Path, spool: &Path) -> bool {
+    check_name(name).is_ok() && is_segment(name) && tokio::fs::rename(spool.join(name), dest).await.is_ok()
+}
+
+/// The newest segment the repository holds for `tenant` (by name: within a
+/// timeline, names sort in replay order), if any.
+pub async fn newest_segment(repo: &Repository, tenant: &str) -> Result<Option<String>> {
+    let tenant_key = tenant_key(repo, tenant);
+    let objects = repo.store().list(&format!("wal/{tenant_key}/")).await.map_err(|source| Error::Store {
+        repository: repo.describe(),
+        name: "the archive's newest segment".into(),
+        source: Box::new(source),
+    })?;
+    Ok(objects.iter().filter_map(|o| o.key.split('/').nth(2)).filter(|n| is_segment(n)).max().map(str::to_owned))
+}
+
+/// The position of the segment `name` (timeline left out), for `segment_size`-byte segments.
+pub fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
+    if !is_segment(name) || segment_size == 0 {
+        return None;
+    }
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    Some(log * (0x1_0000_0000 / segment_size) + seg)
 }
 
 /// A WAL segment's name: 24 hex digits, timeline then position, so that names
@@ -235,6 +263,14 @@ mod tests {
         format!("00000001000000000000{n:04X}")
     }
 
+    #[test]
+    fn segment_names_give_their_position_in_the_log() {
+        // 16 MiB segments: 256 per log file; 1 MiB: 4096.
+        assert_eq!(segment_number("000000010000000200000003", 16 << 20), Some(2 * 256 + 3));
+        assert_eq!(segment_number("00000002000000000000FFF", 1 << 20), None);
+        assert_eq!(segment_number("000000010000000000000FFF", 1 << 20), Some(0xFFF));
+    }
+
     #[tokio::test]
     async fn recovery_finds_the_following_segments_prefetched_and_the_spool_goes_at_the_end() {
         let dir = tempfile::tempdir().unwrap();
@@ -246,6 +282,8 @@ mod tests {
             std::fs::write(wal.join(segment(n)), format!("segment {n}")).unwrap();
             push(&repo, "acme", &wal.join(segment(n))).await.unwrap();
         }
+        assert_eq!(newest_segment(&repo, "acme").await.unwrap(), Some(segment(5)));
+        assert_eq!(newest_segment(&repo, "globex").await.unwrap(), None);
         // Another timeline's segment is never prefetched for this one.
         std::fs::write(wal.join("000000020000000000000003"), "other timeline").unwrap();
         push(&repo, "acme", &wal.join("000000020000000000000003")).await.unwrap();
