@@ -1577,3 +1577,35 @@ fn a_symlink_named_like_a_directory_does_not_take_its_files_elsewhere() {
     assert!(report.damaged.iter().any(|(_, why)| why.contains("named twice")), "{:?}", report.damaged);
     drop(dir);
 }
+
+/// A directory that names one subtree twice, at every one of 40 levels: a
+/// walk per path would take 2^40 steps (this test would never end); `check`
+/// walks each tree once per snapshot.
+#[test]
+fn a_tree_naming_one_subtree_twice_at_every_level_is_checked_in_linear_time() {
+    let f = fixture();
+    let (_dir, store) = store_of(&f.objects);
+    let report = block_on(async {
+        let repo = Repository::open(store, &passphrase()).await.expect("the fixture opens");
+        let (mut tree, _) = repo.save_blob(BlobType::Tree, br#"{"nodes": []}"#).await.expect("a blob saved");
+        for _ in 0..40 {
+            let node = |name: &str| json!({"name": name, "type": "dir", "mode": 0o755, "mtime": "2026-11-23T00:00:00Z", "subtree": tree.to_string()});
+            let json = serde_json::to_vec(&json!({"nodes": [node("a"), node("b")]})).expect("JSON");
+            tree = repo.save_blob(BlobType::Tree, &json).await.expect("a blob saved").0;
+        }
+        repo.flush().await.expect("flushed");
+        let snapshot = fenice::repo::tree::Snapshot {
+            time: "2026-11-23T00:00:00Z".into(),
+            host: "hostile".into(),
+            tenant: None,
+            tags: Vec::new(),
+            paths: vec!["/".into()],
+            tree,
+            totals: Default::default(),
+            annotations: Default::default(),
+        };
+        repo.save_snapshot(&snapshot).await.expect("a snapshot saved");
+        fenice::repo::check::check(&repo, false).await.expect("checked")
+    });
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}

@@ -2,7 +2,7 @@
 //! indexed pack exists; with `read_data`, every pack is read and every blob
 //! opened, and a damaged blob is traced to the files that hold it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::id::Id;
 use super::intact::Overwritten;
@@ -72,7 +72,14 @@ pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport, Re
     report.snapshots = snapshots.len();
     for (snap_id, snapshot) in &snapshots {
         let mut stack = vec![(snapshot.tree, String::new())];
+        // NB: a tree is walked once per snapshot: whoever holds the key can
+        // make a directory name one subtree twice at every level, and walking
+        // it per path would take 2^depth steps. Its files are named by the first path.
+        let mut walked = HashSet::new();
         while let Some((tree_id, prefix)) = stack.pop() {
+            if !walked.insert(tree_id) {
+                continue;
+            }
             users.entry(tree_id).or_default().push(format!("{}:{}/", snap_id.short(), prefix));
             let tree = match load_tree(repo, &tree_id).await {
                 Ok(tree) => tree,
