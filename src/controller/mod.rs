@@ -24,7 +24,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod site_clients;
 pub mod tenant;
-mod tenant_site;
+pub mod tenant_site;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,6 +71,8 @@ pub struct Context {
     pub site_clients: site_clients::SiteClients,
     /// The images tenants' stacks run at Kubernetes sites.
     pub images: crate::site::kubernetes::Images,
+    /// What the agents at Kubernetes sites open each policy's repositories with.
+    pub agent_envs: tenant_site::AgentEnvs,
     writers: std::sync::Mutex<Option<Writers>>,
 }
 
@@ -168,6 +170,7 @@ impl Context {
             cache: Cache { tenants, sites, policies },
             site_clients: Default::default(),
             images: crate::site::kubernetes::Images::of_this_build(),
+            agent_envs: Default::default(),
             writers: std::sync::Mutex::new(Some(Writers {
                 tenants: tenants_writer,
                 sites: sites_writer,

@@ -1,9 +1,11 @@
 //! A client per Kubernetes site: the operator's own for `inCluster: true`,
 //! otherwise one made from the kubeconfig in the Site's Secret, kept while
-//! that kubeconfig stays the same (a rotated Secret gives a new client).
+//! that kubeconfig stays the same. The Secret is read at most once per
+//! [`FRESH_FOR`], not once per tenant: a rotated kubeconfig is used within it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -30,10 +32,21 @@ pub enum Error {
     Kubeconfig { site: String, secret: String, key: String },
 }
 
+/// How long what was read from a Site's Secret (or a policy's repositories) is used without reading it again.
+pub const FRESH_FOR: Duration = Duration::from_secs(60);
+
+/// A remote site's client, the kubeconfig it was made from, and when that was read.
+struct Remote {
+    /// `namespace/name/key` of the Secret.
+    reference: String,
+    hash: blake3::Hash,
+    client: Client,
+    read_at: Instant,
+}
+
 #[derive(Default)]
 pub struct SiteClients {
-    /// By site: the kubeconfig's hash and the client made from it.
-    remote: Mutex<HashMap<String, (blake3::Hash, Client)>>,
+    remote: Mutex<HashMap<String, Remote>>,
 }
 
 impl SiteClients {
@@ -46,26 +59,37 @@ impl SiteClients {
         }
         let reference =
             access.and_then(|a| a.kubeconfig_secret_ref.as_ref()).ok_or(Error::NoAccess { site: name.clone() })?;
+        let secret = format!("{}/{}", reference.namespace.as_deref().unwrap_or(namespace), reference.name);
+        let full = format!("{secret}/{}", reference.key);
+        let known = |fresh: bool| {
+            let remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+            remote
+                .get(&name)
+                .filter(|r| r.reference == full && (!fresh || r.read_at.elapsed() < FRESH_FOR))
+                .map(|r| (r.hash, r.client.clone()))
+        };
+        if let Some((_, client)) = known(true) {
+            return Ok(SiteCluster { site: name, client, local: false });
+        }
         let text = secrets::key(own, namespace, reference)
             .await
             .map_err(|source| Error::Secret { site: name.clone(), source })?;
         let hash = blake3::hash(text.as_bytes());
-        if let Some((known, client)) = self.remote.lock().unwrap_or_else(|e| e.into_inner()).get(&name)
-            && *known == hash
-        {
-            return Ok(SiteCluster { site: name, client: client.clone(), local: false });
-        }
-        let unusable = || Error::Kubeconfig {
-            site: name.clone(),
-            secret: format!("{}/{}", reference.namespace.as_deref().unwrap_or(namespace), reference.name),
-            key: reference.key.clone(),
+        let remember = |client: &Client| {
+            let remote = Remote { reference: full.clone(), hash, client: client.clone(), read_at: Instant::now() };
+            self.remote.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), remote);
         };
+        if let Some((_, client)) = known(false).filter(|(known, _)| *known == hash) {
+            remember(&client);
+            return Ok(SiteCluster { site: name, client, local: false });
+        }
+        let unusable = || Error::Kubeconfig { site: name.clone(), secret: secret.clone(), key: reference.key.clone() };
         let kubeconfig = Kubeconfig::from_yaml(&text).map_err(|_| unusable())?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|_| unusable())?;
         let client = Client::try_from(config).map_err(|_| unusable())?;
-        self.remote.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), (hash, client.clone()));
+        remember(&client);
         Ok(SiteCluster { site: name, client, local: false })
     }
 }

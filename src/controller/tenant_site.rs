@@ -2,14 +2,18 @@
 //! objects for its Site, apply them to the Site's cluster, and say what runs;
 //! when the tenant goes, delete what was applied (its backups stay).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use zeroize::Zeroizing;
 
+use super::site_clients::FRESH_FOR;
 use super::tenant::Stack;
 use super::{Context, secrets};
+use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
@@ -69,11 +73,16 @@ pub async fn remove(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Res
     Ok(())
 }
 
+/// The agents' environment per BackupPolicy, kept for [`FRESH_FOR`] (and
+/// while the policy is unchanged): thousands of tenants on one policy cost one
+/// read of its repositories and their Secrets a minute, not one each.
+#[derive(Default)]
+pub struct AgentEnvs(Mutex<HashMap<String, (Instant, String, AgentEnv)>>);
+
+type AgentEnv = Arc<BTreeMap<String, Zeroizing<String>>>;
+
 /// The environment the tenant's agents open its policy's repositories with.
-async fn repositories_env(
-    ctx: &Context,
-    tenant: &InvoicingTenant,
-) -> Result<BTreeMap<String, Zeroizing<String>>, String> {
+async fn repositories_env(ctx: &Context, tenant: &InvoicingTenant) -> Result<AgentEnv, String> {
     let policy_name = &tenant.spec.backup_policy;
     let Some(policy) = ctx.cache.policies.get(policy_name).await else {
         return Err(format!(
@@ -81,6 +90,20 @@ async fn repositories_env(
              create it, or fix spec.backupPolicy"
         ));
     };
+    let version = policy.resource_version().unwrap_or_default();
+    let envs = &ctx.agent_envs.0;
+    let kept = envs.lock().unwrap_or_else(|e| e.into_inner()).get(policy_name).cloned();
+    if let Some((_, _, env)) = kept.filter(|(at, v, _)| *v == version && at.elapsed() < FRESH_FOR) {
+        return Ok(env);
+    }
+    let env = Arc::new(read_env(ctx, &policy).await?);
+    envs.lock().unwrap_or_else(|e| e.into_inner()).insert(policy_name.clone(), (Instant::now(), version, env.clone()));
+    Ok(env)
+}
+
+/// [`repositories_env`], read from the API server.
+async fn read_env(ctx: &Context, policy: &BackupPolicy) -> Result<BTreeMap<String, Zeroizing<String>>, String> {
+    let policy_name = policy.name_any();
     let api: Api<BackupRepository> = Api::all(ctx.client.clone());
     let mut found = Vec::new();
     for name in &policy.spec.repositories {
