@@ -39,7 +39,7 @@ pub struct LabArgs {
     /// a failover promotes (no confirmed invoice lost); a warm standby
     /// replaying the archived WAL from the repositories, which a failover
     /// promotes; or nothing (cold: a failover restores backups and archived
-    /// WAL from the repositories).
+    /// WAL from the repositories); tiered: warm for gold tenants, cold for the others.
     #[arg(long, value_enum, default_value = "sync")]
     standby: StandbyMode,
 }

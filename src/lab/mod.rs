@@ -103,6 +103,20 @@ pub enum StandbyMode {
     /// repositories as it arrives: a failover only promotes it (the RPO of
     /// cold, in seconds of RTO).
     Warm,
+    /// By tier, as a plan would declare it: warm for gold tenants, cold for
+    /// the others; one run measures both.
+    Tiered,
+}
+
+impl StandbyMode {
+    /// How a tenant of `tier` waits at the standby under this mode.
+    pub fn for_tier(self, tier: Tier) -> StandbyMode {
+        match (self, tier) {
+            (StandbyMode::Tiered, Tier::Gold) => StandbyMode::Warm,
+            (StandbyMode::Tiered, _) => StandbyMode::Cold,
+            (mode, _) => mode,
+        }
+    }
 }
 
 /// Everything `lab.json` says.
@@ -161,6 +175,8 @@ pub struct DrillSummary {
 pub struct TenantFigures {
     pub tenant: String,
     pub tier: Tier,
+    /// How it waited at the standby: `sync`, `warm` or `cold`.
+    pub standby: StandbyMode,
     pub snapshot: Option<String>,
     pub rto_seconds: Option<f64>,
     pub rpo_seconds: Option<f64>,
@@ -372,12 +388,17 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
 
     let drill = drill(options, &providers, &primary, &specs, &repo, &work, progress).await;
 
-    if options.standby == StandbyMode::Warm {
+    let warm: Vec<&String> = (names.iter().enumerate())
+        .filter(|(i, _)| options.standby.for_tier(tier_of(*i, names.len())) == StandbyMode::Warm)
+        .map(|(_, n)| n)
+        .collect();
+    if !warm.is_empty() {
         progress.step(&format!(
-            "starting a warm standby of every tenant's database at {STANDBY}: its base backup, replaying the archive"
+            "starting a warm standby of {} tenants' databases at {STANDBY}: their base backup, replaying the archive",
+            warm.len()
         ));
         let started = Instant::now();
-        let results: Vec<Result<(), StepError>> = stream::iter(names.iter())
+        let results: Vec<Result<(), StepError>> = stream::iter(warm.iter().copied())
             .map(|name| driver.start_warm_standby(name))
             .buffer_unordered(SETUP_PARALLELISM)
             .collect()
@@ -387,7 +408,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         }
         progress.step(&format!(
             "  {} warm standbys replaying in {:.1} s: a failover promotes them",
-            names.len(),
+            warm.len(),
             started.elapsed().as_secs_f64()
         ));
     }
@@ -465,9 +486,14 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let declared_after_kill = duration_between(killed_at, declared);
     let per_tenant: Vec<TenantFigures> = state
         .tenants()
-        .map(|(_, t)| TenantFigures {
+        .map(|(_, t)| {
+            let tier = tier_of(names.iter().position(|n| *n == t.tenant.name).unwrap_or(0), names.len());
+            (t, tier)
+        })
+        .map(|(t, tier)| TenantFigures {
             tenant: t.tenant.name.clone(),
-            tier: tier_of(names.iter().position(|n| *n == t.tenant.name).unwrap_or(0), names.len()),
+            tier,
+            standby: options.standby.for_tier(tier),
             snapshot: t.snapshot_id.clone(),
             rto_seconds: t.rto_ms.map(|ms| (declared_after_kill + Duration::from_millis(ms)).as_secs_f64()),
             rpo_seconds: t.rpo_ms.map(|ms| ms as f64 / 1000.0),
@@ -949,4 +975,20 @@ async fn wait_status(
 
 fn duration_between(from: jiff::Timestamp, to: jiff::Timestamp) -> Duration {
     Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiered_lab_keeps_warm_standbys_for_gold_tenants_only() {
+        assert_eq!(StandbyMode::Tiered.for_tier(Tier::Gold), StandbyMode::Warm);
+        assert_eq!(StandbyMode::Tiered.for_tier(Tier::Silver), StandbyMode::Cold);
+        assert_eq!(StandbyMode::Tiered.for_tier(Tier::Bronze), StandbyMode::Cold);
+        assert_eq!(StandbyMode::Sync.for_tier(Tier::Bronze), StandbyMode::Sync);
+        // Ten tenants: the first two are gold.
+        let gold: Vec<usize> = (0..10).filter(|i| tier_of(*i, 10) == Tier::Gold).collect();
+        assert_eq!(gold, [0, 1]);
+    }
 }
