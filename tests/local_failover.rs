@@ -175,6 +175,18 @@ async fn primary_lost_with(tenants: &[&str], warm: bool) -> Lost {
     Lost { driver, target, sim, _s3: s3, _dirs: dirs }
 }
 
+/// The steps' context of the automatic failover after westpole's loss, under epoch 2.
+fn automatic_failover() -> StepContext {
+    StepContext {
+        failover: "westpole-lost".into(),
+        plan: "westpole-to-azure".into(),
+        trigger: Trigger::Automatic,
+        source: "westpole".into(),
+        target: "azure".into(),
+        epoch: Some(2),
+    }
+}
+
 /// The file names SdI holds for `tenant`, in order.
 fn transmitted(sim: &SdiSimServer, tenant: &str) -> Vec<String> {
     let listed = json(sim.addr(), &format!("/v1/tenants/{tenant}/transmissions"));
@@ -202,14 +214,7 @@ async fn continues_at_the_standby(lost: &Lost, tenant: &str) {
 async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
     let lost = primary_lost(&["acme"]).await;
     let driver = &lost.driver;
-    let ctx = StepContext {
-        failover: "westpole-lost".into(),
-        plan: "westpole-to-azure".into(),
-        trigger: Trigger::Automatic,
-        source: "westpole".into(),
-        target: "azure".into(),
-        epoch: Some(2),
-    };
+    let ctx = automatic_failover();
     let tenant = TenantRef { namespace: "tenants".into(), name: "acme".into() };
     assert_eq!(driver.fence_source(&ctx).await, SourceFence::Unreachable);
     let restored = driver.restore_tenant(&ctx, &tenant).await.expect("restored");
@@ -231,14 +236,7 @@ async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
 async fn a_warm_standby_follows_the_archive_and_a_failover_only_promotes_it() {
     let lost = primary_lost_with(&["acme"], true).await;
     let driver = &lost.driver;
-    let ctx = StepContext {
-        failover: "westpole-lost".into(),
-        plan: "westpole-to-azure".into(),
-        trigger: Trigger::Automatic,
-        source: "westpole".into(),
-        target: "azure".into(),
-        epoch: Some(2),
-    };
+    let ctx = automatic_failover();
     let tenant = TenantRef { namespace: "tenants".into(), name: "acme".into() };
     let pid = |site: &LocalSite| site.with_tenant("acme", |s| s.postgres.pid()).unwrap();
     let standby = pid(&lost.target);

@@ -83,18 +83,8 @@ where
 
 /// Every object labelled for `tenant` in the namespace, by `Kind name`, with its resourceVersion.
 async fn objects_of(client: &Client, tenant: &str) -> BTreeMap<String, String> {
-    let kinds = [
-        ("", "v1", "ConfigMap"),
-        ("", "v1", "Secret"),
-        ("", "v1", "PersistentVolumeClaim"),
-        ("", "v1", "Service"),
-        ("apps", "v1", "Deployment"),
-        ("apps", "v1", "StatefulSet"),
-        ("policy", "v1", "PodDisruptionBudget"),
-        ("networking.k8s.io", "v1", "NetworkPolicy"),
-        ("networking.k8s.io", "v1", "Ingress"),
-        ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-    ];
+    // NB: the driver's kinds, and Secrets, which it never lists itself.
+    let kinds = cluster::KINDS.iter().copied().chain([("", "v1", "Secret")]);
     let mut found = BTreeMap::new();
     for (group, version, kind) in kinds {
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
@@ -152,14 +142,10 @@ async fn gone(tenants: &Api<InvoicingTenant>, name: &str) {
     .unwrap_or_else(|_| panic!("tenant {name} is still there: its finalizers were not removed"));
 }
 
-/// Changes the Site, so that the controller looks at the tenants on it again.
-async fn touch_site(sites: &Api<Site>, name: &str, annotation: &str) {
-    let patch = json!({"metadata": {"annotations": {"test/touched": annotation}}});
-    sites.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
+/// The operator's cluster (its namespace and the tenants', and the Secret
+/// `site-westpole-rome` with a kubeconfig of the site) and the site's cluster
+/// (nothing in it yet), with a client of each.
+async fn clusters() -> (apiserver::Running, apiserver::Running, Client, Client) {
     let control = apiserver::spawn(ServerOptions::default()).await.unwrap();
     let remote = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
     let client = control.client().await.unwrap();
@@ -168,12 +154,22 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     for namespace in [OPERATOR_NAMESPACE, NAMESPACE] {
         create(&namespaces, json!({"metadata": {"name": namespace}})).await;
     }
+    let kubeconfig = json!({"kubeconfig": remote.kubeconfig_as(SITE_USER)});
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    create(
-        &secrets,
-        json!({"metadata": {"name": "site-westpole-rome"}, "stringData": {"kubeconfig": remote.kubeconfig_as(SITE_USER)}}),
-    )
-    .await;
+    create(&secrets, json!({"metadata": {"name": "site-westpole-rome"}, "stringData": kubeconfig})).await;
+    (control, remote, client, site_client)
+}
+
+/// Changes the Site, so that the controller looks at the tenants on it again.
+async fn touch_site(sites: &Api<Site>, name: &str, annotation: &str) {
+    let patch = json!({"metadata": {"annotations": {"test/touched": annotation}}});
+    sites.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
+    let (control, remote, client, site_client) = clusters().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     // Valid YAML, a token, and no cluster: not a kubeconfig anything can use.
     let broken = format!("apiVersion: v1\nkind: Config\nusers: [{{name: u, user: {{token: {TOKEN}}}}}]\n");
     create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": {"kubeconfig": broken}}))
@@ -542,19 +538,9 @@ fn within_rbac(control: &apiserver::Running, site: &apiserver::Running) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_the_repository() {
-    let control = apiserver::spawn(ServerOptions::default()).await.unwrap();
-    let remote = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
-    let client = control.client().await.unwrap();
-    let site_client = remote.client().await.unwrap();
-    for (cluster, namespace) in [(&client, OPERATOR_NAMESPACE), (&client, NAMESPACE), (&site_client, NAMESPACE)] {
-        create(&Api::<Namespace>::all(cluster.clone()), json!({"metadata": {"name": namespace}})).await;
-    }
+    let (control, remote, client, site_client) = clusters().await;
+    create(&Api::<Namespace>::all(site_client.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    create(
-        &secrets,
-        json!({"metadata": {"name": "site-westpole-rome"}, "stringData": {"kubeconfig": remote.kubeconfig_as(SITE_USER)}}),
-    )
-    .await;
     create(
         &secrets,
         json!({"metadata": {"name": "repo-s3"}, "stringData": {
@@ -626,7 +612,7 @@ async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_
     let (id, snapshot) = repo.find_snapshot(done.snapshot_id.as_deref().unwrap()).await.unwrap();
     assert!(snapshot.tags.contains(&format!("fenice.io/backup={}", backup.uid().unwrap())), "{:?}", snapshot.tags);
     assert_eq!(snapshot.host, "westpole-rome");
-    assert!(!id.to_string().is_empty());
+    assert_eq!(id.to_string(), *done.snapshot_id.as_ref().unwrap(), "the status names the Job's snapshot in full");
 
     // A Job that gives up fails its Backup, saying where its log is.
     create(&backups, json!({"metadata": {"name": "studio-rossi-again"}, "spec": {"tenant": "studio-rossi"}})).await;

@@ -4,6 +4,7 @@
 //! Decisions ([`probe_due`], [`status_after`], [`events_after`]) are pure; the
 //! store and kube I/O is in [`reconcile`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,8 +22,10 @@ use crate::api::repository::{BackupRepository, BackupRepositorySpec, BackupRepos
 use crate::error_chain::error_chain;
 use crate::store::azure::{AzureAuth, AzureConfig, AzureStore, SasUrl};
 use crate::store::fs::FsStore;
+use crate::store::open::AZURE_SAS_ENV;
 use crate::store::s3::{S3Config, S3Store, StaticCredentials};
 use crate::store::{ObjectStore, PutCondition, Retention};
+use zeroize::Zeroizing;
 
 pub const CONTROLLER: &str = "backuprepository";
 /// Probe objects are locked this long: enough to read the lock back, no more.
@@ -177,6 +180,26 @@ pub fn events_after(old: Option<&BackupRepositoryStatus>, probe: &Probe) -> Vec<
 
 /// Opens the repository's store as the spec and its Secrets say, locking what
 /// it writes for `immutability`.
+/// The secret values the repository's store is reached with: every key of
+/// its S3 credentials Secret, or its Azure SAS URL under [`AZURE_SAS_ENV`];
+/// nothing for a store reached by the workload's own identity.
+pub async fn store_secrets(
+    ctx: &Context,
+    name: &str,
+    spec: &BackupRepositorySpec,
+) -> Result<BTreeMap<String, Zeroizing<String>>, Error> {
+    let secret = |source| Error::Secret { name: name.to_owned(), source: Box::new(source) };
+    let mut values = BTreeMap::new();
+    if let Some(reference) = spec.storage.s3.as_ref().and_then(|s3| s3.credentials_secret_ref.as_ref()) {
+        values = secrets::all(&ctx.client, &ctx.namespace, reference).await.map_err(secret)?;
+    }
+    if let Some(reference) = spec.storage.azure_blob.as_ref().and_then(|az| az.sas_url_secret_ref.as_ref()) {
+        let sas = secrets::key(&ctx.client, &ctx.namespace, reference).await.map_err(secret)?;
+        values.insert(AZURE_SAS_ENV.to_owned(), sas);
+    }
+    Ok(values)
+}
+
 pub async fn open_store(
     ctx: &Context,
     name: &str,
@@ -185,12 +208,12 @@ pub async fn open_store(
 ) -> Result<Arc<dyn ObjectStore>, Error> {
     let invalid = |message: String| Error::Spec { name: name.to_owned(), message };
     let secret = |source| Error::Secret { name: name.to_owned(), source: Box::new(source) };
+    let mut values = store_secrets(ctx, name, spec).await?;
     let store: Arc<dyn ObjectStore> = match spec.storage.type_ {
         StoreType::S3 => {
             let s3 = spec.storage.s3.as_ref().ok_or_else(|| invalid("storage.s3 is missing".into()))?;
             let credentials = match &s3.credentials_secret_ref {
                 Some(reference) => {
-                    let values = secrets::all(&ctx.client, &ctx.namespace, reference).await.map_err(secret)?;
                     let get = |key| secrets::required(&values, &ctx.namespace, reference, key).map_err(secret);
                     Some(StaticCredentials {
                         access_key_id: get("AWS_ACCESS_KEY_ID")?,
@@ -213,10 +236,8 @@ pub async fn open_store(
         }
         StoreType::AzureBlob => {
             let az = spec.storage.azure_blob.as_ref().ok_or_else(|| invalid("storage.azureBlob is missing".into()))?;
-            let auth = match &az.sas_url_secret_ref {
-                Some(reference) => AzureAuth::SasUrl(SasUrl::new(
-                    secrets::key(&ctx.client, &ctx.namespace, reference).await.map_err(secret)?.to_string(),
-                )),
+            let auth = match values.remove(AZURE_SAS_ENV) {
+                Some(sas) => AzureAuth::SasUrl(SasUrl::new(sas.to_string())),
                 None => AzureAuth::EntraId,
             };
             let config = AzureConfig {

@@ -10,6 +10,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use zeroize::Zeroizing;
 
+use super::repository::store_secrets;
 use super::site_clients::FRESH_FOR;
 use super::tenant::Stack;
 use super::{Context, secrets};
@@ -21,7 +22,6 @@ use crate::error_chain::error_chain;
 use crate::site::agent_env::{RepositoryAccess, agent_env};
 use crate::site::cluster::{self, Applied};
 use crate::site::kubernetes;
-use crate::store::open::AZURE_SAS_ENV;
 
 /// Applies the tenant's objects at `site`; says what runs.
 pub async fn deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Stack {
@@ -116,15 +116,7 @@ async fn read_env(ctx: &Context, policy: &BackupPolicy) -> Result<BTreeMap<Strin
         let password = secrets::key(&ctx.client, &ctx.namespace, &repository.spec.password_secret_ref)
             .await
             .map_err(unreadable)?;
-        let mut credentials = BTreeMap::new();
-        let storage = &repository.spec.storage;
-        if let Some(reference) = storage.s3.as_ref().and_then(|s3| s3.credentials_secret_ref.as_ref()) {
-            credentials = secrets::all(&ctx.client, &ctx.namespace, reference).await.map_err(unreadable)?;
-        }
-        if let Some(reference) = storage.azure_blob.as_ref().and_then(|az| az.sas_url_secret_ref.as_ref()) {
-            let sas = secrets::key(&ctx.client, &ctx.namespace, reference).await.map_err(unreadable)?;
-            credentials.insert(AZURE_SAS_ENV.to_owned(), sas);
-        }
+        let credentials = store_secrets(ctx, name, &repository.spec).await.map_err(|e| error_chain(&e))?;
         found.push((name.clone(), repository, password, credentials));
     }
     let access: Vec<RepositoryAccess<'_>> = found

@@ -169,9 +169,11 @@ async fn existing(
     Ok(found)
 }
 
-/// Applies `objects` (and the Secrets in `made_once`, created only when
-/// missing) for `tenant` in `namespace`, then deletes what this driver made
-/// for the tenant before and is not among them.
+/// Applies `objects` for `tenant` in `namespace`, then deletes what this
+/// driver made for the tenant before and is not among them. The Secrets in
+/// `made_once` are created first, and only while nothing of the tenant is
+/// there yet: a deployed stack has them already (they went first), and
+/// asking every reconcile would be one refused create per tenant each time.
 pub async fn apply(
     cluster: &SiteCluster,
     namespace: &str,
@@ -182,6 +184,13 @@ pub async fn apply(
     let site = cluster.site.clone();
     let before = existing(cluster, namespace, tenant).await?;
     let mut applied = Applied::default();
+    if before.is_empty() {
+        for secret in made_once.into_iter().map(|o| placed(o, cluster.local)) {
+            if create_secret(cluster, namespace, &secret).await? {
+                applied.created.push(format!("Secret {}", text(&secret, "/metadata/name")));
+            }
+        }
+    }
     let mut wanted = BTreeSet::new();
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for object in objects.into_iter().map(|o| placed(o, cluster.local)) {
@@ -211,15 +220,6 @@ pub async fn apply(
             applied.waiting.push(waiting);
         }
         wanted.insert((kind, name));
-    }
-    for secret in made_once.into_iter().map(|o| placed(o, cluster.local)) {
-        let name = text(&secret, "/metadata/name").to_owned();
-        if !before.contains_key(&("Secret".to_owned(), name.clone()))
-            && create_secret(cluster, namespace, &secret).await?
-        {
-            applied.created.push(format!("Secret {name}"));
-        }
-        wanted.insert(("Secret".to_owned(), name));
     }
     for ((kind, name), (resource, _)) in before {
         if !wanted.contains(&(kind.clone(), name.clone()))
