@@ -138,3 +138,45 @@ fn what_cannot_be_rendered_is_a_clear_error() {
         Err(RenderError::NoPlatform { .. })
     ));
 }
+
+/// A Restore's copy at a Kubernetes site is beside the tenant, never in its
+/// way: no object carries the tenant label (the tenant's Services and
+/// NetworkPolicies select by it), nothing archives WAL into the tenant's
+/// repositories, the copy's Secret holds its database URL and the one
+/// repository's settings, and every object is among those deleted with the copy.
+#[test]
+fn a_restored_copy_stays_out_of_the_tenants_way_and_is_deleted_whole() {
+    use fenice::site::restore_copy::{RESTORE_LABEL, job, names, objects};
+    use zeroize::Zeroizing;
+    let tenant: InvoicingTenant = examples("tenants.yaml").remove(0);
+    for site in kubernetes_sites() {
+        let env =
+            std::collections::BTreeMap::from([("FENICE_REPOSITORY".to_owned(), Zeroizing::new("s3://b/p".to_owned()))]);
+        let mut rendered = objects(&tenant, &site, &images(), "restore-abc", &env, "pw").unwrap();
+        rendered.push(job(&tenant, &site, &images(), "restore-abc", Some("ab12cd34")).unwrap());
+        for object in &rendered {
+            let labels = &object["metadata"]["labels"];
+            assert!(labels.get(TENANT_LABEL).is_none(), "{object}");
+            assert_eq!(labels[RESTORE_LABEL], "restore-abc");
+        }
+        let text = serde_json::to_string(&rendered).unwrap();
+        assert!(!text.contains("archive"), "{text}");
+        let secret = &rendered[0]["stringData"];
+        assert_eq!(secret["FENICE_DB_URL"], "postgres://postgres:pw@restore-abc:5432/postgres");
+        assert_eq!(secret["FENICE_REPOSITORY"], "s3://b/p");
+        let named: Vec<(String, String)> =
+            names("restore-abc").into_iter().map(|(_, k, n)| (k.to_owned(), n)).collect();
+        for object in &rendered {
+            let this =
+                (object["kind"].as_str().unwrap().to_owned(), object["metadata"]["name"].as_str().unwrap().to_owned());
+            assert!(named.contains(&this), "{this:?} is not deleted with the copy");
+        }
+        let job = rendered.last().unwrap();
+        let container = &job["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(args.windows(2).any(|w| w == ["--result-file", "/dev/termination-log"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--snapshot", "ab12cd34"]), "{args:?}");
+        assert_eq!(container["terminationMessagePolicy"], "FallbackToLogsOnError");
+        assert_eq!(job["spec"]["backoffLimit"], 0, "a second run would meet the first one's data");
+    }
+}

@@ -499,13 +499,15 @@ fn kustomization_names_the_operator_image_and_the_manifests() {
 }
 
 /// What the Kubernetes site driver renders for the example tenants at the
-/// example sites is valid Kubernetes 1.33, strictly (the Gateway API HTTPRoute
+/// example sites (their stacks, backup Jobs, restored copies and restore
+/// Jobs) is valid Kubernetes 1.33, strictly (the Gateway API HTTPRoute
 /// and external-dns's DNSEndpoint have no schema in the validator and are left out).
 #[test]
 fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
     use fenice::api::site::Site;
     use fenice::api::tenant::InvoicingTenant;
-    use fenice::site::kubernetes::{Images, render};
+    use fenice::site::kubernetes::{Images, backup_job, render};
+    use fenice::site::restore_copy;
 
     let docs = |file: &str| read_yaml_docs(&manifests_dir().join("examples").join(file));
     let sites: Vec<Site> = docs("sites.yaml").into_iter().map(|d| serde_json::from_value(d).unwrap()).collect();
@@ -516,7 +518,15 @@ fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
     let mut kinds = BTreeSet::new();
     for site in sites.iter().filter(|s| s.spec.platform.is_some()) {
         for tenant in &tenants {
-            for object in render(tenant, site, &images).unwrap() {
+            let env = std::collections::BTreeMap::from([(
+                "FENICE_REPOSITORY".to_owned(),
+                zeroize::Zeroizing::new("s3://tenants/prod".to_owned()),
+            )]);
+            let mut objects = render(tenant, site, &images).unwrap();
+            objects.push(backup_job(tenant, site, &images, "manual", "fenice.io/backup=u", true).unwrap());
+            objects.extend(restore_copy::objects(tenant, site, &images, "restore-abc", &env, "pw").unwrap());
+            objects.push(restore_copy::job(tenant, site, &images, "restore-abc", None).unwrap());
+            for object in objects {
                 kinds.insert(kind(&object).to_owned());
                 if !matches!(kind(&object), "HTTPRoute" | "DNSEndpoint") {
                     text.push_str(&format!("---\n{object}\n"));
@@ -524,8 +534,18 @@ fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
             }
         }
     }
-    let expected =
-        ["ConfigMap", "DNSEndpoint", "Deployment", "HTTPRoute", "Ingress", "NetworkPolicy", "PersistentVolumeClaim"];
+    let expected = [
+        "ConfigMap",
+        "DNSEndpoint",
+        "Deployment",
+        "HTTPRoute",
+        "Ingress",
+        "Job",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "Secret",
+        "StatefulSet",
+    ];
     assert!(expected.iter().all(|k| kinds.contains(*k)), "{kinds:?}");
     let file = TempYaml::new("rendered-stacks", &text);
     Validator::get().check(&file.0, true).unwrap_or_else(|e| panic!("{e}"));
@@ -533,8 +553,9 @@ fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
 
 /// The Role a Kubernetes site's identity gets in each tenant namespace grants
 /// what the site driver does and no more: list, patch and delete on each kind
-/// it applies; get, create, patch and delete on Secrets, never list; get and
-/// patch on the backup Jobs; a namespaced
+/// it applies; get, create, patch and delete on Secrets, never list; get,
+/// patch and delete on the backup and restore Jobs; get on a restored copy's
+/// StatefulSet and list on its Job's pods; a namespaced
 /// Role, never a ClusterRole.
 #[test]
 fn the_tenant_namespace_role_grants_what_the_site_driver_does_and_no_more() {
@@ -558,7 +579,9 @@ fn the_tenant_namespace_role_grants_what_the_site_driver_does_and_no_more() {
         })
         .collect();
     wanted.insert((String::new(), "secrets".into(), "get,create,patch,delete".into()));
-    wanted.insert(("batch".into(), "jobs".into(), "get,patch".into()));
+    wanted.insert(("batch".into(), "jobs".into(), "get,patch,delete".into()));
+    wanted.insert(("apps".into(), "statefulsets".into(), "get".into()));
+    wanted.insert((String::new(), "pods".into(), "list".into()));
     assert_eq!(granted, wanted, "{} must grant exactly what the site driver does", shown(&path));
     let role_binding = docs.iter().find(|d| kind(d) == "RoleBinding").expect("a RoleBinding");
     assert_eq!(role_binding["subjects"][0]["name"], SERVICE_ACCOUNT);

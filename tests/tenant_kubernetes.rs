@@ -8,7 +8,10 @@
 //! is the operator's own cluster gets owner references. A Backup of a tenant
 //! there runs as a Job at the site (its command run here with the Job's own
 //! environment, against a real PostgreSQL and S3 server) and is recorded from
-//! what the repository holds, by an operator restarted while the Job ran.
+//! what the repository holds, by an operator restarted while the Job ran. A
+//! Restore there makes a copy beside the tenant, starts its Job once the
+//! copy's PostgreSQL is ready, records the report the Job's pod leaves (the
+//! copy really holds the invoices), and deleting it deletes the copy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,12 +19,14 @@ use std::time::Duration;
 
 use fenice::api::policy::BackupPolicy;
 use fenice::api::repository::BackupRepository;
+use fenice::api::restore::{Restore, RestorePhase};
 use fenice::api::site::Site;
 use fenice::api::tenant::InvoicingTenant;
 use fenice::apiserver::{self, ServerOptions};
 use fenice::controller::{Context, local_sites::LocalSites, metrics::Metrics};
 use fenice::site::cluster::{self, SiteCluster};
 use fenice::site::kubernetes::{self, Images, TENANT_LABEL};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{
@@ -444,11 +449,9 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     within_rbac(&control, &remote);
 }
 
-/// What a kubelet would do with the Job: run its one container's command
-/// with its environment (Secrets read at the site), here, with the tenant's
-/// database at `db` (the cluster's DNS name for it does not resolve here);
-/// then record the end in the Job's status, as the Job controller would.
-async fn run_job(site: &Client, name: &str, db: &str) {
+/// What a kubelet would run for the Job's one container: its args, and its
+/// environment with the Secrets read at the site.
+async fn job_command(site: &Client, name: &str) -> (Vec<String>, BTreeMap<String, String>) {
     use k8s_openapi::api::batch::v1::Job;
     let jobs: Api<Job> = Api::namespaced(site.clone(), NAMESPACE);
     let job = jobs.get(name).await.unwrap();
@@ -459,7 +462,8 @@ async fn run_job(site: &Client, name: &str, db: &str) {
     let mut env = BTreeMap::new();
     for source in container.env_from.iter().flatten() {
         let secret = secrets.get(&source.secret_ref.as_ref().unwrap().name).await.unwrap();
-        env.extend(secret.data.unwrap().iter().map(|(k, v)| (k.clone(), text(v))));
+        let data = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, text(&v)));
+        env.extend(data.chain(secret.string_data.unwrap_or_default()));
     }
     for var in container.env.iter().flatten() {
         let value = match (&var.value, var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref())) {
@@ -469,30 +473,101 @@ async fn run_job(site: &Client, name: &str, db: &str) {
         };
         env.insert(var.name.clone(), value);
     }
-    assert!(env["FENICE_DB_URL"].contains("@studio-rossi-db:5432/"), "{}", env["FENICE_DB_URL"]);
+    (container.args.clone().unwrap_or_default(), env)
+}
+
+/// Runs a Job's command here, as [`job_command`] says, with `FENICE_DB_URL`
+/// pointing at `db` (the cluster's DNS names do not resolve here) and `swap`
+/// replacing arguments (paths inside the pod).
+async fn run_command(site: &Client, name: &str, db: &str, swap: &[(&str, &str)]) -> std::process::Output {
+    let (mut args, mut env) = job_command(site, name).await;
     env.insert("FENICE_DB_URL".into(), db.to_owned());
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
-        .args(container.args.as_ref().unwrap())
+    for arg in &mut args {
+        if let Some((_, to)) = swap.iter().find(|(from, _)| arg == from) {
+            *arg = (*to).to_owned();
+        }
+    }
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(&args)
         .env_remove("FENICE_REPOSITORY")
         .envs(&env)
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// What a kubelet would do with the backup Job: run its command against the
+/// tenant's database at `db`, then record the end in the Job's status, as
+/// the Job controller would.
+async fn run_job(site: &Client, name: &str, db: &str) {
+    let (_, env) = job_command(site, name).await;
+    assert!(env["FENICE_DB_URL"].contains("@studio-rossi-db:5432/"), "{}", env["FENICE_DB_URL"]);
+    let out = run_command(site, name, db, &[]).await;
     assert!(out.status.success(), "the Job's command failed: {}", String::from_utf8_lossy(&out.stderr));
-    let done = json!({"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}});
+    job_ended(site, name, true).await;
+}
+
+/// Records a Job's end in its status, as the Job controller would.
+async fn job_ended(site: &Client, name: &str, succeeded: bool) {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(site.clone(), NAMESPACE);
+    let done = match succeeded {
+        true => json!({"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}),
+        false => json!({"status": {"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"},
+        ]}}),
+    };
     jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&done)).await.unwrap();
 }
 
-/// The Backup once `holds` is true of it.
-async fn backup_when(
-    backups: &Api<fenice::api::backup::Backup>,
+/// What a kubelet does with a restore Job: runs its command against `db`
+/// with the documents in a temporary directory, and leaves what the command
+/// wrote to its termination-log file as the pod's termination message.
+async fn run_restore_job(site: &Client, name: &str, db: &str) -> std::process::Output {
+    let scratch = tempfile::tempdir().unwrap();
+    let documents = scratch.path().join("documents");
+    let result = scratch.path().join("termination-log");
+    let swap = [
+        ("/var/lib/fenice/documents", documents.to_str().unwrap()),
+        ("/dev/termination-log", result.to_str().unwrap()),
+    ];
+    let out = run_command(site, name, db, &swap).await;
+    let message = std::fs::read_to_string(&result).unwrap_or_default();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(site.clone(), NAMESPACE);
+    let pod = format!("{name}-x7k2p");
+    let labels = json!({"batch.kubernetes.io/job-name": name, "job-name": name});
+    create(&pods, json!({"metadata": {"name": pod, "labels": labels}, "spec": {"containers": [{"name": "restore", "image": "fenice"}]}})).await;
+    let exit_code = out.status.code().unwrap_or(1);
+    let terminated = json!({"status": {"containerStatuses": [{
+        "name": "restore", "image": "fenice", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": exit_code, "message": message}},
+    }]}});
+    pods.patch_status(&pod, &PatchParams::default(), &Patch::Merge(&terminated)).await.unwrap();
+    job_ended(site, name, out.status.success()).await;
+    out
+}
+
+fn reason_of(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> &str {
+    conditions.iter().find(|c| c.type_ == "Ready").map_or("", |c| c.reason.as_str())
+}
+
+fn ready_status() -> Value {
+    json!({"status": {"replicas": 1, "readyReplicas": 1}})
+}
+
+/// An object's status once `holds` is true of it.
+async fn status_when<K, S: std::fmt::Debug>(
+    api: &Api<K>,
     name: &str,
-    holds: impl Fn(&fenice::api::backup::BackupStatus) -> bool,
-) -> fenice::api::backup::BackupStatus {
+    status: impl Fn(K) -> Option<S>,
+    holds: impl Fn(&S) -> bool,
+) -> S
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let mut last = None;
     let found = tokio::time::timeout(DEADLINE, async {
         loop {
-            if let Some(status) = backups.get(name).await.unwrap().status {
+            if let Some(status) = status(api.get(name).await.unwrap()) {
                 if holds(&status) {
                     return status;
                 }
@@ -502,7 +577,29 @@ async fn backup_when(
         }
     })
     .await;
-    found.unwrap_or_else(|_| panic!("Backup {name} never got where expected; last {last:?}"))
+    found.unwrap_or_else(|_| panic!("{name} never got where expected; last {last:?}"))
+}
+
+async fn backup_when(
+    backups: &Api<fenice::api::backup::Backup>,
+    name: &str,
+    holds: impl Fn(&fenice::api::backup::BackupStatus) -> bool,
+) -> fenice::api::backup::BackupStatus {
+    status_when(backups, name, |b| b.status, holds).await
+}
+
+async fn restore_when(
+    restores: &Api<Restore>,
+    name: &str,
+    holds: impl Fn(&fenice::api::restore::RestoreStatus) -> bool,
+) -> fenice::api::restore::RestoreStatus {
+    status_when(restores, name, |r| r.status, holds).await
+}
+
+/// The name of a Restore's copy at its site.
+async fn copy_of(restores: &Api<Restore>, name: &str) -> String {
+    let uid = restores.get(name).await.unwrap().uid().unwrap().replace('-', "");
+    format!("restore-{}", &uid[..12])
 }
 
 /// Runs the controllers, as their own user, until the returned sender is used or dropped.
@@ -537,7 +634,7 @@ fn within_rbac(control: &apiserver::Running, site: &apiserver::Running) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_the_repository() {
+async fn backups_and_restores_at_a_kubernetes_site_run_as_jobs_there_and_are_recorded_from_what_they_wrote() {
     let (control, remote, client, site_client) = clusters().await;
     create(&Api::<Namespace>::all(site_client.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
@@ -614,10 +711,73 @@ async fn a_backup_at_a_kubernetes_site_runs_as_a_job_there_and_is_recorded_from_
     assert_eq!(snapshot.host, "westpole-rome");
     assert_eq!(id.to_string(), *done.snapshot_id.as_ref().unwrap(), "the status names the Job's snapshot in full");
 
+    // A Restore there makes a copy beside the tenant; once the copy's
+    // PostgreSQL is ready a Job restores into it, and its report comes back.
+    let restores: Api<Restore> = Api::namespaced(client.clone(), NAMESPACE);
+    let spec = json!({"tenant": "studio-rossi", "repository": "s3-backups"});
+    create(&restores, json!({"metadata": {"name": "studio-rossi-check"}, "spec": spec})).await;
+    let starting = restore_when(&restores, "studio-rossi-check", |s| s.job.is_some()).await;
+    let copy = copy_of(&restores, "studio-rossi-check").await;
+    assert_eq!(starting.job, Some(format!("westpole-rome/invoicing/{copy}")));
+    let sets: Api<StatefulSet> = Api::namespaced(site_client.clone(), NAMESPACE);
+    let set = sets.get(&copy).await.expect("the copy's PostgreSQL is at the site");
+    let labels = set.metadata.labels.clone().unwrap_or_default();
+    assert!(!labels.contains_key(TENANT_LABEL), "the copy must not carry the tenant's label: {labels:?}");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(site_client.clone(), NAMESPACE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(jobs.get_opt(&copy).await.unwrap().is_none(), "no Job before the copy's PostgreSQL is ready");
+    sets.patch_status(&copy, &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
+    restore_when(&restores, "studio-rossi-check", |s| reason_of(&s.conditions) == "JobRunning").await;
+    admin.batch_execute("CREATE DATABASE studio_rossi_copy").await.unwrap();
+    let out = run_restore_job(&site_client, &copy, &pg.url("studio_rossi_copy")).await;
+    assert!(out.status.success(), "the restore Job failed: {}", String::from_utf8_lossy(&out.stderr));
+    let restored = restore_when(&restores, "studio-rossi-check", |s| s.completion_time.is_some()).await;
+    let ready = restored.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(restored.phase, RestorePhase::Succeeded, "{ready:?}");
+    assert_eq!((restored.verified, restored.snapshot_id.as_ref()), (Some(true), done.snapshot_id.as_ref()));
+    assert!(ready.message.contains(&format!("into StatefulSet invoicing/{copy}")), "{ready:?}");
+    let copy_db = tenant_db::connect(&pg.url("studio_rossi_copy")).await;
+    let invoices: i64 = copy_db.query_one("SELECT count(*) FROM invoices", &[]).await.unwrap().get(0);
+    assert_eq!(invoices, 3, "the copy holds the tenant's invoices");
+
+    // A restore that cannot run says why, from the Job's report, without a secret in it.
+    let spec = json!({"tenant": "studio-rossi", "repository": "s3-backups", "snapshot": "deadbeef"});
+    create(&restores, json!({"metadata": {"name": "studio-rossi-old"}, "spec": spec})).await;
+    restore_when(&restores, "studio-rossi-old", |s| s.job.is_some()).await;
+    let old_copy = copy_of(&restores, "studio-rossi-old").await;
+    sets.patch_status(&old_copy, &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
+    restore_when(&restores, "studio-rossi-old", |s| reason_of(&s.conditions) == "JobRunning").await;
+    admin.batch_execute("CREATE DATABASE studio_rossi_old").await.unwrap();
+    let out = run_restore_job(&site_client, &old_copy, &pg.url("studio_rossi_old")).await;
+    assert!(!out.status.success());
+    let failed = restore_when(&restores, "studio-rossi-old", |s| s.completion_time.is_some()).await;
+    let ready = failed.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((failed.phase, ready.reason.as_str()), (RestorePhase::Failed, "RestoreFailed"), "{ready:?}");
+    assert!(ready.message.contains("deadbeef"), "{ready:?}");
+    let said = serde_json::to_string(&failed).unwrap();
+    for secret in [S3_SECRET, REPO_PASSWORD] {
+        assert!(!said.contains(secret), "a secret in the status: {said}");
+    }
+
+    // Deleting a Restore deletes its copy at the site, and nothing of the tenant.
+    restores.delete("studio-rossi-check", &DeleteParams::default()).await.unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        while restores.get_opt("studio-rossi-check").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the Restore goes once its copy is deleted");
+    assert!(sets.get_opt(&copy).await.unwrap().is_none(), "the copy's StatefulSet is deleted");
+    assert!(jobs.get_opt(&copy).await.unwrap().is_none(), "the copy's Job is deleted");
+    let site_secrets: Api<Secret> = Api::namespaced(site_client.clone(), NAMESPACE);
+    assert!(site_secrets.get_opt(&copy).await.unwrap().is_none(), "the copy's Secret is deleted");
+    assert!(sets.get_opt("studio-rossi-db").await.unwrap().is_some(), "the tenant's database stays");
+    assert!(sets.get_opt(&old_copy).await.unwrap().is_some(), "another Restore's copy stays");
+
     // A Job that gives up fails its Backup, saying where its log is.
     create(&backups, json!({"metadata": {"name": "studio-rossi-again"}, "spec": {"tenant": "studio-rossi"}})).await;
     backup_when(&backups, "studio-rossi-again", |s| s.job.is_some()).await;
-    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(site_client.clone(), NAMESPACE);
     let gave_up = json!({"status": {"failed": 2, "conditions": [
         {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"},
     ]}});

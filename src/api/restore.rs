@@ -90,6 +90,9 @@ pub struct RestoreStatus {
     /// What did not match, one line each (table or document and both values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mismatches: Vec<String>,
+    /// The copy and its Job at a Kubernetes site, as `site/namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Time of the last write the restored data contains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_up_to: Option<Time>,

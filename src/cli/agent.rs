@@ -20,6 +20,7 @@ use crate::stack::backup::{self, TenantBackup};
 use crate::stack::pg::DbUrl;
 use crate::stack::pitr::{self, PitrRestore};
 use crate::stack::restore::{self, TenantRestore};
+use crate::stack::restore_report;
 use crate::stack::{verify, wal};
 
 #[derive(Args, Debug)]
@@ -197,6 +198,11 @@ struct RestoreArgs {
     /// Replace what the database and the documents directory already hold.
     #[arg(long)]
     force: bool,
+    /// Logical restore: also write the outcome (verified or not, what
+    /// differs, or why it failed) as JSON to this file, e.g. a container's
+    /// /dev/termination-log.
+    #[arg(long, conflicts_with = "pgdata")]
+    result_file: Option<PathBuf>,
     #[command(flatten)]
     target: RepoTarget,
 }
@@ -236,7 +242,14 @@ async fn open_one(target: &RepoTarget) -> anyhow::Result<Arc<crate::repo::reposi
 }
 
 async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let repo = open_one(&args.target).await?;
+    let repo = match open_one(&args.target).await {
+        Ok(repo) => repo,
+        Err(e) => {
+            let report = restore_report::Report::failed(&args.tenant.tenant, &format!("{e:#}"));
+            write_result(args.result_file.as_deref(), &report)?;
+            return Err(e);
+        }
+    };
     if let Some(pgdata) = args.pgdata {
         let request = PitrRestore {
             tenant: args.tenant.tenant,
@@ -286,7 +299,9 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
         force: args.force,
         pg_bin: args.tenant.pg_bin,
     };
-    let outcome = restore::restore(&repo, &request).await?;
+    let result = restore::restore(&repo, &request).await;
+    write_result(args.result_file.as_deref(), &restore_report::Report::of(&request.tenant, &result))?;
+    let outcome = result?;
     if args.target.json {
         writeln!(
             out,
@@ -315,6 +330,14 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a restore's report where `--result-file` says, if it says.
+fn write_result(path: Option<&std::path::Path>, report: &restore_report::Report) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, report.message()).with_context(|| format!("writing the result to {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn run_verify(args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {

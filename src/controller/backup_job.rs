@@ -15,7 +15,7 @@ use kube::{Api, ResourceExt};
 use super::Context;
 use super::backup::{self, Attempt, Error, Written};
 use super::backup_run::{apply_retention, open_repository};
-use crate::api::backup::{Backup, BackupPhase, BackupStatus};
+use crate::api::backup::{Backup, BackupPhase};
 use crate::api::policy::BackupPolicy;
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
@@ -38,9 +38,9 @@ fn tag(backup: &Backup) -> String {
     format!("fenice.io/backup={}", backup.uid().unwrap_or_default())
 }
 
-/// Where the Job runs: (site, namespace, name), from and to `status.job`.
-fn job_ref(status: &BackupStatus) -> Option<(&str, &str, &str)> {
-    let mut parts = status.job.as_deref()?.splitn(3, '/');
+/// Where a Job runs: (site, namespace, name), from `status.job` of a Backup or a Restore.
+pub fn job_ref(job: Option<&str>) -> Option<(&str, &str, &str)> {
+    let mut parts = job?.splitn(3, '/');
     Some((parts.next()?, parts.next()?, parts.next()?))
 }
 
@@ -114,7 +114,9 @@ pub fn outcome(job: &Job) -> JobOutcome {
 /// Looks at the Backup's Job; when it ended, records the outcome.
 pub async fn watch(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
     let status = backup.status.clone().unwrap_or_default();
-    let Some((site_name, namespace, job_name)) = job_ref(&status) else { return Ok(Action::await_change()) };
+    let Some((site_name, namespace, job_name)) = job_ref(status.job.as_deref()) else {
+        return Ok(Action::await_change());
+    };
     let end = |phase, reason: &'static str, message: String| async move {
         let status = backup::with_phase(backup, phase, reason, message, Timestamp::now());
         backup::write_status(ctx, backup, &status).await?;
@@ -242,6 +244,7 @@ async fn tagged(repo: &Repository, tenant: &str, tag: &str) -> Result<Option<(Id
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::backup::BackupStatus;
 
     fn job(status: serde_json::Value) -> Job {
         serde_json::from_value(serde_json::json!({"metadata": {"name": "backup-a"}, "status": status})).unwrap()
@@ -264,8 +267,7 @@ mod tests {
 
     #[test]
     fn the_job_is_found_again_from_the_status() {
-        let status = BackupStatus { job: Some("westpole-rome/invoicing/backup-a".into()), ..BackupStatus::default() };
-        assert_eq!(job_ref(&status), Some(("westpole-rome", "invoicing", "backup-a")));
-        assert_eq!(job_ref(&BackupStatus::default()), None);
+        assert_eq!(job_ref(Some("westpole-rome/invoicing/backup-a")), Some(("westpole-rome", "invoicing", "backup-a")));
+        assert_eq!(job_ref(BackupStatus::default().job.as_deref()), None);
     }
 }

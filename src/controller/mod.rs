@@ -19,6 +19,7 @@ pub mod not_built;
 pub mod policy;
 pub mod repository;
 pub mod restore;
+mod restore_job;
 pub mod retention;
 pub mod schedule;
 pub mod secrets;

@@ -1,10 +1,11 @@
-//! The Restore controller, at Sites with the Local driver: a Pending Restore
+//! The Restore controller: a Pending Restore
 //! runs once. A fresh PostgreSQL is started at the target Site, side by side
 //! with the tenant (never over it), the snapshot's dump is restored into it
 //! and its invoice documents written out, and the result is compared with
 //! what the backup recorded. The copy stays for inspection until the Restore
-//! is deleted (finalizer). Point-in-time restores are not run here yet, nor
-//! restores at Kubernetes sites; the Restore says so.
+//! is deleted (finalizer). At Kubernetes sites the copy is made there and a
+//! Job restores into it (`restore_job`). Point-in-time restores are not run
+//! by the operator yet; the Restore says so.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -16,10 +17,11 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::tenant::{self, Placement};
-use super::{Context, backup_run};
+use super::{Context, backup_run, restore_job};
 use crate::api::common::Duration as SpecDuration;
 use crate::api::condition::{self, Observed};
 use crate::api::restore::{Restore, RestorePhase, RestoreStatus};
+use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::error_chain::error_chain;
 use crate::site::local::TenantSpec;
@@ -86,6 +88,14 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
             ctx.local.stop_everywhere(&namespace, &copy_name(restore));
             super::remove_finalizer(&api, restore, FINALIZER).await.map_err(fail("removing its finalizer"))?;
         }
+        if restore.finalizers().iter().any(|f| f == restore_job::FINALIZER) {
+            if let Err(why) = restore_job::remove(ctx, restore).await {
+                tracing::warn!(restore = restore.name_any(), why, "removing the copy at its site");
+                return Ok(Action::requeue(super::RETRY));
+            }
+            let finalizer = restore_job::FINALIZER;
+            super::remove_finalizer(&api, restore, finalizer).await.map_err(fail("removing its finalizer"))?;
+        }
         return Ok(Action::await_change());
     }
     let write = |status: RestoreStatus| {
@@ -96,6 +106,9 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
     let phase = restore.status.as_ref().map_or(RestorePhase::Pending, |s| s.phase);
     match phase {
         RestorePhase::Succeeded | RestorePhase::Failed => return Ok(Action::await_change()),
+        RestorePhase::Restoring if restore.status.as_ref().is_some_and(|s| s.job.is_some()) => {
+            return restore_job::watch(ctx, restore).await;
+        }
         RestorePhase::Restoring | RestorePhase::Verifying => {
             if !super::still_current(&api, restore).await.map_err(fail("reading it again"))? {
                 return Ok(Action::requeue(super::OUTDATED));
@@ -108,7 +121,8 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
     }
 
     let (site, tenant) = match where_to(ctx, restore, &namespace).await.map_err(fail("reading its tenant or Site"))? {
-        Ok(found) => found,
+        Ok((Target::Local(site), tenant)) => (site, tenant),
+        Ok((Target::Kubernetes(site), tenant)) => return restore_job::start(ctx, restore, &tenant, &site).await,
         Err((phase, reason, message)) => {
             let old = restore.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
             if old.is_none_or(|c| c.message != message) {
@@ -141,12 +155,20 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
 
 type NotNow = (RestorePhase, &'static str, String);
 
-/// The Local site to restore at and the tenant, or why not (now).
+/// Where a restore runs.
+enum Target {
+    /// In the operator, at a Local site.
+    Local(String),
+    /// As a Job at a Kubernetes site.
+    Kubernetes(Arc<Site>),
+}
+
+/// The site to restore at and the tenant, or why not (now).
 async fn where_to(
     ctx: &Context,
     restore: &Restore,
     namespace: &str,
-) -> Result<Result<(String, InvoicingTenant), NotNow>, kube::Error> {
+) -> Result<Result<(Target, InvoicingTenant), NotNow>, kube::Error> {
     let name = &restore.spec.tenant;
     let Some(tenant) = Api::<InvoicingTenant>::namespaced(ctx.client.clone(), namespace).get_opt(name).await? else {
         let message =
@@ -163,17 +185,13 @@ async fn where_to(
     let active = tenant.status.as_ref().and_then(|s| s.active_site.clone());
     let site_name = restore.spec.target_site.clone().or(active).unwrap_or_else(|| tenant.spec.primary_site.clone());
     let site = ctx.cache.sites.get(&site_name).await;
-    Ok(match tenant::placement(&site_name, site.as_deref()) {
-        Placement::Local { site } => Ok((site, tenant)),
-        Placement::Invalid { reason, message } => Err((RestorePhase::Pending, reason, message)),
-        Placement::Kubernetes { site } => Err((
-            RestorePhase::Pending,
-            "DriverNotBuilt",
-            format!(
-                "Site {site} is a Kubernetes site: running restores there (a Job) is not built yet; \
-                 restore with `fenice agent restore` (docs/tenant-backup.md)"
-            ),
-        )),
+    Ok(match (tenant::placement(&site_name, site.as_deref()), site) {
+        (Placement::Local { site }, _) => Ok((Target::Local(site), tenant)),
+        (Placement::Invalid { reason, message }, _) => Err((RestorePhase::Pending, reason, message)),
+        (Placement::Kubernetes { .. }, Some(site)) => Ok((Target::Kubernetes(site), tenant)),
+        (Placement::Kubernetes { site }, None) => {
+            Err((RestorePhase::Pending, "SiteNotFound", format!("Site {site} does not exist")))
+        }
     })
 }
 
@@ -283,44 +301,47 @@ pub async fn restore_side_by_side(
     }
 }
 
-/// Restores the copy and verifies it; the final status.
-async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tenant: &InvoicingTenant) -> RestoreStatus {
-    let name = copy_name(restore);
-    let copy = Copy { site, namespace, name: &name };
+/// A restore that verified, wherever it ran.
+pub struct Done {
+    pub snapshot: String,
+    /// When the backup was taken (RFC 3339).
+    pub time: String,
+    pub documents: u64,
+    /// Something the SRE must know although the restore verified.
+    pub warning: Option<String>,
+}
+
+/// The final status of a restore that ran `place` (`at Local site a into
+/// postgres://…`): verified, or what differs, or why it failed.
+pub fn finished(restore: &Restore, place: &str, result: Result<Done, Failure>) -> RestoreStatus {
     let now = Timestamp::now;
-    match restore_side_by_side(ctx, &copy, tenant, &restore.spec.repository, &restore.spec.snapshot).await {
-        Ok(Restored { outcome, url, overwritten }) => {
+    match result {
+        Ok(done) => {
             let mut message = format!(
-                "restored snapshot {} of tenant {} (taken {}) at Local site {site} into {url}, {} documents, \
-                 every recorded count and checksum matched; delete this Restore to remove the copy",
-                outcome.snapshot.short(),
+                "restored snapshot {} of tenant {} (taken {}) {place}, {} documents, every recorded count and \
+                 checksum matched; delete this Restore to remove the copy",
+                done.snapshot.get(..8).unwrap_or(&done.snapshot),
                 restore.spec.tenant,
-                outcome.time,
-                outcome.documents
+                done.time,
+                done.documents
             );
-            if let Some(first) = overwritten.first() {
-                let _ = write!(
-                    message,
-                    "; WARNING: {} objects of repository {} were written over at the store and read from their \
-                     original versions, e.g. {first}",
-                    overwritten.len(),
-                    restore.spec.repository
-                );
+            if let Some(warning) = &done.warning {
+                let _ = write!(message, "; WARNING: {warning}");
             }
             let mut status = with_phase(restore, RestorePhase::Succeeded, "Verified", message, now());
-            status.snapshot_id = Some(outcome.snapshot.to_string());
+            status.restored_up_to = done.time.parse::<Timestamp>().ok().map(Time);
+            status.snapshot_id = Some(done.snapshot);
             status.verified = Some(true);
-            status.restored_up_to = outcome.time.parse::<Timestamp>().ok().map(Time);
             status
         }
-        Err(Failure::Mismatch { snapshot, differences, url }) => {
+        Err(Failure::Mismatch { snapshot, differences, .. }) => {
             let (phase, reason) = match restore.spec.verify {
                 true => (RestorePhase::Failed, "VerificationFailed"),
                 false => (RestorePhase::Succeeded, "RestoredUnverified"),
             };
             let message = format!(
-                "restored snapshot {snapshot} at Local site {site} into {url}, but {} recorded values differ \
-                 (status.mismatches); the copy stays for inspection until this Restore is deleted",
+                "restored snapshot {snapshot} {place}, but {} recorded values differ (status.mismatches); the \
+                 copy stays for inspection until this Restore is deleted",
                 differences.len()
             );
             let mut status = with_phase(restore, phase, reason, message, now());
@@ -335,6 +356,32 @@ async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tena
         Err(Failure::NoBackup(message)) => with_phase(restore, RestorePhase::Failed, "NoBackup", message, now()),
         Err(Failure::Failed(message)) => with_phase(restore, RestorePhase::Failed, "RestoreFailed", message, now()),
     }
+}
+
+/// Restores the copy at a Local site and verifies it; the final status.
+async fn run(ctx: &Context, restore: &Restore, namespace: &str, site: &str, tenant: &InvoicingTenant) -> RestoreStatus {
+    let name = copy_name(restore);
+    let copy = Copy { site, namespace, name: &name };
+    let result = restore_side_by_side(ctx, &copy, tenant, &restore.spec.repository, &restore.spec.snapshot).await;
+    let url = match &result {
+        Ok(restored) => restored.url.clone(),
+        Err(Failure::Mismatch { url, .. }) => url.clone(),
+        Err(_) => String::new(),
+    };
+    let done = result.map(|Restored { outcome, overwritten, .. }| Done {
+        snapshot: outcome.snapshot.to_string(),
+        time: outcome.time,
+        documents: outcome.documents,
+        warning: overwritten.first().map(|first| {
+            format!(
+                "{} objects of repository {} were written over at the store and read from their original \
+                 versions, e.g. {first}",
+                overwritten.len(),
+                restore.spec.repository
+            )
+        }),
+    });
+    finished(restore, &format!("at Local site {site} into {url}"), done)
 }
 
 pub fn error_policy(restore: Arc<Restore>, error: &Error, _ctx: Arc<Context>) -> Action {

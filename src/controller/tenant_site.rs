@@ -14,7 +14,6 @@ use super::repository::store_secrets;
 use super::site_clients::FRESH_FOR;
 use super::tenant::Stack;
 use super::{Context, secrets};
-use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
@@ -96,20 +95,25 @@ async fn repositories_env(ctx: &Context, tenant: &InvoicingTenant) -> Result<Age
     if let Some((_, _, env)) = kept.filter(|(at, v, _)| *v == version && at.elapsed() < FRESH_FOR) {
         return Ok(env);
     }
-    let env = Arc::new(read_env(ctx, &policy).await?);
+    let owner = format!("BackupPolicy {policy_name}");
+    let env = Arc::new(read_env(ctx, &owner, &policy.spec.repositories).await?);
     envs.lock().unwrap_or_else(|e| e.into_inner()).insert(policy_name.clone(), (Instant::now(), version, env.clone()));
     Ok(env)
 }
 
-/// [`repositories_env`], read from the API server.
-async fn read_env(ctx: &Context, policy: &BackupPolicy) -> Result<BTreeMap<String, Zeroizing<String>>, String> {
-    let policy_name = policy.name_any();
+/// The agents' environment for the `repositories` that `owner` (a
+/// BackupPolicy, a Restore) names, read from the API server.
+pub async fn read_env(
+    ctx: &Context,
+    owner: &str,
+    repositories: &[String],
+) -> Result<BTreeMap<String, Zeroizing<String>>, String> {
     let api: Api<BackupRepository> = Api::all(ctx.client.clone());
     let mut found = Vec::new();
-    for name in &policy.spec.repositories {
+    for name in repositories {
         let repository = match api.get_opt(name).await {
             Ok(Some(repository)) => repository,
-            Ok(None) => return Err(format!("BackupRepository {name}, in BackupPolicy {policy_name}, does not exist")),
+            Ok(None) => return Err(format!("BackupRepository {name}, in {owner}, does not exist")),
             Err(e) => return Err(format!("reading BackupRepository {name}: {}", error_chain(&e))),
         };
         let unreadable = |e: secrets::Error| format!("BackupRepository {name}: {}", error_chain(&e));
@@ -128,7 +132,7 @@ async fn read_env(ctx: &Context, policy: &BackupPolicy) -> Result<BTreeMap<Strin
             credentials: credentials.clone(),
         })
         .collect();
-    agent_env(&access).map_err(|e| format!("BackupPolicy {policy_name}: {e}"))
+    agent_env(&access).map_err(|e| format!("{owner}: {e}"))
 }
 
 fn list(objects: &[String]) -> String {
@@ -146,7 +150,7 @@ fn summary(applied: &Applied) -> String {
 }
 
 /// A new database password: 128 random bits as hex, safe in a URL unescaped.
-fn password() -> String {
+pub(super) fn password() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source");
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -181,32 +181,19 @@ pub async fn apply(
     objects: Vec<Value>,
     made_once: Vec<Value>,
 ) -> Result<Applied, Error> {
-    let site = cluster.site.clone();
     let before = existing(cluster, namespace, tenant).await?;
     let mut applied = Applied::default();
     if before.is_empty() {
         for secret in made_once.into_iter().map(|o| placed(o, cluster.local)) {
-            if create_secret(cluster, namespace, &secret).await? {
+            if create_secret(cluster, namespace, FIELD_MANAGER, &secret).await? {
                 applied.created.push(format!("Secret {}", text(&secret, "/metadata/name")));
             }
         }
     }
     let mut wanted = BTreeSet::new();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     for object in objects.into_iter().map(|o| placed(o, cluster.local)) {
         let (kind, name) = (text(&object, "/kind").to_owned(), text(&object, "/metadata/name").to_owned());
-        let label = format!("{kind} {namespace}/{name}");
-        let api_version = text(&object, "/apiVersion").to_owned();
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(cluster.client.clone(), namespace, &resource(&api_version, &kind));
-        let result = match api.patch(&name, &params, &Patch::Apply(&object)).await {
-            Ok(result) => result,
-            Err(e) if namespace_missing(&e) => return Err(Error::NoNamespace { site, namespace: namespace.into() }),
-            Err(kube::Error::Api(status)) if status.code == 404 => {
-                return Err(Error::NotServed { site, kind, api_version, object: label });
-            }
-            Err(source) => return Err(Error::Apply { site, object: label, source }),
-        };
+        let result = apply_one(cluster, namespace, FIELD_MANAGER, &object).await?;
         match before.get(&(kind.clone(), name.clone())) {
             // NB: Secrets are never listed, so whether one changed is not known: not told.
             _ if !listed(&kind) => {}
@@ -229,6 +216,60 @@ pub async fn apply(
         }
     }
     Ok(applied)
+}
+
+/// Applies one object under `manager`; the object as the cluster holds it now.
+async fn apply_one(
+    cluster: &SiteCluster,
+    namespace: &str,
+    manager: &str,
+    object: &Value,
+) -> Result<DynamicObject, Error> {
+    let site = cluster.site.clone();
+    let (kind, name) = (text(object, "/kind").to_owned(), text(object, "/metadata/name"));
+    let label = format!("{kind} {namespace}/{name}");
+    let api_version = text(object, "/apiVersion").to_owned();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), namespace, &resource(&api_version, &kind));
+    match api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(object)).await {
+        Ok(result) => Ok(result),
+        Err(e) if namespace_missing(&e) => Err(Error::NoNamespace { site, namespace: namespace.into() }),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            Err(Error::NotServed { site, kind, api_version, object: label })
+        }
+        Err(source) => Err(Error::Apply { site, object: label, source }),
+    }
+}
+
+/// Applies `objects` under `manager`, owned by whoever applies them there and
+/// out of the tenant driver's reach (it deletes only what `fenice-site` made):
+/// a restored copy, a Job.
+pub async fn apply_each(
+    cluster: &SiteCluster,
+    namespace: &str,
+    manager: &str,
+    objects: &[Value],
+) -> Result<Vec<DynamicObject>, Error> {
+    let mut applied = Vec::with_capacity(objects.len());
+    for object in objects {
+        applied.push(apply_one(cluster, namespace, manager, object).await?);
+    }
+    Ok(applied)
+}
+
+/// Deletes the objects named (apiVersion, kind, name); says which were there.
+pub async fn delete_each(
+    cluster: &SiteCluster,
+    namespace: &str,
+    objects: &[(&str, &str, String)],
+) -> Result<Vec<String>, Error> {
+    let mut deleted = Vec::new();
+    for (api_version, kind, name) in objects {
+        if delete(cluster, namespace, &resource(api_version, kind), kind, name).await? {
+            deleted.push(format!("{kind} {name}"));
+        }
+    }
+    Ok(deleted)
 }
 
 /// Deletes everything this driver made for `tenant` in `namespace`, and the
@@ -279,16 +320,21 @@ fn placed(mut object: Value, local: bool) -> Value {
     object
 }
 
-/// Creates `secret` unless it exists; whether it was created. Never
-/// overwritten: it holds what was generated once (the database password) and
-/// what runs already uses.
-async fn create_secret(cluster: &SiteCluster, namespace: &str, secret: &Value) -> Result<bool, Error> {
+/// Creates `secret` (as `manager`) unless it exists; whether it was created.
+/// Never overwritten: it holds what was generated once (a database password)
+/// and what runs already uses.
+pub async fn create_secret(
+    cluster: &SiteCluster,
+    namespace: &str,
+    manager: &str,
+    secret: &Value,
+) -> Result<bool, Error> {
     let name = text(secret, "/metadata/name").to_owned();
     let fail =
         |source| Error::Secret { site: cluster.site.clone(), namespace: namespace.into(), name: name.clone(), source };
     let object: DynamicObject = serde_json::from_value(secret.clone()).expect("a rendered Secret is an object");
     let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), namespace, &resource("v1", "Secret"));
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    let params = PostParams { field_manager: Some(manager.into()), ..PostParams::default() };
     match api.create(&params, &object).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),

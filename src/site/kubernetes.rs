@@ -20,7 +20,7 @@ use crate::api::tenant::InvoicingTenant;
 /// controller lists and deletes by.
 pub const TENANT_LABEL: &str = "fenice.io/tenant";
 const APP_PORT: u16 = 8080;
-const DB_PORT: u16 = 5432;
+pub(super) const DB_PORT: u16 = 5432;
 
 /// What the images are called; the registry comes from the Site.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ fn sizes(tier: Tier) -> ((u32, u32), (u32, u32)) {
     }
 }
 
-fn resources((millicores, mebibytes): (u32, u32)) -> Value {
+pub(super) fn resources((millicores, mebibytes): (u32, u32)) -> Value {
     // NB: no CPU limit (throttling hurts latency more than it protects); memory limited at twice the request.
     json!({
         "requests": {"cpu": format!("{millicores}m"), "memory": format!("{mebibytes}Mi")},
@@ -75,8 +75,7 @@ fn resources((millicores, mebibytes): (u32, u32)) -> Value {
 pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<Vec<Value>, RenderError> {
     let who = Who::of(tenant)?;
     let name = who.name.to_owned();
-    let site_name = site.metadata.name.clone().unwrap_or_default();
-    let platform = site.spec.platform.as_ref().ok_or_else(|| RenderError::NoPlatform { site: site_name.clone() })?;
+    let (site_name, platform) = platform(site)?;
     let spec = &tenant.spec;
     if spec.database.cloud_native_pg {
         return Err(RenderError::CloudNativePgNotBuilt { tenant: name });
@@ -87,7 +86,7 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         .iter()
         .find(|c| c.site == site_name)
         .ok_or_else(|| RenderError::NoChannel { tenant: name.clone(), site: site_name.clone() })?;
-    let pods = Pods { who: &who, platform };
+    let pods = Pods { platform };
     let registry = pods.registry();
     let labels = |component: &str| who.labels(component);
     let selector = |component: &str| json!({"fenice.io/tenant": name, "app.kubernetes.io/component": component});
@@ -97,7 +96,7 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         Some(custom) => serde_json::to_value(custom).unwrap_or(Value::Null),
         None => resources(app_size),
     };
-    let template = |component: &str, uid: u32, spec: Value| pods.template(component, uid, spec);
+    let template = |component: &str, uid: u32, spec: Value| pods.template(who.labels(component), uid, spec);
     let hardened = HARDENED.clone();
     // NB: PostgreSQL writes its socket and lock files outside its data volume.
     let mut db_hardened = hardened.clone();
@@ -275,33 +274,39 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
     Ok(objects.into_iter().map(without_nulls).collect())
 }
 
+/// The Site's name and its platform settings, which every pod there needs.
+pub(super) fn platform(site: &Site) -> Result<(String, &Platform), RenderError> {
+    let name = site.metadata.name.clone().unwrap_or_default();
+    let platform = site.spec.platform.as_ref().ok_or_else(|| RenderError::NoPlatform { site: name.clone() })?;
+    Ok((name, platform))
+}
+
 /// What every container runs with: no privileges, no writes outside its volumes.
-static HARDENED: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+pub(super) static HARDENED: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
     json!({
         "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
     })
 });
 
-/// The pods of one tenant at one site.
-struct Pods<'a> {
-    who: &'a Who<'a>,
-    platform: &'a Platform,
+/// The pods at one site.
+pub(super) struct Pods<'a> {
+    pub(super) platform: &'a Platform,
 }
 
 impl Pods<'_> {
     /// `registry/`, or nothing when the Site names none.
-    fn registry(&self) -> String {
+    pub(super) fn registry(&self) -> String {
         self.platform.image_registry.as_deref().map_or(String::new(), |r| format!("{}/", r.trim_end_matches('/')))
     }
 
     /// A pod template: `spec`'s containers and volumes, as user `uid`, on the Site's nodes.
-    fn template(&self, component: &str, uid: u32, mut spec: Value) -> Value {
+    pub(super) fn template(&self, labels: Value, uid: u32, mut spec: Value) -> Value {
         spec["automountServiceAccountToken"] = json!(false);
         spec["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": uid, "fsGroup": uid});
         spec["nodeSelector"] = json!(self.platform.node_selector);
         spec["tolerations"] = serde_json::to_value(&self.platform.tolerations).unwrap_or(Value::Null);
-        json!({"metadata": {"labels": self.who.labels(component)}, "spec": spec})
+        json!({"metadata": {"labels": labels}, "spec": spec})
     }
 }
 
@@ -318,9 +323,8 @@ pub fn backup_job(
     physical: bool,
 ) -> Result<Value, RenderError> {
     let who = Who::of(tenant)?;
-    let site_name = site.metadata.name.clone().unwrap_or_default();
-    let platform = site.spec.platform.as_ref().ok_or_else(|| RenderError::NoPlatform { site: site_name.clone() })?;
-    let pods = Pods { who: &who, platform };
+    let (site_name, platform) = platform(site)?;
+    let pods = Pods { platform };
     let mut args = vec!["agent", "backup", "--json", "--tenant", who.name, "--host", &site_name, "--tag", tag];
     if physical {
         args.push("--physical");
@@ -335,7 +339,7 @@ pub fn backup_job(
             "backoffLimit": 1,
             "activeDeadlineSeconds": 6 * 3600,
             "ttlSecondsAfterFinished": 24 * 3600,
-            "template": pods.template("backup", 10001, json!({
+            "template": pods.template(who.labels("backup"), 10001, json!({
                 "restartPolicy": "Never",
                 "containers": [{
                     "name": "backup",
@@ -361,21 +365,21 @@ pub fn backup_job_name(backup: &str) -> String {
 }
 
 /// The tenant the objects are for: their names, labels and owner.
-struct Who<'a> {
-    name: &'a str,
-    namespace: &'a str,
+pub(super) struct Who<'a> {
+    pub(super) name: &'a str,
+    pub(super) namespace: &'a str,
     uid: &'a str,
 }
 
 impl Who<'_> {
-    fn of(tenant: &InvoicingTenant) -> Result<Who<'_>, RenderError> {
+    pub(super) fn of(tenant: &InvoicingTenant) -> Result<Who<'_>, RenderError> {
         let name = tenant.metadata.name.as_deref().unwrap_or_default();
         let namespace =
             tenant.metadata.namespace.as_deref().ok_or_else(|| RenderError::NoNamespace { tenant: name.to_owned() })?;
         Ok(Who { name, namespace, uid: tenant.metadata.uid.as_deref().unwrap_or_default() })
     }
 
-    fn labels(&self, component: &str) -> Value {
+    pub(super) fn labels(&self, component: &str) -> Value {
         json!({
             "app.kubernetes.io/name": "fenice-tenant", "app.kubernetes.io/instance": self.name,
             "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fenice", TENANT_LABEL: self.name,
@@ -435,7 +439,7 @@ pub fn repositories_secret(
 /// A NetworkPolicy for the pods `selector` picks: `ingress` as given; egress to
 /// `egress` plus DNS and HTTPS (SdI and the object stores are outside the
 /// cluster, by name: a NetworkPolicy cannot name them closer than the port).
-fn network_policy(metadata: Value, selector: Value, ingress: Value, egress: Value) -> Value {
+pub(super) fn network_policy(metadata: Value, selector: Value, ingress: Value, egress: Value) -> Value {
     let mut egress = egress.as_array().cloned().unwrap_or_default();
     egress.push(json!({"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}));
     egress.push(json!({"ports": [{"port": 443, "protocol": "TCP"}]}));
@@ -453,7 +457,7 @@ fn network_policy(metadata: Value, selector: Value, ingress: Value, egress: Valu
 /// Drops null fields and empty maps that a Site leaves unset (no node
 /// selector, no annotations), so an apply does not claim fields it has no
 /// value for. An empty `emptyDir` is a value and stays.
-fn without_nulls(value: Value) -> Value {
+pub(super) fn without_nulls(value: Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.into_iter()

@@ -7,3 +7,4 @@ pub mod cluster;
 pub mod kubernetes;
 pub mod local;
 pub mod local_failover;
+pub mod restore_copy;

@@ -18,6 +18,7 @@ mod child;
 pub mod pg;
 pub mod pitr;
 pub mod restore;
+pub mod restore_report;
 pub mod verify;
 pub mod wal;
 
