@@ -293,10 +293,46 @@ async fn a_restore_that_does_not_match_its_record_says_what_differs() {
         .await
         .unwrap();
     t.backed_up();
-    let out = t.restore("restored", &t.path("restored"), &[]);
+    let result = t.path("termination-log");
+    let out = t.restore("restored", &t.path("restored"), &["--result-file", result.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("differs from what snapshot"), "{err}");
     assert!(err.contains("document IT01234567890_00002.xml: recorded sha256"), "{err}");
     assert!(err.contains("in the database"), "{err}");
+    // The same, as the report a restore Job leaves for the operator.
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(report["verified"], false, "{report}");
+    let mismatches = report["mismatches"].to_string();
+    assert!(mismatches.contains("document IT01234567890_00002.xml: recorded sha256"), "{report}");
+}
+
+/// A warm standby's init container runs again on every start of its pod: a
+/// data directory that holds a database (replaying, or promoted since) is left
+/// as it is, without the repository being needed.
+#[test]
+fn a_prepared_standby_is_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("pgdata");
+    std::fs::create_dir_all(&pgdata).unwrap();
+    std::fs::write(pgdata.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(pgdata.join("standby.signal"), "").unwrap();
+    let run = |extra: &[&str]| {
+        let missing = dir.path().join("no-such-repository");
+        let mut args = vec!["agent", "restore", "--tenant", "acme", "--pgdata", pgdata.to_str().unwrap(), "--standby"];
+        args.extend(["--repo", missing.to_str().unwrap()]);
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_fenice"))
+            .env("FENICE_PASSWORD", PASSWORD)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--keep-initialised"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already holds a database: left as it is"));
+    assert!(pgdata.join("standby.signal").exists());
+    // Without the flag the same directory is not a place to prepare a standby in.
+    assert!(!run(&[]).status.success());
 }

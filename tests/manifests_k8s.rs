@@ -499,14 +499,14 @@ fn kustomization_names_the_operator_image_and_the_manifests() {
 }
 
 /// What the Kubernetes site driver renders for the example tenants at the
-/// example sites (their stacks, backup Jobs, restored copies and restore
-/// Jobs) is valid Kubernetes 1.33, strictly (the Gateway API HTTPRoute
+/// example sites (their stacks, warm standbys, backup Jobs, restored copies
+/// and restore Jobs) is valid Kubernetes 1.33, strictly (the Gateway API HTTPRoute
 /// and external-dns's DNSEndpoint have no schema in the validator and are left out).
 #[test]
 fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
     use fenice::api::site::Site;
     use fenice::api::tenant::InvoicingTenant;
-    use fenice::site::kubernetes::{Images, backup_job, render};
+    use fenice::site::kubernetes::{Images, backup_job, render, warm_standby};
     use fenice::site::restore_copy;
 
     let docs = |file: &str| read_yaml_docs(&manifests_dir().join("examples").join(file));
@@ -526,6 +526,7 @@ fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
             objects.push(backup_job(tenant, site, &images, "manual", "fenice.io/backup=u", true).unwrap());
             objects.extend(restore_copy::objects(tenant, site, &images, "restore-abc", &env, "pw").unwrap());
             objects.push(restore_copy::job(tenant, site, &images, "restore-abc", None).unwrap());
+            objects.extend(warm_standby(tenant, site, &images, "s3://tenants/prod").unwrap());
             for object in objects {
                 kinds.insert(kind(&object).to_owned());
                 if !matches!(kind(&object), "HTTPRoute" | "DNSEndpoint") {

@@ -165,6 +165,34 @@ async fn clusters() -> (apiserver::Running, apiserver::Running, Client, Client) 
     (control, remote, client, site_client)
 }
 
+/// The BackupRepository `s3-backups` at `endpoint` (its Secret `repo-s3`
+/// with the keys and the password) and the example BackupPolicy writing to it alone.
+async fn s3_policy(client: &Client, endpoint: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    create(
+        &secrets,
+        json!({"metadata": {"name": "repo-s3"}, "stringData": {
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "password": REPO_PASSWORD,
+        }}),
+    )
+    .await;
+    create(
+        &Api::<BackupRepository>::all(client.clone()),
+        json!({"metadata": {"name": "s3-backups"}, "spec": {
+            "provider": "Ovhcloud", "immutability": {"enabled": false},
+            "storage": {"type": "S3", "s3": {
+                "bucket": "tenants", "prefix": "prod", "endpoint": endpoint, "region": "us-east-1",
+                "forcePathStyle": true, "credentialsSecretRef": {"name": "repo-s3"},
+            }},
+            "passwordSecretRef": {"name": "repo-s3", "key": "password"},
+        }}),
+    )
+    .await;
+    let mut policy: Value = examples::<Value>("policy.yaml").remove(0);
+    policy["spec"]["repositories"] = json!(["s3-backups"]);
+    create(&Api::<BackupPolicy>::all(client.clone()), policy).await;
+}
+
 /// Changes the Site, so that the controller looks at the tenants on it again.
 async fn touch_site(sites: &Api<Site>, name: &str, annotation: &str) {
     let patch = json!({"metadata": {"annotations": {"test/touched": annotation}}});
@@ -637,31 +665,9 @@ fn within_rbac(control: &apiserver::Running, site: &apiserver::Running) {
 async fn backups_and_restores_at_a_kubernetes_site_run_as_jobs_there_and_are_recorded_from_what_they_wrote() {
     let (control, remote, client, site_client) = clusters().await;
     create(&Api::<Namespace>::all(site_client.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    create(
-        &secrets,
-        json!({"metadata": {"name": "repo-s3"}, "stringData": {
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "password": REPO_PASSWORD,
-        }}),
-    )
-    .await;
     let s3 = fenice::testkit::S3Server::start().expect("the S3 server starts");
     s3.store("tenants", "").await.unwrap().create_bucket(false).await.unwrap();
-    create(
-        &Api::<BackupRepository>::all(client.clone()),
-        json!({"metadata": {"name": "s3-backups"}, "spec": {
-            "provider": "Ovhcloud", "immutability": {"enabled": false},
-            "storage": {"type": "S3", "s3": {
-                "bucket": "tenants", "prefix": "prod", "endpoint": s3.endpoint(), "region": "us-east-1",
-                "forcePathStyle": true, "credentialsSecretRef": {"name": "repo-s3"},
-            }},
-            "passwordSecretRef": {"name": "repo-s3", "key": "password"},
-        }}),
-    )
-    .await;
-    let mut policy: Value = examples::<Value>("policy.yaml").remove(0);
-    policy["spec"]["repositories"] = json!(["s3-backups"]);
-    create(&Api::<BackupPolicy>::all(client.clone()), policy).await;
+    s3_policy(&client, &s3.endpoint()).await;
     Api::<Site>::all(client.clone())
         .create(&PostParams::default(), &example::<Site>("sites.yaml", "westpole-rome"))
         .await
@@ -791,4 +797,106 @@ async fn backups_and_restores_at_a_kubernetes_site_run_as_jobs_there_and_are_rec
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
     within_rbac(&control, &remote);
+}
+
+/// A tenant with `standby: Warm` on a FailoverPlan from its primary site gets
+/// its database at the plan's target site, made from the newest base backup
+/// by an init container and replaying the archive, with the primary's
+/// database password (the restored data has it) and nothing else of the
+/// stack; turned Cold, the standby is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_tenant_has_its_database_replaying_at_the_standby_site_and_a_cold_one_nothing() {
+    let (control, remote, client, site_client) = clusters().await;
+    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
+    let standby_client = standby.client().await.unwrap();
+    for site in [&site_client, &standby_client] {
+        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
+    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+    s3_policy(&client, "http://127.0.0.1:9").await;
+    let sites: Api<Site> = Api::all(client.clone());
+    for name in ["westpole-rome", "azure-italynorth"] {
+        sites.create(&PostParams::default(), &example::<Site>("sites.yaml", name)).await.unwrap();
+    }
+    let plan: fenice::api::plan::FailoverPlan = example("plan.yaml", "westpole-to-azure");
+    Api::<fenice::api::plan::FailoverPlan>::all(client.clone()).create(&PostParams::default(), &plan).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+    let tenant: InvoicingTenant = example("tenants.yaml", "studio-rossi");
+    assert_eq!(tenant.spec.standby, fenice::api::tenant::StandbyMode::Warm);
+    tenants.create(&PostParams::default(), &tenant).await.unwrap();
+
+    let state = tempfile::tempdir().unwrap();
+    let (stop, running) = operator(&control, state.path()).await;
+    let standby_when = |reason: &'static str| {
+        let tenants = tenants.clone();
+        async move {
+            status_when(
+                &tenants,
+                "studio-rossi",
+                |t| t.status,
+                |s| s.conditions.iter().any(|c| c.type_ == "Standby" && c.reason == reason),
+            )
+            .await
+        }
+    };
+    let starting = standby_when("StandbyStarting").await;
+    assert_eq!(starting.standby_site.as_deref(), Some("azure-italynorth"));
+    let condition = starting.conditions.iter().find(|c| c.type_ == "Standby").unwrap();
+    assert!(condition.message.contains("StatefulSet studio-rossi-db (0/1 ready)"), "{condition:?}");
+
+    // At the standby site: the database and what it needs, nothing else of the stack.
+    let at_standby = objects_of(&standby_client, "studio-rossi").await;
+    let kinds: Vec<&str> = at_standby.keys().map(String::as_str).collect();
+    let expected = [
+        "NetworkPolicy studio-rossi-db",
+        "Secret studio-rossi-db",
+        "Secret studio-rossi-repositories",
+        "Service studio-rossi-db",
+        "StatefulSet studio-rossi-db",
+    ];
+    assert_eq!(kinds, expected, "{at_standby:?}");
+    let sets: Api<StatefulSet> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    let set = sets.get("studio-rossi-db").await.unwrap();
+    let pod = set.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let init = &pod.init_containers.as_ref().expect("an init container prepares the standby")[0];
+    let args = init.args.clone().unwrap().join(" ");
+    assert!(args.contains("agent restore --tenant studio-rossi --repo s3://tenants/prod"), "{args}");
+    assert!(args.contains("--standby --keep-initialised"), "{args}");
+    // The StatefulSet the whole stack has at that site, but for the init
+    // container: the standby's volume becomes the database when the stack is
+    // applied there (a StatefulSet's selector and volume claims never change).
+    let standby_site = sites.get("azure-italynorth").await.unwrap();
+    let tenant_now = tenants.get("studio-rossi").await.unwrap();
+    let stack = kubernetes::render(&tenant_now, &standby_site, &Images::of_this_build()).unwrap();
+    let stack_set = stack.into_iter().find(|o| o["kind"] == "StatefulSet").unwrap();
+    let stack_set: StatefulSet = serde_json::from_value(stack_set).unwrap();
+    let mut applied = set.spec.clone().unwrap();
+    applied.template.spec.as_mut().unwrap().init_containers = None;
+    assert_eq!(stack_set.spec.unwrap(), applied, "the standby's StatefulSet is the stack's plus its init container");
+    let password = |client: &Client| {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+        async move { secrets.get("studio-rossi-db").await.unwrap().data.unwrap()["password"].clone() }
+    };
+    assert_eq!(password(&standby_client).await, password(&site_client).await, "the standby has the primary's password");
+
+    // Once its pod is ready it replays; turned cold, it goes.
+    let ready = json!({"status": {"replicas": 1, "readyReplicas": 1}});
+    sets.patch_status("studio-rossi-db", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+    touch_site(&sites, "azure-italynorth", "ready").await;
+    let replaying = standby_when("StandbyReplaying").await;
+    let condition = replaying.conditions.iter().find(|c| c.type_ == "Standby").unwrap();
+    assert_eq!(condition.status, "True", "{condition:?}");
+    let cold = json!({"spec": {"standby": "Cold"}});
+    tenants.patch("studio-rossi", &PatchParams::default(), &Patch::Merge(&cold)).await.unwrap();
+    let now_cold = standby_when("Cold").await;
+    assert_eq!(now_cold.standby_site, None);
+    assert!(objects_of(&standby_client, "studio-rossi").await.is_empty(), "the standby and its Secrets are deleted");
+    assert!(!objects_of(&site_client, "studio-rossi").await.is_empty(), "the primary's stack stays");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    within_rbac(&control, &remote);
+    within_rbac(&control, &standby);
 }

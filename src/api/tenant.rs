@@ -203,6 +203,9 @@ pub struct InvoicingTenantStatus {
     /// The Site serving the tenant now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_site: Option<String>,
+    /// Where the tenant's warm standby runs (spec.standby Warm, at a FailoverPlan's target site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_site: Option<String>,
     /// The fencing epoch the tenant's sender carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,

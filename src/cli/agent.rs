@@ -192,6 +192,11 @@ struct RestoreArgs {
     /// grows and waits to be promoted (`pg_ctl promote`), instead of a recovery.
     #[arg(long, requires = "pgdata", conflicts_with = "target_time")]
     standby: bool,
+    /// With --pgdata: succeed without touching a data directory that already
+    /// holds a database (PG_VERSION): a warm standby's init container, run
+    /// again on every pod start, leaves a standby replaying, or one promoted since, as it is.
+    #[arg(long, requires = "pgdata")]
+    keep_initialised: bool,
     /// The snapshot to restore; the tenant's newest backup (before --target-time) by default.
     #[arg(long)]
     snapshot: Option<String>,
@@ -242,6 +247,11 @@ async fn open_one(target: &RepoTarget) -> anyhow::Result<Arc<crate::repo::reposi
 }
 
 async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    if let Some(pgdata) = args.pgdata.as_ref().filter(|p| args.keep_initialised && p.join("PG_VERSION").exists()) {
+        // NB: before opening the repository: a standby whose repository is unreachable still starts.
+        writeln!(out, "{} already holds a database: left as it is", pgdata.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let repo = match open_one(&args.target).await {
         Ok(repo) => repo,
         Err(e) => {

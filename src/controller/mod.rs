@@ -83,6 +83,8 @@ pub struct Cache {
     pub tenants: Cached<InvoicingTenant>,
     pub sites: Cached<Site>,
     pub policies: Cached<BackupPolicy>,
+    /// Where each tenant's standby is: the FailoverPlans' target sites.
+    pub plans: Cached<FailoverPlan>,
 }
 
 /// One kind's objects as a watch last saw them.
@@ -147,6 +149,7 @@ struct Writers {
     tenants: Feed<InvoicingTenant>,
     sites: Feed<Site>,
     policies: Feed<BackupPolicy>,
+    plans: Feed<FailoverPlan>,
 }
 
 impl Context {
@@ -161,6 +164,7 @@ impl Context {
         let (tenants, tenants_writer) = cached();
         let (sites, sites_writer) = cached();
         let (policies, policies_writer) = cached();
+        let (plans, plans_writer) = cached();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -168,7 +172,7 @@ impl Context {
             metrics,
             probe_interval: Duration::from_secs(300),
             local,
-            cache: Cache { tenants, sites, policies },
+            cache: Cache { tenants, sites, policies, plans },
             site_clients: Default::default(),
             images: crate::site::kubernetes::Images::of_this_build(),
             agent_envs: Default::default(),
@@ -176,6 +180,7 @@ impl Context {
                 tenants: tenants_writer,
                 sites: sites_writer,
                 policies: policies_writer,
+                plans: plans_writer,
             })),
         }
     }
@@ -392,11 +397,27 @@ fn tenant_controller(ctx: &Context, writers: Writers) -> Controller<InvoicingTen
     let policies = fill(policies, writers.policies)
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
-    let (by_site, by_policy) = (ctx.cache.tenants.store.clone(), ctx.cache.tenants.store.clone());
+    let plans = watcher(Api::<FailoverPlan>::all(ctx.client.clone()), config()).default_backoff();
+    let plans =
+        fill(plans, writers.plans).touched_objects().predicate_filter(predicates::generation, Default::default());
+    let (by_site, by_policy, by_plan) =
+        (ctx.cache.tenants.store.clone(), ctx.cache.tenants.store.clone(), ctx.cache.tenants.store.clone());
+    let plans_by_site = ctx.cache.plans.store.clone();
     Controller::for_stream(tenants, ctx.cache.tenants.store.clone())
-        .watches_stream(sites, move |site: Site| naming(&by_site, |t| t.spec.primary_site == site.name_any()))
+        .watches_stream(sites, move |site: Site| {
+            let site = site.name_any();
+            let plans = plans_by_site.state();
+            naming(&by_site, |t| {
+                t.spec.primary_site == site || tenant::standby_sites(t, plans.iter().map(|p| &**p)).contains(&site)
+            })
+        })
         .watches_stream(policies, move |policy: BackupPolicy| {
             naming(&by_policy, |t| t.spec.backup_policy == policy.name_any())
+        })
+        // NB: every tenant the plan selects, warm or not: one turned cold has a standby to remove.
+        .watches_stream(plans, move |plan: FailoverPlan| match crate::drill::Matcher::new(&plan.spec.tenants) {
+            Ok(matcher) => naming(&by_plan, |t| matcher.matches(t)),
+            Err(_) => Vec::new(),
         })
 }
 

@@ -16,6 +16,7 @@ use kube::{Api, ResourceExt};
 
 use super::Context;
 use crate::api::condition::{self, Observed};
+use crate::api::plan::FailoverPlan;
 use crate::api::site::{Driver, Site, SiteRole};
 use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus};
 use crate::site::local::TenantSpec;
@@ -26,6 +27,8 @@ pub const FINALIZER: &str = "fenice.io/local-stack";
 /// Held while objects applied for the tenant may be at a Kubernetes site.
 pub const SITE_FINALIZER: &str = "fenice.io/site-objects";
 pub const PROTECTED: &str = "Protected";
+/// Whether what runs at the standby site is what spec.standby asks for.
+pub const STANDBY: &str = "Standby";
 /// How often a Local stack is looked at again (a process may have died).
 const LOCAL_RECHECK: Duration = Duration::from_secs(60);
 /// How often a Kubernetes stack is looked at while its pods start.
@@ -71,6 +74,21 @@ pub fn placement(name: &str, site: Option<&Site>) -> Placement {
     }
 }
 
+/// The sites a warm standby of `tenant` runs at: the target of each
+/// FailoverPlan from its primary site that selects it, sorted.
+pub fn standby_sites<'a>(tenant: &InvoicingTenant, plans: impl IntoIterator<Item = &'a FailoverPlan>) -> Vec<String> {
+    let primary = &tenant.spec.primary_site;
+    let mut sites: Vec<String> = plans
+        .into_iter()
+        .filter(|p| p.spec.source_site == *primary && p.spec.target_site != *primary)
+        .filter(|p| crate::drill::Matcher::new(&p.spec.tenants).is_ok_and(|m| m.matches(tenant)))
+        .map(|p| p.spec.target_site.clone())
+        .collect();
+    sites.sort();
+    sites.dedup();
+    sites
+}
+
 /// What happened to the stack in this reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stack {
@@ -89,12 +107,70 @@ pub enum Stack {
     NotAttempted,
 }
 
+/// What runs for the tenant at its standby site, after this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standby {
+    /// Not run by this operator (a stack at a Local site: `fenice lab` runs warm standbys there).
+    NotHere,
+    Cold,
+    /// Warm, but no FailoverPlan from the primary site selects the tenant.
+    NoPlan,
+    Starting {
+        site: String,
+        waiting: Vec<String>,
+    },
+    Replaying {
+        site: String,
+    },
+    /// `site`: where a standby may still be, to remove later.
+    Failed {
+        site: Option<String>,
+        message: String,
+    },
+}
+
+/// The `Standby` condition and where the standby is, or `None` when this operator does not say.
+fn standby_condition<'a>(tenant: &InvoicingTenant, standby: &'a Standby) -> Option<(Observed<'a>, Option<String>)> {
+    let (status, reason, message, site) = match standby {
+        Standby::NotHere => return None,
+        Standby::Cold => (
+            true,
+            "Cold",
+            "nothing runs at a standby site: a failover restores this tenant from its repositories".into(),
+            None,
+        ),
+        Standby::NoPlan => (
+            false,
+            "NoStandbySite",
+            format!(
+                "spec.standby is Warm, but no FailoverPlan from Site {} selects this tenant: nothing runs at a standby site",
+                tenant.spec.primary_site
+            ),
+            None,
+        ),
+        Standby::Starting { site, waiting } => (
+            false,
+            "StandbyStarting",
+            format!("a warm standby is applied at Kubernetes site {site}; waiting for {}", waiting.join(", ")),
+            Some(site.clone()),
+        ),
+        Standby::Replaying { site } => (
+            true,
+            "StandbyReplaying",
+            format!("a warm standby at Kubernetes site {site} replays the WAL archive; a failover promotes it"),
+            Some(site.clone()),
+        ),
+        Standby::Failed { site, message } => (false, "StandbyFailed", message.clone(), site.clone()),
+    };
+    Some((Observed { type_: STANDBY, status, reason, message }, site))
+}
+
 /// The tenant's status after this reconcile. Fields other controllers own
 /// (last backup, last drill) are left out: they write those themselves.
 pub fn assess(
     tenant: &InvoicingTenant,
     placement: &Placement,
-    stack: &Stack,
+    (stack, standby): (&Stack, &Standby),
     policy_found: bool,
     now: Timestamp,
 ) -> InvoicingTenantStatus {
@@ -146,13 +222,19 @@ pub fn assess(
         }
     };
     let conditions = condition::set(&old.conditions, ready, generation, now);
-    let conditions = condition::set(&conditions, protected, generation, now);
+    let mut conditions = condition::set(&conditions, protected, generation, now);
+    let mut standby_site = old.standby_site.clone();
+    if let Some((observed, site)) = standby_condition(tenant, standby) {
+        conditions = condition::set(&conditions, observed, generation, now);
+        standby_site = site;
+    }
     let active_site = match stack {
         Stack::Running { site, .. } | Stack::Starting { site, .. } => Some(site.clone()),
         _ => None,
     };
     InvoicingTenantStatus {
         active_site,
+        standby_site,
         epoch: active_site_epoch(&old, stack),
         observed_generation: generation,
         conditions,
@@ -173,6 +255,7 @@ fn changed(old: Option<&InvoicingTenantStatus>, new: &InvoicingTenantStatus) -> 
     let Some(old) = old else { return true };
     let mine = InvoicingTenantStatus {
         active_site: old.active_site.clone(),
+        standby_site: old.standby_site.clone(),
         epoch: old.epoch,
         observed_generation: old.observed_generation,
         conditions: old.conditions.clone(),
@@ -203,7 +286,9 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         }
         if holds(SITE_FINALIZER) {
             let removed = match ctx.cache.sites.get(&site).await {
-                Some(found) => super::tenant_site::remove(ctx, tenant, &found).await,
+                Some(found) => {
+                    remove_standby(ctx, tenant).await.and(super::tenant_site::remove(ctx, tenant, &found).await)
+                }
                 None => Err(format!(
                     "Site {site} does not exist, so what was applied there cannot be removed: create the Site again, \
                      or delete the objects labelled {}={name} there by hand and then remove the finalizer \
@@ -250,9 +335,13 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         }
         _ => Stack::NotAttempted,
     };
+    let standby = match (&placement, &site) {
+        (Placement::Kubernetes { .. }, Some(site)) => super::tenant_site::standby(ctx, tenant, site).await,
+        _ => Standby::NotHere,
+    };
     let objectives = &tenant.spec.objectives;
     ctx.metrics.objectives(&namespace, &name, objectives.rpo.as_std(), objectives.rto.as_std());
-    let status = assess(tenant, &placement, &stack, policy_found, Timestamp::now());
+    let status = assess(tenant, &placement, (&stack, &standby), policy_found, Timestamp::now());
     if changed(tenant.status.as_ref(), &status) {
         super::apply_status(&api, tenant, &status).await.map_err(fail("writing its status"))?;
     }
@@ -261,11 +350,27 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     Ok(match (&placement, &stack) {
         (Placement::Local { .. }, Stack::Running { .. }) => Action::requeue(LOCAL_RECHECK),
         (Placement::Local { .. }, _) => Action::requeue(super::RETRY),
+        (Placement::Kubernetes { .. }, _) if matches!(standby, Standby::Starting { .. } | Standby::Failed { .. }) => {
+            Action::requeue(STARTING_RECHECK)
+        }
         (Placement::Kubernetes { .. }, Stack::Running { .. }) => Action::requeue(DRIFT_RECHECK),
         (Placement::Kubernetes { .. }, Stack::Starting { .. }) => Action::requeue(STARTING_RECHECK),
         (Placement::Kubernetes { .. }, _) => Action::requeue(super::RETRY),
         _ => Action::await_change(),
     })
+}
+
+/// Removes the tenant's warm standby, if one was applied.
+async fn remove_standby(ctx: &Context, tenant: &InvoicingTenant) -> Result<(), String> {
+    let Some(site) = tenant.status.as_ref().and_then(|s| s.standby_site.clone()) else { return Ok(()) };
+    match ctx.cache.sites.get(&site).await {
+        Some(found) => super::tenant_site::remove(ctx, tenant, &found).await,
+        None => Err(format!(
+            "Site {site}, where the warm standby is, does not exist: delete the objects labelled {}={} there by hand",
+            crate::site::kubernetes::TENANT_LABEL,
+            tenant.name_any()
+        )),
+    }
 }
 
 /// Starts the tenant's stack at a Local site unless it runs; says what runs.
@@ -352,7 +457,7 @@ mod tests {
     fn the_status_names_what_is_missing_and_settles() {
         let mut t = tenant("nowhere");
         let missing = placement(&t.spec.primary_site, None);
-        let status = assess(&t, &missing, &Stack::NotAttempted, false, Timestamp::UNIX_EPOCH);
+        let status = assess(&t, &missing, (&Stack::NotAttempted, &Standby::NotHere), false, Timestamp::UNIX_EPOCH);
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SiteNotFound"));
         let protected = status.conditions.iter().find(|c| c.type_ == PROTECTED).unwrap();
@@ -361,8 +466,62 @@ mod tests {
         assert!(changed(t.status.as_ref(), &status));
         // The next reconcile computes the same status: nothing to write, no loop.
         t.status = Some(status);
-        let again = assess(&t, &missing, &Stack::NotAttempted, false, Timestamp::from_second(60).unwrap());
+        let again =
+            assess(&t, &missing, (&Stack::NotAttempted, &Standby::NotHere), false, Timestamp::from_second(60).unwrap());
         assert!(!changed(t.status.as_ref(), &again), "{again:?}");
+    }
+
+    #[test]
+    fn a_warm_tenant_says_where_its_standby_replays_and_a_cold_one_that_none_runs() {
+        let mut t = tenant("westpole-rome");
+        let k8s = Placement::Kubernetes { site: "westpole-rome".into() };
+        let running = Stack::Running { site: "westpole-rome".into(), app: None };
+        let replaying = Standby::Replaying { site: "azure-italynorth".into() };
+        let status = assess(&t, &k8s, (&running, &replaying), true, Timestamp::UNIX_EPOCH);
+        assert_eq!(status.standby_site.as_deref(), Some("azure-italynorth"));
+        assert!(condition::is_true(&status.conditions, STANDBY));
+        t.status = Some(status);
+        // A failure keeps the site known, so that what may be there is removed later.
+        let failed = Standby::Failed { site: None, message: "no".into() };
+        let status = assess(&t, &k8s, (&running, &failed), true, Timestamp::UNIX_EPOCH);
+        assert_eq!(status.standby_site.as_deref(), None, "Failed without a site says none is there");
+        let cold = assess(&t, &k8s, (&running, &Standby::Cold), true, Timestamp::UNIX_EPOCH);
+        assert_eq!(cold.standby_site, None);
+        assert!(condition::is_true(&cold.conditions, STANDBY));
+        let no_plan = assess(&t, &k8s, (&running, &Standby::NoPlan), true, Timestamp::UNIX_EPOCH);
+        let said = no_plan.conditions.iter().find(|c| c.type_ == STANDBY).unwrap();
+        assert!(said.message.contains("no FailoverPlan from Site westpole-rome selects this tenant"), "{said:?}");
+        // A Local stack: this operator says nothing about a standby.
+        let local = assess(
+            &t,
+            &Placement::Local { site: "x".into() },
+            (&running, &Standby::NotHere),
+            true,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(local.standby_site.as_deref(), Some("azure-italynorth"), "kept as it was");
+    }
+
+    #[test]
+    fn a_plan_from_the_tenants_primary_site_that_selects_it_names_its_standby_site() {
+        let mut t = tenant("westpole-rome");
+        t.metadata.namespace = Some("invoicing".into());
+        t.metadata.labels = Some([("fenice.io/plan".to_owned(), "westpole-to-azure".to_owned())].into());
+        let plan = |source: &str, target: &str, label: &str| -> FailoverPlan {
+            let spec = serde_json::json!({
+                "sourceSite": source, "targetSite": target,
+                "tenants": {"selector": {"matchLabels": {"fenice.io/plan": label}}, "namespaces": ["invoicing"]},
+                "mode": "Manual", "detection": {}, "waves": [{"name": "all", "tiers": ["Gold", "Silver", "Bronze"]}],
+            });
+            FailoverPlan::new("p", serde_json::from_value(spec).unwrap())
+        };
+        let plans = [
+            plan("westpole-rome", "azure-italynorth", "westpole-to-azure"),
+            plan("westpole-rome", "aws-milan", "other"),
+            plan("azure-italynorth", "westpole-rome", "westpole-to-azure"),
+        ];
+        assert_eq!(standby_sites(&t, &plans), ["azure-italynorth"]);
+        assert!(standby_sites(&t, &plans[1..]).is_empty());
     }
 
     #[test]
@@ -370,7 +529,7 @@ mod tests {
         let mut t = tenant("here");
         let local = Placement::Local { site: "here".into() };
         let running = Stack::Running { site: "here".into(), app: Some("http://127.0.0.1:1".into()) };
-        let status = assess(&t, &local, &running, true, Timestamp::UNIX_EPOCH);
+        let status = assess(&t, &local, (&running, &Standby::NotHere), true, Timestamp::UNIX_EPOCH);
         assert_eq!((status.active_site.as_deref(), status.epoch), (Some("here"), Some(1)));
         assert!(condition::is_true(&status.conditions, "Ready"));
         assert!(condition::is_true(&status.conditions, PROTECTED));
@@ -378,7 +537,7 @@ mod tests {
         t.status = Some(InvoicingTenantStatus { last_backup: Some("b".into()), ..status.clone() });
         assert!(!changed(t.status.as_ref(), &status));
         let failed = Stack::Failed { message: "initdb: no space".into() };
-        let down = assess(&t, &local, &failed, true, Timestamp::UNIX_EPOCH);
+        let down = assess(&t, &local, (&failed, &Standby::NotHere), true, Timestamp::UNIX_EPOCH);
         assert!(!condition::is_true(&down.conditions, "Ready"));
         assert_eq!(down.active_site, None);
     }

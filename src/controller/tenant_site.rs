@@ -12,11 +12,11 @@ use zeroize::Zeroizing;
 
 use super::repository::store_secrets;
 use super::site_clients::FRESH_FOR;
-use super::tenant::Stack;
+use super::tenant::{Stack, Standby};
 use super::{Context, secrets};
 use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
-use crate::api::tenant::InvoicingTenant;
+use crate::api::tenant::{InvoicingTenant, StandbyMode};
 use crate::error_chain::error_chain;
 use crate::site::agent_env::{RepositoryAccess, agent_env};
 use crate::site::cluster::{self, Applied};
@@ -70,6 +70,96 @@ pub async fn remove(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Res
     let note = format!("Kubernetes site {}: deleted {} (backups are kept)", site.name_any(), list(&deleted));
     super::publish(ctx, tenant, EventType::Normal, "StackRemoved", "Delete", note).await;
     Ok(())
+}
+
+/// Applies the tenant's warm standby at `site` (its database, replaying the
+/// archive of the policy's first repository), or removes the one at
+/// `status.standbySite` when the tenant is cold or its standby moved.
+pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site) -> Standby {
+    let was = tenant.status.as_ref().and_then(|s| s.standby_site.clone());
+    let plans = ctx.cache.plans.all().await.unwrap_or_default();
+    let sites = super::tenant::standby_sites(tenant, plans.iter().map(|p| &**p));
+    let wanted = match tenant.spec.standby {
+        StandbyMode::Warm => sites.first().cloned(),
+        StandbyMode::Cold => None,
+    };
+    if let Some(old) = was.filter(|old| Some(old) != wanted.as_ref()) {
+        let removed = match ctx.cache.sites.get(&old).await {
+            Some(site) => remove(ctx, tenant, &site).await,
+            None => Err(format!("Site {old} does not exist any more")),
+        };
+        if let Err(why) = removed {
+            let message = format!("removing the warm standby at Kubernetes site {old}: {why}");
+            return Standby::Failed { site: Some(old), message };
+        }
+    }
+    let Some(site_name) = wanted else {
+        return match tenant.spec.standby {
+            StandbyMode::Cold => Standby::Cold,
+            StandbyMode::Warm => Standby::NoPlan,
+        };
+    };
+    let failed = |message: String| Standby::Failed { site: None, message };
+    let Some(site) = ctx.cache.sites.get(&site_name).await else {
+        return failed(format!("Site {site_name}, a FailoverPlan's target, does not exist"));
+    };
+    if super::tenant::placement(&site_name, Some(&site))
+        != (super::tenant::Placement::Kubernetes { site: site_name.clone() })
+    {
+        return failed(format!(
+            "Site {site_name} is not a Kubernetes site: the operator runs warm standbys only there (with the Local \
+             driver, `fenice lab --standby warm` does)"
+        ));
+    }
+    match try_standby(ctx, tenant, primary, &site).await {
+        Ok(applied) => {
+            if applied.changed() {
+                let note = format!("warm standby at Kubernetes site {site_name}: {}", summary(&applied));
+                super::publish(ctx, tenant, EventType::Normal, "StandbyApplied", "Apply", note).await;
+            }
+            match applied.waiting.is_empty() {
+                true => Standby::Replaying { site: site_name },
+                false => Standby::Starting { site: site_name, waiting: applied.waiting },
+            }
+        }
+        Err(message) => {
+            let message = format!("the warm standby at Kubernetes site {site_name}: {message}");
+            super::publish(ctx, tenant, EventType::Warning, "StandbyFailed", "Apply", message.clone()).await;
+            Standby::Failed { site: Some(site_name), message }
+        }
+    }
+}
+
+async fn try_standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, site: &Site) -> Result<Applied, String> {
+    let namespace = tenant.namespace().unwrap_or_default();
+    let name = tenant.name_any();
+    if primary.spec.cluster.as_ref().is_some_and(|c| c.in_cluster)
+        && site.spec.cluster.as_ref().is_some_and(|c| c.in_cluster)
+    {
+        // NB: one namespace of one cluster holds one stack: applying the standby would delete the primary's.
+        return Err(format!(
+            "Sites {} and {} are both the operator's own cluster",
+            primary.name_any(),
+            site.name_any()
+        ));
+    }
+    let env = repositories_env(ctx, tenant).await?;
+    let repository =
+        env.get("FENICE_REPOSITORY").and_then(|r| r.split(',').next().map(str::to_owned)).unwrap_or_default();
+    let mut objects = kubernetes::warm_standby(tenant, site, &ctx.images, &repository).map_err(|e| e.to_string())?;
+    objects.push(kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?);
+    // The restored data carries the primary's password: the standby's Secret must say the same.
+    let source = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, primary).await.map_err(|e| error_chain(&e))?;
+    let secret_name = kubernetes::database_secret_name(&name);
+    let password = cluster::secret_value(&source, &namespace, &secret_name, "password")
+        .await
+        .map_err(|e| error_chain(&e))?
+        .ok_or_else(|| {
+            format!("waiting for Secret {namespace}/{secret_name} at the primary site {}", primary.name_any())
+        })?;
+    let secret = kubernetes::database_secret(tenant, &password).map_err(|e| e.to_string())?;
+    let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
+    cluster::apply(&target, &namespace, &name, objects, vec![secret]).await.map_err(|e| error_chain(&e))
 }
 
 /// The agents' environment per BackupPolicy, kept for [`FRESH_FOR`] (and

@@ -17,6 +17,30 @@ use crate::api::drill::Sample;
 use crate::api::plan::TenantSelection;
 use crate::api::tenant::{InvoicingTenant, SdiEnvironment};
 
+/// Which tenants a FailoverPlan selects: in its namespaces (any, when it
+/// names none) and matching its label selector (every one, without).
+pub struct Matcher<'a> {
+    namespaces: &'a [String],
+    selector: Option<kube::core::Selector>,
+}
+
+impl<'a> Matcher<'a> {
+    pub fn new(selection: &'a TenantSelection) -> Result<Matcher<'a>, String> {
+        let selector = match &selection.selector {
+            Some(s) => Some(s.clone().try_into().map_err(|e| format!("the plan's tenant selector: {e}"))?),
+            None => None,
+        };
+        Ok(Matcher { namespaces: &selection.namespaces, selector })
+    }
+
+    pub fn matches(&self, tenant: &InvoicingTenant) -> bool {
+        let empty = BTreeMap::new();
+        let labels = tenant.metadata.labels.as_ref().unwrap_or(&empty);
+        (self.namespaces.is_empty() || tenant.namespace().is_some_and(|ns| self.namespaces.contains(&ns)))
+            && self.selector.as_ref().is_none_or(|s| s.matches(labels))
+    }
+}
+
 /// The plan's tenants the sample takes, in a stable order. `seed` (the
 /// drill's uid) makes a percent sample differ between drills and repeat
 /// within one.
@@ -26,19 +50,8 @@ pub fn select<'a, T: Borrow<InvoicingTenant>>(
     sample: &Sample,
     seed: &str,
 ) -> Result<Vec<&'a InvoicingTenant>, String> {
-    let selector: Option<kube::core::Selector> = match &selection.selector {
-        Some(s) => Some(s.clone().try_into().map_err(|e| format!("the plan's tenant selector: {e}"))?),
-        None => None,
-    };
-    let empty = BTreeMap::new();
-    let mut planned: Vec<&InvoicingTenant> = tenants
-        .iter()
-        .map(Borrow::borrow)
-        .filter(|t| {
-            selection.namespaces.is_empty() || t.namespace().is_some_and(|ns| selection.namespaces.contains(&ns))
-        })
-        .filter(|t| selector.as_ref().is_none_or(|s| s.matches(t.metadata.labels.as_ref().unwrap_or(&empty))))
-        .collect();
+    let plan = Matcher::new(selection)?;
+    let mut planned: Vec<&InvoicingTenant> = tenants.iter().map(Borrow::borrow).filter(|t| plan.matches(t)).collect();
     planned.sort_by_key(|t| (t.namespace(), t.name_any()));
     let chosen: Vec<&InvoicingTenant> = if let Some(percent) = sample.percent {
         let wanted = (planned.len() * percent.min(100) as usize).div_ceil(100).max(1).min(planned.len());

@@ -95,6 +95,14 @@ pub enum Error {
          namespace {namespace}`) and apply manifests/site/tenant-namespace-rbac.yaml in it"
     )]
     NoNamespace { site: String, namespace: String },
+    #[error("Site {site}: reading Secret {namespace}/{name}")]
+    ReadSecret {
+        site: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("Site {site}: making Secret {namespace}/{name}")]
     Secret {
         site: String,
@@ -343,6 +351,25 @@ pub async fn create_secret(
         }
         Err(source) => Err(fail(source)),
     }
+}
+
+/// The value of `key` in Secret `name`, read by name (never listed); `None`
+/// when the Secret or the key is not there.
+pub async fn secret_value(
+    cluster: &SiteCluster,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<zeroize::Zeroizing<String>>, Error> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(cluster.client.clone(), namespace);
+    let secret = api.get_opt(name).await.map_err(|source| Error::ReadSecret {
+        site: cluster.site.clone(),
+        namespace: namespace.into(),
+        name: name.into(),
+        source,
+    })?;
+    let value = secret.and_then(|s| s.data?.remove(key)).map(|v| String::from_utf8_lossy(&v.0).into_owned());
+    Ok(value.map(zeroize::Zeroizing::new))
 }
 
 /// `Kind name (ready/wanted ready)` for a Deployment or StatefulSet whose pods

@@ -88,19 +88,15 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         .ok_or_else(|| RenderError::NoChannel { tenant: name.clone(), site: site_name.clone() })?;
     let pods = Pods { platform };
     let registry = pods.registry();
-    let labels = |component: &str| who.labels(component);
-    let selector = |component: &str| json!({"fenice.io/tenant": name, "app.kubernetes.io/component": component});
+    let selector = |component: &str| who.selector(component);
     let metadata = |object: String, component: &str| who.metadata(object, component);
-    let (app_size, db_size) = sizes(spec.tier);
+    let (app_size, _) = sizes(spec.tier);
     let app_resources = match &spec.app.resources {
         Some(custom) => serde_json::to_value(custom).unwrap_or(Value::Null),
         None => resources(app_size),
     };
     let template = |component: &str, uid: u32, spec: Value| pods.template(who.labels(component), uid, spec);
     let hardened = HARDENED.clone();
-    // NB: PostgreSQL writes its socket and lock files outside its data volume.
-    let mut db_hardened = hardened.clone();
-    db_hardened.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
     let storage_class = platform.storage_class.clone();
     let (app, db) = (format!("{name}-app"), format!("{name}-db"));
     let host = spec.app.host.clone().unwrap_or_else(|| match &platform.dns_zone {
@@ -169,62 +165,12 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
             "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata(app.clone(), "app"),
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector("app")}},
         }),
-        json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata(db.clone(), "database"),
-            "spec": {
-                "serviceName": db,
-                "replicas": 1,
-                // NB: the database volume goes with the tenant; its backups stay in the repositories.
-                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
-                "selector": {"matchLabels": selector("database")},
-                "template": template("database", 999, json!({
-                        "containers": [{
-                            "name": "postgres",
-                            "image": format!("{registry}fenice-postgres:{}", images.postgres),
-                            "args": [
-                                "-c", "archive_mode=on",
-                                "-c", "archive_command=fenice agent wal-push %p",
-                                "-c", "archive_timeout=60",
-                            ],
-                            "env": [
-                                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
-                                {"name": "FENICE_TENANT", "value": name},
-                                {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": db, "key": "password"}}},
-                            ],
-                            "envFrom": [{"secretRef": {"name": repositories_secret_name(&name)}}],
-                            "ports": [{"name": "postgres", "containerPort": DB_PORT}],
-                            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
-                            "resources": resources(db_size),
-                            "securityContext": db_hardened,
-                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
-                        }],
-                })),
-                "volumeClaimTemplates": [{
-                    "metadata": {"name": "data", "labels": labels("database")},
-                    "spec": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "storageClassName": storage_class,
-                        "resources": {"requests": {"storage": spec.database.storage}},
-                    },
-                }],
-            },
-        }),
-        json!({
-            "apiVersion": "v1", "kind": "Service", "metadata": metadata(db.clone(), "database"),
-            "spec": {"clusterIP": "None", "selector": selector("database"), "ports": [{"name": "postgres", "port": DB_PORT}]},
-        }),
+        database_set(&who, &pods, tenant, images, None),
+        database_service(&who),
         network_policy(metadata(app.clone(), "app"), selector("app"), json!([{"ports": [{"port": APP_PORT}]}]), {
             json!([{"to": [{"podSelector": {"matchLabels": selector("database")}}], "ports": [{"port": DB_PORT}]}])
         }),
-        network_policy(
-            metadata(db.clone(), "database"),
-            selector("database"),
-            json!([{
-                "from": [{"podSelector": {"matchLabels": selector("app")}}, {"podSelector": {"matchLabels": selector("backup")}}],
-                "ports": [{"port": DB_PORT}],
-            }]),
-            json!([]),
-        ),
+        database_policy(&who),
         // The backup Jobs' pods take no connections, and reach their database and the repositories.
         network_policy(metadata(format!("{name}-backup"), "backup"), selector("backup"), json!([]), {
             json!([{"to": [{"podSelector": {"matchLabels": selector("database")}}], "ports": [{"port": DB_PORT}]}])
@@ -271,6 +217,132 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
             "spec": {"endpoints": [{"dnsName": host, "recordType": record, "recordTTL": 60, "targets": [target]}]},
         }));
     }
+    Ok(objects.into_iter().map(without_nulls).collect())
+}
+
+/// Where a tenant's PostgreSQL keeps its data, in its pod.
+const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+
+/// The tenant's PostgreSQL: a StatefulSet `<tenant>-db` archiving WAL with
+/// `fenice agent wal-push`. With `prepare`, an init container that makes its
+/// data directory first (a warm standby's). The same StatefulSet at either
+/// site, so that the standby's volume (`data-<tenant>-db-0`) becomes the
+/// database when the rest of the stack is applied there: a StatefulSet's
+/// name, selector and volume claims cannot change once made. Archiving is
+/// on in both: a standby does not archive until it is promoted.
+fn database_set(
+    who: &Who<'_>,
+    pods: &Pods<'_>,
+    tenant: &InvoicingTenant,
+    images: &Images,
+    prepare: Option<Value>,
+) -> Value {
+    let db = database_secret_name(who.name);
+    let (_, db_size) = sizes(tenant.spec.tier);
+    // NB: PostgreSQL writes its socket and lock files outside its data volume.
+    let mut db_hardened = HARDENED.clone();
+    db_hardened.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
+    let mut pod = json!({
+        "containers": [{
+            "name": "postgres",
+            "image": format!("{}fenice-postgres:{}", pods.registry(), images.postgres),
+            "args": [
+                "-c", "archive_mode=on",
+                "-c", "archive_command=fenice agent wal-push %p",
+                "-c", "archive_timeout=60",
+            ],
+            "env": [
+                {"name": "PGDATA", "value": PGDATA},
+                {"name": "FENICE_TENANT", "value": who.name},
+                {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": db, "key": "password"}}},
+            ],
+            "envFrom": [{"secretRef": {"name": repositories_secret_name(who.name)}}],
+            "ports": [{"name": "postgres", "containerPort": DB_PORT}],
+            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
+            "resources": resources(db_size),
+            "securityContext": db_hardened,
+            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+        }],
+    });
+    if let Some(init) = prepare {
+        pod["initContainers"] = json!([init]);
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": who.metadata(db.clone(), "database"),
+        "spec": {
+            "serviceName": db,
+            "replicas": 1,
+            // NB: the database volume goes with the tenant; its backups stay in the repositories.
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+            "selector": {"matchLabels": who.selector("database")},
+            "template": pods.template(who.labels("database"), 999, pod),
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data", "labels": who.labels("database")},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": pods.platform.storage_class,
+                    "resources": {"requests": {"storage": tenant.spec.database.storage}},
+                },
+            }],
+        },
+    })
+}
+
+fn database_service(who: &Who<'_>) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": who.metadata(database_secret_name(who.name), "database"),
+        "spec": {"clusterIP": "None", "selector": who.selector("database"), "ports": [{"name": "postgres", "port": DB_PORT}]},
+    })
+}
+
+/// The database takes connections from the tenant's app and backup Jobs only.
+fn database_policy(who: &Who<'_>) -> Value {
+    let from = |component| json!({"podSelector": {"matchLabels": who.selector(component)}});
+    network_policy(
+        who.metadata(database_secret_name(who.name), "database"),
+        who.selector("database"),
+        json!([{"from": [from("app"), from("backup")], "ports": [{"port": DB_PORT}]}]),
+        json!([]),
+    )
+}
+
+/// A warm standby of the tenant at a standby `site`: its PostgreSQL
+/// ([`database_set`]) made, on first start, from the newest base backup in
+/// `repository` (`fenice agent restore --standby`), then replaying the WAL
+/// archive as it grows. Its init container leaves an initialised data
+/// directory alone: a pod restarted keeps replaying where it was, and one
+/// promoted stays promoted. With its Service and NetworkPolicy; the Secrets
+/// it needs are the tenant's (the database's, copied from the primary: the
+/// restored data has the primary's password; the repositories').
+pub fn warm_standby(
+    tenant: &InvoicingTenant,
+    site: &Site,
+    images: &Images,
+    repository: &str,
+) -> Result<Vec<Value>, RenderError> {
+    let who = Who::of(tenant)?;
+    let (_, platform) = platform(site)?;
+    if tenant.spec.database.cloud_native_pg {
+        return Err(RenderError::CloudNativePgNotBuilt { tenant: who.name.to_owned() });
+    }
+    let pods = Pods { platform };
+    let mut db_hardened = HARDENED.clone();
+    db_hardened.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
+    let prepare = json!({
+        "name": "prepare",
+        "image": format!("{}fenice-postgres:{}", pods.registry(), images.postgres),
+        "command": ["fenice"],
+        "args": [
+            "agent", "restore", "--tenant", who.name, "--repo", repository,
+            "--pgdata", PGDATA, "--standby", "--keep-initialised",
+        ],
+        "envFrom": [{"secretRef": {"name": repositories_secret_name(who.name)}}],
+        "resources": resources((250, 256)),
+        "securityContext": db_hardened,
+        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+    });
+    let objects =
+        [database_set(&who, &pods, tenant, images, Some(prepare)), database_service(&who), database_policy(&who)];
     Ok(objects.into_iter().map(without_nulls).collect())
 }
 
@@ -384,6 +456,11 @@ impl Who<'_> {
             "app.kubernetes.io/name": "fenice-tenant", "app.kubernetes.io/instance": self.name,
             "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "fenice", TENANT_LABEL: self.name,
         })
+    }
+
+    /// What picks the tenant's pods of `component`.
+    fn selector(&self, component: &str) -> Value {
+        json!({TENANT_LABEL: self.name, "app.kubernetes.io/component": component})
     }
 
     fn metadata(&self, object: String, component: &str) -> Value {
