@@ -54,6 +54,28 @@ fn every_example_tenant_renders_as_its_golden_file_at_each_kubernetes_site() {
             }
         }
     }
+    // The Westpole-like site again, with CloudNativePG running PostgreSQL.
+    let mut cnpg = sites[0].clone();
+    cnpg.metadata.name = Some("westpole-rome-cnpg".into());
+    cnpg.spec.platform.as_mut().unwrap().database = Some(fenice::api::site::DatabaseKind::CloudNativePg);
+    for tenant in &mut tenants {
+        for channel in &mut tenant.spec.sdi.channels {
+            if channel.site == "westpole-rome" {
+                channel.site = "westpole-rome-cnpg".into();
+            }
+        }
+    }
+    for tenant in &tenants {
+        let objects = render(tenant, &cnpg, &images()).unwrap();
+        let text = serde_json::to_string_pretty(&objects).unwrap() + "\n";
+        let name = format!("{}@westpole-rome-cnpg.json", tenant.metadata.name.as_deref().unwrap());
+        let path = format!("{ROOT}/tests/golden/kubernetes/{name}");
+        if update {
+            std::fs::write(&path, &text).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            differ.push(name);
+        }
+    }
     assert!(
         differ.is_empty(),
         "rendered objects differ from tests/golden/kubernetes/ {differ:?}; see this file's header"
@@ -179,4 +201,32 @@ fn a_restored_copy_stays_out_of_the_tenants_way_and_is_deleted_whole() {
         assert_eq!(container["terminationMessagePolicy"], "FallbackToLogsOnError");
         assert_eq!(job["spec"]["backoffLimit"], 0, "a second run would meet the first one's data");
     }
+}
+
+/// At a CloudNativePG site the database is a Cluster (no StatefulSet, no
+/// WAL archiving into the repositories), its superuser Secret is the type
+/// that operator wants and names its read-write Service, and no warm standby
+/// can be made there.
+#[test]
+fn a_cloud_native_pg_site_gets_a_cluster_and_no_warm_standby() {
+    use fenice::api::site::DatabaseKind;
+    use fenice::site::kubernetes::{database_secret, warm_standby};
+    let mut site = kubernetes_sites().remove(0);
+    site.spec.platform.as_mut().unwrap().database = Some(DatabaseKind::CloudNativePg);
+    let tenant: InvoicingTenant = examples("tenants.yaml").remove(0);
+    let objects = render(&tenant, &site, &images()).unwrap();
+    let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"Cluster") && !kinds.contains(&"StatefulSet"), "{kinds:?}");
+    let cluster = objects.iter().find(|o| o["kind"] == "Cluster").unwrap();
+    assert_eq!(cluster["apiVersion"], "postgresql.cnpg.io/v1");
+    assert_eq!(cluster["spec"]["instances"], 2, "a Gold tenant has a replica");
+    assert_eq!(cluster["spec"]["superuserSecret"]["name"], "studio-rossi-db");
+    assert_eq!(cluster["spec"]["inheritedMetadata"]["labels"][TENANT_LABEL], "studio-rossi");
+    assert!(!serde_json::to_string(&objects).unwrap().contains("wal-push"));
+    let secret = database_secret(&tenant, &site, "pw").unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/basic-auth");
+    assert_eq!(secret["stringData"]["url"], "postgres://postgres:pw@studio-rossi-db-rw:5432/postgres");
+    let refused = warm_standby(&tenant, &site, &images(), "s3://b/p").unwrap_err();
+    assert!(matches!(refused, RenderError::CloudNativePgStandby { .. }), "{refused}");
+    assert!(refused.to_string().contains("set spec.standby to Cold"), "{refused}");
 }

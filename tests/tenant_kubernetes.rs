@@ -372,7 +372,7 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
         NAMESPACE,
         "studio-rossi",
         kubernetes::render(&rossi, &site, &Images::of_this_build()).unwrap(),
-        vec![kubernetes::database_secret(&rossi, "another-password").unwrap()],
+        vec![kubernetes::database_secret(&rossi, &site, "another-password").unwrap()],
     )
     .await
     .unwrap();

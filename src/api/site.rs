@@ -147,11 +147,32 @@ pub struct Platform {
     /// Registry that images are pulled from at this site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_registry: Option<String>,
+    /// What runs tenants' PostgreSQL here: a StatefulSet (the default), or a
+    /// CloudNativePG `Cluster` where that operator is installed (docs/sites.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseKind>,
     /// Node labels the stack's pods must match.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub node_selector: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+}
+
+impl Site {
+    /// Whether tenants' PostgreSQL here is a CloudNativePG Cluster.
+    pub fn cloud_native_pg(&self) -> bool {
+        self.spec.platform.as_ref().is_some_and(|p| p.database == Some(DatabaseKind::CloudNativePg))
+    }
+}
+
+/// What runs tenants' PostgreSQL at a site.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DatabaseKind {
+    /// A StatefulSet of Fenice's PostgreSQL image, archiving WAL into the tenant's repositories.
+    StatefulSet,
+    /// A CloudNativePG `Cluster`: its operator runs PostgreSQL, and its WAL archiving is its own.
+    #[serde(rename = "CloudNativePG")]
+    CloudNativePg,
 }
 
 /// Ingress or Gateway API.

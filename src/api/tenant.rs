@@ -123,15 +123,11 @@ fn one() -> i32 {
 pub struct DatabaseSettings {
     #[serde(default = "ten_gi")]
     pub storage: Quantity,
-    /// Run it as a CloudNativePG Cluster rather than a StatefulSet, where the
-    /// site has that operator.
-    #[serde(default)]
-    pub cloud_native_pg: bool,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { storage: ten_gi(), cloud_native_pg: false }
+        Self { storage: ten_gi() }
     }
 }
 

@@ -249,6 +249,8 @@ async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<
                 return Ok(Err(NotNow::fail("RepositoriesNotAtSite", message)));
             }
             let site = site.expect("a Kubernetes placement has its Site");
+            // NB: CloudNativePG grants replication connections to its own replicas only: logical backups there.
+            let physical = physical && !site.cloud_native_pg();
             Ok(Source { runs: Runs::Job { tenant: Box::new(tenant), site }, repositories, physical, retention })
         }
         Placement::Local { site } => match ctx.local.database(&site, namespace, name).map(|db| DbUrl::parse(&db)) {

@@ -53,7 +53,7 @@ async fn try_deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Res
     let mut objects = kubernetes::render(tenant, site, &ctx.images).map_err(|e| e.to_string())?;
     let env = repositories_env(ctx, tenant).await?;
     objects.push(kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?);
-    let secret = kubernetes::database_secret(tenant, &password()).map_err(|e| e.to_string())?;
+    let secret = kubernetes::database_secret(tenant, site, &password()).map_err(|e| e.to_string())?;
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
     let namespace = tenant.namespace().unwrap_or_default();
     cluster::apply(&target, &namespace, &tenant.name_any(), objects, vec![secret]).await.map_err(|e| error_chain(&e))
@@ -143,6 +143,12 @@ async fn try_standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, si
             site.name_any()
         ));
     }
+    if primary.cloud_native_pg() {
+        // NB: CloudNativePG archives WAL its own way: the repositories hold nothing to replay.
+        return Err(
+            kubernetes::RenderError::CloudNativePgStandby { tenant: name, site: primary.name_any() }.to_string()
+        );
+    }
     let env = repositories_env(ctx, tenant).await?;
     let repository =
         env.get("FENICE_REPOSITORY").and_then(|r| r.split(',').next().map(str::to_owned)).unwrap_or_default();
@@ -157,7 +163,7 @@ async fn try_standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, si
         .ok_or_else(|| {
             format!("waiting for Secret {namespace}/{secret_name} at the primary site {}", primary.name_any())
         })?;
-    let secret = kubernetes::database_secret(tenant, &password).map_err(|e| e.to_string())?;
+    let secret = kubernetes::database_secret(tenant, site, &password).map_err(|e| e.to_string())?;
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
     cluster::apply(&target, &namespace, &name, objects, vec![secret]).await.map_err(|e| error_chain(&e))
 }

@@ -37,6 +37,7 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ("networking.k8s.io", "v1", "Ingress"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
     ("externaldns.k8s.io", "v1alpha1", "DNSEndpoint"),
+    ("postgresql.cnpg.io", "v1", "Cluster"),
 ];
 
 /// Whether a 404 says the namespace is missing (rather than the object or its kind).
@@ -375,11 +376,14 @@ pub async fn secret_value(
 /// `Kind name (ready/wanted ready)` for a Deployment or StatefulSet whose pods
 /// are not all ready, from the object the apply returned.
 fn not_ready(kind: &str, name: &str, object: &Value) -> Option<String> {
-    if kind != "Deployment" && kind != "StatefulSet" {
-        return None;
-    }
-    let wanted = object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-    let ready = object.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0);
+    let (wanted, ready) = match kind {
+        "Deployment" | "StatefulSet" => ("/spec/replicas", "/status/readyReplicas"),
+        // A CloudNativePG Cluster counts its instances.
+        "Cluster" => ("/spec/instances", "/status/readyInstances"),
+        _ => return None,
+    };
+    let wanted = object.pointer(wanted).and_then(Value::as_i64).unwrap_or(1);
+    let ready = object.pointer(ready).and_then(Value::as_i64).unwrap_or(0);
     (ready < wanted).then(|| format!("{kind} {name} ({ready}/{wanted} ready)"))
 }
 
@@ -396,6 +400,8 @@ mod tests {
         assert_eq!(not_ready("StatefulSet", "a-db", &ready), None);
         assert_eq!(not_ready("StatefulSet", "a-db", &json!({})).as_deref(), Some("StatefulSet a-db (0/1 ready)"));
         assert_eq!(not_ready("Service", "a-app", &json!({})), None);
+        let cluster = json!({"spec": {"instances": 2}, "status": {"readyInstances": 1}});
+        assert_eq!(not_ready("Cluster", "a-db", &cluster).as_deref(), Some("Cluster a-db (1/2 ready)"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use serde_json::{Value, json};
 
+use super::cloud_native_pg;
 use crate::api::common::Tier;
 use crate::api::site::{DnsSwitch, ExposureKind, Platform, Site};
 use crate::api::tenant::InvoicingTenant;
@@ -49,13 +50,15 @@ pub enum RenderError {
     #[error("InvoicingTenant {tenant} has no SdI channel at Site {site}: add one to spec.sdi.channels")]
     NoChannel { tenant: String, site: String },
     #[error(
-        "InvoicingTenant {tenant}: spec.database.cloudNativePG is not built yet: leave it false (a StatefulSet runs PostgreSQL)"
+        "InvoicingTenant {tenant}: Site {site} runs PostgreSQL with CloudNativePG, whose WAL archiving is its own, so \
+         no warm standby can replay Fenice's archive there: set spec.standby to Cold, or use a Site whose \
+         platform.database is StatefulSet"
     )]
-    CloudNativePgNotBuilt { tenant: String },
+    CloudNativePgStandby { tenant: String, site: String },
 }
 
 /// Requests and limits by tier: CPU (millicores) and memory (MiB), for the app and for PostgreSQL.
-fn sizes(tier: Tier) -> ((u32, u32), (u32, u32)) {
+pub(super) fn sizes(tier: Tier) -> ((u32, u32), (u32, u32)) {
     match tier {
         Tier::Gold => ((500, 512), (1000, 2048)),
         Tier::Silver => ((250, 256), (500, 1024)),
@@ -77,9 +80,6 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
     let name = who.name.to_owned();
     let (site_name, platform) = platform(site)?;
     let spec = &tenant.spec;
-    if spec.database.cloud_native_pg {
-        return Err(RenderError::CloudNativePgNotBuilt { tenant: name });
-    }
     let channel = spec
         .sdi
         .channels
@@ -165,17 +165,26 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
             "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata(app.clone(), "app"),
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector("app")}},
         }),
-        database_set(&who, &pods, tenant, images, None),
-        database_service(&who),
-        network_policy(metadata(app.clone(), "app"), selector("app"), json!([{"ports": [{"port": APP_PORT}]}]), {
-            json!([{"to": [{"podSelector": {"matchLabels": selector("database")}}], "ports": [{"port": DB_PORT}]}])
-        }),
-        database_policy(&who),
-        // The backup Jobs' pods take no connections, and reach their database and the repositories.
-        network_policy(metadata(format!("{name}-backup"), "backup"), selector("backup"), json!([]), {
-            json!([{"to": [{"podSelector": {"matchLabels": selector("database")}}], "ports": [{"port": DB_PORT}]}])
-        }),
     ];
+    let cloud_native_pg = site.cloud_native_pg();
+    match cloud_native_pg {
+        true => objects.push(cloud_native_pg::cluster(&who, &pods, tenant)),
+        false => objects.extend([database_set(&who, &pods, tenant, images, None), database_service(&who)]),
+    }
+    objects.push(network_policy(
+        metadata(app.clone(), "app"),
+        selector("app"),
+        json!([{"ports": [{"port": APP_PORT}]}]),
+        json!([{"to": [{"podSelector": {"matchLabels": selector("database")}}], "ports": [{"port": DB_PORT}]}]),
+    ));
+    objects.push(match cloud_native_pg {
+        true => cloud_native_pg::policy(&who),
+        false => database_policy(&who),
+    });
+    // The backup Jobs' pods take no connections, and reach their database and the repositories.
+    objects.push(network_policy(metadata(format!("{name}-backup"), "backup"), selector("backup"), json!([]), {
+        json!([{"to": [{"podSelector": {"matchLabels": selector("database")}}], "ports": [{"port": DB_PORT}]}])
+    }));
     let exposure = platform.exposure.as_ref();
     let mut annotations = serde_json::Map::new();
     if platform.dns_switch == Some(DnsSwitch::ExternalDnsAnnotation) {
@@ -321,9 +330,9 @@ pub fn warm_standby(
     repository: &str,
 ) -> Result<Vec<Value>, RenderError> {
     let who = Who::of(tenant)?;
-    let (_, platform) = platform(site)?;
-    if tenant.spec.database.cloud_native_pg {
-        return Err(RenderError::CloudNativePgNotBuilt { tenant: who.name.to_owned() });
+    let (site_name, platform) = platform(site)?;
+    if site.cloud_native_pg() {
+        return Err(RenderError::CloudNativePgStandby { tenant: who.name.to_owned(), site: site_name });
     }
     let pods = Pods { platform };
     let mut db_hardened = HARDENED.clone();
@@ -459,11 +468,11 @@ impl Who<'_> {
     }
 
     /// What picks the tenant's pods of `component`.
-    fn selector(&self, component: &str) -> Value {
+    pub(super) fn selector(&self, component: &str) -> Value {
         json!({TENANT_LABEL: self.name, "app.kubernetes.io/component": component})
     }
 
-    fn metadata(&self, object: String, component: &str) -> Value {
+    pub(super) fn metadata(&self, object: String, component: &str) -> Value {
         json!({
             "name": object, "namespace": self.namespace, "labels": self.labels(component),
             "ownerReferences": [{
@@ -482,13 +491,25 @@ pub fn database_secret_name(tenant: &str) -> String {
 /// The Secret `<tenant>-db`: the PostgreSQL superuser's `password` and the
 /// app's `url` with it. Made once with a generated password and never
 /// rendered again: the database keeps the password it was initialised with.
-pub fn database_secret(tenant: &InvoicingTenant, password: &str) -> Result<Value, RenderError> {
+/// At a CloudNativePG site it is the Cluster's superuser Secret, of the type
+/// that operator wants, and the URL names its read-write Service.
+pub fn database_secret(tenant: &InvoicingTenant, site: &Site, password: &str) -> Result<Value, RenderError> {
     let who = Who::of(tenant)?;
     let db = database_secret_name(who.name);
-    Ok(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": who.metadata(db.clone(), "database"), "type": "Opaque",
-        "stringData": {"password": password, "url": format!("postgres://postgres:{password}@{db}:{DB_PORT}/postgres")},
-    }))
+    let metadata = who.metadata(db.clone(), "database");
+    Ok(match site.cloud_native_pg() {
+        true => json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "kubernetes.io/basic-auth",
+            "stringData": {
+                "username": "postgres", "password": password,
+                "url": format!("postgres://postgres:{password}@{}:{DB_PORT}/postgres", cloud_native_pg::primary(who.name)),
+            },
+        }),
+        false => json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque",
+            "stringData": {"password": password, "url": format!("postgres://postgres:{password}@{db}:{DB_PORT}/postgres")},
+        }),
+    })
 }
 
 /// The name of the Secret the tenant's agents open its repositories with.

@@ -3,6 +3,7 @@
 //! there, [`cluster`]: putting them into its cluster), a set of local processes in the lab ([`local`]).
 
 pub mod agent_env;
+pub mod cloud_native_pg;
 pub mod cluster;
 pub mod kubernetes;
 pub mod local;
