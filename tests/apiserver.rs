@@ -400,7 +400,7 @@ async fn defaults_are_applied_unknown_fields_pruned_and_violations_rejected() {
     assert_eq!(spec["invoiceFormat"], "FPR12");
     assert_eq!(spec["standby"], "Cold");
     assert_eq!(spec["app"]["replicas"], 1);
-    assert_eq!(spec["database"], json!({"storage": "10Gi", "cloudNativePg": false}));
+    assert_eq!(spec["database"], json!({"storage": "10Gi"}));
     assert!(spec.get("bogus").is_none(), "unknown fields are pruned");
     assert!(created.data.get("unknownTopLevel").is_none());
 

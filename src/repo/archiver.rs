@@ -200,20 +200,20 @@ pub async fn backup_annotated(
         let handle = handle.clone();
         tokio::task::spawn_blocking(move || run(&handle, &targets, source, parents, &progress))
     };
-    let (walked, annotated) = tokio::join!(walk, annotate);
-    let walked = walked.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let outcome = match (walked, annotated) {
-        (Ok(walked), Ok(annotations)) => {
-            options.annotations.extend(annotations);
-            Ok(save_snapshots(&targets, walked, &options).await)
+    let held = locks.into_iter().map(|(i, lock)| (&*targets[i].repo, lock)).collect();
+    lock::hold(held, lock::REFRESH_EVERY, async {
+        let (walked, annotated) = tokio::join!(walk, annotate);
+        let walked = walked.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        match (walked, annotated) {
+            (Ok(walked), Ok(annotations)) => {
+                options.annotations.extend(annotations);
+                Ok(save_snapshots(&targets, walked, &options).await)
+            }
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(source)) => Err(Error::Annotate { source }),
         }
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(source)) => Err(Error::Annotate { source }),
-    };
-    for (i, lock) in locks {
-        lock.release(&targets[i].repo).await;
-    }
-    outcome
+    })
+    .await
 }
 
 /// The paths a snapshot records for `paths`.

@@ -18,6 +18,10 @@ use crate::store::{self, PutCondition};
 
 /// A lock older than this is treated as left by a killed process.
 pub const STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
+/// How often a holder writes its lock anew, so that work longer than
+/// [`STALE_AFTER`] (a backup of a large tenant, a prune of a large repository)
+/// is never taken for a killed one's.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30 * 60);
 const LOCK_AAD: &[u8] = b"fenice.io lock v1";
 
 /// The JSON of a lock object.
@@ -36,36 +40,46 @@ pub struct LockFile {
 #[derive(Debug)]
 pub struct Lock {
     key: String,
+    exclusive: bool,
 }
 
 fn conflicts(ours_exclusive: bool, theirs: &LockFile, now: Timestamp) -> bool {
-    let fresh = theirs
-        .time
-        .parse::<Timestamp>()
-        .ok()
-        .and_then(|t| now.duration_since(t).try_into().ok())
-        .is_some_and(|age: Duration| age < STALE_AFTER);
+    // NB: a lock dated after `now` is fresh, not unreadable: it was refreshed
+    // since, or written on a host whose clock is ahead.
+    let stale = jiff::SignedDuration::try_from(STALE_AFTER).unwrap_or(jiff::SignedDuration::MAX);
+    let fresh = theirs.time.parse::<Timestamp>().is_ok_and(|t| now.duration_since(t) < stale);
     fresh && (ours_exclusive || theirs.exclusive)
 }
 
 const RELEASED: &str = ".released";
 
+/// How many times the locks are listed again when one vanished between the
+/// list and its read.
+const RELISTS: usize = 5;
+
 async fn locks(repo: &Repository) -> Result<Vec<(String, LockFile)>> {
-    let mut out = Vec::new();
-    let listed = repo.store().list("locks/").await?;
-    let released: HashSet<&str> = listed.iter().filter_map(|m| m.key.strip_suffix(RELEASED)).collect();
-    for meta in listed.iter().filter(|m| !m.key.ends_with(RELEASED) && !released.contains(m.key.as_str())) {
-        let sealed = match repo.store().get(&meta.key).await {
-            Ok(sealed) => sealed,
-            Err(store::Error::NotFound { .. }) => continue, // released meanwhile
-            Err(e) => return Err(e.into()),
-        };
-        let Ok(json) = repo.keys().open(&sealed, LOCK_AAD) else { continue };
-        if let Ok(lock) = serde_json::from_slice::<LockFile>(&json) {
-            out.push((meta.key.clone(), lock));
+    let mut attempt = 0;
+    'list: loop {
+        attempt += 1;
+        let mut out = Vec::new();
+        let listed = repo.store().list("locks/").await?;
+        let released: HashSet<&str> = listed.iter().filter_map(|m| m.key.strip_suffix(RELEASED)).collect();
+        for meta in listed.iter().filter(|m| !m.key.ends_with(RELEASED) && !released.contains(m.key.as_str())) {
+            let sealed = match repo.store().get(&meta.key).await {
+                Ok(sealed) => sealed,
+                // NB: released, or refreshed: a refresh writes the new lock
+                // before removing the old, so listing again finds it.
+                Err(store::Error::NotFound { .. }) if attempt < RELISTS => continue 'list,
+                Err(store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Ok(json) = repo.keys().open(&sealed, LOCK_AAD) else { continue };
+            if let Ok(lock) = serde_json::from_slice::<LockFile>(&json) {
+                out.push((meta.key.clone(), lock));
+            }
         }
+        return Ok(out);
     }
-    Ok(out)
 }
 
 fn locked_error(repo: &Repository, lock: &LockFile) -> Error {
@@ -77,12 +91,8 @@ fn locked_error(repo: &Repository, lock: &LockFile) -> Error {
     }
 }
 
-/// Takes a shared (backup) or exclusive (prune) lock.
-pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
-    let now = Timestamp::now();
-    if let Some((_, held)) = locks(repo).await?.iter().find(|(_, l)| conflicts(exclusive, l, now)) {
-        return Err(locked_error(repo, held));
-    }
+/// Writes a new lock object dated `now`; its key.
+async fn write(repo: &Repository, exclusive: bool, now: Timestamp) -> Result<String> {
     let file = LockFile {
         time: now.to_string(),
         host: super::host_name(),
@@ -94,7 +104,16 @@ pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
     let sealed = repo.keys().seal(&serde_json::to_vec(&file).expect("lock serializes"), LOCK_AAD);
     let key = format!("locks/{}", Id::of_content(&sealed));
     repo.store().put(&key, Bytes::from(sealed), PutCondition::IfAbsent).await?;
-    let lock = Lock { key };
+    Ok(key)
+}
+
+/// Takes a shared (backup) or exclusive (prune) lock.
+pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
+    let now = Timestamp::now();
+    if let Some((_, held)) = locks(repo).await?.iter().find(|(_, l)| conflicts(exclusive, l, now)) {
+        return Err(locked_error(repo, held));
+    }
+    let lock = Lock { key: write(repo, exclusive, now).await?, exclusive };
     // Two writers may have checked at the same moment: look again now that ours is visible.
     let rivals = locks(repo).await?;
     if let Some((_, held)) = rivals.iter().find(|(k, l)| *k != lock.key && conflicts(exclusive, l, now)) {
@@ -108,12 +127,51 @@ pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
 impl Lock {
     /// Removes the lock, or on an immutable store marks it released.
     pub async fn release(self, repo: &Repository) {
-        if let Err(store::Error::Immutable { .. }) = repo.store().delete(&self.key).await {
-            let marker = format!("{}{RELEASED}", self.key);
-            // Best effort: if even this fails, the lock goes stale after STALE_AFTER.
-            let _ = repo.store().put(&marker, Bytes::new(), PutCondition::IfAbsent).await;
-        }
+        remove(repo, &self.key).await;
     }
+
+    /// Dates the lock now: a new lock object, then the old one removed (lock
+    /// objects, like every object, are never rewritten). The lock is held
+    /// throughout: the new one is there before the old one goes.
+    pub async fn refresh(&mut self, repo: &Repository) -> Result<()> {
+        let key = write(repo, self.exclusive, Timestamp::now()).await?;
+        let old = std::mem::replace(&mut self.key, key);
+        remove(repo, &old).await;
+        Ok(())
+    }
+}
+
+async fn remove(repo: &Repository, key: &str) {
+    if let Err(store::Error::Immutable { .. }) = repo.store().delete(key).await {
+        let marker = format!("{key}{RELEASED}");
+        // Best effort: if even this fails, the lock goes stale after STALE_AFTER.
+        let _ = repo.store().put(&marker, Bytes::new(), PutCondition::IfAbsent).await;
+    }
+}
+
+/// Runs `work` while holding `held`, refreshing each lock `every` (production:
+/// [`REFRESH_EVERY`]); releases them when it ends.
+pub async fn hold<T>(mut held: Vec<(&Repository, Lock)>, every: Duration, work: impl Future<Output = T>) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = ticks.tick() => {
+                for (repo, lock) in &mut held {
+                    if let Err(e) = lock.refresh(repo).await {
+                        // NB: the work goes on; past STALE_AFTER a prune could take this lock for a dead one.
+                        tracing::warn!(repository = repo.describe(), error = %e, "refreshing the repository lock");
+                    }
+                }
+            }
+        }
+    };
+    for (repo, lock) in held {
+        lock.release(repo).await;
+    }
+    result
 }
 
 #[cfg(test)]
@@ -134,10 +192,50 @@ mod tests {
         assert!(conflicts(true, &lock(10, true), now));
     }
 
+    async fn repository(dir: &std::path::Path) -> Repository {
+        use crate::repo::keyfile::{KdfParams, Passphrase};
+        let store: std::sync::Arc<dyn crate::store::ObjectStore> =
+            std::sync::Arc::new(crate::store::fs::FsStore::open(dir).unwrap());
+        let fast = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        Repository::init(store, &Passphrase::new("pw".into()), fast, None).await.unwrap()
+    }
+
+    /// Work longer than STALE_AFTER keeps its lock fresh: it is written anew
+    /// while the work runs (a newer lock before the older goes), a prune
+    /// asking at any moment is refused, and none is left once the work ends.
+    #[tokio::test]
+    async fn a_held_lock_is_dated_anew_while_the_work_runs_and_released_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path()).await;
+        let lock = acquire(&repo, false).await.unwrap();
+        let first = locks(&repo).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let every = Duration::from_millis(50);
+        let seen = hold(vec![(&repo, lock)], every, async {
+            let mut seen = Vec::new();
+            for _ in 0..6 {
+                tokio::time::sleep(every).await;
+                // NB: acquire looks again after writing its own lock, so a
+                // refresh between its list and its read does not fool it.
+                assert!(matches!(acquire(&repo, true).await, Err(Error::Locked { .. })), "a prune got in");
+                seen.extend(locks(&repo).await.unwrap());
+            }
+            seen
+        })
+        .await;
+        let keys: HashSet<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(keys.len() >= 3, "the lock was not written anew: {seen:?}");
+        let newest = seen.iter().map(|(_, l)| l.time.as_str()).max().unwrap();
+        assert!(newest > first[0].1.time.as_str(), "{seen:?}");
+        assert!(locks(&repo).await.unwrap().is_empty(), "released when the work ended");
+    }
+
     #[test]
     fn stale_locks_are_ignored() {
         let now = Timestamp::now();
         assert!(!conflicts(true, &lock(3 * 3600, true), now));
+        // From the future (a clock ahead, a refresh since): fresh.
+        assert!(conflicts(true, &lock(-30, false), now));
         let garbled = LockFile { time: "yesterday".into(), ..lock(0, true) };
         assert!(!conflicts(true, &garbled, now));
     }

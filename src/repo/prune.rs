@@ -89,9 +89,7 @@ async fn still_held(repo: &Repository, key: &str) -> Result<bool> {
 /// Prunes the repository, or with `dry_run` only reports what it would do.
 pub async fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     let lock = lock::acquire(repo, true).await?;
-    let result = prune_locked(repo, dry_run).await;
-    lock.release(repo).await;
-    result
+    lock::hold(vec![(repo, lock)], lock::REFRESH_EVERY, prune_locked(repo, dry_run)).await
 }
 
 async fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
