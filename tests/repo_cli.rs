@@ -131,6 +131,42 @@ fn backup_then_restore_gives_back_the_same_files() {
     assert!(ls.contains("/src/documents/2026/IT01234567897_00019.xml"), "{ls}");
 }
 
+/// On a terminal, long work shows how far it is: a bar for a restore and a
+/// read-data check (their totals are known), a count for a backup; with
+/// `--json`, or off a terminal, nothing.
+#[test]
+fn long_work_shows_its_progress_on_a_terminal_only() {
+    let lab = Lab::new();
+    lab.init();
+    lab.make_source();
+    let repo = lab.repo();
+    let on_terminal = |args: &str| {
+        // `script` gives the command a pseudo-terminal, as an SRE's shell would.
+        let command = format!("{} repo --repo {repo} {args}", env!("CARGO_BIN_EXE_fenice"));
+        let out = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env_remove("FENICE_REPOSITORY")
+            .env("FENICE_PASSWORD", "pw")
+            .current_dir(lab.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running script (util-linux)");
+        assert!(out.status.success(), "{args}: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let backup = on_terminal("backup src");
+    assert!(backup.contains("22 files, ") && backup.contains(" read"), "{backup}");
+    let restored = on_terminal("restore latest --target out");
+    assert!(restored.contains(&format!("[{}] 100%", "#".repeat(30))), "{restored}");
+    let checked = on_terminal("check --read-data");
+    assert!(checked.contains("100%"), "{checked}");
+    // Off a terminal (a pipe), and with --json, no progress at all.
+    let piped = lab.fenice("pw", &["--repo", &repo, "restore", "latest", "--target", "again"]);
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains('%'));
+    let json = on_terminal("restore latest --target third --json");
+    assert!(!json.contains("100%"), "{json}");
+}
+
 #[test]
 fn a_second_backup_of_unchanged_data_adds_almost_nothing() {
     let lab = Lab::new();

@@ -59,6 +59,16 @@ pub fn size(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+/// `[#####-----]  50%  1.0 MiB of 2.0 MiB`: how much of `total` is `done`.
+pub fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let done = done.min(total);
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(0);
+    let percent = (done * 100).checked_div(total).unwrap_or(0);
+    let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '-' }).collect();
+    format!("[{bar}] {percent:>3}%  {} of {}", size(done), size(total))
+}
+
 /// A one-line progress display on stderr, shown only on a terminal.
 pub struct ProgressLine {
     enabled: bool,
@@ -75,9 +85,10 @@ impl ProgressLine {
         }
     }
 
-    pub fn finish(&self) {
+    /// Leaves `last` on its own line.
+    pub fn finish(&self, last: &str) {
         if self.enabled {
-            eprint!("\r\x1b[2K");
+            eprintln!("\r\x1b[2K{last}");
         }
     }
 }
@@ -92,6 +103,14 @@ mod tests {
         assert_eq!(size(1023), "1023 B");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(size(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+
+    #[test]
+    fn a_bar_fills_with_what_is_done() {
+        assert_eq!(bar(0, 0), format!("[{}]   0%  0 B of 0 B", "-".repeat(30)));
+        let half = bar(1024 * 1024, 2 * 1024 * 1024);
+        assert_eq!(half, format!("[{}{}]  50%  1.0 MiB of 2.0 MiB", "#".repeat(15), "-".repeat(15)));
+        assert!(bar(5, 4).contains("100%"), "never past the end");
     }
 
     #[test]

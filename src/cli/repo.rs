@@ -12,10 +12,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::output::{ProgressLine, error_chain, size, table};
+use super::output::{ProgressLine, bar, error_chain, size, table};
 use super::secrets::{UnlockArgs, new_password, password_from};
+use crate::repo::Counted;
 use crate::repo::archiver::{self, BackupOptions, CopyResult, Progress, Source};
-use crate::repo::check::check;
+use crate::repo::check::check_with_progress;
 use crate::repo::copy;
 use crate::repo::forget::{self, KeepPolicy, decide};
 use crate::repo::id::Id;
@@ -334,7 +335,9 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let target = restore.target.as_ref().context("--target is required")?;
-            let report = restorer::restore(&repo, &snap.tree, target).await?;
+            let progress = Arc::new(Counted::default());
+            let restoring = restorer::restore_with_progress(&repo, &snap.tree, target, progress.clone());
+            let report = showing(args.json, restoring, counted(progress)).await?;
             if args.json {
                 let damaged: Vec<_> = report.damaged.iter().map(|(p, e)| json!({"path": p, "error": e})).collect();
                 let doc = json!({"snapshot": id, "files": report.files, "dirs": report.dirs, "bytes": report.bytes, "damaged": damaged});
@@ -362,7 +365,10 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<ExitCode> {
         }
         RepoCommand::Check { read_data } => {
             let repo = open(&args).await?;
-            let report = check(&repo, *read_data).await?;
+            let progress = Arc::new(Counted::default());
+            let checking = check_with_progress(&repo, *read_data, progress.clone());
+            // NB: without --read-data there is nothing long to show.
+            let report = showing(args.json || !*read_data, checking, counted(progress)).await?;
             if args.json {
                 let damaged: Vec<_> = report
                     .damaged_packs
@@ -565,23 +571,40 @@ pub(super) async fn open_each(
 
 /// Runs a backup while a progress line on stderr shows what it has read.
 pub(super) async fn with_progress<T>(progress: &Arc<Progress>, quiet: bool, work: impl Future<Output = T>) -> T {
-    let line = ProgressLine::new(quiet);
+    let progress = progress.clone();
+    showing(quiet, work, move || {
+        let (files, read) = (progress.files.load(Ordering::Relaxed), progress.bytes_read.load(Ordering::Relaxed));
+        format!("{files} files, {} read", size(read))
+    })
+    .await
+}
+
+/// A progress bar of `progress`.
+fn counted(progress: Arc<Counted>) -> impl Fn() -> String + Send + Sync + 'static {
+    move || bar(progress.done.load(Ordering::Relaxed), progress.total.load(Ordering::Relaxed))
+}
+
+/// Runs `work` while a progress line on stderr (on a terminal, unless
+/// `quiet`) says what `line` says, four times a second.
+async fn showing<T>(
+    quiet: bool,
+    work: impl Future<Output = T>,
+    line: impl Fn() -> String + Send + Sync + 'static,
+) -> T {
+    let line = Arc::new(line);
     let ticker = {
-        let progress = progress.clone();
+        let (shown, line) = (ProgressLine::new(quiet), line.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                line.show(&format!(
-                    "{} files, {} read",
-                    progress.files.load(Ordering::Relaxed),
-                    size(progress.bytes_read.load(Ordering::Relaxed))
-                ));
+                shown.show(&line());
             }
         })
     };
     let result = work.await;
     ticker.abort();
-    ProgressLine::new(quiet).finish();
+    // NB: the last state stays on the terminal: how much was done, also when it stopped short.
+    ProgressLine::new(quiet).finish(&line());
     result
 }
 

@@ -46,6 +46,15 @@ impl CheckReport {
 
 /// Checks the repository's structure, and with `read_data` all of its data.
 pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport, RepoError> {
+    check_with_progress(repo, read_data, Default::default()).await
+}
+
+/// [`check`], counting in `progress` the bytes of packs to read and read.
+pub async fn check_with_progress(
+    repo: &Repository,
+    read_data: bool,
+    progress: std::sync::Arc<super::Counted>,
+) -> Result<CheckReport, RepoError> {
     let mut report = CheckReport::default();
     let mut present: BTreeMap<Id, u64> = repo
         .store()
@@ -112,12 +121,15 @@ pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport, Re
     report.blobs_referenced = users.len();
 
     if read_data {
+        let total = indexed.iter().filter_map(|p| present.get(p)).sum();
+        progress.total.store(total, std::sync::atomic::Ordering::Relaxed);
         for pack in &indexed {
             let Some(size) = present.get(pack) else { continue };
             report.packs_read += 1;
             if let Some(damaged) = read_pack(repo, pack, *size, &users).await? {
                 report.damaged_packs.push(damaged);
             }
+            progress.done.fetch_add(*size, std::sync::atomic::Ordering::Relaxed);
         }
     }
     report.overwritten = repo.overwritten();

@@ -19,6 +19,15 @@ pub mod repository;
 pub mod restorer;
 pub mod tree;
 
+/// How far long work is, in bytes: `total` once known, `done` as it goes
+/// (a restore's file content written, a check's packs read). What a
+/// progress bar shows.
+#[derive(Debug, Default)]
+pub struct Counted {
+    pub total: std::sync::atomic::AtomicU64,
+    pub done: std::sync::atomic::AtomicU64,
+}
+
 /// This machine's name, recorded in key files, locks and snapshots.
 pub fn host_name() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())

@@ -6,9 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 
+use super::Counted;
 use super::id::Id;
 use super::intact::IntactReads;
 use super::pack::{BlobEntry, PackError};
@@ -96,6 +99,16 @@ const WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// pack is read once and its blobs written where they belong, several packs at
 /// a time; a damaged blob costs only the files that use it.
 pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<RestoreReport, Error> {
+    restore_with_progress(repo, root, target, Arc::default()).await
+}
+
+/// [`restore`], counting in `progress` the bytes of file content to write and written.
+pub async fn restore_with_progress(
+    repo: &Repository,
+    root: &Id,
+    target: &Path,
+    progress: Arc<Counted>,
+) -> Result<RestoreReport, Error> {
     let mut report = RestoreReport::default();
     let write_err = |path: &Path| {
         let path = path.to_owned();
@@ -175,6 +188,7 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
             }
         }
     }
+    progress.total.store(files.iter().map(|f| f.node.size).sum(), Ordering::Relaxed);
     let paths: Vec<PathBuf> = files.iter().map(|f| f.partial.clone()).collect();
     let mut windows = Vec::new();
     for (pack, mut blobs) in by_pack {
@@ -193,7 +207,7 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
         }
     }
     windows.sort_by_key(|(pack, blobs)| (*pack, blobs.first().map(|(e, _)| e.offset)));
-    let paths = std::sync::Arc::new(paths);
+    let paths = Arc::new(paths);
     let mut damage: Vec<(usize, String)> = Vec::new();
     let mut queue = windows.into_iter();
     let mut running = tokio::task::JoinSet::new();
@@ -205,8 +219,9 @@ pub async fn restore(repo: &Repository, root: &Id, target: &Path) -> Result<Rest
                 keys: repo.keys().clone(),
                 location: repo.describe(),
                 pack,
-                blobs: std::sync::Arc::new(blobs),
+                blobs: Arc::new(blobs),
                 paths: paths.clone(),
+                progress: progress.clone(),
             };
             running.spawn(async move { window.restore().await });
         }
@@ -243,8 +258,9 @@ struct Window {
     keys: super::crypto::Keys,
     location: String,
     pack: Id,
-    blobs: std::sync::Arc<Vec<(BlobEntry, Targets)>>,
-    paths: std::sync::Arc<Vec<PathBuf>>,
+    blobs: Arc<Vec<(BlobEntry, Targets)>>,
+    paths: Arc<Vec<PathBuf>>,
+    progress: Arc<Counted>,
 }
 
 impl Window {
@@ -272,6 +288,7 @@ impl Window {
             }
         };
         let (keys, location, pack, paths) = (self.keys.clone(), self.location.clone(), self.pack, self.paths.clone());
+        let progress = self.progress.clone();
         tokio::task::spawn_blocking(move || {
             let mut damage = Vec::new();
             // A file's blobs mostly sit next to each other in a pack: keeping the
@@ -302,6 +319,7 @@ impl Window {
                     }
                     let (_, file) = open.as_ref().expect("opened above");
                     file.write_all_at(&plaintext, offset).map_err(|e| (paths[i].clone(), e))?;
+                    progress.done.fetch_add(plaintext.len() as u64, Ordering::Relaxed);
                 }
             }
             Ok(damage)
