@@ -26,6 +26,7 @@ use crate::repo::repository::{Config, Repository, Unlock};
 use crate::repo::restorer::{self, load_tree};
 use crate::repo::tree::NodeType;
 use crate::store::open::StoreOptions;
+use crate::store::retry::RetryPolicy;
 use crate::store::{self, Location, ObjectStore};
 
 /// Exit code: finished, but some files or copies were not saved or restored.
@@ -67,6 +68,14 @@ pub struct StoreArgs {
     /// Azure Blob endpoint; https://<account>.blob.core.windows.net by default.
     #[arg(long, env = "FENICE_AZURE_ENDPOINT", global = true)]
     pub azure_endpoint: Option<String>,
+    /// Give up on one request to S3 or Azure Blob after this many seconds
+    /// (it is then tried again, up to --store-attempts times).
+    #[arg(long, env = "FENICE_STORE_TIMEOUT", global = true, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_timeout: u64,
+    /// How many times a request that failed for a passing reason (no answer,
+    /// throttled, a 5xx) is made before the command gives up.
+    #[arg(long, env = "FENICE_STORE_ATTEMPTS", global = true, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub store_attempts: u32,
 }
 
 impl StoreArgs {
@@ -77,7 +86,11 @@ impl StoreArgs {
             s3_path_style: self.s3_path_style,
             azure_endpoint: self.azure_endpoint.clone(),
             immutability: retention_days.map(|d| Duration::from_secs(u64::from(d) * 86_400)),
-            retry: None,
+            retry: Some(RetryPolicy {
+                attempts: self.store_attempts,
+                attempt_timeout: Duration::from_secs(self.store_timeout),
+                ..RetryPolicy::default()
+            }),
         }
     }
 
@@ -640,7 +653,14 @@ pub(super) fn report_copies(
                     size(s.totals.bytes),
                     size(s.totals.added_bytes)
                 )?,
-                Err(e) => writeln!(out, "FAILED {}: {}", r.repository, error_chain(e))?,
+                Err(e) => {
+                    // NB: most errors name the repository already.
+                    let text = error_chain(e);
+                    match text.starts_with(&r.repository) {
+                        true => writeln!(out, "FAILED {text}")?,
+                        false => writeln!(out, "FAILED {}: {text}", r.repository)?,
+                    }
+                }
             }
         }
     }

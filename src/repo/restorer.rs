@@ -227,7 +227,16 @@ pub async fn restore_with_progress(
         }
         let Some(done) = running.join_next().await else { break };
         let outcome = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        damage.extend(outcome.map_err(|(path, source)| Error::Write { path, source })?);
+        match outcome {
+            Ok(hit) => damage.extend(hit),
+            Err((path, source)) => {
+                // NB: a full disk, a read-only target: no half-written files stay behind.
+                for file in &files {
+                    let _ = std::fs::remove_file(&file.partial);
+                }
+                return Err(Error::Write { path, source });
+            }
+        }
     }
     for (i, why) in damage {
         files[i].damage.get_or_insert(why);

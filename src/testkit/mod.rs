@@ -21,6 +21,7 @@
 //! directory stays behind, so prefer one server per test.
 
 pub mod azurite;
+pub mod fault_proxy;
 pub mod http;
 pub mod invoicing;
 pub mod postgres;
@@ -32,6 +33,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 pub use azurite::{AccountKey, AzuriteServer, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+pub use fault_proxy::FaultProxy;
 pub use invoicing::{AppOptions, AppServer, SdiSimServer};
 pub use postgres::{PostgresOptions, PostgresServer};
 pub use s3::S3Server;
