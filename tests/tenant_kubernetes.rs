@@ -11,7 +11,8 @@
 //! what the repository holds, by an operator restarted while the Job ran. A
 //! Restore there makes a copy beside the tenant, starts its Job once the
 //! copy's PostgreSQL is ready, records the report the Job's pod leaves (the
-//! copy really holds the invoices), and deleting it deletes the copy.
+//! copy really holds the invoices; the operator was restarted while the Job
+//! ran), and deleting it deletes the copy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -734,8 +735,12 @@ async fn backups_and_restores_at_a_kubernetes_site_run_as_jobs_there_and_are_rec
     assert!(jobs.get_opt(&copy).await.unwrap().is_none(), "no Job before the copy's PostgreSQL is ready");
     sets.patch_status(&copy, &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
     restore_when(&restores, "studio-rossi-check", |s| reason_of(&s.conditions) == "JobRunning").await;
+    // The operator stops while the restore Job runs; the next one goes on watching it.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
     admin.batch_execute("CREATE DATABASE studio_rossi_copy").await.unwrap();
     let out = run_restore_job(&site_client, &copy, &pg.url("studio_rossi_copy")).await;
+    let (stop, running) = operator(&control, state.path()).await;
     assert!(out.status.success(), "the restore Job failed: {}", String::from_utf8_lossy(&out.stderr));
     let restored = restore_when(&restores, "studio-rossi-check", |s| s.completion_time.is_some()).await;
     let ready = restored.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
