@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what fenice's tests need on Debian 12: PostgreSQL (server and client),
-# restic, iproute2, the moto S3 server, Azurite, and the manifest validators.
+# restic, iproute2, kubectl, the moto S3 server, Azurite, and the manifest validators.
 #
 # Idempotent and non-interactive: it checks each piece first and installs only
 # what is missing or at another version, so a second run only checks (a few
@@ -47,6 +47,11 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 if ! python3 -m pip --version >/dev/null 2>&1; then
   want+=(python3-pip)
+fi
+# kubectl runs the runbooks' blocks (tests/runbooks.rs) and the in-memory API
+# server's kubectl checks; Debian 12's (1.20) is enough; keep one from elsewhere.
+if ! command -v kubectl >/dev/null; then
+  want+=(kubernetes-client)
 fi
 
 missing=()

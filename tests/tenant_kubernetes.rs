@@ -24,7 +24,6 @@ use fenice::api::restore::{Restore, RestorePhase};
 use fenice::api::site::Site;
 use fenice::api::tenant::InvoicingTenant;
 use fenice::apiserver::{self, ServerOptions};
-use fenice::controller::{Context, local_sites::LocalSites, metrics::Metrics};
 use fenice::site::cluster::{self, SiteCluster};
 use fenice::site::kubernetes::{self, Images, TENANT_LABEL};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -36,6 +35,8 @@ use kube::api::{
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
+#[path = "common/operator.rs"]
+mod operator_run;
 #[path = "common/rbac.rs"]
 mod rbac;
 #[path = "common/tenant.rs"]
@@ -636,16 +637,7 @@ async fn operator(
     control: &apiserver::Running,
     state: &std::path::Path,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&control.kubeconfig_as(OPERATOR_USER)).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
-    let client = Client::try_from(config).unwrap();
-    let local = Arc::new(LocalSites::new(state, std::path::Path::new(env!("CARGO_BIN_EXE_fenice"))));
-    let ctx = Arc::new(Context::new(client, OPERATOR_NAMESPACE, None, Arc::new(Metrics::default()), local));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(fenice::controller::run(ctx, async move {
-        let _ = stopped.await;
-    }));
-    (stop, running)
+    operator_run::run(control, OPERATOR_USER, OPERATOR_NAMESPACE, state).await
 }
 
 /// What the operator did in the operator's cluster is allowed by
