@@ -51,11 +51,18 @@ fn fenice(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
 /// (`-euo pipefail`) in `work`, with nothing in its environment but `fenice` on
 /// PATH, HOME and `env`; panics with its output unless it succeeds.
 fn run_runbook(file: &str, work: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    run_runbook_with(file, work, Path::new(""), env)
+}
+
+/// [`run_runbook`], with the programs in `first` ahead of everything on PATH.
+fn run_runbook_with(file: &str, work: &Path, first: &Path, env: &[(&str, &str)]) -> std::process::Output {
     let runbook = std::fs::read_to_string(format!("{ROOT}/runbooks/{file}")).unwrap();
     let script = shell_blocks(&runbook).join("\n");
     assert!(!script.is_empty(), "runbooks/{file} has no sh block");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_fenice")).parent().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let first = Some(first.display().to_string()).filter(|f| !f.is_empty());
+    let dirs = first.into_iter().chain([bin_dir.display().to_string(), std::env::var("PATH").unwrap_or_default()]);
+    let path = dirs.collect::<Vec<_>>().join(":");
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
         .current_dir(work)
@@ -156,6 +163,40 @@ fn key_rotation_retires_the_old_password_and_keeps_the_data() {
     assert!(!work.join("new-password.txt").exists(), "the password file is removed at the end");
 }
 
+/// [`run_runbook_with`] on a blocking thread, beside servers this test runs
+/// on its runtime (an in-memory API server, the operator).
+async fn run_runbook_beside(
+    file: &'static str,
+    work: &Path,
+    first: &Path,
+    env: &[(&str, &str)],
+) -> Result<std::process::Output, tokio::task::JoinError> {
+    let (work, first) = (work.to_owned(), first.to_owned());
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_runbook_with(file, &work, &first, &env)
+    })
+    .await
+}
+
+/// A directory with a `kubectl` that runs `real` and, for `apply` and
+/// `create`, skips its client-side validation: `fenice apiserver` serves no
+/// OpenAPI document to validate with (the server still validates); a real
+/// cluster needs no such shim.
+fn kubectl_shim(dir: &Path, real: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let shims = dir.join("bin");
+    std::fs::create_dir_all(&shims).unwrap();
+    let shim = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" apply \"*|*\" create \"*) exec {k} \"$@\" --validate=false ;; esac\nexec {k} \"$@\"\n",
+        k = real.display()
+    );
+    std::fs::write(shims.join("kubectl"), shim).unwrap();
+    std::fs::set_permissions(shims.join("kubectl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    shims
+}
+
 /// `kubectl` on PATH, or `None` (scripts/prerequisites.sh installs it).
 fn kubectl() -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("kubectl")).find(|p| p.is_file())
@@ -176,17 +217,7 @@ async fn install_brings_two_clusters_and_a_first_tenant_under_protection() {
     };
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("sre");
-    let shims = dir.path().join("bin");
-    std::fs::create_dir_all(&shims).unwrap();
-    // NB: `fenice apiserver` serves no OpenAPI document, so kubectl cannot validate
-    // on its side (the server still validates); a real cluster needs no such shim.
-    let shim = format!(
-        "#!/bin/sh\ncase \" $* \" in *\" apply \"*|*\" create \"*) exec {k} \"$@\" --validate=false ;; esac\nexec {k} \"$@\"\n",
-        k = real_kubectl.display()
-    );
-    std::fs::write(shims.join("kubectl"), shim).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(shims.join("kubectl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shims = kubectl_shim(dir.path(), &real_kubectl);
     // The checkout the runbook runs from: its manifests.
     std::fs::create_dir_all(&work).unwrap();
     let copied = Command::new("cp").arg("-r").arg(format!("{ROOT}/manifests")).arg(&work).status().unwrap();
@@ -218,41 +249,117 @@ async fn install_brings_two_clusters_and_a_first_tenant_under_protection() {
     let state = tempfile::tempdir().unwrap();
     let (stop, running) = operator::run(&primary, "fenice-operator", "fenice-system", state.path()).await;
 
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_fenice")).parent().unwrap();
-    let path = format!("{}:{}:{}", shims.display(), bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let kubeconfig = work.join("kubeconfig");
     let endpoint = s3.endpoint();
-    let runbook = std::fs::read_to_string(format!("{ROOT}/runbooks/install.md")).unwrap();
-    let script = shell_blocks(&runbook).join("\n");
-    let out = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(&work)
-        .env_clear()
-        .env("PATH", path)
-        .env("HOME", &work)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("PRIMARY", "westpole")
-        .env("STANDBY", "aks")
-        .env("STANDBY_KUBECONFIG", "standby.kubeconfig")
-        .env("STANDBY_USER", "fenice-site")
-        .env("REPO_BUCKET", "tenants")
-        .env("REPO_ENDPOINT", &endpoint)
-        .env("REPO_REGION", "us-east-1")
-        .env("WITNESS_BUCKET", "witness")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let env = [
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("PRIMARY", "westpole"),
+        ("STANDBY", "aks"),
+        ("STANDBY_KUBECONFIG", "standby.kubeconfig"),
+        ("STANDBY_USER", "fenice-site"),
+        ("REPO_BUCKET", "tenants"),
+        ("REPO_ENDPOINT", endpoint.as_str()),
+        ("REPO_REGION", "us-east-1"),
+        ("WITNESS_BUCKET", "witness"),
+    ];
+    let out = run_runbook_beside("install.md", &work, &shims, &env).await;
     let _ = stop.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(40), running).await;
-    assert!(out.status.success(), "runbooks/install.md failed:\n{said}");
+    let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("condition met"), "the waits ran: {said}");
     assert!(said.contains("studio-rossi-db"), "the standby's database is listed: {said}");
-    assert!(said.contains("backup-studio-rossi-first") || said.contains("studio-rossi-first"), "{said}");
-    // What the operator did at the standby, it did as the standby's user and within its Role.
-    let role = rbac::grants("manifests/site/tenant-namespace-rbac.yaml", Some("invoicing"));
-    let denied = rbac::denied(&standby.accesses(), "fenice-site", &role);
-    assert!(denied.is_empty(), "beyond the site Role:\n{}", denied.join("\n"));
-    assert!(standby.accesses().iter().any(|a| a.user == "fenice-site"), "the operator reached the standby");
+    let backups: kube::Api<fenice::api::backup::Backup> =
+        kube::Api::namespaced(primary.client().await.unwrap(), "invoicing");
+    let first = backups.get("studio-rossi-first").await.unwrap().status.unwrap_or_default();
+    assert_eq!(
+        first.job.as_deref(),
+        Some("primary/invoicing/backup-studio-rossi-first"),
+        "the first backup runs as a Job"
+    );
+    // What the operator did, it did within what the runbook granted it at each site.
+    operator::within(&primary.accesses(), "fenice-operator", &standby.accesses(), "fenice-site", "invoicing");
+}
+
+/// A drill's status as the operator writes it: two tenants, the second
+/// failed on a damaged backup and a missed objective, the first with a
+/// certificate close to expiry.
+fn drill_status(failed: bool) -> serde_json::Value {
+    let tenant = |name: &str| serde_json::json!({"namespace": "invoicing", "name": name});
+    let result = |name: &str, passed: bool, reason: Option<&str>, warnings: Vec<&str>| {
+        serde_json::json!({
+            "tenant": tenant(name), "passed": passed,
+            "startTime": "2026-11-22T03:00:05Z", "endTime": "2026-11-22T03:02:10Z",
+            "rtoMillis": if passed { 48_000 } else { 412_000 }, "rpoSeconds": 540,
+            "objectives": {"rpo": "15m", "rto": "5m"},
+            "snapshot": "5f2b9c4e1d3a4b6c8e7f0a1b2c3d4e5f5f2b9c4e1d3a4b6c8e7f0a1b2c3d4e5f",
+            "reason": reason, "warnings": warnings,
+            "testInvoice": "2026/7 sent as SdI id 118",
+        })
+    };
+    let damaged = "repository ovh-milan-backups: pack 3f2a9c… was altered at the store (authentication failed); \
+                   RTO 6m52s over the objective 5m";
+    let expiring = "the SDICoop channel at site azure-italynorth (certificate in Secret invoicing/sdi-channel-italynorth, \
+                    key \"tls.crt\") expires on 2026-12-01, in 9 days: renew it before it does";
+    let mut results = vec![result("studio-rossi", true, None, vec![expiring])];
+    let mut failures = vec![];
+    if failed {
+        results.push(result("comune-di-tivoli", false, Some(damaged), vec![]));
+        failures.push(serde_json::json!({"tenant": tenant("comune-di-tivoli"), "reason": damaged}));
+    }
+    let (phase, total, passed) = if failed { ("Failed", 2, 1) } else { ("Passed", 1, 1) };
+    serde_json::json!({"status": {
+        "phase": phase, "startTime": "2026-11-22T03:00:00Z", "completionTime": "2026-11-22T03:02:30Z",
+        "tenantsTotal": total, "tenantsPassed": passed, "tenantsFailed": total - passed,
+        "passed": format!("{passed}/{total}"), "rto": if failed { "6m52s" } else { "48s" }, "rpo": "9m",
+        "failures": failures, "results": results,
+        "conditions": [{"type": "Ready", "status": if failed { "False" } else { "True" }, "reason": phase,
+                        "message": "see the report", "lastTransitionTime": "2026-11-22T03:02:30Z"}],
+    }})
+}
+
+/// The drill-report runbook against an in-memory API server holding a
+/// passed and a failed drill: the report in each format, the failures one
+/// line each, the warnings, and a new Drill to run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_drill_report_finds_the_failures_and_runs_the_drill_again() {
+    use fenice::api::drill::Drill;
+    use fenice::apiserver::{self, ServerOptions};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let Some(real_kubectl) = kubectl() else {
+        eprintln!("SKIPPED: kubectl is not installed (scripts/prerequisites.sh installs it)");
+        return;
+    };
+    let server = apiserver::spawn(ServerOptions::default()).await.unwrap();
+    let drills: Api<Drill> = Api::all(server.client().await.unwrap());
+    for (name, failed) in [("gold-2026-11-15", false), ("gold-2026-11-22", true)] {
+        let drill: Drill = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fenice.io/v1alpha1", "kind": "Drill", "metadata": {"name": name},
+            "spec": {"plan": "westpole-to-azure", "sample": {"tiers": ["Gold"]},
+                     "sdiTestEndpoint": "https://sdi-test.fatture.example.it/ws"},
+        }))
+        .unwrap();
+        drills.create(&PostParams::default(), &drill).await.unwrap();
+        drills.patch_status(name, &PatchParams::default(), &Patch::Merge(&drill_status(failed))).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig_as("sre")).unwrap();
+    let shims = kubectl_shim(dir.path(), &real_kubectl);
+    let kubeconfig = dir.path().join("kubeconfig");
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap()), ("DRILL", "gold-2026-11-22")];
+    let out = run_runbook_beside("drill-report.md", dir.path(), &shims, &env).await;
+    let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("gold-2026-11-15") && said.contains("1/2"), "the drills are listed: {said}");
+    assert!(said.contains("failed: see the failures below"), "the report's exit code was noticed: {said}");
+    assert!(said.contains("invoicing/comune-di-tivoli: repository ovh-milan-backups: pack"), "{said}");
+    assert!(said.contains("studio-rossi: [\"the SDICoop channel"), "the warning is shown: {said}");
+    let html = std::fs::read_to_string(dir.path().join("gold-2026-11-22.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("comune-di-tivoli"), "the auditor's page has its timeline");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("gold-2026-11-22.json")).unwrap()).unwrap();
+    assert!(json.to_string().contains("comune-di-tivoli"), "{json}");
+    let again = drills.get("gold-2026-11-22-again").await.expect("a new Drill to run again");
+    assert_eq!(again.spec.plan, "westpole-to-azure");
+    assert_eq!(again.spec.sdi_test_endpoint, "https://sdi-test.fatture.example.it/ws");
 }

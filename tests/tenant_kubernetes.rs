@@ -640,18 +640,9 @@ async fn operator(
     operator_run::run(control, OPERATOR_USER, OPERATOR_NAMESPACE, state).await
 }
 
-/// What the operator did in the operator's cluster is allowed by
-/// manifests/rbac.yaml, plus the site Role in the tenants' namespace (a Site
-/// may be the operator's own cluster); what it did at the site, by that Role alone.
+/// The requests the operator made in both clusters are within its grants (tests/common/rbac.rs).
 fn within_rbac(control: &apiserver::Running, site: &apiserver::Running) {
-    let site_role = rbac::grants("manifests/site/tenant-namespace-rbac.yaml", Some(NAMESPACE));
-    let mut operator = rbac::grants("manifests/rbac.yaml", None);
-    operator.extend(site_role.iter().cloned());
-    let denied = rbac::denied(&control.accesses(), OPERATOR_USER, &operator);
-    assert!(denied.is_empty(), "beyond what the operator is granted:\n{}", denied.join("\n"));
-    let denied = rbac::denied(&site.accesses(), SITE_USER, &site_role);
-    assert!(denied.is_empty(), "beyond the site Role:\n{}", denied.join("\n"));
-    assert!(site.accesses().iter().any(|a| a.user == SITE_USER), "the site saw no request from the driver");
+    operator_run::within(&control.accesses(), OPERATOR_USER, &site.accesses(), SITE_USER, NAMESPACE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,13 @@
 //! The operator's controllers run in the test process against an in-memory
 //! API server, as their own user (so that tests/common/rbac.rs can check what
-//! they did), until the returned sender is used or dropped.
+//! they did), until the returned sender is used or dropped; and what they did
+//! checked against the grants (with tests/common/rbac.rs, which the test must
+//! include as `rbac`).
 
 use std::sync::Arc;
 
 use fenice::apiserver;
+use fenice::apiserver::access::Access;
 use fenice::controller::{Context, local_sites::LocalSites, metrics::Metrics};
 use kube::Client;
 
@@ -24,4 +27,19 @@ pub async fn run(
         let _ = stopped.await;
     }));
     (stop, running)
+}
+
+/// What the operator (`operator_user`) did in its own cluster (`control`) is
+/// allowed by manifests/rbac.yaml plus the site Role in `namespace` (a Site
+/// may be the operator's own cluster); what it did at `site` as `site_user`,
+/// by that Role alone, and it did something there.
+pub fn within(control: &[Access], operator_user: &str, site: &[Access], site_user: &str, namespace: &str) {
+    let site_role = crate::rbac::grants("manifests/site/tenant-namespace-rbac.yaml", Some(namespace));
+    let mut operator = crate::rbac::grants("manifests/rbac.yaml", None);
+    operator.extend(site_role.iter().cloned());
+    let refused = crate::rbac::denied(control, operator_user, &operator);
+    assert!(refused.is_empty(), "beyond what the operator is granted:\n{}", refused.join("\n"));
+    let refused = crate::rbac::denied(site, site_user, &site_role);
+    assert!(refused.is_empty(), "beyond the site Role:\n{}", refused.join("\n"));
+    assert!(site.iter().any(|a| a.user == site_user), "the site saw no request from the driver");
 }
