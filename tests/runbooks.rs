@@ -363,3 +363,97 @@ async fn reading_a_drill_report_finds_the_failures_and_runs_the_drill_again() {
     assert_eq!(again.spec.plan, "westpole-to-azure");
     assert_eq!(again.spec.sdi_test_endpoint, "https://sdi-test.fatture.example.it/ws");
 }
+
+/// The immutability runbook: a BackupRepository asking for a 30-day lock from
+/// a bucket without Object Lock (found off by the operator's probe), a
+/// snapshot in it; the runbook copies it into a locked repository in a new
+/// bucket, points the BackupRepository there, and the probe finds the lock in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutability_found_off_is_restored_by_copying_into_a_locked_bucket() {
+    use fenice::api::repository::BackupRepository;
+    use fenice::apiserver::{self, ServerOptions};
+    use fenice::testkit::S3Server;
+    use kube::api::{Api, PostParams};
+    let Some(real_kubectl) = kubectl() else {
+        eprintln!("SKIPPED: kubectl is not installed (scripts/prerequisites.sh installs it)");
+        return;
+    };
+    let s3 = S3Server::start().expect("the S3 server starts");
+    s3.store("tenants", "").await.unwrap().create_bucket(false).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("repository-password.txt"), "immutability runbook password").unwrap();
+    std::fs::write(dir.path().join("invoice.xml"), "<FatturaElettronica/>").unwrap();
+    let endpoint = s3.endpoint();
+    let aws = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("FENICE_S3_PATH_STYLE", "true"),
+        ("FENICE_PASSWORD_FILE", "repository-password.txt"),
+    ];
+    fenice(dir.path(), &aws, &["repo", "--repo", "s3://tenants/fenice", "init"]);
+    fenice(dir.path(), &aws, &["repo", "--repo", "s3://tenants/fenice", "backup", "invoice.xml"]);
+
+    let server = apiserver::spawn(ServerOptions::default()).await.unwrap();
+    let client = server.client().await.unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "fenice-system"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "fenice-system");
+    let secret = serde_json::from_value(serde_json::json!({"metadata": {"name": "repo-offsite"}, "stringData": {
+        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "password": "immutability runbook password",
+    }}))
+    .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let repositories: Api<BackupRepository> = Api::all(client.clone());
+    let repository = serde_json::from_value(serde_json::json!({"metadata": {"name": "offsite"}, "spec": {
+        "provider": "Ovhcloud", "immutability": {"enabled": true, "retention": "30d"},
+        "storage": {"type": "S3", "s3": {
+            "bucket": "tenants", "prefix": "fenice", "endpoint": endpoint, "region": "us-east-1",
+            "forcePathStyle": true, "credentialsSecretRef": {"name": "repo-offsite"},
+        }},
+        "passwordSecretRef": {"name": "repo-offsite", "key": "password"},
+    }}))
+    .unwrap();
+    repositories.create(&PostParams::default(), &repository).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (stop, running) = operator::run(&server, "fenice-operator", "fenice-system", state.path()).await;
+    // The alert's cause: the probe finds no lock at the store.
+    let off = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let status = repositories.get("offsite").await.unwrap().status.unwrap_or_default();
+            if status.immutability_in_force == Some(false) {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the probe finds the lock off");
+    assert!(off.conditions.iter().any(|c| c.reason == "RetentionNotInForce"), "{off:?}");
+
+    std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig_as("sre")).unwrap();
+    let shims = kubectl_shim(dir.path(), &real_kubectl);
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut env = aws.to_vec();
+    env.retain(|(k, _)| *k != "FENICE_PASSWORD_FILE");
+    env.extend([
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("REPO_NAME", "offsite"),
+        ("OLD_BUCKET", "tenants"),
+        ("LOCKED_BUCKET", "tenants-locked"),
+    ]);
+    let out = run_runbook_beside("immutability-off.md", dir.path(), &shims, &env).await;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(40), running).await;
+    let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("bucket tenants has no Object Lock"), "step 1 shows why: {said}");
+    assert!(said.contains("condition met"), "{said}");
+    let status = repositories.get("offsite").await.unwrap().status.unwrap_or_default();
+    assert_eq!(status.immutability_in_force, Some(true), "{status:?}");
+    let copied = fenice(dir.path(), &aws, &["repo", "--repo", "s3://tenants-locked/fenice", "ls", "latest"]);
+    assert!(copied.contains("invoice.xml"), "the snapshot is in the locked repository: {copied}");
+}
