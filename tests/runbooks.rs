@@ -457,3 +457,80 @@ async fn immutability_found_off_is_restored_by_copying_into_a_locked_bucket() {
     let copied = fenice(dir.path(), &aws, &["repo", "--repo", "s3://tenants-locked/fenice", "ls", "latest"]);
     assert!(copied.contains("invoice.xml"), "the snapshot is in the locked repository: {copied}");
 }
+
+/// Runs `openssl ARGS` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The certificate runbook: a channel Secret whose certificate expires in 9
+/// days, a new pair for the same subject; the runbook names the tenant that
+/// uses it, checks the pair and puts it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdi_certificate_is_checked_and_replaced() {
+    use fenice::apiserver::{self, ServerOptions};
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use kube::api::{Api, PostParams};
+    let Some(real_kubectl) = kubectl() else {
+        eprintln!("SKIPPED: kubectl is not installed (scripts/prerequisites.sh installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let subject = "/C=IT/O=Studio Rossi/CN=IT01234567890 SdI channel";
+    for (name, days) in [("old", "9"), ("new", "365")] {
+        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+                "-days",
+                days,
+                "-subj",
+                subject,
+            ],
+        );
+    }
+    let server = apiserver::spawn(ServerOptions::default()).await.unwrap();
+    let client = server.client().await.unwrap();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "invoicing"}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sdi-channel-rome"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": read("old.crt"), "tls.key": read("old.key")},
+    }))
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "invoicing");
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let text = std::fs::read_to_string(format!("{ROOT}/manifests/examples/tenants.yaml")).unwrap();
+    let tenant: serde_json::Value = serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap().remove(0);
+    let tenants: Api<fenice::api::tenant::InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
+    tenants.create(&PostParams::default(), &serde_json::from_value(tenant).unwrap()).await.unwrap();
+    std::fs::remove_file(dir.path().join("old.key")).unwrap();
+    std::fs::remove_file(dir.path().join("old.crt")).unwrap();
+
+    std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig_as("sre")).unwrap();
+    let shims = kubectl_shim(dir.path(), &real_kubectl);
+    let kubeconfig = dir.path().join("kubeconfig");
+    let env =
+        [("KUBECONFIG", kubeconfig.to_str().unwrap()), ("NAMESPACE", "invoicing"), ("SECRET", "sdi-channel-rome")];
+    let out = run_runbook_beside("sdi-certificate-renewal.md", dir.path(), &shims, &env).await;
+    let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("studio-rossi: sdi-channel-rome"), "the tenant using it is named: {said}");
+    let now = secrets.get("sdi-channel-rome").await.unwrap().data.unwrap();
+    assert_eq!(String::from_utf8_lossy(&now["tls.crt"].0), read("new.crt"), "the new certificate is in");
+    assert_eq!(String::from_utf8_lossy(&now["tls.key"].0), read("new.key"), "with its key");
+    assert!(!dir.path().join("current.crt").exists(), "the runbook cleans up after itself");
+}
