@@ -197,9 +197,15 @@ fn kubectl_shim(dir: &Path, real: &Path) -> std::path::PathBuf {
     shims
 }
 
-/// `kubectl` on PATH, or `None` (scripts/prerequisites.sh installs it).
+/// `kubectl` on PATH, or `None` after saying the test is skipped
+/// (scripts/prerequisites.sh installs it).
 fn kubectl() -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("kubectl")).find(|p| p.is_file())
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path.split(':').map(|d| Path::new(d).join("kubectl")).find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("SKIPPED: kubectl is not installed (scripts/prerequisites.sh installs it)");
+    }
+    found
 }
 
 /// The install runbook against two in-memory clusters and the S3 server, with
@@ -211,10 +217,7 @@ fn kubectl() -> Option<std::path::PathBuf> {
 async fn install_brings_two_clusters_and_a_first_tenant_under_protection() {
     use fenice::apiserver::{self, ServerOptions};
     use fenice::testkit::S3Server;
-    let Some(real_kubectl) = kubectl() else {
-        eprintln!("SKIPPED: kubectl is not installed (scripts/prerequisites.sh installs it)");
-        return;
-    };
+    let Some(real_kubectl) = kubectl() else { return };
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("sre");
     let shims = kubectl_shim(dir.path(), &real_kubectl);
@@ -326,10 +329,7 @@ async fn reading_a_drill_report_finds_the_failures_and_runs_the_drill_again() {
     use fenice::api::drill::Drill;
     use fenice::apiserver::{self, ServerOptions};
     use kube::api::{Api, Patch, PatchParams, PostParams};
-    let Some(real_kubectl) = kubectl() else {
-        eprintln!("SKIPPED: kubectl is not installed (scripts/prerequisites.sh installs it)");
-        return;
-    };
+    let Some(real_kubectl) = kubectl() else { return };
     let server = apiserver::spawn(ServerOptions::default()).await.unwrap();
     let drills: Api<Drill> = Api::all(server.client().await.unwrap());
     for (name, failed) in [("gold-2026-11-15", false), ("gold-2026-11-22", true)] {
@@ -374,10 +374,7 @@ async fn immutability_found_off_is_restored_by_copying_into_a_locked_bucket() {
     use fenice::apiserver::{self, ServerOptions};
     use fenice::testkit::S3Server;
     use kube::api::{Api, PostParams};
-    let Some(real_kubectl) = kubectl() else {
-        eprintln!("SKIPPED: kubectl is not installed (scripts/prerequisites.sh installs it)");
-        return;
-    };
+    let Some(real_kubectl) = kubectl() else { return };
     let s3 = S3Server::start().expect("the S3 server starts");
     s3.store("tenants", "").await.unwrap().create_bucket(false).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -472,10 +469,7 @@ async fn an_sdi_certificate_is_checked_and_replaced() {
     use fenice::apiserver::{self, ServerOptions};
     use k8s_openapi::api::core::v1::{Namespace, Secret};
     use kube::api::{Api, PostParams};
-    let Some(real_kubectl) = kubectl() else {
-        eprintln!("SKIPPED: kubectl is not installed (scripts/prerequisites.sh installs it)");
-        return;
-    };
+    let Some(real_kubectl) = kubectl() else { return };
     let dir = tempfile::tempdir().unwrap();
     let subject = "/C=IT/O=Studio Rossi/CN=IT01234567890 SdI channel";
     for (name, days) in [("old", "9"), ("new", "365")] {
