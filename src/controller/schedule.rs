@@ -274,6 +274,22 @@ mod tests {
         assert_eq!(cron.latest_between(at("2026-11-23T13:00:00Z"), at("2026-11-23T13:20:00Z"), &TimeZone::UTC), None);
     }
 
+    /// The operator's host clock jumps: forward, the latest missed run happens
+    /// once; back (the last run now looks in the future), nothing runs again
+    /// until the next time after that last run, and a run's name comes from its
+    /// scheduled time, so a repeat would create nothing twice.
+    #[test]
+    fn a_clock_that_jumps_runs_nothing_twice() {
+        let schedule = Schedule::parse("0 */6 * * *", "UTC").unwrap();
+        let last = at("2026-11-23T12:00:00Z");
+        let forward = schedule.due(Some(last), None, at("2026-11-25T01:00:00Z"));
+        assert_eq!(forward.run, Some(at("2026-11-25T00:00:00Z")), "one run, the latest missed");
+        let back = schedule.due(Some(last), None, at("2026-11-23T09:00:00Z"));
+        assert_eq!(back.run, None, "nothing again after a jump back");
+        assert_eq!(back.next, Some(at("2026-11-23T18:00:00Z")), "the next run after the last one");
+        assert_eq!(run_name("standard", last), run_name("standard", at("2026-11-23T12:00:00Z")));
+    }
+
     #[test]
     fn bad_schedules_and_zones_say_what_is_wrong() {
         let why = |s: &str| Cron::parse(s).unwrap_err().to_string();
