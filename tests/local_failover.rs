@@ -23,7 +23,9 @@ use fenice::site::local_failover::LocalFailover;
 use fenice::stack::pg::DbUrl;
 use fenice::store::ObjectStore;
 use fenice::store::fs::FsStore;
-use fenice::testkit::{PostgresOptions, S3Server, SdiSimServer, http};
+use fenice::store::retry::RetryPolicy;
+use fenice::store::s3::{S3Config, S3Store, StaticCredentials};
+use fenice::testkit::{FaultProxy, PostgresOptions, S3Server, SdiSimServer, http};
 use serde_json::Value;
 
 const PASSWORD: &str = "local-failover-pw";
@@ -74,12 +76,14 @@ struct Lost {
     driver: LocalFailover,
     target: Arc<LocalSite>,
     sim: SdiSimServer,
+    /// Between the standby and the repository, when asked for.
+    proxy: Option<FaultProxy>,
     _s3: S3Server,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
 async fn primary_lost(tenants: &[&str]) -> Lost {
-    primary_lost_with(tenants, false).await
+    primary_lost_with(tenants, false, false).await
 }
 
 /// Waits until the tenant's warm standby at `site` has replayed `invoices`
@@ -100,8 +104,10 @@ async fn replayed(site: &LocalSite, tenant: &str, invoices: i64) {
     }
 }
 
-/// [`primary_lost`], with a warm standby of each tenant at the standby before the kill.
-async fn primary_lost_with(tenants: &[&str], warm: bool) -> Lost {
+/// [`primary_lost`], with a warm standby of each tenant at the standby before
+/// the kill, and with the standby reaching the repository through a
+/// [`FaultProxy`] (each request given up after 2 s and tried twice).
+async fn primary_lost_with(tenants: &[&str], warm: bool, proxied: bool) -> Lost {
     let program = Path::new(env!("CARGO_BIN_EXE_fenice"));
     let s3 = S3Server::start().expect("S3 server starts");
     let sim = SdiSimServer::start(program, Duration::ZERO).expect("the simulator starts");
@@ -150,7 +156,39 @@ async fn primary_lost_with(tenants: &[&str], warm: bool) -> Lost {
         .unwrap();
         specs.insert(name.to_string(), spec);
     }
-    let store = s3.store("tenant-backups", "lab").await.unwrap();
+    let proxy = match proxied {
+        true => Some(FaultProxy::start(s3.addr()).await.unwrap()),
+        false => None,
+    };
+    let store = match &proxy {
+        None => s3.store("tenant-backups", "lab").await.unwrap(),
+        Some(proxy) => {
+            for spec in specs.values_mut() {
+                // The standby's wal-fetch goes through the proxy too.
+                let postgres = std::mem::take(&mut spec.postgres);
+                spec.postgres = postgres
+                    .env("AWS_ENDPOINT_URL", proxy.endpoint())
+                    .env("FENICE_STORE_TIMEOUT", "2")
+                    .env("FENICE_STORE_ATTEMPTS", "2");
+            }
+            let retry = RetryPolicy { attempts: 2, attempt_timeout: Duration::from_secs(2), ..RetryPolicy::default() };
+            S3Store::connect(S3Config {
+                prefix: "lab".into(),
+                endpoint: Some(proxy.endpoint()),
+                region: Some("us-east-1".into()),
+                force_path_style: true,
+                retry,
+                credentials: Some(StaticCredentials {
+                    access_key_id: "test".into(),
+                    secret_access_key: "test".into(),
+                    session_token: None,
+                }),
+                ..S3Config::new("tenant-backups")
+            })
+            .await
+            .unwrap()
+        }
+    };
     let repo = Arc::new(
         Repository::open(Arc::new(store), &Unlock::Passphrase(Passphrase::new(PASSWORD.into()))).await.unwrap(),
     );
@@ -172,7 +210,7 @@ async fn primary_lost_with(tenants: &[&str], warm: bool) -> Lost {
     }
     // The provider dies.
     assert_eq!(source.kill().len(), 2 * tenants.len());
-    Lost { driver, target, sim, _s3: s3, _dirs: dirs }
+    Lost { driver, target, sim, proxy, _s3: s3, _dirs: dirs }
 }
 
 /// The steps' context of the automatic failover after westpole's loss, under epoch 2.
@@ -219,13 +257,43 @@ async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
     assert_eq!(driver.fence_source(&ctx).await, SourceFence::Unreachable);
     let restored = driver.restore_tenant(&ctx, &tenant).await.expect("restored");
     assert!(!restored.snapshot_id.is_empty());
-    driver.reconcile_tenant(&ctx, &tenant).await.expect("reconciled");
-    driver.start_tenant(&ctx, &tenant).await.expect("started");
-    driver.switch_tenant(&ctx, &tenant).await.expect("switched");
-    driver.verify_tenant(&ctx, &tenant).await.expect("verified");
+    the_steps_after_the_restore(driver, &ctx, &tenant).await;
     // Running a step again finds it done.
     driver.switch_tenant(&ctx, &tenant).await.expect("switched again");
 
+    continues_at_the_standby(&lost, "acme").await;
+}
+
+/// Reconcile with SdI, start, switch and verify the tenant at the standby.
+async fn the_steps_after_the_restore(driver: &LocalFailover, ctx: &StepContext, tenant: &TenantRef) {
+    driver.reconcile_tenant(ctx, tenant).await.expect("reconciled");
+    driver.start_tenant(ctx, tenant).await.expect("started");
+    driver.switch_tenant(ctx, tenant).await.expect("switched");
+    driver.verify_tenant(ctx, tenant).await.expect("verified");
+}
+
+/// The repository does not answer when the failover restores: the step fails
+/// as one worth retrying (never as a lasting failure of the tenant), naming
+/// the store; once the store answers, even throttling, the same step restores
+/// and the tenant comes back with every invoice once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_that_does_not_answer_during_the_restore_is_retried_not_given_up() {
+    let lost = primary_lost_with(&["acme"], false, true).await;
+    let (driver, proxy) = (&lost.driver, lost.proxy.as_ref().unwrap());
+    let ctx = automatic_failover();
+    let tenant = TenantRef { namespace: "tenants".into(), name: "acme".into() };
+    proxy.silence(true);
+    let failed = driver.restore_tenant(&ctx, &tenant).await.expect_err("nothing restores from a silent store");
+    assert!(failed.retryable, "a store that does not answer may later: {failed:?}");
+    assert!(failed.message.contains(&proxy.endpoint()), "the store is named: {}", failed.message);
+    // Throttled for longer than the store's retries: still a step worth retrying.
+    proxy.silence(false);
+    proxy.throttle(3);
+    let throttled = driver.restore_tenant(&ctx, &tenant).await.expect_err("throttled past the retries");
+    assert!(throttled.retryable && throttled.message.contains("503 SlowDown"), "{throttled:?}");
+    proxy.throttle(1);
+    driver.restore_tenant(&ctx, &tenant).await.expect("restored once the store answers, one 503 retried");
+    the_steps_after_the_restore(driver, &ctx, &tenant).await;
     continues_at_the_standby(&lost, "acme").await;
 }
 
@@ -234,7 +302,7 @@ async fn a_killed_primary_comes_back_at_the_standby_with_every_invoice_once() {
 /// PostgreSQL instead of restoring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_standby_follows_the_archive_and_a_failover_only_promotes_it() {
-    let lost = primary_lost_with(&["acme"], true).await;
+    let lost = primary_lost_with(&["acme"], true, false).await;
     let driver = &lost.driver;
     let ctx = automatic_failover();
     let tenant = TenantRef { namespace: "tenants".into(), name: "acme".into() };

@@ -136,6 +136,13 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
+impl Error {
+    /// The store did not answer, or answered with a passing failure: worth trying again later.
+    pub fn may_pass(&self) -> bool {
+        matches!(self, Error::Store(e) if e.may_pass())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How to unlock a repository.

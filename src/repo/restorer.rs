@@ -46,6 +46,13 @@ pub enum Error {
     Repo(#[from] RepoError),
 }
 
+impl Error {
+    /// The repository's store did not answer: worth trying again later.
+    pub fn may_pass(&self) -> bool {
+        matches!(self, Error::Repo(e) if e.may_pass())
+    }
+}
+
 /// Loads and parses a tree blob.
 pub async fn load_tree(repo: &Repository, id: &Id) -> Result<Tree, RepoError> {
     let bytes = repo.load_blob(id).await?;

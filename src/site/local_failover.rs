@@ -300,7 +300,11 @@ impl SiteDriver for LocalFailover {
         }
         // A retry starts over: the copy of an earlier attempt goes first.
         self.target.stop_tenant(&tenant.name);
-        let prepared = pitr::prepare(&self.repo, &request).await.map_err(|e| fatal(error_chain(&e)))?;
+        // NB: a store that does not answer now may later: the failover tries again.
+        let prepared = pitr::prepare(&self.repo, &request).await.map_err(|e| match e.may_pass() {
+            true => retry(error_chain(&e)),
+            false => fatal(error_chain(&e)),
+        })?;
         let target = self.target.clone();
         let (spec, pgdata) = (spec.clone(), request.pgdata.clone());
         tokio::task::spawn_blocking(move || target.start_database(&spec, Some(&pgdata)))

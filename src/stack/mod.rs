@@ -134,3 +134,15 @@ pub enum Error {
     #[error("restored tenant {tenant} differs from what snapshot {snapshot} recorded:\n  {}", differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Mismatch { tenant: String, snapshot: String, differences: Vec<verify::Difference> },
 }
+
+impl Error {
+    /// The repository's store did not answer: worth trying again later, unlike
+    /// a missing backup, damaged data or a difference from what was recorded.
+    pub fn may_pass(&self) -> bool {
+        match self {
+            Error::Repository { source, .. } => source.may_pass(),
+            Error::Restore { source, .. } => source.may_pass(),
+            _ => false,
+        }
+    }
+}

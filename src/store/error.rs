@@ -85,6 +85,15 @@ pub fn check_key(key: &str) -> Result<()> {
     if bad { Err(Error::InvalidKey { key: key.to_owned() }) } else { Ok(()) }
 }
 
+impl Error {
+    /// A failure that may pass (no answer, throttled, a 5xx after the
+    /// retries): worth trying the whole operation again later, unlike a
+    /// missing object, a refusal or a bad location.
+    pub fn may_pass(&self) -> bool {
+        matches!(self, Error::Unreachable { .. } | Error::Service { .. })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
