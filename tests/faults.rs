@@ -106,7 +106,7 @@ async fn a_store_that_stops_answering_mid_backup_fails_it_clearly_and_the_next_b
     let took = started.elapsed();
     assert!(!out.status.success(), "a backup into a silent store cannot succeed");
     let err = said(&out);
-    assert!(err.contains(&endpoint) || err.contains("127.0.0.1"), "the error names the store: {err}");
+    assert!(err.contains(&endpoint), "the error names the store: {err}");
     // 2 attempts of 2 s per request, and a few requests in flight: bounded, not hanging.
     assert!(took < Duration::from_secs(60), "gave up after {took:?}");
     assert!(proxy.forwarded() >= 6 << 20, "the fault hit mid-backup");
@@ -130,7 +130,7 @@ async fn a_store_that_stops_answering_mid_restore_fails_it_clearly_and_a_second_
     let out = repo(&proxy.endpoint(), dir.path(), REPO, &["restore", "latest", "--target", "out"]);
     assert!(!out.status.success(), "a restore from a silent store cannot succeed");
     let err = said(&out);
-    assert!(err.contains("127.0.0.1"), "the error names the store: {err}");
+    assert!(err.contains(&proxy.endpoint()), "the error names the store: {err}");
     proxy.silence(false);
     ok(repo(&proxy.endpoint(), dir.path(), REPO, &["restore", "latest", "--target", "out"]), "second restore");
     same_files(&dir.path().join("data"), &dir.path().join("out/data"));

@@ -174,7 +174,9 @@ fn a_restored_copy_stays_out_of_the_tenants_way_and_is_deleted_whole() {
     for site in kubernetes_sites() {
         let env =
             std::collections::BTreeMap::from([("FENICE_REPOSITORY".to_owned(), Zeroizing::new("s3://b/p".to_owned()))]);
-        let mut rendered = objects(&tenant, &site, &images(), "restore-abc", &env, "pw").unwrap();
+        let copy = objects(&tenant, &site, &images(), "restore-abc", &env, "pw").unwrap();
+        let mut rendered = vec![copy.secret];
+        rendered.extend(copy.objects);
         rendered.push(job(&tenant, &site, &images(), "restore-abc", Some("ab12cd34")).unwrap());
         for object in &rendered {
             let labels = &object["metadata"]["labels"];

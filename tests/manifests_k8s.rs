@@ -527,7 +527,9 @@ fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
             )]);
             let mut objects = render(tenant, site, &images).unwrap();
             objects.push(backup_job(tenant, site, &images, "manual", "fenice.io/backup=u", true).unwrap());
-            objects.extend(restore_copy::objects(tenant, site, &images, "restore-abc", &env, "pw").unwrap());
+            let copy = restore_copy::objects(tenant, site, &images, "restore-abc", &env, "pw").unwrap();
+            objects.push(copy.secret);
+            objects.extend(copy.objects);
             objects.push(restore_copy::job(tenant, site, &images, "restore-abc", None).unwrap());
             objects.extend(warm_standby(tenant, site, &images, "s3://tenants/prod").unwrap());
             objects.push(database_secret(tenant, site, "pw").unwrap());

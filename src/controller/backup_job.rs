@@ -4,6 +4,7 @@
 //! the operator's own credentials (never from the Job's log). The Job is
 //! named in `status.job`, so a restarted operator goes on watching it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -24,6 +25,7 @@ use crate::repo::forget::KeepPolicy;
 use crate::repo::id::Id;
 use crate::repo::repository::Repository;
 use crate::repo::tree::Snapshot;
+use crate::site::cluster::SiteCluster;
 use crate::site::kubernetes;
 use crate::stack::verify::{ANNOTATION, Record};
 
@@ -111,49 +113,83 @@ pub fn outcome(job: &Job) -> JobOutcome {
     }
 }
 
+/// A Job named in a status (`site/namespace/name`), as its site holds it now.
+pub enum Looked<'a> {
+    /// The Site it runs at does not exist any more.
+    SiteGone {
+        site: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+    },
+    /// The site or the Job could not be read now (logged): look again later.
+    Later,
+    Found {
+        site: Arc<Site>,
+        cluster: SiteCluster,
+        namespace: &'a str,
+        name: &'a str,
+        job: Option<Box<Job>>,
+    },
+}
+
+/// Reads the Job `job` (`site/namespace/name`) at its site, for `object`
+/// (named in the log); `None` when there is no such reference.
+pub async fn look<'a>(ctx: &Context, object: &str, job: Option<&'a str>) -> Option<Looked<'a>> {
+    let (site_name, namespace, name) = job_ref(job)?;
+    let Some(site) = ctx.cache.sites.get(site_name).await else {
+        return Some(Looked::SiteGone { site: site_name, namespace, name });
+    };
+    let cluster = match ctx.site_clients.cluster(&ctx.client, &ctx.namespace, &site).await {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            tracing::warn!(object, error = error_chain(&e), "reaching the site of its Job");
+            return Some(Looked::Later);
+        }
+    };
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), namespace);
+    match jobs.get_opt(name).await {
+        Ok(job) => Some(Looked::Found { site, cluster, namespace, name, job: job.map(Box::new) }),
+        Err(e) => {
+            tracing::warn!(object, error = error_chain(&e), "reading its Job");
+            Some(Looked::Later)
+        }
+    }
+}
+
+/// Where a Job's log is, for a message.
+pub fn log_hint(namespace: &str, name: &str) -> String {
+    format!("its log: `kubectl -n {namespace} logs job/{name}` in that cluster")
+}
+
 /// Looks at the Backup's Job; when it ended, records the outcome.
 pub async fn watch(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
     let status = backup.status.clone().unwrap_or_default();
-    let Some((site_name, namespace, job_name)) = job_ref(status.job.as_deref()) else {
-        return Ok(Action::await_change());
-    };
     let end = |phase, reason: &'static str, message: String| async move {
         let status = backup::with_phase(backup, phase, reason, message, Timestamp::now());
         backup::write_status(ctx, backup, &status).await?;
         Ok(Action::await_change())
     };
-    let Some(site) = ctx.cache.sites.get(site_name).await else {
-        let message = format!("Site {site_name}, where Job {namespace}/{job_name} runs, does not exist any more");
-        return end(BackupPhase::Failed, "SiteNotFound", message).await;
+    let (site_name, namespace, job_name, job) = match look(ctx, &backup.name_any(), status.job.as_deref()).await {
+        None => return Ok(Action::await_change()),
+        Some(Looked::Later) => return Ok(Action::requeue(WATCH)),
+        Some(Looked::SiteGone { site, namespace, name }) => {
+            let message = format!("Site {site}, where Job {namespace}/{name} runs, does not exist any more");
+            return end(BackupPhase::Failed, "SiteNotFound", message).await;
+        }
+        Some(Looked::Found { site, namespace, name, job, .. }) => (site.name_any(), namespace, name, job),
     };
-    let cluster = match ctx.site_clients.cluster(&ctx.client, &ctx.namespace, &site).await {
-        Ok(cluster) => cluster,
-        Err(e) => {
-            tracing::warn!(backup = backup.name_any(), error = error_chain(&e), "reaching the Job's site");
-            return Ok(Action::requeue(WATCH));
-        }
-    };
-    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), namespace);
-    let job = match jobs.get_opt(job_name).await {
-        Ok(Some(job)) => job,
-        Ok(None) => {
-            let message = format!(
-                "Job {namespace}/{job_name} at Kubernetes site {site_name} is gone before it finished: \
-                 create a new Backup"
-            );
-            return end(BackupPhase::Failed, "JobGone", message).await;
-        }
-        Err(e) => {
-            tracing::warn!(backup = backup.name_any(), error = error_chain(&e), "reading the backup's Job");
-            return Ok(Action::requeue(WATCH));
-        }
+    let Some(job) = job else {
+        let message = format!(
+            "Job {namespace}/{job_name} at Kubernetes site {site_name} is gone before it finished: create a new Backup"
+        );
+        return end(BackupPhase::Failed, "JobGone", message).await;
     };
     match outcome(&job) {
         JobOutcome::Running => Ok(Action::requeue(WATCH)),
         JobOutcome::Failed(why) => {
             let message = format!(
-                "Job {namespace}/{job_name} at Kubernetes site {site_name} failed ({why}); its log: \
-                 `kubectl -n {namespace} logs job/{job_name}` in that cluster"
+                "Job {namespace}/{job_name} at Kubernetes site {site_name} failed ({why}); {}",
+                log_hint(namespace, job_name)
             );
             end(BackupPhase::Failed, "JobFailed", message).await
         }

@@ -188,9 +188,8 @@ async fn where_to(
     Ok(match (tenant::placement(&site_name, site.as_deref()), site) {
         (Placement::Local { site }, _) => Ok((Target::Local(site), tenant)),
         (Placement::Invalid { reason, message }, _) => Err((RestorePhase::Pending, reason, message)),
-        (Placement::Kubernetes { .. }, Some(site)) => Ok((Target::Kubernetes(site), tenant)),
-        (Placement::Kubernetes { site }, None) => {
-            Err((RestorePhase::Pending, "SiteNotFound", format!("Site {site} does not exist")))
+        (Placement::Kubernetes { .. }, site) => {
+            Ok((Target::Kubernetes(site.expect("a Kubernetes placement has its Site")), tenant))
         }
     })
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
@@ -18,7 +17,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::Context;
-use super::backup_job::{JobOutcome, job_ref, outcome};
+use super::backup_job::{JobOutcome, Looked, job_ref, log_hint, look, outcome};
 use super::restore::{Done, Error, Failure, copy_name, finished, with_phase};
 use super::tenant_site::{password, read_env};
 use crate::api::restore::{Restore, RestorePhase, RestoreStatus};
@@ -74,8 +73,8 @@ pub async fn start(ctx: &Context, restore: &Restore, tenant: &InvoicingTenant, s
         Ok(env) => env,
         Err(message) => return fail(ctx, restore, "RepositoryUnavailable", message).await,
     };
-    let mut objects = match restore_copy::objects(tenant, site, &ctx.images, &copy, &env, &password()) {
-        Ok(objects) => objects,
+    let rendered = match restore_copy::objects(tenant, site, &ctx.images, &copy, &env, &password()) {
+        Ok(rendered) => rendered,
         Err(e) => return fail(ctx, restore, "CopyNotRendered", e.to_string()).await,
     };
     let cluster = match ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await {
@@ -85,10 +84,9 @@ pub async fn start(ctx: &Context, restore: &Restore, tenant: &InvoicingTenant, s
     let namespace = namespace_of(restore, tenant);
     // NB: the Secret first, and made once: a second start must not change
     // the password of a database that may have started with the first.
-    let secret = objects.remove(0);
     let made = async {
-        cluster::create_secret(&cluster, &namespace, FIELD_MANAGER, &secret).await?;
-        cluster::apply_each(&cluster, &namespace, FIELD_MANAGER, &objects).await
+        cluster::create_secret(&cluster, &namespace, FIELD_MANAGER, &rendered.secret).await?;
+        cluster::apply_each(&cluster, &namespace, FIELD_MANAGER, &rendered.objects).await
     };
     if let Err(e) = made.await {
         return fail(ctx, restore, "CopyNotCreated", error_chain(&e)).await;
@@ -105,28 +103,16 @@ pub async fn start(ctx: &Context, restore: &Restore, tenant: &InvoicingTenant, s
 /// records the outcome once it ended.
 pub async fn watch(ctx: &Context, restore: &Restore) -> Result<Action, Error> {
     let status = restore.status.clone().unwrap_or_default();
-    let Some((site_name, namespace, copy)) = job_ref(status.job.as_deref()) else {
-        return Ok(Action::await_change());
-    };
-    let Some(site) = ctx.cache.sites.get(site_name).await else {
-        let message = format!("Site {site_name}, where the copy {namespace}/{copy} is, does not exist any more");
-        return fail(ctx, restore, "SiteNotFound", message).await;
-    };
-    let cluster = match ctx.site_clients.cluster(&ctx.client, &ctx.namespace, &site).await {
-        Ok(cluster) => cluster,
-        Err(e) => {
-            tracing::warn!(restore = restore.name_any(), error = error_chain(&e), "reaching the copy's site");
-            return Ok(Action::requeue(WATCH));
+    let (site, cluster, namespace, copy, job) = match look(ctx, &restore.name_any(), status.job.as_deref()).await {
+        None => return Ok(Action::await_change()),
+        Some(Looked::Later) => return Ok(Action::requeue(WATCH)),
+        Some(Looked::SiteGone { site, namespace, name }) => {
+            let message = format!("Site {site}, where the copy {namespace}/{name} is, does not exist any more");
+            return fail(ctx, restore, "SiteNotFound", message).await;
         }
+        Some(Looked::Found { site, cluster, namespace, name, job }) => (site, cluster, namespace, name, job),
     };
-    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), namespace);
-    let job = match jobs.get_opt(copy).await {
-        Ok(job) => job,
-        Err(e) => {
-            tracing::warn!(restore = restore.name_any(), error = error_chain(&e), "reading the restore's Job");
-            return Ok(Action::requeue(WATCH));
-        }
-    };
+    let site_name = site.name_any();
     let running = status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == JOB_RUNNING);
     match job {
         None if running => {
@@ -149,8 +135,8 @@ pub async fn watch(ctx: &Context, restore: &Restore) -> Result<Action, Error> {
                             _ => "ended without a report".to_owned(),
                         };
                         let message = format!(
-                            "Job {namespace}/{copy} at Kubernetes site {site_name} {why}; its log: `kubectl -n \
-                             {namespace} logs job/{copy}` in that cluster"
+                            "Job {namespace}/{copy} at Kubernetes site {site_name} {why}; {}",
+                            log_hint(namespace, copy)
                         );
                         with_phase(restore, RestorePhase::Failed, "JobFailed", message, Timestamp::now())
                     }

@@ -248,9 +248,6 @@ fn database_set(
 ) -> Value {
     let db = database_secret_name(who.name);
     let (_, db_size) = sizes(tenant.spec.tier);
-    // NB: PostgreSQL writes its socket and lock files outside its data volume.
-    let mut db_hardened = HARDENED.clone();
-    db_hardened.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
     let mut pod = json!({
         "containers": [{
             "name": "postgres",
@@ -269,7 +266,7 @@ fn database_set(
             "ports": [{"name": "postgres", "containerPort": DB_PORT}],
             "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
             "resources": resources(db_size),
-            "securityContext": db_hardened,
+            "securityContext": *POSTGRES_HARDENED,
             "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
         }],
     });
@@ -335,8 +332,6 @@ pub fn warm_standby(
         return Err(RenderError::CloudNativePgStandby { tenant: who.name.to_owned(), site: site_name });
     }
     let pods = Pods { platform };
-    let mut db_hardened = HARDENED.clone();
-    db_hardened.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
     let prepare = json!({
         "name": "prepare",
         "image": format!("{}fenice-postgres:{}", pods.registry(), images.postgres),
@@ -347,7 +342,7 @@ pub fn warm_standby(
         ],
         "envFrom": [{"secretRef": {"name": repositories_secret_name(who.name)}}],
         "resources": resources((250, 256)),
-        "securityContext": db_hardened,
+        "securityContext": *POSTGRES_HARDENED,
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
     });
     let objects =
@@ -368,6 +363,14 @@ pub(super) static HARDENED: std::sync::LazyLock<Value> = std::sync::LazyLock::ne
         "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
     })
+});
+
+/// [`HARDENED`] for PostgreSQL, which writes its socket and lock files
+/// outside its data volume.
+pub(super) static POSTGRES_HARDENED: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+    let mut context = HARDENED.clone();
+    context.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
+    context
 });
 
 /// The pods at one site.

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::kubernetes::{
-    DB_PORT, HARDENED, Images, Pods, RenderError, Who, network_policy, platform, resources, without_nulls,
+    DB_PORT, HARDENED, Images, POSTGRES_HARDENED, Pods, RenderError, Who, network_policy, platform, resources,
+    without_nulls,
 };
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
@@ -45,6 +46,13 @@ fn documents_claim(copy: &str) -> String {
     format!("{copy}-documents")
 }
 
+/// A copy's objects: its Secret, made once (it holds the password the
+/// copy's PostgreSQL starts with), and the rest, applied.
+pub struct Rendered {
+    pub secret: Value,
+    pub objects: Vec<Value>,
+}
+
 /// The objects of the copy `copy` of `tenant` at `site`: what the Job
 /// restores into. `env` is the agents' environment for the one repository
 /// read; `password` the copy's new database password.
@@ -55,7 +63,7 @@ pub fn objects(
     copy: &str,
     env: &BTreeMap<String, Zeroizing<String>>,
     password: &str,
-) -> Result<Vec<Value>, RenderError> {
+) -> Result<Rendered, RenderError> {
     let who = Who::of(tenant)?;
     let (_, platform) = platform(site)?;
     let pods = Pods { platform };
@@ -65,11 +73,12 @@ pub fn objects(
     let url = format!("postgres://postgres:{password}@{copy}:{DB_PORT}/postgres");
     secret.insert("POSTGRES_PASSWORD", password);
     secret.insert("FENICE_DB_URL", &url);
-    let mut db_hardened = HARDENED.clone();
-    db_hardened.as_object_mut().map(|m| m.remove("readOnlyRootFilesystem"));
     let copy_pods = json!({RESTORE_LABEL: copy});
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta(copy.to_owned(), "restore"),
+        "stringData": secret,
+    });
     let objects = vec![
-        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta(copy.to_owned(), "restore"), "stringData": secret}),
         json!({
             "apiVersion": "v1", "kind": "Service", "metadata": meta(copy.to_owned(), "database"),
             "spec": {
@@ -95,7 +104,7 @@ pub fn objects(
                         "ports": [{"name": "postgres", "containerPort": DB_PORT}],
                         "readinessProbe": {"exec": {"command": ["pg_isready", "-U", "postgres"]}, "periodSeconds": 5},
                         "resources": resources((250, 256)),
-                        "securityContext": db_hardened,
+                        "securityContext": *POSTGRES_HARDENED,
                         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
                     }],
                 })),
@@ -125,7 +134,7 @@ pub fn objects(
             json!([{"to": [{"podSelector": {"matchLabels": copy_pods}}], "ports": [{"port": DB_PORT}]}]),
         ),
     ];
-    Ok(objects.into_iter().map(without_nulls).collect())
+    Ok(Rendered { secret: without_nulls(secret), objects: objects.into_iter().map(without_nulls).collect() })
 }
 
 /// The Job that restores `snapshot` (the tenant's newest when `None`) into the copy.
