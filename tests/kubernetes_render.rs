@@ -177,7 +177,7 @@ fn a_restored_copy_stays_out_of_the_tenants_way_and_is_deleted_whole() {
         let copy = objects(&tenant, &site, &images(), "restore-abc", &env, "pw").unwrap();
         let mut rendered = vec![copy.secret];
         rendered.extend(copy.objects);
-        rendered.push(job(&tenant, &site, &images(), "restore-abc", Some("ab12cd34")).unwrap());
+        rendered.push(job(&tenant, &site, &images(), "restore-abc", Some("ab12cd34"), None).unwrap());
         for object in &rendered {
             let labels = &object["metadata"]["labels"];
             assert!(labels.get(TENANT_LABEL).is_none(), "{object}");
@@ -202,6 +202,22 @@ fn a_restored_copy_stays_out_of_the_tenants_way_and_is_deleted_whole() {
         assert!(args.windows(2).any(|w| w == ["--snapshot", "ab12cd34"]), "{args:?}");
         assert_eq!(container["terminationMessagePolicy"], "FallbackToLogsOnError");
         assert_eq!(job["spec"]["backoffLimit"], 0, "a second run would meet the first one's data");
+        assert!(!args.contains(&"--drill-endpoint"), "{args:?}");
+        // A drill's Job also serves the copy and sends its test invoice to the drill's endpoint.
+        let drill = fenice::site::restore_copy::job(
+            &tenant,
+            &site,
+            &images(),
+            "restore-abc",
+            None,
+            Some("http://sdi-test:8080/"),
+        );
+        let drill = drill.unwrap();
+        let args = drill["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+        let args: Vec<&str> = args.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(args.windows(2).any(|w| w == ["--drill-endpoint", "http://sdi-test:8080/"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--vat", tenant.spec.vat_number.as_str()]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--company", tenant.spec.display_name.as_str()]), "{args:?}");
     }
 }
 

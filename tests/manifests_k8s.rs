@@ -530,7 +530,10 @@ fn rendered_tenant_stacks_are_valid_kubernetes_1_33_objects() {
             let copy = restore_copy::objects(tenant, site, &images, "restore-abc", &env, "pw").unwrap();
             objects.push(copy.secret);
             objects.extend(copy.objects);
-            objects.push(restore_copy::job(tenant, site, &images, "restore-abc", None).unwrap());
+            objects.push(
+                restore_copy::job(tenant, site, &images, "restore-abc", None, Some("https://sdi-test.example"))
+                    .unwrap(),
+            );
             objects.extend(warm_standby(tenant, site, &images, "s3://tenants/prod").unwrap());
             objects.push(database_secret(tenant, site, "pw").unwrap());
             // The same site with CloudNativePG running PostgreSQL.

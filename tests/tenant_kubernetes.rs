@@ -888,3 +888,161 @@ async fn a_warm_tenant_has_its_database_replaying_at_the_standby_site_and_a_cold
     within_rbac(&control, &remote);
     within_rbac(&control, &standby);
 }
+
+/// A Drill whose plan targets a Kubernetes site makes a copy of each sampled
+/// tenant there, starts its Job once the copy's PostgreSQL is ready, and
+/// judges the tenant from the Job's report: restored, verified, its app
+/// served and its test invoice (the number after the backup's last) reached
+/// the test endpoint. The operator is restarted while the Job runs and goes
+/// on; every copy is deleted afterwards, also when the Job failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_at_a_kubernetes_site_restores_serves_and_sends_a_test_invoice_there_then_tears_down() {
+    use fenice::api::drill::{Drill, DrillPhase};
+    let (control, remote, client, site_client) = clusters().await;
+    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
+    let standby_client = standby.client().await.unwrap();
+    for site in [&site_client, &standby_client] {
+        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
+    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+    let s3 = fenice::testkit::S3Server::start().expect("the S3 server starts");
+    s3.store("tenants", "").await.unwrap().create_bucket(false).await.unwrap();
+    s3_policy(&client, &s3.endpoint()).await;
+    let sites: Api<Site> = Api::all(client.clone());
+    for name in ["westpole-rome", "azure-italynorth"] {
+        sites.create(&PostParams::default(), &example::<Site>("sites.yaml", name)).await.unwrap();
+    }
+    let plan: fenice::api::plan::FailoverPlan = example("plan.yaml", "westpole-to-azure");
+    Api::<fenice::api::plan::FailoverPlan>::all(client.clone()).create(&PostParams::default(), &plan).await.unwrap();
+    let mut tenant: InvoicingTenant = example("tenants.yaml", "studio-rossi");
+    tenant.spec.standby = fenice::api::tenant::StandbyMode::Cold;
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+    tenants.create(&PostParams::default(), &tenant).await.unwrap();
+    // The channels' certificates, which drills check by their own dates.
+    let pem = std::fs::read_to_string(format!("{}/tests/vectors/sdi/until-2036-11-20.pem", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
+    let channels: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    for name in ["sdi-channel-rome", "sdi-channel-italynorth"] {
+        create(&channels, json!({"metadata": {"name": name}, "stringData": {"tls.crt": pem, "tls.key": "unread"}}))
+            .await;
+    }
+
+    // The tenant's database with three invoices, backed up by its Job.
+    let pg = fenice::testkit::PostgresServer::start().expect("PostgreSQL starts");
+    let admin = tenant_db::connect(&pg.url("postgres")).await;
+    admin.batch_execute("CREATE DATABASE studio_rossi").await.unwrap();
+    let mut db = tenant_db::connect(&pg.url("studio_rossi")).await;
+    db.batch_execute(fenice::app::schema::SCHEMA).await.unwrap();
+    let documents = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        tenant_db::issue(&mut db, documents.path(), "2026").await;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let (stop, running) = operator(&control, state.path()).await;
+    ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
+    let backups: Api<fenice::api::backup::Backup> = Api::namespaced(client.clone(), NAMESPACE);
+    create(&backups, json!({"metadata": {"name": "before-drill"}, "spec": {"tenant": "studio-rossi"}})).await;
+    backup_when(&backups, "before-drill", |s| s.job.is_some()).await;
+    run_job(&site_client, "backup-before-drill", &pg.url("studio_rossi")).await;
+    let backed_up = backup_when(&backups, "before-drill", |s| s.completion_time.is_some()).await;
+    assert_eq!(backed_up.phase, fenice::api::backup::BackupPhase::Succeeded);
+
+    // The drill: a copy at the standby site, its Job once the copy is ready.
+    let sdi_test = fenice::testkit::SdiSimServer::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_fenice")),
+        Duration::from_millis(200),
+    )
+    .expect("the SdI simulator");
+    let drills: Api<Drill> = Api::all(client.clone());
+    let drill = |name: &str| {
+        json!({"metadata": {"name": name}, "spec": {
+            "plan": "westpole-to-azure", "sdiTestEndpoint": sdi_test.endpoint(),
+            "sample": {"tenants": [{"namespace": NAMESPACE, "name": "studio-rossi"}]},
+        }})
+    };
+    create(&drills, drill("k8s-drill")).await;
+    let restoring = status_when(&drills, "k8s-drill", |d| d.status, |s| !s.copies.is_empty()).await;
+    assert_eq!(restoring.site.as_deref(), Some("azure-italynorth"));
+    let (site_name, copy) = restoring.copies[0].copy.split_once(&format!("/{NAMESPACE}/")).unwrap();
+    let copy = copy.to_owned();
+    assert_eq!(site_name, "azure-italynorth");
+    let sets: Api<StatefulSet> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    let set = sets.get(&copy).await.expect("the copy's PostgreSQL is at the standby site");
+    assert!(!set.labels().contains_key(TENANT_LABEL), "the copy must not carry the tenant's label");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    assert!(jobs.get_opt(&copy).await.unwrap().is_none(), "no Job before the copy's PostgreSQL is ready");
+    sets.patch_status(&copy, &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
+    status_when(&drills, "k8s-drill", |d| d.status, |s| s.copies.iter().any(|c| c.job)).await;
+    let (args, _) = job_command(&standby_client, &copy).await;
+    let args = args.join(" ");
+    assert!(args.contains(&format!("--drill-endpoint {}", sdi_test.endpoint())), "{args}");
+
+    // The operator stops while the Job runs; the next one goes on.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    admin.batch_execute("CREATE DATABASE drill_copy").await.unwrap();
+    let out = run_restore_job(&standby_client, &copy, &pg.url("drill_copy")).await;
+    assert!(out.status.success(), "the drill Job failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (stop, running) = operator(&control, state.path()).await;
+    let done = status_when(&drills, "k8s-drill", |d| d.status, |s| s.completion_time.is_some()).await;
+    let ready = done.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(done.phase, DrillPhase::Passed, "{ready:?}");
+    let result = &done.results[0];
+    assert_eq!(result.snapshot, backed_up.snapshot_id, "the newest backup was restored");
+    let sent = result.test_invoice.as_deref().unwrap_or_default();
+    assert!(sent.starts_with("2026/4 sent to"), "the test invoice follows the backup's last number: {result:?}");
+    assert!(result.rto_millis > 0 && done.copies.is_empty(), "{done:?}");
+    let copy_db = tenant_db::connect(&pg.url("drill_copy")).await;
+    let invoices: i64 = copy_db.query_one("SELECT count(*) FROM invoices", &[]).await.unwrap().get(0);
+    assert_eq!(invoices, 4, "the copy holds the tenant's three invoices and the drill's");
+    let original: i64 = db.query_one("SELECT count(*) FROM invoices", &[]).await.unwrap().get(0);
+    assert_eq!(original, 3, "the tenant's own database is untouched");
+    let torn_down = |copy: String| {
+        let (sets, jobs) = (sets.clone(), jobs.clone());
+        let secrets: Api<Secret> = Api::namespaced(standby_client.clone(), NAMESPACE);
+        async move {
+            tokio::time::timeout(DEADLINE, async {
+                while sets.get_opt(&copy).await.unwrap().is_some()
+                    || jobs.get_opt(&copy).await.unwrap().is_some()
+                    || secrets.get_opt(&copy).await.unwrap().is_some()
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the copy {copy} is deleted"));
+        }
+    };
+    torn_down(copy).await;
+    let finalizers = drills.get("k8s-drill").await.unwrap().finalizers().to_vec();
+    assert!(finalizers.is_empty(), "{finalizers:?}");
+
+    // A Job that gives up fails the drill, naming the tenant and where its log is; its copy goes too.
+    create(&drills, drill("k8s-drill-fails")).await;
+    let restoring = status_when(&drills, "k8s-drill-fails", |d| d.status, |s| !s.copies.is_empty()).await;
+    let copy = restoring.copies[0].copy.rsplit('/').next().unwrap().to_owned();
+    sets.patch_status(&copy, &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
+    status_when(&drills, "k8s-drill-fails", |d| d.status, |s| s.copies.iter().any(|c| c.job)).await;
+    job_ended(&standby_client, &copy, false).await;
+    let failed = status_when(&drills, "k8s-drill-fails", |d| d.status, |s| s.completion_time.is_some()).await;
+    assert_eq!(failed.phase, DrillPhase::Failed);
+    assert_eq!(failed.failures[0].tenant.name, "studio-rossi");
+    assert!(failed.failures[0].reason.contains("BackoffLimitExceeded"), "{:?}", failed.failures);
+    assert!(
+        failed.failures[0].reason.contains(&format!("kubectl -n {NAMESPACE} logs job/{copy}")),
+        "{:?}",
+        failed.failures
+    );
+    torn_down(copy).await;
+    let said = serde_json::to_string(&failed).unwrap() + &serde_json::to_string(&done).unwrap();
+    for secret in [S3_SECRET, REPO_PASSWORD] {
+        assert!(!said.contains(secret), "a secret in the status: {said}");
+    }
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    within_rbac(&control, &remote);
+    within_rbac(&control, &standby);
+}

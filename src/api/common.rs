@@ -71,7 +71,7 @@ pub struct SecretRef {
 }
 
 /// A tenant named by namespace and name.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantRef {
     pub namespace: String,

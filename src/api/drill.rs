@@ -37,6 +37,12 @@ pub struct DrillSpec {
     /// Keep the isolated copy this long after verification, for inspection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_for: Option<Duration>,
+    /// At a Kubernetes site: the namespace the copies go to, one where the
+    /// site's Role is bound (default: each tenant's own namespace there). The
+    /// copies are isolated by their NetworkPolicy either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
 }
 
 /// Which tenants a drill restores: exactly one of `percent`, `tiers`, `tenants` or `all`.
@@ -109,6 +115,18 @@ pub struct DrillStatus {
     /// Where the full report is, e.g. `fenice drill report <name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// The plan's target site when the drill started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// The tenants drawn for this drill, in the order they are drilled (at a
+    /// Kubernetes site, where a drill spans many reconciles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub sample: Vec<TenantRef>,
+    /// Copies being restored now at a Kubernetes site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub copies: Vec<DrillCopy>,
     /// With `spec.keepFor`: the copies that served run until then, for
     /// inspection (their addresses in `results[].copy`); deleting the Drill
     /// stops them sooner.
@@ -119,6 +137,20 @@ pub struct DrillStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// A tenant's copy being restored at a Kubernetes site.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillCopy {
+    pub tenant: TenantRef,
+    /// `<site>/<namespace>/<name>`: the copy's StatefulSet and Job there.
+    pub copy: String,
+    /// When the copy was made: where its RTO is measured from.
+    pub start_time: Time,
+    /// Its Job was made (a Job gone after that did not finish).
+    #[serde(default)]
+    pub job: bool,
 }
 
 /// One tenant's part of a drill: when, what was restored, what was measured

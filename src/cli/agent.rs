@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::repo::{Index, StoreArgs, open_all, open_each, report_copies, with_progress};
 use super::secrets::UnlockArgs;
+use crate::app::AppConfig;
 use crate::app::documents::Documents;
 use crate::app::{reconcile, sdi};
 use crate::repo::archiver::Progress;
@@ -208,6 +209,18 @@ struct RestoreArgs {
     /// /dev/termination-log.
     #[arg(long, conflicts_with = "pgdata")]
     result_file: Option<PathBuf>,
+    /// A drill: once restored and verified, serve the tenant's app on the
+    /// restored data with its SdI channel pointed at this test endpoint (never
+    /// a production one), issue one invoice, which must get the number after
+    /// the backup's last, and wait until it reaches the endpoint.
+    #[arg(long, conflicts_with = "pgdata", requires_all = ["vat", "company"])]
+    drill_endpoint: Option<String>,
+    /// With --drill-endpoint: the tenant's partita IVA, which names its invoice files.
+    #[arg(long)]
+    vat: Option<String>,
+    /// With --drill-endpoint: the tenant's company name, as invoices show it.
+    #[arg(long)]
+    company: Option<String>,
     #[command(flatten)]
     target: RepoTarget,
 }
@@ -310,8 +323,25 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
         pg_bin: args.tenant.pg_bin,
     };
     let result = restore::restore(&repo, &request).await;
-    write_result(args.result_file.as_deref(), &restore_report::Report::of(&request.tenant, &result))?;
+    let mut report = restore_report::Report::of(&request.tenant, &result);
+    let drill = match (&result, args.drill_endpoint, args.vat, args.company) {
+        (Ok(outcome), Some(endpoint), Some(vat), Some(company)) => {
+            let config = AppConfig::new(&request.tenant, &vat, &company, &db, &request.documents);
+            let sent =
+                crate::drill::test_invoice::serve_and_send(config, &outcome.recorded.last_numbers, &endpoint).await;
+            match &sent {
+                Ok(sent) => report.test_invoice = Some(sent.clone()),
+                Err(why) => report.serve_error = Some(why.clone()),
+            }
+            Some(sent)
+        }
+        _ => None,
+    };
+    write_result(args.result_file.as_deref(), &report)?;
     let outcome = result?;
+    if let Some(Err(why)) = drill {
+        anyhow::bail!("tenant {} restored and verified, but its copy did not serve: {why}", request.tenant);
+    }
     if args.target.json {
         writeln!(
             out,

@@ -18,11 +18,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::certificates;
 use super::metrics::Drilled;
 use super::restore::{Copy, Failure, restore_side_by_side};
 use super::tenant::{self, Placement};
 use super::{Context, RETRY};
+use super::{certificates, drill_job};
 use crate::api::common::{Duration as SpecDuration, Objectives, TenantRef};
 use crate::api::condition::{self, Observed};
 use crate::api::drill::{Drill, DrillFailure, DrillPhase, DrillStatus, DrillTenantResult};
@@ -54,37 +54,39 @@ pub fn with_phase(drill: &Drill, phase: DrillPhase, reason: &str, message: Strin
     }
 }
 
-/// The drill's final status from each tenant's measurement and verdict.
-pub fn finished(drill: &Drill, results: &[(Measured, Option<String>, Objectives)], now: Timestamp) -> DrillStatus {
-    let kept = results.iter().filter(|(m, _, _)| m.kept.is_some()).count();
+/// One tenant's result from what was measured and the verdict on it.
+pub fn result_of(m: Measured, verdict: Option<String>, objectives: Objectives) -> DrillTenantResult {
+    DrillTenantResult {
+        tenant: m.tenant,
+        passed: verdict.is_none(),
+        start_time: Time(m.started),
+        end_time: Time(m.ended),
+        rto_millis: m.rto.as_millis() as u64,
+        rpo_seconds: m.rpo.as_secs(),
+        objectives,
+        snapshot: m.snapshot,
+        reason: verdict,
+        warnings: m.warnings,
+        test_invoice: m.test_invoice,
+        copy: m.kept,
+    }
+}
+
+/// The drill's final status from each tenant's result.
+pub fn finished(drill: &Drill, results: Vec<DrillTenantResult>, now: Timestamp) -> DrillStatus {
+    let kept = results.iter().filter(|r| r.copy.is_some()).count();
     let kept_until = drill.spec.keep_for.as_ref().filter(|_| kept > 0).map(|d| now + d.as_std());
     let total = results.len() as u32;
-    let failed = results.iter().filter(|(_, why, _)| why.is_some()).count() as u32;
-    let worst = |f: fn(&Measured) -> Duration| results.iter().map(|(m, _, _)| f(m)).max().map(SpecDuration::from_std);
     let failures: Vec<DrillFailure> = results
         .iter()
-        .filter_map(|(m, why, _)| why.as_ref().map(|w| DrillFailure { tenant: m.tenant.clone(), reason: w.clone() }))
+        .filter_map(|r| r.reason.as_ref().map(|why| DrillFailure { tenant: r.tenant.clone(), reason: why.clone() }))
         .collect();
-    let per_tenant = results
-        .iter()
-        .map(|(m, why, objectives)| DrillTenantResult {
-            tenant: m.tenant.clone(),
-            passed: why.is_none(),
-            start_time: Time(m.started),
-            end_time: Time(m.ended),
-            rto_millis: m.rto.as_millis() as u64,
-            rpo_seconds: m.rpo.as_secs(),
-            objectives: objectives.clone(),
-            snapshot: m.snapshot.clone(),
-            reason: why.clone(),
-            warnings: m.warnings.clone(),
-            test_invoice: m.test_invoice.clone(),
-            copy: m.kept.clone(),
-        })
-        .collect();
+    let failed = failures.len() as u32;
+    let rto = results.iter().map(|r| Duration::from_millis(r.rto_millis)).max().map(SpecDuration::from_std);
+    let rpo = results.iter().map(|r| Duration::from_secs(r.rpo_seconds)).max().map(SpecDuration::from_std);
     let warned: Vec<String> = results
         .iter()
-        .flat_map(|(m, _, _)| m.warnings.iter().map(|w| format!("{}/{}: {w}", m.tenant.namespace, m.tenant.name)))
+        .flat_map(|r| r.warnings.iter().map(|w| format!("{}/{}: {w}", r.tenant.namespace, r.tenant.name)))
         .collect();
     let (phase, reason, message) = match failures.first() {
         None if warned.is_empty() => (
@@ -115,14 +117,54 @@ pub fn finished(drill: &Drill, results: &[(Measured, Option<String>, Objectives)
         tenants_passed: total - failed,
         tenants_failed: failed,
         passed: Some(format!("{}/{total}", total - failed)),
-        rto: worst(|m| m.rto),
-        rpo: worst(|m| m.rpo),
+        rto,
+        rpo,
         failures,
-        results: per_tenant,
+        results,
+        copies: Vec::new(),
         report: Some(format!("fenice drill report {}", drill.name_any())),
         kept_until: kept_until.map(Time),
         ..with_phase(drill, phase, reason, kept_note(message, kept, kept_until), now)
     }
+}
+
+/// Judges one tenant's measurement (its channel certificates checked now,
+/// against its objectives) and records the verdict on the tenant and in the
+/// metrics.
+pub async fn conclude(ctx: &Context, tenant: &InvoicingTenant, mut measured: Measured) -> DrillTenantResult {
+    let certificates = certificates::check(ctx, tenant, Timestamp::now()).await;
+    measured.warnings.extend(certificates.warnings);
+    if measured.outcome.is_ok() && !certificates.failures.is_empty() {
+        measured.outcome = Err(certificates.failures.join("; "));
+    }
+    let verdict = drill::verdict(&measured, &tenant.spec.objectives);
+    record_on_tenant(ctx, tenant, verdict.is_none(), measured.started, certificates.earliest).await;
+    let drilled = Drilled {
+        passed: verdict.is_none(),
+        rto: measured.rto,
+        rpo: measured.rpo,
+        at: measured.started,
+        certificate_expiry: certificates.earliest,
+    };
+    ctx.metrics.drilled(&measured.tenant.namespace, &measured.tenant.name, &drilled);
+    result_of(measured, verdict, tenant.spec.objectives.clone())
+}
+
+/// Writes the drill's final status and says how it went in an Event.
+pub async fn announce(ctx: &Context, drill: &Drill, status: DrillStatus) -> Result<(), Error> {
+    let api: Api<Drill> = Api::all(ctx.client.clone());
+    let passed = status.phase == DrillPhase::Passed;
+    let warned = status.results.iter().any(|r| !r.warnings.is_empty());
+    let conditions = status.conditions.clone();
+    super::apply_status(&api, drill, &status).await.map_err(super::about(drill, "writing its status"))?;
+    if passed && warned {
+        let message = conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
+        super::publish(ctx, drill, EventType::Warning, "PassedWithWarnings", "Drill", message).await;
+    } else {
+        let reason = if passed { "Passed" } else { "Failed" };
+        super::publish_outcome(ctx, drill, passed, reason, "Drill", &conditions).await;
+    }
+    Ok(())
 }
 
 fn kept_note(message: String, kept: usize, until: Option<Timestamp>) -> String {
@@ -147,7 +189,7 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     };
     if drill.metadata.deletion_timestamp.is_some() {
         if drill.finalizers().iter().any(|f| f == FINALIZER) {
-            stop_copies(ctx, drill);
+            stop_copies(ctx, drill).await?;
             super::remove_finalizer(&api, drill, FINALIZER)
                 .await
                 .map_err(super::about(drill, "removing its finalizer"))?;
@@ -163,7 +205,7 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
             if left.is_positive() {
                 return Ok(Action::requeue(left.unsigned_abs().max(Duration::from_secs(1))));
             }
-            stop_copies(ctx, drill);
+            stop_copies(ctx, drill).await?;
             let results = status.results.iter().cloned().map(|r| DrillTenantResult { copy: None, ..r }).collect();
             write(DrillStatus { kept_until: None, results, ..status }).await?;
             super::remove_finalizer(&api, drill, FINALIZER)
@@ -175,6 +217,9 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
         _ => {
             if !super::still_current(&api, drill).await.map_err(super::about(drill, "reading it again"))? {
                 return Ok(Action::requeue(super::OUTDATED));
+            }
+            if drill.status.as_ref().is_some_and(|s| !s.sample.is_empty()) {
+                return drill_job::step(ctx, drill).await;
             }
             // NB: the Local driver's copies ended with the operator that ran them.
             let message = "the operator stopped while this drill ran; its copies ended with it; create a new Drill";
@@ -204,15 +249,9 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     let site_name = plan.spec.target_site.clone();
     let site = ctx.cache.sites.get(&site_name).await;
     let site = match tenant::placement(&site_name, site.as_deref()) {
-        Placement::Local { site } => site,
+        Placement::Local { site } => Ok(site),
         Placement::Invalid { reason, message } => return hold(DrillPhase::Pending, reason, message).await,
-        Placement::Kubernetes { site } => {
-            let message = format!(
-                "the plan's target Site {site} is a Kubernetes site: drills there (an isolated namespace) are not \
-                 built yet; the Local driver runs them"
-            );
-            return hold(DrillPhase::Pending, "DriverNotBuilt", message).await;
-        }
+        Placement::Kubernetes { site } => Err(site),
     };
     let Some(all) = ctx.cache.tenants.all().await else { return Ok(Action::requeue(RETRY)) };
     if let Err(why) = drill::guard_endpoint(&drill.spec.sdi_test_endpoint, &all) {
@@ -222,6 +261,10 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     let chosen = match drill::select(&plan.spec.tenants, &all, &drill.spec.sample, &seed) {
         Ok(chosen) => chosen.into_iter().cloned().collect::<Vec<InvoicingTenant>>(),
         Err(why) => return hold(DrillPhase::Failed, "NoTenants", why).await,
+    };
+    let site = match site {
+        Ok(site) => site,
+        Err(site) => return drill_job::start(ctx, drill, &site, &chosen).await,
     };
 
     if drill.spec.keep_for.is_some() {
@@ -234,54 +277,33 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
     write(status).await?;
     let mut results = Vec::new();
     for (index, tenant) in chosen.iter().enumerate() {
-        let certificates = certificates::check(ctx, tenant, Timestamp::now()).await;
-        let mut measured = drill_tenant(ctx, drill, &site, index, tenant, started).await;
-        measured.warnings.extend(certificates.warnings);
-        if measured.outcome.is_ok() && !certificates.failures.is_empty() {
-            measured.outcome = Err(certificates.failures.join("; "));
-        }
-        let verdict = drill::verdict(&measured, &tenant.spec.objectives);
-        record_on_tenant(ctx, tenant, verdict.is_none(), started, certificates.earliest).await;
-        let drilled = Drilled {
-            passed: verdict.is_none(),
-            rto: measured.rto,
-            rpo: measured.rpo,
-            at: started,
-            certificate_expiry: certificates.earliest,
-        };
-        ctx.metrics.drilled(&measured.tenant.namespace, &measured.tenant.name, &drilled);
-        results.push((measured, verdict, tenant.spec.objectives.clone()));
+        let measured = drill_tenant(ctx, drill, &site, index, tenant, started).await;
+        results.push(conclude(ctx, tenant, measured).await);
     }
-    let status = finished(drill, &results, Timestamp::now());
-    let passed = status.phase == DrillPhase::Passed;
-    let warned = status.results.iter().any(|r| !r.warnings.is_empty());
-    let conditions = status.conditions.clone();
-    write(status).await?;
-    if passed && warned {
-        let message = conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).unwrap_or_default();
-        super::publish(ctx, drill, EventType::Warning, "PassedWithWarnings", "Drill", message).await;
-    } else {
-        let reason = if passed { "Passed" } else { "Failed" };
-        super::publish_outcome(ctx, drill, passed, reason, "Drill", &conditions).await;
-    }
+    announce(ctx, drill, finished(drill, results, Timestamp::now())).await?;
     Ok(Action::await_change())
 }
 
 /// The finalizer of a Drill whose copies are kept (`spec.keepFor`): deleting
 /// it stops them.
-const FINALIZER: &str = "fenice.io/drill-copies";
+pub const FINALIZER: &str = "fenice.io/drill-copies";
 
 /// The name of the drill's copy of its `index`th tenant.
-fn copy_name(drill: &Drill, index: usize) -> String {
+pub fn copy_name(drill: &Drill, index: usize) -> String {
     format!("drill-{}-{index}", super::short_uid(drill, 8))
 }
 
-/// Stops the copies a drill kept (none left after an operator restart: the
-/// Local driver's copies end with the operator).
-fn stop_copies(ctx: &Context, drill: &Drill) {
+/// Stops the copies a drill kept or has in progress (at a Local site, none
+/// are left after an operator restart: the Local driver's copies end with
+/// the operator).
+async fn stop_copies(ctx: &Context, drill: &Drill) -> Result<(), Error> {
+    if drill.status.as_ref().is_some_and(|s| !s.sample.is_empty()) {
+        return drill_job::remove_copies(ctx, drill).await;
+    }
     for (index, result) in drill.status.iter().flat_map(|s| s.results.iter()).enumerate() {
         ctx.local.stop_everywhere(&result.tenant.namespace, &copy_name(drill, index));
     }
+    Ok(())
 }
 
 /// Restores, verifies, serves and measures one tenant, then tears its copy
@@ -396,59 +418,8 @@ async fn restore_and_serve(
     let taken = taken.map_err(|e| format!("the snapshot's time {:?}: {e}", restored.outcome.time))?;
     let url = ctx.local.app_url(copy.site, copy.name).ok_or("the app on the restored copy stopped")?;
     let (series, number) = drill::next_invoice(&restored.outcome.recorded.last_numbers);
-    let test_invoice = test_invoice(&url, &series, number, &drill.spec.sdi_test_endpoint).await;
+    let test_invoice = drill::test_invoice::send(&url, &series, number, &drill.spec.sdi_test_endpoint).await;
     Ok(Served { taken, snapshot: restored.outcome.snapshot.to_string(), warnings, test_invoice })
-}
-
-/// How long the copy's app gets to transmit the test invoice.
-const TRANSMIT_WITHIN: Duration = Duration::from_secs(30);
-
-/// Issues one invoice on the copy's app at `url`, which must get `number` in
-/// `series` (the restored numbering goes on where the backup left it), and
-/// waits until the app has transmitted it to the test endpoint.
-async fn test_invoice(url: &str, series: &str, number: i64, endpoint: &str) -> Result<String, String> {
-    use crate::app::invoices::{Invoice, QueueState};
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
-    let body = serde_json::json!({
-        "series": series,
-        "customer": {"vat": "01234567890", "name": "Fenice drill", "recipient_code": "0000000"},
-        "description": "Test invoice of a Fenice drill: never sent to production",
-        "taxable_cents": 100,
-    });
-    let issued = http.post(format!("{url}/v1/invoices")).json(&body).send().await;
-    let issued = issued.map_err(|e| format!("issuing the test invoice on the copy: {e}"))?;
-    if issued.status() != reqwest::StatusCode::CREATED {
-        let status = issued.status();
-        let text = issued.text().await.unwrap_or_default();
-        return Err(format!("the copy refused the test invoice: {status} {text}"));
-    }
-    let invoice: Invoice = issued.json().await.map_err(|e| format!("the copy's answer to the test invoice: {e}"))?;
-    if invoice.number != number {
-        return Err(format!(
-            "the test invoice got number {} in series {series}, not {number}: the restored numbering does not go on \
-             from the backup",
-            invoice.number
-        ));
-    }
-    let deadline = Instant::now() + TRANSMIT_WITHIN;
-    loop {
-        let got = http.get(format!("{url}/v1/invoices/{series}/{number}")).send().await;
-        let sent = match got {
-            Ok(r) if r.status().is_success() => r.json::<Invoice>().await.ok(),
-            _ => None,
-        };
-        if let Some(sent) = sent.filter(|i| i.queue_state != QueueState::Pending) {
-            let id = sent.sdi_id.unwrap_or_else(|| "none yet".into());
-            return Ok(format!("{series}/{number} sent to {endpoint} (SdI id {id})"));
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the test invoice {series}/{number} was not transmitted to the test endpoint {endpoint} within {} s",
-                TRANSMIT_WITHIN.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Writes the drill's verdict on the tenant (its own field manager: the
@@ -489,7 +460,7 @@ mod tests {
         Drill::new("d", spec)
     }
 
-    fn measured(name: &str, rto: u64, rpo: u64) -> (Measured, Option<String>, Objectives) {
+    fn measured(name: &str, rto: u64, rpo: u64) -> DrillTenantResult {
         let tenant = TenantRef { namespace: "invoicing".into(), name: name.into() };
         let (started, ended) = (Timestamp::from_second(10).unwrap(), Timestamp::from_second(10 + rto as i64).unwrap());
         let measured = Measured {
@@ -505,24 +476,26 @@ mod tests {
             kept: None,
         };
         let objectives = serde_json::from_value(serde_json::json!({"rpo": "15m", "rto": "5m"})).unwrap();
-        (measured, None, objectives)
+        result_of(measured, None, objectives)
     }
 
-    fn failing(mut m: (Measured, Option<String>, Objectives), why: &str) -> (Measured, Option<String>, Objectives) {
-        m.1 = Some(why.into());
-        m
+    fn failing(m: DrillTenantResult, why: &str) -> DrillTenantResult {
+        DrillTenantResult { passed: false, reason: Some(why.into()), ..m }
     }
 
     #[test]
     fn a_drill_reports_the_worst_figures_and_names_each_failure() {
         let d = drill();
         let at = Timestamp::from_second(100).unwrap();
-        let passed = finished(&d, &[measured("a", 30, 60), measured("b", 45, 20)], at);
+        let passed = finished(&d, vec![measured("a", 30, 60), measured("b", 45, 20)], at);
         assert_eq!(passed.phase, DrillPhase::Passed);
         assert_eq!((passed.passed.as_deref(), passed.rto.as_ref().map(|d| d.as_str())), (Some("2/2"), Some("45s")));
         assert_eq!(passed.rpo.as_ref().map(|d| d.as_str()), Some("1m"));
-        let failed =
-            finished(&d, &[measured("a", 30, 60), failing(measured("b", 360, 20), "RTO 6m over the objective 5m")], at);
+        let failed = finished(
+            &d,
+            vec![measured("a", 30, 60), failing(measured("b", 360, 20), "RTO 6m over the objective 5m")],
+            at,
+        );
         assert_eq!((failed.phase, failed.tenants_failed, failed.tenants_passed), (DrillPhase::Failed, 1, 1));
         assert_eq!(failed.failures[0].tenant.name, "b");
         let ready = failed.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
@@ -535,8 +508,8 @@ mod tests {
     #[test]
     fn a_drill_with_warnings_passes_and_says_so() {
         let mut warned = measured("a", 30, 60);
-        warned.0.warnings.push("repository r: data/ab/ab12: the current version was written over".into());
-        let status = finished(&drill(), &[warned, measured("b", 45, 20)], Timestamp::from_second(100).unwrap());
+        warned.warnings.push("repository r: data/ab/ab12: the current version was written over".into());
+        let status = finished(&drill(), vec![warned, measured("b", 45, 20)], Timestamp::from_second(100).unwrap());
         assert_eq!(status.phase, DrillPhase::Passed);
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.reason, "PassedWithWarnings");

@@ -55,6 +55,7 @@ async fn reconcile_inner(plan: &FailoverPlan, ctx: &Context) -> Result<Action, E
                 sample: drills.sample.clone(),
                 sdi_test_endpoint: drills.sdi_test_endpoint.clone(),
                 keep_for: None,
+                namespace: None,
             },
         );
         drill.metadata.owner_references = Some(vec![super::owner(plan)]);

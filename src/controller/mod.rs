@@ -11,6 +11,7 @@ mod backup_job;
 mod backup_run;
 mod certificates;
 pub mod drill;
+pub mod drill_job;
 pub mod drill_schedule;
 pub mod leader;
 pub mod local_sites;

@@ -15,6 +15,7 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
+use serde_json::Value;
 
 use super::Context;
 use super::backup_job::{JobOutcome, Looked, job_ref, log_hint, look, outcome};
@@ -36,7 +37,7 @@ const FIELD_MANAGER: &str = "fenice-restore";
 /// How often a copy starting or a Job running is looked at.
 const WATCH: Duration = Duration::from_secs(10);
 /// How long the copy's PostgreSQL may take to be ready (a volume to provision, an image to pull).
-const START_WITHIN: SignedDuration = SignedDuration::from_mins(15);
+pub const START_WITHIN: SignedDuration = SignedDuration::from_mins(15);
 /// The Ready reason while the Job runs: a Job gone then was not just slow to be made.
 const JOB_RUNNING: &str = "JobRunning";
 
@@ -69,34 +70,75 @@ pub async fn start(ctx: &Context, restore: &Restore, tenant: &InvoicingTenant, s
     super::add_finalizer(&api, restore, FINALIZER).await.map_err(super::about(restore, "adding its finalizer"))?;
     let copy = copy_name(restore);
     let owner = format!("Restore {}/{}", restore.namespace().unwrap_or_default(), restore.name_any());
-    let env = match read_env(ctx, &owner, std::slice::from_ref(&restore.spec.repository)).await {
-        Ok(env) => env,
-        Err(message) => return fail(ctx, restore, "RepositoryUnavailable", message).await,
-    };
-    let rendered = match restore_copy::objects(tenant, site, &ctx.images, &copy, &env, &password()) {
-        Ok(rendered) => rendered,
-        Err(e) => return fail(ctx, restore, "CopyNotRendered", e.to_string()).await,
-    };
-    let cluster = match ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await {
-        Ok(cluster) => cluster,
-        Err(e) => return fail(ctx, restore, "SiteUnreachable", error_chain(&e)).await,
-    };
     let namespace = namespace_of(restore, tenant);
-    // NB: the Secret first, and made once: a second start must not change
-    // the password of a database that may have started with the first.
-    let made = async {
-        cluster::create_secret(&cluster, &namespace, FIELD_MANAGER, &rendered.secret).await?;
-        cluster::apply_each(&cluster, &namespace, FIELD_MANAGER, &rendered.objects).await
+    let place = Place { site, namespace: &namespace, copy: &copy };
+    let cluster = match make_copy(ctx, &owner, tenant, &place, &restore.spec.repository).await {
+        Ok(cluster) => cluster,
+        Err((reason, message)) => return fail(ctx, restore, reason, message).await,
     };
-    if let Err(e) = made.await {
-        return fail(ctx, restore, "CopyNotCreated", error_chain(&e)).await;
-    }
     let message =
         format!("starting the copy's PostgreSQL (StatefulSet {namespace}/{copy}) at Kubernetes site {}", cluster.site);
     let mut status = with_phase(restore, RestorePhase::Restoring, "CopyStarting", message, Timestamp::now());
     status.job = Some(format!("{}/{namespace}/{copy}", cluster.site));
     write(ctx, restore, status).await?;
     Ok(Action::requeue(WATCH))
+}
+
+/// Where a copy goes: a Kubernetes site, a namespace there, its name.
+pub struct Place<'a> {
+    pub site: &'a Site,
+    pub namespace: &'a str,
+    pub copy: &'a str,
+}
+
+/// Makes the copy of `tenant` at `place` (for `owner`, named in errors),
+/// to be restored from `repository`: the reason and message of what failed.
+pub async fn make_copy(
+    ctx: &Context,
+    owner: &str,
+    tenant: &InvoicingTenant,
+    place: &Place<'_>,
+    repository: &str,
+) -> Result<SiteCluster, (&'static str, String)> {
+    let env = read_env(ctx, owner, &[repository.to_owned()]).await.map_err(|m| ("RepositoryUnavailable", m))?;
+    let rendered = restore_copy::objects(tenant, place.site, &ctx.images, place.copy, &env, &password())
+        .map_err(|e| ("CopyNotRendered", e.to_string()))?;
+    let cluster = ctx
+        .site_clients
+        .cluster(&ctx.client, &ctx.namespace, place.site)
+        .await
+        .map_err(|e| ("SiteUnreachable", error_chain(&e)))?;
+    // NB: the Secret first, and made once: a second start must not change
+    // the password of a database that may have started with the first.
+    let made = async {
+        cluster::create_secret(&cluster, place.namespace, FIELD_MANAGER, &rendered.secret).await?;
+        cluster::apply_each(&cluster, place.namespace, FIELD_MANAGER, &rendered.objects).await
+    };
+    made.await.map_err(|e| ("CopyNotCreated", error_chain(&e)))?;
+    Ok(cluster)
+}
+
+/// Whether the copy's PostgreSQL has a ready pod.
+pub async fn copy_ready(cluster: &SiteCluster, namespace: &str, copy: &str) -> Result<bool, kube::Error> {
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), namespace);
+    Ok(sets.get_opt(copy).await?.and_then(|s| s.status).and_then(|s| s.ready_replicas).unwrap_or(0) > 0)
+}
+
+/// The message of a copy that did not start in time.
+pub fn not_started(cluster: &SiteCluster, namespace: &str, copy: &str) -> String {
+    format!(
+        "the copy's PostgreSQL (StatefulSet {namespace}/{copy}) at Kubernetes site {} has no ready pod after \
+         {START_WITHIN:#}: see `kubectl -n {namespace} describe statefulset {copy}` there",
+        cluster.site
+    )
+}
+
+/// Applies a copy's Job.
+pub async fn apply_job(cluster: &SiteCluster, namespace: &str, job: Value) -> Result<(), (&'static str, String)> {
+    cluster::apply_each(cluster, namespace, FIELD_MANAGER, &[job])
+        .await
+        .map_err(|e| ("JobNotCreated", error_chain(&e)))?;
+    Ok(())
 }
 
 /// Looks at the copy and its Job: starts the Job once the copy is ready,
@@ -127,7 +169,7 @@ pub async fn watch(ctx: &Context, restore: &Restore) -> Result<Action, Error> {
             JobOutcome::Running => Ok(Action::requeue(WATCH)),
             ended => {
                 let place = format!("at Kubernetes site {site_name} into StatefulSet {namespace}/{copy}");
-                let status = match report(&cluster, namespace, copy).await {
+                let status = match left(&cluster, namespace, copy).await.map(|l| l.report) {
                     Ok(Some(report)) => finished(restore, &place, from_report(report, &place)),
                     Ok(None) => {
                         let why = match ended {
@@ -160,9 +202,8 @@ async fn start_job(
     namespace: &str,
     copy: &str,
 ) -> Result<Action, Error> {
-    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), namespace);
-    let ready = match sets.get_opt(copy).await {
-        Ok(set) => set.and_then(|s| s.status).and_then(|s| s.ready_replicas).unwrap_or(0) > 0,
+    let ready = match copy_ready(cluster, namespace, copy).await {
+        Ok(ready) => ready,
         Err(e) => {
             tracing::warn!(restore = restore.name_any(), error = error_chain(&e), "reading the copy's StatefulSet");
             return Ok(Action::requeue(WATCH));
@@ -173,12 +214,7 @@ async fn start_job(
         if Timestamp::now().duration_since(started) < START_WITHIN {
             return Ok(Action::requeue(WATCH));
         }
-        let message = format!(
-            "the copy's PostgreSQL (StatefulSet {namespace}/{copy}) at Kubernetes site {} has no ready pod after \
-             {START_WITHIN:#}: see `kubectl -n {namespace} describe statefulset {copy}` there; delete this Restore \
-             to remove the copy",
-            cluster.site
-        );
+        let message = format!("{}; delete this Restore to remove the copy", not_started(cluster, namespace, copy));
         return fail(ctx, restore, "CopyNotStarted", message).await;
     }
     let tenants: Api<InvoicingTenant> = Api::namespaced(ctx.client.clone(), &restore.namespace().unwrap_or_default());
@@ -191,12 +227,12 @@ async fn start_job(
         Err(e) => return Err(super::about(restore, "reading its tenant")(e)),
     };
     let snapshot = Some(restore.spec.snapshot.as_str()).filter(|s| *s != "latest");
-    let job = match restore_copy::job(&tenant, site, &ctx.images, copy, snapshot) {
+    let job = match restore_copy::job(&tenant, site, &ctx.images, copy, snapshot, None) {
         Ok(job) => job,
         Err(e) => return fail(ctx, restore, "JobNotRendered", e.to_string()).await,
     };
-    if let Err(e) = cluster::apply_each(cluster, namespace, FIELD_MANAGER, &[job]).await {
-        return fail(ctx, restore, "JobNotCreated", error_chain(&e)).await;
+    if let Err((reason, message)) = apply_job(cluster, namespace, job).await {
+        return fail(ctx, restore, reason, message).await;
     }
     let message = format!(
         "Job {namespace}/{copy} restores snapshot {} into the copy at Kubernetes site {}",
@@ -206,18 +242,29 @@ async fn start_job(
     Ok(Action::requeue(WATCH))
 }
 
-/// The report the Job's pod left in its termination message, when it did;
-/// its last log lines as an error when the agent ended before writing one.
-async fn report(cluster: &SiteCluster, namespace: &str, job: &str) -> Result<Option<Report>, kube::Error> {
+/// What a copy's Job left: the report in its pod's termination message (its
+/// last log lines as an error when the agent ended before writing one), and
+/// when the pod's container ended.
+pub struct Left {
+    pub report: Option<Report>,
+    pub at: Option<Timestamp>,
+}
+
+/// What the Job `job`'s pod left.
+pub async fn left(cluster: &SiteCluster, namespace: &str, job: &str) -> Result<Left, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let listed = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?;
-    let message = listed
+    let ended = listed
         .items
         .iter()
         .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
         .filter(|c| c.name == "restore")
-        .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
-    Ok(message.map(|text| serde_json::from_str::<Report>(&text).unwrap_or_else(|_| Report::failed("", text.trim()))))
+        .find_map(|c| c.state.as_ref()?.terminated.clone());
+    let Some(ended) = ended else { return Ok(Left { report: None, at: None }) };
+    let report = ended
+        .message
+        .map(|text| serde_json::from_str::<Report>(&text).unwrap_or_else(|_| Report::failed("", text.trim())));
+    Ok(Left { report, at: ended.finished_at.map(|t| t.0) })
 }
 
 fn from_report(report: Report, place: &str) -> Result<Done, Failure> {

@@ -4,6 +4,7 @@
 
 pub mod certificate;
 pub mod report;
+pub mod test_invoice;
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;

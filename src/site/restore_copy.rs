@@ -137,13 +137,16 @@ pub fn objects(
     Ok(Rendered { secret: without_nulls(secret), objects: objects.into_iter().map(without_nulls).collect() })
 }
 
-/// The Job that restores `snapshot` (the tenant's newest when `None`) into the copy.
+/// The Job that restores `snapshot` (the tenant's newest when `None`) into
+/// the copy; for a drill, it then serves the copy's app and sends a test
+/// invoice to `drill_endpoint`.
 pub fn job(
     tenant: &InvoicingTenant,
     site: &Site,
     images: &Images,
     copy: &str,
     snapshot: Option<&str>,
+    drill_endpoint: Option<&str>,
 ) -> Result<Value, RenderError> {
     let who = Who::of(tenant)?;
     let (_, platform) = platform(site)?;
@@ -152,6 +155,10 @@ pub fn job(
     args.extend(["--result-file", TERMINATION_LOG]);
     if let Some(snapshot) = snapshot {
         args.extend(["--snapshot", snapshot]);
+    }
+    if let Some(endpoint) = drill_endpoint {
+        args.extend(["--drill-endpoint", endpoint, "--vat", &tenant.spec.vat_number]);
+        args.extend(["--company", &tenant.spec.display_name]);
     }
     let job = json!({
         "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(copy, who.name, copy.to_owned(), "restore"),

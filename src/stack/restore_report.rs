@@ -33,6 +33,13 @@ pub struct Report {
     /// Why nothing verifiable was restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A drill's copy served: the test invoice it issued and transmitted
+    /// (series/number, the test endpoint and SdI's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_invoice: Option<String>,
+    /// Why a drill's copy, restored and verified, did not serve or send its test invoice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve_error: Option<String>,
 }
 
 impl Report {
@@ -60,7 +67,7 @@ impl Report {
     }
 
     /// The report as one line of JSON within [`LIMIT`]: differences past
-    /// what fits are counted, not listed; an over-long error is cut.
+    /// what fits are counted, not listed; the longest over-long error is cut.
     pub fn message(&self) -> String {
         let mut report = self.clone();
         let total = report.mismatches.len();
@@ -71,7 +78,12 @@ impl Report {
             }
             if report.mismatches.pop().is_some() {
                 report.mismatch_count = Some(total);
-            } else if let Some(error) = &mut report.error {
+            } else if let Some(error) = [&mut report.error, &mut report.serve_error]
+                .into_iter()
+                .flatten()
+                .max_by_key(|e| e.len())
+                .filter(|e| e.len() > 3)
+            {
                 let keep = error.len().saturating_sub(text.len() - LIMIT + 3);
                 let mut cut = keep;
                 while !error.is_char_boundary(cut) {
@@ -104,6 +116,10 @@ mod tests {
         let failed = Report::failed("acme", &"é".repeat(5000));
         let back: Report = serde_json::from_str(&failed.message()).unwrap();
         assert!(back.error.unwrap().ends_with('…'));
+        let served = Report { serve_error: Some("x".repeat(5000)), ..Report::failed("acme", "short") };
+        let back: Report = serde_json::from_str(&served.message()).unwrap();
+        assert!(back.serve_error.unwrap().ends_with('…'));
+        assert_eq!(back.error.as_deref(), Some("short"));
         let short = Report::failed("acme", "wrong password");
         assert_eq!(serde_json::from_str::<Report>(&short.message()).unwrap(), short);
     }
