@@ -396,7 +396,9 @@ async fn a_recovery_that_cannot_reach_its_target_fails_at_once_with_the_servers_
     let tenant = TenantRef { namespace: "tenants".into(), name: "acme".into() };
     let started = Instant::now();
     let error = lost.driver.restore_tenant(&ctx, &tenant).await.expect_err("the target is past the archive");
-    assert!(error.message.contains("exited during recovery"), "{}", error.message);
+    // PostgreSQL may exit before it first answers or after: either way the
+    // step says it exited, with its own words about the target.
+    assert!(error.message.contains("exited"), "{}", error.message);
     assert!(error.message.contains("recovery target"), "{}", error.message);
     assert!(started.elapsed() < Duration::from_secs(120), "not the whole recovery timeout");
 }

@@ -59,7 +59,14 @@ fn the_rules_are_a_prometheus_rule_with_an_expression_and_a_summary_each() {
             alerts.push(name.to_owned());
         }
     }
-    for wanted in ["FeniceBackupOlderThanRPO", "FeniceDrillFailed", "FeniceRepositoryImmutabilityOff"] {
+    let wanted = [
+        "FeniceBackupOlderThanRPO",
+        "FeniceDrillFailed",
+        "FeniceRepositoryImmutabilityOff",
+        "FeniceWitnessLeaseNotRenewed",
+        "FeniceWitnessUnreachable",
+    ];
+    for wanted in wanted {
         assert!(alerts.iter().any(|a| a == wanted), "{wanted} missing from {alerts:?}");
     }
     let dashboard: serde_json::Value = serde_json::from_str(
@@ -104,28 +111,36 @@ fn promtool_accepts_the_rules_and_the_alerts_fire_when_they_should() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap().clone())
         .collect();
-    // promtool compares annotations too: render the two templates they use here.
-    let annotations = |name: &str| {
+    // promtool compares annotations too: render the label templates they use.
+    let annotations = |name: &str, labels: &serde_json::Value| {
         let rule = rules.iter().find(|r| r["alert"] == name).unwrap_or_else(|| panic!("no alert {name}"));
         let mut rendered = serde_json::Map::new();
         for (key, value) in rule["annotations"].as_object().unwrap() {
-            let text = value.as_str().unwrap().replace("{{ $labels.namespace }}", "invoicing");
-            rendered.insert(key.clone(), text.replace("{{ $labels.tenant }}", "acme").into());
+            let mut text = value.as_str().unwrap().to_owned();
+            for (label, value) in labels.as_object().unwrap() {
+                text = text.replace(&format!("{{{{ $labels.{label} }}}}"), value.as_str().unwrap());
+            }
+            rendered.insert(key.clone(), text.into());
         }
         rendered
     };
-    let alert = |at: &str, name: &str, severity: Option<&str>| {
-        let expected: Vec<serde_json::Value> = severity
-            .map(|s| {
-                serde_json::json!({
-                    "exp_labels": {"severity": s, "namespace": "invoicing", "tenant": "acme"},
-                    "exp_annotations": annotations(name),
+    let alert_of = |labels: serde_json::Value| {
+        move |at: &str, name: &str, severity: Option<&str>| {
+            let expected: Vec<serde_json::Value> = severity
+                .map(|s| {
+                    let mut exp_labels = labels.clone();
+                    exp_labels["severity"] = s.into();
+                    serde_json::json!({"exp_labels": exp_labels, "exp_annotations": annotations(name, &labels)})
                 })
-            })
-            .into_iter()
-            .collect();
-        serde_json::json!({"eval_time": at, "alertname": name, "exp_alerts": expected})
+                .into_iter()
+                .collect();
+            serde_json::json!({"eval_time": at, "alertname": name, "exp_alerts": expected})
+        }
     };
+    let alert = alert_of(serde_json::json!({"namespace": "invoicing", "tenant": "acme"}));
+    // A lease renewed until minute 0 only, whose store stops answering at minute 10.
+    let witness = alert_of(serde_json::json!({"plan": "rome-to-milan", "site": "frankfurt"}));
+    let plan = r#"{plan="rome-to-milan",site="frankfurt"}"#;
     let tests = serde_json::json!({
         "rule_files": ["rules.json"],
         "evaluation_interval": "5m",
@@ -147,6 +162,20 @@ fn promtool_accepts_the_rules_and_the_alerts_fire_when_they_should() {
                 alert("30m", "FeniceBackupOlderThanRPO", None),
                 alert("2h", "FeniceBackupOlderThanRPO", Some("warning")),
                 alert("2h", "FeniceTenantNeverBackedUp", None),
+            ],
+        }, {
+            "interval": "1m",
+            "input_series": [
+                {"series": format!("fenice_witness_lease_age_seconds{plan}"), "values": "0+60x60"},
+                {"series": format!("fenice_witness_lease_duration_seconds{plan}"), "values": "30x60"},
+                {"series": format!("fenice_witness_reachable{plan}"), "values": "1x9 0x50"},
+            ],
+            "alert_rule_test": [
+                witness("0m", "FeniceWitnessLeaseNotRenewed", None),
+                witness("5m", "FeniceWitnessLeaseNotRenewed", None),
+                witness("10m", "FeniceWitnessLeaseNotRenewed", Some("critical")),
+                witness("10m", "FeniceWitnessUnreachable", None),
+                witness("15m", "FeniceWitnessUnreachable", Some("critical")),
             ],
         }],
     });

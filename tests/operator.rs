@@ -33,7 +33,7 @@ const OPERATOR_USER: &str = "fenice-operator";
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 5;
+const TESTS_WITH_OPERATOR: usize = 6;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -395,6 +395,81 @@ async fn a_plan_creates_its_drills_at_their_scheduled_times() {
     let event = told.iter().find(|e| e.reason.as_deref() == Some("InvalidDrillSchedule")).unwrap();
     assert_eq!(event.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("broken"));
     assert!(event.note.as_deref().is_some_and(|n| n.contains("spec.drills")), "{event:?}");
+    stopped(operator).await;
+    within_rbac(&api);
+}
+
+/// The value of the metric line starting with `series` (name and labels).
+fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls /metrics until `holds` is true of it; the text then.
+async fn metrics_when(url: &str, what: &str, holds: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    let found = timeout(DEADLINE, async {
+        loop {
+            last = get(&format!("{url}/metrics")).await.1;
+            if holds(&last) {
+                return last.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("/metrics never showed {what}; last:\n{last}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_reads_each_plans_witness_lease_and_exports_its_age_epoch_and_reachability() {
+    use fenice::api::plan::FailoverPlan;
+    use fenice::api::site::Site;
+    use fenice::failover::lease::LeaseRecord;
+    use fenice::failover::witness::Witness;
+
+    let (api, dir, client) = cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let witness_dir = dir.path().join("witness");
+    let store = std::sync::Arc::new(fenice::store::fs::FsStore::open(&witness_dir).unwrap());
+    let lease = Witness::new(store, "westpole-to-azure");
+    let record = |renewals| LeaseRecord { holder: "westpole-rome".into(), epoch: 4, renewals, incarnation: 7 };
+    let etag = lease.create(&record(1)).await.unwrap();
+
+    let mut witness = examples("sites.yaml").into_iter().find(|s| s["metadata"]["name"] == "aws-witness").unwrap();
+    let store = json!({"type": "Filesystem", "s3": null, "filesystem": {"path": witness_dir.to_str().unwrap()}});
+    json_patch::merge(&mut witness, &json!({"spec": {"witnessStore": store}}));
+    Api::<Site>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(witness).unwrap())
+        .await
+        .unwrap();
+    let plans: Api<FailoverPlan> = Api::all(client.clone());
+    let timing = json!({"spec": {"witness": {"leaseDuration": "3s", "renewInterval": "1s"}, "drills": null}});
+    let plan = example("plan.yaml", "westpole-to-azure", timing.clone());
+    plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+    let mut elsewhere = timing;
+    elsewhere["spec"]["witness"]["site"] = json!("gone-witness");
+    let plan = example("plan.yaml", "nowhere", elsewhere);
+    plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+
+    let (operator, url, metrics_url) = operator(&kubeconfig, "replica-1").await;
+    wait_ready(&url, true).await;
+    let ours = r#"{plan="westpole-to-azure",site="aws-witness"}"#;
+    let age = |m: &str| metric_value(m, &format!("fenice_witness_lease_age_seconds{ours}"));
+    let seen = metrics_when(&metrics_url, "the lease and the unreachable witness", |m| {
+        metric_value(m, &format!("fenice_witness_lease_epoch{ours}")) == Some(4.0)
+            && metric_value(m, r#"fenice_witness_reachable{plan="nowhere",site="gone-witness"}"#) == Some(0.0)
+    })
+    .await;
+    assert_eq!(metric_value(&seen, &format!("fenice_witness_reachable{ours}")), Some(1.0), "{seen}");
+    assert_eq!(metric_value(&seen, &format!("fenice_witness_lease_duration_seconds{ours}")), Some(3.0), "{seen}");
+    // Nobody renews it: its age passes the lease's duration, as the alert compares.
+    metrics_when(&metrics_url, "an age past the lease's duration", |m| age(m).is_some_and(|a| a > 3.0)).await;
+    // A renewal (a new version) starts the age again.
+    lease.replace(&etag, &record(2)).await.unwrap();
+    metrics_when(&metrics_url, "the age of the renewed lease", |m| age(m).is_some_and(|a| a < 3.0)).await;
+    // A plan that goes takes its figures with it.
+    plans.delete("nowhere", &Default::default()).await.unwrap();
+    metrics_when(&metrics_url, "no figures of the deleted plan", |m| !m.contains(r#"plan="nowhere""#)).await;
     stopped(operator).await;
     within_rbac(&api);
 }

@@ -66,19 +66,38 @@ fn example<T: serde::de::DeserializeOwned + ResourceExt>(file: &str, name: &str)
     examples::<T>(file).into_iter().find(|o| o.name_any() == name).unwrap()
 }
 
-fn httproute_crd() -> Value {
+/// A CustomResourceDefinition of `kind` (plural `plural`) in `group`, `version`,
+/// keeping whatever its objects hold.
+fn crd(group: &str, version: &str, kind: &str, plural: &str) -> Value {
+    let singular = kind.to_lowercase();
     json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+        "metadata": {"name": format!("{plural}.{group}")},
         "spec": {
-            "group": "gateway.networking.k8s.io", "scope": "Namespaced",
-            "names": {"plural": "httproutes", "singular": "httproute", "kind": "HTTPRoute", "listKind": "HTTPRouteList"},
+            "group": group, "scope": "Namespaced",
+            "names": {"plural": plural, "singular": singular, "kind": kind, "listKind": format!("{kind}List")},
             "versions": [{
-                "name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "name": version, "served": true, "storage": true, "subresources": {"status": {}},
                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
             }],
         },
     })
+}
+
+/// Makes the cluster of `client` serve what a Site's platform may need:
+/// HTTPRoute and, with `dns`, external-dns's DNSEndpoint.
+async fn install_crds(client: &Client, dns: bool) {
+    let crds: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition")),
+    );
+    let mut wanted = vec![crd("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")];
+    if dns {
+        wanted.push(crd("externaldns.k8s.io", "v1alpha1", "DNSEndpoint", "dnsendpoints"));
+    }
+    for crd in wanted {
+        crds.create(&PostParams::default(), &serde_json::from_value(crd).unwrap()).await.unwrap();
+    }
 }
 
 async fn create<K>(api: &Api<K>, object: Value)
@@ -393,11 +412,7 @@ async fn tenants_are_deployed_at_kubernetes_sites_and_removed_with_them() {
     assert!(message.contains("does not serve HTTPRoute (gateway.networking.k8s.io/v1)"), "{message}");
     assert!(message.contains("install its CustomResourceDefinitions"), "{message}");
     // Once it does, the HTTPRoute replaces the Ingress, which is deleted.
-    let crds: Api<DynamicObject> = Api::all_with(
-        site_client.clone(),
-        &ApiResource::from_gvk(&GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition")),
-    );
-    crds.create(&PostParams::default(), &serde_json::from_value(httproute_crd()).unwrap()).await.unwrap();
+    install_crds(&site_client, false).await;
     touch_site(&sites, "westpole-rome", "crd").await;
     ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
     let third = objects_of(&site_client, "studio-rossi").await;
@@ -1040,6 +1055,101 @@ async fn a_drill_at_a_kubernetes_site_restores_serves_and_sends_a_test_invoice_t
     for secret in [S3_SECRET, REPO_PASSWORD] {
         assert!(!said.contains(secret), "a secret in the status: {said}");
     }
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    within_rbac(&control, &remote);
+    within_rbac(&control, &standby);
+}
+
+/// What a failover does to a tenant, as the tenant controller carries it
+/// out: while the plan's lease is handed over, the tenant's app is stopped at
+/// its primary site; once a failover served it at the standby site, the whole
+/// stack runs there on the warm standby's very StatefulSet (never deleted,
+/// never remade) under the failover's epoch, and the primary keeps its
+/// database with the app stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_its_primary() {
+    use fenice::api::plan::FailoverPlan;
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (control, remote, client, site_client) = clusters().await;
+    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
+    let standby_client = standby.client().await.unwrap();
+    for site in [&site_client, &standby_client] {
+        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
+    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+    s3_policy(&client, "http://127.0.0.1:9").await;
+    // The example Site exposes apps with an HTTPRoute and switches DNS with external-dns.
+    install_crds(&standby_client, true).await;
+    let sites: Api<Site> = Api::all(client.clone());
+    for name in ["westpole-rome", "azure-italynorth"] {
+        sites.create(&PostParams::default(), &example::<Site>("sites.yaml", name)).await.unwrap();
+    }
+    let plans: Api<FailoverPlan> = Api::all(client.clone());
+    plans.create(&PostParams::default(), &example("plan.yaml", "westpole-to-azure")).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+    tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (stop, running) = operator(&control, state.path()).await;
+    let condition = |type_: &'static str, reason: &'static str| {
+        let tenants = tenants.clone();
+        async move {
+            status_when(
+                &tenants,
+                "studio-rossi",
+                |t| t.status,
+                |s| s.conditions.iter().any(|c| c.type_ == type_ && c.reason == reason),
+            )
+            .await
+        }
+    };
+    condition("Standby", "StandbyStarting").await;
+    let apps = |client: &Client| Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
+    let replicas = |client: &Client| {
+        let apps = apps(client);
+        async move { apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas }
+    };
+    assert_eq!(replicas(&site_client).await, Some(2));
+    let standby_sets: Api<StatefulSet> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    let standby_db = standby_sets.get("studio-rossi-db").await.unwrap().uid();
+
+    // The lease is being handed over: the primary's app stops.
+    let handover = json!({"status": {"handover": "azure-italynorth"}});
+    plans.patch_status("westpole-to-azure", &PatchParams::default(), &Patch::Merge(&handover)).await.unwrap();
+    let fenced = condition("Ready", "Fenced").await;
+    let ready = fenced.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("handing its lease from westpole-rome to azure-italynorth"), "{ready:?}");
+    assert_eq!(replicas(&site_client).await, Some(0));
+
+    // The standby site took the lease and a failover served the tenant there.
+    let taken = json!({"status": {"handover": null, "leaseHolder": "azure-italynorth", "epoch": 2}});
+    plans.patch_status("westpole-to-azure", &PatchParams::default(), &Patch::Merge(&taken)).await.unwrap();
+    let serving = json!({"apiVersion": "fenice.io/v1alpha1", "kind": "InvoicingTenant",
+        "status": {"serving": {"site": "azure-italynorth", "epoch": 2, "failover": "rome-lost"}}});
+    let as_failover = PatchParams::apply("fenice-failover").force();
+    tenants.patch_status("studio-rossi", &as_failover, &Patch::Apply(&serving)).await.unwrap();
+    let moved =
+        status_when(&tenants, "studio-rossi", |t| t.status, |s| s.active_site.as_deref() == Some("azure-italynorth"))
+            .await;
+    assert_eq!((moved.epoch, moved.standby_site.as_ref()), (Some(2), None), "{moved:?}");
+    condition("Standby", "ServingAtStandbySite").await;
+    assert_eq!(replicas(&standby_client).await, Some(2), "the app runs at the standby site");
+    let config: Api<ConfigMap> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    let config = config.get("studio-rossi-app").await.unwrap().data.unwrap();
+    assert_eq!(config["FENICE_APP_EPOCH"], "2");
+    assert_eq!(config["FENICE_SITE"], "azure-italynorth");
+    let db = standby_sets.get("studio-rossi-db").await.unwrap();
+    assert_eq!(db.uid(), standby_db, "the standby's StatefulSet is the database now, never made again");
+    assert!(
+        db.spec.unwrap().template.spec.unwrap().init_containers.is_none(),
+        "the stack's StatefulSet: no standby init container any more"
+    );
+    assert_eq!(replicas(&site_client).await, Some(0), "the primary stays fenced");
+    let primary_sets: Api<StatefulSet> = Api::namespaced(site_client.clone(), NAMESPACE);
+    assert!(primary_sets.get_opt("studio-rossi-db").await.unwrap().is_some(), "the primary keeps its database");
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();

@@ -198,6 +198,10 @@ pub struct FailoverPlanStatus {
     pub lease_holder: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// A failover is handing the lease from the holder to this site: the
+    /// plan's tenants are served nowhere until it has taken the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

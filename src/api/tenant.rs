@@ -192,6 +192,17 @@ pub enum SdiEnvironment {
     Test,
 }
 
+/// Where a failover moved a tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Serving {
+    pub site: String,
+    /// The fencing epoch the app runs under there (SdI refuses older ones).
+    pub epoch: u64,
+    /// The Failover that moved it.
+    pub failover: String,
+}
+
 /// Observed state of a tenant.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -205,6 +216,11 @@ pub struct InvoicingTenantStatus {
     /// The fencing epoch the tenant's sender carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// Where a failover moved the tenant: the site that serves it and the
+    /// epoch its app runs under there. Written by failovers (field manager
+    /// `fenice-failover`); absent, the tenant is served at `spec.primarySite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<Serving>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_time: Option<Time>,
     /// Name of the last successful Backup.

@@ -26,6 +26,24 @@ pub struct Metrics {
     repositories: Mutex<BTreeMap<String, (bool, bool)>>,
     /// Per tenant (namespace, name): what its last backup and drill showed.
     tenants: Mutex<BTreeMap<(String, String), TenantFigures>>,
+    /// Per FailoverPlan: what the last read of its witness lease found.
+    witnesses: Mutex<BTreeMap<String, WitnessFigures>>,
+}
+
+/// What the operator saw of a plan's witness lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessFigures {
+    /// The witness Site.
+    pub site: String,
+    /// Whether its store answered the last read.
+    pub reachable: bool,
+    /// The lease's epoch, if the last read found one.
+    pub epoch: Option<u64>,
+    /// When the version of the lease last read was first seen (a renewal
+    /// writes a new version); `None` without a lease.
+    pub renewed_at: Option<std::time::Instant>,
+    /// How long the plan says a lease holds without renewal.
+    pub lease_duration: Duration,
 }
 
 /// The per-tenant figures.
@@ -111,6 +129,17 @@ impl Metrics {
         change(all.entry((namespace.to_owned(), tenant.to_owned())).or_default());
     }
 
+    /// What the last reads of the plans' witness leases found, replacing
+    /// what was there (plans not named are gone).
+    pub fn witnesses(&self, figures: BTreeMap<String, WitnessFigures>) {
+        *self.witnesses.lock().unwrap_or_else(PoisonError::into_inner) = figures;
+    }
+
+    /// What the last read of `plan`'s witness lease found.
+    pub fn witness_of(&self, plan: &str) -> Option<WitnessFigures> {
+        self.witnesses.lock().unwrap_or_else(PoisonError::into_inner).get(plan).cloned()
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -192,7 +221,38 @@ impl Metrics {
                 }
             }
         }
+        render_witnesses(&mut out, &self.witnesses.lock().unwrap_or_else(PoisonError::into_inner));
         out
+    }
+}
+
+/// A per-plan witness gauge: name, help, and its value if the plan has one.
+type WitnessGauge = (&'static str, &'static str, fn(&WitnessFigures) -> Option<String>);
+
+fn render_witnesses(out: &mut String, witnesses: &BTreeMap<String, WitnessFigures>) {
+    let gauges: [WitnessGauge; 4] = [
+        ("fenice_witness_reachable", "1 when the plan's witness store answered the last read of its lease.", |w| {
+            Some(u8::from(w.reachable).to_string())
+        }),
+        ("fenice_witness_lease_epoch", "The epoch of the plan's witness lease, as last read.", |w| {
+            w.epoch.map(|e| e.to_string())
+        }),
+        (
+            "fenice_witness_lease_age_seconds",
+            "Seconds since the operator first saw the lease's current version (since its last renewal).",
+            |w| w.renewed_at.map(|at| at.elapsed().as_secs_f64().to_string()),
+        ),
+        ("fenice_witness_lease_duration_seconds", "How long the plan's lease holds without renewal.", |w| {
+            Some(w.lease_duration.as_secs_f64().to_string())
+        }),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (plan, figures) in witnesses {
+            if let Some(v) = value(figures) {
+                let _ = writeln!(out, "{name}{{plan=\"{}\",site=\"{}\"}} {v}", escape(plan), escape(&figures.site));
+            }
+        }
     }
 }
 
@@ -256,5 +316,31 @@ mod tests {
         assert!(!m.render().contains("tenant=\"acme\""));
         m.forget_repository("azure-italynorth");
         assert!(!m.render().contains("azure-italynorth"));
+    }
+
+    #[test]
+    fn a_witness_lease_renders_its_age_and_a_plan_left_out_goes() {
+        let m = Metrics::default();
+        let renewed_at = std::time::Instant::now() - Duration::from_secs(42);
+        let lease_duration = Duration::from_secs(30);
+        let seen = WitnessFigures {
+            site: "frankfurt".into(),
+            reachable: true,
+            epoch: Some(7),
+            renewed_at: Some(renewed_at),
+            lease_duration,
+        };
+        m.witnesses(BTreeMap::from([("rome-to-milan".to_owned(), seen)]));
+        let text = m.render();
+        assert!(text.contains("fenice_witness_reachable{plan=\"rome-to-milan\",site=\"frankfurt\"} 1\n"), "{text}");
+        assert!(text.contains("fenice_witness_lease_epoch{plan=\"rome-to-milan\",site=\"frankfurt\"} 7\n"), "{text}");
+        assert!(text.contains("fenice_witness_lease_duration_seconds{plan=\"rome-to-milan\",site=\"frankfurt\"} 30\n"));
+        let age = text.lines().find_map(|l| {
+            l.strip_prefix("fenice_witness_lease_age_seconds{plan=\"rome-to-milan\",site=\"frankfurt\"} ")
+        });
+        let age: f64 = age.expect("an age").parse().unwrap();
+        assert!((42.0..100.0).contains(&age), "{age}");
+        m.witnesses(BTreeMap::new());
+        assert!(!m.render().contains("rome-to-milan"));
     }
 }

@@ -14,6 +14,7 @@ pub mod drill;
 pub mod drill_job;
 pub mod drill_schedule;
 pub mod leader;
+pub mod lease_watch;
 pub mod local_sites;
 pub mod metrics;
 pub mod not_built;
@@ -399,8 +400,7 @@ fn tenant_controller(ctx: &Context, writers: Writers) -> Controller<InvoicingTen
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
     let plans = watcher(Api::<FailoverPlan>::all(ctx.client.clone()), config()).default_backoff();
-    let plans =
-        fill(plans, writers.plans).touched_objects().predicate_filter(predicates::generation, Default::default());
+    let plans = fill(plans, writers.plans).touched_objects().predicate_filter(spec_or_lease, Default::default());
     let (by_site, by_policy, by_plan) =
         (ctx.cache.tenants.store.clone(), ctx.cache.tenants.store.clone(), ctx.cache.tenants.store.clone());
     let plans_by_site = ctx.cache.plans.store.clone();
@@ -409,7 +409,9 @@ fn tenant_controller(ctx: &Context, writers: Writers) -> Controller<InvoicingTen
             let site = site.name_any();
             let plans = plans_by_site.state();
             naming(&by_site, |t| {
-                t.spec.primary_site == site || tenant::standby_sites(t, plans.iter().map(|p| &**p)).contains(&site)
+                t.spec.primary_site == site
+                    || tenant::serving_site(t) == site
+                    || tenant::standby_sites(t, plans.iter().map(|p| &**p)).contains(&site)
             })
         })
         .watches_stream(policies, move |policy: BackupPolicy| {
@@ -422,11 +424,24 @@ fn tenant_controller(ctx: &Context, writers: Writers) -> Controller<InvoicingTen
         })
 }
 
-/// What makes a tenant worth a reconcile: its spec (generation) and whether
-/// it is being deleted.
+/// What makes a tenant worth a reconcile: its spec (generation), whether it
+/// is being deleted, and where a failover moved it.
 fn spec_or_deletion(tenant: &InvoicingTenant) -> Option<u64> {
-    let generation = tenant.metadata.generation.unwrap_or(0) as u64;
-    Some(generation << 1 | u64::from(tenant.metadata.deletion_timestamp.is_some()))
+    let serving = tenant.status.as_ref().and_then(|s| s.serving.as_ref());
+    Some(hash_of(&(tenant.metadata.generation, tenant.metadata.deletion_timestamp.is_some(), serving)))
+}
+
+/// What makes a plan worth looking at its tenants again: its spec, and who
+/// holds its lease (a failover fences them at one site and serves them at another).
+fn spec_or_lease(plan: &FailoverPlan) -> Option<u64> {
+    let status = plan.status.as_ref();
+    let lease = status.map(|s| (&s.lease_holder, s.epoch, &s.handover));
+    Some(hash_of(&(plan.metadata.generation, lease)))
+}
+
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(value)
 }
 
 /// The tenants in `store` for which `names` holds.
@@ -491,13 +506,32 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .graceful_shutdown_on(shutdown.clone())
         .run(drill_schedule::reconcile, drill_schedule::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let lease_watch = {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        async move {
+            tokio::select! {
+                () = lease_watch::run(ctx) => {}
+                () = shutdown => {}
+            }
+        }
+    };
     let tenants = tenant_controller(&ctx, writers)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(tenant::reconcile, tenant::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     let controllers = async {
-        futures::join!(repositories, policies, backups, restores, drills, drill_schedules, tenants, not_built)
+        futures::join!(
+            repositories,
+            policies,
+            backups,
+            restores,
+            drills,
+            drill_schedules,
+            tenants,
+            not_built,
+            lease_watch
+        )
     };
     tokio::select! {
         _ = controllers => {}

@@ -16,7 +16,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
 
 use super::{Context, secrets};
-use crate::api::common::StoreType;
+use crate::api::common::{StoreLocation, StoreType};
 use crate::api::condition::{self, Observed};
 use crate::api::repository::{BackupRepository, BackupRepositorySpec, BackupRepositoryStatus};
 use crate::error_chain::error_chain;
@@ -39,12 +39,13 @@ pub mod types {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("BackupRepository {name}: {message}")]
-    Spec { name: String, message: String },
+    /// `owner`: the object that names the store, e.g. `BackupRepository offsite`.
+    #[error("{owner}: {message}")]
+    Spec { owner: String, message: String },
 
-    #[error("BackupRepository {name}: its credentials")]
+    #[error("{owner}: its credentials")]
     Secret {
-        name: String,
+        owner: String,
         #[source]
         source: Box<secrets::Error>,
     },
@@ -178,8 +179,6 @@ pub fn events_after(old: Option<&BackupRepositoryStatus>, probe: &Probe) -> Vec<
     events
 }
 
-/// Opens the repository's store as the spec and its Secrets say, locking what
-/// it writes for `immutability`.
 /// The secret values the repository's store is reached with: every key of
 /// its S3 credentials Secret, or its Azure SAS URL under [`AZURE_SAS_ENV`];
 /// nothing for a store reached by the workload's own identity.
@@ -188,30 +187,52 @@ pub async fn store_secrets(
     name: &str,
     spec: &BackupRepositorySpec,
 ) -> Result<BTreeMap<String, Zeroizing<String>>, Error> {
-    let secret = |source| Error::Secret { name: name.to_owned(), source: Box::new(source) };
+    location_secrets(ctx, &format!("BackupRepository {name}"), &spec.storage).await
+}
+
+/// The secret values `storage` is reached with; errors name `owner`.
+async fn location_secrets(
+    ctx: &Context,
+    owner: &str,
+    storage: &StoreLocation,
+) -> Result<BTreeMap<String, Zeroizing<String>>, Error> {
+    let secret = |source| Error::Secret { owner: owner.to_owned(), source: Box::new(source) };
     let mut values = BTreeMap::new();
-    if let Some(reference) = spec.storage.s3.as_ref().and_then(|s3| s3.credentials_secret_ref.as_ref()) {
+    if let Some(reference) = storage.s3.as_ref().and_then(|s3| s3.credentials_secret_ref.as_ref()) {
         values = secrets::all(&ctx.client, &ctx.namespace, reference).await.map_err(secret)?;
     }
-    if let Some(reference) = spec.storage.azure_blob.as_ref().and_then(|az| az.sas_url_secret_ref.as_ref()) {
+    if let Some(reference) = storage.azure_blob.as_ref().and_then(|az| az.sas_url_secret_ref.as_ref()) {
         let sas = secrets::key(&ctx.client, &ctx.namespace, reference).await.map_err(secret)?;
         values.insert(AZURE_SAS_ENV.to_owned(), sas);
     }
     Ok(values)
 }
 
+/// Opens the repository's store as the spec and its Secrets say, locking what
+/// it writes for `immutability`.
 pub async fn open_store(
     ctx: &Context,
     name: &str,
     spec: &BackupRepositorySpec,
     immutability: Option<Duration>,
 ) -> Result<Arc<dyn ObjectStore>, Error> {
-    let invalid = |message: String| Error::Spec { name: name.to_owned(), message };
-    let secret = |source| Error::Secret { name: name.to_owned(), source: Box::new(source) };
-    let mut values = store_secrets(ctx, name, spec).await?;
-    let store: Arc<dyn ObjectStore> = match spec.storage.type_ {
+    open_location(ctx, &format!("BackupRepository {name}"), &spec.storage, immutability).await
+}
+
+/// Opens the store `storage` names, with its Secrets; errors name `owner`
+/// (`BackupRepository offsite`, `Site witness`).
+pub async fn open_location(
+    ctx: &Context,
+    owner: &str,
+    storage: &StoreLocation,
+    immutability: Option<Duration>,
+) -> Result<Arc<dyn ObjectStore>, Error> {
+    let invalid = |message: String| Error::Spec { owner: owner.to_owned(), message };
+    let secret = |source| Error::Secret { owner: owner.to_owned(), source: Box::new(source) };
+    let mut values = location_secrets(ctx, owner, storage).await?;
+    let store: Arc<dyn ObjectStore> = match storage.type_ {
         StoreType::S3 => {
-            let s3 = spec.storage.s3.as_ref().ok_or_else(|| invalid("storage.s3 is missing".into()))?;
+            let s3 = storage.s3.as_ref().ok_or_else(|| invalid("storage.s3 is missing".into()))?;
             let credentials = match &s3.credentials_secret_ref {
                 Some(reference) => {
                     let get = |key| secrets::required(&values, &ctx.namespace, reference, key).map_err(secret);
@@ -235,7 +256,7 @@ pub async fn open_store(
             Arc::new(S3Store::connect(config).await.map_err(|e| invalid(error_chain(&e)))?)
         }
         StoreType::AzureBlob => {
-            let az = spec.storage.azure_blob.as_ref().ok_or_else(|| invalid("storage.azureBlob is missing".into()))?;
+            let az = storage.azure_blob.as_ref().ok_or_else(|| invalid("storage.azureBlob is missing".into()))?;
             let auth = match values.remove(AZURE_SAS_ENV) {
                 Some(sas) => AzureAuth::SasUrl(SasUrl::new(sas.to_string())),
                 None => AzureAuth::EntraId,
@@ -255,7 +276,7 @@ pub async fn open_store(
             Arc::new(AzureStore::connect(config).map_err(|e| invalid(error_chain(&e)))?)
         }
         StoreType::Filesystem => {
-            let fs = spec.storage.filesystem.as_ref().ok_or_else(|| invalid("storage.filesystem is missing".into()))?;
+            let fs = storage.filesystem.as_ref().ok_or_else(|| invalid("storage.filesystem is missing".into()))?;
             Arc::new(FsStore::open(&fs.path).map_err(|e| invalid(error_chain(&e)))?)
         }
     };

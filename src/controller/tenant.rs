@@ -89,6 +89,38 @@ pub fn standby_sites<'a>(tenant: &InvoicingTenant, plans: impl IntoIterator<Item
     sites
 }
 
+/// The FailoverPlan that moves `tenant`: from its primary site, selecting it.
+pub fn plan_of<'a>(
+    tenant: &InvoicingTenant,
+    plans: impl IntoIterator<Item = &'a FailoverPlan>,
+) -> Option<&'a FailoverPlan> {
+    plans.into_iter().find(|p| {
+        p.spec.source_site == tenant.spec.primary_site
+            && crate::drill::Matcher::new(&p.spec.tenants).is_ok_and(|m| m.matches(tenant))
+    })
+}
+
+/// Where the tenant is served: where a failover moved it, else its primary site.
+pub fn serving_site(tenant: &InvoicingTenant) -> String {
+    let moved = tenant.status.as_ref().and_then(|s| s.serving.as_ref()).map(|s| s.site.clone());
+    moved.unwrap_or_else(|| tenant.spec.primary_site.clone())
+}
+
+/// Why the tenants of `plan` may not serve at `site` now, if they may not:
+/// only the site holding the plan's lease serves (its source until a
+/// failover took it), and none while the lease is handed over.
+pub fn fenced_by(plan: Option<&FailoverPlan>, site: &str) -> Option<String> {
+    let plan = plan?;
+    let status = plan.status.clone().unwrap_or_default();
+    let holder = status.lease_holder.unwrap_or_else(|| plan.spec.source_site.clone());
+    let name = plan.metadata.name.as_deref().unwrap_or_default();
+    match status.handover {
+        Some(to) => Some(format!("FailoverPlan {name} is handing its lease from {holder} to {to}")),
+        None if holder != site => Some(format!("FailoverPlan {name}'s lease is held by {holder}")),
+        None => None,
+    }
+}
+
 /// What happened to the stack in this reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stack {
@@ -100,6 +132,11 @@ pub enum Stack {
     Starting {
         site: String,
         waiting: Vec<String>,
+    },
+    /// Applied with its app stopped: the tenant may not serve at this site now.
+    Fenced {
+        site: String,
+        why: String,
     },
     Failed {
         message: String,
@@ -120,6 +157,11 @@ pub enum Standby {
         waiting: Vec<String>,
     },
     Replaying {
+        site: String,
+    },
+    /// A failover moved the tenant to the site its standby ran at: the
+    /// standby is its database now, and no other runs until a failback.
+    Serving {
         site: String,
     },
     /// `site`: where a standby may still be, to remove later.
@@ -161,6 +203,12 @@ fn standby_condition<'a>(tenant: &InvoicingTenant, standby: &'a Standby) -> Opti
             Some(site.clone()),
         ),
         Standby::Failed { site, message } => (false, "StandbyFailed", message.clone(), site.clone()),
+        Standby::Serving { site } => (
+            false,
+            "ServingAtStandbySite",
+            format!("a failover moved the tenant to {site}, where its standby was: no standby runs until a failback"),
+            None,
+        ),
     };
     Some((Observed { type_: STANDBY, status, reason, message }, site))
 }
@@ -197,6 +245,9 @@ pub fn assess(
                     "StackStarting",
                     format!("the stack is applied at {at}; waiting for {}", waiting.join(", ")),
                 ),
+                Stack::Fenced { why, .. } => {
+                    (false, "Fenced", format!("the stack at {at} is fenced (its app stopped): {why}"))
+                }
                 Stack::Failed { message } => (false, "StackFailed", format!("starting the stack at {at}: {message}")),
                 Stack::NotAttempted => (false, "StackPending", format!("the stack at {at} is not started yet")),
             };
@@ -232,10 +283,11 @@ pub fn assess(
         Stack::Running { site, .. } | Stack::Starting { site, .. } => Some(site.clone()),
         _ => None,
     };
+    let serving = tenant.status.as_ref().and_then(|s| s.serving.as_ref());
     InvoicingTenantStatus {
         active_site,
         standby_site,
-        epoch: active_site_epoch(&old, stack),
+        epoch: serving.map(|s| s.epoch).or_else(|| active_site_epoch(&old, stack)),
         observed_generation: generation,
         conditions,
         ..InvoicingTenantStatus::default()
@@ -278,6 +330,8 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         ctx.metrics.forget_tenant(&namespace, &name);
         let site = tenant.status.as_ref().and_then(|s| s.active_site.clone());
         let site = site.unwrap_or_else(|| tenant.spec.primary_site.clone());
+        // A tenant a failover moved has a fenced stack left at its primary site too.
+        let primary = Some(tenant.spec.primary_site.clone()).filter(|p| *p != site);
         if holds(FINALIZER) {
             ctx.local.stop(&site, &namespace, &name);
             super::remove_finalizer(&api, tenant, FINALIZER).await.map_err(fail("removing its finalizer"))?;
@@ -287,7 +341,14 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         if holds(SITE_FINALIZER) {
             let removed = match ctx.cache.sites.get(&site).await {
                 Some(found) => {
-                    remove_standby(ctx, tenant).await.and(super::tenant_site::remove(ctx, tenant, &found).await)
+                    let mut removed = remove_standby(ctx, tenant).await;
+                    if let Some(primary) = &primary {
+                        removed = removed.and(match ctx.cache.sites.get(primary).await {
+                            Some(primary) => super::tenant_site::remove(ctx, tenant, &primary).await,
+                            None => Err(format!("Site {primary}, the tenant's primary, does not exist")),
+                        });
+                    }
+                    removed.and(super::tenant_site::remove(ctx, tenant, &found).await)
                 }
                 None => Err(format!(
                     "Site {site} does not exist, so what was applied there cannot be removed: create the Site again, \
@@ -317,9 +378,12 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    let site = ctx.cache.sites.get(&tenant.spec.primary_site).await;
+    let serving = serving_site(tenant);
+    let site = ctx.cache.sites.get(&serving).await;
     let policy_found = ctx.cache.policies.get(&tenant.spec.backup_policy).await.is_some();
-    let placement = placement(&tenant.spec.primary_site, site.as_deref());
+    let placement = placement(&serving, site.as_deref());
+    let plans = ctx.cache.plans.all().await.unwrap_or_default();
+    let plan = plan_of(tenant, plans.iter().map(|p| &**p));
     let stack = match (&placement, &site) {
         (Placement::Local { site }, _) => {
             if !holds(FINALIZER) {
@@ -331,11 +395,20 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
             if !holds(SITE_FINALIZER) {
                 super::add_finalizer(&api, tenant, SITE_FINALIZER).await.map_err(fail("adding its finalizer"))?;
             }
-            super::tenant_site::deploy(ctx, tenant, site).await
+            let fenced = fenced_by(plan, &serving);
+            let stack = super::tenant_site::deploy(ctx, tenant, site, fenced.is_some()).await;
+            if serving != tenant.spec.primary_site {
+                fence_primary(ctx, tenant).await;
+            }
+            match (stack, fenced) {
+                (Stack::Running { site, .. } | Stack::Starting { site, .. }, Some(why)) => Stack::Fenced { site, why },
+                (stack, _) => stack,
+            }
         }
         _ => Stack::NotAttempted,
     };
     let standby = match (&placement, &site) {
+        (Placement::Kubernetes { .. }, _) if serving != tenant.spec.primary_site => Standby::Serving { site: serving },
         (Placement::Kubernetes { .. }, Some(site)) => super::tenant_site::standby(ctx, tenant, site).await,
         _ => Standby::NotHere,
     };
@@ -358,6 +431,20 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         (Placement::Kubernetes { .. }, _) => Action::requeue(super::RETRY),
         _ => Action::await_change(),
     })
+}
+
+/// Keeps the stack at the primary site of a tenant a failover moved fenced:
+/// its database stays (a failback starts from it), its app stopped. A
+/// primary that cannot be reached is told in an Event; it is fenced when it
+/// answers again.
+async fn fence_primary(ctx: &Context, tenant: &InvoicingTenant) {
+    let primary = &tenant.spec.primary_site;
+    match ctx.cache.sites.get(primary).await {
+        Some(site) if placement(primary, Some(&site)) == (Placement::Kubernetes { site: primary.clone() }) => {
+            super::tenant_site::deploy(ctx, tenant, &site, true).await;
+        }
+        _ => {}
+    }
 }
 
 /// Removes the tenant's warm standby, if one was applied.

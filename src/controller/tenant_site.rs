@@ -22,10 +22,11 @@ use crate::site::agent_env::{RepositoryAccess, agent_env};
 use crate::site::cluster::{self, Applied};
 use crate::site::kubernetes;
 
-/// Applies the tenant's objects at `site`; says what runs.
-pub async fn deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Stack {
+/// Applies the tenant's objects at `site`, fenced (its app stopped, no DNS
+/// record) or not; says what runs.
+pub async fn deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site, fenced: bool) -> Stack {
     let site_name = site.name_any();
-    match try_deploy(ctx, tenant, site).await {
+    match try_deploy(ctx, tenant, site, fenced).await {
         Ok(applied) => {
             if applied.changed() {
                 let note = format!("Kubernetes site {site_name}: {}", summary(&applied));
@@ -49,8 +50,11 @@ pub async fn deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Sta
     }
 }
 
-async fn try_deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Result<Applied, String> {
+async fn try_deploy(ctx: &Context, tenant: &InvoicingTenant, site: &Site, fenced: bool) -> Result<Applied, String> {
     let mut objects = kubernetes::render(tenant, site, &ctx.images).map_err(|e| e.to_string())?;
+    if fenced {
+        kubernetes::fence(&mut objects);
+    }
     let env = repositories_env(ctx, tenant).await?;
     objects.push(kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?);
     let secret = kubernetes::database_secret(tenant, site, &password()).map_err(|e| e.to_string())?;

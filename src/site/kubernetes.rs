@@ -110,6 +110,8 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
             "data": {
                 "FENICE_TENANT": name, "FENICE_VAT": spec.vat_number, "FENICE_COMPANY": spec.display_name,
                 "FENICE_SDI_ENDPOINT": channel.endpoint, "FENICE_SITE": site_name,
+                // NB: the epoch a failover moved the tenant under: SdI refuses a sender of an older one.
+                "FENICE_APP_EPOCH": tenant.status.as_ref().and_then(|s| s.serving.as_ref()).map_or(1, |s| s.epoch).to_string(),
             },
         }),
         json!({
@@ -227,6 +229,21 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
         }));
     }
     Ok(objects.into_iter().map(without_nulls).collect())
+}
+
+/// The stack [`render`] made, fenced: the app stopped (no replicas) and no
+/// DNS record pointing clients at this site; the database and its volumes
+/// stay as they are. What a site that is not the tenant's serving site runs.
+pub fn fence(objects: &mut Vec<Value>) {
+    objects.retain(|o| o["kind"] != "DNSEndpoint");
+    for object in objects.iter_mut() {
+        if let Some(annotations) = object["metadata"]["annotations"].as_object_mut() {
+            annotations.remove("external-dns.alpha.kubernetes.io/hostname");
+        }
+        if object["kind"] == "Deployment" && object["metadata"]["labels"]["app.kubernetes.io/component"] == "app" {
+            object["spec"]["replicas"] = json!(0);
+        }
+    }
 }
 
 /// Where a tenant's PostgreSQL keeps its data, in its pod.
