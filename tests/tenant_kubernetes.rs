@@ -1156,3 +1156,72 @@ async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_i
     within_rbac(&control, &remote);
     within_rbac(&control, &standby);
 }
+
+/// `fenice operator --site westpole-rome` runs that site's lease agent for the
+/// example plan: it creates the witness lease and renews it, and the plan's
+/// tenants are served at the site while the agent holds it; once the witness
+/// stops answering, the agent fences the site before its lease could expire
+/// and the tenant's app is stopped there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_serves_its_tenants_only_while_its_lease_agent_holds_the_witness_lease() {
+    use fenice::api::plan::{FailoverPlan, Standing};
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (control, remote, client, site_client) = clusters().await;
+    create(&Api::<Namespace>::all(site_client.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
+    let s3 = fenice::testkit::S3Server::start().expect("moto");
+    s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
+    create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
+    s3_policy(&client, "http://127.0.0.1:9").await;
+    let sites: Api<Site> = Api::all(client.clone());
+    sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "westpole-rome")).await.unwrap();
+    let mut witness: Site = example("sites.yaml", "aws-witness");
+    let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
+    (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
+    sites.create(&PostParams::default(), &witness).await.unwrap();
+    let plans: Api<FailoverPlan> = Api::all(client.clone());
+    let mut plan: FailoverPlan = example("plan.yaml", "westpole-to-azure");
+    let witness = plan.spec.witness.as_mut().unwrap();
+    (witness.lease_duration, witness.renew_interval) = ("3s".parse().unwrap(), "1s".parse().unwrap());
+    plans.create(&PostParams::default(), &plan).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+    tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
+
+    let state = tempfile::tempdir().unwrap();
+    let (stop, running) =
+        operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, state.path(), Some("westpole-rome")).await;
+    let standing = |wanted: Standing| {
+        let plans = plans.clone();
+        async move {
+            status_when(
+                &plans,
+                "westpole-to-azure",
+                |p| p.status,
+                |s| s.sites.iter().any(|e| e.site == "westpole-rome" && e.standing == wanted),
+            )
+            .await
+        }
+    };
+    let active = standing(Standing::Active).await;
+    let entry = active.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
+    assert_eq!(entry.epoch, Some(1), "the source created the lease in epoch 1: {active:?}");
+    let witness_store = s3.store("fenice-witness-eu-south-1", "leases").await.unwrap();
+    let lease = fenice::failover::witness::Witness::new(std::sync::Arc::new(witness_store), "westpole-to-azure");
+    let held = lease.read().await.unwrap().expect("the lease was created");
+    assert_eq!((held.record.holder.as_str(), held.record.epoch), ("westpole-rome", 1));
+    ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
+    let apps: Api<Deployment> = Api::namespaced(site_client.clone(), NAMESPACE);
+    assert_eq!(apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas, Some(2));
+
+    // The witness goes away: the agent cannot renew, and fences its site.
+    drop(s3);
+    standing(Standing::Fenced).await;
+    let (_, message) = ready_when(&tenants, "studio-rossi", |reason, _| reason == "Fenced").await;
+    assert!(message.contains("westpole-rome's lease agent fenced it"), "{message}");
+    assert_eq!(apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas, Some(0));
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    within_rbac(&control, &remote);
+}

@@ -69,7 +69,7 @@ pub struct TenantSelection {
     pub namespaces: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum FailoverMode {
     Manual,
     Automatic,
@@ -186,6 +186,38 @@ fn utc() -> String {
     "UTC".to_owned()
 }
 
+/// Whether a site may serve the plan's tenants, as its lease agent says.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteStanding {
+    pub site: String,
+    pub standing: Standing,
+    /// The epoch the site is active under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// When the standing last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}
+
+/// A site's standing under the witness lease.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Standing {
+    /// Holds the lease: may write and transmit to SdI.
+    Active,
+    /// Must not write nor transmit: it does not hold the lease, or could not renew it.
+    Fenced,
+}
+
+/// The `sites` list, merged by `site` under server-side apply so that each
+/// site's agent owns its own entry.
+fn standings_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<SiteStanding>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["site"]));
+    schema
+}
+
 /// Observed state of a plan.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -202,6 +234,12 @@ pub struct FailoverPlanStatus {
     /// plan's tenants are served nowhere until it has taken the lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<String>,
+    /// What each site's lease agent says of its site (`fenice operator
+    /// --site`): a site serves the plan's tenants only while Active. Each
+    /// agent applies its own entry (field manager `fenice-lease-<site>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "standings_schema")]
+    pub sites: Vec<SiteStanding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

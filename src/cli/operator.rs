@@ -122,6 +122,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let local = Arc::new(LocalSites::new(state.path(), &program));
     let mut ctx = Context::new(client, &args.operator_namespace, Some(identity), metrics, local.clone());
     ctx.probe_interval = Duration::from_secs(args.probe_interval_seconds.max(1));
+    ctx.site = args.site.clone();
     let mut stopped = stop.clone();
     let mut lost_wait = lost.clone();
     let until = async move {

@@ -14,6 +14,7 @@ pub mod drill;
 pub mod drill_job;
 pub mod drill_schedule;
 pub mod leader;
+pub mod lease_agent;
 pub mod lease_watch;
 pub mod local_sites;
 pub mod metrics;
@@ -76,6 +77,9 @@ pub struct Context {
     pub images: crate::site::kubernetes::Images,
     /// What the agents at Kubernetes sites open each policy's repositories with.
     pub agent_envs: tenant_site::AgentEnvs,
+    /// The Site this operator runs at (`--site`): it runs that site's lease
+    /// agents ([`lease_agent`]); none without it.
+    pub site: Option<String>,
     writers: std::sync::Mutex<Option<Writers>>,
 }
 
@@ -178,6 +182,7 @@ impl Context {
             site_clients: Default::default(),
             images: crate::site::kubernetes::Images::of_this_build(),
             agent_envs: Default::default(),
+            site: None,
             writers: std::sync::Mutex::new(Some(Writers {
                 tenants: tenants_writer,
                 sites: sites_writer,
@@ -435,8 +440,9 @@ fn spec_or_deletion(tenant: &InvoicingTenant) -> Option<u64> {
 /// holds its lease (a failover fences them at one site and serves them at another).
 fn spec_or_lease(plan: &FailoverPlan) -> Option<u64> {
     let status = plan.status.as_ref();
+    let standings = status.map(|s| s.sites.iter().map(|e| (&e.site, e.standing, e.epoch)).collect::<Vec<_>>());
     let lease = status.map(|s| (&s.lease_holder, s.epoch, &s.handover));
-    Some(hash_of(&(plan.metadata.generation, lease)))
+    Some(hash_of(&(plan.metadata.generation, lease, standings)))
 }
 
 fn hash_of(value: &impl std::hash::Hash) -> u64 {
@@ -509,8 +515,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let lease_watch = {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         async move {
+            let agents = async {
+                match ctx.site.clone() {
+                    Some(site) => lease_agent::run(ctx.clone(), site).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = lease_watch::run(ctx) => {}
+                () = lease_watch::run(ctx.clone()) => {}
+                () = agents => {}
                 () = shutdown => {}
             }
         }

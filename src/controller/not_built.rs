@@ -30,8 +30,8 @@ pub fn kinds() -> Vec<Kind> {
     vec![
         Kind {
             resource: ApiResource::erase::<Site>(&()),
-            message: "this operator does not probe Sites yet: no health, no epoch, no lease here; \
-                      `fenice lab` runs the health probes and the witness lease (docs/failover.md)",
+            message: "this operator does not probe Sites yet: no health here (the witness lease is kept by \
+                      `fenice operator --site`); `fenice lab` runs the health probes (docs/failover.md)",
         },
         Kind {
             resource: ApiResource::erase::<FailoverPlan>(&()),

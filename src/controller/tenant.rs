@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt};
 
 use super::Context;
 use crate::api::condition::{self, Observed};
-use crate::api::plan::FailoverPlan;
+use crate::api::plan::{FailoverPlan, Standing};
 use crate::api::site::{Driver, Site, SiteRole};
 use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus};
 use crate::site::local::TenantSpec;
@@ -107,17 +107,23 @@ pub fn serving_site(tenant: &InvoicingTenant) -> String {
 }
 
 /// Why the tenants of `plan` may not serve at `site` now, if they may not:
-/// only the site holding the plan's lease serves (its source until a
-/// failover took it), and none while the lease is handed over.
+/// none while the lease is handed over; where the site's lease agent runs
+/// (`status.sites`), only while it says Active; elsewhere only the site
+/// holding the plan's lease (its source until a failover took it).
 pub fn fenced_by(plan: Option<&FailoverPlan>, site: &str) -> Option<String> {
     let plan = plan?;
     let status = plan.status.clone().unwrap_or_default();
     let holder = status.lease_holder.unwrap_or_else(|| plan.spec.source_site.clone());
     let name = plan.metadata.name.as_deref().unwrap_or_default();
-    match status.handover {
-        Some(to) => Some(format!("FailoverPlan {name} is handing its lease from {holder} to {to}")),
-        None if holder != site => Some(format!("FailoverPlan {name}'s lease is held by {holder}")),
-        None => None,
+    let standing = status.sites.iter().find(|s| s.site == site).map(|s| s.standing);
+    match (status.handover, standing) {
+        (Some(to), _) => Some(format!("FailoverPlan {name} is handing its lease from {holder} to {to}")),
+        (None, Some(Standing::Active)) => None,
+        (None, Some(Standing::Fenced)) => {
+            Some(format!("{site}'s lease agent fenced it: it does not hold FailoverPlan {name}'s witness lease"))
+        }
+        (None, None) if holder != site => Some(format!("FailoverPlan {name}'s lease is held by {holder}")),
+        (None, None) => None,
     }
 }
 

@@ -237,6 +237,50 @@ pub async fn keep(
     agent
 }
 
+/// A site's lease agent running [`keep`] as a task: its published status, the
+/// task, and its command channel (the loop ends when this is dropped and the
+/// channel closes).
+pub struct RunningAgent {
+    pub status: watch::Receiver<LeaseStatus>,
+    pub task: tokio::task::JoinHandle<LeaseAgent>,
+    commands: mpsc::Sender<LeaseCommand>,
+}
+
+impl RunningAgent {
+    /// Starts `agent` against `witness`, fencing and activating with `fence`.
+    pub fn start(
+        agent: LeaseAgent,
+        witness: Witness,
+        fence: Arc<dyn FenceControl>,
+        clock: Arc<dyn Clock>,
+        holder_health: watch::Receiver<SiteHealth>,
+    ) -> Self {
+        let (commands, commands_rx) = mpsc::channel(4);
+        let (status_tx, status) = watch::channel(LeaseStatus { standing: Standing::Fenced, view: LeaseView::Unknown });
+        let task = tokio::spawn(keep(agent, witness, fence, clock, holder_health, commands_rx, status_tx));
+        Self { status, task, commands }
+    }
+
+    /// Sends the loop a command; false if it has ended.
+    pub async fn command(&self, command: LeaseCommand) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+
+    /// What a failover runner at this site observes of the lease.
+    pub fn observation(status: &watch::Receiver<LeaseStatus>) -> super::machine::Observation {
+        let status = status.borrow();
+        let (lease_holder, lease_epoch) = match &status.view {
+            LeaseView::Held { holder, epoch, .. } => (Some(holder.clone()), *epoch),
+            _ => (None, 0),
+        };
+        let active_epoch = match status.standing {
+            Standing::Active { epoch, .. } => Some(epoch),
+            Standing::Fenced => None,
+        };
+        super::machine::Observation { lease_holder, lease_epoch, active_epoch, ..Default::default() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

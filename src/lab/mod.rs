@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use futures::stream;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use self::fence::SiteFence;
 use self::progress::Progress;
@@ -35,9 +35,9 @@ use crate::failover::clock::{Clock, SystemClock};
 use crate::failover::executor::{Progress as RunProgress, SiteDriver, StateFile, StepContext, run as run_failover};
 use crate::failover::health::{DetectionRule, SiteHealth};
 use crate::failover::lease::{LeaseAgent, LeaseTiming, LeaseView, Standing, Takeover, new_incarnation};
-use crate::failover::machine::{FailoverState, NewFailover, Observation, Phase, RetryRule, StepError, Trigger};
+use crate::failover::machine::{FailoverState, NewFailover, Phase, RetryRule, StepError, Trigger};
 use crate::failover::waves::{GateRule, TenantSpec as WaveTenant, WaveSpec, assign};
-use crate::failover::witness::{LeaseStatus, Witness, keep};
+use crate::failover::witness::{LeaseStatus, RunningAgent, Witness};
 use crate::site::local::{LocalSite, TenantSpec};
 use crate::site::local_failover::LocalFailover;
 use crate::stack::pg::DbUrl;
@@ -199,13 +199,10 @@ fn detection() -> DetectionRule {
     DetectionRule { failure_threshold: 3, window: Duration::from_secs(1), min_vantage_points: 2 }
 }
 
-/// A lease agent running in this process.
+/// A lease agent running in this process, with the lab's fence of its site.
 struct Agent {
-    status: watch::Receiver<LeaseStatus>,
+    running: RunningAgent,
     fence: Arc<SiteFence>,
-    task: tokio::task::JoinHandle<LeaseAgent>,
-    // NB: held so the loop runs; dropping it ends the loop.
-    _commands: mpsc::Sender<crate::failover::witness::LeaseCommand>,
 }
 
 impl Agent {
@@ -220,32 +217,8 @@ impl Agent {
     ) -> Self {
         let fence = Arc::new(SiteFence::new(site.clone()));
         let agent = LeaseAgent::new(site.name(), new_incarnation(), timing.clone(), takeover, may_create);
-        let (commands, commands_rx) = mpsc::channel(4);
-        let (status_tx, status) = watch::channel(LeaseStatus { standing: Standing::Fenced, view: LeaseView::Unknown });
-        let task = tokio::spawn(keep(
-            agent,
-            witness.clone(),
-            fence.clone(),
-            clock.clone(),
-            holder_health,
-            commands_rx,
-            status_tx,
-        ));
-        Self { status, fence, task, _commands: commands }
-    }
-
-    /// What the failover runner observes of the lease.
-    fn observation(status: &watch::Receiver<LeaseStatus>) -> Observation {
-        let status = status.borrow();
-        let (lease_holder, lease_epoch) = match &status.view {
-            LeaseView::Held { holder, epoch, .. } => (Some(holder.clone()), *epoch),
-            _ => (None, 0),
-        };
-        let active_epoch = match status.standing {
-            Standing::Active { epoch, .. } => Some(epoch),
-            Standing::Fenced => None,
-        };
-        Observation { lease_holder, lease_epoch, active_epoch, ..Observation::default() }
+        let running = RunningAgent::start(agent, witness.clone(), fence.clone(), clock.clone(), holder_health);
+        Self { running, fence }
     }
 }
 
@@ -335,9 +308,11 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let (_always_up, up) = watch::channel(SiteHealth::Up);
     let timing = lease_timing(options.tenants)?;
     let mut primary_agent = Agent::start(&primary, &witness, Takeover::Never, true, up, &clock, &timing);
-    wait_status(&mut primary_agent.status, Duration::from_secs(30), |s| matches!(s.standing, Standing::Active { .. }))
-        .await
-        .context("the primary never became active under the witness lease")?;
+    wait_status(&mut primary_agent.running.status, Duration::from_secs(30), |s| {
+        matches!(s.standing, Standing::Active { .. })
+    })
+    .await
+    .context("the primary never became active under the witness lease")?;
     progress.step(&format!("{PRIMARY} holds the witness lease under epoch 1: its apps are active"));
 
     let primary_urls: BTreeMap<String, String> = names
@@ -427,14 +402,16 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     );
     let mut standby_agent =
         Agent::start(&standby, &witness, Takeover::WhenHolderDown, false, probing.health.clone(), &clock, &timing);
-    wait_status(&mut standby_agent.status, Duration::from_secs(30), |s| matches!(s.view, LeaseView::Held { .. }))
-        .await
-        .context("the standby never read the lease")?;
+    wait_status(&mut standby_agent.running.status, Duration::from_secs(30), |s| {
+        matches!(s.view, LeaseView::Held { .. })
+    })
+    .await
+    .context("the standby never read the lease")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let before_kill = traffic.confirmed();
     let killed_at = jiff::Timestamp::now();
-    primary_agent.task.abort();
+    primary_agent.running.task.abort();
     let groups = primary.kill();
     *driver.lost_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(killed_at);
     progress.step(&format!(
@@ -786,8 +763,8 @@ async fn fail_over(
         "failover {} begins: waves gold, then silver and bronze, {} tenants at a time; state in the witness store",
         state.name, options.parallelism
     ));
-    let status = agent.status.clone();
-    let observe = move || Agent::observation(&status);
+    let status = agent.running.status.clone();
+    let observe = move || RunningAgent::observation(&status);
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut reported = 0;
     loop {
@@ -861,7 +838,7 @@ async fn restart_old_primary(
     let agent = Agent::start(primary, witness, Takeover::WhenHolderDown, true, probing.health.clone(), clock, timing);
     let wait = timing.lease_duration * 2;
     tokio::time::sleep(wait).await;
-    let standing = agent.status.borrow().standing;
+    let standing = agent.running.status.borrow().standing;
     let never_activated =
         !agent.fence.events().iter().any(|(_, e)| matches!(e, crate::failover::fencing::FenceEvent::Activated { .. }));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();

@@ -17,11 +17,25 @@ pub async fn run(
     namespace: &str,
     state: &std::path::Path,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    run_at(control, user, namespace, state, None).await
+}
+
+/// [`run`] as the operator of `site` (`fenice operator --site`), which runs its lease agents.
+#[allow(dead_code)]
+pub async fn run_at(
+    control: &apiserver::Running,
+    user: &str,
+    namespace: &str,
+    state: &std::path::Path,
+    site: Option<&str>,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&control.kubeconfig_as(user)).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     let client = Client::try_from(config).unwrap();
     let local = Arc::new(LocalSites::new(state, std::path::Path::new(env!("CARGO_BIN_EXE_fenice"))));
-    let ctx = Arc::new(Context::new(client, namespace, None, Arc::new(Metrics::default()), local));
+    let mut ctx = Context::new(client, namespace, None, Arc::new(Metrics::default()), local);
+    ctx.site = site.map(str::to_owned);
+    let ctx = Arc::new(ctx);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(fenice::controller::run(ctx, async move {
         let _ = stopped.await;

@@ -1,0 +1,149 @@
+//! The witness lease at a Kubernetes site: `fenice operator --site S` runs
+//! one lease agent ([`crate::failover::lease::LeaseAgent`], the same the lab
+//! runs) for every FailoverPlan with a witness that names S as its source or
+//! target. The source creates the lease; whichever site holds it renews it;
+//! an agent that cannot renew in time fences its site. What each agent says
+//! is applied to the plan's `status.sites` (one entry per site, each under
+//! the field manager `fenice-lease-<site>`), and the tenant controller serves
+//! the plan's tenants at a site only while its entry is Active
+//! ([`super::tenant::fenced_by`]).
+//!
+//! Not built yet: health probes from the operator, so an Automatic plan's
+//! standby never takes the lease on its own (`SiteHealth` stays Up), and a
+//! person's failover that hands the lease over (the Failover controller).
+//! Fencing is a status write that the tenant controller carries out by
+//! stopping the apps; SdI refusing a sender of an older epoch is the second line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use tokio::sync::watch;
+
+use super::Context;
+use crate::api::plan::{FailoverPlan, SiteStanding, Standing};
+use crate::api::site::SiteRole;
+use crate::error_chain::error_chain;
+use crate::failover::clock::SystemClock;
+use crate::failover::convert;
+use crate::failover::fencing::FenceControl;
+use crate::failover::health::SiteHealth;
+use crate::failover::lease::{LeaseAgent, new_incarnation};
+use crate::failover::witness::{RunningAgent, Witness};
+
+/// How often the plans are looked at for agents to start or stop.
+const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// Tries of a standing write before it is given up (the next change writes again).
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// The field manager of `site`'s entry in a plan's `status.sites`.
+pub fn manager(site: &str) -> String {
+    format!("fenice-lease-{site}")
+}
+
+/// Runs the agents of `site`'s plans until the watches stop.
+pub async fn run(ctx: Arc<Context>, site: String) {
+    // Per plan: what its agent was started for, and the agent.
+    let mut agents: HashMap<String, (u64, RunningAgent)> = HashMap::new();
+    loop {
+        let Some(plans) = ctx.cache.plans.all().await else { return };
+        let mut wanted = HashMap::new();
+        for plan in plans.iter().filter(|p| p.spec.source_site == site || p.spec.target_site == site) {
+            let Some(witness) = &plan.spec.witness else { continue };
+            let witness_site = ctx.cache.sites.get(&witness.site).await;
+            let version = witness_site.as_ref().map(|s| s.resource_version());
+            let witness = serde_json::to_string(witness).unwrap_or_default();
+            let key =
+                super::hash_of(&(&plan.spec.source_site, &plan.spec.target_site, plan.spec.mode, witness, version));
+            wanted.insert(plan.name_any(), (key, plan.clone()));
+        }
+        agents.retain(|name, (key, _)| wanted.get(name).is_some_and(|(wanted, _)| wanted == key));
+        for (name, (key, plan)) in wanted {
+            if agents.contains_key(&name) {
+                continue;
+            }
+            match start(&ctx, &site, &plan).await {
+                Ok(agent) => {
+                    tracing::info!(plan = %name, site = %site, "lease agent started");
+                    agents.insert(name, (key, agent));
+                }
+                Err(why) => {
+                    tracing::warn!(plan = %name, site = %site, error = %why, "no lease agent: the site stays fenced");
+                    let fence = PlanStanding { ctx: ctx.clone(), plan: name, site: site.clone() };
+                    fence.write(Standing::Fenced, None).await;
+                }
+            }
+        }
+        tokio::time::sleep(LOOK_EVERY).await;
+    }
+}
+
+/// Starts `site`'s agent for `plan`, fenced until it holds the lease.
+async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan) -> Result<RunningAgent, String> {
+    let name = plan.name_any();
+    let witness = plan.spec.witness.as_ref().ok_or_else(|| format!("FailoverPlan {name} has no witness"))?;
+    let timing = convert::lease_timing(witness).map_err(|e| format!("FailoverPlan {name}: {}", error_chain(&e)))?;
+    let witness_site =
+        ctx.cache.sites.get(&witness.site).await.ok_or_else(|| format!("Site {} does not exist", witness.site))?;
+    if witness_site.spec.role != SiteRole::Witness {
+        return Err(format!("Site {} is not a Witness site", witness.site));
+    }
+    let location =
+        witness_site.spec.witness_store.as_ref().ok_or_else(|| format!("Site {} has no witnessStore", witness.site))?;
+    let store = super::repository::open_location(ctx, &format!("Site {}", witness.site), location, None)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let fence = Arc::new(PlanStanding { ctx: ctx.clone(), plan: name.clone(), site: site.to_owned() });
+    // NB: a new agent starts fenced, and so must its site, until it holds the lease.
+    fence.write(Standing::Fenced, None).await;
+    let takeover = convert::takeover(plan.spec.mode, site, &plan.spec.target_site);
+    let may_create = plan.spec.source_site == site;
+    let agent = LeaseAgent::new(site, new_incarnation(), timing, takeover, may_create);
+    // NB: no probes from the operator yet: the holder is never seen down.
+    let (_, health) = watch::channel(SiteHealth::Up);
+    Ok(RunningAgent::start(agent, Witness::new(store, &name), fence, Arc::new(SystemClock::new()), health))
+}
+
+/// Carries an agent's decisions to its site's entry in the plan's status.
+struct PlanStanding {
+    ctx: Arc<Context>,
+    plan: String,
+    site: String,
+}
+
+impl PlanStanding {
+    async fn write(&self, standing: Standing, epoch: Option<u64>) {
+        let api: Api<FailoverPlan> = Api::all(self.ctx.client.clone());
+        let entry =
+            SiteStanding { site: self.site.clone(), standing, epoch, since: Some(Time(jiff::Timestamp::now())) };
+        let patch = serde_json::json!({
+            "apiVersion": "fenice.io/v1alpha1", "kind": "FailoverPlan", "status": {"sites": [entry]},
+        });
+        let params = PatchParams::apply(&manager(&self.site)).force();
+        for attempt in 1..=WRITE_ATTEMPTS {
+            match api.patch_status(&self.plan, &params, &Patch::Apply(&patch)).await {
+                Ok(_) => return,
+                Err(e) if attempt == WRITE_ATTEMPTS => {
+                    tracing::error!(plan = %self.plan, site = %self.site, ?standing, error = %error_chain(&e),
+                        "the site's standing could not be written");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl FenceControl for PlanStanding {
+    async fn fence(&self) {
+        self.write(Standing::Fenced, None).await;
+    }
+
+    async fn activate(&self, epoch: u64) {
+        self.write(Standing::Active, Some(epoch)).await;
+    }
+}
