@@ -1157,6 +1157,98 @@ async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_i
     within_rbac(&control, &standby);
 }
 
+/// The example tenant at westpole-rome, its plan with a witness at the S3
+/// server (a lease of 3 s renewed every second), and the operator of
+/// westpole-rome running, until its agent holds the lease and the tenant's
+/// stack is applied unfenced.
+struct Witnessed {
+    control: apiserver::Running,
+    remote: apiserver::Running,
+    site_client: Client,
+    /// The witness's store; taken to stop it.
+    s3: Option<fenice::testkit::S3Server>,
+    plans: Api<fenice::api::plan::FailoverPlan>,
+    tenants: Api<InvoicingTenant>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<()>,
+    _state: tempfile::TempDir,
+}
+
+impl Witnessed {
+    async fn start() -> Self {
+        use fenice::api::plan::{FailoverPlan, Standing};
+        let (control, remote, client, site_client) = clusters().await;
+        create(&Api::<Namespace>::all(site_client.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
+        let s3 = fenice::testkit::S3Server::start().expect("moto");
+        s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+        let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
+        create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
+        s3_policy(&client, "http://127.0.0.1:9").await;
+        let sites: Api<Site> = Api::all(client.clone());
+        sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "westpole-rome")).await.unwrap();
+        let mut witness: Site = example("sites.yaml", "aws-witness");
+        let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
+        (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
+        sites.create(&PostParams::default(), &witness).await.unwrap();
+        let plans: Api<FailoverPlan> = Api::all(client.clone());
+        let mut plan: FailoverPlan = example("plan.yaml", "westpole-to-azure");
+        let witness = plan.spec.witness.as_mut().unwrap();
+        (witness.lease_duration, witness.renew_interval) = ("3s".parse().unwrap(), "1s".parse().unwrap());
+        plans.create(&PostParams::default(), &plan).await.unwrap();
+        let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+        tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
+
+        let state = tempfile::tempdir().unwrap();
+        let (stop, running) =
+            operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, state.path(), Some("westpole-rome"))
+                .await;
+        let s3 = Some(s3);
+        let witnessed = Self { control, remote, site_client, s3, plans, tenants, stop, running, _state: state };
+        let active = witnessed.standing(Standing::Active).await;
+        let entry = active.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
+        assert_eq!(entry.epoch, Some(1), "the source created the lease in epoch 1: {active:?}");
+        let held = witnessed.lease().await.read().await.unwrap().expect("the lease was created");
+        assert_eq!((held.record.holder.as_str(), held.record.epoch), ("westpole-rome", 1));
+        ready_when(&witnessed.tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
+        assert_eq!(witnessed.replicas().await, Some(2));
+        witnessed
+    }
+
+    /// The plan's status once westpole-rome's entry says `wanted`.
+    async fn standing(&self, wanted: fenice::api::plan::Standing) -> fenice::api::plan::FailoverPlanStatus {
+        status_when(
+            &self.plans,
+            "westpole-to-azure",
+            |p| p.status,
+            |s| s.sites.iter().any(|e| e.site == "westpole-rome" && e.standing == wanted),
+        )
+        .await
+    }
+
+    async fn lease(&self) -> fenice::failover::witness::Witness {
+        let s3 = self.s3.as_ref().expect("the witness runs");
+        let store = s3.store("fenice-witness-eu-south-1", "leases").await.unwrap();
+        fenice::failover::witness::Witness::new(std::sync::Arc::new(store), "westpole-to-azure")
+    }
+
+    /// The replicas of the tenant's app at westpole-rome.
+    async fn replicas(&self) -> Option<i32> {
+        let apps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(self.site_client.clone(), NAMESPACE);
+        apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas
+    }
+
+    /// The tenant is fenced at westpole-rome, for `why`; then the operator stops.
+    async fn fenced_then_stop(self, why: &str) {
+        let (_, message) = ready_when(&self.tenants, "studio-rossi", |reason, _| reason == "Fenced").await;
+        assert!(message.contains(why), "{message}");
+        assert_eq!(self.replicas().await, Some(0));
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(40), self.running).await.expect("the operator stopped").unwrap();
+        within_rbac(&self.control, &self.remote);
+    }
+}
+
 /// `fenice operator --site westpole-rome` runs that site's lease agent for the
 /// example plan: it creates the witness lease and renews it, and the plan's
 /// tenants are served at the site while the agent holds it; once the witness
@@ -1164,64 +1256,38 @@ async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_i
 /// and the tenant's app is stopped there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_serves_its_tenants_only_while_its_lease_agent_holds_the_witness_lease() {
-    use fenice::api::plan::{FailoverPlan, Standing};
-    use k8s_openapi::api::apps::v1::Deployment;
-    let (control, remote, client, site_client) = clusters().await;
-    create(&Api::<Namespace>::all(site_client.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
-    let s3 = fenice::testkit::S3Server::start().expect("moto");
-    s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
-    create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
-    s3_policy(&client, "http://127.0.0.1:9").await;
-    let sites: Api<Site> = Api::all(client.clone());
-    sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "westpole-rome")).await.unwrap();
-    let mut witness: Site = example("sites.yaml", "aws-witness");
-    let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
-    (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
-    sites.create(&PostParams::default(), &witness).await.unwrap();
-    let plans: Api<FailoverPlan> = Api::all(client.clone());
-    let mut plan: FailoverPlan = example("plan.yaml", "westpole-to-azure");
-    let witness = plan.spec.witness.as_mut().unwrap();
-    (witness.lease_duration, witness.renew_interval) = ("3s".parse().unwrap(), "1s".parse().unwrap());
-    plans.create(&PostParams::default(), &plan).await.unwrap();
-    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
-    tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
-
-    let state = tempfile::tempdir().unwrap();
-    let (stop, running) =
-        operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, state.path(), Some("westpole-rome")).await;
-    let standing = |wanted: Standing| {
-        let plans = plans.clone();
-        async move {
-            status_when(
-                &plans,
-                "westpole-to-azure",
-                |p| p.status,
-                |s| s.sites.iter().any(|e| e.site == "westpole-rome" && e.standing == wanted),
-            )
-            .await
-        }
-    };
-    let active = standing(Standing::Active).await;
-    let entry = active.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
-    assert_eq!(entry.epoch, Some(1), "the source created the lease in epoch 1: {active:?}");
-    let witness_store = s3.store("fenice-witness-eu-south-1", "leases").await.unwrap();
-    let lease = fenice::failover::witness::Witness::new(std::sync::Arc::new(witness_store), "westpole-to-azure");
-    let held = lease.read().await.unwrap().expect("the lease was created");
-    assert_eq!((held.record.holder.as_str(), held.record.epoch), ("westpole-rome", 1));
-    ready_when(&tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
-    let apps: Api<Deployment> = Api::namespaced(site_client.clone(), NAMESPACE);
-    assert_eq!(apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas, Some(2));
-
+    let mut witnessed = Witnessed::start().await;
     // The witness goes away: the agent cannot renew, and fences its site.
-    drop(s3);
-    standing(Standing::Fenced).await;
-    let (_, message) = ready_when(&tenants, "studio-rossi", |reason, _| reason == "Fenced").await;
-    assert!(message.contains("westpole-rome's lease agent fenced it"), "{message}");
-    assert_eq!(apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas, Some(0));
+    drop(witnessed.s3.take());
+    witnessed.standing(fenice::api::plan::Standing::Fenced).await;
+    witnessed.fenced_then_stop("westpole-rome's lease agent fenced it").await;
+}
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
-    within_rbac(&control, &remote);
+/// A Failover asks, through the witness, for the lease of epoch 1 to go to
+/// the standby site: westpole-rome's agent fences its site, then writes the
+/// lease naming azure-italynorth in epoch 2. A request for a site outside the
+/// plan, or a second one for the same epoch, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_hands_the_lease_over_when_a_failover_asks_through_the_witness() {
+    use fenice::failover::witness::HandOverRequest;
+    let witnessed = Witnessed::start().await;
+    let lease = witnessed.lease().await;
+    let ask = |to: &str| HandOverRequest { to: to.into(), failover: "rome-planned".into() };
+    lease.request_handover(1, &ask("azure-italynorth")).await.unwrap();
+    lease.request_handover(1, &ask("azure-italynorth")).await.expect("asking again is no change");
+    let refused = lease.request_handover(1, &ask("aws-witness")).await.unwrap_err().to_string();
+    assert!(refused.contains("already asks for azure-italynorth"), "{refused}");
+    witnessed.standing(fenice::api::plan::Standing::Fenced).await;
+    let handed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match lease.read().await.unwrap() {
+                Some(v) if v.record.holder == "azure-italynorth" => return v.record,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("the lease was handed over");
+    assert_eq!(handed.epoch, 2);
+    witnessed.fenced_then_stop("westpole-rome's lease agent fenced it").await;
 }

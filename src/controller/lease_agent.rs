@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::Context;
 use crate::api::plan::{FailoverPlan, SiteStanding, Standing};
@@ -32,8 +32,8 @@ use crate::failover::clock::SystemClock;
 use crate::failover::convert;
 use crate::failover::fencing::FenceControl;
 use crate::failover::health::SiteHealth;
-use crate::failover::lease::{LeaseAgent, new_incarnation};
-use crate::failover::witness::{RunningAgent, Witness};
+use crate::failover::lease::{LeaseAgent, LeaseView, new_incarnation};
+use crate::failover::witness::{LeaseCommand, LeaseStatus, RunningAgent, Witness};
 
 /// How often the plans are looked at for agents to start or stop.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
@@ -102,10 +102,68 @@ async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan) -> Result<Ru
     fence.write(Standing::Fenced, None).await;
     let takeover = convert::takeover(plan.spec.mode, site, &plan.spec.target_site);
     let may_create = plan.spec.source_site == site;
+    let every = timing.renew_interval;
     let agent = LeaseAgent::new(site, new_incarnation(), timing, takeover, may_create);
     // NB: no probes from the operator yet: the holder is never seen down.
     let (_, health) = watch::channel(SiteHealth::Up);
-    Ok(RunningAgent::start(agent, Witness::new(store, &name), fence, Arc::new(SystemClock::new()), health))
+    let witness = Witness::new(store, &name);
+    let running = RunningAgent::start(agent, witness.clone(), fence, Arc::new(SystemClock::new()), health);
+    let asker =
+        Asked { witness, site: site.to_owned(), sites: [plan.spec.source_site.clone(), plan.spec.target_site.clone()] };
+    tokio::spawn(asker.honour(running.status.clone(), running.commander(), every));
+    Ok(running)
+}
+
+/// What the hand-over requests of a plan's lease are read with.
+struct Asked {
+    witness: Witness,
+    site: String,
+    /// The plan's sites: the only ones the lease may be handed to.
+    sites: [String; 2],
+}
+
+impl Asked {
+    /// Every `every`, while this site holds the lease, reads the hand-over
+    /// request of its epoch and, if a Failover asks for the plan's other site,
+    /// has the agent hand over (fence, then write the lease naming that site
+    /// with the next epoch). Ends with the agent.
+    async fn honour(
+        self,
+        status: watch::Receiver<LeaseStatus>,
+        commands: mpsc::WeakSender<LeaseCommand>,
+        every: Duration,
+    ) {
+        let mut handed = None;
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(commands) = commands.upgrade() else { return };
+            let held = match &status.borrow().view {
+                LeaseView::Held { holder, epoch, .. } if *holder == self.site => Some(*epoch),
+                _ => None,
+            };
+            let Some(epoch) = held.filter(|e| handed != Some(*e)) else { continue };
+            let to = match self.witness.handover_request(epoch).await {
+                Ok(Some(request)) if request.to != self.site && self.sites.contains(&request.to) => {
+                    tracing::warn!(site = %self.site, to = %request.to, epoch, failover = %request.failover,
+                        "handing the witness lease over, as a Failover asks");
+                    request.to
+                }
+                Ok(Some(request)) => {
+                    tracing::warn!(site = %self.site, to = %request.to, epoch, "a hand-over to a site outside the plan is ignored");
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(site = %self.site, epoch, error = %error_chain(&e), "hand-over requests cannot be read");
+                    continue;
+                }
+            };
+            if commands.send(LeaseCommand::HandOver { to }).await.is_err() {
+                return;
+            }
+            handed = Some(epoch);
+        }
+    }
 }
 
 /// Carries an agent's decisions to its site's entry in the plan's status.

@@ -32,6 +32,16 @@ pub enum Error {
     #[error("witness lease {key} changed since it was read (another site wrote it)")]
     LeaseConflict { key: String },
 
+    #[error("hand-over request {key} is not a hand-over request; remove it, it is read only while its epoch holds")]
+    HandOverFormat {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("hand-over request {key} already asks for {asked}; a lease is handed over once per epoch")]
+    HandOverConflict { key: String, asked: String },
+
     #[error("tenant {tenant} has tier {tier:?}, which no wave of plan {plan} lists; add the tier to a wave")]
     TierWithoutWave { plan: String, tenant: String, tier: crate::api::common::Tier },
 
@@ -68,6 +78,8 @@ impl Error {
             Error::LeaseFormat { .. } => "LeaseCorrupt",
             Error::LeaseUnstable { .. } => "LeaseUnstable",
             Error::LeaseConflict { .. } => "LeaseConflict",
+            Error::HandOverFormat { .. } => "HandOverCorrupt",
+            Error::HandOverConflict { .. } => "HandOverConflict",
             Error::TierWithoutWave { .. } => "TierWithoutWave",
             Error::NoWaves { .. } => "NoWaves",
             Error::StateStore { .. } => "StateStoreFailed",

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
@@ -26,13 +27,59 @@ const READ_ATTEMPTS: usize = 3;
 #[derive(Clone, Debug)]
 pub struct Witness {
     store: Arc<dyn ObjectStore>,
+    plan: String,
     key: String,
+}
+
+/// A person's failover asks the site holding the lease in an epoch to hand it
+/// over: `witness/<plan>/handover/<epoch>`, written once (a request cannot be
+/// changed nor replayed: once the lease is handed over, its epoch is past).
+/// The holder's agent reads it and hands over ([`LeaseCommand::HandOver`]);
+/// the witness is the one place both sites reach, so it carries the request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HandOverRequest {
+    /// The site the lease goes to.
+    pub to: String,
+    /// The Failover that asks.
+    pub failover: String,
 }
 
 impl Witness {
     /// The lease of `plan` in `store`, under [`lease_key`].
     pub fn new(store: Arc<dyn ObjectStore>, plan: &str) -> Self {
-        Self { store, key: lease_key(plan) }
+        Self { store, plan: plan.to_owned(), key: lease_key(plan) }
+    }
+
+    fn handover_key(&self, epoch: u64) -> String {
+        format!("witness/{}/handover/{epoch}", self.plan)
+    }
+
+    /// Asks the holder of `epoch` to hand the lease over; asking again for
+    /// the same site is no change, for another is refused.
+    pub async fn request_handover(&self, epoch: u64, request: &HandOverRequest) -> Result<()> {
+        let key = self.handover_key(epoch);
+        let body = serde_json::to_vec(request).map_err(|source| Error::HandOverFormat { key: key.clone(), source })?;
+        match self.store.put(&key, Bytes::from(body), PutCondition::IfAbsent).await {
+            Ok(_) => Ok(()),
+            Err(store::Error::AlreadyExists { .. }) => match self.handover_request(epoch).await? {
+                Some(asked) if asked.to == request.to => Ok(()),
+                asked => Err(Error::HandOverConflict { key, asked: asked.map(|a| a.to).unwrap_or_default() }),
+            },
+            Err(e) => Err(Error::Witness { key, operation: "request hand-over", source: Box::new(e) }),
+        }
+    }
+
+    /// The hand-over asked of the holder of `epoch`, if any.
+    pub async fn handover_request(&self, epoch: u64) -> Result<Option<HandOverRequest>> {
+        let key = self.handover_key(epoch);
+        match self.store.get(&key).await {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|source| Error::HandOverFormat { key, source })
+            }
+            Err(store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::Witness { key, operation: "read hand-over", source: Box::new(e) }),
+        }
     }
 
     /// The object's key.
@@ -264,6 +311,12 @@ impl RunningAgent {
     /// Sends the loop a command; false if it has ended.
     pub async fn command(&self, command: LeaseCommand) -> bool {
         self.commands.send(command).await.is_ok()
+    }
+
+    /// A sender of commands to the loop, for another task; it does not keep
+    /// the loop running once this is dropped.
+    pub fn commander(&self) -> mpsc::WeakSender<LeaseCommand> {
+        self.commands.downgrade()
     }
 
     /// What a failover runner at this site observes of the lease.
