@@ -237,3 +237,69 @@ async fn a_killed_primary_loses_only_the_last_seconds_of_invoices() {
         (killed_at - last_committed).as_secs_f64(),
     );
 }
+
+/// A failover's Job at a Kubernetes site: `agent verify --promote` lets a warm
+/// standby replay up to the newest archived segment, promotes it, verifies it,
+/// and writes its report (with the newest restored invoice's time, for the RPO)
+/// where the Job's termination message is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_standby_is_promoted_after_replaying_the_whole_archive_and_reports_its_last_write() {
+    let site = Site::new();
+    site.ok(&["repo", "init"]);
+    let pg = site.archiving_server(PostgresOptions::new());
+    let documents = site.path("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    connect(&pg.url("postgres")).await.batch_execute("CREATE DATABASE acme").await.unwrap();
+    let mut db = connect(&pg.url("acme")).await;
+    db.batch_execute(SCHEMA).await.unwrap();
+    issue(&mut db, &documents, "2026").await;
+    let url = pg.url("acme");
+    site.ok(&["agent", "backup", "--physical", "--db", &url]);
+    let standby_data = site.path("pgdata-standby");
+    site.ok(&["agent", "restore", "--pgdata", standby_data.to_str().unwrap(), "--standby"]);
+    let standby = site.recovering_server(&standby_data);
+
+    // The primary goes on after the base backup; every segment reaches the archive.
+    for _ in 0..5 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    archive_now(&db).await;
+    let issued = count(&url).await;
+    drop(db);
+    drop(pg);
+
+    let result = site.path("termination-log");
+    let standby_documents = site.path("documents-standby");
+    let standby_url = standby.url("acme");
+    let out = site.ok(&[
+        "agent",
+        "verify",
+        "--promote",
+        "--db",
+        &standby_url,
+        "--documents",
+        standby_documents.to_str().unwrap(),
+        "--result-file",
+        result.to_str().unwrap(),
+    ]);
+    assert!(out.contains("verified"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(report["verified"], true, "{report}");
+    let last_write: jiff::Timestamp = report["last_write"].as_str().expect("the last write's time").parse().unwrap();
+    assert!(last_write <= jiff::Timestamp::now(), "{report}");
+    let promoted = connect(&standby_url).await;
+    let in_recovery: bool = promoted.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    assert!(!in_recovery, "promoted");
+    assert_eq!(count(&standby_url).await, issued, "nothing the archive held was left behind");
+
+    // Asked again (a retried step), it finds the database promoted and verifies it again.
+    site.ok(&[
+        "agent",
+        "verify",
+        "--promote",
+        "--db",
+        &standby_url,
+        "--documents",
+        standby_documents.to_str().unwrap(),
+    ]);
+}

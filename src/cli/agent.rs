@@ -22,7 +22,7 @@ use crate::stack::pg::DbUrl;
 use crate::stack::pitr::{self, PitrRestore};
 use crate::stack::restore::{self, TenantRestore};
 use crate::stack::restore_report;
-use crate::stack::{verify, wal};
+use crate::stack::{promote, verify, wal};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -87,6 +87,18 @@ struct VerifyArgs {
     /// How long to wait for recovery to finish, in seconds.
     #[arg(long, default_value_t = 600)]
     wait_seconds: u64,
+    /// A failover of a warm standby: let it replay up to the newest archived
+    /// segment (at most --catch-up-seconds), promote it, then verify.
+    #[arg(long)]
+    promote: bool,
+    /// With --promote: how long the standby may take to replay the newest archived segment.
+    #[arg(long, default_value_t = 120, requires = "promote")]
+    catch_up_seconds: u64,
+    /// Also write the outcome as JSON to this file, e.g. a container's
+    /// /dev/termination-log: verified or not, what differs, or why it failed,
+    /// and when the newest restored invoice was written.
+    #[arg(long)]
+    result_file: Option<PathBuf>,
     #[command(flatten)]
     target: RepoTarget,
 }
@@ -381,39 +393,88 @@ fn write_result(path: Option<&std::path::Path>, report: &restore_report::Report)
 }
 
 async fn run_verify(args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let tenant = args.tenant.tenant.clone();
+    let result = verify_recovered(&args).await;
+    let report = match &result {
+        Ok(v) => restore_report::Report {
+            tenant: tenant.clone(),
+            snapshot: Some(v.snapshot.to_string()),
+            time: Some(v.time.clone()),
+            verified: true,
+            documents: Some(v.rebuilt),
+            last_write: v.last_write.map(|t| t.to_string()),
+            ..Default::default()
+        },
+        Err(e) => match e.downcast_ref::<crate::stack::Error>() {
+            Some(crate::stack::Error::Mismatch { snapshot, differences, .. }) => restore_report::Report {
+                tenant: tenant.clone(),
+                snapshot: Some(snapshot.clone()),
+                mismatches: differences.iter().map(ToString::to_string).collect(),
+                ..Default::default()
+            },
+            _ => restore_report::Report::failed(&tenant, &format!("{e:#}")),
+        },
+    };
+    write_result(args.result_file.as_deref(), &report)?;
+    let verified = result?;
+    if args.target.json {
+        let report = json!({
+            "tenant": tenant,
+            "snapshot": verified.snapshot,
+            "verified": true,
+            "documents_rebuilt": verified.rebuilt,
+            "state": verified.restored,
+            "last_write": verified.last_write,
+        });
+        writeln!(out, "{report}")?;
+    } else {
+        let invoices: i64 = verified.restored.queue.values().sum();
+        writeln!(
+            out,
+            "tenant {tenant} verified: {invoices} invoices, numbering without gaps, every document present ({} rebuilt from the database)",
+            verified.rebuilt,
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What [`verify_recovered`] found.
+struct Verified {
+    snapshot: crate::repo::id::Id,
+    time: String,
+    rebuilt: u64,
+    restored: verify::Record,
+    last_write: Option<jiff::Timestamp>,
+}
+
+/// Promotes the standby if asked, waits until recovery ended, and checks the
+/// database against what the backup recorded.
+async fn verify_recovered(args: &VerifyArgs) -> anyhow::Result<Verified> {
+    let tenant = &args.tenant.tenant;
     let repo = open_one(&args.target).await?;
-    let (snapshot, _, recorded) = restore::find(&repo, &args.tenant.tenant, args.snapshot.as_deref()).await?;
+    let (snapshot, manifest, recorded) = restore::find(&repo, tenant, args.snapshot.as_deref()).await?;
+    let time = manifest.time;
     let db = DbUrl::parse(&args.db)?;
+    if args.promote {
+        let client = db.connect().await?;
+        let catch_up = Duration::from_secs(args.catch_up_seconds);
+        if let promote::Promoted::Behind { newest, replayed } =
+            promote::promote(&repo, tenant, &client, catch_up).await?
+        {
+            tracing::warn!(tenant, newest, replayed = ?replayed, "the standby had not replayed the newest archived segment: promoted anyway");
+        }
+    }
     let client = verify::wait_until_promoted(&db, Duration::from_secs(args.wait_seconds)).await?;
     let (rebuilt, mut differences) = verify::write_documents(&client, &args.documents).await?;
     let (restored, more) = verify::check_recovered(&client, &recorded).await?;
     differences.extend(more);
     if !differences.is_empty() {
-        return Err(crate::stack::Error::Mismatch {
-            tenant: args.tenant.tenant,
-            snapshot: snapshot.short(),
-            differences,
-        }
-        .into());
+        return Err(
+            crate::stack::Error::Mismatch { tenant: tenant.clone(), snapshot: snapshot.short(), differences }.into()
+        );
     }
-    if args.target.json {
-        let report = json!({
-            "tenant": args.tenant.tenant,
-            "snapshot": snapshot,
-            "verified": true,
-            "documents_rebuilt": rebuilt,
-            "state": restored,
-        });
-        writeln!(out, "{report}")?;
-    } else {
-        let invoices: i64 = restored.queue.values().sum();
-        writeln!(
-            out,
-            "tenant {} verified: {} invoices, numbering without gaps, every document present ({} rebuilt from the database)",
-            args.tenant.tenant, invoices, rebuilt,
-        )?;
-    }
-    Ok(ExitCode::SUCCESS)
+    let last_write = verify::last_write(&client).await?;
+    Ok(Verified { snapshot, time, rebuilt, restored, last_write })
 }
 
 async fn run_wal_push(args: WalPushArgs) -> anyhow::Result<ExitCode> {

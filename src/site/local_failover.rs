@@ -19,8 +19,7 @@ use crate::failover::machine::{Restored, SourceFence, StepError};
 use crate::repo::repository::Repository;
 use crate::stack::pg::DbUrl;
 use crate::stack::pitr::{self, PitrRestore};
-use crate::stack::verify;
-use crate::stack::wal;
+use crate::stack::{promote, verify};
 
 /// How long a recovering database may take to replay the archive and promote.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -170,49 +169,21 @@ impl LocalFailover {
     /// Promotes the tenant's standby at the target: a synchronous one holds
     /// every commit the primary confirmed; a warm one is first let replay up to
     /// the newest segment the archive holds, so that it loses no more than a
-    /// restore would (promotion ends replay at the first segment it cannot fetch).
+    /// restore would (promotion ends replay at the first segment it cannot
+    /// fetch: [`promote::promote`]); then verifies it as a restore.
     async fn promote_standby(&self, request: &PitrRestore) -> Result<Restored, StepError> {
         let (snapshot, recorded) =
             pitr::latest_backup(&self.repo, request).await.map_err(|e| retry(error_chain(&e)))?;
         let client = self.db(&request.tenant)?.connect().await.map_err(|e| retry(error_chain(&e)))?;
-        let in_recovery: bool =
-            client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| retry(e.to_string()))?.get(0);
-        if in_recovery {
-            self.caught_up(&request.tenant, &client).await?;
-            client.execute("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| retry(e.to_string()))?;
+        let promoted = promote::promote(&self.repo, &request.tenant, &client, CATCH_UP_TIMEOUT)
+            .await
+            .map_err(|e| retry(error_chain(&e)))?;
+        if let promote::Promoted::Behind { newest, replayed } = promoted {
+            tracing::warn!(tenant = %request.tenant, newest, replayed = ?replayed,
+                "the warm standby did not catch up with the archive: promoted anyway");
         }
         self.target.promoted(&request.tenant);
         self.verify_recovered(&request.tenant, snapshot, &recorded).await
-    }
-
-    /// Waits, up to [`CATCH_UP_TIMEOUT`], until the standby has replayed the
-    /// newest archived segment of the tenant; says how far it got otherwise.
-    async fn caught_up(&self, tenant: &str, client: &tokio_postgres::Client) -> Result<(), StepError> {
-        let Some(newest) = wal::newest_segment(&self.repo, tenant).await.map_err(|e| retry(error_chain(&e)))? else {
-            return Ok(());
-        };
-        let deadline = std::time::Instant::now() + CATCH_UP_TIMEOUT;
-        loop {
-            let row = client
-                .query_one(
-                    "SELECT pg_last_wal_replay_lsn()::text, pg_size_bytes(current_setting('wal_segment_size'))",
-                    &[],
-                )
-                .await
-                .map_err(|e| retry(e.to_string()))?;
-            let (replayed, size): (Option<String>, i64) = (row.get(0), row.get(1));
-            let size = size.max(1) as u64;
-            let at = replayed.as_deref().and_then(lsn).map(|lsn| lsn / size);
-            let wanted = wal::segment_number(&newest, size);
-            if at.zip(wanted).is_none_or(|(at, wanted)| at >= wanted) {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                tracing::warn!(tenant, newest, replayed = ?replayed, "the warm standby did not catch up with the archive: promoting it anyway");
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 
     /// Waits until the tenant's database at the target serves, brings back the
@@ -234,22 +205,12 @@ impl LocalFailover {
             let shown: Vec<String> = differences.iter().map(ToString::to_string).collect();
             return Err(fatal(format!("restored tenant {tenant} does not verify: {}", shown.join("; "))));
         }
-        let last: Option<jiff::Timestamp> = client
-            .query_one("SELECT max(created_at) FROM invoices", &[])
-            .await
-            .map_err(|e| retry(e.to_string()))?
-            .get(0);
+        let last = verify::last_write(&client).await.map_err(|e| retry(error_chain(&e)))?;
         let lost_at = self.lost_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(jiff::Timestamp::now);
         let rpo = last
             .map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO));
         Ok(Restored { snapshot_id: snapshot.to_string(), rpo })
     }
-}
-
-/// An LSN as PostgreSQL prints it (`16/B374D848`), as a number.
-fn lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.split_once('/')?;
-    Some(u64::from_str_radix(high, 16).ok()? << 32 | u64::from_str_radix(low, 16).ok()?)
 }
 
 fn retry(message: String) -> StepError {
@@ -388,17 +349,5 @@ impl SiteDriver for LocalFailover {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(retry(format!("removing tenant {}'s restored data: {e}", tenant.name))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsns_read_as_postgresql_prints_them() {
-        assert_eq!(lsn("0/3000148"), Some(0x300_0148));
-        assert_eq!(lsn("16/B374D848"), Some(0x16_B374_D848));
-        assert_eq!(lsn("nonsense"), None);
     }
 }

@@ -17,6 +17,7 @@ pub mod backup;
 mod child;
 pub mod pg;
 pub mod pitr;
+pub mod promote;
 pub mod restore;
 pub mod restore_report;
 pub mod verify;

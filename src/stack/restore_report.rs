@@ -40,6 +40,10 @@ pub struct Report {
     /// Why a drill's copy, restored and verified, did not serve or send its test invoice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serve_error: Option<String>,
+    /// When the newest invoice the restored data holds was written (RFC
+    /// 3339): a failover's RPO is the loss's time minus this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_write: Option<String>,
 }
 
 impl Report {

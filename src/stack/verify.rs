@@ -321,6 +321,16 @@ fn write_batch(
     Ok((written, differences))
 }
 
+/// When the newest invoice the database holds was written, if it holds any:
+/// what a restore or a failover keeps, against when the source was lost (RPO).
+pub async fn last_write(db: &impl tokio_postgres::GenericClient) -> Result<Option<jiff::Timestamp>> {
+    let row = db
+        .query_one("SELECT max(created_at) FROM invoices", &[])
+        .await
+        .map_err(|source| Error::Query { what: "reading the newest invoice's time", source })?;
+    Ok(row.get(0))
+}
+
 /// Checks a database recovered to a point at or after its base backup, where
 /// equality with the backup's record cannot hold: every series numbered 1…last
 /// without a gap, and nothing the backup recorded gone. (Documents are checked
