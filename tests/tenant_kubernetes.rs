@@ -577,18 +577,24 @@ async fn run_restore_job(site: &Client, name: &str, db: &str) -> std::process::O
     ];
     let out = run_command(site, name, db, &swap).await;
     let message = std::fs::read_to_string(&result).unwrap_or_default();
+    pod_ended(site, name, "restore", out.status.code().unwrap_or(1), &message).await;
+    out
+}
+
+/// What a kubelet leaves of the Job `name`'s pod once its `container`
+/// exited with `exit_code`, with `message` as its termination message; and the
+/// Job's own status.
+async fn pod_ended(site: &Client, name: &str, container: &str, exit_code: i32, message: &str) {
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(site.clone(), NAMESPACE);
     let pod = format!("{name}-x7k2p");
     let labels = json!({"batch.kubernetes.io/job-name": name, "job-name": name});
-    create(&pods, json!({"metadata": {"name": pod, "labels": labels}, "spec": {"containers": [{"name": "restore", "image": "fenice"}]}})).await;
-    let exit_code = out.status.code().unwrap_or(1);
+    create(&pods, json!({"metadata": {"name": pod, "labels": labels}, "spec": {"containers": [{"name": container, "image": "fenice"}]}})).await;
     let terminated = json!({"status": {"containerStatuses": [{
-        "name": "restore", "image": "fenice", "imageID": "", "ready": false, "restartCount": 0,
-        "state": {"terminated": {"exitCode": exit_code, "message": message}},
+        "name": container, "image": "fenice", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": exit_code, "message": message, "finishedAt": jiff::Timestamp::now().to_string()}},
     }]}});
     pods.patch_status(&pod, &PatchParams::default(), &Patch::Merge(&terminated)).await.unwrap();
-    job_ended(site, name, out.status.success()).await;
-    out
+    job_ended(site, name, exit_code == 0).await;
 }
 
 fn reason_of(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> &str {
@@ -1290,4 +1296,177 @@ async fn the_holder_hands_the_lease_over_when_a_failover_asks_through_the_witnes
     .expect("the lease was handed over");
     assert_eq!(handed.epoch, 2);
     witnessed.fenced_then_stop("westpole-rome's lease agent fenced it").await;
+}
+
+/// A person's failover at Kubernetes sites, carried out by the operator of
+/// the standby site: the lease is handed over through the witness (the
+/// primary's operator fences its site first), the tenant's warm standby is
+/// promoted and verified by a Job there, SdI is reconciled by another, the
+/// tenant is served there under the new epoch on the standby's StatefulSet,
+/// and the Failover ends Succeeded with its RPO; the primary stays fenced.
+/// The Jobs' pods are ended by the test, as a kubelet would (the agent's
+/// `verify --promote` runs against real PostgreSQL in tests/pitr.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_moves_a_warm_tenant_to_the_standby_site_through_the_witness() {
+    use fenice::api::failover::{Failover, FailoverPhase};
+    use fenice::api::plan::{FailoverPlan, Standing};
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (control, remote, client, site_client) = clusters().await;
+    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
+    let standby_client = standby.client().await.unwrap();
+    for site in [&site_client, &standby_client] {
+        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
+    }
+    install_crds(&standby_client, true).await;
+    let s3 = fenice::testkit::S3Server::start().expect("moto");
+    s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
+    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+    let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
+    create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
+    s3_policy(&client, "http://127.0.0.1:9").await;
+    let sites: Api<Site> = Api::all(client.clone());
+    for name in ["westpole-rome", "azure-italynorth"] {
+        sites.create(&PostParams::default(), &example::<Site>("sites.yaml", name)).await.unwrap();
+    }
+    let mut witness: Site = example("sites.yaml", "aws-witness");
+    let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
+    (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
+    sites.create(&PostParams::default(), &witness).await.unwrap();
+    let plans: Api<FailoverPlan> = Api::all(client.clone());
+    let mut plan: FailoverPlan = example("plan.yaml", "westpole-to-azure");
+    let lease = plan.spec.witness.as_mut().unwrap();
+    (lease.lease_duration, lease.renew_interval) = ("3s".parse().unwrap(), "1s".parse().unwrap());
+    plans.create(&PostParams::default(), &plan).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+    tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
+
+    // Each site's operator, with its own lease agent.
+    let (rome_state, azure_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rome =
+        operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, rome_state.path(), Some("westpole-rome"));
+    let (stop_rome, rome) = rome.await;
+    let azure =
+        operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, azure_state.path(), Some("azure-italynorth"));
+    let (stop_azure, azure) = azure.await;
+    let standing_of = |site: &'static str, wanted: Standing| {
+        let plans = plans.clone();
+        async move {
+            status_when(
+                &plans,
+                "westpole-to-azure",
+                |p| p.status,
+                |s| s.sites.iter().any(|e| e.site == site && e.standing == wanted),
+            )
+            .await
+        }
+    };
+    standing_of("westpole-rome", Standing::Active).await;
+    standing_of("azure-italynorth", Standing::Fenced).await;
+    let warm = status_when(&tenants, "studio-rossi", |t| t.status, |s| s.standby_site.is_some()).await;
+    assert_eq!(warm.standby_site.as_deref(), Some("azure-italynorth"));
+    let standby_sets: Api<StatefulSet> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    let standby_db = standby_sets.get("studio-rossi-db").await.unwrap().uid();
+
+    let failovers: Api<Failover> = Api::all(client.clone());
+    let failover: Failover = serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": "rome-planned"},
+        "spec": {"plan": "westpole-to-azure", "mode": "Manual", "reason": "planned maintenance at Westpole"},
+    }))
+    .unwrap();
+    failovers.create(&PostParams::default(), &failover).await.unwrap();
+
+    // The primary hands the lease over; the standby's operator promotes the standby with a Job.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    let job_appears = |name: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            tokio::time::timeout(DEADLINE, async {
+                while jobs.get_opt(name).await.unwrap().is_none() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("Job {name} never appeared"));
+            jobs.get(name).await.unwrap()
+        }
+    };
+    let promote = job_appears("studio-rossi-promote-e2").await;
+    let args = promote.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ");
+    assert!(args.contains("agent verify --promote --tenant studio-rossi"), "{args}");
+    let handed = standing_of("westpole-rome", Standing::Fenced).await;
+    let azure_entry = handed.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
+    assert_eq!((azure_entry.standing, azure_entry.epoch), (Standing::Active, Some(2)), "{handed:?}");
+    let last_write = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(2);
+    let report = json!({"tenant": "studio-rossi", "snapshot": "5e1f0c2a", "verified": true, "last_write": last_write.to_string()});
+    pod_ended(&standby_client, "studio-rossi-promote-e2", "failover", 0, &report.to_string()).await;
+    let reconcile = job_appears("studio-rossi-reconcile-e2").await;
+    let args = reconcile.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ");
+    assert!(args.contains("agent reconcile-sdi --json --tenant studio-rossi"), "{args}");
+    pod_ended(&standby_client, "studio-rossi-reconcile-e2", "failover", 0, "").await;
+
+    // The tenant is served at the standby site: its stack there, as a kubelet would run it.
+    let moved = status_when(&tenants, "studio-rossi", |t| t.status, |s| s.serving.is_some()).await;
+    let serving = moved.serving.unwrap();
+    assert_eq!(
+        (serving.site.as_str(), serving.epoch, serving.failover.as_str()),
+        ("azure-italynorth", 2, "rome-planned")
+    );
+    let apps: Api<Deployment> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    tokio::time::timeout(DEADLINE, async {
+        while apps.get_opt("studio-rossi-app").await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the app is applied at the standby site");
+    let ready = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
+    apps.patch_status("studio-rossi-app", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+    standby_sets
+        .patch_status("studio-rossi-db", &PatchParams::default(), &Patch::Merge(&ready_status()))
+        .await
+        .unwrap();
+
+    let done = status_when(&failovers, "rome-planned", |f| f.status, |s| s.phase == FailoverPhase::Succeeded).await;
+    assert_eq!((done.epoch, done.tenants_done, done.tenants_total), (Some(2), 1, 1), "{done:?}");
+    let rpo = done.rpo.expect("the RPO is measured").as_std();
+    assert!(rpo <= Duration::from_secs(60), "{rpo:?}");
+    assert_eq!(
+        standby_sets.get("studio-rossi-db").await.unwrap().uid(),
+        standby_db,
+        "the standby's StatefulSet serves"
+    );
+    let config: Api<ConfigMap> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    assert_eq!(config.get("studio-rossi-app").await.unwrap().data.unwrap()["FENICE_APP_EPOCH"], "2");
+    let primary_apps: Api<Deployment> = Api::namespaced(site_client.clone(), NAMESPACE);
+    assert_eq!(
+        primary_apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas,
+        Some(0),
+        "the primary stays fenced"
+    );
+    let events: Api<Event> = Api::all(client.clone());
+    let told = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let all = events.list(&ListParams::default()).await.unwrap().items;
+            let found = all.into_iter().find(|e| {
+                e.reason.as_deref() == Some("FailoverSucceeded")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("rome-planned")
+            });
+            match found {
+                Some(event) => return event,
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("an Event says it succeeded");
+    assert!(told.note.as_deref().is_some_and(|n| n.contains("1/1 tenants serve at azure-italynorth")), "{told:?}");
+
+    for (stop, running) in [(stop_rome, rome), (stop_azure, azure)] {
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    }
+    within_rbac(&control, &remote);
+    within_rbac(&control, &standby);
 }

@@ -40,6 +40,43 @@ const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// Tries of a standing write before it is given up (the next change writes again).
 const WRITE_ATTEMPTS: u32 = 5;
 
+/// What a failover at this site uses of a plan's running agent.
+#[derive(Clone)]
+pub struct Handle {
+    pub status: watch::Receiver<LeaseStatus>,
+    pub commands: mpsc::WeakSender<LeaseCommand>,
+    pub timing: crate::failover::lease::LeaseTiming,
+    /// The plan's lease in the witness store, whose store also keeps failovers' state.
+    pub witness: Witness,
+    pub store: Arc<dyn crate::store::ObjectStore>,
+}
+
+impl Handle {
+    /// Sends the agent a command; false if it has ended.
+    pub async fn command(&self, command: LeaseCommand) -> bool {
+        match self.commands.upgrade() {
+            Some(commands) => commands.send(command).await.is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// The agents running at this site, by plan.
+#[derive(Clone, Default)]
+pub struct Agents(Arc<std::sync::Mutex<HashMap<String, Handle>>>);
+
+impl Agents {
+    /// The agent of `plan`, if it runs.
+    pub fn get(&self, plan: &str) -> Option<Handle> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(plan).cloned()
+    }
+
+    fn set(&self, running: &HashMap<String, (u64, RunningAgent, Handle)>) {
+        let handles = running.iter().map(|(plan, (_, _, handle))| (plan.clone(), handle.clone())).collect();
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
+    }
+}
+
 /// The field manager of `site`'s entry in a plan's `status.sites`.
 pub fn manager(site: &str) -> String {
     format!("fenice-lease-{site}")
@@ -47,8 +84,8 @@ pub fn manager(site: &str) -> String {
 
 /// Runs the agents of `site`'s plans until the watches stop.
 pub async fn run(ctx: Arc<Context>, site: String) {
-    // Per plan: what its agent was started for, and the agent.
-    let mut agents: HashMap<String, (u64, RunningAgent)> = HashMap::new();
+    // Per plan: what its agent was started for, the agent, and its handle.
+    let mut agents: HashMap<String, (u64, RunningAgent, Handle)> = HashMap::new();
     loop {
         let Some(plans) = ctx.cache.plans.all().await else { return };
         let mut wanted = HashMap::new();
@@ -61,15 +98,15 @@ pub async fn run(ctx: Arc<Context>, site: String) {
                 super::hash_of(&(&plan.spec.source_site, &plan.spec.target_site, plan.spec.mode, witness, version));
             wanted.insert(plan.name_any(), (key, plan.clone()));
         }
-        agents.retain(|name, (key, _)| wanted.get(name).is_some_and(|(wanted, _)| wanted == key));
+        agents.retain(|name, (key, _, _)| wanted.get(name).is_some_and(|(wanted, _)| wanted == key));
         for (name, (key, plan)) in wanted {
             if agents.contains_key(&name) {
                 continue;
             }
             match start(&ctx, &site, &plan).await {
-                Ok(agent) => {
+                Ok((agent, handle)) => {
                     tracing::info!(plan = %name, site = %site, "lease agent started");
-                    agents.insert(name, (key, agent));
+                    agents.insert(name, (key, agent, handle));
                 }
                 Err(why) => {
                     tracing::warn!(plan = %name, site = %site, error = %why, "no lease agent: the site stays fenced");
@@ -78,12 +115,13 @@ pub async fn run(ctx: Arc<Context>, site: String) {
                 }
             }
         }
+        ctx.lease_agents.set(&agents);
         tokio::time::sleep(LOOK_EVERY).await;
     }
 }
 
 /// Starts `site`'s agent for `plan`, fenced until it holds the lease.
-async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan) -> Result<RunningAgent, String> {
+async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan) -> Result<(RunningAgent, Handle), String> {
     let name = plan.name_any();
     let witness = plan.spec.witness.as_ref().ok_or_else(|| format!("FailoverPlan {name} has no witness"))?;
     let timing = convert::lease_timing(witness).map_err(|e| format!("FailoverPlan {name}: {}", error_chain(&e)))?;
@@ -103,15 +141,19 @@ async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan) -> Result<Ru
     let takeover = convert::takeover(plan.spec.mode, site, &plan.spec.target_site);
     let may_create = plan.spec.source_site == site;
     let every = timing.renew_interval;
-    let agent = LeaseAgent::new(site, new_incarnation(), timing, takeover, may_create);
+    let agent = LeaseAgent::new(site, new_incarnation(), timing.clone(), takeover, may_create);
     // NB: no probes from the operator yet: the holder is never seen down.
     let (_, health) = watch::channel(SiteHealth::Up);
-    let witness = Witness::new(store, &name);
+    let witness = Witness::new(store.clone(), &name);
     let running = RunningAgent::start(agent, witness.clone(), fence, Arc::new(SystemClock::new()), health);
-    let asker =
-        Asked { witness, site: site.to_owned(), sites: [plan.spec.source_site.clone(), plan.spec.target_site.clone()] };
+    let asker = Asked {
+        witness: witness.clone(),
+        site: site.to_owned(),
+        sites: [plan.spec.source_site.clone(), plan.spec.target_site.clone()],
+    };
     tokio::spawn(asker.honour(running.status.clone(), running.commander(), every));
-    Ok(running)
+    let handle = Handle { status: running.status.clone(), commands: running.commander(), timing, witness, store };
+    Ok((running, handle))
 }
 
 /// What the hand-over requests of a plan's lease are read with.

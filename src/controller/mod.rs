@@ -13,6 +13,8 @@ mod certificates;
 pub mod drill;
 pub mod drill_job;
 pub mod drill_schedule;
+pub mod failover;
+pub mod failover_driver;
 pub mod leader;
 pub mod lease_agent;
 pub mod lease_watch;
@@ -80,6 +82,8 @@ pub struct Context {
     /// The Site this operator runs at (`--site`): it runs that site's lease
     /// agents ([`lease_agent`]); none without it.
     pub site: Option<String>,
+    /// The lease agents [`lease_agent`] runs, for the failovers at this site.
+    pub lease_agents: lease_agent::Agents,
     writers: std::sync::Mutex<Option<Writers>>,
 }
 
@@ -183,6 +187,7 @@ impl Context {
             images: crate::site::kubernetes::Images::of_this_build(),
             agent_envs: Default::default(),
             site: None,
+            lease_agents: Default::default(),
             writers: std::sync::Mutex::new(Some(Writers {
                 tenants: tenants_writer,
                 sites: sites_writer,
@@ -528,6 +533,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         }
     };
+    let failovers =
+        Controller::new(Api::<crate::api::failover::Failover>::all(ctx.client.clone()), watcher::Config::default())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(failover::reconcile, failover::error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()));
     let tenants = tenant_controller(&ctx, writers)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
@@ -541,6 +551,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             restores,
             drills,
             drill_schedules,
+            failovers,
             tenants,
             not_built,
             lease_watch

@@ -1,5 +1,5 @@
-//! The kinds whose controllers are not built yet (Site, FailoverPlan,
-//! Failover) are not left silent: each object gets, once, a
+//! The kinds whose controllers are not built yet (Site, FailoverPlan)
+//! are not left silent: each object gets, once, a
 //! False `Ready` condition with reason `NotBuilt` saying what does not happen
 //! and what to use meanwhile. A FailoverPlan asking for automatic failover
 //! that nothing carries out must say so where an SRE looks.
@@ -26,7 +26,7 @@ pub struct Kind {
 
 /// The kinds, with their messages.
 pub fn kinds() -> Vec<Kind> {
-    use crate::api::{failover::Failover, plan::FailoverPlan, site::Site};
+    use crate::api::{plan::FailoverPlan, site::Site};
     vec![
         Kind {
             resource: ApiResource::erase::<Site>(&()),
@@ -35,14 +35,10 @@ pub fn kinds() -> Vec<Kind> {
         },
         Kind {
             resource: ApiResource::erase::<FailoverPlan>(&()),
-            message: "this operator does not carry out FailoverPlans yet: no automatic failover happens \
-                      from this plan (its scheduled drills do run); `fenice lab` runs the failover logic with the \
-                      Local driver (docs/failover.md)",
-        },
-        Kind {
-            resource: ApiResource::erase::<Failover>(&()),
-            message: "this operator does not execute Failovers yet: nothing was switched; \
-                      `fenice lab` runs the failover logic with the Local driver (docs/failover.md)",
+            message: "this operator does not carry out FailoverPlans automatically yet: no automatic failover happens \
+                      from this plan (its scheduled drills do run, and a Failover a person creates is carried out by \
+                      the target site's operator); `fenice lab` runs the automatic failover with the Local driver \
+                      (docs/failover.md)",
         },
     ]
 }
@@ -116,7 +112,7 @@ mod tests {
     fn every_kind_without_a_controller_has_a_message_saying_what_to_use() {
         let kinds = kinds();
         let names: Vec<&str> = kinds.iter().map(|k| k.resource.kind.as_str()).collect();
-        assert_eq!(names, ["Site", "FailoverPlan", "Failover"]);
+        assert_eq!(names, ["Site", "FailoverPlan"]);
         assert!(kinds.iter().all(|k| k.message.contains("fenice ")));
     }
 }

@@ -246,25 +246,34 @@ async fn start_job(
 /// last log lines as an error when the agent ended before writing one), and
 /// when the pod's container ended.
 pub struct Left {
+    /// Whether the container ended (a success may leave no message).
+    pub ended: bool,
     pub report: Option<Report>,
     pub at: Option<Timestamp>,
 }
 
-/// What the Job `job`'s pod left.
+/// What the Job `job`'s pod left (its `restore` container).
 pub async fn left(cluster: &SiteCluster, namespace: &str, job: &str) -> Result<Left, kube::Error> {
+    left_by(cluster, namespace, job, "restore").await
+}
+
+/// What the container `container` of the Job `job`'s pod left.
+pub async fn left_by(cluster: &SiteCluster, namespace: &str, job: &str, container: &str) -> Result<Left, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let listed = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?;
     let ended = listed
         .items
         .iter()
         .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
-        .filter(|c| c.name == "restore")
+        .filter(|c| c.name == container)
         .find_map(|c| c.state.as_ref()?.terminated.clone());
-    let Some(ended) = ended else { return Ok(Left { report: None, at: None }) };
+    let Some(ended) = ended else { return Ok(Left { ended: false, report: None, at: None }) };
+    // NB: a container that succeeded without writing a report leaves an empty message.
     let report = ended
         .message
+        .filter(|text| !text.trim().is_empty())
         .map(|text| serde_json::from_str::<Report>(&text).unwrap_or_else(|_| Report::failed("", text.trim())));
-    Ok(Left { report, at: ended.finished_at.map(|t| t.0) })
+    Ok(Left { ended: true, report, at: ended.finished_at.map(|t| t.0) })
 }
 
 fn from_report(report: Report, place: &str) -> Result<Done, Failure> {

@@ -459,6 +459,111 @@ pub fn backup_job(
     Ok(without_nulls(job))
 }
 
+/// What a failover's Job does for one tenant at the target site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailoverJob {
+    /// Promote the tenant's warm standby and verify it (`agent verify --promote`),
+    /// writing its report to the termination message.
+    Promote,
+    /// Import what SdI already holds for the tenant (`agent reconcile-sdi`).
+    ReconcileSdi,
+}
+
+impl FailoverJob {
+    fn step(&self) -> &'static str {
+        match self {
+            FailoverJob::Promote => "promote",
+            FailoverJob::ReconcileSdi => "reconcile",
+        }
+    }
+}
+
+/// Where a Job's agent writes its report, which Kubernetes keeps as the
+/// container's termination message.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// The container of a failover's Job, whose termination message is read.
+pub const FAILOVER_CONTAINER: &str = "failover";
+
+/// The Job of `job` for the tenant in the failover of `epoch`, at the
+/// failover's target `site`: on the tenant's database Secret, repositories
+/// Secret and documents volume, with the backup Jobs' network access.
+pub fn failover_job(
+    tenant: &InvoicingTenant,
+    site: &Site,
+    images: &Images,
+    epoch: u64,
+    job: &FailoverJob,
+) -> Result<Value, RenderError> {
+    let who = Who::of(tenant)?;
+    let (site_name, platform) = platform(site)?;
+    let pods = Pods { platform };
+    let documents = "/var/lib/fenice/documents";
+    let args: Vec<String> = match job {
+        FailoverJob::Promote => vec!["agent", "verify", "--promote", "--tenant", who.name, "--documents", documents]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["--result-file".to_owned(), TERMINATION_LOG.to_owned()])
+            .collect(),
+        FailoverJob::ReconcileSdi => {
+            let channel = tenant
+                .spec
+                .sdi
+                .channels
+                .iter()
+                .find(|c| c.site == site_name)
+                .ok_or_else(|| RenderError::NoChannel { tenant: who.name.to_owned(), site: site_name.clone() })?;
+            ["agent", "reconcile-sdi", "--json", "--tenant", who.name, "--documents", documents]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(["--sdi-endpoint".to_owned(), channel.endpoint.clone()])
+                .collect()
+        }
+    };
+    let name = failover_job_name(who.name, epoch, job);
+    let mut metadata = who.metadata(name, "backup");
+    metadata["labels"]["fenice.io/failover-epoch"] = json!(epoch.to_string());
+    metadata.as_object_mut().map(|m| m.remove("ownerReferences"));
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+        "spec": {
+            // NB: no retry here: the failover retries the step, with a new look at why it failed.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 3600,
+            "ttlSecondsAfterFinished": 24 * 3600,
+            "template": pods.template(who.labels("backup"), 10001, json!({
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": FAILOVER_CONTAINER,
+                    "image": format!("{}fenice:{}", pods.registry(), images.fenice),
+                    "args": args,
+                    "env": [{"name": "FENICE_DB_URL", "valueFrom": {"secretKeyRef": {"name": database_secret_name(who.name), "key": "url"}}}],
+                    "envFrom": [{"secretRef": {"name": repositories_secret_name(who.name)}}],
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "resources": resources((250, 256)),
+                    "securityContext": *HARDENED,
+                    "volumeMounts": [
+                        {"name": "documents", "mountPath": documents},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                    ],
+                }],
+                "volumes": [
+                    {"name": "documents", "persistentVolumeClaim": {"claimName": format!("{}-documents", who.name)}},
+                    {"name": "tmp", "emptyDir": {}},
+                ],
+            })),
+        },
+    });
+    Ok(without_nulls(job))
+}
+
+/// The name of the tenant's Job of `job` in the failover of `epoch`.
+pub fn failover_job_name(tenant: &str, epoch: u64, job: &FailoverJob) -> String {
+    let suffix = format!("-{}-e{epoch}", job.step());
+    let keep = 63usize.saturating_sub(suffix.len());
+    format!("{}{suffix}", tenant.chars().take(keep).collect::<String>().trim_end_matches('-'))
+}
+
 /// The name of the Job that runs the Backup `backup` (at most 63 characters).
 pub fn backup_job_name(backup: &str) -> String {
     let name = format!("backup-{backup}");

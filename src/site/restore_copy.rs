@@ -18,16 +18,14 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::kubernetes::{
-    DB_PORT, HARDENED, Images, POSTGRES_HARDENED, Pods, RenderError, Who, network_policy, platform, resources,
-    without_nulls,
+    DB_PORT, HARDENED, Images, POSTGRES_HARDENED, Pods, RenderError, TERMINATION_LOG, Who, network_policy, platform,
+    resources, without_nulls,
 };
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 
 /// The label every object of a copy carries, with the copy's name.
 pub const RESTORE_LABEL: &str = "fenice.io/restore";
-/// Where the Job writes its report: the kubelet turns it into the pod's termination message.
-const TERMINATION_LOG: &str = "/dev/termination-log";
 const DOCUMENTS: &str = "/var/lib/fenice/documents";
 
 fn labels(copy: &str, tenant: &str, component: &str) -> Value {
