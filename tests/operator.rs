@@ -81,6 +81,7 @@ const UNUSED_ON_PURPOSE: &[(&str, &str, &str, &str)] = &[
     ("fenice.io", "backups", "get", "a Backup found running is read again before it is taken as interrupted"),
     ("fenice.io", "restores", "get", "a Restore found restoring is read again before it is taken as interrupted"),
     ("fenice.io", "failovers/status", "patch", "a Failover is carried out in tests/tenant_kubernetes.rs, not here"),
+    ("fenice.io", "failovers", "create", "an automatic Failover is declared in tests/tenant_kubernetes.rs, not here"),
     ("fenice.io", "invoicingtenants/finalizers", "update", "blockOwnerDeletion at a Site that is this cluster"),
 ];
 

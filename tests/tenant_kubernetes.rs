@@ -1298,6 +1298,203 @@ async fn the_holder_hands_the_lease_over_when_a_failover_asks_through_the_witnes
     witnessed.fenced_then_stop("westpole-rome's lease agent fenced it").await;
 }
 
+/// Two Kubernetes sites and a witness on the S3 server, the example plan
+/// (changed by `plan_changes`) with a lease of 3 s renewed every second, the
+/// warm example tenant, and each site's operator running with its lease
+/// agent, until the primary holds the lease and the standby is applied.
+struct TwoSites {
+    control: apiserver::Running,
+    remote: apiserver::Running,
+    standby: apiserver::Running,
+    client: Client,
+    site_client: Client,
+    standby_client: Client,
+    _s3: fenice::testkit::S3Server,
+    plans: Api<fenice::api::plan::FailoverPlan>,
+    tenants: Api<InvoicingTenant>,
+    /// Each site's operator: its stop and its task.
+    operators: Vec<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    _states: Vec<tempfile::TempDir>,
+}
+
+impl TwoSites {
+    async fn start(plan_changes: Value, westpole_health: Option<String>) -> Self {
+        use fenice::api::plan::{FailoverPlan, Standing};
+        let (control, remote, client, site_client) = clusters().await;
+        let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
+        let standby_client = standby.client().await.unwrap();
+        for site in [&site_client, &standby_client] {
+            create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
+        }
+        install_crds(&standby_client, true).await;
+        let s3 = fenice::testkit::S3Server::start().expect("moto");
+        s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+        let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
+        create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+        let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
+        create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
+        s3_policy(&client, "http://127.0.0.1:9").await;
+        let sites: Api<Site> = Api::all(client.clone());
+        let mut westpole: Site = example("sites.yaml", "westpole-rome");
+        westpole.spec.health = westpole_health.map(|url| {
+            serde_json::from_value(
+                json!({"endpoints": [{"name": "probe", "url": url}], "interval": "500ms", "timeout": "500ms"}),
+            )
+            .unwrap()
+        });
+        sites.create(&PostParams::default(), &westpole).await.unwrap();
+        sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "azure-italynorth")).await.unwrap();
+        let mut witness: Site = example("sites.yaml", "aws-witness");
+        let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
+        (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
+        sites.create(&PostParams::default(), &witness).await.unwrap();
+        let plans: Api<FailoverPlan> = Api::all(client.clone());
+        let mut plan = serde_json::to_value(example::<FailoverPlan>("plan.yaml", "westpole-to-azure")).unwrap();
+        json_patch::merge(&mut plan, &json!({"spec": {"witness": {"leaseDuration": "3s", "renewInterval": "1s"}}}));
+        json_patch::merge(&mut plan, &plan_changes);
+        plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+        let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
+        tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
+
+        let mut operators = Vec::new();
+        let mut states = Vec::new();
+        for site in ["westpole-rome", "azure-italynorth"] {
+            let state = tempfile::tempdir().unwrap();
+            operators.push(
+                operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, state.path(), Some(site)).await,
+            );
+            states.push(state);
+        }
+        let two = Self {
+            control,
+            remote,
+            standby,
+            client,
+            site_client,
+            standby_client,
+            _s3: s3,
+            plans,
+            tenants,
+            operators,
+            _states: states,
+        };
+        two.standing_of("westpole-rome", Standing::Active).await;
+        two.standing_of("azure-italynorth", Standing::Fenced).await;
+        let warm = status_when(&two.tenants, "studio-rossi", |t| t.status, |s| s.standby_site.is_some()).await;
+        assert_eq!(warm.standby_site.as_deref(), Some("azure-italynorth"));
+        two
+    }
+
+    /// The plan's status once `site`'s entry says `wanted`.
+    async fn standing_of(
+        &self,
+        site: &str,
+        wanted: fenice::api::plan::Standing,
+    ) -> fenice::api::plan::FailoverPlanStatus {
+        status_when(
+            &self.plans,
+            "westpole-to-azure",
+            |p| p.status,
+            |s| s.sites.iter().any(|e| e.site == site && e.standing == wanted),
+        )
+        .await
+    }
+
+    /// The Job `name` at the standby site, once it is there.
+    async fn job(&self, name: &str) -> k8s_openapi::api::batch::v1::Job {
+        let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(self.standby_client.clone(), NAMESPACE);
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                match jobs.get_opt(name).await.unwrap() {
+                    Some(job) => return job,
+                    None => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("Job {name} never appeared"))
+    }
+
+    /// What the standby site's kubelet does while the failover `name` runs in
+    /// `epoch`: the promote Job reports a verified standby whose newest invoice
+    /// was written `lag` before now, the reconcile Job succeeds, and the stack
+    /// applied there becomes ready; until the Failover succeeded.
+    async fn kubelet_runs(
+        &self,
+        name: &str,
+        epoch: u64,
+        lag: jiff::SignedDuration,
+    ) -> fenice::api::failover::FailoverStatus {
+        use fenice::api::failover::{Failover, FailoverPhase};
+        use k8s_openapi::api::apps::v1::Deployment;
+        let args = |job: k8s_openapi::api::batch::v1::Job| {
+            job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
+        };
+        let promote = format!("studio-rossi-promote-e{epoch}");
+        assert!(args(self.job(&promote).await).contains("agent verify --promote --tenant studio-rossi"));
+        let last_write = jiff::Timestamp::now() - lag;
+        let report = json!({"tenant": "studio-rossi", "snapshot": "5e1f0c2a", "verified": true, "last_write": last_write.to_string()});
+        pod_ended(&self.standby_client, &promote, "failover", 0, &report.to_string()).await;
+        let reconcile = format!("studio-rossi-reconcile-e{epoch}");
+        assert!(args(self.job(&reconcile).await).contains("agent reconcile-sdi --json --tenant studio-rossi"));
+        pod_ended(&self.standby_client, &reconcile, "failover", 0, "").await;
+
+        let moved = status_when(&self.tenants, "studio-rossi", |t| t.status, |s| s.serving.is_some()).await;
+        let serving = moved.serving.unwrap();
+        assert_eq!(
+            (serving.site.as_str(), serving.epoch, serving.failover.as_str()),
+            ("azure-italynorth", epoch, name)
+        );
+        let apps: Api<Deployment> = Api::namespaced(self.standby_client.clone(), NAMESPACE);
+        tokio::time::timeout(DEADLINE, async {
+            while apps.get_opt("studio-rossi-app").await.unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("the app is applied at the standby site");
+        let ready = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
+        apps.patch_status("studio-rossi-app", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+        let sets: Api<StatefulSet> = Api::namespaced(self.standby_client.clone(), NAMESPACE);
+        sets.patch_status("studio-rossi-db", &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
+        let failovers: Api<Failover> = Api::all(self.client.clone());
+        status_when(&failovers, name, |f| f.status, |s| s.phase == FailoverPhase::Succeeded).await
+    }
+
+    /// The tenant's app is stopped at the primary site, an Event says the
+    /// failover `name` succeeded; then both operators stop.
+    async fn primary_fenced_then_stop(self, name: &str) {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let primary_apps: Api<Deployment> = Api::namespaced(self.site_client.clone(), NAMESPACE);
+        let replicas = primary_apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas;
+        assert_eq!(replicas, Some(0), "the primary stays fenced");
+        let events: Api<Event> = Api::all(self.client.clone());
+        let told = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let all = events.list(&ListParams::default()).await.unwrap().items;
+                let found = all.into_iter().find(|e| {
+                    e.reason.as_deref() == Some("FailoverSucceeded")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                });
+                match found {
+                    Some(event) => return event,
+                    None => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+        .await
+        .expect("an Event says it succeeded");
+        assert!(told.note.as_deref().is_some_and(|n| n.contains("1/1 tenants serve at azure-italynorth")), "{told:?}");
+        for (stop, running) in self.operators {
+            let _ = stop.send(());
+            tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+        }
+        within_rbac(&self.control, &self.remote);
+        within_rbac(&self.control, &self.standby);
+    }
+}
+
 /// A person's failover at Kubernetes sites, carried out by the operator of
 /// the standby site: the lease is handed over through the witness (the
 /// primary's operator fences its site first), the tenant's warm standby is
@@ -1308,68 +1505,12 @@ async fn the_holder_hands_the_lease_over_when_a_failover_asks_through_the_witnes
 /// `verify --promote` runs against real PostgreSQL in tests/pitr.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_moves_a_warm_tenant_to_the_standby_site_through_the_witness() {
-    use fenice::api::failover::{Failover, FailoverPhase};
-    use fenice::api::plan::{FailoverPlan, Standing};
-    use k8s_openapi::api::apps::v1::Deployment;
-    let (control, remote, client, site_client) = clusters().await;
-    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
-    let standby_client = standby.client().await.unwrap();
-    for site in [&site_client, &standby_client] {
-        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
-    }
-    install_crds(&standby_client, true).await;
-    let s3 = fenice::testkit::S3Server::start().expect("moto");
-    s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
-    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
-    let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
-    create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
-    s3_policy(&client, "http://127.0.0.1:9").await;
-    let sites: Api<Site> = Api::all(client.clone());
-    for name in ["westpole-rome", "azure-italynorth"] {
-        sites.create(&PostParams::default(), &example::<Site>("sites.yaml", name)).await.unwrap();
-    }
-    let mut witness: Site = example("sites.yaml", "aws-witness");
-    let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
-    (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
-    sites.create(&PostParams::default(), &witness).await.unwrap();
-    let plans: Api<FailoverPlan> = Api::all(client.clone());
-    let mut plan: FailoverPlan = example("plan.yaml", "westpole-to-azure");
-    let lease = plan.spec.witness.as_mut().unwrap();
-    (lease.lease_duration, lease.renew_interval) = ("3s".parse().unwrap(), "1s".parse().unwrap());
-    plans.create(&PostParams::default(), &plan).await.unwrap();
-    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
-    tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
-
-    // Each site's operator, with its own lease agent.
-    let (rome_state, azure_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let rome =
-        operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, rome_state.path(), Some("westpole-rome"));
-    let (stop_rome, rome) = rome.await;
-    let azure =
-        operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, azure_state.path(), Some("azure-italynorth"));
-    let (stop_azure, azure) = azure.await;
-    let standing_of = |site: &'static str, wanted: Standing| {
-        let plans = plans.clone();
-        async move {
-            status_when(
-                &plans,
-                "westpole-to-azure",
-                |p| p.status,
-                |s| s.sites.iter().any(|e| e.site == site && e.standing == wanted),
-            )
-            .await
-        }
-    };
-    standing_of("westpole-rome", Standing::Active).await;
-    standing_of("azure-italynorth", Standing::Fenced).await;
-    let warm = status_when(&tenants, "studio-rossi", |t| t.status, |s| s.standby_site.is_some()).await;
-    assert_eq!(warm.standby_site.as_deref(), Some("azure-italynorth"));
-    let standby_sets: Api<StatefulSet> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    use fenice::api::failover::Failover;
+    use fenice::api::plan::Standing;
+    let two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
+    let standby_sets: Api<StatefulSet> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
     let standby_db = standby_sets.get("studio-rossi-db").await.unwrap().uid();
-
-    let failovers: Api<Failover> = Api::all(client.clone());
+    let failovers: Api<Failover> = Api::all(two.client.clone());
     let failover: Failover = serde_json::from_value(json!({
         "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": "rome-planned"},
         "spec": {"plan": "westpole-to-azure", "mode": "Manual", "reason": "planned maintenance at Westpole"},
@@ -1377,96 +1518,75 @@ async fn a_manual_failover_moves_a_warm_tenant_to_the_standby_site_through_the_w
     .unwrap();
     failovers.create(&PostParams::default(), &failover).await.unwrap();
 
-    // The primary hands the lease over; the standby's operator promotes the standby with a Job.
-    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(standby_client.clone(), NAMESPACE);
-    let job_appears = |name: &'static str| {
-        let jobs = jobs.clone();
-        async move {
-            tokio::time::timeout(DEADLINE, async {
-                while jobs.get_opt(name).await.unwrap().is_none() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("Job {name} never appeared"));
-            jobs.get(name).await.unwrap()
-        }
-    };
-    let promote = job_appears("studio-rossi-promote-e2").await;
-    let args = promote.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ");
-    assert!(args.contains("agent verify --promote --tenant studio-rossi"), "{args}");
-    let handed = standing_of("westpole-rome", Standing::Fenced).await;
-    let azure_entry = handed.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
-    assert_eq!((azure_entry.standing, azure_entry.epoch), (Standing::Active, Some(2)), "{handed:?}");
-    let last_write = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(2);
-    let report = json!({"tenant": "studio-rossi", "snapshot": "5e1f0c2a", "verified": true, "last_write": last_write.to_string()});
-    pod_ended(&standby_client, "studio-rossi-promote-e2", "failover", 0, &report.to_string()).await;
-    let reconcile = job_appears("studio-rossi-reconcile-e2").await;
-    let args = reconcile.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ");
-    assert!(args.contains("agent reconcile-sdi --json --tenant studio-rossi"), "{args}");
-    pod_ended(&standby_client, "studio-rossi-reconcile-e2", "failover", 0, "").await;
-
-    // The tenant is served at the standby site: its stack there, as a kubelet would run it.
-    let moved = status_when(&tenants, "studio-rossi", |t| t.status, |s| s.serving.is_some()).await;
-    let serving = moved.serving.unwrap();
-    assert_eq!(
-        (serving.site.as_str(), serving.epoch, serving.failover.as_str()),
-        ("azure-italynorth", 2, "rome-planned")
-    );
-    let apps: Api<Deployment> = Api::namespaced(standby_client.clone(), NAMESPACE);
-    tokio::time::timeout(DEADLINE, async {
-        while apps.get_opt("studio-rossi-app").await.unwrap().is_none() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("the app is applied at the standby site");
-    let ready = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
-    apps.patch_status("studio-rossi-app", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
-    standby_sets
-        .patch_status("studio-rossi-db", &PatchParams::default(), &Patch::Merge(&ready_status()))
-        .await
-        .unwrap();
-
-    let done = status_when(&failovers, "rome-planned", |f| f.status, |s| s.phase == FailoverPhase::Succeeded).await;
+    // The primary hands the lease over before the standby's operator promotes anything.
+    two.job("studio-rossi-promote-e2").await;
+    let handed = two.standing_of("westpole-rome", Standing::Fenced).await;
+    let azure = handed.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
+    assert_eq!((azure.standing, azure.epoch), (Standing::Active, Some(2)), "{handed:?}");
+    let done = two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(2)).await;
     assert_eq!((done.epoch, done.tenants_done, done.tenants_total), (Some(2), 1, 1), "{done:?}");
-    let rpo = done.rpo.expect("the RPO is measured").as_std();
-    assert!(rpo <= Duration::from_secs(60), "{rpo:?}");
+    // Planned: the primary wrote until it was fenced, after the Failover was created.
+    assert_eq!(done.rpo.as_ref().map(|r| r.as_std()), Some(Duration::ZERO), "{done:?}");
     assert_eq!(
         standby_sets.get("studio-rossi-db").await.unwrap().uid(),
         standby_db,
         "the standby's StatefulSet serves"
     );
-    let config: Api<ConfigMap> = Api::namespaced(standby_client.clone(), NAMESPACE);
+    let config: Api<ConfigMap> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
     assert_eq!(config.get("studio-rossi-app").await.unwrap().data.unwrap()["FENICE_APP_EPOCH"], "2");
-    let primary_apps: Api<Deployment> = Api::namespaced(site_client.clone(), NAMESPACE);
-    assert_eq!(
-        primary_apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas,
-        Some(0),
-        "the primary stays fenced"
-    );
-    let events: Api<Event> = Api::all(client.clone());
-    let told = tokio::time::timeout(DEADLINE, async {
+    two.primary_fenced_then_stop("rome-planned").await;
+}
+
+/// The automatic path at Kubernetes sites: the primary's operator and its
+/// health endpoint die; the standby's operator sees the endpoint fail and the
+/// lease go unrenewed (two vantage points), its agent takes the lease once it
+/// expired, declares the Failover `westpole-to-azure-e2`, and carries it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
+    use fenice::api::failover::{Failover, FailoverTrigger};
+    use fenice::api::plan::Standing;
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/healthz", health.local_addr().unwrap());
+    let answering = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
         loop {
-            let all = events.list(&ListParams::default()).await.unwrap().items;
-            let found = all.into_iter().find(|e| {
-                e.reason.as_deref() == Some("FailoverSucceeded")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("rome-planned")
-            });
-            match found {
-                Some(event) => return event,
+            let Ok((mut conn, _)) = health.accept().await else { return };
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        }
+    });
+    let detection = json!({"failureThreshold": 2, "window": "1s", "minVantagePoints": 2});
+    let mut two = TwoSites::start(json!({"spec": {"mode": "Automatic", "detection": detection}}), Some(url)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let plan = two.plans.get("westpole-to-azure").await.unwrap().status.unwrap();
+    let westpole = plan.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
+    assert_eq!((westpole.standing, westpole.epoch), (Standing::Active, Some(1)), "no takeover while it answers");
+
+    // The primary dies: its operator (and lease agent), and what answered its probes.
+    let killed_at = jiff::Timestamp::now();
+    let (stop, running) = two.operators.remove(0);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    answering.abort();
+
+    let taken = two.standing_of("azure-italynorth", Standing::Active).await;
+    let azure = taken.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
+    assert_eq!(azure.epoch, Some(2), "{taken:?}");
+    let failovers: Api<Failover> = Api::all(two.client.clone());
+    let declared = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match failovers.get_opt("westpole-to-azure-e2").await.unwrap() {
+                Some(f) => return f,
                 None => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     })
     .await
-    .expect("an Event says it succeeded");
-    assert!(told.note.as_deref().is_some_and(|n| n.contains("1/1 tenants serve at azure-italynorth")), "{told:?}");
-
-    for (stop, running) in [(stop_rome, rome), (stop_azure, azure)] {
-        let _ = stop.send(());
-        tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
-    }
-    within_rbac(&control, &remote);
-    within_rbac(&control, &standby);
+    .expect("the standby declared the Failover");
+    assert_eq!(declared.spec.mode, FailoverTrigger::Automatic);
+    assert!(declared.spec.reason.as_deref().is_some_and(|r| r.contains("westpole-rome was down")), "{declared:?}");
+    let done = two.kubelet_runs("westpole-to-azure-e2", 2, jiff::SignedDuration::from_secs(1)).await;
+    assert_eq!((done.epoch, done.tenants_done), (Some(2), 1), "{done:?}");
+    let took = jiff::Timestamp::now().duration_since(killed_at);
+    println!("from the kill to the Failover's success: {took:#}");
+    two.primary_fenced_then_stop("westpole-to-azure-e2").await;
 }

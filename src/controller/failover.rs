@@ -24,6 +24,7 @@ use crate::api::plan::FailoverPlan;
 use crate::error_chain::error_chain;
 use crate::failover::clock::{SystemClock, WallTime};
 use crate::failover::executor::{self, Progress, StateFile, StateStore};
+use crate::failover::lease::LeaseView;
 use crate::failover::machine::{EndReason, FailoverState, NewFailover, Phase, RetryRule};
 use crate::failover::waves::{TenantSpec, WaveSpec, assign};
 use crate::failover::witness::RunningAgent;
@@ -103,7 +104,14 @@ async fn reconcile_inner(failover: &Failover, ctx: &Arc<Context>) -> Result<Acti
     let (mut state, file) = match loaded {
         Some(found) => found,
         None => {
-            let state = new_state(ctx, failover, &plan, &source, &target).await;
+            // NB: an automatic failover is declared after its site took the lease: it runs under that epoch.
+            let held = match (&agent.status.borrow().view, failover.spec.mode) {
+                (LeaseView::Held { holder, epoch, .. }, FailoverTrigger::Automatic) if *holder == target => {
+                    Some(*epoch)
+                }
+                _ => None,
+            };
+            let state = new_state(ctx, failover, &plan, (&source, &target), held).await;
             let state = match state {
                 Ok(state) => state,
                 Err(why) => return ended(ctx, failover, "InvalidPlan", why).await,
@@ -147,8 +155,8 @@ async fn new_state(
     ctx: &Context,
     failover: &Failover,
     plan: &FailoverPlan,
-    source: &str,
-    target: &str,
+    (source, target): (&str, &str),
+    epoch: Option<u64>,
 ) -> Result<FailoverState, String> {
     let matcher = crate::drill::Matcher::new(&plan.spec.tenants)?;
     let tenants: Vec<TenantSpec> = ctx
@@ -173,7 +181,7 @@ async fn new_state(
         source: source.to_owned(),
         target: target.to_owned(),
         declared_loss: WallTime::from_unix_millis(failover_created(failover)),
-        epoch: None,
+        epoch,
     };
     Ok(FailoverState::new(new, waves, RetryRule::default()))
 }

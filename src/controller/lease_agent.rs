@@ -8,11 +8,14 @@
 //! the plan's tenants at a site only while its entry is Active
 //! ([`super::tenant::fenced_by`]).
 //!
-//! Not built yet: health probes from the operator, so an Automatic plan's
-//! standby never takes the lease on its own (`SiteHealth` stays Up), and a
-//! person's failover that hands the lease over (the Failover controller).
-//! Fencing is a status write that the tenant controller carries out by
-//! stopping the apps; SdI refusing a sender of an older epoch is the second line.
+//! An Automatic plan's standby probes the source (its Site's health
+//! endpoints, and its renewals of the lease) by the plan's `detection`; once
+//! the source is down and its lease expired, the agent takes the lease, and a
+//! Failover `<plan>-e<epoch>` is created for the Failover controller to carry
+//! out. Fencing is a status write that the tenant controller carries out by
+//! stopping the apps; SdI refusing a sender of an older epoch is the second
+//! line. An entry in `status.sites` is what that site's agent last said: a
+//! site that died keeps its last entry, so the higher epoch tells the holder.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,8 +34,10 @@ use crate::error_chain::error_chain;
 use crate::failover::clock::SystemClock;
 use crate::failover::convert;
 use crate::failover::fencing::FenceControl;
+use crate::failover::health::DetectionRule;
 use crate::failover::health::SiteHealth;
-use crate::failover::lease::{LeaseAgent, LeaseView, new_incarnation};
+use crate::failover::lease::{LeaseAgent, LeaseView, Takeover, new_incarnation};
+use crate::failover::probing::{self, Probes, Probing};
 use crate::failover::witness::{LeaseCommand, LeaseStatus, RunningAgent, Witness};
 
 /// How often the plans are looked at for agents to start or stop.
@@ -71,8 +76,8 @@ impl Agents {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(plan).cloned()
     }
 
-    fn set(&self, running: &HashMap<String, (u64, RunningAgent, Handle)>) {
-        let handles = running.iter().map(|(plan, (_, _, handle))| (plan.clone(), handle.clone())).collect();
+    fn set(&self, running: &HashMap<String, Started>) {
+        let handles = running.iter().map(|(plan, started)| (plan.clone(), started.handle.clone())).collect();
         *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
     }
 }
@@ -82,10 +87,21 @@ pub fn manager(site: &str) -> String {
     format!("fenice-lease-{site}")
 }
 
+/// A plan's agent as started: what it was started for (a hash of the plan's
+/// sites, mode, witness and the witness Site's version), the agent, its
+/// handle, and the probes of the source site that feed an Automatic plan's
+/// standby its health (stopped with it).
+struct Started {
+    key: u64,
+    _agent: RunningAgent,
+    handle: Handle,
+    _probing: Option<Probing>,
+}
+
 /// Runs the agents of `site`'s plans until the watches stop.
 pub async fn run(ctx: Arc<Context>, site: String) {
     // Per plan: what its agent was started for, the agent, and its handle.
-    let mut agents: HashMap<String, (u64, RunningAgent, Handle)> = HashMap::new();
+    let mut agents: HashMap<String, Started> = HashMap::new();
     loop {
         let Some(plans) = ctx.cache.plans.all().await else { return };
         let mut wanted = HashMap::new();
@@ -98,15 +114,15 @@ pub async fn run(ctx: Arc<Context>, site: String) {
                 super::hash_of(&(&plan.spec.source_site, &plan.spec.target_site, plan.spec.mode, witness, version));
             wanted.insert(plan.name_any(), (key, plan.clone()));
         }
-        agents.retain(|name, (key, _, _)| wanted.get(name).is_some_and(|(wanted, _)| wanted == key));
+        agents.retain(|name, started| wanted.get(name).is_some_and(|(wanted, _)| *wanted == started.key));
         for (name, (key, plan)) in wanted {
             if agents.contains_key(&name) {
                 continue;
             }
-            match start(&ctx, &site, &plan).await {
-                Ok((agent, handle)) => {
+            match start(&ctx, &site, &plan, key).await {
+                Ok(started) => {
                     tracing::info!(plan = %name, site = %site, "lease agent started");
-                    agents.insert(name, (key, agent, handle));
+                    agents.insert(name, started);
                 }
                 Err(why) => {
                     tracing::warn!(plan = %name, site = %site, error = %why, "no lease agent: the site stays fenced");
@@ -121,7 +137,7 @@ pub async fn run(ctx: Arc<Context>, site: String) {
 }
 
 /// Starts `site`'s agent for `plan`, fenced until it holds the lease.
-async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan) -> Result<(RunningAgent, Handle), String> {
+async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan, key: u64) -> Result<Started, String> {
     let name = plan.name_any();
     let witness = plan.spec.witness.as_ref().ok_or_else(|| format!("FailoverPlan {name} has no witness"))?;
     let timing = convert::lease_timing(witness).map_err(|e| format!("FailoverPlan {name}: {}", error_chain(&e)))?;
@@ -142,18 +158,131 @@ async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan) -> Result<(R
     let may_create = plan.spec.source_site == site;
     let every = timing.renew_interval;
     let agent = LeaseAgent::new(site, new_incarnation(), timing.clone(), takeover, may_create);
-    // NB: no probes from the operator yet: the holder is never seen down.
-    let (_, health) = watch::channel(SiteHealth::Up);
     let witness = Witness::new(store.clone(), &name);
-    let running = RunningAgent::start(agent, witness.clone(), fence, Arc::new(SystemClock::new()), health);
+    let clock: Arc<dyn crate::failover::clock::Clock> = Arc::new(SystemClock::new());
+    // An Automatic plan's standby probes the source; elsewhere the holder is never seen down.
+    let probing = match takeover {
+        Takeover::WhenHolderDown => probe_source(ctx, plan, &timing, witness.clone(), clock.clone()).await,
+        _ => None,
+    };
+    let health = match &probing {
+        Some(probing) => probing.health.clone(),
+        None => watch::channel(SiteHealth::Up).1,
+    };
+    let running = RunningAgent::start(agent, witness.clone(), fence, clock, health);
     let asker = Asked {
         witness: witness.clone(),
         site: site.to_owned(),
         sites: [plan.spec.source_site.clone(), plan.spec.target_site.clone()],
     };
     tokio::spawn(asker.honour(running.status.clone(), running.commander(), every));
+    if takeover == Takeover::WhenHolderDown {
+        let declare = Declare {
+            ctx: ctx.clone(),
+            plan: name.clone(),
+            site: site.to_owned(),
+            source: plan.spec.source_site.clone(),
+        };
+        tokio::spawn(declare.watch(running.status.clone()));
+    }
     let handle = Handle { status: running.status.clone(), commands: running.commander(), timing, witness, store };
-    Ok((running, handle))
+    Ok(Started { key, _agent: running, handle, _probing: probing })
+}
+
+/// Probes the plan's source Site from here: its health endpoints (one
+/// vantage point) and its renewals of the lease (another), judged by the
+/// plan's `detection`. `None`, with a warning, when the Site declares no
+/// endpoints: then this site never takes the lease by itself.
+async fn probe_source(
+    ctx: &Context,
+    plan: &FailoverPlan,
+    timing: &crate::failover::lease::LeaseTiming,
+    witness: Witness,
+    clock: Arc<dyn crate::failover::clock::Clock>,
+) -> Option<Probing> {
+    let source = &plan.spec.source_site;
+    let health = ctx.cache.sites.get(source).await.and_then(|s| s.spec.health.clone());
+    let Some(health) = health else {
+        tracing::warn!(plan = %plan.name_any(), source = %source,
+            "the source Site declares no health endpoints: no automatic takeover from this site");
+        return None;
+    };
+    let probes = Probes {
+        urls: health.endpoints.iter().map(|e| e.url.clone()).collect(),
+        http_vantage_points: 1,
+        interval: health.interval.as_std(),
+        timeout: health.timeout.as_std(),
+        stale_after: timing.renew_interval * 2,
+    };
+    let rule = DetectionRule::from(&plan.spec.detection);
+    Some(probing::spawn(source, probes, witness, rule, clock))
+}
+
+/// Creates the Failover of an Automatic plan once this site took the lease
+/// by itself: `<plan>-e<epoch>`, unless a Failover of the plan is already
+/// under way or ran under that epoch (a person's, which handed the lease over).
+struct Declare {
+    ctx: Arc<Context>,
+    plan: String,
+    site: String,
+    source: String,
+}
+
+impl Declare {
+    async fn watch(self, mut status: watch::Receiver<LeaseStatus>) {
+        let mut declared = 0;
+        while status.changed().await.is_ok() {
+            let epoch = {
+                let now = status.borrow();
+                match (&now.standing, &now.view) {
+                    (crate::failover::lease::Standing::Active { epoch, .. }, LeaseView::Held { holder, .. })
+                        if *holder == self.site && *epoch > declared =>
+                    {
+                        *epoch
+                    }
+                    _ => continue,
+                }
+            };
+            match self.declare(epoch).await {
+                Ok(()) => declared = epoch,
+                Err(e) => {
+                    tracing::error!(plan = %self.plan, epoch, error = %error_chain(&e), "the automatic Failover could not be created")
+                }
+            }
+        }
+    }
+
+    async fn declare(&self, epoch: u64) -> Result<(), kube::Error> {
+        use crate::api::failover::{Failover, FailoverPhase};
+        let api: Api<Failover> = Api::all(self.ctx.client.clone());
+        let existing = api.list(&Default::default()).await?;
+        let covered = existing.items.iter().filter(|f| f.spec.plan == self.plan).any(|f| {
+            let status = f.status.clone().unwrap_or_default();
+            let ended =
+                matches!(status.phase, FailoverPhase::Succeeded | FailoverPhase::Failed | FailoverPhase::Aborted);
+            !ended || status.epoch == Some(epoch)
+        });
+        if covered {
+            return Ok(());
+        }
+        let name = format!("{}-e{epoch}", self.plan.chars().take(50).collect::<String>());
+        let failover: Failover = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": name},
+            "spec": {"plan": self.plan, "mode": "Automatic", "reason": format!(
+                "{} was down from the plan's vantage points and its lease expired: {} took the lease in epoch {epoch}",
+                self.source, self.site
+            )},
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        match api.create(&kube::api::PostParams::default(), &failover).await {
+            Ok(_) => {
+                tracing::warn!(plan = %self.plan, failover = %name, epoch, "automatic failover declared");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// What the hand-over requests of a plan's lease are read with.

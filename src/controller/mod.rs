@@ -493,7 +493,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .graceful_shutdown_on(shutdown.clone())
         .run(backup::reconcile, backup::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let not_built = futures::future::join_all(not_built::kinds().into_iter().map(|kind| {
+    let not_built = futures::future::join_all(not_built::kinds(ctx.site.as_deref()).into_iter().map(|kind| {
         let api = Api::<kube::api::DynamicObject>::all_with(ctx.client.clone(), &kind.resource);
         let resource = kind.resource.clone();
         Controller::new_with(api, watcher::Config::default(), resource)

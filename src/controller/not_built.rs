@@ -1,5 +1,5 @@
-//! The kinds whose controllers are not built yet (Site, FailoverPlan)
-//! are not left silent: each object gets, once, a
+//! The kinds without a controller of their own (Site; FailoverPlan at an
+//! operator that runs at no Site) are not left silent: each object gets, once, a
 //! False `Ready` condition with reason `NotBuilt` saying what does not happen
 //! and what to use meanwhile. A FailoverPlan asking for automatic failover
 //! that nothing carries out must say so where an SRE looks.
@@ -24,23 +24,23 @@ pub struct Kind {
     pub message: &'static str,
 }
 
-/// The kinds, with their messages.
-pub fn kinds() -> Vec<Kind> {
+/// The kinds, with their messages, for an operator at `site` (`--site`), or at none.
+pub fn kinds(site: Option<&str>) -> Vec<Kind> {
     use crate::api::{plan::FailoverPlan, site::Site};
-    vec![
-        Kind {
-            resource: ApiResource::erase::<Site>(&()),
-            message: "this operator does not probe Sites yet: no health here (the witness lease is kept by \
-                      `fenice operator --site`); `fenice lab` runs the health probes (docs/failover.md)",
-        },
-        Kind {
+    let mut kinds = vec![Kind {
+        resource: ApiResource::erase::<Site>(&()),
+        message: "Sites have no controller of their own: nothing writes their status; with `fenice operator --site`, \
+                  the standby of each Automatic FailoverPlan probes its source's health endpoints (docs/failover.md)",
+    }];
+    if site.is_none() {
+        kinds.push(Kind {
             resource: ApiResource::erase::<FailoverPlan>(&()),
-            message: "this operator does not carry out FailoverPlans automatically yet: no automatic failover happens \
-                      from this plan (its scheduled drills do run, and a Failover a person creates is carried out by \
-                      the target site's operator); `fenice lab` runs the automatic failover with the Local driver \
-                      (docs/failover.md)",
-        },
-    ]
+            message: "this operator runs at no Site (`fenice operator --site`): it keeps no witness lease and \
+                      carries out no Failover, so no automatic failover happens from this plan here (its scheduled \
+                      drills do run); run each site's operator with --site (docs/failover.md)",
+        });
+    }
+    kinds
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +110,11 @@ mod tests {
 
     #[test]
     fn every_kind_without_a_controller_has_a_message_saying_what_to_use() {
-        let kinds = kinds();
+        let kinds = kinds(None);
         let names: Vec<&str> = kinds.iter().map(|k| k.resource.kind.as_str()).collect();
         assert_eq!(names, ["Site", "FailoverPlan"]);
         assert!(kinds.iter().all(|k| k.message.contains("fenice ")));
+        let at_a_site: Vec<String> = super::kinds(Some("rome")).iter().map(|k| k.resource.kind.clone()).collect();
+        assert_eq!(at_a_site, ["Site"], "a site's operator carries out its plans");
     }
 }

@@ -12,6 +12,7 @@ pub mod fencing;
 pub mod health;
 pub mod lease;
 pub mod machine;
+pub mod probing;
 pub mod report;
 pub mod sim;
 pub mod waves;

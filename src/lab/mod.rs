@@ -8,7 +8,6 @@
 
 pub mod fence;
 mod pages;
-pub mod probes;
 pub mod progress;
 pub mod providers;
 pub mod report;
@@ -36,6 +35,7 @@ use crate::failover::executor::{Progress as RunProgress, SiteDriver, StateFile, 
 use crate::failover::health::{DetectionRule, SiteHealth};
 use crate::failover::lease::{LeaseAgent, LeaseTiming, LeaseView, Standing, Takeover, new_incarnation};
 use crate::failover::machine::{FailoverState, NewFailover, Phase, RetryRule, StepError, Trigger};
+use crate::failover::probing::{self, Probes};
 use crate::failover::waves::{GateRule, TenantSpec as WaveTenant, WaveSpec, assign};
 use crate::failover::witness::{LeaseStatus, RunningAgent, Witness};
 use crate::site::local::{LocalSite, TenantSpec};
@@ -195,6 +195,18 @@ fn lease_timing(tenants: usize) -> anyhow::Result<LeaseTiming> {
 
 /// Down after 3 failed probes over at least 1 s, from 2 of the 3 vantage points.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The apps at `urls` (their `/healthz`) from two vantage points, the
+/// witness's view from the third.
+fn probes<'a>(urls: impl Iterator<Item = &'a String>) -> Probes {
+    Probes {
+        urls: urls.map(|url| format!("{url}/healthz")).collect(),
+        http_vantage_points: 2,
+        interval: PROBE_INTERVAL,
+        timeout: PROBE_INTERVAL / 2,
+        stale_after: PROBE_INTERVAL * 4,
+    }
+}
 fn detection() -> DetectionRule {
     DetectionRule { failure_threshold: 3, window: Duration::from_secs(1), min_vantage_points: 2 }
 }
@@ -392,14 +404,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     tokio::time::sleep(options.work_before_kill).await;
 
     // The standby watches the primary from three vantage points.
-    let probing = probes::spawn(
-        PRIMARY,
-        primary_urls.values().cloned().collect(),
-        witness.clone(),
-        detection(),
-        PROBE_INTERVAL,
-        clock.clone(),
-    );
+    let probing = probing::spawn(PRIMARY, probes(primary_urls.values()), witness.clone(), detection(), clock.clone());
     let mut standby_agent =
         Agent::start(&standby, &witness, Takeover::WhenHolderDown, false, probing.health.clone(), &clock, &timing);
     wait_status(&mut standby_agent.running.status, Duration::from_secs(30), |s| {
@@ -834,7 +839,7 @@ async fn restart_old_primary(
     }
     let standby_urls: Vec<String> =
         driver.endpoints.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-    let probing = probes::spawn(STANDBY, standby_urls, witness.clone(), detection(), PROBE_INTERVAL, clock.clone());
+    let probing = probing::spawn(STANDBY, probes(standby_urls.iter()), witness.clone(), detection(), clock.clone());
     let agent = Agent::start(primary, witness, Takeover::WhenHolderDown, true, probing.health.clone(), clock, timing);
     let wait = timing.lease_duration * 2;
     tokio::time::sleep(wait).await;
