@@ -39,6 +39,8 @@ use serde_json::{Value, json};
 mod operator_run;
 #[path = "common/rbac.rs"]
 mod rbac;
+#[path = "common/runbook.rs"]
+mod runbook;
 #[path = "common/tenant.rs"]
 mod tenant_db;
 
@@ -1589,4 +1591,48 @@ async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
     let took = jiff::Timestamp::now().duration_since(killed_at);
     println!("from the kill to the Failover's success: {took:#}");
     two.primary_fenced_then_stop("westpole-to-azure-e2").await;
+}
+
+/// runbooks/planned-failover.md, line by line with kubectl, against the two
+/// sites: checks, creates the Failover, follows it to Succeeded while the
+/// test ends the Jobs' pods as a kubelet would, and checks the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planned_failover_runbook_moves_the_plans_tenants_line_by_line() {
+    let Some(real_kubectl) = runbook::kubectl() else { return };
+    let two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shims = runbook::kubectl_shim(dir.path(), &real_kubectl);
+    let work = dir.path().join("sre");
+    std::fs::create_dir_all(&work).unwrap();
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: control\n  cluster: {{server: 'http://{}'}}\n\
+         users:\n- name: sre\n  user: {{token: sre}}\ncontexts:\n- name: control\n  context: {{cluster: control, user: sre}}\n\
+         current-context: control\n",
+        two.control.addr()
+    );
+    std::fs::write(work.join("kubeconfig"), kubeconfig).unwrap();
+    let kubeconfig = work.join("kubeconfig");
+    let env = [
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("CONTROL", "control"),
+        ("PLAN", "westpole-to-azure"),
+        ("FAILOVER", "rome-planned"),
+        ("REASON", "maintenance at Westpole"),
+    ];
+    let (done, out) = tokio::join!(
+        two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(2)),
+        runbook::run_runbook_beside("planned-failover.md", &work, &shims, &env)
+    );
+    let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(done.epoch, Some(2), "{done:?}");
+    assert!(said.contains("westpole-rome Active epoch 1"), "before: {said}");
+    assert!(said.contains("Succeeded epoch 2 done 1/1"), "the result: {said}");
+    assert!(said.contains("westpole-rome Fenced"), "the primary fenced: {said}");
+    assert!(said.contains("azure-italynorth Active epoch 2"), "the standby holds the lease: {said}");
+    let moved = said.lines().any(|l| {
+        l.split_whitespace().collect::<Vec<_>>() == ["studio-rossi", "azure-italynorth", "azure-italynorth", "2"]
+    });
+    assert!(moved, "the tenant is served at the standby: {said}");
+    two.primary_fenced_then_stop("rome-planned").await;
 }
