@@ -1593,6 +1593,58 @@ async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
     two.primary_fenced_then_stop("westpole-to-azure-e2").await;
 }
 
+/// An SRE's working directory: a kubeconfig whose context `control` reaches
+/// the cluster holding the resources, and kubectl.
+struct Sre {
+    _dir: tempfile::TempDir,
+    work: std::path::PathBuf,
+    shims: std::path::PathBuf,
+    kubeconfig: String,
+}
+
+impl Sre {
+    fn new(two: &TwoSites, kubectl: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let shims = runbook::kubectl_shim(dir.path(), kubectl);
+        let work = dir.path().join("sre");
+        std::fs::create_dir_all(&work).unwrap();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: control\n  cluster: {{server: 'http://{}'}}\n\
+             users:\n- name: sre\n  user: {{token: sre}}\ncontexts:\n- name: control\n  context: {{cluster: control, user: sre}}\n\
+             current-context: control\n",
+            two.control.addr()
+        );
+        std::fs::write(work.join("kubeconfig"), text).unwrap();
+        let kubeconfig = work.join("kubeconfig").display().to_string();
+        Self { _dir: dir, work, shims, kubeconfig }
+    }
+
+    /// The runbooks' variables for the failover `failover`.
+    fn env<'a>(&'a self, failover: &'a str, reason: &'a str) -> [(&'a str, &'a str); 6] {
+        [
+            ("KUBECONFIG", self.kubeconfig.as_str()),
+            ("CONTROL", "control"),
+            ("PLAN", "westpole-to-azure"),
+            ("PRIMARY", "westpole-rome"),
+            ("FAILOVER", failover),
+            ("REASON", reason),
+        ]
+    }
+
+    /// What a runbook run printed.
+    fn said(out: Result<std::process::Output, tokio::task::JoinError>) -> String {
+        let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Whether `said` has a line of the tenant served at the standby site in epoch 2.
+fn served_at_the_standby(said: &str) -> bool {
+    said.lines().any(|l| {
+        l.split_whitespace().collect::<Vec<_>>() == ["studio-rossi", "azure-italynorth", "azure-italynorth", "2"]
+    })
+}
+
 /// runbooks/planned-failover.md, line by line with kubectl, against the two
 /// sites: checks, creates the Failover, follows it to Succeeded while the
 /// test ends the Jobs' pods as a kubelet would, and checks the result.
@@ -1600,39 +1652,62 @@ async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
 async fn the_planned_failover_runbook_moves_the_plans_tenants_line_by_line() {
     let Some(real_kubectl) = runbook::kubectl() else { return };
     let two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let shims = runbook::kubectl_shim(dir.path(), &real_kubectl);
-    let work = dir.path().join("sre");
-    std::fs::create_dir_all(&work).unwrap();
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: control\n  cluster: {{server: 'http://{}'}}\n\
-         users:\n- name: sre\n  user: {{token: sre}}\ncontexts:\n- name: control\n  context: {{cluster: control, user: sre}}\n\
-         current-context: control\n",
-        two.control.addr()
-    );
-    std::fs::write(work.join("kubeconfig"), kubeconfig).unwrap();
-    let kubeconfig = work.join("kubeconfig");
-    let env = [
-        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-        ("CONTROL", "control"),
-        ("PLAN", "westpole-to-azure"),
-        ("FAILOVER", "rome-planned"),
-        ("REASON", "maintenance at Westpole"),
-    ];
+    let sre = Sre::new(&two, &real_kubectl);
+    let env = sre.env("rome-planned", "maintenance at Westpole");
     let (done, out) = tokio::join!(
         two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(2)),
-        runbook::run_runbook_beside("planned-failover.md", &work, &shims, &env)
+        runbook::run_runbook_beside("planned-failover.md", &sre.work, &sre.shims, &env)
     );
-    let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let said = Sre::said(out);
     assert_eq!(done.epoch, Some(2), "{done:?}");
     assert!(said.contains("westpole-rome Active epoch 1"), "before: {said}");
     assert!(said.contains("Succeeded epoch 2 done 1/1"), "the result: {said}");
     assert!(said.contains("westpole-rome Fenced"), "the primary fenced: {said}");
     assert!(said.contains("azure-italynorth Active epoch 2"), "the standby holds the lease: {said}");
-    let moved = said.lines().any(|l| {
-        l.split_whitespace().collect::<Vec<_>>() == ["studio-rossi", "azure-italynorth", "azure-italynorth", "2"]
-    });
-    assert!(moved, "the tenant is served at the standby: {said}");
+    assert!(served_at_the_standby(&said), "the tenant is served at the standby: {said}");
     two.primary_fenced_then_stop("rome-planned").await;
+}
+
+/// runbooks/emergency-failover.md, line by line with kubectl: the primary's
+/// operator is gone (its lease no longer renewed) when the runbook starts;
+/// the standby takes the lease once it expired and serves the tenant; the
+/// primary's operator comes back before the last step and stays fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary_is_gone() {
+    use fenice::api::plan::Standing;
+    let Some(real_kubectl) = runbook::kubectl() else { return };
+    let mut two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
+    let (stop, running) = two.operators.remove(0);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the primary's operator stopped").unwrap();
+    let sre = Sre::new(&two, &real_kubectl);
+    let env = sre.env("rome-lost", "Westpole down since 03:12 by its status page");
+    let state = tempfile::tempdir().unwrap();
+    let ((done, back), out) = tokio::join!(
+        async {
+            let done = two.kubelet_runs("rome-lost", 2, jiff::SignedDuration::from_secs(1)).await;
+            // The primary comes back.
+            let back = operator_run::run_at(
+                &two.control,
+                OPERATOR_USER,
+                OPERATOR_NAMESPACE,
+                state.path(),
+                Some("westpole-rome"),
+            )
+            .await;
+            (done, back)
+        },
+        runbook::run_runbook_beside("emergency-failover.md", &sre.work, &sre.shims, &env)
+    );
+    two.operators.push(back);
+    let said = Sre::said(out);
+    assert_eq!(done.epoch, Some(2), "{done:?}");
+    assert!(said.contains("westpole-rome Active epoch 1"), "the dead primary's last word: {said}");
+    assert!(said.contains("Succeeded epoch 2 done 1/1"), "the result: {said}");
+    assert!(served_at_the_standby(&said), "the tenant is served at the standby: {said}");
+    assert!(said.lines().last().is_some_and(|l| l == "westpole-rome Fenced"), "the primary came back fenced: {said}");
+    let plan = two.standing_of("azure-italynorth", Standing::Active).await;
+    let azure = plan.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
+    assert_eq!(azure.epoch, Some(2), "{plan:?}");
+    two.primary_fenced_then_stop("rome-lost").await;
 }
