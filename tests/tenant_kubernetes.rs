@@ -1711,3 +1711,36 @@ async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary
     assert_eq!(azure.epoch, Some(2), "{plan:?}");
     two.primary_fenced_then_stop("rome-lost").await;
 }
+
+/// The standby's operator dies in the middle of a failover (its tasks dropped
+/// while the promote Job runs) and starts again: it goes on from the state in
+/// the witness store, finds the Job it had started rather than starting
+/// another, and the Failover succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_goes_on_after_the_standbys_operator_dies_mid_step() {
+    use fenice::api::failover::Failover;
+    let mut two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
+    let failovers: Api<Failover> = Api::all(two.client.clone());
+    let failover: Failover = serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": "rome-planned"},
+        "spec": {"plan": "westpole-to-azure", "mode": "Manual"},
+    }))
+    .unwrap();
+    failovers.create(&PostParams::default(), &failover).await.unwrap();
+    let first = two.job("studio-rossi-promote-e2").await.uid();
+
+    // The standby's operator dies with the restore step in flight, and comes back.
+    let (_, running) = two.operators.remove(1);
+    running.abort();
+    let _ = running.await;
+    let state = tempfile::tempdir().unwrap();
+    let back =
+        operator_run::run_at(&two.control, OPERATOR_USER, OPERATOR_NAMESPACE, state.path(), Some("azure-italynorth"));
+    two.operators.push(back.await);
+    two._states.push(state);
+
+    let done = two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(2)).await;
+    assert_eq!((done.epoch, done.tenants_done), (Some(2), 1), "{done:?}");
+    assert_eq!(two.job("studio-rossi-promote-e2").await.uid(), first, "the Job it had started, not another");
+    two.primary_fenced_then_stop("rome-planned").await;
+}
