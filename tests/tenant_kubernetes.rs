@@ -818,14 +818,7 @@ async fn backups_and_restores_at_a_kubernetes_site_run_as_jobs_there_and_are_rec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_tenant_has_its_database_replaying_at_the_standby_site_and_a_cold_one_nothing() {
     let (control, remote, client, site_client) = clusters().await;
-    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
-    let standby_client = standby.client().await.unwrap();
-    for site in [&site_client, &standby_client] {
-        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
-    }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
-    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+    let (standby, standby_client) = standby_cluster(&client, &site_client).await;
     s3_policy(&client, "http://127.0.0.1:9").await;
     let sites: Api<Site> = Api::all(client.clone());
     for name in ["westpole-rome", "azure-italynorth"] {
@@ -922,14 +915,7 @@ async fn a_warm_tenant_has_its_database_replaying_at_the_standby_site_and_a_cold
 async fn a_drill_at_a_kubernetes_site_restores_serves_and_sends_a_test_invoice_there_then_tears_down() {
     use fenice::api::drill::{Drill, DrillPhase};
     let (control, remote, client, site_client) = clusters().await;
-    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
-    let standby_client = standby.client().await.unwrap();
-    for site in [&site_client, &standby_client] {
-        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
-    }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
-    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+    let (standby, standby_client) = standby_cluster(&client, &site_client).await;
     let s3 = fenice::testkit::S3Server::start().expect("the S3 server starts");
     s3.store("tenants", "").await.unwrap().create_bucket(false).await.unwrap();
     s3_policy(&client, &s3.endpoint()).await;
@@ -1081,14 +1067,7 @@ async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_i
     use fenice::api::plan::FailoverPlan;
     use k8s_openapi::api::apps::v1::Deployment;
     let (control, remote, client, site_client) = clusters().await;
-    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
-    let standby_client = standby.client().await.unwrap();
-    for site in [&site_client, &standby_client] {
-        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
-    }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
-    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+    let (standby, standby_client) = standby_cluster(&client, &site_client).await;
     s3_policy(&client, "http://127.0.0.1:9").await;
     // The example Site exposes apps with an HTTPRoute and switches DNS with external-dns.
     install_crds(&standby_client, true).await;
@@ -1165,6 +1144,45 @@ async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_i
     within_rbac(&control, &standby);
 }
 
+/// A second site's cluster (the standby, `azure-italynorth`) with the
+/// tenants' namespace, which the primary's site cluster gets too, and the
+/// Secret the operator reaches it with.
+async fn standby_cluster(client: &Client, site_client: &Client) -> (apiserver::Running, Client) {
+    let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
+    let standby_client = standby.client().await.unwrap();
+    for site in [site_client, &standby_client] {
+        create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
+    create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
+    (standby, standby_client)
+}
+
+/// The example witness Site on the S3 server (with its Secret) and the example
+/// plan, changed by `changes`, with a lease of 3 s renewed every second.
+async fn witnessed_plan(
+    client: &Client,
+    changes: Value,
+) -> (fenice::testkit::S3Server, Api<fenice::api::plan::FailoverPlan>) {
+    use fenice::api::plan::FailoverPlan;
+    let s3 = fenice::testkit::S3Server::start().expect("moto");
+    s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
+    create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
+    let mut witness: Site = example("sites.yaml", "aws-witness");
+    let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
+    (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
+    Api::<Site>::all(client.clone()).create(&PostParams::default(), &witness).await.unwrap();
+    let plans: Api<FailoverPlan> = Api::all(client.clone());
+    let mut plan = serde_json::to_value(example::<FailoverPlan>("plan.yaml", "westpole-to-azure")).unwrap();
+    json_patch::merge(&mut plan, &json!({"spec": {"witness": {"leaseDuration": "3s", "renewInterval": "1s"}}}));
+    json_patch::merge(&mut plan, &changes);
+    plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+    (s3, plans)
+}
+
 /// The example tenant at westpole-rome, its plan with a witness at the S3
 /// server (a lease of 3 s renewed every second), and the operator of
 /// westpole-rome running, until its agent holds the lease and the tenant's
@@ -1184,26 +1202,13 @@ struct Witnessed {
 
 impl Witnessed {
     async fn start() -> Self {
-        use fenice::api::plan::{FailoverPlan, Standing};
+        use fenice::api::plan::Standing;
         let (control, remote, client, site_client) = clusters().await;
         create(&Api::<Namespace>::all(site_client.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
-        let s3 = fenice::testkit::S3Server::start().expect("moto");
-        s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-        let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
-        create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
         s3_policy(&client, "http://127.0.0.1:9").await;
         let sites: Api<Site> = Api::all(client.clone());
         sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "westpole-rome")).await.unwrap();
-        let mut witness: Site = example("sites.yaml", "aws-witness");
-        let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
-        (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
-        sites.create(&PostParams::default(), &witness).await.unwrap();
-        let plans: Api<FailoverPlan> = Api::all(client.clone());
-        let mut plan: FailoverPlan = example("plan.yaml", "westpole-to-azure");
-        let witness = plan.spec.witness.as_mut().unwrap();
-        (witness.lease_duration, witness.renew_interval) = ("3s".parse().unwrap(), "1s".parse().unwrap());
-        plans.create(&PostParams::default(), &plan).await.unwrap();
+        let (s3, plans) = witnessed_plan(&client, json!({})).await;
         let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
         tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
 
@@ -1321,21 +1326,10 @@ struct TwoSites {
 
 impl TwoSites {
     async fn start(plan_changes: Value, westpole_health: Option<String>) -> Self {
-        use fenice::api::plan::{FailoverPlan, Standing};
+        use fenice::api::plan::Standing;
         let (control, remote, client, site_client) = clusters().await;
-        let standby = apiserver::spawn(ServerOptions { crds: Vec::new(), ..ServerOptions::default() }).await.unwrap();
-        let standby_client = standby.client().await.unwrap();
-        for site in [&site_client, &standby_client] {
-            create(&Api::<Namespace>::all(site.clone()), json!({"metadata": {"name": NAMESPACE}})).await;
-        }
+        let (standby, standby_client) = standby_cluster(&client, &site_client).await;
         install_crds(&standby_client, true).await;
-        let s3 = fenice::testkit::S3Server::start().expect("moto");
-        s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-        let kubeconfig = json!({"kubeconfig": standby.kubeconfig_as(SITE_USER)});
-        create(&secrets, json!({"metadata": {"name": "site-azure-italynorth"}, "stringData": kubeconfig})).await;
-        let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
-        create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
         s3_policy(&client, "http://127.0.0.1:9").await;
         let sites: Api<Site> = Api::all(client.clone());
         let mut westpole: Site = example("sites.yaml", "westpole-rome");
@@ -1347,15 +1341,7 @@ impl TwoSites {
         });
         sites.create(&PostParams::default(), &westpole).await.unwrap();
         sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "azure-italynorth")).await.unwrap();
-        let mut witness: Site = example("sites.yaml", "aws-witness");
-        let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
-        (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
-        sites.create(&PostParams::default(), &witness).await.unwrap();
-        let plans: Api<FailoverPlan> = Api::all(client.clone());
-        let mut plan = serde_json::to_value(example::<FailoverPlan>("plan.yaml", "westpole-to-azure")).unwrap();
-        json_patch::merge(&mut plan, &json!({"spec": {"witness": {"leaseDuration": "3s", "renewInterval": "1s"}}}));
-        json_patch::merge(&mut plan, &plan_changes);
-        plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+        let (s3, plans) = witnessed_plan(&client, plan_changes).await;
         let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
         tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
 

@@ -201,7 +201,7 @@ fn summary(state: &FailoverState) -> String {
     let (done, failed, total) = state.counts();
     let why = match &state.end {
         Some(EndReason::Completed) | None => String::new(),
-        Some(reason) => format!(" ({reason:?})"),
+        Some(reason) => format!(" ({reason})"),
     };
     format!("{:?}{why}: {done}/{total} tenants serve at {}, {failed} failed", state.phase, state.target)
 }

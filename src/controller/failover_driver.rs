@@ -72,10 +72,12 @@ impl KubeFailover {
     }
 
     async fn tenant(&self, tenant: &TenantRef) -> Result<Arc<InvoicingTenant>, StepError> {
-        let tenants = self.ctx.cache.tenants.all().await.unwrap_or_default();
-        tenants
-            .into_iter()
-            .find(|t| t.namespace().as_deref() == Some(&tenant.namespace) && t.name_any() == tenant.name)
+        // NB: looked up, not searched: a failover asks once per step of every tenant.
+        self.ctx
+            .cache
+            .tenants
+            .get_in(&tenant.namespace, &tenant.name)
+            .await
             .ok_or_else(|| fatal(format!("InvoicingTenant {}/{} does not exist", tenant.namespace, tenant.name)))
     }
 

@@ -120,6 +120,14 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
         self.store.get(&ObjectRef::new(name))
     }
 
+    /// The object `name` in `namespace`, once everything was listed.
+    pub async fn get_in(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        if !self.ready().await {
+            return None;
+        }
+        self.store.get(&ObjectRef::new(name).within(namespace))
+    }
+
     /// Every object, once everything was listed; `None` if the watch stopped first.
     pub async fn all(&self) -> Option<Vec<Arc<K>>> {
         self.ready().await.then(|| self.store.state())

@@ -246,6 +246,29 @@ pub enum EndReason {
     Superseded { holder: String, epoch: u64 },
 }
 
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::Completed => write!(f, "every wave went through its gate"),
+            EndReason::AbortedBeforeFencing => {
+                write!(f, "aborted before the source was asked to fence: nothing changed")
+            }
+            EndReason::AbortedWhileFencing => {
+                write!(f, "aborted while waiting for the lease: the target stopped trying to take it")
+            }
+            EndReason::Aborted => write!(f, "aborted while tenants moved: those moved stay moved"),
+            EndReason::GateClosed { wave, failed } => write!(
+                f,
+                "the gate of wave {} closed with {failed} tenants failed: each one's error is in status.tenants",
+                wave + 1
+            ),
+            EndReason::Superseded { holder, epoch } => {
+                write!(f, "{holder} took the lease in epoch {epoch}: this failover may not go on")
+            }
+        }
+    }
+}
+
 /// The whole persisted state of one failover.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -134,7 +134,7 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
                             "args": [
                                 "app", "serve", "--listen", format!("0.0.0.0:{APP_PORT}"),
                                 "--tenant", "$(FENICE_TENANT)", "--vat", "$(FENICE_VAT)",
-                                "--company", "$(FENICE_COMPANY)", "--documents", "/var/lib/fenice/documents",
+                                "--company", "$(FENICE_COMPANY)", "--documents", DOCUMENTS,
                                 "--sdi-endpoint", "$(FENICE_SDI_ENDPOINT)",
                             ],
                             "envFrom": [{"configMapRef": {"name": app}}],
@@ -148,7 +148,7 @@ pub fn render(tenant: &InvoicingTenant, site: &Site, images: &Images) -> Result<
                             "resources": app_resources,
                             "securityContext": hardened,
                             "volumeMounts": [
-                                {"name": "documents", "mountPath": "/var/lib/fenice/documents"},
+                                {"name": "documents", "mountPath": DOCUMENTS},
                                 {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }],
@@ -498,7 +498,7 @@ pub fn failover_job(
     let who = Who::of(tenant)?;
     let (site_name, platform) = platform(site)?;
     let pods = Pods { platform };
-    let documents = "/var/lib/fenice/documents";
+    let documents = DOCUMENTS;
     let args: Vec<String> = match job {
         FailoverJob::Promote => vec!["agent", "verify", "--promote", "--tenant", who.name, "--documents", documents]
             .into_iter()
@@ -524,38 +524,75 @@ pub fn failover_job(
     let mut metadata = who.metadata(name, "backup");
     metadata["labels"]["fenice.io/failover-epoch"] = json!(epoch.to_string());
     metadata.as_object_mut().map(|m| m.remove("ownerReferences"));
-    let job = json!({
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
-        "spec": {
-            // NB: no retry here: the failover retries the step, with a new look at why it failed.
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": 3600,
-            "ttlSecondsAfterFinished": 24 * 3600,
-            "template": pods.template(who.labels("backup"), 10001, json!({
-                "restartPolicy": "Never",
-                "containers": [{
-                    "name": FAILOVER_CONTAINER,
-                    "image": format!("{}fenice:{}", pods.registry(), images.fenice),
-                    "args": args,
-                    "env": [{"name": "FENICE_DB_URL", "valueFrom": {"secretKeyRef": {"name": database_secret_name(who.name), "key": "url"}}}],
-                    "envFrom": [{"secretRef": {"name": repositories_secret_name(who.name)}}],
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                    "resources": resources((250, 256)),
-                    "securityContext": *HARDENED,
-                    "volumeMounts": [
-                        {"name": "documents", "mountPath": documents},
-                        {"name": "tmp", "mountPath": "/tmp"},
-                    ],
-                }],
-                "volumes": [
-                    {"name": "documents", "persistentVolumeClaim": {"claimName": format!("{}-documents", who.name)}},
-                    {"name": "tmp", "emptyDir": {}},
-                ],
-            })),
-        },
-    });
-    Ok(without_nulls(job))
+    let env = json!([{"name": "FENICE_DB_URL", "valueFrom": {"secretKeyRef": {"name": database_secret_name(who.name), "key": "url"}}}]);
+    let job = AgentJob {
+        metadata,
+        labels: who.labels("backup"),
+        container: FAILOVER_CONTAINER,
+        args: json!(args),
+        env,
+        env_from: json!([{"secretRef": {"name": repositories_secret_name(who.name)}}]),
+        documents_claim: format!("{}-documents", who.name),
+        deadline_seconds: 3600,
+    };
+    Ok(pods.agent_job(images, job))
 }
+
+/// A Job whose one container runs `fenice agent …` once, with the tenant's
+/// documents volume and a scratch `/tmp`, leaving its report (or, when it
+/// failed before writing one, its last log lines) as its termination message.
+pub(super) struct AgentJob<'a> {
+    pub(super) metadata: Value,
+    /// The pod's labels.
+    pub(super) labels: Value,
+    pub(super) container: &'a str,
+    pub(super) args: Value,
+    /// `env` and `envFrom` of the container (`null` for none).
+    pub(super) env: Value,
+    pub(super) env_from: Value,
+    pub(super) documents_claim: String,
+    pub(super) deadline_seconds: u64,
+}
+
+impl Pods<'_> {
+    pub(super) fn agent_job(&self, images: &Images, job: AgentJob<'_>) -> Value {
+        let job = json!({
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": job.metadata,
+            "spec": {
+                // NB: no retry: whoever started the Job tries again with a new look at
+                // why it failed (a restore's second run would meet a database the first wrote into).
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": job.deadline_seconds,
+                "ttlSecondsAfterFinished": 24 * 3600,
+                "template": self.template(job.labels, 10001, json!({
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": job.container,
+                        "image": format!("{}fenice:{}", self.registry(), images.fenice),
+                        "args": job.args,
+                        "env": job.env,
+                        "envFrom": job.env_from,
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        "resources": resources((250, 256)),
+                        "securityContext": *HARDENED,
+                        "volumeMounts": [
+                            {"name": "documents", "mountPath": DOCUMENTS},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "documents", "persistentVolumeClaim": {"claimName": job.documents_claim}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                })),
+            },
+        });
+        without_nulls(job)
+    }
+}
+
+/// Where agents and the app keep a tenant's invoice documents, in their pods.
+pub(super) const DOCUMENTS: &str = "/var/lib/fenice/documents";
 
 /// The name of the tenant's Job of `job` in the failover of `epoch`.
 pub fn failover_job_name(tenant: &str, epoch: u64, job: &FailoverJob) -> String {

@@ -18,15 +18,14 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::kubernetes::{
-    DB_PORT, HARDENED, Images, POSTGRES_HARDENED, Pods, RenderError, TERMINATION_LOG, Who, network_policy, platform,
-    resources, without_nulls,
+    AgentJob, DB_PORT, DOCUMENTS, Images, POSTGRES_HARDENED, Pods, RenderError, TERMINATION_LOG, Who, network_policy,
+    platform, resources, without_nulls,
 };
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 
 /// The label every object of a copy carries, with the copy's name.
 pub const RESTORE_LABEL: &str = "fenice.io/restore";
-const DOCUMENTS: &str = "/var/lib/fenice/documents";
 
 fn labels(copy: &str, tenant: &str, component: &str) -> Value {
     json!({
@@ -158,37 +157,17 @@ pub fn job(
         args.extend(["--drill-endpoint", endpoint, "--vat", &tenant.spec.vat_number]);
         args.extend(["--company", &tenant.spec.display_name]);
     }
-    let job = json!({
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(copy, who.name, copy.to_owned(), "restore"),
-        "spec": {
-            // NB: no retry: a second run meets a database the first one wrote into, and would fail for that.
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": 6 * 3600,
-            "ttlSecondsAfterFinished": 24 * 3600,
-            "template": pods.template(labels(copy, who.name, "restore"), 10001, json!({
-                "restartPolicy": "Never",
-                "containers": [{
-                    "name": "restore",
-                    "image": format!("{}fenice:{}", pods.registry(), images.fenice),
-                    "args": args,
-                    "envFrom": [{"secretRef": {"name": copy}}],
-                    // NB: when the agent fails before writing its report, its last log lines are the message.
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                    "resources": resources((250, 256)),
-                    "securityContext": *HARDENED,
-                    "volumeMounts": [
-                        {"name": "documents", "mountPath": DOCUMENTS},
-                        {"name": "tmp", "mountPath": "/tmp"},
-                    ],
-                }],
-                "volumes": [
-                    {"name": "documents", "persistentVolumeClaim": {"claimName": documents_claim(copy)}},
-                    {"name": "tmp", "emptyDir": {}},
-                ],
-            })),
-        },
-    });
-    Ok(without_nulls(job))
+    let job = AgentJob {
+        metadata: metadata(copy, who.name, copy.to_owned(), "restore"),
+        labels: labels(copy, who.name, "restore"),
+        container: "restore",
+        args: json!(args),
+        env: Value::Null,
+        env_from: json!([{"secretRef": {"name": copy}}]),
+        documents_claim: documents_claim(copy),
+        deadline_seconds: 6 * 3600,
+    };
+    Ok(pods.agent_job(images, job))
 }
 
 /// Everything a copy is, as (apiVersion, kind, name), for deleting it: its
