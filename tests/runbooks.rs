@@ -433,3 +433,31 @@ async fn an_sdi_certificate_is_checked_and_replaced() {
     assert_eq!(String::from_utf8_lossy(&now["tls.key"].0), read("new.key"), "with its key");
     assert!(!dir.path().join("current.crt").exists(), "the runbook cleans up after itself");
 }
+
+/// Every runbook is listed in runbooks/README.md and run by a test (its file
+/// name appears in a test, which runs its `sh` blocks), and says which.
+#[test]
+fn every_runbook_is_listed_and_run_by_a_test() {
+    let index = std::fs::read_to_string(format!("{ROOT}/runbooks/README.md")).unwrap();
+    let mut tests = String::new();
+    for entry in std::fs::read_dir(format!("{ROOT}/tests")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            tests.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    let mut runbooks = 0;
+    for entry in std::fs::read_dir(format!("{ROOT}/runbooks")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name == "README.md" || !name.ends_with(".md") {
+            continue;
+        }
+        runbooks += 1;
+        let text = std::fs::read_to_string(format!("{ROOT}/runbooks/{name}")).unwrap();
+        assert!(index.contains(&format!("]({name})")), "runbooks/README.md does not list {name}");
+        assert!(tests.contains(&format!("\"{name}\"")), "no test runs runbooks/{name}");
+        assert!(text.contains("Tested by"), "runbooks/{name} does not say which test runs it");
+        assert!(!shell_blocks(&text).is_empty(), "runbooks/{name} has no sh block");
+    }
+    assert!(runbooks >= 9, "{runbooks} runbooks found");
+}

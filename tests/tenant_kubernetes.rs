@@ -1159,28 +1159,41 @@ async fn standby_cluster(client: &Client, site_client: &Client) -> (apiserver::R
     (standby, standby_client)
 }
 
+/// The witness's store: the S3 server, and the proxy the sites reach it through
+/// (to make it fall silent).
+struct WitnessStore {
+    s3: fenice::testkit::S3Server,
+    proxy: fenice::testkit::FaultProxy,
+}
+
+impl WitnessStore {
+    /// The example plan's lease, read past the proxy.
+    async fn lease(&self) -> fenice::failover::witness::Witness {
+        let store = self.s3.store("fenice-witness-eu-south-1", "leases").await.unwrap();
+        fenice::failover::witness::Witness::new(std::sync::Arc::new(store), "westpole-to-azure")
+    }
+}
+
 /// The example witness Site on the S3 server (with its Secret) and the example
 /// plan, changed by `changes`, with a lease of 3 s renewed every second.
-async fn witnessed_plan(
-    client: &Client,
-    changes: Value,
-) -> (fenice::testkit::S3Server, Api<fenice::api::plan::FailoverPlan>) {
+async fn witnessed_plan(client: &Client, changes: Value) -> (WitnessStore, Api<fenice::api::plan::FailoverPlan>) {
     use fenice::api::plan::FailoverPlan;
     let s3 = fenice::testkit::S3Server::start().expect("moto");
     s3.store("fenice-witness-eu-south-1", "").await.unwrap().create_bucket(false).await.unwrap();
+    let proxy = fenice::testkit::FaultProxy::start(s3.addr()).await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let keys = json!({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"});
     create(&secrets, json!({"metadata": {"name": "witness-aws"}, "stringData": keys})).await;
     let mut witness: Site = example("sites.yaml", "aws-witness");
     let store = witness.spec.witness_store.as_mut().unwrap().s3.as_mut().unwrap();
-    (store.endpoint, store.force_path_style) = (Some(s3.endpoint()), true);
+    (store.endpoint, store.force_path_style) = (Some(proxy.endpoint()), true);
     Api::<Site>::all(client.clone()).create(&PostParams::default(), &witness).await.unwrap();
     let plans: Api<FailoverPlan> = Api::all(client.clone());
     let mut plan = serde_json::to_value(example::<FailoverPlan>("plan.yaml", "westpole-to-azure")).unwrap();
     json_patch::merge(&mut plan, &json!({"spec": {"witness": {"leaseDuration": "3s", "renewInterval": "1s"}}}));
     json_patch::merge(&mut plan, &changes);
     plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
-    (s3, plans)
+    (WitnessStore { s3, proxy }, plans)
 }
 
 /// The example tenant at westpole-rome, its plan with a witness at the S3
@@ -1191,8 +1204,7 @@ struct Witnessed {
     control: apiserver::Running,
     remote: apiserver::Running,
     site_client: Client,
-    /// The witness's store; taken to stop it.
-    s3: Option<fenice::testkit::S3Server>,
+    witness: WitnessStore,
     plans: Api<fenice::api::plan::FailoverPlan>,
     tenants: Api<InvoicingTenant>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -1208,7 +1220,7 @@ impl Witnessed {
         s3_policy(&client, "http://127.0.0.1:9").await;
         let sites: Api<Site> = Api::all(client.clone());
         sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "westpole-rome")).await.unwrap();
-        let (s3, plans) = witnessed_plan(&client, json!({})).await;
+        let (witness, plans) = witnessed_plan(&client, json!({})).await;
         let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
         tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
 
@@ -1216,12 +1228,11 @@ impl Witnessed {
         let (stop, running) =
             operator_run::run_at(&control, OPERATOR_USER, OPERATOR_NAMESPACE, state.path(), Some("westpole-rome"))
                 .await;
-        let s3 = Some(s3);
-        let witnessed = Self { control, remote, site_client, s3, plans, tenants, stop, running, _state: state };
+        let witnessed = Self { control, remote, site_client, witness, plans, tenants, stop, running, _state: state };
         let active = witnessed.standing(Standing::Active).await;
         let entry = active.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
         assert_eq!(entry.epoch, Some(1), "the source created the lease in epoch 1: {active:?}");
-        let held = witnessed.lease().await.read().await.unwrap().expect("the lease was created");
+        let held = witnessed.witness.lease().await.read().await.unwrap().expect("the lease was created");
         assert_eq!((held.record.holder.as_str(), held.record.epoch), ("westpole-rome", 1));
         ready_when(&witnessed.tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
         assert_eq!(witnessed.replicas().await, Some(2));
@@ -1239,23 +1250,22 @@ impl Witnessed {
         .await
     }
 
-    async fn lease(&self) -> fenice::failover::witness::Witness {
-        let s3 = self.s3.as_ref().expect("the witness runs");
-        let store = s3.store("fenice-witness-eu-south-1", "leases").await.unwrap();
-        fenice::failover::witness::Witness::new(std::sync::Arc::new(store), "westpole-to-azure")
-    }
-
     /// The replicas of the tenant's app at westpole-rome.
     async fn replicas(&self) -> Option<i32> {
         let apps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(self.site_client.clone(), NAMESPACE);
         apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas
     }
 
-    /// The tenant is fenced at westpole-rome, for `why`; then the operator stops.
-    async fn fenced_then_stop(self, why: &str) {
+    /// The tenant is fenced at westpole-rome, for `why`.
+    async fn fenced(&self, why: &str) {
         let (_, message) = ready_when(&self.tenants, "studio-rossi", |reason, _| reason == "Fenced").await;
         assert!(message.contains(why), "{message}");
         assert_eq!(self.replicas().await, Some(0));
+    }
+
+    /// The tenant is fenced at westpole-rome, for `why`; then the operator stops.
+    async fn fenced_then_stop(self, why: &str) {
+        self.fenced(why).await;
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(40), self.running).await.expect("the operator stopped").unwrap();
         within_rbac(&self.control, &self.remote);
@@ -1266,14 +1276,31 @@ impl Witnessed {
 /// example plan: it creates the witness lease and renews it, and the plan's
 /// tenants are served at the site while the agent holds it; once the witness
 /// stops answering, the agent fences the site before its lease could expire
-/// and the tenant's app is stopped there.
+/// and the tenant's app is stopped there. When the witness answers again, the
+/// agent renews the lease it still holds and the site serves again, in the
+/// same epoch; when it is gone for good, the site stays fenced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_serves_its_tenants_only_while_its_lease_agent_holds_the_witness_lease() {
-    let mut witnessed = Witnessed::start().await;
-    // The witness goes away: the agent cannot renew, and fences its site.
-    drop(witnessed.s3.take());
-    witnessed.standing(fenice::api::plan::Standing::Fenced).await;
-    witnessed.fenced_then_stop("westpole-rome's lease agent fenced it").await;
+    use fenice::api::plan::Standing;
+    let witnessed = Witnessed::start().await;
+    let fenced_by_agent = "westpole-rome's lease agent fenced it";
+    witnessed.witness.proxy.silence(true);
+    let fenced = witnessed.standing(Standing::Fenced).await;
+    let entry = fenced.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
+    assert_eq!(entry.epoch, Some(1), "a fenced entry keeps the epoch it was last active under: {fenced:?}");
+    witnessed.fenced(fenced_by_agent).await;
+
+    witnessed.witness.proxy.silence(false);
+    let back = witnessed.standing(Standing::Active).await;
+    let entry = back.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
+    assert_eq!(entry.epoch, Some(1), "the same lease, renewed: {back:?}");
+    ready_when(&witnessed.tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
+    assert_eq!(witnessed.replicas().await, Some(2));
+
+    // The witness goes away for good.
+    witnessed.witness.proxy.silence(true);
+    witnessed.standing(Standing::Fenced).await;
+    witnessed.fenced_then_stop(fenced_by_agent).await;
 }
 
 /// A Failover asks, through the witness, for the lease of epoch 1 to go to
@@ -1284,7 +1311,7 @@ async fn a_site_serves_its_tenants_only_while_its_lease_agent_holds_the_witness_
 async fn the_holder_hands_the_lease_over_when_a_failover_asks_through_the_witness() {
     use fenice::failover::witness::HandOverRequest;
     let witnessed = Witnessed::start().await;
-    let lease = witnessed.lease().await;
+    let lease = witnessed.witness.lease().await;
     let ask = |to: &str| HandOverRequest { to: to.into(), failover: "rome-planned".into() };
     lease.request_handover(1, &ask("azure-italynorth")).await.unwrap();
     lease.request_handover(1, &ask("azure-italynorth")).await.expect("asking again is no change");
@@ -1316,7 +1343,7 @@ struct TwoSites {
     client: Client,
     site_client: Client,
     standby_client: Client,
-    _s3: fenice::testkit::S3Server,
+    witness: WitnessStore,
     plans: Api<fenice::api::plan::FailoverPlan>,
     tenants: Api<InvoicingTenant>,
     /// Each site's operator: its stop and its task.
@@ -1341,7 +1368,7 @@ impl TwoSites {
         });
         sites.create(&PostParams::default(), &westpole).await.unwrap();
         sites.create(&PostParams::default(), &example::<Site>("sites.yaml", "azure-italynorth")).await.unwrap();
-        let (s3, plans) = witnessed_plan(&client, plan_changes).await;
+        let (witness, plans) = witnessed_plan(&client, plan_changes).await;
         let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), NAMESPACE);
         tenants.create(&PostParams::default(), &example("tenants.yaml", "studio-rossi")).await.unwrap();
 
@@ -1361,7 +1388,7 @@ impl TwoSites {
             client,
             site_client,
             standby_client,
-            _s3: s3,
+            witness,
             plans,
             tenants,
             operators,
@@ -1729,4 +1756,78 @@ async fn a_failover_goes_on_after_the_standbys_operator_dies_mid_step() {
     assert_eq!((done.epoch, done.tenants_done), (Some(2), 1), "{done:?}");
     assert_eq!(two.job("studio-rossi-promote-e2").await.uid(), first, "the Job it had started, not another");
     two.primary_fenced_then_stop("rome-planned").await;
+}
+
+/// runbooks/witness-unreachable.md, line by line with kubectl and fenice: the
+/// witness falls silent under both sites' operators and the primary fences
+/// itself; the runbook seeds a new witness store on another S3 server with
+/// the next epoch and points the witness Site at it; the primary serves again
+/// under epoch 2 from the new store. The old witness then answers again and
+/// no site writes it any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_witness_unreachable_runbook_moves_the_witness_and_the_primary_serves_again() {
+    use fenice::api::plan::Standing;
+    let Some(real_kubectl) = runbook::kubectl() else { return };
+    let two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
+    two.witness.proxy.silence(true);
+    two.standing_of("westpole-rome", Standing::Fenced).await;
+    ready_when(&two.tenants, "studio-rossi", |reason, _| reason == "Fenced").await;
+
+    let new = fenice::testkit::S3Server::start().expect("moto");
+    new.store("fenice-witness-moved", "").await.unwrap().create_bucket(false).await.unwrap();
+    let sre = Sre::new(&two, &real_kubectl);
+    for file in ["witness.env", "new-witness.env"] {
+        std::fs::write(sre.work.join(file), "AWS_ACCESS_KEY_ID=test\nAWS_SECRET_ACCESS_KEY=test\n").unwrap();
+    }
+    let (old_endpoint, new_endpoint) = (two.witness.proxy.endpoint(), new.endpoint());
+    let mut env = sre.env("", "").to_vec();
+    env.extend([
+        ("WITNESS_SITE", "aws-witness"),
+        ("OPERATOR_NAMESPACE", OPERATOR_NAMESPACE),
+        ("WITNESS", "s3://fenice-witness-eu-south-1/leases"),
+        ("WITNESS_ENDPOINT", old_endpoint.as_str()),
+        ("NEW_BUCKET", "fenice-witness-moved"),
+        ("NEW_PREFIX", "leases"),
+        ("NEW_REGION", "us-east-1"),
+        ("NEW_ENDPOINT", new_endpoint.as_str()),
+        ("NEW_SECRET", "witness-moved"),
+    ]);
+    let said = Sre::said(runbook::run_runbook_beside("witness-unreachable.md", &sre.work, &sre.shims, &env).await);
+    assert!(said.contains("westpole-rome Fenced epoch 1"), "the primary fenced itself: {said}");
+    assert!(said.contains("the witness does not answer from here either"), "{said}");
+    assert!(said.contains("no failover of westpole-to-azure under way"), "{said}");
+    assert!(said.contains("last active: westpole-rome in epoch 1"), "{said}");
+    assert!(said.contains("seeded the lease of plan westpole-to-azure"), "{said}");
+    assert!(said.contains("westpole-rome Active epoch 2"), "the primary serves again under the new store: {said}");
+    assert!(!said.lines().last().unwrap_or_default().contains("Fenced"), "the tenant is not fenced: {said}");
+
+    ready_when(&two.tenants, "studio-rossi", |reason, _| reason == "StackStarting").await;
+    let apps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(two.site_client.clone(), NAMESPACE);
+    assert_eq!(apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas, Some(2));
+    let moved = fenice::failover::witness::Witness::new(
+        std::sync::Arc::new(new.store("fenice-witness-moved", "leases").await.unwrap()),
+        "westpole-to-azure",
+    );
+    let lease = moved.read().await.unwrap().unwrap().record;
+    assert_eq!((lease.holder.as_str(), lease.epoch), ("westpole-rome", 2));
+    assert!(lease.renewals > 1, "renewed by the primary's agent: {lease:?}");
+    let secrets: Api<Secret> = Api::namespaced(two.client.clone(), OPERATOR_NAMESPACE);
+    assert!(secrets.get_opt("witness-aws").await.unwrap().is_none(), "the old witness's Secret is gone");
+
+    // The old witness answers again: nobody renews nor takes its lease (three renew intervals).
+    two.witness.proxy.silence(false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old = two.witness.lease().await.read().await.unwrap().unwrap();
+    assert_eq!((old.record.holder.as_str(), old.record.epoch), ("westpole-rome", 1));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(two.witness.lease().await.read().await.unwrap().unwrap(), old);
+    let plan = two.standing_of("westpole-rome", Standing::Active).await;
+    let azure = plan.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
+    assert_eq!(azure.standing, Standing::Fenced, "{plan:?}");
+    for (stop, running) in two.operators {
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    }
+    within_rbac(&two.control, &two.remote);
+    within_rbac(&two.control, &two.standby);
 }

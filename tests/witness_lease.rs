@@ -179,3 +179,76 @@ async fn a_planned_handover_fences_the_holder_before_the_successor_activates() {
     assert_eq!(pump(&mut b, &w, at(0), SiteHealth::Up).await, [LeaseAction::Activate { epoch: 2 }]);
     assert_eq!(a.standing(at(3_300)), Standing::Fenced);
 }
+
+/// `fenice failover witness …` against `bucket` on `server` (or `endpoint`).
+fn witness_cli(endpoint: &str, bucket: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(["failover", "witness"])
+        .args(args)
+        .args(["--plan", "main", "--witness", &format!("s3://{bucket}/fenice"), "--s3-endpoint", endpoint])
+        .args(["--s3-path-style", "--s3-region", "us-east-1", "--store-timeout", "2", "--store-attempts", "2"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap()
+}
+
+fn said(out: &std::process::Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A witness moved to a new store: `seed` writes the plan's first lease there
+/// naming the site that serves, in the epoch given; the named site's agent (a
+/// new process) renews it and is active in that epoch. A store that holds a
+/// lease already is refused and left as it was; an epoch of 0 is a usage
+/// error; a store that does not answer is named.
+#[tokio::test]
+async fn a_seeded_witness_is_renewed_by_the_site_it_names_in_the_epoch_it_was_given() {
+    let server = start_moto().await;
+    let store = server.store("fenice-witness-moved", "fenice").await.unwrap();
+    store.create_bucket(false).await.unwrap();
+    let endpoint = server.endpoint();
+    let run = |args: &'static [&'static str]| {
+        let endpoint = endpoint.clone();
+        tokio::task::spawn_blocking(move || witness_cli(&endpoint, "fenice-witness-moved", args))
+    };
+
+    let empty = run(&["show"]).await.unwrap();
+    assert_eq!(empty.status.code(), Some(1), "{:?}", said(&empty));
+    assert!(said(&empty).1.contains("no lease of plan main at s3://fenice-witness-moved"), "{:?}", said(&empty));
+
+    let seeded = run(&["seed", "--holder", "azure", "--epoch", "3"]).await.unwrap();
+    assert!(seeded.status.success(), "{:?}", said(&seeded));
+    assert!(said(&seeded).0.contains("holder azure, epoch 3"), "{:?}", said(&seeded));
+    let shown = run(&["show", "--json"]).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        (doc["holder"].as_str(), doc["epoch"].as_u64(), doc["renewals"].as_u64()),
+        (Some("azure"), Some(3), Some(1))
+    );
+
+    let again = run(&["seed", "--holder", "westpole", "--epoch", "9"]).await.unwrap();
+    assert!(!again.status.success());
+    assert!(
+        said(&again).1.contains("already holds a lease of plan main (holder azure, epoch 3)"),
+        "{:?}",
+        said(&again)
+    );
+    let zero = run(&["seed", "--holder", "azure", "--epoch", "0"]).await.unwrap();
+    assert_eq!(zero.status.code(), Some(2), "{:?}", said(&zero));
+
+    let w = Witness::new(Arc::new(store), "main");
+    let kept = w.read().await.unwrap().unwrap().record;
+    assert_eq!((kept.holder.as_str(), kept.epoch, kept.renewals), ("azure", 3, 1), "the refused seed wrote nothing");
+    let mut azure = LeaseAgent::new("azure", 77, timing(), Takeover::WhenHolderDown, false);
+    assert_eq!(pump(&mut azure, &w, at(0), SiteHealth::Up).await, [LeaseAction::Activate { epoch: 3 }]);
+    let renewed = w.read().await.unwrap().unwrap().record;
+    assert_eq!((renewed.holder.as_str(), renewed.epoch, renewed.incarnation), ("azure", 3, 77));
+    let mut westpole = LeaseAgent::new("westpole", 78, timing(), Takeover::WhenHolderDown, true);
+    assert!(pump(&mut westpole, &w, at(0), SiteHealth::Up).await.is_empty(), "the other site stays fenced");
+
+    let nobody = tokio::task::spawn_blocking(|| witness_cli("http://127.0.0.1:9", "fenice-witness-moved", &["show"]));
+    let nobody = nobody.await.unwrap();
+    assert!(!nobody.status.success());
+    assert!(said(&nobody).1.contains("127.0.0.1:9"), "{:?}", said(&nobody));
+}

@@ -192,7 +192,8 @@ fn utc() -> String {
 pub struct SiteStanding {
     pub site: String,
     pub standing: Standing,
-    /// The epoch the site is active under.
+    /// The epoch the site is active under; when Fenced, the epoch it was last
+    /// active under (absent if never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
     /// When the standing last changed.

@@ -1,5 +1,5 @@
-//! `fenice failover`: failovers as an SRE runs them. `simulate` and `report`
-//! are built so far; the other commands say so.
+//! `fenice failover`: failovers as an SRE runs them. `simulate`, `report`
+//! and `witness` are built so far; the other commands say so.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,6 +30,9 @@ enum FailoverCommand {
     /// store: verdict, epoch, each tenant's RTO, RPO, snapshot and steps, a
     /// timeline. Exit 1 unless it succeeded.
     Report(ReportArgs),
+    /// A plan's witness lease: read it, or seed a new witness store when the
+    /// old one is lost.
+    Witness(super::failover_witness::WitnessArgs),
     #[command(external_subcommand)]
     Other(Vec<String>),
 }
@@ -84,9 +87,10 @@ pub fn run(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         // NB: simulate runs its own runtime on a virtual clock.
         FailoverCommand::Simulate(args) => simulate(args),
         FailoverCommand::Report(args) => super::runtime()?.block_on(print_report(args)),
+        FailoverCommand::Witness(args) => super::runtime()?.block_on(super::failover_witness::run(args)),
         FailoverCommand::Other(words) => {
             eprintln!(
-                "fenice failover {}: not available in fenice {} yet; `fenice failover simulate` is",
+                "fenice failover {}: not available in fenice {} yet; `fenice failover simulate`, `report` and `witness` are",
                 words.first().map(String::as_str).unwrap_or_default(),
                 env!("CARGO_PKG_VERSION"),
             );

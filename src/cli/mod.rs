@@ -9,6 +9,7 @@ mod audit;
 mod crd;
 mod drill;
 mod failover;
+mod failover_witness;
 mod lab;
 mod operator;
 pub(crate) mod output;

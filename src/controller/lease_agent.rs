@@ -126,8 +126,7 @@ pub async fn run(ctx: Arc<Context>, site: String) {
                 }
                 Err(why) => {
                     tracing::warn!(plan = %name, site = %site, error = %why, "no lease agent: the site stays fenced");
-                    let fence = PlanStanding { ctx: ctx.clone(), plan: name, site: site.clone() };
-                    fence.write(Standing::Fenced, None).await;
+                    PlanStanding::of(&ctx, &plan, &site).fence().await;
                 }
             }
         }
@@ -151,13 +150,14 @@ async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan, key: u64) ->
     let store = super::repository::open_location(ctx, &format!("Site {}", witness.site), location, None)
         .await
         .map_err(|e| error_chain(&e))?;
-    let fence = Arc::new(PlanStanding { ctx: ctx.clone(), plan: name.clone(), site: site.to_owned() });
+    let fence = Arc::new(PlanStanding::of(ctx, plan, site));
     // NB: a new agent starts fenced, and so must its site, until it holds the lease.
-    fence.write(Standing::Fenced, None).await;
+    fence.fence().await;
     let takeover = convert::takeover(plan.spec.mode, site, &plan.spec.target_site);
     let may_create = plan.spec.source_site == site;
     let every = timing.renew_interval;
-    let agent = LeaseAgent::new(site, new_incarnation(), timing.clone(), takeover, may_create);
+    let used = plan.status.iter().flat_map(|s| &s.sites).filter_map(|e| e.epoch).max().unwrap_or(0);
+    let agent = LeaseAgent::new(site, new_incarnation(), timing.clone(), takeover, may_create).with_epoch_floor(used);
     let witness = Witness::new(store.clone(), &name);
     let clock: Arc<dyn crate::failover::clock::Clock> = Arc::new(SystemClock::new());
     // An Automatic plan's standby probes the source; elsewhere the holder is never seen down.
@@ -307,7 +307,11 @@ impl Asked {
         let mut handed = None;
         loop {
             tokio::time::sleep(every).await;
-            let Some(commands) = commands.upgrade() else { return };
+            // NB: no strong sender is held across the read below: it would
+            // keep a replaced agent's loop running for as long as the store hangs.
+            if commands.upgrade().is_none() {
+                return;
+            }
             let held = match &status.borrow().view {
                 LeaseView::Held { holder, epoch, .. } if *holder == self.site => Some(*epoch),
                 _ => None,
@@ -329,6 +333,7 @@ impl Asked {
                     continue;
                 }
             };
+            let Some(commands) = commands.upgrade() else { return };
             if commands.send(LeaseCommand::HandOver { to }).await.is_err() {
                 return;
             }
@@ -342,9 +347,18 @@ struct PlanStanding {
     ctx: Arc<Context>,
     plan: String,
     site: String,
+    /// The epoch the site was last active under, kept in its Fenced entry too:
+    /// the highest in the list is where a witness moved to a new store goes on.
+    last_epoch: std::sync::Mutex<Option<u64>>,
 }
 
 impl PlanStanding {
+    fn of(ctx: &Arc<Context>, plan: &FailoverPlan, site: &str) -> Self {
+        let entries = plan.status.iter().flat_map(|s| &s.sites);
+        let last_epoch = entries.filter(|e| e.site == site).find_map(|e| e.epoch);
+        Self { ctx: ctx.clone(), plan: plan.name_any(), site: site.to_owned(), last_epoch: last_epoch.into() }
+    }
+
     async fn write(&self, standing: Standing, epoch: Option<u64>) {
         let api: Api<FailoverPlan> = Api::all(self.ctx.client.clone());
         let entry =
@@ -369,10 +383,12 @@ impl PlanStanding {
 #[async_trait]
 impl FenceControl for PlanStanding {
     async fn fence(&self) {
-        self.write(Standing::Fenced, None).await;
+        let last = *self.last_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.write(Standing::Fenced, last).await;
     }
 
     async fn activate(&self, epoch: u64) {
+        *self.last_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(epoch);
         self.write(Standing::Active, Some(epoch)).await;
     }
 }

@@ -369,6 +369,15 @@ impl LeaseAgent {
         }
     }
 
+    /// Starts the agent knowing that epochs up to `floor` were used: a lease it
+    /// creates or takes is above them. A witness moved to an empty store (its
+    /// old one lost) then goes on above every epoch the sites recorded, never
+    /// back to 1.
+    pub fn with_epoch_floor(mut self, floor: u64) -> Self {
+        self.max_epoch = self.max_epoch.max(floor);
+        self
+    }
+
     /// The site this agent speaks for.
     pub fn site(&self) -> &str {
         &self.site
@@ -776,6 +785,16 @@ mod tests {
         assert!(matches!(renew_too_rare, Err(Error::UnsafeTiming { .. })));
         let wild_clocks = LeaseTiming { max_rate_skew_ppm: 200_000, ..t };
         assert!(wild_clocks.check().is_err());
+    }
+
+    #[test]
+    fn a_lease_created_in_an_empty_store_starts_above_the_epochs_already_used() {
+        let mut witness = Witness::default();
+        let mut a = LeaseAgent::new("a", 1, timing(), Takeover::Never, true).with_epoch_floor(4);
+        assert!(run(&mut a, &mut witness, at(0), SiteHealth::Up).is_empty());
+        let decisions = run(&mut a, &mut witness, at(3_100), SiteHealth::Up);
+        assert_eq!(decisions, vec![LeaseAction::Activate { epoch: 5 }]);
+        assert_eq!(witness.current.unwrap().record.epoch, 5);
     }
 
     #[test]

@@ -285,12 +285,19 @@ pub async fn keep(
 }
 
 /// A site's lease agent running [`keep`] as a task: its published status, the
-/// task, and its command channel (the loop ends when this is dropped and the
-/// channel closes).
+/// task, and its command channel. Dropped, it stops the task at once: a
+/// replaced agent (the plan or its witness changed) must not go on renewing
+/// the old lease nor writing its site's standing beside the new one.
 pub struct RunningAgent {
     pub status: watch::Receiver<LeaseStatus>,
-    pub task: tokio::task::JoinHandle<LeaseAgent>,
+    task: tokio::task::JoinHandle<LeaseAgent>,
     commands: mpsc::Sender<LeaseCommand>,
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl RunningAgent {
@@ -306,6 +313,11 @@ impl RunningAgent {
         let (status_tx, status) = watch::channel(LeaseStatus { standing: Standing::Fenced, view: LeaseView::Unknown });
         let task = tokio::spawn(keep(agent, witness, fence, clock, holder_health, commands_rx, status_tx));
         Self { status, task, commands }
+    }
+
+    /// Stops the loop at once, as a crash would (the lab's kill of a site).
+    pub fn abort(&self) {
+        self.task.abort();
     }
 
     /// Sends the loop a command; false if it has ended.

@@ -416,7 +416,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
 
     let before_kill = traffic.confirmed();
     let killed_at = jiff::Timestamp::now();
-    primary_agent.running.task.abort();
+    primary_agent.running.abort();
     let groups = primary.kill();
     *driver.lost_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(killed_at);
     progress.step(&format!(
