@@ -110,6 +110,39 @@ impl Site {
         (pg, db, documents)
     }
 
+    /// Starts PostgreSQL on a warm standby's data directory, with archiving on
+    /// as a site's StatefulSet has it: once promoted, it archives its timeline.
+    fn standby_server(&self, pgdata: &Path) -> PostgresServer {
+        self.archiving_server(PostgresOptions::new().existing_data(pgdata))
+    }
+
+    /// `agent verify --promote` of the standby at `url`, its documents written
+    /// to `documents`: its report.
+    fn promote(&self, url: &str, documents: &Path) -> serde_json::Value {
+        let result = documents.with_extension("termination-log");
+        let (documents, result_arg) = (documents.to_str().unwrap(), result.to_str().unwrap());
+        let out = self.ok(&[
+            "agent",
+            "verify",
+            "--promote",
+            "--db",
+            url,
+            "--documents",
+            documents,
+            "--result-file",
+            result_arg,
+        ]);
+        assert!(out.contains("verified"), "{out}");
+        serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap()
+    }
+
+    /// A warm standby's init container on `pgdata` (`agent restore --standby
+    /// --keep-initialised --set-aside-diverged`): what it printed.
+    fn standby_init(&self, pgdata: &Path) -> String {
+        let args = ["--standby", "--keep-initialised", "--set-aside-diverged"];
+        self.ok(&[&["agent", "restore", "--pgdata", pgdata.to_str().unwrap()][..], &args[..]].concat())
+    }
+
     /// Starts PostgreSQL on a prepared data directory: it replays the archive.
     fn recovering_server(&self, pgdata: &Path) -> PostgresServer {
         let options = self.env().into_iter().fold(PostgresOptions::new(), |o, (k, v)| o.env(k, v));
@@ -256,7 +289,7 @@ async fn a_warm_standby_is_promoted_after_replaying_the_whole_archive_and_report
     let url = pg.url("acme");
     let standby_data = site.path("pgdata-standby");
     site.ok(&["agent", "restore", "--pgdata", standby_data.to_str().unwrap(), "--standby"]);
-    let standby = site.recovering_server(&standby_data);
+    let standby = site.standby_server(&standby_data);
 
     // The primary goes on after the base backup; every segment reaches the archive.
     for _ in 0..5 {
@@ -268,22 +301,9 @@ async fn a_warm_standby_is_promoted_after_replaying_the_whole_archive_and_report
     drop(db);
     drop(pg);
 
-    let result = site.path("termination-log");
     let standby_documents = site.path("documents-standby");
     let standby_url = standby.url("acme");
-    let out = site.ok(&[
-        "agent",
-        "verify",
-        "--promote",
-        "--db",
-        &standby_url,
-        "--documents",
-        standby_documents.to_str().unwrap(),
-        "--result-file",
-        result.to_str().unwrap(),
-    ]);
-    assert!(out.contains("verified"), "{out}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    let report = site.promote(&standby_url, &standby_documents);
     assert_eq!(report["verified"], true, "{report}");
     let last_write: jiff::Timestamp = report["last_write"].as_str().expect("the last write's time").parse().unwrap();
     assert_eq!(last_write, newest, "the primary's newest invoice: {report}");
@@ -302,4 +322,70 @@ async fn a_warm_standby_is_promoted_after_replaying_the_whole_archive_and_report
         "--documents",
         standby_documents.to_str().unwrap(),
     ]);
+}
+
+/// Failover and failback with real PostgreSQL, as the sites' pods run them:
+/// the standby is promoted (timeline 2) and serves; the old primary's data
+/// directory, a primary of timeline 1, is set aside whole by the standby's
+/// init container and a fresh standby made there, which follows the archive
+/// onto timeline 2; promoted in the failback (timeline 3), it holds every
+/// invoice of both sites; the site it left is set aside in turn. A standby,
+/// and a primary of the newest timeline, are left as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_over_tenant_fails_back_through_a_fresh_standby_at_its_old_primary() {
+    let site = Site::new();
+    let (pg, mut db, documents) = site.backed_up_primary().await;
+    let standby_data = site.path("pgdata-standby");
+    assert!(site.standby_init(&standby_data).contains("prepared"), "a first start makes the standby");
+    let standby = site.standby_server(&standby_data);
+    for _ in 0..3 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    archive_now(&db).await;
+    drop(db);
+    let (primary_data, _primary_dir) = pg.crash();
+
+    // The failover: the standby is promoted onto timeline 2 and serves.
+    let standby_url = standby.url("acme");
+    let report = site.promote(&standby_url, &site.path("documents-standby"));
+    assert_eq!(report["verified"], true, "{report}");
+    let mut served = connect(&standby_url).await;
+    for _ in 0..2 {
+        issue(&mut served, &site.path("documents-standby"), "2026").await;
+    }
+    archive_now(&served).await;
+    let newest: jiff::Timestamp = served.query_one("SELECT max(created_at) FROM invoices", &[]).await.unwrap().get(0);
+    let issued = count(&standby_url).await;
+    assert_eq!(issued, 6, "one before the backup, three at the primary, two after the failover");
+    assert!(site.standby_init(&site.path("pgdata-standby")).contains("newest database"), "the serving one stays");
+
+    // The old primary comes back as a standby: its database set aside whole.
+    let said = site.standby_init(&primary_data);
+    assert!(said.contains("held a primary of timeline 1, which timeline 2 replaced"), "{said}");
+    let aside: Vec<_> = std::fs::read_dir(primary_data.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".diverged-tl1-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(aside[0].join("PG_VERSION").exists(), "kept whole");
+    assert!(primary_data.join("standby.signal").exists(), "a fresh standby in its place");
+    assert!(site.standby_init(&primary_data).contains("left as it is"), "a standby restarted stays one");
+    let back = site.standby_server(&primary_data);
+
+    // The failback: the site serving is stopped, the old primary promoted onto timeline 3.
+    drop(served);
+    let (left_data, _left_dir) = standby.crash();
+    let back_url = back.url("acme");
+    let report = site.promote(&back_url, &site.path("documents-back"));
+    assert_eq!(report["verified"], true, "{report}");
+    let last_write: jiff::Timestamp = report["last_write"].as_str().unwrap().parse().unwrap();
+    assert_eq!(last_write, newest, "the newest invoice written after the failover: {report}");
+    assert_eq!(count(&back_url).await, issued, "every invoice of both sites");
+    let timeline: String =
+        connect(&back_url).await.query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).await.unwrap().get(0);
+    assert!(timeline.starts_with("00000003"), "{timeline}");
+
+    let said = site.standby_init(&left_data);
+    assert!(said.contains("held a primary of timeline 2, which timeline 3 replaced"), "{said}");
 }

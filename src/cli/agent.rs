@@ -91,7 +91,8 @@ struct VerifyArgs {
     /// segment (at most --catch-up-seconds), promote it, then verify.
     #[arg(long)]
     promote: bool,
-    /// With --promote: how long the standby may take to replay the newest archived segment.
+    /// With --promote: how long the standby may take to replay the newest
+    /// archived segment, and then the new timeline's history file to reach the archive.
     #[arg(long, default_value_t = 120, requires = "promote")]
     catch_up_seconds: u64,
     /// Also write the outcome as JSON to this file, e.g. a container's
@@ -210,6 +211,13 @@ struct RestoreArgs {
     /// again on every pod start, leaves a standby replaying, or one promoted since, as it is.
     #[arg(long, requires = "pgdata")]
     keep_initialised: bool,
+    /// With --keep-initialised and --standby: a data directory holding a
+    /// primary whose timeline a later promotion replaced (the archive holds a
+    /// newer history file) is moved aside, kept whole beside it, and a fresh
+    /// standby made in its place: a failover's old primary, or the site a
+    /// failback left, becomes the tenant's standby again.
+    #[arg(long, requires_all = ["keep_initialised", "standby"])]
+    set_aside_diverged: bool,
     /// The snapshot to restore; the tenant's newest backup (before --target-time) by default.
     #[arg(long)]
     snapshot: Option<String>,
@@ -272,8 +280,9 @@ async fn open_one(target: &RepoTarget) -> anyhow::Result<Arc<crate::repo::reposi
 }
 
 async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    if let Some(pgdata) = args.pgdata.as_ref().filter(|p| args.keep_initialised && p.join("PG_VERSION").exists()) {
-        // NB: before opening the repository: a standby whose repository is unreachable still starts.
+    let initialised = args.pgdata.as_ref().filter(|p| args.keep_initialised && p.join("PG_VERSION").exists());
+    // NB: before opening the repository: a standby whose repository is unreachable still starts.
+    if let Some(pgdata) = initialised.filter(|p| !args.set_aside_diverged || p.join("standby.signal").exists()) {
         writeln!(out, "{} already holds a database: left as it is", pgdata.display())?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -286,6 +295,25 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
         }
     };
     if let Some(pgdata) = args.pgdata {
+        if pgdata.join("PG_VERSION").exists() && args.set_aside_diverged {
+            match pitr::set_aside_if_diverged(&repo, &args.tenant.tenant, &pgdata).await? {
+                pitr::DataDir::SetAside { timeline, newest, to } => writeln!(
+                    out,
+                    "{} held a primary of timeline {timeline}, which timeline {newest} replaced: set aside as {} \
+                     (kept whole; remove it once nothing in it is wanted); a fresh standby is made",
+                    pgdata.display(),
+                    to.display()
+                )?,
+                found => {
+                    writeln!(
+                        out,
+                        "{} holds the tenant's newest database ({found:?}): left as it is",
+                        pgdata.display()
+                    )?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
         let request = PitrRestore {
             tenant: args.tenant.tenant,
             repository: args.target.repos[0].clone(),
@@ -465,6 +493,10 @@ async fn verify_recovered(args: &VerifyArgs) -> anyhow::Result<Verified> {
         }
     }
     let client = verify::wait_until_promoted(&db, Duration::from_secs(args.wait_seconds)).await?;
+    if args.promote {
+        let within = Duration::from_secs(args.catch_up_seconds);
+        promote::wait_until_timeline_archived(&repo, tenant, &client, within).await?;
+    }
     let (rebuilt, mut differences) = verify::write_documents(&client, &args.documents).await?;
     let (restored, more) = verify::check_recovered(&client, &recorded).await?;
     differences.extend(more);

@@ -332,9 +332,12 @@ fn database_policy(who: &Who<'_>) -> Value {
 /// A warm standby of the tenant at a standby `site`: its PostgreSQL
 /// ([`database_set`]) made, on first start, from the newest base backup in
 /// `repository` (`fenice agent restore --standby`), then replaying the WAL
-/// archive as it grows. Its init container leaves an initialised data
-/// directory alone: a pod restarted keeps replaying where it was, and one
-/// promoted stays promoted. With its Service and NetworkPolicy; the Secrets
+/// archive as it grows. Its init container leaves a standby's data
+/// directory alone (a pod restarted keeps replaying where it was), and a
+/// primary's of the newest timeline (one promoted stays promoted); a primary
+/// whose timeline a promotion elsewhere replaced (a failover's old primary,
+/// the site a failback left) is set aside whole and a fresh standby made.
+/// With its Service and NetworkPolicy; the Secrets
 /// it needs are the tenant's (the database's, copied from the primary: the
 /// restored data has the primary's password; the repositories').
 pub fn warm_standby(
@@ -355,7 +358,7 @@ pub fn warm_standby(
         "command": ["fenice"],
         "args": [
             "agent", "restore", "--tenant", who.name, "--repo", repository,
-            "--pgdata", PGDATA, "--standby", "--keep-initialised",
+            "--pgdata", PGDATA, "--standby", "--keep-initialised", "--set-aside-diverged",
         ],
         "envFrom": [{"secretRef": {"name": repositories_secret_name(who.name)}}],
         "resources": resources((250, 256)),

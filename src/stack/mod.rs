@@ -134,6 +134,13 @@ pub enum Error {
 
     #[error("restored tenant {tenant} differs from what snapshot {snapshot} recorded:\n  {}", differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Mismatch { tenant: String, snapshot: String, differences: Vec<verify::Difference> },
+
+    #[error("tenant {tenant}: reading the WAL archive's timelines")]
+    Timelines {
+        tenant: String,
+        #[source]
+        source: Box<wal::Error>,
+    },
 }
 
 impl Error {

@@ -147,6 +147,52 @@ fn prepare_empty_dir(dir: &Path, force: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io("creating the data directory"))
 }
 
+/// What [`set_aside_if_diverged`] found in a data directory.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataDir {
+    /// A standby (`standby.signal`): it replays the archive, whatever timeline comes.
+    Standby,
+    /// A primary of the newest timeline the archive knows: the tenant's database.
+    Newest { timeline: u32 },
+    /// A primary of a timeline that a promotion elsewhere since replaced:
+    /// moved to `to`, beside it, untouched.
+    SetAside { timeline: u32, newest: u32, to: PathBuf },
+}
+
+/// Moves `pgdata` aside (a sibling directory, on the same volume, renamed
+/// whole) when it holds a primary whose timeline the archive shows replaced:
+/// the old primary of a failover, or a site a failback left. Such a database
+/// may hold writes that never reached the archive, so it is kept, never
+/// deleted; a fresh standby is then made in its place. A primary is on the
+/// timeline of the newest history file in its `pg_wal` (a promotion writes
+/// one before it takes any write), or 1.
+pub async fn set_aside_if_diverged(repo: &Repository, tenant: &str, pgdata: &Path) -> Result<DataDir> {
+    if pgdata.join("standby.signal").exists() {
+        return Ok(DataDir::Standby);
+    }
+    let newest = super::wal::newest_timeline(repo, tenant)
+        .await
+        .map_err(|source| Error::Timelines { tenant: tenant.to_owned(), source: Box::new(source) })?;
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { what, path, source }
+    };
+    let wal = pgdata.join("pg_wal");
+    let timeline = std::fs::read_dir(&wal)
+        .map_err(io("reading", &wal))?
+        .filter_map(|e| e.ok()?.file_name().to_str().and_then(super::wal::history_timeline))
+        .max()
+        .unwrap_or(1);
+    if timeline >= newest {
+        return Ok(DataDir::Newest { timeline });
+    }
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    let name = pgdata.file_name().and_then(|n| n.to_str()).unwrap_or("pgdata");
+    let to = pgdata.with_file_name(format!("{name}.diverged-tl{timeline}-{stamp}"));
+    std::fs::rename(pgdata, &to).map_err(io("setting aside", pgdata))?;
+    Ok(DataDir::SetAside { timeline, newest, to })
+}
+
 /// Streams the base backup's tar into `tar -x`.
 async fn extract(repo: &Arc<Repository>, root: &Id, pgdata: &Path) -> Result<()> {
     let mut command = Command::new("tar");

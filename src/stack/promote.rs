@@ -27,6 +27,12 @@ pub enum Error {
         #[source]
         source: wal::Error,
     },
+
+    #[error(
+        "tenant {tenant} was promoted, but its timeline's history file {history} did not reach the archive \
+         within {waited:?}: check that archive_command (`fenice agent wal-push`) works there; the step is tried again"
+    )]
+    HistoryNotArchived { tenant: String, history: String, waited: Duration },
 }
 
 /// How a promotion went.
@@ -74,6 +80,42 @@ pub async fn promote(repo: &Repository, tenant: &str, client: &Client, catch_up:
     };
     client.execute("SELECT pg_promote(true, 60)", &[]).await.map_err(query("pg_promote"))?;
     Ok(outcome)
+}
+
+/// Waits, up to `within`, until the history file of the timeline the
+/// promoted server `client` writes on is in the archive; that timeline. Until
+/// then another site cannot tell that this promotion replaced its database
+/// (`pitr::set_aside_if_diverged`), so a failover does not serve it before.
+pub async fn wait_until_timeline_archived(
+    repo: &Repository,
+    tenant: &str,
+    client: &Client,
+    within: Duration,
+) -> Result<u32, Error> {
+    let query = |what| move |source| Error::Query { tenant: tenant.to_owned(), what, source };
+    let row = client
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .map_err(query("pg_current_wal_lsn"))?;
+    let segment: String = row.get(0);
+    let timeline = segment.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()).unwrap_or(1);
+    if timeline == 1 {
+        return Ok(timeline);
+    }
+    let history = wal::history_file(timeline);
+    let deadline = Instant::now() + within;
+    loop {
+        let archived = wal::is_archived(repo, tenant, &history)
+            .await
+            .map_err(|source| Error::Archive { tenant: tenant.to_owned(), source })?;
+        if archived {
+            return Ok(timeline);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::HistoryNotArchived { tenant: tenant.to_owned(), history, waited: within });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// An LSN as PostgreSQL prints it (`16/B374D848`), as a number.

@@ -187,6 +187,42 @@ pub async fn newest_segment(repo: &Repository, tenant: &str) -> Result<Option<St
     Ok(objects.iter().filter_map(|o| o.key.split('/').nth(2)).filter(|n| is_segment(n)).max().map(str::to_owned))
 }
 
+/// The newest timeline the archive knows of `tenant`: the highest whose
+/// history file (written by the promotion that began it) is archived; 1 when
+/// none is.
+pub async fn newest_timeline(repo: &Repository, tenant: &str) -> Result<u32> {
+    let tenant_key = tenant_key(repo, tenant);
+    let objects = repo.store().list(&format!("wal/{tenant_key}/")).await.map_err(|source| Error::Store {
+        repository: repo.describe(),
+        name: "the archive's timeline history files".into(),
+        source: Box::new(source),
+    })?;
+    Ok(objects.iter().filter_map(|o| o.key.split('/').nth(2)).filter_map(history_timeline).max().unwrap_or(1))
+}
+
+/// Whether the WAL file `name` of `tenant` is archived.
+pub async fn is_archived(repo: &Repository, tenant: &str, name: &str) -> Result<bool> {
+    check_name(name)?;
+    let tenant_key = tenant_key(repo, tenant);
+    let objects = repo.store().list(&format!("wal/{tenant_key}/{name}/")).await.map_err(|source| Error::Store {
+        repository: repo.describe(),
+        name: name.to_string(),
+        source: Box::new(source),
+    })?;
+    Ok(!objects.is_empty())
+}
+
+/// The timeline a history file's name begins (`00000002.history` → 2).
+pub fn history_timeline(name: &str) -> Option<u32> {
+    let hex = name.strip_suffix(".history").filter(|h| h.len() == 8)?;
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// The history file's name of `timeline`.
+pub fn history_file(timeline: u32) -> String {
+    format!("{timeline:08X}.history")
+}
+
 /// The position of the segment `name` (timeline left out), for `segment_size`-byte segments.
 pub fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
     if !is_segment(name) || segment_size == 0 {
@@ -269,6 +305,25 @@ mod tests {
         assert_eq!(segment_number("000000010000000200000003", 16 << 20), Some(2 * 256 + 3));
         assert_eq!(segment_number("00000002000000000000FFF", 1 << 20), None);
         assert_eq!(segment_number("000000010000000000000FFF", 1 << 20), Some(0xFFF));
+    }
+
+    #[tokio::test]
+    async fn the_newest_timeline_is_the_highest_whose_history_file_is_archived() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::open(dir.path().join("repo")).unwrap());
+        let repo = Repository::init(store, &Passphrase::new("pw".into()), FAST, None).await.unwrap();
+        assert_eq!(newest_timeline(&repo, "acme").await.unwrap(), 1, "no promotion yet");
+        let wal = dir.path().join("pg_wal");
+        std::fs::create_dir(&wal).unwrap();
+        for name in [segment(1), history_file(2), "0000000A.history".into(), "0000000B0000000000000001".into()] {
+            std::fs::write(wal.join(&name), &name).unwrap();
+            push(&repo, "acme", &wal.join(&name)).await.unwrap();
+        }
+        assert_eq!(newest_timeline(&repo, "acme").await.unwrap(), 10, "a segment is no history file");
+        assert_eq!(newest_timeline(&repo, "globex").await.unwrap(), 1);
+        assert!(is_archived(&repo, "acme", "00000002.history").await.unwrap());
+        assert!(!is_archived(&repo, "acme", "00000003.history").await.unwrap());
+        assert_eq!((history_timeline("00000002.history"), history_timeline("2.history")), (Some(2), None));
     }
 
     #[tokio::test]
