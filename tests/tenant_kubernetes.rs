@@ -22,7 +22,7 @@ use fenice::api::policy::BackupPolicy;
 use fenice::api::repository::BackupRepository;
 use fenice::api::restore::{Restore, RestorePhase};
 use fenice::api::site::Site;
-use fenice::api::tenant::InvoicingTenant;
+use fenice::api::tenant::{InvoicingTenant, InvoicingTenantStatus};
 use fenice::apiserver::{self, ServerOptions};
 use fenice::site::cluster::{self, SiteCluster};
 use fenice::site::kubernetes::{self, Images, TENANT_LABEL};
@@ -1060,8 +1060,8 @@ async fn a_drill_at_a_kubernetes_site_restores_serves_and_sends_a_test_invoice_t
 /// out: while the plan's lease is handed over, the tenant's app is stopped at
 /// its primary site; once a failover served it at the standby site, the whole
 /// stack runs there on the warm standby's very StatefulSet (never deleted,
-/// never remade) under the failover's epoch, and the primary keeps its
-/// database with the app stopped.
+/// never remade) under the failover's epoch, and the primary runs the
+/// tenant's warm standby on its database's StatefulSet, for a failback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_its_primary() {
     use fenice::api::plan::FailoverPlan;
@@ -1102,6 +1102,8 @@ async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_i
     assert_eq!(replicas(&site_client).await, Some(2));
     let standby_sets: Api<StatefulSet> = Api::namespaced(standby_client.clone(), NAMESPACE);
     let standby_db = standby_sets.get("studio-rossi-db").await.unwrap().uid();
+    let primary_sets: Api<StatefulSet> = Api::namespaced(site_client.clone(), NAMESPACE);
+    let primary_uid = primary_sets.get("studio-rossi-db").await.unwrap().uid();
 
     // The lease is being handed over: the primary's app stops.
     let handover = json!({"status": {"handover": "azure-italynorth"}});
@@ -1121,8 +1123,7 @@ async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_i
     let moved =
         status_when(&tenants, "studio-rossi", |t| t.status, |s| s.active_site.as_deref() == Some("azure-italynorth"))
             .await;
-    assert_eq!((moved.epoch, moved.standby_site.as_ref()), (Some(2), None), "{moved:?}");
-    condition("Standby", "ServingAtStandbySite").await;
+    assert_eq!(moved.epoch, Some(2), "{moved:?}");
     assert_eq!(replicas(&standby_client).await, Some(2), "the app runs at the standby site");
     let config: Api<ConfigMap> = Api::namespaced(standby_client.clone(), NAMESPACE);
     let config = config.get("studio-rossi-app").await.unwrap().data.unwrap();
@@ -1134,9 +1135,23 @@ async fn a_tenant_a_failover_moved_is_served_at_the_standby_site_and_fenced_at_i
         db.spec.unwrap().template.spec.unwrap().init_containers.is_none(),
         "the stack's StatefulSet: no standby init container any more"
     );
-    assert_eq!(replicas(&site_client).await, Some(0), "the primary stays fenced");
-    let primary_sets: Api<StatefulSet> = Api::namespaced(site_client.clone(), NAMESPACE);
-    assert!(primary_sets.get_opt("studio-rossi-db").await.unwrap().is_some(), "the primary keeps its database");
+
+    // The primary runs the tenant's warm standby now: no app, its database's
+    // StatefulSet (the same one) with the init container that sets the old
+    // primary's data aside and makes a fresh standby of the new timeline.
+    let primary_db = primary_sets.get("studio-rossi-db").await.unwrap();
+    assert_eq!(primary_db.uid(), primary_uid, "the same StatefulSet, never made again");
+    let init = primary_db.spec.unwrap().template.spec.unwrap().init_containers.expect("a standby's init container");
+    let args = init[0].args.clone().unwrap().join(" ");
+    assert!(args.contains("--standby --keep-initialised --set-aside-diverged"), "{args}");
+    condition("Standby", "StandbyStarting").await;
+    assert!(apps(&site_client).get_opt("studio-rossi-app").await.unwrap().is_none(), "no app at the old primary");
+    primary_sets
+        .patch_status("studio-rossi-db", &PatchParams::default(), &Patch::Merge(&ready_status()))
+        .await
+        .unwrap();
+    let replaying = condition("Standby", "StandbyReplaying").await;
+    assert_eq!(replaying.standby_site.as_deref(), Some("westpole-rome"), "{replaying:?}");
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
@@ -1398,7 +1413,19 @@ impl TwoSites {
         two.standing_of("azure-italynorth", Standing::Fenced).await;
         let warm = status_when(&two.tenants, "studio-rossi", |t| t.status, |s| s.standby_site.is_some()).await;
         assert_eq!(warm.standby_site.as_deref(), Some("azure-italynorth"));
+        two.standby_replays_at(&two.standby_client).await;
         two
+    }
+
+    /// The standby's StatefulSet at the site `client` reaches becomes ready
+    /// (its pod replays), until the tenant says its standby replays.
+    async fn standby_replays_at(&self, client: &Client) -> InvoicingTenantStatus {
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NAMESPACE);
+        sets.patch_status("studio-rossi-db", &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
+        let replaying = |s: &InvoicingTenantStatus| {
+            s.conditions.iter().any(|c| c.type_ == "Standby" && c.reason == "StandbyReplaying")
+        };
+        status_when(&self.tenants, "studio-rossi", |t| t.status, replaying).await
     }
 
     /// The plan's status once `site`'s entry says `wanted`.
@@ -1418,7 +1445,12 @@ impl TwoSites {
 
     /// The Job `name` at the standby site, once it is there.
     async fn job(&self, name: &str) -> k8s_openapi::api::batch::v1::Job {
-        let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(self.standby_client.clone(), NAMESPACE);
+        self.job_at(&self.standby_client, name).await
+    }
+
+    /// The Job `name` at the site `client` reaches, once it is there.
+    async fn job_at(&self, client: &Client, name: &str) -> k8s_openapi::api::batch::v1::Job {
+        let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NAMESPACE);
         tokio::time::timeout(DEADLINE, async {
             loop {
                 match jobs.get_opt(name).await.unwrap() {
@@ -1441,51 +1473,55 @@ impl TwoSites {
         epoch: u64,
         lag: jiff::SignedDuration,
     ) -> fenice::api::failover::FailoverStatus {
+        self.kubelet_runs_at((&self.standby_client, "azure-italynorth"), name, epoch, lag).await
+    }
+
+    /// [`Self::kubelet_runs`] at the failover's target `site` (its client and name).
+    async fn kubelet_runs_at(
+        &self,
+        (site, site_name): (&Client, &str),
+        name: &str,
+        epoch: u64,
+        lag: jiff::SignedDuration,
+    ) -> fenice::api::failover::FailoverStatus {
         use fenice::api::failover::{Failover, FailoverPhase};
         use k8s_openapi::api::apps::v1::Deployment;
         let args = |job: k8s_openapi::api::batch::v1::Job| {
             job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
         };
         let promote = format!("studio-rossi-promote-e{epoch}");
-        assert!(args(self.job(&promote).await).contains("agent verify --promote --tenant studio-rossi"));
+        assert!(args(self.job_at(site, &promote).await).contains("agent verify --promote --tenant studio-rossi"));
         let last_write = jiff::Timestamp::now() - lag;
         let report = json!({"tenant": "studio-rossi", "snapshot": "5e1f0c2a", "verified": true, "last_write": last_write.to_string()});
-        pod_ended(&self.standby_client, &promote, "failover", 0, &report.to_string()).await;
+        pod_ended(site, &promote, "failover", 0, &report.to_string()).await;
         let reconcile = format!("studio-rossi-reconcile-e{epoch}");
-        assert!(args(self.job(&reconcile).await).contains("agent reconcile-sdi --json --tenant studio-rossi"));
-        pod_ended(&self.standby_client, &reconcile, "failover", 0, "").await;
+        assert!(args(self.job_at(site, &reconcile).await).contains("agent reconcile-sdi --json --tenant studio-rossi"));
+        pod_ended(site, &reconcile, "failover", 0, "").await;
 
-        let moved = status_when(&self.tenants, "studio-rossi", |t| t.status, |s| s.serving.is_some()).await;
+        let serves_here = |s: &InvoicingTenantStatus| s.serving.as_ref().is_some_and(|s| s.epoch == epoch);
+        let moved = status_when(&self.tenants, "studio-rossi", |t| t.status, serves_here).await;
         let serving = moved.serving.unwrap();
-        assert_eq!(
-            (serving.site.as_str(), serving.epoch, serving.failover.as_str()),
-            ("azure-italynorth", epoch, name)
-        );
-        let apps: Api<Deployment> = Api::namespaced(self.standby_client.clone(), NAMESPACE);
+        assert_eq!((serving.site.as_str(), serving.epoch, serving.failover.as_str()), (site_name, epoch, name));
+        let apps: Api<Deployment> = Api::namespaced(site.clone(), NAMESPACE);
         tokio::time::timeout(DEADLINE, async {
             while apps.get_opt("studio-rossi-app").await.unwrap().is_none() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
         .await
-        .expect("the app is applied at the standby site");
+        .expect("the app is applied at the target site");
         let ready = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
         apps.patch_status("studio-rossi-app", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
-        let sets: Api<StatefulSet> = Api::namespaced(self.standby_client.clone(), NAMESPACE);
+        let sets: Api<StatefulSet> = Api::namespaced(site.clone(), NAMESPACE);
         sets.patch_status("studio-rossi-db", &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
         let failovers: Api<Failover> = Api::all(self.client.clone());
         status_when(&failovers, name, |f| f.status, |s| s.phase == FailoverPhase::Succeeded).await
     }
 
-    /// The tenant's app is stopped at the primary site, an Event says the
-    /// failover `name` succeeded; then both operators stop.
-    async fn primary_fenced_then_stop(self, name: &str) {
-        use k8s_openapi::api::apps::v1::Deployment;
-        let primary_apps: Api<Deployment> = Api::namespaced(self.site_client.clone(), NAMESPACE);
-        let replicas = primary_apps.get("studio-rossi-app").await.unwrap().spec.unwrap().replicas;
-        assert_eq!(replicas, Some(0), "the primary stays fenced");
+    /// The Event that says the failover `name` succeeded.
+    async fn succeeded(&self, name: &str) -> Event {
         let events: Api<Event> = Api::all(self.client.clone());
-        let told = tokio::time::timeout(DEADLINE, async {
+        tokio::time::timeout(DEADLINE, async {
             loop {
                 let all = events.list(&ListParams::default()).await.unwrap().items;
                 let found = all.into_iter().find(|e| {
@@ -1499,8 +1535,28 @@ impl TwoSites {
             }
         })
         .await
-        .expect("an Event says it succeeded");
+        .expect("an Event says it succeeded")
+    }
+
+    /// The primary site runs the tenant's warm standby (no app), an Event says
+    /// the failover `name` succeeded; then both operators stop.
+    async fn primary_standby_then_stop(self, name: &str) {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let primary_apps: Api<Deployment> = Api::namespaced(self.site_client.clone(), NAMESPACE);
+        tokio::time::timeout(DEADLINE, async {
+            while primary_apps.get_opt("studio-rossi-app").await.unwrap().is_some() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("the primary runs the tenant's standby, no app");
+        let told = self.succeeded(name).await;
         assert!(told.note.as_deref().is_some_and(|n| n.contains("1/1 tenants serve at azure-italynorth")), "{told:?}");
+        self.stop().await;
+    }
+
+    /// Both operators stop; neither used more of either cluster than RBAC grants.
+    async fn stop(self) {
         for (stop, running) in self.operators {
             let _ = stop.send(());
             tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
@@ -1549,7 +1605,7 @@ async fn a_manual_failover_moves_a_warm_tenant_to_the_standby_site_through_the_w
     );
     let config: Api<ConfigMap> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
     assert_eq!(config.get("studio-rossi-app").await.unwrap().data.unwrap()["FENICE_APP_EPOCH"], "2");
-    two.primary_fenced_then_stop("rome-planned").await;
+    two.primary_standby_then_stop("rome-planned").await;
 }
 
 /// The automatic path at Kubernetes sites: the primary's operator and its
@@ -1603,7 +1659,7 @@ async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
     assert_eq!((done.epoch, done.tenants_done), (Some(2), 1), "{done:?}");
     let took = jiff::Timestamp::now().duration_since(killed_at);
     println!("from the kill to the Failover's success: {took:#}");
-    two.primary_fenced_then_stop("westpole-to-azure-e2").await;
+    two.primary_standby_then_stop("westpole-to-azure-e2").await;
 }
 
 /// An SRE's working directory: a kubeconfig whose context `control` reaches
@@ -1678,7 +1734,7 @@ async fn the_planned_failover_runbook_moves_the_plans_tenants_line_by_line() {
     assert!(said.contains("westpole-rome Fenced"), "the primary fenced: {said}");
     assert!(said.contains("azure-italynorth Active epoch 2"), "the standby holds the lease: {said}");
     assert!(served_at_the_standby(&said), "the tenant is served at the standby: {said}");
-    two.primary_fenced_then_stop("rome-planned").await;
+    two.primary_standby_then_stop("rome-planned").await;
 }
 
 /// runbooks/emergency-failover.md, line by line with kubectl: the primary's
@@ -1722,7 +1778,7 @@ async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary
     let plan = two.standing_of("azure-italynorth", Standing::Active).await;
     let azure = plan.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
     assert_eq!(azure.epoch, Some(2), "{plan:?}");
-    two.primary_fenced_then_stop("rome-lost").await;
+    two.primary_standby_then_stop("rome-lost").await;
 }
 
 /// The standby's operator dies in the middle of a failover (its tasks dropped
@@ -1755,7 +1811,7 @@ async fn a_failover_goes_on_after_the_standbys_operator_dies_mid_step() {
     let done = two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(2)).await;
     assert_eq!((done.epoch, done.tenants_done), (Some(2), 1), "{done:?}");
     assert_eq!(two.job("studio-rossi-promote-e2").await.uid(), first, "the Job it had started, not another");
-    two.primary_fenced_then_stop("rome-planned").await;
+    two.primary_standby_then_stop("rome-planned").await;
 }
 
 /// runbooks/witness-unreachable.md, line by line with kubectl and fenice: the
@@ -1824,10 +1880,112 @@ async fn the_witness_unreachable_runbook_moves_the_witness_and_the_primary_serve
     let plan = two.standing_of("westpole-rome", Standing::Active).await;
     let azure = plan.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
     assert_eq!(azure.standing, Standing::Fenced, "{plan:?}");
-    for (stop, running) in two.operators {
-        let _ = stop.send(());
-        tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
-    }
-    within_rbac(&two.control, &two.remote);
-    within_rbac(&two.control, &two.standby);
+    two.stop().await;
+}
+
+/// A failback at Kubernetes sites: after a planned failover to the standby
+/// site, the primary runs the tenant's warm standby (its old database set
+/// aside by the init container, a fresh standby of the new timeline); a
+/// Failover in mode Failback, carried out by the primary's operator, has the
+/// standby site hand the lease back (epoch 3), promotes the primary's
+/// standby in a Job there, and serves the tenant at its primary again; the
+/// standby site runs the warm standby again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failback_serves_the_tenant_at_its_primary_again_through_the_standby_made_there() {
+    use fenice::api::failover::Failover;
+    use fenice::api::plan::Standing;
+    use k8s_openapi::api::apps::v1::Deployment;
+    let two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
+    let failovers: Api<Failover> = Api::all(two.client.clone());
+    let create = |name: &str, mode: &str| {
+        let failover: Failover = serde_json::from_value(json!({
+            "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": name},
+            "spec": {"plan": "westpole-to-azure", "mode": mode},
+        }))
+        .unwrap();
+        let failovers = failovers.clone();
+        async move { failovers.create(&PostParams::default(), &failover).await.unwrap() }
+    };
+    create("rome-planned", "Manual").await;
+    two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(1)).await;
+    let at_primary = two.standby_replays_at(&two.site_client).await;
+    assert_eq!(at_primary.standby_site.as_deref(), Some("westpole-rome"), "{at_primary:?}");
+
+    create("rome-back", "Failback").await;
+    let done = two
+        .kubelet_runs_at((&two.site_client, "westpole-rome"), "rome-back", 3, jiff::SignedDuration::from_secs(1))
+        .await;
+    assert_eq!((done.epoch, done.tenants_done), (Some(3), 1), "{done:?}");
+    let plan = two.standing_of("westpole-rome", Standing::Active).await;
+    let entry = plan.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
+    assert_eq!(entry.epoch, Some(3), "the lease handed back: {plan:?}");
+    two.standing_of("azure-italynorth", Standing::Fenced).await;
+
+    let served = status_when(
+        &two.tenants,
+        "studio-rossi",
+        |t| t.status,
+        |s| s.active_site.as_deref() == Some("westpole-rome") && s.standby_site.as_deref() == Some("azure-italynorth"),
+    )
+    .await;
+    assert_eq!(served.epoch, Some(3), "{served:?}");
+    let standby_apps: Api<Deployment> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
+    tokio::time::timeout(DEADLINE, async {
+        while standby_apps.get_opt("studio-rossi-app").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the standby site runs the warm standby again, no app");
+    let sets: Api<StatefulSet> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
+    let init = sets.get("studio-rossi-db").await.unwrap().spec.unwrap().template.spec.unwrap().init_containers;
+    assert!(init.is_some_and(|i| i[0].args.as_ref().unwrap().iter().any(|a| a == "--set-aside-diverged")));
+    let primary_sets: Api<StatefulSet> = Api::namespaced(two.site_client.clone(), NAMESPACE);
+    let primary_db = primary_sets.get("studio-rossi-db").await.unwrap();
+    assert!(primary_db.spec.unwrap().template.spec.unwrap().init_containers.is_none(), "the primary's database serves");
+    let told = two.succeeded("rome-back").await;
+    assert!(told.note.as_deref().is_some_and(|n| n.contains("1/1 tenants serve at westpole-rome")), "{told:?}");
+    two.stop().await;
+}
+
+/// runbooks/failback.md, line by line with kubectl, after a planned failover:
+/// it waits for the primary's fresh standby to replay, creates the Failback,
+/// follows it to Succeeded while the test does the pods' work, and checks the
+/// tenant is served at its primary again under epoch 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failback_runbook_serves_the_plans_tenants_at_their_primary_again_line_by_line() {
+    use fenice::api::failover::Failover;
+    let Some(real_kubectl) = runbook::kubectl() else { return };
+    let two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
+    let failover: Failover = serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": "rome-planned"},
+        "spec": {"plan": "westpole-to-azure", "mode": "Manual"},
+    }))
+    .unwrap();
+    Api::<Failover>::all(two.client.clone()).create(&PostParams::default(), &failover).await.unwrap();
+    two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(1)).await;
+
+    let sre = Sre::new(&two, &real_kubectl);
+    let env = sre.env("rome-back", "Westpole is back: incident closed");
+    let (done, out) = tokio::join!(
+        async {
+            // The fresh standby at the primary takes a while to replay.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            two.standby_replays_at(&two.site_client).await;
+            let primary = (&two.site_client, "westpole-rome");
+            two.kubelet_runs_at(primary, "rome-back", 3, jiff::SignedDuration::from_secs(1)).await
+        },
+        runbook::run_runbook_beside("failback.md", &sre.work, &sre.shims, &env)
+    );
+    let said = Sre::said(out);
+    assert_eq!(done.epoch, Some(3), "{done:?}");
+    assert!(said.contains("azure-italynorth Active epoch 2"), "before: {said}");
+    assert!(said.contains("not ready yet: studio-rossi westpole-rome StandbyStarting"), "it waited: {said}");
+    assert!(said.contains("Succeeded epoch 3 done 1/1"), "the result: {said}");
+    let back = |l: &str| {
+        l.split_whitespace().collect::<Vec<_>>() == ["studio-rossi", "westpole-rome", "azure-italynorth", "3"]
+    };
+    assert!(said.lines().any(back), "served at the primary, its standby at the other site: {said}");
+    assert!(said.contains("westpole-rome Active epoch 3"), "the primary holds the lease: {said}");
+    two.stop().await;
 }

@@ -84,10 +84,6 @@ async fn reconcile_inner(failover: &Failover, ctx: &Arc<Context>) -> Result<Acti
         // NB: the target's operator carries it out; this one leaves the object alone.
         return Ok(Action::await_change());
     }
-    if failover.spec.mode == FailoverTrigger::Failback {
-        let why = "a failback at Kubernetes sites is not built: the old primary needs a fresh warm standby first";
-        return ended(ctx, failover, "NotBuilt", why.to_owned()).await;
-    }
     if plan.spec.witness.is_none() {
         let why = format!(
             "FailoverPlan {} has no witness: a failover at Kubernetes sites takes the lease and keeps its state there",

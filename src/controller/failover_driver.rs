@@ -5,9 +5,12 @@
 //! there by writing `status.serving`, which the tenant controller carries out
 //! (the whole stack on the standby's StatefulSet, fenced at the source).
 //!
+//! A failback is the same steps the other way: the tenant controller runs a
+//! fresh warm standby at a moved tenant's primary (the old database set
+//! aside), which the failback promotes.
+//!
 //! Not built: a Cold tenant (no standby to promote: its failover step fails
-//! and says to restore it with a Restore), and a failback (it needs a fresh
-//! standby at the old primary first).
+//! and says to restore it with a Restore).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +32,7 @@ use crate::error_chain::error_chain;
 use crate::failover::convert;
 use crate::failover::executor::{SiteDriver, StepContext};
 use crate::failover::lease::{LeaseView, Takeover};
-use crate::failover::machine::{Restored, SourceFence, StepError};
+use crate::failover::machine::{Restored, SourceFence, StepError, Trigger};
 use crate::failover::witness::{HandOverRequest, LeaseCommand};
 use crate::site::cluster::{self, SiteCluster};
 use crate::site::kubernetes::{self, FAILOVER_CONTAINER, FailoverJob};
@@ -219,12 +222,22 @@ impl SiteDriver for KubeFailover {
     /// Promotes the tenant's warm standby at the target and verifies it.
     async fn restore_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<Restored, StepError> {
         let found = self.tenant(tenant).await?;
-        let standby = found.status.as_ref().and_then(|s| s.standby_site.as_deref());
+        let status = found.status.clone().unwrap_or_default();
+        let standby = status.standby_site.as_deref();
         if standby != Some(ctx.target.as_str()) {
             return Err(fatal(format!(
                 "tenant {}/{} has no warm standby at {} (status.standbySite {standby:?}): a failover at Kubernetes \
                  sites promotes one; restore a Cold tenant there with a Restore",
                 tenant.namespace, tenant.name, ctx.target
+            )));
+        }
+        // NB: a failback's standby is made afresh after the failover: it must have started replaying.
+        let replaying = status.conditions.iter().find(|c| c.type_ == super::tenant::STANDBY);
+        if !replaying.is_some_and(|c| c.status == "True" && c.reason == "StandbyReplaying") {
+            let why = replaying.map_or_else(|| "no Standby condition".to_owned(), |c| c.message.clone());
+            return Err(retry(format!(
+                "tenant {}'s warm standby at {} is not replaying yet: {why}",
+                tenant.name, ctx.target
             )));
         }
         // The documents volume the app will have there: the Job writes the documents into it.
@@ -311,9 +324,18 @@ impl SiteDriver for KubeFailover {
         }
     }
 
-    /// Serves the tenant where it was before this failover (its primary).
-    async fn discard_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
+    /// Serves the tenant where it was before this failover: its primary, or
+    /// for a failback the site it left (under this epoch: the lease stays
+    /// where it is, and going back is a failover again).
+    async fn discard_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
         let found = self.tenant(tenant).await?;
-        self.serve(&found, None).await
+        match ctx.trigger {
+            Trigger::Failback => {
+                let epoch = ctx.epoch.or(found.status.as_ref().and_then(|s| s.epoch)).unwrap_or(1);
+                let serving = serde_json::json!({"site": ctx.source, "epoch": epoch, "failover": ctx.failover});
+                self.serve(&found, Some(serving)).await
+            }
+            _ => self.serve(&found, None).await,
+        }
     }
 }

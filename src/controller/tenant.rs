@@ -18,7 +18,7 @@ use super::Context;
 use crate::api::condition::{self, Observed};
 use crate::api::plan::{FailoverPlan, Standing};
 use crate::api::site::{Driver, Site, SiteRole};
-use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus};
+use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus, StandbyMode};
 use crate::site::local::TenantSpec;
 
 pub const CONTROLLER: &str = "invoicingtenant";
@@ -165,11 +165,6 @@ pub enum Standby {
     Replaying {
         site: String,
     },
-    /// A failover moved the tenant to the site its standby ran at: the
-    /// standby is its database now, and no other runs until a failback.
-    Serving {
-        site: String,
-    },
     /// `site`: where a standby may still be, to remove later.
     Failed {
         site: Option<String>,
@@ -205,16 +200,12 @@ fn standby_condition<'a>(tenant: &InvoicingTenant, standby: &'a Standby) -> Opti
         Standby::Replaying { site } => (
             true,
             "StandbyReplaying",
-            format!("a warm standby at Kubernetes site {site} replays the WAL archive; a failover promotes it"),
+            format!(
+                "a warm standby at Kubernetes site {site} replays the WAL archive; a failover or failback promotes it"
+            ),
             Some(site.clone()),
         ),
         Standby::Failed { site, message } => (false, "StandbyFailed", message.clone(), site.clone()),
-        Standby::Serving { site } => (
-            false,
-            "ServingAtStandbySite",
-            format!("a failover moved the tenant to {site}, where its standby was: no standby runs until a failback"),
-            None,
-        ),
     };
     Some((Observed { type_: STANDBY, status, reason, message }, site))
 }
@@ -403,7 +394,8 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
             }
             let fenced = fenced_by(plan, &serving);
             let stack = super::tenant_site::deploy(ctx, tenant, site, fenced.is_some()).await;
-            if serving != tenant.spec.primary_site {
+            // NB: a Warm tenant's primary runs its standby instead (below).
+            if serving != tenant.spec.primary_site && tenant.spec.standby != StandbyMode::Warm {
                 fence_primary(ctx, tenant).await;
             }
             match (stack, fenced) {
@@ -414,7 +406,6 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         _ => Stack::NotAttempted,
     };
     let standby = match (&placement, &site) {
-        (Placement::Kubernetes { .. }, _) if serving != tenant.spec.primary_site => Standby::Serving { site: serving },
         (Placement::Kubernetes { .. }, Some(site)) => super::tenant_site::standby(ctx, tenant, site).await,
         _ => Standby::NotHere,
     };
@@ -439,10 +430,10 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     })
 }
 
-/// Keeps the stack at the primary site of a tenant a failover moved fenced:
-/// its database stays (a failback starts from it), its app stopped. A
-/// primary that cannot be reached is told in an Event; it is fenced when it
-/// answers again.
+/// Keeps the stack at the primary site of a Cold tenant a failover moved
+/// fenced: its database stays, its app stopped. A primary that cannot be
+/// reached is fenced when it answers again. (A Warm tenant's primary runs its
+/// warm standby instead: [`super::tenant_site::standby`].)
 async fn fence_primary(ctx: &Context, tenant: &InvoicingTenant) {
     let primary = &tenant.spec.primary_site;
     match ctx.cache.sites.get(primary).await {

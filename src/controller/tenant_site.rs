@@ -76,18 +76,25 @@ pub async fn remove(ctx: &Context, tenant: &InvoicingTenant, site: &Site) -> Res
     Ok(())
 }
 
-/// Applies the tenant's warm standby at `site` (its database, replaying the
-/// archive of the policy's first repository), or removes the one at
-/// `status.standbySite` when the tenant is cold or its standby moved.
-pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site) -> Standby {
+/// Applies the tenant's warm standby (its database, replaying the archive of
+/// the policy's first repository) where it belongs: at its plan's target
+/// site while `serving` is its primary, at its primary once a failover moved
+/// it (the old primary's database set aside, a failback promotes the fresh
+/// one). Removes the one at `status.standbySite` when the tenant is cold or
+/// its standby moved, never what serves.
+pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) -> Standby {
     let was = tenant.status.as_ref().and_then(|s| s.standby_site.clone());
     let plans = ctx.cache.plans.all().await.unwrap_or_default();
     let sites = super::tenant::standby_sites(tenant, plans.iter().map(|p| &**p));
+    let serving_name = serving.name_any();
+    let moved = serving_name != tenant.spec.primary_site;
     let wanted = match tenant.spec.standby {
+        StandbyMode::Warm if moved => Some(tenant.spec.primary_site.clone()),
         StandbyMode::Warm => sites.first().cloned(),
         StandbyMode::Cold => None,
     };
-    if let Some(old) = was.filter(|old| Some(old) != wanted.as_ref()) {
+    // NB: a failover or failback turns the standby's site into the serving one.
+    if let Some(old) = was.filter(|old| Some(old) != wanted.as_ref() && *old != serving_name) {
         let removed = match ctx.cache.sites.get(&old).await {
             Some(site) => remove(ctx, tenant, &site).await,
             None => Err(format!("Site {old} does not exist any more")),
@@ -105,7 +112,7 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site) ->
     };
     let failed = |message: String| Standby::Failed { site: None, message };
     let Some(site) = ctx.cache.sites.get(&site_name).await else {
-        return failed(format!("Site {site_name}, a FailoverPlan's target, does not exist"));
+        return failed(format!("Site {site_name}, where the tenant's warm standby belongs, does not exist"));
     };
     if super::tenant::placement(&site_name, Some(&site))
         != (super::tenant::Placement::Kubernetes { site: site_name.clone() })
@@ -115,7 +122,7 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site) ->
              driver, `fenice lab --standby warm` does)"
         ));
     }
-    match try_standby(ctx, tenant, primary, &site).await {
+    match try_standby(ctx, tenant, serving, &site).await {
         Ok(applied) => {
             if applied.changed() {
                 let note = format!("warm standby at Kubernetes site {site_name}: {}", summary(&applied));
@@ -134,6 +141,7 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site) ->
     }
 }
 
+/// `primary`: the site serving the tenant, whose database the standby follows.
 async fn try_standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, site: &Site) -> Result<Applied, String> {
     let namespace = tenant.namespace().unwrap_or_default();
     let name = tenant.name_any();
