@@ -814,9 +814,9 @@ async fn backups_and_restores_at_a_kubernetes_site_run_as_jobs_there_and_are_rec
 /// its database at the plan's target site, made from the newest base backup
 /// by an init container and replaying the archive, with the primary's
 /// database password (the restored data has it) and nothing else of the
-/// stack; turned Cold, the standby is deleted.
+/// stack; turned Cold, the standby is deleted and only its Secrets stay there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_tenant_has_its_database_replaying_at_the_standby_site_and_a_cold_one_nothing() {
+async fn a_warm_tenant_has_its_database_replaying_at_the_standby_site_and_a_cold_one_only_its_secrets() {
     let (control, remote, client, site_client) = clusters().await;
     let (standby, standby_client) = standby_cluster(&client, &site_client).await;
     s3_policy(&client, "http://127.0.0.1:9").await;
@@ -896,7 +896,19 @@ async fn a_warm_tenant_has_its_database_replaying_at_the_standby_site_and_a_cold
     tenants.patch("studio-rossi", &PatchParams::default(), &Patch::Merge(&cold)).await.unwrap();
     let now_cold = standby_when("Cold").await;
     assert_eq!(now_cold.standby_site, None);
-    assert!(objects_of(&standby_client, "studio-rossi").await.is_empty(), "the standby and its Secrets are deleted");
+    let kept = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let now: Vec<String> = objects_of(&standby_client, "studio-rossi").await.into_keys().collect();
+            if now.iter().all(|o| o.starts_with("Secret ")) {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the standby is deleted");
+    // NB: a Cold tenant's Secrets wait at its plan's target, for a failover to make its database there.
+    assert_eq!(kept, ["Secret studio-rossi-db", "Secret studio-rossi-repositories"]);
     assert!(!objects_of(&site_client, "studio-rossi").await.is_empty(), "the primary's stack stays");
 
     let _ = stop.send(());
@@ -1298,6 +1310,16 @@ impl Witnessed {
 async fn a_site_serves_its_tenants_only_while_its_lease_agent_holds_the_witness_lease() {
     use fenice::api::plan::Standing;
     let witnessed = Witnessed::start().await;
+    // A write to the witness Site's status is no change of its store: the agent goes on (same incarnation).
+    let before = witnessed.witness.lease().await.read().await.unwrap().unwrap().record;
+    let sites: Api<Site> = Api::all(witnessed.control.client().await.unwrap());
+    let note = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Checked",
+        "message": "a status write", "lastTransitionTime": "2026-12-06T12:00:00Z"}]}});
+    sites.patch_status("aws-witness", &PatchParams::default(), &Patch::Merge(&note)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = witnessed.witness.lease().await.read().await.unwrap().unwrap().record;
+    assert_eq!(after.incarnation, before.incarnation, "the same agent renews: {before:?} {after:?}");
+    assert!(after.renewals > before.renewals, "{after:?}");
     let fenced_by_agent = "westpole-rome's lease agent fenced it";
     witnessed.witness.proxy.silence(true);
     let fenced = witnessed.standing(Standing::Fenced).await;
@@ -1479,43 +1501,65 @@ impl TwoSites {
     /// [`Self::kubelet_runs`] at the failover's target `site` (its client and name).
     async fn kubelet_runs_at(
         &self,
-        (site, site_name): (&Client, &str),
+        site: (&Client, &str),
         name: &str,
         epoch: u64,
         lag: jiff::SignedDuration,
     ) -> fenice::api::failover::FailoverStatus {
         use fenice::api::failover::{Failover, FailoverPhase};
+        self.kubelet_moves(site, "studio-rossi", name, epoch, lag).await;
+        let failovers: Api<Failover> = Api::all(self.client.clone());
+        status_when(&failovers, name, |f| f.status, |s| s.phase == FailoverPhase::Succeeded).await
+    }
+
+    /// What the target `site`'s kubelet does for `tenant` in the failover
+    /// `name` of `epoch`: its promote Job reports a verified database whose
+    /// newest invoice was written `lag` before now, its reconcile Job
+    /// succeeds, and its stack applied there becomes ready.
+    async fn kubelet_moves(
+        &self,
+        (site, site_name): (&Client, &str),
+        tenant: &str,
+        name: &str,
+        epoch: u64,
+        lag: jiff::SignedDuration,
+    ) {
         use k8s_openapi::api::apps::v1::Deployment;
         let args = |job: k8s_openapi::api::batch::v1::Job| {
             job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
         };
-        let promote = format!("studio-rossi-promote-e{epoch}");
-        assert!(args(self.job_at(site, &promote).await).contains("agent verify --promote --tenant studio-rossi"));
+        let promote = format!("{tenant}-promote-e{epoch}");
+        assert!(args(self.job_at(site, &promote).await).contains(&format!("agent verify --promote --tenant {tenant}")));
         let last_write = jiff::Timestamp::now() - lag;
-        let report = json!({"tenant": "studio-rossi", "snapshot": "5e1f0c2a", "verified": true, "last_write": last_write.to_string()});
+        let report =
+            json!({"tenant": tenant, "snapshot": "5e1f0c2a", "verified": true, "last_write": last_write.to_string()});
         pod_ended(site, &promote, "failover", 0, &report.to_string()).await;
-        let reconcile = format!("studio-rossi-reconcile-e{epoch}");
-        assert!(args(self.job_at(site, &reconcile).await).contains("agent reconcile-sdi --json --tenant studio-rossi"));
+        let reconcile = format!("{tenant}-reconcile-e{epoch}");
+        assert!(
+            args(self.job_at(site, &reconcile).await)
+                .contains(&format!("agent reconcile-sdi --json --tenant {tenant}"))
+        );
         pod_ended(site, &reconcile, "failover", 0, "").await;
 
         let serves_here = |s: &InvoicingTenantStatus| s.serving.as_ref().is_some_and(|s| s.epoch == epoch);
-        let moved = status_when(&self.tenants, "studio-rossi", |t| t.status, serves_here).await;
+        let moved = status_when(&self.tenants, tenant, |t| t.status, serves_here).await;
         let serving = moved.serving.unwrap();
         assert_eq!((serving.site.as_str(), serving.epoch, serving.failover.as_str()), (site_name, epoch, name));
         let apps: Api<Deployment> = Api::namespaced(site.clone(), NAMESPACE);
+        let app = format!("{tenant}-app");
         tokio::time::timeout(DEADLINE, async {
-            while apps.get_opt("studio-rossi-app").await.unwrap().is_none() {
+            while apps.get_opt(&app).await.unwrap().is_none() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
         .await
         .expect("the app is applied at the target site");
         let ready = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
-        apps.patch_status("studio-rossi-app", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+        apps.patch_status(&app, &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
         let sets: Api<StatefulSet> = Api::namespaced(site.clone(), NAMESPACE);
-        sets.patch_status("studio-rossi-db", &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
-        let failovers: Api<Failover> = Api::all(self.client.clone());
-        status_when(&failovers, name, |f| f.status, |s| s.phase == FailoverPhase::Succeeded).await
+        sets.patch_status(&format!("{tenant}-db"), &PatchParams::default(), &Patch::Merge(&ready_status()))
+            .await
+            .unwrap();
     }
 
     /// The Event that says the failover `name` succeeded.
@@ -1987,5 +2031,84 @@ async fn the_failback_runbook_serves_the_plans_tenants_at_their_primary_again_li
     };
     assert!(said.lines().any(back), "served at the primary, its standby at the other site: {said}");
     assert!(said.contains("westpole-rome Active epoch 3"), "the primary holds the lease: {said}");
+    two.stop().await;
+}
+
+/// A Cold tenant fails over at Kubernetes sites too: while its primary runs,
+/// only its Secrets wait at the plan's target (the database password, which a
+/// lost primary could no longer give); the failover's restore step makes its
+/// database there (the warm standby's StatefulSet, restoring the newest base
+/// backup and replaying the archive), waits until it is ready, and promotes
+/// it as for a Warm tenant, in the second wave after the Gold one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_tenant_fails_over_through_a_database_made_at_the_target_from_its_repositories() {
+    use fenice::api::failover::Failover;
+    use k8s_openapi::api::apps::v1::Deployment;
+    let two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
+    two.tenants.create(&PostParams::default(), &example("tenants.yaml", "comune-di-tivoli")).await.unwrap();
+    let secrets = |client: &Client| Api::<Secret>::namespaced(client.clone(), NAMESPACE);
+    let password = |secret: Secret| secret.data.unwrap()["password"].0.clone();
+    let kept = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match secrets(&two.standby_client).get_opt("comune-di-tivoli-db").await.unwrap() {
+                Some(secret) => return secret,
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("the Cold tenant's database Secret waits at the target");
+    let primary = secrets(&two.site_client).get("comune-di-tivoli-db").await.unwrap();
+    assert_eq!(password(kept), password(primary), "the primary's password");
+    assert!(secrets(&two.standby_client).get_opt("comune-di-tivoli-repositories").await.unwrap().is_some());
+    let standby_sets: Api<StatefulSet> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
+    assert!(standby_sets.get_opt("comune-di-tivoli-db").await.unwrap().is_none(), "no database runs there");
+
+    let failover: Failover = serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": "rome-planned"},
+        "spec": {"plan": "westpole-to-azure", "mode": "Manual"},
+    }))
+    .unwrap();
+    Api::<Failover>::all(two.client.clone()).create(&PostParams::default(), &failover).await.unwrap();
+    let cold = async {
+        let made = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                match standby_sets.get_opt("comune-di-tivoli-db").await.unwrap() {
+                    Some(set) => return set,
+                    None => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+        .await
+        .expect("the restore step makes the Cold tenant's database at the target");
+        let init = made.spec.unwrap().template.spec.unwrap().init_containers.unwrap()[0].args.clone().unwrap();
+        assert!(init.join(" ").contains("agent restore --tenant comune-di-tivoli"), "{init:?}");
+        // Its pod restores the newest base backup and replays: then ready.
+        standby_sets
+            .patch_status("comune-di-tivoli-db", &PatchParams::default(), &Patch::Merge(&ready_status()))
+            .await
+            .unwrap();
+        two.kubelet_moves(
+            (&two.standby_client, "azure-italynorth"),
+            "comune-di-tivoli",
+            "rome-planned",
+            2,
+            jiff::SignedDuration::from_secs(3),
+        )
+        .await;
+    };
+    let (done, ()) = tokio::join!(two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(1)), cold);
+    assert_eq!((done.epoch, done.tenants_done, done.tenants_total), (Some(2), 2, 2), "{done:?}");
+    let moved = status_when(
+        &two.tenants,
+        "comune-di-tivoli",
+        |t| t.status,
+        |s| s.active_site.as_deref() == Some("azure-italynorth"),
+    )
+    .await;
+    assert_eq!(moved.epoch, Some(2), "{moved:?}");
+    let primary_apps: Api<Deployment> = Api::namespaced(two.site_client.clone(), NAMESPACE);
+    let replicas = primary_apps.get("comune-di-tivoli-app").await.unwrap().spec.unwrap().replicas;
+    assert_eq!(replicas, Some(0), "a Cold tenant's primary keeps its stack fenced");
     two.stop().await;
 }

@@ -73,7 +73,9 @@ pub async fn start(ctx: &Context, drill: &Drill, site: &str, chosen: &[Invoicing
 pub async fn step(ctx: &Context, drill: &Drill) -> Result<Action, Error> {
     let mut status = drill.status.clone().unwrap_or_default();
     let site_name = status.site.clone().unwrap_or_default();
-    let Some(tenants) = ctx.cache.tenants.all().await else { return Ok(Action::requeue(WATCH)) };
+    if !ctx.cache.tenants.ready().await {
+        return Ok(Action::requeue(WATCH));
+    }
     let Some(site) = ctx.cache.sites.get(&site_name).await else {
         let why = format!("Site {site_name}, where this drill restores, does not exist any more");
         return end(ctx, drill, status, &why).await;
@@ -86,12 +88,11 @@ pub async fn step(ctx: &Context, drill: &Drill) -> Result<Action, Error> {
         }
     };
     let drill_start = status.start_time.as_ref().map_or_else(Timestamp::now, |t| t.0);
-    let find = |r: &TenantRef| {
-        tenants.iter().find(|t| t.namespace().as_deref() == Some(&r.namespace) && t.name_any() == r.name).cloned()
-    };
+    // NB: looked up, not searched: a drill looks at each of its tenants every step.
+    let tenants = &ctx.cache.tenants;
     let mut copies = Vec::new();
     for copy in std::mem::take(&mut status.copies) {
-        let tenant = find(&copy.tenant);
+        let tenant = tenants.get_in(&copy.tenant.namespace, &copy.tenant.name).await;
         match look_at(ctx, drill, &cluster, &site, copy, tenant.as_deref(), drill_start).await {
             Next::Running(copy) => copies.push(copy),
             Next::Done(result) => status.results.push(*result),
@@ -104,7 +105,7 @@ pub async fn step(ctx: &Context, drill: &Drill) -> Result<Action, Error> {
             break;
         }
         let started = Timestamp::now();
-        let Some(tenant) = find(wanted) else {
+        let Some(tenant) = tenants.get_in(&wanted.namespace, &wanted.name).await else {
             status.results.push(failed(wanted, started, "the InvoicingTenant was deleted during the drill".into()));
             continue;
         };

@@ -24,10 +24,10 @@ use crate::api::plan::FailoverPlan;
 use crate::error_chain::error_chain;
 use crate::failover::clock::{SystemClock, WallTime};
 use crate::failover::executor::{self, Progress, StateFile, StateStore};
-use crate::failover::lease::LeaseView;
+use crate::failover::lease::{LeaseView, Takeover};
 use crate::failover::machine::{EndReason, FailoverState, NewFailover, Phase, RetryRule};
 use crate::failover::waves::{TenantSpec, WaveSpec, assign};
-use crate::failover::witness::RunningAgent;
+use crate::failover::witness::{LeaseCommand, RunningAgent};
 
 pub const CONTROLLER: &str = "failover";
 
@@ -122,6 +122,11 @@ async fn reconcile_inner(failover: &Failover, ctx: &Arc<Context>) -> Result<Acti
             (state, file)
         }
     };
+    if state.phase == Phase::Fencing && state.fencing.lease_asked && !failover.spec.abort {
+        // NB: the setting is the agent's, not the state's: an agent started
+        // anew since it was asked (an operator restart) is asked again.
+        agent.command(LeaseCommand::SetTakeover(Takeover::WhenExpired)).await;
+    }
     let declared_loss =
         Timestamp::from_millisecond(state.declared_loss.unix_millis() as i64).unwrap_or_else(|_| Timestamp::now());
     let driver = KubeFailover { ctx: ctx.clone(), plan: plan.clone(), agent: agent.clone(), declared_loss };

@@ -9,15 +9,16 @@
 //! fresh warm standby at a moved tenant's primary (the old database set
 //! aside), which the failback promotes.
 //!
-//! Not built: a Cold tenant (no standby to promote: its failover step fails
-//! and says to restore it with a Restore).
+//! A Cold tenant gets its standby made at the target by the restore step (the
+//! newest base backup, then the archive), then promoted like a warm one. Not
+//! built: a Cold tenant's failback.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -27,7 +28,7 @@ use super::restore_job::left_by;
 use crate::api::common::TenantRef;
 use crate::api::plan::FailoverPlan;
 use crate::api::site::Site;
-use crate::api::tenant::InvoicingTenant;
+use crate::api::tenant::{InvoicingTenant, StandbyMode};
 use crate::error_chain::error_chain;
 use crate::failover::convert;
 use crate::failover::executor::{SiteDriver, StepContext};
@@ -168,21 +169,71 @@ impl KubeFailover {
             })
     }
 
-    /// The tenant's app Deployment at the target.
-    async fn app(&self, ctx: &StepContext, tenant: &InvoicingTenant) -> Result<Option<Deployment>, StepError> {
+    /// The tenant's workload `<tenant>-<suffix>` of kind `K` at the target.
+    async fn workload<K>(
+        &self,
+        ctx: &StepContext,
+        tenant: &InvoicingTenant,
+        suffix: &str,
+    ) -> Result<Option<K>, StepError>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
         let (_, cluster) = self.target(ctx).await?;
-        let apps: Api<Deployment> = Api::namespaced(cluster.client.clone(), &tenant.namespace().unwrap_or_default());
+        let api: Api<K> = Api::namespaced(cluster.client.clone(), &tenant.namespace().unwrap_or_default());
         // NB: listed by the tenant's label: the site Role lets the operator list, not get.
-        let listed = apps
-            .list(&kube::api::ListParams::default().labels(&format!(
-                "{}={}",
-                kubernetes::TENANT_LABEL,
-                tenant.name_any()
-            )))
+        let label = format!("{}={}", kubernetes::TENANT_LABEL, tenant.name_any());
+        let listed =
+            api.list(&kube::api::ListParams::default().labels(&label)).await.map_err(|e| retry(error_chain(&e)))?;
+        let name = format!("{}-{suffix}", tenant.name_any());
+        Ok(listed.items.into_iter().find(|d| d.name_any() == name))
+    }
+
+    /// A Cold tenant's database at the target, made now: its warm standby
+    /// (the newest base backup, then the archive replayed), applied as the
+    /// tenant controller would, with the Secrets it keeps there; waits until
+    /// it replays, for the promote Job. The restore of a base backup is why a
+    /// Cold tenant's RTO is longer.
+    async fn make_standby(&self, ctx: &StepContext, tenant: &InvoicingTenant) -> Result<(), StepError> {
+        let (site, cluster) = self.target(ctx).await?;
+        let namespace = tenant.namespace().unwrap_or_default();
+        let secret = kubernetes::database_secret_name(&tenant.name_any());
+        let kept = cluster::secret_value(&cluster, &namespace, &secret, "password")
             .await
             .map_err(|e| retry(error_chain(&e)))?;
-        let name = format!("{}-app", tenant.name_any());
-        Ok(listed.items.into_iter().find(|d| d.name_any() == name))
+        if kept.is_none() {
+            return Err(fatal(format!(
+                "Secret {namespace}/{secret} is not at {}: the operator keeps a Cold tenant's Secrets at its plan's \
+                 target while the primary runs (see the tenant's Standby condition); without the password the \
+                 restored database cannot be served there",
+                ctx.target
+            )));
+        }
+        let objects = super::tenant_site::standby_objects(&self.ctx, tenant, &site).await.map_err(retry)?;
+        cluster::apply_each(&cluster, &namespace, cluster::FIELD_MANAGER, &objects)
+            .await
+            .map_err(|e| retry(error_chain(&e)))?;
+        let deadline = Instant::now() + JOB_WITHIN;
+        loop {
+            let set: Option<StatefulSet> = self.workload(ctx, tenant, "db").await?;
+            let ready = set.and_then(|s| s.status).and_then(|s| s.ready_replicas).unwrap_or(0);
+            if ready > 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(retry(format!(
+                    "tenant {}'s database made at {} from its repositories is not ready within {JOB_WITHIN:?}: see \
+                     its pod {}-db-0 there (the prepare init container restores the newest base backup)",
+                    tenant.name_any(),
+                    ctx.target,
+                    tenant.name_any()
+                )));
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
     }
 }
 
@@ -224,20 +275,23 @@ impl SiteDriver for KubeFailover {
         let found = self.tenant(tenant).await?;
         let status = found.status.clone().unwrap_or_default();
         let standby = status.standby_site.as_deref();
-        if standby != Some(ctx.target.as_str()) {
+        if standby == Some(ctx.target.as_str()) {
+            // NB: a failback's standby is made afresh after the failover: it must have started replaying.
+            let replaying = status.conditions.iter().find(|c| c.type_ == super::tenant::STANDBY);
+            if !replaying.is_some_and(|c| c.status == "True" && c.reason == "StandbyReplaying") {
+                let why = replaying.map_or_else(|| "no Standby condition".to_owned(), |c| c.message.clone());
+                return Err(retry(format!(
+                    "tenant {}'s warm standby at {} is not replaying yet: {why}",
+                    tenant.name, ctx.target
+                )));
+            }
+        } else if found.spec.standby == StandbyMode::Cold && ctx.trigger != Trigger::Failback {
+            self.make_standby(ctx, &found).await?;
+        } else {
             return Err(fatal(format!(
                 "tenant {}/{} has no warm standby at {} (status.standbySite {standby:?}): a failover at Kubernetes \
-                 sites promotes one; restore a Cold tenant there with a Restore",
+                 sites promotes one (a Cold tenant gets one made from its repositories, but not in a failback)",
                 tenant.namespace, tenant.name, ctx.target
-            )));
-        }
-        // NB: a failback's standby is made afresh after the failover: it must have started replaying.
-        let replaying = status.conditions.iter().find(|c| c.type_ == super::tenant::STANDBY);
-        if !replaying.is_some_and(|c| c.status == "True" && c.reason == "StandbyReplaying") {
-            let why = replaying.map_or_else(|| "no Standby condition".to_owned(), |c| c.message.clone());
-            return Err(retry(format!(
-                "tenant {}'s warm standby at {} is not replaying yet: {why}",
-                tenant.name, ctx.target
             )));
         }
         // The documents volume the app will have there: the Job writes the documents into it.
@@ -312,7 +366,8 @@ impl SiteDriver for KubeFailover {
 
     async fn verify_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
         let found = self.tenant(tenant).await?;
-        let ready = self.app(ctx, &found).await?.and_then(|d| d.status).and_then(|s| s.ready_replicas).unwrap_or(0);
+        let app: Option<Deployment> = self.workload(ctx, &found, "app").await?;
+        let ready = app.and_then(|d| d.status).and_then(|s| s.ready_replicas).unwrap_or(0);
         let epoch = found.status.as_ref().and_then(|s| s.epoch);
         match (ready > 0, epoch == ctx.epoch) {
             (true, true) => Ok(()),

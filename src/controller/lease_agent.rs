@@ -88,7 +88,7 @@ pub fn manager(site: &str) -> String {
 }
 
 /// A plan's agent as started: what it was started for (a hash of the plan's
-/// sites, mode, witness and the witness Site's version), the agent, its
+/// sites, mode, witness and the witness Site's store), the agent, its
 /// handle, and the probes of the source site that feed an Automatic plan's
 /// standby its health (stopped with it).
 struct Started {
@@ -107,11 +107,12 @@ pub async fn run(ctx: Arc<Context>, site: String) {
         let mut wanted = HashMap::new();
         for plan in plans.iter().filter(|p| p.spec.source_site == site || p.spec.target_site == site) {
             let Some(witness) = &plan.spec.witness else { continue };
+            // NB: the witness Site's store, not its resourceVersion: a status
+            // write must not restart an agent (a failover's takeover setting is the agent's).
             let witness_site = ctx.cache.sites.get(&witness.site).await;
-            let version = witness_site.as_ref().map(|s| s.resource_version());
+            let store = witness_site.map(|s| serde_json::to_string(&s.spec.witness_store).unwrap_or_default());
             let witness = serde_json::to_string(witness).unwrap_or_default();
-            let key =
-                super::hash_of(&(&plan.spec.source_site, &plan.spec.target_site, plan.spec.mode, witness, version));
+            let key = super::hash_of(&(&plan.spec.source_site, &plan.spec.target_site, plan.spec.mode, witness, store));
             wanted.insert(plan.name_any(), (key, plan.clone()));
         }
         agents.retain(|name, started| wanted.get(name).is_some_and(|(wanted, _)| *wanted == started.key));

@@ -444,17 +444,32 @@ async fn fence_primary(ctx: &Context, tenant: &InvoicingTenant) {
     }
 }
 
-/// Removes the tenant's warm standby, if one was applied.
+/// Removes the tenant's warm standby, if one was applied, and a Cold
+/// tenant's Secrets kept at its plan's target.
 async fn remove_standby(ctx: &Context, tenant: &InvoicingTenant) -> Result<(), String> {
-    let Some(site) = tenant.status.as_ref().and_then(|s| s.standby_site.clone()) else { return Ok(()) };
-    match ctx.cache.sites.get(&site).await {
-        Some(found) => super::tenant_site::remove(ctx, tenant, &found).await,
-        None => Err(format!(
-            "Site {site}, where the warm standby is, does not exist: delete the objects labelled {}={} there by hand",
-            crate::site::kubernetes::TENANT_LABEL,
-            tenant.name_any()
-        )),
+    let mut sites: Vec<String> = tenant.status.as_ref().and_then(|s| s.standby_site.clone()).into_iter().collect();
+    if tenant.spec.standby == StandbyMode::Cold {
+        let plans = ctx.cache.plans.all().await.unwrap_or_default();
+        sites.extend(standby_sites(tenant, plans.iter().map(|p| &**p)).into_iter().take(1));
     }
+    sites.dedup();
+    for site in sites {
+        match ctx.cache.sites.get(&site).await {
+            Some(found) if placement(&site, Some(&found)) == (Placement::Kubernetes { site: site.clone() }) => {
+                super::tenant_site::remove(ctx, tenant, &found).await?
+            }
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "Site {site}, where the tenant's standby or its Secrets are, does not exist: delete the objects \
+                     labelled {}={} there by hand",
+                    crate::site::kubernetes::TENANT_LABEL,
+                    tenant.name_any()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Starts the tenant's stack at a Local site unless it runs; says what runs.

@@ -106,6 +106,10 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) ->
     }
     let Some(site_name) = wanted else {
         return match tenant.spec.standby {
+            StandbyMode::Cold if !moved => match sites.first() {
+                Some(target) => cold_secrets_at(ctx, tenant, serving, target).await,
+                None => Standby::Cold,
+            },
             StandbyMode::Cold => Standby::Cold,
             StandbyMode::Warm => Standby::NoPlan,
         };
@@ -141,6 +145,74 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) ->
     }
 }
 
+/// Keeps a Cold tenant's Secrets at its plan's target site `target`: a
+/// failover makes its database there from the repositories ([`standby_objects`]),
+/// and the restored data carries the primary's password, which a lost primary
+/// can no longer give. Nothing else of the tenant runs there.
+async fn cold_secrets_at(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, target: &str) -> Standby {
+    let failed = |message: String| Standby::Failed { site: None, message };
+    let Some(site) = ctx.cache.sites.get(target).await else {
+        return failed(format!("Site {target}, the FailoverPlan's target, does not exist"));
+    };
+    if super::tenant::placement(target, Some(&site)) != (super::tenant::Placement::Kubernetes { site: target.into() }) {
+        return Standby::Cold;
+    }
+    match try_cold_secrets(ctx, tenant, primary, &site).await {
+        Ok(()) => Standby::Cold,
+        Err(why) => failed(format!("keeping the tenant's Secrets at Kubernetes site {target} for a failover: {why}")),
+    }
+}
+
+async fn try_cold_secrets(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, site: &Site) -> Result<(), String> {
+    let namespace = tenant.namespace().unwrap_or_default();
+    let secret = database_secret_from(ctx, tenant, primary, site).await?;
+    let env = repositories_env(ctx, tenant).await?;
+    let repositories = kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?;
+    let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
+    cluster::create_secret(&target, &namespace, cluster::FIELD_MANAGER, &secret).await.map_err(|e| error_chain(&e))?;
+    cluster::apply_each(&target, &namespace, cluster::FIELD_MANAGER, &[repositories])
+        .await
+        .map_err(|e| error_chain(&e))?;
+    Ok(())
+}
+
+/// The tenant's database Secret for `site`, with the password of the one at
+/// `primary` (the restored data carries it; the app's URL must match).
+async fn database_secret_from(
+    ctx: &Context,
+    tenant: &InvoicingTenant,
+    primary: &Site,
+    site: &Site,
+) -> Result<serde_json::Value, String> {
+    let namespace = tenant.namespace().unwrap_or_default();
+    let source = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, primary).await.map_err(|e| error_chain(&e))?;
+    let secret_name = kubernetes::database_secret_name(&tenant.name_any());
+    let password = cluster::secret_value(&source, &namespace, &secret_name, "password")
+        .await
+        .map_err(|e| error_chain(&e))?
+        .ok_or_else(|| {
+            format!("waiting for Secret {namespace}/{secret_name} at the primary site {}", primary.name_any())
+        })?;
+    kubernetes::database_secret(tenant, site, &password).map_err(|e| e.to_string())
+}
+
+/// The tenant's warm standby at `site` (its database StatefulSet with the
+/// standby's init container, Service, NetworkPolicy) and its repositories
+/// Secret: what the tenant controller applies for a Warm tenant, and a
+/// failover for a Cold one at its target.
+pub async fn standby_objects(
+    ctx: &Context,
+    tenant: &InvoicingTenant,
+    site: &Site,
+) -> Result<Vec<serde_json::Value>, String> {
+    let env = repositories_env(ctx, tenant).await?;
+    let repository =
+        env.get("FENICE_REPOSITORY").and_then(|r| r.split(',').next().map(str::to_owned)).unwrap_or_default();
+    let mut objects = kubernetes::warm_standby(tenant, site, &ctx.images, &repository).map_err(|e| e.to_string())?;
+    objects.push(kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?);
+    Ok(objects)
+}
+
 /// `primary`: the site serving the tenant, whose database the standby follows.
 async fn try_standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, site: &Site) -> Result<Applied, String> {
     let namespace = tenant.namespace().unwrap_or_default();
@@ -161,21 +233,8 @@ async fn try_standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, si
             kubernetes::RenderError::CloudNativePgStandby { tenant: name, site: primary.name_any() }.to_string()
         );
     }
-    let env = repositories_env(ctx, tenant).await?;
-    let repository =
-        env.get("FENICE_REPOSITORY").and_then(|r| r.split(',').next().map(str::to_owned)).unwrap_or_default();
-    let mut objects = kubernetes::warm_standby(tenant, site, &ctx.images, &repository).map_err(|e| e.to_string())?;
-    objects.push(kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?);
-    // The restored data carries the primary's password: the standby's Secret must say the same.
-    let source = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, primary).await.map_err(|e| error_chain(&e))?;
-    let secret_name = kubernetes::database_secret_name(&name);
-    let password = cluster::secret_value(&source, &namespace, &secret_name, "password")
-        .await
-        .map_err(|e| error_chain(&e))?
-        .ok_or_else(|| {
-            format!("waiting for Secret {namespace}/{secret_name} at the primary site {}", primary.name_any())
-        })?;
-    let secret = kubernetes::database_secret(tenant, site, &password).map_err(|e| e.to_string())?;
+    let objects = standby_objects(ctx, tenant, site).await?;
+    let secret = database_secret_from(ctx, tenant, primary, site).await?;
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
     cluster::apply(&target, &namespace, &name, objects, vec![secret]).await.map_err(|e| error_chain(&e))
 }
