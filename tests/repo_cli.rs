@@ -586,3 +586,98 @@ fn special_files_are_skipped_and_said() {
     let listed = lab.ok(&["--repo", &lab.repo(), "ls", "latest"]);
     assert!(listed.contains("invoice.xml") && !listed.contains("queue.fifo"), "{listed}");
 }
+
+/// Bytes written to disk in the files below `dir`, however deep (blocks:
+/// a restore sizes its files before it fills them).
+fn bytes_below(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Runs `child` until `reached` says so (or it ends by itself), then SIGKILLs
+/// it; whether it was killed rather than done.
+fn kill_when(mut child: std::process::Child, reached: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !reached() {
+        assert!(std::time::Instant::now() < deadline, "the point to kill at never came within 120 s");
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    true
+}
+
+/// The fault matrix's kill rows for the repository (docs/reliability.md): a
+/// backup of 48 MB (three packs) SIGKILLed once its first, second and third
+/// pack landed, and a restore SIGKILLed a quarter and three quarters in. Each
+/// time the repository checks clean, no snapshot stands for a backup that did
+/// not finish, the next backup sends only what is missing, and the next
+/// restore gives back the source byte for byte, nothing else in the target.
+#[test]
+fn a_backup_or_a_restore_killed_after_any_pack_loses_nothing_and_the_next_run_completes() {
+    let is_pack = |o: &String| o.starts_with("data/") && !o.rsplit('/').next().unwrap().starts_with('.');
+    let big = |lab: &Lab| {
+        let src = lab.path("big");
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..6 {
+            std::fs::write(src.join(format!("part{i}.bin")), pseudo_random(8_000_000, i)).unwrap();
+        }
+        src
+    };
+    for packs in 1..=3 {
+        let lab = Lab::new();
+        lab.init();
+        let src = big(&lab);
+        let child = lab.command("pw", &["--repo", &lab.repo(), "backup", "big"]).stdout(Stdio::null()).spawn().unwrap();
+        let killed = kill_when(child, || lab.objects().iter().filter(|o| is_pack(o)).count() >= packs);
+        let snapshots = lab.objects().iter().filter(|o| o.starts_with("snapshots/")).count();
+        assert!(!killed || snapshots == 0, "killed after {packs} packs, yet a snapshot stands");
+        let check = lab.json(&["--repo", &lab.repo(), "check"]);
+        assert_eq!(check["ok"], true, "after {packs} packs: {check}");
+        let second = lab.json(&["--repo", &lab.repo(), "backup", "big"]);
+        let added = second["copies"][0]["totals"]["addedBytes"].as_u64().unwrap();
+        if killed {
+            // A pack holds 16 MiB; the last of three holds the remaining 14.6 MB.
+            let landed = packs as u64 * 14_000_000;
+            assert!(added + landed <= 49_000_000, "after {packs} packs the rerun added {added} bytes");
+        }
+        println!("backup killed after {packs} packs (killed: {killed}): the next one added {added} bytes");
+        lab.ok(&["--repo", &lab.repo(), "restore", "latest", "--target", "out"]);
+        same_tree(&src, &lab.path("out/big"));
+        assert_eq!(lab.json(&["--repo", &lab.repo(), "check", "--read-data"])["ok"], true);
+    }
+
+    let lab = Lab::new();
+    lab.init();
+    let src = big(&lab);
+    lab.ok(&["--repo", &lab.repo(), "backup", "big"]);
+    for quarters in [1, 3] {
+        let target = format!("out-{quarters}");
+        let written = lab.path(&target);
+        let child = lab
+            .command("pw", &["--repo", &lab.repo(), "restore", "latest", "--target", &target])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let killed = kill_when(child, || bytes_below(&written) >= 48_000_000 / 4 * quarters);
+        println!("restore killed {quarters}/4 in (killed: {killed}), {} bytes written", bytes_below(&written));
+        lab.ok(&["--repo", &lab.repo(), "restore", "latest", "--target", &target]);
+        same_tree(&src, &written.join("big"));
+        let entries: Vec<_> = std::fs::read_dir(&written).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(entries, ["big"], "nothing else is left in the target");
+    }
+}
