@@ -1698,9 +1698,20 @@ async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
     .await
     .expect("the standby declared the Failover");
     assert_eq!(declared.spec.mode, FailoverTrigger::Automatic);
+    let detected = declared.spec.loss_time.clone().expect("the detection's time").0;
+    let created = declared.metadata.creation_timestamp.clone().unwrap().0;
+    // NB: API times are whole seconds.
+    assert!(killed_at.as_second() <= detected.as_second() && detected <= created, "{killed_at} {detected} {created}");
     assert!(declared.spec.reason.as_deref().is_some_and(|r| r.contains("westpole-rome was down")), "{declared:?}");
     let done = two.kubelet_runs("westpole-to-azure-e2", 2, jiff::SignedDuration::from_secs(1)).await;
     assert_eq!((done.epoch, done.tenants_done), (Some(2), 1), "{done:?}");
+    assert_eq!(
+        done.declared_loss_time.as_ref().map(|t| t.0),
+        Some(detected),
+        "RTO counts from the detection: {done:?}"
+    );
+    let (to_detection, to_failover) = (detected.duration_since(killed_at), created.duration_since(detected));
+    println!("detected {to_detection:#} after the kill; the Failover made {to_failover:#} after the detection");
     let took = jiff::Timestamp::now().duration_since(killed_at);
     println!("from the kill to the Failover's success: {took:#}");
     two.primary_standby_then_stop("westpole-to-azure-e2").await;
@@ -1794,7 +1805,10 @@ async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the primary's operator stopped").unwrap();
     let sre = Sre::new(&two, &real_kubectl);
-    let env = sre.env("rome-lost", "Westpole down since 03:12 by its status page");
+    let lost_at = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(90)).round(jiff::Unit::Second).unwrap();
+    let lost_text = lost_at.to_string();
+    let mut env = sre.env("rome-lost", "Westpole down since 03:12 by its status page").to_vec();
+    env.push(("LOST_AT", &lost_text));
     let state = tempfile::tempdir().unwrap();
     let ((done, back), out) = tokio::join!(
         async {
@@ -1815,6 +1829,11 @@ async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary
     two.operators.push(back);
     let said = Sre::said(out);
     assert_eq!(done.epoch, Some(2), "{done:?}");
+    assert_eq!(
+        done.declared_loss_time.as_ref().map(|t| t.0),
+        Some(lost_at),
+        "RTO and RPO count from the loss: {done:?}"
+    );
     assert!(said.contains("westpole-rome Active epoch 1"), "the dead primary's last word: {said}");
     assert!(said.contains("Succeeded epoch 2 done 1/1"), "the result: {said}");
     assert!(served_at_the_standby(&said), "the tenant is served at the standby: {said}");

@@ -43,6 +43,12 @@ pub struct FailoverSpec {
     /// Waves a person has approved, for waves whose gate requires approval.
     #[serde(default)]
     pub approved_waves: u32,
+    /// When the source was lost, if known before this object was made: the
+    /// detection, for an automatic failover; for a person's, the time the
+    /// provider's status page gives. RTO is counted and RPO measured from it;
+    /// the object's creation time when absent (or later than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_time: Option<Time>,
 }
 
 /// Who started the failover, and in which direction.

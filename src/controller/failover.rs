@@ -181,16 +181,19 @@ async fn new_state(
         trigger: failover.spec.mode.into(),
         source: source.to_owned(),
         target: target.to_owned(),
-        declared_loss: WallTime::from_unix_millis(failover_created(failover)),
+        declared_loss: WallTime::from_unix_millis(declared_loss(failover)),
         epoch,
     };
     Ok(FailoverState::new(new, waves, RetryRule::default()))
 }
 
-/// When the Failover was created, in Unix milliseconds: the loss a person declared.
-fn failover_created(failover: &Failover) -> u64 {
+/// When the source was lost, in Unix milliseconds: `spec.lossTime` (the
+/// detection, or what a person knows), else the Failover's creation; never
+/// after the creation.
+fn declared_loss(failover: &Failover) -> u64 {
     let created = failover.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0);
-    u64::try_from(created.as_millisecond()).unwrap_or_default()
+    let lost = failover.spec.loss_time.as_ref().map_or(created, |t| t.0.min(created));
+    u64::try_from(lost.as_millisecond()).unwrap_or_default()
 }
 
 fn state_error(failover: &Failover, source: crate::failover::error::Error) -> Error {

@@ -170,7 +170,7 @@ async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan, key: u64) ->
         Some(probing) => probing.health.clone(),
         None => watch::channel(SiteHealth::Up).1,
     };
-    let running = RunningAgent::start(agent, witness.clone(), fence, clock, health);
+    let running = RunningAgent::start(agent, witness.clone(), fence, clock, health.clone());
     let asker = Asked {
         witness: witness.clone(),
         site: site.to_owned(),
@@ -184,7 +184,7 @@ async fn start(ctx: &Arc<Context>, site: &str, plan: &FailoverPlan, key: u64) ->
             site: site.to_owned(),
             source: plan.spec.source_site.clone(),
         };
-        tokio::spawn(declare.watch(running.status.clone()));
+        tokio::spawn(declare.watch(running.status.clone(), health.clone()));
     }
     let handle = Handle { status: running.status.clone(), commands: running.commander(), timing, witness, store };
     Ok(Started { key, _agent: running, handle, _probing: probing })
@@ -222,6 +222,8 @@ async fn probe_source(
 /// Creates the Failover of an Automatic plan once this site took the lease
 /// by itself: `<plan>-e<epoch>`, unless a Failover of the plan is already
 /// under way or ran under that epoch (a person's, which handed the lease over).
+/// Its `lossTime` is when the probes first found the source down (the
+/// detection), so RTO counts from there.
 struct Declare {
     ctx: Arc<Context>,
     plan: String,
@@ -230,9 +232,22 @@ struct Declare {
 }
 
 impl Declare {
-    async fn watch(self, mut status: watch::Receiver<LeaseStatus>) {
+    async fn watch(self, mut status: watch::Receiver<LeaseStatus>, mut health: watch::Receiver<SiteHealth>) {
         let mut declared = 0;
-        while status.changed().await.is_ok() {
+        let mut down_since = (*health.borrow() == SiteHealth::Down).then(jiff::Timestamp::now);
+        let mut probing = true;
+        loop {
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { return },
+                changed = health.changed(), if probing => {
+                    probing = changed.is_ok();
+                    match *health.borrow() {
+                        SiteHealth::Down => { down_since.get_or_insert_with(jiff::Timestamp::now); }
+                        _ => down_since = None,
+                    }
+                    continue;
+                }
+            }
             let epoch = {
                 let now = status.borrow();
                 match (&now.standing, &now.view) {
@@ -244,7 +259,7 @@ impl Declare {
                     _ => continue,
                 }
             };
-            match self.declare(epoch).await {
+            match self.declare(epoch, down_since).await {
                 Ok(()) => declared = epoch,
                 Err(e) => {
                     tracing::error!(plan = %self.plan, epoch, error = %error_chain(&e), "the automatic Failover could not be created")
@@ -253,7 +268,7 @@ impl Declare {
         }
     }
 
-    async fn declare(&self, epoch: u64) -> Result<(), kube::Error> {
+    async fn declare(&self, epoch: u64, detected: Option<jiff::Timestamp>) -> Result<(), kube::Error> {
         use crate::api::failover::{Failover, FailoverPhase};
         let api: Api<Failover> = Api::all(self.ctx.client.clone());
         let existing = api.list(&Default::default()).await?;
@@ -269,7 +284,7 @@ impl Declare {
         let name = format!("{}-e{epoch}", self.plan.chars().take(50).collect::<String>());
         let failover: Failover = serde_json::from_value(serde_json::json!({
             "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": name},
-            "spec": {"plan": self.plan, "mode": "Automatic", "reason": format!(
+            "spec": {"plan": self.plan, "mode": "Automatic", "lossTime": detected, "reason": format!(
                 "{} was down from the plan's vantage points and its lease expired: {} took the lease in epoch {epoch}",
                 self.source, self.site
             )},
