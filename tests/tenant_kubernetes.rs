@@ -161,13 +161,38 @@ async fn events_about(client: &Client, name: &str, reason: &str) -> Vec<Event> {
 }
 
 async fn gone(tenants: &Api<InvoicingTenant>, name: &str) {
+    vanished(tenants, name, "the tenant, its finalizers removed").await;
+}
+
+/// The object `name` once `api` has it, within `within`; `what` it is, for the failure.
+async fn appeared<K>(api: &Api<K>, name: &str, within: Duration, what: &str) -> K
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    tokio::time::timeout(within, async {
+        loop {
+            match api.get_opt(name).await.unwrap() {
+                Some(found) => return found,
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} never appeared: {what}"))
+}
+
+/// Waits until `api` no longer has `name`; `what` should go, for the failure.
+async fn vanished<K>(api: &Api<K>, name: &str, what: &str)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     tokio::time::timeout(DEADLINE, async {
-        while tenants.get_opt(name).await.unwrap().is_some() {
+        while api.get_opt(name).await.unwrap().is_some() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("tenant {name} is still there: its finalizers were not removed"));
+    .unwrap_or_else(|_| panic!("{name} is still there: {what}"));
 }
 
 /// The operator's cluster (its namespace and the tenants', and the Secret
@@ -1473,16 +1498,7 @@ impl TwoSites {
     /// The Job `name` at the site `client` reaches, once it is there.
     async fn job_at(&self, client: &Client, name: &str) -> k8s_openapi::api::batch::v1::Job {
         let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NAMESPACE);
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                match jobs.get_opt(name).await.unwrap() {
-                    Some(job) => return job,
-                    None => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("Job {name} never appeared"))
+        appeared(&jobs, name, DEADLINE, "the failover's Job").await
     }
 
     /// What the standby site's kubelet does while the failover `name` runs in
@@ -1547,13 +1563,7 @@ impl TwoSites {
         assert_eq!((serving.site.as_str(), serving.epoch, serving.failover.as_str()), (site_name, epoch, name));
         let apps: Api<Deployment> = Api::namespaced(site.clone(), NAMESPACE);
         let app = format!("{tenant}-app");
-        tokio::time::timeout(DEADLINE, async {
-            while apps.get_opt(&app).await.unwrap().is_none() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await
-        .expect("the app is applied at the target site");
+        appeared(&apps, &app, DEADLINE, "the app, applied at the target site").await;
         let ready = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
         apps.patch_status(&app, &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
         let sets: Api<StatefulSet> = Api::namespaced(site.clone(), NAMESPACE);
@@ -1587,13 +1597,7 @@ impl TwoSites {
     async fn primary_standby_then_stop(self, name: &str) {
         use k8s_openapi::api::apps::v1::Deployment;
         let primary_apps: Api<Deployment> = Api::namespaced(self.site_client.clone(), NAMESPACE);
-        tokio::time::timeout(DEADLINE, async {
-            while primary_apps.get_opt("studio-rossi-app").await.unwrap().is_some() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await
-        .expect("the primary runs the tenant's standby, no app");
+        vanished(&primary_apps, "studio-rossi-app", "the primary runs the tenant's standby, no app").await;
         let told = self.succeeded(name).await;
         assert!(told.note.as_deref().is_some_and(|n| n.contains("1/1 tenants serve at azure-italynorth")), "{told:?}");
         self.stop().await;
@@ -1687,16 +1691,7 @@ async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
     let azure = taken.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
     assert_eq!(azure.epoch, Some(2), "{taken:?}");
     let failovers: Api<Failover> = Api::all(two.client.clone());
-    let declared = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match failovers.get_opt("westpole-to-azure-e2").await.unwrap() {
-                Some(f) => return f,
-                None => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    })
-    .await
-    .expect("the standby declared the Failover");
+    let declared = appeared(&failovers, "westpole-to-azure-e2", DEADLINE, "the standby declares the Failover").await;
     assert_eq!(declared.spec.mode, FailoverTrigger::Automatic);
     let detected = declared.spec.loss_time.clone().expect("the detection's time").0;
     let created = declared.metadata.creation_timestamp.clone().unwrap().0;
@@ -1993,13 +1988,7 @@ async fn a_failback_serves_the_tenant_at_its_primary_again_through_the_standby_m
     .await;
     assert_eq!(served.epoch, Some(3), "{served:?}");
     let standby_apps: Api<Deployment> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
-    tokio::time::timeout(DEADLINE, async {
-        while standby_apps.get_opt("studio-rossi-app").await.unwrap().is_some() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("the standby site runs the warm standby again, no app");
+    vanished(&standby_apps, "studio-rossi-app", "the standby site runs the warm standby again, no app").await;
     let sets: Api<StatefulSet> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
     let init = sets.get("studio-rossi-db").await.unwrap().spec.unwrap().template.spec.unwrap().init_containers;
     assert!(init.is_some_and(|i| i[0].args.as_ref().unwrap().iter().any(|a| a == "--set-aside-diverged")));
@@ -2067,16 +2056,8 @@ async fn a_cold_tenant_fails_over_through_a_database_made_at_the_target_from_its
     two.tenants.create(&PostParams::default(), &example("tenants.yaml", "comune-di-tivoli")).await.unwrap();
     let secrets = |client: &Client| Api::<Secret>::namespaced(client.clone(), NAMESPACE);
     let password = |secret: Secret| secret.data.unwrap()["password"].0.clone();
-    let kept = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match secrets(&two.standby_client).get_opt("comune-di-tivoli-db").await.unwrap() {
-                Some(secret) => return secret,
-                None => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    })
-    .await
-    .expect("the Cold tenant's database Secret waits at the target");
+    let waiting = "the Cold tenant's database Secret waits at the target";
+    let kept = appeared(&secrets(&two.standby_client), "comune-di-tivoli-db", DEADLINE, waiting).await;
     let primary = secrets(&two.site_client).get("comune-di-tivoli-db").await.unwrap();
     assert_eq!(password(kept), password(primary), "the primary's password");
     assert!(secrets(&two.standby_client).get_opt("comune-di-tivoli-repositories").await.unwrap().is_some());
@@ -2090,16 +2071,8 @@ async fn a_cold_tenant_fails_over_through_a_database_made_at_the_target_from_its
     .unwrap();
     Api::<Failover>::all(two.client.clone()).create(&PostParams::default(), &failover).await.unwrap();
     let cold = async {
-        let made = tokio::time::timeout(Duration::from_secs(120), async {
-            loop {
-                match standby_sets.get_opt("comune-di-tivoli-db").await.unwrap() {
-                    Some(set) => return set,
-                    None => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        })
-        .await
-        .expect("the restore step makes the Cold tenant's database at the target");
+        let making = "the restore step makes the Cold tenant's database at the target";
+        let made = appeared(&standby_sets, "comune-di-tivoli-db", Duration::from_secs(120), making).await;
         let init = made.spec.unwrap().template.spec.unwrap().init_containers.unwrap()[0].args.clone().unwrap();
         assert!(init.join(" ").contains("agent restore --tenant comune-di-tivoli"), "{init:?}");
         // Its pod restores the newest base backup and replays: then ready.

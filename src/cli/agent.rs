@@ -280,9 +280,11 @@ async fn open_one(target: &RepoTarget) -> anyhow::Result<Arc<crate::repo::reposi
 }
 
 async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let initialised = args.pgdata.as_ref().filter(|p| args.keep_initialised && p.join("PG_VERSION").exists());
+    let initialised = args.pgdata.as_ref().is_some_and(|p| args.keep_initialised && p.join("PG_VERSION").exists());
     // NB: before opening the repository: a standby whose repository is unreachable still starts.
-    if let Some(pgdata) = initialised.filter(|p| !args.set_aside_diverged || p.join("standby.signal").exists()) {
+    if let Some(pgdata) =
+        args.pgdata.as_ref().filter(|p| initialised && (!args.set_aside_diverged || p.join("standby.signal").exists()))
+    {
         writeln!(out, "{} already holds a database: left as it is", pgdata.display())?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -295,7 +297,7 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
         }
     };
     if let Some(pgdata) = args.pgdata {
-        if pgdata.join("PG_VERSION").exists() && args.set_aside_diverged {
+        if initialised && args.set_aside_diverged {
             match pitr::set_aside_if_diverged(&repo, &args.tenant.tenant, &pgdata).await? {
                 pitr::DataDir::SetAside { timeline, newest, to } => writeln!(
                     out,

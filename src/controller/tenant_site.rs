@@ -165,11 +165,18 @@ async fn cold_secrets_at(ctx: &Context, tenant: &InvoicingTenant, primary: &Site
 
 async fn try_cold_secrets(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, site: &Site) -> Result<(), String> {
     let namespace = tenant.namespace().unwrap_or_default();
-    let secret = database_secret_from(ctx, tenant, primary, site).await?;
     let env = repositories_env(ctx, tenant).await?;
     let repositories = kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?;
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
-    cluster::create_secret(&target, &namespace, cluster::FIELD_MANAGER, &secret).await.map_err(|e| error_chain(&e))?;
+    let name = kubernetes::database_secret_name(&tenant.name_any());
+    // NB: made once, like a stack's: the primary is asked only while the target has none.
+    let kept = cluster::secret_value(&target, &namespace, &name, "password").await.map_err(|e| error_chain(&e))?;
+    if kept.is_none() {
+        let secret = database_secret_from(ctx, tenant, primary, site).await?;
+        cluster::create_secret(&target, &namespace, cluster::FIELD_MANAGER, &secret)
+            .await
+            .map_err(|e| error_chain(&e))?;
+    }
     cluster::apply_each(&target, &namespace, cluster::FIELD_MANAGER, &[repositories])
         .await
         .map_err(|e| error_chain(&e))?;

@@ -92,7 +92,7 @@ pub async fn push(repo: &Repository, tenant: &str, path: &Path) -> Result<()> {
     let store_error =
         |source| Error::Store { repository: repo.describe(), name: name.clone(), source: Box::new(source) };
     let prefix = format!("wal/{tenant_key}/{name}/");
-    let existing = repo.store().list(&prefix).await.map_err(store_error)?;
+    let existing = objects_of(repo, &tenant_key, &name).await?;
     if !existing.is_empty() {
         for object in &existing {
             if open(repo, &tenant_key, &name, &object.key).await? == content {
@@ -116,9 +116,7 @@ pub async fn push(repo: &Repository, tenant: &str, path: &Path) -> Result<()> {
 pub async fn fetch(repo: &Repository, tenant: &str, name: &str, dest: &Path) -> Result<()> {
     check_name(name)?;
     let tenant_key = tenant_key(repo, tenant);
-    let store_error =
-        |source| Error::Store { repository: repo.describe(), name: name.to_string(), source: Box::new(source) };
-    let objects = repo.store().list(&format!("wal/{tenant_key}/{name}/")).await.map_err(store_error)?;
+    let objects = objects_of(repo, &tenant_key, name).await?;
     let mut last_error = None;
     for object in &objects {
         // Two objects under one name only exist after a refused conflicting push
@@ -178,38 +176,44 @@ pub async fn take_spooled(name: &str, dest: &Path, spool: &Path) -> bool {
 /// The newest segment the repository holds for `tenant` (by name: within a
 /// timeline, names sort in replay order), if any.
 pub async fn newest_segment(repo: &Repository, tenant: &str) -> Result<Option<String>> {
+    let names = archived_names(repo, tenant, "the archive's newest segment").await?;
+    Ok(names.into_iter().filter(|n| is_segment(n)).max())
+}
+
+/// The names of the WAL files archived for `tenant` (`what`: what they are
+/// listed for, in an error).
+async fn archived_names(repo: &Repository, tenant: &str, what: &str) -> Result<Vec<String>> {
     let tenant_key = tenant_key(repo, tenant);
     let objects = repo.store().list(&format!("wal/{tenant_key}/")).await.map_err(|source| Error::Store {
         repository: repo.describe(),
-        name: "the archive's newest segment".into(),
+        name: what.into(),
         source: Box::new(source),
     })?;
-    Ok(objects.iter().filter_map(|o| o.key.split('/').nth(2)).filter(|n| is_segment(n)).max().map(str::to_owned))
+    Ok(objects.iter().filter_map(|o| o.key.split('/').nth(2)).map(str::to_owned).collect())
 }
 
 /// The newest timeline the archive knows of `tenant`: the highest whose
 /// history file (written by the promotion that began it) is archived; 1 when
 /// none is.
 pub async fn newest_timeline(repo: &Repository, tenant: &str) -> Result<u32> {
-    let tenant_key = tenant_key(repo, tenant);
-    let objects = repo.store().list(&format!("wal/{tenant_key}/")).await.map_err(|source| Error::Store {
-        repository: repo.describe(),
-        name: "the archive's timeline history files".into(),
-        source: Box::new(source),
-    })?;
-    Ok(objects.iter().filter_map(|o| o.key.split('/').nth(2)).filter_map(history_timeline).max().unwrap_or(1))
+    let names = archived_names(repo, tenant, "the archive's timeline history files").await?;
+    Ok(names.iter().filter_map(|n| history_timeline(n)).max().unwrap_or(1))
 }
 
 /// Whether the WAL file `name` of `tenant` is archived.
 pub async fn is_archived(repo: &Repository, tenant: &str, name: &str) -> Result<bool> {
     check_name(name)?;
-    let tenant_key = tenant_key(repo, tenant);
-    let objects = repo.store().list(&format!("wal/{tenant_key}/{name}/")).await.map_err(|source| Error::Store {
+    Ok(!objects_of(repo, &tenant_key(repo, tenant), name).await?.is_empty())
+}
+
+/// The objects holding the archived WAL file `name` (more than one only
+/// after a refused conflicting push raced another).
+async fn objects_of(repo: &Repository, tenant_key: &str, name: &str) -> Result<Vec<store::ObjectMeta>> {
+    repo.store().list(&format!("wal/{tenant_key}/{name}/")).await.map_err(|source| Error::Store {
         repository: repo.describe(),
         name: name.to_string(),
         source: Box::new(source),
-    })?;
-    Ok(!objects.is_empty())
+    })
 }
 
 /// The timeline a history file's name begins (`00000002.history` → 2).
@@ -240,14 +244,10 @@ fn is_segment(name: &str) -> bool {
 }
 
 async fn prefetch(repo: &Repository, tenant: &str, after: &str, spool: &Path, ahead: usize) {
-    let tenant_key = tenant_key(repo, tenant);
-    let Ok(objects) = repo.store().list(&format!("wal/{tenant_key}/")).await else { return };
+    let Ok(names) = archived_names(repo, tenant, "segments to prefetch").await else { return };
     let timeline = &after[..8];
-    let next: std::collections::BTreeSet<&str> = objects
-        .iter()
-        .filter_map(|o| o.key.split('/').nth(2))
-        .filter(|n| is_segment(n) && n.starts_with(timeline) && *n > after)
-        .collect();
+    let next: std::collections::BTreeSet<&str> =
+        names.iter().map(String::as_str).filter(|n| is_segment(n) && n.starts_with(timeline) && *n > after).collect();
     if tokio::fs::create_dir_all(spool).await.is_err() {
         return;
     }
