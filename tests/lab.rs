@@ -14,43 +14,9 @@ static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn the_lab_kills_the_primary_and_every_tenant_comes_back_with_every_invoice_once() {
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fenice"))
-        .args(["lab", "--tenants", "2", "--work-seconds", "3", "--parallelism", "2", "--keep", "--report-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .env("FENICE_LAB_PASSWORD", LAB_PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let kept = kept_dir(&stderr);
-    no_secret_anywhere(&kept, dir.path(), &[&stdout, &stderr]);
-    std::fs::remove_dir_all(&kept).unwrap();
-    let report: Value = match std::fs::read(dir.path().join("lab.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
-        Err(e) => panic!("no lab.json ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"),
-    };
-    assert!(out.status.success(), "the lab failed:\n{stdout}\n{stderr}");
-    assert_eq!(report["passed"], true, "{report:#}");
-    assert_eq!(report["tenants"], 2);
-    assert!(report["invoices_issued"].as_u64().unwrap() > 0);
-    for zero in ["invoices_lost", "duplicate_numbers", "sdi_duplicates"] {
-        assert_eq!(report[zero], 0, "{zero}: {report:#}");
-    }
-    for (flag, expected) in [
-        ("pending_sent_exactly_once", true),
-        ("receipts_carried", true),
-        ("dual_active", false),
-        ("old_primary_fenced", true),
-    ] {
-        assert_eq!(report[flag], expected, "{flag}: {report:#}");
-    }
-    for figure in ["detect_seconds", "rto_seconds", "rpo_seconds"] {
-        let (p50, max) = (report[figure]["p50"].as_f64().unwrap(), report[figure]["max"].as_f64().unwrap());
-        assert!(p50 > 0.0 && p50 <= max, "{figure}: {report:#}");
-    }
-    assert_eq!(report["failover"]["phase"], "Succeeded");
+    let LabRun { stdout, stderr, report, dir } = run_lab(&[]);
+    assert_the_checks_passed(&report, &stdout, &stderr);
+    assert_eq!(report["fault"], "kill");
     assert_eq!((&report["drill"]["passed"], &report["drill"]["tenants"]), (&Value::Bool(true), &Value::from(1)));
     for figure in ["rto_seconds", "rpo_seconds"] {
         assert!(report["drill"][figure].as_f64().is_some_and(|s| s >= 0.0), "drill {figure}: {report:#}");
@@ -69,6 +35,100 @@ fn the_lab_kills_the_primary_and_every_tenant_comes_back_with_every_invoice_once
     for step in ["KILL", "took the lease under epoch 2", "drill passed", "restarted apps refuse to issue"] {
         assert!(stderr.contains(step), "progress lacks {step:?}:\n{stderr}");
     }
+}
+
+#[test]
+fn the_lab_cuts_the_primarys_network_and_the_primary_fences_itself_before_the_standby_takes_over() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let probe = format!("fenice-probe-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &probe]).output();
+    match made {
+        Ok(out) if out.status.success() => {
+            Command::new("ip").args(["netns", "delete", &probe]).status().unwrap();
+        }
+        Ok(out) => {
+            eprintln!("SKIPPED: no network namespaces here: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: no `ip` (iproute2) to make network namespaces: {e}");
+            return;
+        }
+    }
+    let LabRun { stdout, stderr, report, .. } = run_lab(&["--fault", "network-cut"]);
+    // NB: the namespaces are removed once the lab ends, whatever its outcome.
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let names = String::from_utf8_lossy(&namespaces.stdout).into_owned();
+    let ours = |n: &&str| n.starts_with("fenice-") && (n.ends_with("-world") || n.ends_with("-westpole"));
+    let left: Vec<&str> = names.lines().filter_map(|l| l.split_whitespace().next()).filter(ours).collect();
+    assert!(left.is_empty(), "network namespaces left behind: {left:?}");
+    assert_the_checks_passed(&report, &stdout, &stderr);
+    assert_eq!(report["fault"], "network-cut");
+    // The cut primary fenced itself, and before the standby took the lease.
+    let fenced = report["primary_fenced_seconds"].as_f64().unwrap_or_else(|| panic!("never fenced: {report:#}"));
+    let takeover = report["detect_seconds"]["max"].as_f64().unwrap();
+    assert!(fenced < takeover, "fenced {fenced} s after the cut, the standby took over at {takeover} s: {report:#}");
+    assert!(report["witness"].as_str().unwrap().contains("S3 server at http://10.213.0.1:"), "{report:#}");
+    for step in ["CUT: westpole's network link is down", "network is back", "2/2 apps refuse to issue"] {
+        assert!(stderr.contains(step), "progress lacks {step:?}:\n{stderr}");
+    }
+}
+
+/// What a lab run printed and reported; its report directory.
+struct LabRun {
+    stdout: String,
+    stderr: String,
+    report: Value,
+    dir: tempfile::TempDir,
+}
+
+/// Runs a small lab (2 tenants) with `extra` arguments, checks that no secret
+/// of the run shows anywhere, and reads its report.
+fn run_lab(extra: &[&str]) -> LabRun {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(["lab", "--tenants", "2", "--work-seconds", "3", "--parallelism", "2", "--keep"])
+        .args(extra)
+        .arg("--report-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .env("FENICE_LAB_PASSWORD", LAB_PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let kept = kept_dir(&stderr);
+    no_secret_anywhere(&kept, dir.path(), &[&stdout, &stderr]);
+    std::fs::remove_dir_all(&kept).unwrap();
+    let report: Value = match std::fs::read(dir.path().join("lab.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+        Err(e) => panic!("no lab.json ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"),
+    };
+    assert!(out.status.success(), "the lab failed:\n{stdout}\n{stderr}");
+    LabRun { stdout: stdout.into_owned(), stderr: stderr.into_owned(), report, dir }
+}
+
+/// Every check of lab.json passed, and its figures are there.
+fn assert_the_checks_passed(report: &Value, stdout: &str, stderr: &str) {
+    assert_eq!(report["passed"], true, "{report:#}\n{stderr}");
+    assert_eq!(report["tenants"], 2);
+    assert!(report["invoices_issued"].as_u64().unwrap() > 0);
+    for zero in ["invoices_lost", "duplicate_numbers", "sdi_duplicates"] {
+        assert_eq!(report[zero], 0, "{zero}: {report:#}");
+    }
+    for (flag, expected) in [
+        ("pending_sent_exactly_once", true),
+        ("receipts_carried", true),
+        ("dual_active", false),
+        ("old_primary_fenced", true),
+    ] {
+        assert_eq!(report[flag], expected, "{flag}: {report:#}");
+    }
+    for figure in ["detect_seconds", "rto_seconds", "rpo_seconds"] {
+        let (p50, max) = (report[figure]["p50"].as_f64().unwrap(), report[figure]["max"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p50 <= max, "{figure}: {report:#}");
+    }
+    assert_eq!(report["failover"]["phase"], "Succeeded");
     assert!(stdout.contains("fenice lab: PASSED"), "{stdout}");
 }
 

@@ -260,8 +260,12 @@ fn the_app_and_the_sdi_simulator_run_as_processes_and_transmit() {
         sdi_endpoint: Some(sim.endpoint()),
         ..fenice::app::AppConfig::new("acme", "01234567890", "Acme S.r.l.", pg.url("acme"), documents.path())
     };
-    let app =
-        started(testkit::AppServer::start(&testkit::AppOptions { program: program.to_owned(), config, run_dir: None }));
+    let app = started(testkit::AppServer::start(&testkit::AppOptions {
+        program: program.to_owned(),
+        config,
+        run_dir: None,
+        placement: Default::default(),
+    }));
     assert!(app.base_url().starts_with("http://127.0.0.1:"));
     let invoice =
         br#"{"series": "2026", "customer": {"vat": "09876543210", "name": "Rossi", "recipient_code": "ABC1234"},

@@ -2,13 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
+use crate::lab::fault::Fault;
 use crate::lab::progress::Progress;
 use crate::lab::{LabOptions, LabReport, StandbyMode};
+use crate::site::network_cut::SiteLink;
 
 /// Exit code after SIGINT or SIGTERM, as shells report a death by SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -42,9 +45,27 @@ pub struct LabArgs {
     /// WAL from the repositories); tiered: warm for gold tenants, cold for the others.
     #[arg(long, value_enum, default_value = "sync")]
     standby: StandbyMode,
+    /// How the primary is lost: every process killed, or its network cut
+    /// (network namespaces: needs root and iproute2) while it keeps running.
+    #[arg(long, value_enum, default_value = "kill")]
+    fault: Fault,
 }
 
+/// Set inside the network namespace a `--fault network-cut` run goes on in:
+/// the link to the primary's namespace, as [`SiteLink::describe`] wrote it.
+const LINK_ENV: &str = "FENICE_LAB_LINK";
+
 pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    let link = match (args.fault, std::env::var(LINK_ENV)) {
+        (Fault::Kill, _) => None,
+        (Fault::NetworkCut, Err(_)) => return run_behind_a_link().await,
+        (Fault::NetworkCut, Ok(described)) => {
+            let link = SiteLink::described(&described)?;
+            crate::testkit::placement::set_listen_host(link.world_addr())
+                .map_err(|_| anyhow::anyhow!("the lab's servers were placed twice"))?;
+            Some(Arc::new(link))
+        }
+    };
     raise_open_files_limit();
     let program = std::env::current_exe().context("finding the fenice binary the lab's processes run")?;
     std::fs::create_dir_all(&args.report_dir)
@@ -64,6 +85,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             .invoice_interval_ms
             .map_or_else(|| crate::lab::default_invoice_interval(args.tenants), |ms| Duration::from_millis(ms.max(10))),
         standby: args.standby,
+        fault: args.fault,
+        link,
     };
     let progress = Progress::new();
     // NB: on Ctrl-C the lab's future is dropped, and with it every process it
@@ -92,6 +115,36 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     print_summary(&report, &mut std::io::stdout().lock())?;
     println!("report: {} (and drill.html, failover.html beside it)", path.display());
     Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Makes the primary's namespace and the one at the other end of its link,
+/// runs this same command inside the latter (so that nothing is sent from the
+/// machine's own namespace to theirs), and removes both when it ends.
+async fn run_behind_a_link() -> anyhow::Result<ExitCode> {
+    let program = std::env::current_exe().context("finding the fenice binary")?;
+    let link = SiteLink::create(&std::process::id().to_string(), crate::lab::PRIMARY)?;
+    let mut lab = tokio::process::Command::new("ip")
+        .args(["netns", "exec", link.world()])
+        .arg(&program)
+        .args(std::env::args_os().skip(1))
+        .env(LINK_ENV, link.describe())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running the lab inside its network namespace (ip netns exec)")?;
+    let mut interrupted = std::pin::pin!(super::serving::shutdown_signal()?);
+    let status = tokio::select! {
+        status = lab.wait() => status?,
+        () = &mut interrupted => {
+            // NB: it cleans up after itself on SIGTERM, as on Ctrl-C; then the namespaces go.
+            if let Some(pid) = lab.id() {
+                // SAFETY: kill only sends a signal, to the child we started.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            }
+            lab.wait().await?
+        }
+    };
+    drop(link);
+    Ok(ExitCode::from(status.code().map_or(EXIT_INTERRUPTED, |c| c as u8)))
 }
 
 /// The lab holds connections to every tenant's app and database: it may open

@@ -6,6 +6,7 @@
 //! over; the old primary comes back and must stay fenced. Everything is checked
 //! and written to `DIR/lab.json`.
 
+pub mod fault;
 pub mod fence;
 mod pages;
 pub mod progress;
@@ -24,6 +25,7 @@ use futures::stream;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use self::fault::{Fault, SiteRuntime};
 use self::fence::SiteFence;
 use self::progress::Progress;
 use self::providers::{Providers, Repo};
@@ -32,6 +34,7 @@ use self::traffic::{Resolve, Traffic};
 use crate::api::common::{TenantRef, Tier};
 use crate::failover::clock::{Clock, SystemClock};
 use crate::failover::executor::{Progress as RunProgress, SiteDriver, StateFile, StepContext, run as run_failover};
+use crate::failover::fencing::FenceEvent;
 use crate::failover::health::{DetectionRule, SiteHealth};
 use crate::failover::lease::{LeaseAgent, LeaseTiming, LeaseView, Standing, Takeover, new_incarnation};
 use crate::failover::machine::{FailoverState, NewFailover, Phase, RetryRule, StepError, Trigger};
@@ -40,10 +43,11 @@ use crate::failover::waves::{GateRule, TenantSpec as WaveTenant, WaveSpec, assig
 use crate::failover::witness::{LeaseStatus, RunningAgent, Witness};
 use crate::site::local::{LocalSite, TenantSpec};
 use crate::site::local_failover::LocalFailover;
+use crate::site::network_cut::SiteLink;
 use crate::stack::pg::DbUrl;
-use crate::testkit::PostgresOptions;
+use crate::testkit::{Placement, PostgresOptions};
 
-const PRIMARY: &str = "westpole";
+pub const PRIMARY: &str = "westpole";
 const STANDBY: &str = "azure";
 const PLAN: &str = "westpole-to-azure";
 /// Every tenant serves again within this of the kill.
@@ -86,6 +90,11 @@ pub struct LabOptions {
     /// An invoice per tenant this often.
     pub invoice_interval: Duration,
     pub standby: StandbyMode,
+    /// How the primary is lost.
+    pub fault: Fault,
+    /// For [`Fault::NetworkCut`]: the primary's link (the lab runs in the
+    /// namespace at its other end).
+    pub link: Option<Arc<SiteLink>>,
 }
 
 /// How each tenant waits at the standby site.
@@ -130,6 +139,11 @@ pub struct LabReport {
     pub rto_seconds: Spread,
     pub rpo_seconds: Spread,
     pub old_primary_fenced: bool,
+    /// How the primary was lost: `kill` or `network-cut`.
+    pub fault: Fault,
+    /// For a network cut: from the cut until the primary's own lease agent
+    /// fenced it (it must be before the standby takes over).
+    pub primary_fenced_seconds: Option<f64>,
     pub standby: StandbyMode,
     pub failover: FailoverSummary,
     pub drill: DrillSummary,
@@ -263,14 +277,28 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let mut notes = Vec::new();
 
     progress.step("starting the providers: backup repositories, witness, SdI simulator");
-    let providers = Providers::start(&work, &options.program, progress).await?;
+    let link = match (options.fault, &options.link) {
+        (Fault::Kill, _) => None,
+        (Fault::NetworkCut, Some(link)) => Some(link.clone()),
+        (Fault::NetworkCut, None) => bail!("a network cut needs the primary's link: run it through `fenice lab`"),
+    };
+    let providers = Providers::start(&work, &options.program, link.is_some(), progress).await?;
     for repo in &providers.repos {
         progress.step(&format!("  repository {} at {}", repo.location, repo.provider));
     }
     let repo = Arc::new(providers.open_restore_repo().await?);
     let witness = Witness::new(providers.witness.clone(), PLAN);
 
-    let primary = Arc::new(LocalSite::new(PRIMARY, &options.program, &work.join(PRIMARY)));
+    // NB: a primary whose network is cut runs in a namespace of its own, on the link's address.
+    let site_netns = match &link {
+        Some(link) => Some(Arc::new(link.site_namespace().context("opening the primary's network namespace")?)),
+        None => None,
+    };
+    let placement = match (&link, &site_netns) {
+        (Some(link), Some(netns)) => Placement { host: link.site_addr(), netns: Some(netns.clone()) },
+        _ => Placement::here(),
+    };
+    let primary = Arc::new(LocalSite::placed(PRIMARY, &options.program, &work.join(PRIMARY), placement));
     let standby = Arc::new(LocalSite::new(STANDBY, &options.program, &work.join(STANDBY)));
     let names: Vec<String> = (1..=options.tenants).map(|i| format!("tenant-{i:03}")).collect();
     let specs = tenant_specs(&names, &providers);
@@ -319,7 +347,20 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     // The primary creates the lease and activates its apps under epoch 1.
     let (_always_up, up) = watch::channel(SiteHealth::Up);
     let timing = lease_timing(options.tenants)?;
-    let mut primary_agent = Agent::start(&primary, &witness, Takeover::Never, true, up, &clock, &timing);
+    let (mut primary_agent, primary_runtime) = match &site_netns {
+        None => (Agent::start(&primary, &witness, Takeover::Never, true, up, &clock, &timing), None),
+        Some(netns) => {
+            // NB: its witness is its own, so the connections it makes are the site's.
+            let (place, site, clock, timing) =
+                (providers.witness_place.clone(), primary.clone(), clock.clone(), timing.clone());
+            let (runtime, agent) = SiteRuntime::start(netns.clone(), move || async move {
+                let witness = Witness::new(place.open().await?, PLAN);
+                Ok(Agent::start(&site, &witness, Takeover::Never, true, up, &clock, &timing))
+            })
+            .await?;
+            (agent, Some(runtime))
+        }
+    };
     wait_status(&mut primary_agent.running.status, Duration::from_secs(30), |s| {
         matches!(s.standing, Standing::Active { .. })
     })
@@ -416,14 +457,25 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
 
     let before_kill = traffic.confirmed();
     let killed_at = jiff::Timestamp::now();
-    primary_agent.running.abort();
-    let groups = primary.kill();
+    match &link {
+        None => {
+            primary_agent.running.abort();
+            let groups = primary.kill();
+            progress.step(&format!(
+                "KILL: every process of {PRIMARY} got SIGKILL ({} process groups) with {before_kill} invoices confirmed",
+                groups.len(),
+            ));
+        }
+        Some(link) => {
+            link.cut()?;
+            progress.step(&format!(
+                "CUT: {PRIMARY}'s network link is down with {before_kill} invoices confirmed; its {} tenants' \
+                 databases, apps and lease agent keep running, unreachable",
+                primary.tenants().len()
+            ));
+        }
+    }
     *driver.lost_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(killed_at);
-    progress.step(&format!(
-        "KILL: every process of {PRIMARY} got SIGKILL ({} process groups) with {} invoices confirmed",
-        groups.len(),
-        before_kill
-    ));
 
     let mut activated = standby_agent.fence.subscribe();
     let epoch = tokio::time::timeout(Duration::from_secs(120), activated.wait_for(Option::is_some))
@@ -451,7 +503,15 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let committed = traffic.stop().await;
     progress.step(&format!("{} invoices confirmed in all ({refused} requests refused or unanswered)", committed.len()));
 
-    let old_primary_fenced = restart_old_primary(&primary, &specs, &witness, &driver, &clock, &timing, progress).await;
+    let old_primary_fenced = match &link {
+        None => restart_old_primary(&primary, &specs, &witness, &driver, &clock, &timing, progress).await,
+        Some(link) => rejoin_old_primary(&primary, link, &primary_agent, killed_at, &timing, progress).await,
+    };
+    let primary_fenced_seconds = link.as_ref().and_then(|_| {
+        let events = primary_agent.fence.events();
+        let fenced = events.iter().find(|(at, e)| *at >= killed_at && *e == FenceEvent::Fenced);
+        fenced.map(|(at, _)| duration_between(killed_at, *at).as_secs_f64())
+    });
 
     progress.step("waiting for the standby to transmit everything and collect the receipts");
     drain(&standby, &names, Duration::from_secs(120)).await;
@@ -459,7 +519,11 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let sdi = sdi_listing(&providers, &names).await?;
     let mut findings = report::compare(&committed, &held, &sdi);
     findings.dual_active =
-        report::dual_active(&[(&primary_agent.fence.events(), Some(killed_at)), (&standby_agent.fence.events(), None)]);
+        // NB: a killed primary's apps die with it; a cut one's stay active until its own agent fences them.
+        report::dual_active(&[
+            (&primary_agent.fence.events(), link.is_none().then_some(killed_at)),
+            (&standby_agent.fence.events(), None),
+        ]);
     if findings.dual_active {
         findings.problems.push("two sites were active at once".into());
     }
@@ -489,18 +553,29 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let detect_seconds = Spread::of(&[detect]);
     let detect_bound = timing.observer_wait() + PROBE_INTERVAL;
 
+    let loss = match options.fault {
+        Fault::Kill => "kill",
+        Fault::NetworkCut => "cut",
+    };
     notes.push(format!(
-        "detection is one instant for the whole site: detect_seconds is the time from the kill to the standby's \
+        "detection is one instant for the whole site: detect_seconds is the time from the {loss} to the standby's \
          takeover of the lease (lease {} s, renewed every {} ms; probes every {} ms)",
         timing.lease_duration.as_secs_f64(),
         timing.renew_interval.as_millis(),
         PROBE_INTERVAL.as_millis()
     ));
-    notes.push(
-        "RTO runs from the kill to the tenant verified at the standby; RPO from the tenant's last restored invoice \
-         to the kill"
-            .into(),
-    );
+    notes.push(format!(
+        "RTO runs from the {loss} to the tenant verified at the standby; RPO from the tenant's last restored \
+         invoice to the {loss}"
+    ));
+    if let Some(fenced) = primary_fenced_seconds {
+        notes.push(format!(
+            "the primary's network was cut by taking its one link down (connections fail at once rather than hang); \
+             its own lease agent, unable to renew, fenced its apps {fenced:.1} s after the cut, before the standby \
+             took over at {:.1} s",
+            detect.as_secs_f64()
+        ));
+    }
     notes.push(
         "the three vantage points run in this process on one machine: they differ in what they probe, not in \
          their network path"
@@ -522,7 +597,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         },
         Objective {
             name: "rto",
-            target: format!("every tenant serves again within {} s of the kill", RTO_OBJECTIVE.as_secs()),
+            target: format!("every tenant serves again within {} s of the {loss}", RTO_OBJECTIVE.as_secs()),
             measured: format!("p50 {:.1} s, max {:.1} s", rto_seconds.p50, rto_seconds.max),
             met: rto.len() == names.len() && rto_seconds.max <= RTO_OBJECTIVE.as_secs_f64(),
         },
@@ -546,6 +621,8 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         rto_seconds,
         rpo_seconds,
         old_primary_fenced,
+        fault: options.fault,
+        primary_fenced_seconds,
         standby: options.standby,
         failover: FailoverSummary {
             name: state.name.clone(),
@@ -567,7 +644,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         seconds: progress.elapsed(),
     };
     progress.step("stopping every process");
-    drop((standby_agent, probing));
+    drop((standby_agent, probing, primary_agent, primary_runtime));
     standby.kill();
     primary.kill();
     Ok(report)
@@ -844,14 +921,57 @@ async fn restart_old_primary(
     let wait = timing.lease_duration * 2;
     tokio::time::sleep(wait).await;
     let standing = agent.running.status.borrow().standing;
-    let never_activated =
-        !agent.fence.events().iter().any(|(_, e)| matches!(e, crate::failover::fencing::FenceEvent::Activated { .. }));
+    let never_activated = !agent.fence.events().iter().any(|(_, e)| matches!(e, FenceEvent::Activated { .. }));
+    let (refused, apps) = apps_refusing(primary).await;
+    let fenced = standing == Standing::Fenced && never_activated && refused == apps && apps == crashed.len();
+    progress.step(&format!(
+        "  {PRIMARY}'s lease agent: {}; {refused}/{apps} restarted apps refuse to issue",
+        if standing == Standing::Fenced { "fenced (the lease names a higher epoch)" } else { "ACTIVE" },
+    ));
+    drop(agent);
+    fenced
+}
+
+/// The old primary's network comes back, with everything still running there.
+/// True when, after twice the lease's duration, its lease agent is fenced and
+/// has not activated since the cut, and every app refuses to issue an invoice.
+async fn rejoin_old_primary(
+    primary: &Arc<LocalSite>,
+    link: &SiteLink,
+    agent: &Agent,
+    cut_at: jiff::Timestamp,
+    timing: &LeaseTiming,
+    progress: &Progress,
+) -> bool {
+    if let Err(e) = link.heal() {
+        progress.step(&format!("  joining {PRIMARY} to the network again failed: {e}"));
+        return false;
+    }
+    progress.step(&format!("{PRIMARY}'s network is back: its lease agent reads the witness again"));
+    tokio::time::sleep(timing.lease_duration * 2).await;
+    let standing = agent.running.status.borrow().standing;
+    let events = agent.fence.events();
+    let activated_since = events.iter().any(|(at, e)| *at >= cut_at && matches!(e, FenceEvent::Activated { .. }));
+    let (refused, apps) = apps_refusing(primary).await;
+    progress.step(&format!(
+        "  {PRIMARY}'s lease agent: {}; {refused}/{apps} apps refuse to issue",
+        match (standing, activated_since) {
+            (Standing::Fenced, false) => "fenced (the lease names a higher epoch)",
+            (Standing::Fenced, true) => "fenced, but it ACTIVATED its apps after the cut",
+            _ => "ACTIVE",
+        },
+    ));
+    standing == Standing::Fenced && !activated_since && refused == apps && apps == primary.tenants().len() && apps > 0
+}
+
+/// How many of the apps at `site` refuse to issue an invoice as fenced, of how many.
+async fn apps_refusing(site: &LocalSite) -> (usize, usize) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let mut refused = 0;
-    let apps: Vec<String> = primary
+    let apps: Vec<String> = site
         .tenants()
         .iter()
-        .filter_map(|t| primary.with_tenant(t, |s| s.app.as_ref().map(|a| a.base_url())).flatten())
+        .filter_map(|t| site.with_tenant(t, |s| s.app.as_ref().map(|a| a.base_url())).flatten())
         .collect();
     for app in &apps {
         let body = serde_json::json!({
@@ -868,15 +988,7 @@ async fn restart_old_primary(
             refused += 1;
         }
     }
-    let fenced =
-        standing == Standing::Fenced && never_activated && refused == apps.len() && apps.len() == crashed.len();
-    progress.step(&format!(
-        "  {PRIMARY}'s lease agent: {}; {refused}/{} restarted apps refuse to issue",
-        if standing == Standing::Fenced { "fenced (the lease names a higher epoch)" } else { "ACTIVE" },
-        apps.len()
-    ));
-    drop(agent);
-    fenced
+    (refused, apps.len())
 }
 
 /// Waits until every tenant at `site` has nothing pending or awaiting a receipt.

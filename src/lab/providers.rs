@@ -22,6 +22,8 @@ use crate::testkit::{AzuriteServer, S3Server, SdiSimServer};
 /// The S3 repository's bucket and prefix.
 const S3_BUCKET: &str = "fenice-lab-backups";
 const S3_PREFIX: &str = "tenants";
+/// The witness's bucket when it is reached over the network.
+const WITNESS_BUCKET: &str = "fenice-lab-witness";
 /// How long every object of the S3 repository is locked (Object Lock, COMPLIANCE).
 const RETENTION_DAYS: &str = "1";
 
@@ -40,6 +42,8 @@ pub struct Providers {
     pub repos: Vec<Repo>,
     /// The witness's store (the lease and the failovers' state).
     pub witness: Arc<dyn ObjectStore>,
+    /// Where it is, to open it again from another runtime.
+    pub witness_place: WitnessPlace,
     pub witness_provider: String,
     pub sdi: SdiSimServer,
     /// The environment every `fenice agent` process runs with: where the
@@ -53,7 +57,14 @@ pub struct Providers {
 impl Providers {
     /// Starts the stores and the simulator, and creates both repositories,
     /// their master key wrapped for a lab password and for the agents' key.
-    pub async fn start(dir: &Path, program: &Path, progress: &Progress) -> anyhow::Result<Self> {
+    /// With `networked_witness` the witness is a bucket of the S3 server (a
+    /// site cut off from the network must lose it), else a directory.
+    pub async fn start(
+        dir: &Path,
+        program: &Path,
+        networked_witness: bool,
+        progress: &Progress,
+    ) -> anyhow::Result<Self> {
         let stores = dir.join("providers");
         std::fs::create_dir_all(&stores).with_context(|| format!("creating {}", stores.display()))?;
         let mut env: Vec<(String, String)> = Vec::new();
@@ -136,13 +147,31 @@ impl Providers {
         env.push(("FENICE_REPOSITORY".to_owned(), locations.join(",")));
         env.push(("FENICE_RECOVERY_KEY_FILE".to_owned(), key_file.display().to_string()));
 
-        let witness_dir = stores.join("witness");
-        let witness: Arc<dyn ObjectStore> = Arc::new(FsStore::open(&witness_dir)?);
+        let (witness_place, witness_provider) = match (&s3, networked_witness) {
+            (Some(s3), true) => (
+                WitnessPlace::S3 { endpoint: s3.endpoint() },
+                format!("witness (a third provider; bucket {WITNESS_BUCKET} of the S3 server at {})", s3.endpoint()),
+            ),
+            (None, true) => bail!(
+                "cutting the primary's network needs the witness across the network, on the S3 server, \
+                 which did not start (see the note above): run scripts/prerequisites.sh"
+            ),
+            (_, false) => {
+                let dir = stores.join("witness");
+                let provider = format!("witness (a third provider; a directory here: {})", dir.display());
+                (WitnessPlace::Dir(dir), provider)
+            }
+        };
+        let witness = witness_place.open().await?;
+        if let WitnessPlace::S3 { endpoint } = &witness_place {
+            S3Server::store_at(endpoint, WITNESS_BUCKET, "").await?.create_bucket(false).await?;
+        }
         let sdi = SdiSimServer::start(program, Duration::from_millis(500)).context("starting the SdI simulator")?;
         Ok(Self {
             repos,
             witness,
-            witness_provider: format!("witness (a third provider; a directory here: {})", witness_dir.display()),
+            witness_place,
+            witness_provider,
             sdi,
             agent_env: env,
             recovery,
@@ -164,6 +193,23 @@ impl Providers {
         };
         let unlock = Unlock::Recovery(RecoveryKey::from_text(self.recovery.to_text().as_str())?);
         Ok(Repository::open(store, &unlock).await?)
+    }
+}
+
+/// Where the witness's store is.
+#[derive(Clone, Debug)]
+pub enum WitnessPlace {
+    Dir(PathBuf),
+    S3 { endpoint: String },
+}
+
+impl WitnessPlace {
+    /// A handle on the store, with connections of its own made by the runtime that uses it.
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        Ok(match self {
+            WitnessPlace::Dir(dir) => Arc::new(FsStore::open(dir)?),
+            WitnessPlace::S3 { endpoint } => Arc::new(S3Server::store_at(endpoint, WITNESS_BUCKET, "").await?),
+        })
     }
 }
 

@@ -1,14 +1,15 @@
 //! The Local site driver's processes: a site on one machine is, per tenant, a
 //! PostgreSQL server and the reference app, each a process group of its own
-//! on free ports of 127.0.0.1. Killing the site sends SIGKILL to every one of
-//! them at once, as when a provider's machines die.
+//! on free ports of 127.0.0.1 (or of the site's own address, in a network
+//! namespace of its own, when its network is to be cut). Killing the site sends
+//! SIGKILL to every one of them at once, as when a provider's machines die.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::app::AppConfig;
-use crate::testkit::{self, AppOptions, AppServer, PostgresOptions, PostgresServer};
+use crate::testkit::{self, AppOptions, AppServer, Placement, PostgresOptions, PostgresServer};
 
 /// How often each app looks at its SdI queue: often, so the lab's RPO at SdI is short.
 const SEND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -96,6 +97,8 @@ pub struct LocalSite {
     tenants: Mutex<BTreeMap<String, TenantStack>>,
     /// What [`kill`](Self::kill) left on disk: each tenant's data directory.
     crashed: Mutex<BTreeMap<String, (PathBuf, tempfile::TempDir)>>,
+    /// Where its servers listen and run.
+    placement: Placement,
 }
 
 /// A tenant's database name: its name with `-` as `_`.
@@ -112,12 +115,19 @@ pub fn open_to_postgres(dir: &Path) -> std::io::Result<()> {
 
 impl LocalSite {
     pub fn new(name: &str, program: &Path, dir: &Path) -> Self {
+        Self::placed(name, program, dir, Placement::here())
+    }
+
+    /// A site whose servers listen on `placement`'s address, in its network
+    /// namespace: a site whose network can be cut.
+    pub fn placed(name: &str, program: &Path, dir: &Path, placement: Placement) -> Self {
         Self {
             name: name.into(),
             program: program.into(),
             dir: dir.into(),
             tenants: Mutex::new(BTreeMap::new()),
             crashed: Mutex::new(BTreeMap::new()),
+            placement,
         }
     }
 
@@ -239,7 +249,8 @@ impl LocalSite {
             Some(dir) => spec.postgres.clone().existing_data(dir),
             None => spec.postgres.clone(),
         }
-        .run_dir(run);
+        .run_dir(run)
+        .placed(self.placement.clone());
         let postgres = PostgresServer::start_with(options).map_err(|source| Error::Start {
             site: self.name.clone(),
             tenant: spec.name.clone(),
@@ -297,15 +308,18 @@ impl LocalSite {
             ..AppConfig::new(tenant, &spec.vat, &spec.company, db_url, documents)
         };
         let run_dir = Some(self.run_dir()?);
-        let app =
-            AppServer::start(&AppOptions { program: self.program.clone(), config, run_dir }).map_err(|source| {
-                Error::Start {
-                    site: self.name.clone(),
-                    tenant: spec.name.clone(),
-                    what: "app",
-                    source: Box::new(source),
-                }
-            })?;
+        let app = AppServer::start(&AppOptions {
+            program: self.program.clone(),
+            config,
+            run_dir,
+            placement: self.placement.clone(),
+        })
+        .map_err(|source| Error::Start {
+            site: self.name.clone(),
+            tenant: spec.name.clone(),
+            what: "app",
+            source: Box::new(source),
+        })?;
         if let Some(stack) = self.lock().get_mut(&spec.name) {
             stack.app = Some(app);
         }

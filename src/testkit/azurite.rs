@@ -58,14 +58,17 @@ impl AzuriteServer {
             SERVER,
             "fenice-azurite-",
             None,
+            &super::Placement::here(),
             &format!("/{DEV_ACCOUNT}?comp=list"),
             // Unsigned, so refused; but with Azure's request id.
             |r| r.header("x-ms-request-id").is_some(),
-            |port, dir| {
+            |addr, dir| {
                 let mut cmd = Command::new(&node);
                 cmd.arg(&main)
-                    .args(["--blobHost", "127.0.0.1", "--blobPort"])
-                    .arg(port.to_string())
+                    .arg("--blobHost")
+                    .arg(addr.ip().to_string())
+                    .arg("--blobPort")
+                    .arg(addr.port().to_string())
                     .arg("--location")
                     .arg(dir.join("data"))
                     .args(["--skipApiVersionCheck", "--disableTelemetry", "--loose"])

@@ -34,11 +34,12 @@ impl SdiSimServer {
             "sdi-sim",
             "fenice-sdi-sim-",
             None,
+            &super::Placement::here(),
             "/healthz",
             |r| r.status == 200,
-            |port, dir| {
+            |addr, dir| {
                 let mut cmd = Command::new(&program);
-                cmd.args(["app", "sdi-sim", "--listen", &format!("127.0.0.1:{port}"), "--receipt-delay", &delay]);
+                cmd.args(["app", "sdi-sim", "--listen", &addr.to_string(), "--receipt-delay", &delay]);
                 cmd.arg("--data").arg(dir.join("data"));
                 cmd
             },
@@ -46,7 +47,7 @@ impl SdiSimServer {
         Ok(Self { inner })
     }
 
-    /// The simulator's URL, `http://127.0.0.1:PORT`.
+    /// The simulator's URL, `http://127.0.0.1:PORT`, or on the listen host.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.inner.addr())
     }
@@ -59,6 +60,8 @@ pub struct AppOptions {
     pub config: AppConfig,
     /// Where the app's directory goes ($TMPDIR by default).
     pub run_dir: Option<PathBuf>,
+    /// Where it listens and runs.
+    pub placement: super::Placement,
 }
 
 /// A running reference app for one tenant, stopped on drop.
@@ -82,12 +85,13 @@ impl AppServer {
             "app",
             "fenice-app-",
             options.run_dir.as_deref(),
+            &options.placement,
             "/healthz",
             |r| r.text().contains("\"tenant\""),
-            |port, _dir| {
+            |addr, _dir| {
                 let config = &options.config;
                 let mut cmd = Command::new(&options.program);
-                cmd.args(["app", "serve", "--listen", &format!("127.0.0.1:{port}")]);
+                cmd.args(["app", "serve", "--listen", &addr.to_string()]);
                 cmd.args(["--tenant", &config.tenant, "--vat", &config.vat, "--company", &config.company]);
                 cmd.arg("--documents").arg(&config.documents);
                 cmd.args(["--epoch", &config.epoch.to_string()]);
@@ -109,7 +113,7 @@ impl AppServer {
         Ok(Self { inner })
     }
 
-    /// The app's URL, `http://127.0.0.1:PORT`.
+    /// The app's URL, `http://HOST:PORT` (127.0.0.1 unless placed elsewhere).
     pub fn base_url(&self) -> String {
         format!("http://{}", self.inner.addr())
     }

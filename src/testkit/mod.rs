@@ -2,7 +2,8 @@
 //! (moto), Azure Blob storage (Azurite), and the invoicing stack's own SdI
 //! simulator and reference app.
 //!
-//! Each server runs as a child process on a free port of 127.0.0.1, with its own
+//! Each server runs as a child process on a free port of 127.0.0.1 (or where
+//! [`placement`] says), with its own
 //! temporary directory that holds its data and its log (stdout and stderr). `start()`
 //! returns once the server answers, and dropping the value kills the server's whole
 //! process group, reaps it and removes the directory. The programs come from
@@ -24,6 +25,7 @@ pub mod azurite;
 pub mod fault_proxy;
 pub mod http;
 pub mod invoicing;
+pub mod placement;
 pub mod postgres;
 pub mod process;
 pub mod s3;
@@ -35,6 +37,7 @@ use std::time::Duration;
 pub use azurite::{AccountKey, AzuriteServer, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
 pub use fault_proxy::FaultProxy;
 pub use invoicing::{AppOptions, AppServer, SdiSimServer};
+pub use placement::{NetNs, Placement};
 pub use postgres::{PostgresOptions, PostgresServer};
 pub use s3::S3Server;
 
@@ -118,8 +121,8 @@ impl Error {
     }
 }
 
-/// What the S3 and Azurite servers share: a process that answers HTTP on a port of
-/// 127.0.0.1, with a temporary directory for its data and log. Both servers
+/// What the S3 and Azurite servers share: a process that answers HTTP on a port
+/// (of 127.0.0.1 unless placed elsewhere), with a temporary directory for its data and log. Both servers
 /// dereference to it, so its accessors are theirs without being written twice.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -127,42 +130,44 @@ pub struct HttpServer {
     process: process::ServerProcess,
     /// Held only to be removed on drop.
     _dir: tempfile::TempDir,
-    port: u16,
+    addr: std::net::SocketAddr,
 }
 
 impl HttpServer {
-    /// Starts `command(port, dir)` on free ports until one binds, and waits until
-    /// `GET probe_path` gets an answer that `is_ours` recognises (and not, say, an
-    /// answer from a stranger that took the port first).
+    /// Starts `command(address, dir)` on free ports of `placement` until one
+    /// binds, and waits until `GET probe_path` gets an answer that `is_ours`
+    /// recognises (and not, say, an answer from a stranger that took the port first).
+    #[allow(clippy::too_many_arguments)]
     fn start(
         server: &'static str,
         dir_prefix: &str,
         parent: Option<&std::path::Path>,
+        placement: &Placement,
         probe_path: &str,
         is_ours: fn(&http::Response) -> bool,
-        command: impl Fn(u16, &std::path::Path) -> std::process::Command,
+        command: impl Fn(std::net::SocketAddr, &std::path::Path) -> std::process::Command,
     ) -> Result<Self> {
         let dir = process::temp_dir(server, dir_prefix, parent)?;
         let log = dir.path().join("server.log");
-        let (process, port) = process::on_free_port(server, |port| {
-            let mut cmd = command(port, dir.path());
+        let (process, addr) = process::on_free_port(server, |port| {
+            let addr = placement.addr(port);
+            let mut cmd = command(addr, dir.path());
             cmd.current_dir(dir.path());
-            let mut process = process::ServerProcess::spawn(server, cmd, &log)?;
-            let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+            let mut process = process::ServerProcess::spawn_in(server, cmd, &log, placement.netns.clone())?;
             process.await_ready(DEFAULT_READY_TIMEOUT, || http::get(addr, probe_path).is_ok_and(|r| is_ours(&r)))?;
-            Ok((process, port))
+            Ok((process, addr))
         })?;
-        Ok(Self { process, _dir: dir, port })
+        Ok(Self { process, _dir: dir, addr })
     }
 
     /// The service's address, for [`http`].
     pub fn addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.port))
+        self.addr
     }
 
-    /// The TCP port on 127.0.0.1.
+    /// The TCP port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     /// The server's process id, which is also its process group id.

@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL cluster: `initdb` into a temporary directory, then
-//! `postgres` on a free port of 127.0.0.1, trusting every local connection.
+//! `postgres` on a free port of 127.0.0.1 (or where it is placed), trusting
+//! every local connection.
 //!
 //! NB: PostgreSQL refuses to run as root, and CI runs as root. Then `initdb` and
 //! `postgres` run as the `postgres` system user (created by Debian's package),
@@ -8,6 +9,7 @@
 //! a TMPDIR under /root is not.
 
 use std::ffi::{CStr, OsString};
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::placement::Placement;
 use super::process::{self, ServerProcess};
 use super::{DEFAULT_READY_TIMEOUT, Error, Result};
 
@@ -46,6 +49,7 @@ pub struct PostgresOptions {
     existing_data: Option<PathBuf>,
     wal_segment_mb: Option<u32>,
     run_dir: Option<PathBuf>,
+    placement: Placement,
 }
 
 impl Default for PostgresOptions {
@@ -57,6 +61,7 @@ impl Default for PostgresOptions {
             existing_data: None,
             wal_segment_mb: None,
             run_dir: None,
+            placement: Placement::default(),
         }
     }
 }
@@ -104,6 +109,14 @@ impl PostgresOptions {
         self
     }
 
+    /// Listens on `placement`'s address and runs in its namespace; a server
+    /// off loopback also trusts connections from the networks it is on (the
+    /// other sites' standbys and agents, which reach it over its link).
+    pub fn placed(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
     /// How long to wait for the server to accept connections.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -119,6 +132,7 @@ pub struct PostgresServer {
     dir: TempDir,
     data: PathBuf,
     bin_dir: PathBuf,
+    host: Ipv4Addr,
     port: u16,
 }
 
@@ -153,13 +167,17 @@ impl PostgresServer {
             }
         };
 
+        if !options.placement.is_loopback() {
+            trust_the_links(&data)?;
+        }
+        let host = options.placement.host;
         let log = dir.path().join("postgres.log");
         let (process, port) = process::on_free_port(SERVER, |port| {
             let mut cmd = Command::new(bin_dir.join("postgres"));
             cmd.arg("-D").arg(&data);
             cmd.arg("-p").arg(port.to_string());
             cmd.arg("-k").arg(&socket_dir);
-            for (name, value) in [("listen_addresses", "127.0.0.1"), ("fsync", "off")] {
+            for (name, value) in [("listen_addresses", host.to_string().as_str()), ("fsync", "off")] {
                 cmd.arg("-c").arg(format!("{name}={value}"));
             }
             for (name, value) in &options.settings {
@@ -167,19 +185,24 @@ impl PostgresServer {
             }
             cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
             prepare_command(&mut cmd, dir.path(), run_as);
-            let mut process = ServerProcess::spawn(SERVER, cmd, &log)?;
+            let mut process = ServerProcess::spawn_in(SERVER, cmd, &log, options.placement.netns.clone())?;
             // SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, as abrupt as
             // a crash for the data, but the postmaster reaps its children first.
             process.set_quick_stop(libc::SIGQUIT, QUICK_STOP_GRACE);
-            process.await_ready(options.ready_timeout, || accepts_connections(&bin_dir, port))?;
+            process.await_ready(options.ready_timeout, || accepts_connections(&bin_dir, host, port))?;
             Ok((process, port))
         })?;
-        Ok(Self { process, dir, data, bin_dir, port })
+        Ok(Self { process, dir, data, bin_dir, host, port })
     }
 
-    /// The TCP port on 127.0.0.1.
+    /// The TCP port on [`host`](Self::host).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address it listens on: 127.0.0.1 unless placed elsewhere.
+    pub fn host(&self) -> Ipv4Addr {
+        self.host
     }
 
     /// The directory of the server's Unix socket (`psql -h DIR`).
@@ -205,14 +228,14 @@ impl PostgresServer {
 
     /// A `postgres://` URL for database `db` as the superuser, over TCP.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
+        format!("postgres://{USER}@{}:{}/{db}", self.host, self.port)
     }
 
     /// A command for one of the client programs in [`bin_dir`](Self::bin_dir),
     /// with PGHOST, PGPORT, PGUSER and PGDATABASE (`postgres`) pointing here.
     pub fn client(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join(program));
-        cmd.env("PGHOST", "127.0.0.1")
+        cmd.env("PGHOST", self.host.to_string())
             .env("PGPORT", self.port.to_string())
             .env("PGUSER", USER)
             .env("PGDATABASE", "postgres")
@@ -312,10 +335,26 @@ fn prepare_command(cmd: &mut Command, dir: &Path, run_as: Option<(u32, u32)>) {
     }
 }
 
-/// Whether `pg_isready` says the server on `port` accepts connections.
-fn accepts_connections(bin_dir: &Path, port: u16) -> bool {
+/// Lets in, without a password as on loopback, connections from the networks
+/// the server is directly on (`samenet`), replication too: said once in the
+/// data directory, which a copy (a standby's) inherits.
+fn trust_the_links(data: &Path) -> Result<()> {
+    use std::io::Write;
+    const LINES: &str = "host all all samenet trust\nhost replication all samenet trust\n";
+    let hba = data.join("pg_hba.conf");
+    let step = "trusting the site's links in pg_hba.conf";
+    let text = std::fs::read_to_string(&hba).map_err(|source| prepare(step, &hba, source))?;
+    if text.contains(LINES) {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new().append(true).open(&hba).map_err(|source| prepare(step, &hba, source))?;
+    file.write_all(format!("\n{LINES}").as_bytes()).map_err(|source| prepare(step, &hba, source))
+}
+
+/// Whether `pg_isready` says the server on `host:port` accepts connections.
+fn accepts_connections(bin_dir: &Path, host: Ipv4Addr, port: u16) -> bool {
     Command::new(bin_dir.join("pg_isready"))
-        .args(["-q", "-h", "127.0.0.1", "-U", USER, "-d", "postgres", "-t", "2", "-p"])
+        .args(["-q", "-h", &host.to_string(), "-U", USER, "-d", "postgres", "-t", "2", "-p"])
         .arg(port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

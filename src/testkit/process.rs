@@ -20,10 +20,11 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::placement::NetNs;
 use super::{Error, Result};
 
 /// How many ports a server tries before giving up, when the one picked was taken
@@ -53,7 +54,12 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `command` for `server` in a new process group, with stdin closed and
     /// stdout and stderr written to `log` (truncated first).
-    pub fn spawn(server: &'static str, mut command: Command, log: &Path) -> Result<Self> {
+    pub fn spawn(server: &'static str, command: Command, log: &Path) -> Result<Self> {
+        Self::spawn_in(server, command, log, None)
+    }
+
+    /// [`spawn`](Self::spawn), in the network namespace `netns` (this process's own when `None`).
+    pub fn spawn_in(server: &'static str, mut command: Command, log: &Path, netns: Option<Arc<NetNs>>) -> Result<Self> {
         let prepare = |source| Error::Prepare { server, step: "creating its log file", path: log.to_owned(), source };
         let out = File::create(log).map_err(prepare)?;
         let err = out.try_clone().map_err(prepare)?;
@@ -74,7 +80,8 @@ impl ServerProcess {
             });
         }
         let program = PathBuf::from(command.get_program());
-        let child = spawn_from_long_lived_thread(command).map_err(|source| Error::Spawn { server, program, source })?;
+        let child =
+            spawn_from_long_lived_thread(command, netns).map_err(|source| Error::Spawn { server, program, source })?;
         Ok(Self { server, child, log: log.to_owned(), quick_stop: None, status: None })
     }
 
@@ -197,10 +204,12 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Forks `command` from the spawner thread (see the module docs for why).
-fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
+/// Forks `command` from the spawner thread (see the module docs for why), in
+/// `netns` when given.
+fn spawn_from_long_lived_thread(command: Command, netns: Option<Arc<NetNs>>) -> io::Result<Child> {
     struct Request {
         command: Command,
+        netns: Option<Arc<NetNs>>,
         reply: mpsc::Sender<io::Result<Child>>,
     }
     static SPAWNER: Mutex<Option<mpsc::Sender<Request>>> = Mutex::new(None);
@@ -214,8 +223,13 @@ fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
                 // The sender stays in the static, so this loop and its thread last
                 // until the process exits.
                 thread::Builder::new().name("testkit-spawner".into()).spawn(move || {
+                    let home = NetNs::current();
                     for mut request in incoming {
-                        let _ = request.reply.send(request.command.spawn());
+                        let spawned = match &request.netns {
+                            None => request.command.spawn(),
+                            Some(netns) => spawn_in_namespace(&mut request.command, netns, &home),
+                        };
+                        let _ = request.reply.send(spawned);
                     }
                 })?;
                 spawner.insert(requests).clone()
@@ -223,8 +237,24 @@ fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
         }
     };
     let (reply, answer) = mpsc::channel();
-    requests.send(Request { command, reply }).map_err(|_| io::Error::other("the testkit spawner thread is gone"))?;
+    requests
+        .send(Request { command, netns, reply })
+        .map_err(|_| io::Error::other("the testkit spawner thread is gone"))?;
     answer.recv().map_err(|_| io::Error::other("the testkit spawner thread is gone"))?
+}
+
+/// Forks `command` with the calling thread moved into `netns` for the fork
+/// (setns in the child would come after a change of user, which may not enter
+/// a namespace), and moved back to `home`.
+fn spawn_in_namespace(command: &mut Command, netns: &NetNs, home: &io::Result<NetNs>) -> io::Result<Child> {
+    let home = home.as_ref().map_err(|e| io::Error::new(e.kind(), format!("the spawner's own namespace: {e}")))?;
+    netns.enter()?;
+    let spawned = command.spawn();
+    if let Err(e) = home.enter() {
+        // NB: every later server would start in the wrong namespace: better none.
+        panic!("the testkit spawner could not return to its network namespace: {e}");
+    }
+    spawned
 }
 
 /// Runs `start` with a free port, and again with another one when the server

@@ -34,11 +34,12 @@ impl S3Server {
             SERVER,
             "fenice-s3-",
             None,
+            &super::Placement::here(),
             "/",
             |r| r.status == 200 && r.text().contains("ListAllMyBucketsResult"),
-            |port, _dir| {
+            |addr, _dir| {
                 let mut cmd = Command::new(&program);
-                cmd.args(["-H", "127.0.0.1", "-p"]).arg(port.to_string());
+                cmd.arg("-H").arg(addr.ip().to_string()).arg("-p").arg(addr.port().to_string());
                 // Log lines as they happen, not when a buffer fills.
                 cmd.env("PYTHONUNBUFFERED", "1");
                 cmd
@@ -55,10 +56,21 @@ impl S3Server {
     /// A store on `bucket`, below `prefix`, with the credentials moto accepts
     /// (`test`/`test`) given directly rather than through the environment.
     pub async fn store(&self, bucket: &str, prefix: &str) -> crate::store::Result<crate::store::s3::S3Store> {
+        Self::store_at(&self.endpoint(), bucket, prefix).await
+    }
+
+    /// [`store`](Self::store) of the server at `endpoint`, made where it is
+    /// called from: a client of its own, whose connections are made by the
+    /// runtime that uses it (in the network namespace of that runtime's thread).
+    pub async fn store_at(
+        endpoint: &str,
+        bucket: &str,
+        prefix: &str,
+    ) -> crate::store::Result<crate::store::s3::S3Store> {
         use crate::store::s3::{S3Config, S3Store, StaticCredentials};
         S3Store::connect(S3Config {
             prefix: prefix.into(),
-            endpoint: Some(self.endpoint()),
+            endpoint: Some(endpoint.to_owned()),
             region: Some("us-east-1".into()),
             force_path_style: true,
             credentials: Some(StaticCredentials {
