@@ -68,7 +68,7 @@ fn the_lab_cuts_the_primarys_network_and_the_primary_fences_itself_before_the_st
     let fenced = report["primary_fenced_seconds"].as_f64().unwrap_or_else(|| panic!("never fenced: {report:#}"));
     let takeover = report["detect_seconds"]["max"].as_f64().unwrap();
     assert!(fenced < takeover, "fenced {fenced} s after the cut, the standby took over at {takeover} s: {report:#}");
-    assert!(report["witness"].as_str().unwrap().contains("S3 server at http://10.213.0.1:"), "{report:#}");
+    assert!(report["witness"].as_str().unwrap().contains("an S3 server at http://10.213.0.1:"), "{report:#}");
     for step in ["CUT: westpole's network link is down", "network is back", "2/2 apps refuse to issue"] {
         assert!(stderr.contains(step), "progress lacks {step:?}:\n{stderr}");
     }

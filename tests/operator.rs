@@ -33,7 +33,7 @@ const OPERATOR_USER: &str = "fenice-operator";
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 6;
+const TESTS_WITH_OPERATOR: usize = 7;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -92,14 +92,14 @@ async fn client_from(path: &std::path::Path) -> Client {
     Client::try_from(config).unwrap()
 }
 
-fn repository(name: &str, s3: &S3Server, bucket: &str, secret: &str) -> BackupRepository {
+fn repository(name: &str, endpoint: &str, bucket: &str, secret: &str) -> BackupRepository {
     serde_json::from_value(json!({
         "apiVersion": "fenice.io/v1alpha1", "kind": "BackupRepository",
         "metadata": {"name": name},
         "spec": {
             "provider": "Aws",
             "storage": {"type": "S3", "s3": {
-                "bucket": bucket, "endpoint": s3.endpoint(), "region": "us-east-1", "forcePathStyle": true,
+                "bucket": bucket, "endpoint": endpoint, "region": "us-east-1", "forcePathStyle": true,
                 "credentialsSecretRef": {"name": secret},
             }},
             "immutability": {"enabled": true, "retention": "1d"},
@@ -107,6 +107,40 @@ fn repository(name: &str, s3: &S3Server, bucket: &str, secret: &str) -> BackupRe
         },
     }))
     .unwrap()
+}
+
+/// The example repositories at two providers, buckets of `s3` reached at
+/// `endpoint`, one with Object Lock; their Secrets.
+async fn the_example_repositories(client: &Client, s3: &S3Server, endpoint: &str) -> Api<BackupRepository> {
+    s3.store("tenants-locked", "").await.unwrap().create_bucket(true).await.unwrap();
+    s3.store("tenants-plain", "").await.unwrap().create_bucket(false).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    for (name, data) in [
+        ("repo-s3", json!({"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE})),
+        ("repo-password", json!({"password": SECRET_VALUE})),
+    ] {
+        let secret = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+    }
+    let repos: Api<BackupRepository> = Api::all(client.clone());
+    let mut plain = repository("ovh-milan-backups", endpoint, "tenants-plain", "repo-s3");
+    plain.spec.provider = fenice::api::common::Provider::Ovhcloud;
+    plain.spec.immutability = serde_json::from_value(json!({"enabled": false})).unwrap();
+    for repo in [repository("azure-italynorth-backups", endpoint, "tenants-locked", "repo-s3"), plain] {
+        repos.create(&PostParams::default(), &repo).await.unwrap();
+    }
+    repos
+}
+
+/// The example Sites, the primary and standby driven by the operator as local processes.
+async fn local_sites(client: &Client) {
+    let sites: Api<fenice::api::site::Site> = Api::all(client.clone());
+    for mut document in examples("sites.yaml") {
+        if document["metadata"]["name"] != "aws-witness" {
+            document["spec"]["cluster"] = json!({"driver": "Local"});
+        }
+        sites.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
 }
 
 /// The in-memory API server with the operator's namespace, its kubeconfig in
@@ -235,9 +269,9 @@ async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
     secrets.create(&PostParams::default(), &secret).await.unwrap();
     let repos: Api<BackupRepository> = Api::all(client.clone());
     for repo in [
-        repository("locked", &s3, "locked-backups", "repo-s3"),
-        repository("plain", &s3, "plain-backups", "repo-s3"),
-        repository("no-secret", &s3, "locked-backups", "nope"),
+        repository("locked", &s3.endpoint(), "locked-backups", "repo-s3"),
+        repository("plain", &s3.endpoint(), "plain-backups", "repo-s3"),
+        repository("no-secret", &s3.endpoint(), "locked-backups", "nope"),
     ] {
         repos.create(&PostParams::default(), &repo).await.unwrap();
     }
@@ -576,7 +610,6 @@ fn phase(backup: &Backup) -> Option<fenice::api::backup::BackupPhase> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are_run_and_recorded() {
     use fenice::api::backup::BackupPhase;
-    use fenice::api::site::Site;
 
     let (api, dir, client) = cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
@@ -586,34 +619,11 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
         namespaces.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
     }
 
-    // Two repositories at two providers on the S3 server, one with Object Lock.
     let s3 = S3Server::start().expect("moto");
-    s3.store("tenants-locked", "").await.unwrap().create_bucket(true).await.unwrap();
-    s3.store("tenants-plain", "").await.unwrap().create_bucket(false).await.unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    for (name, data) in [
-        ("repo-s3", json!({"AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE})),
-        ("repo-password", json!({"password": SECRET_VALUE})),
-    ] {
-        let secret = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
-        secrets.create(&PostParams::default(), &secret).await.unwrap();
-    }
-    let repos: Api<BackupRepository> = Api::all(client.clone());
-    let mut plain = repository("ovh-milan-backups", &s3, "tenants-plain", "repo-s3");
-    plain.spec.provider = fenice::api::common::Provider::Ovhcloud;
-    plain.spec.immutability = serde_json::from_value(json!({"enabled": false})).unwrap();
-    for repo in [repository("azure-italynorth-backups", &s3, "tenants-locked", "repo-s3"), plain] {
-        repos.create(&PostParams::default(), &repo).await.unwrap();
-    }
-
-    // The example Sites, the primary driven by this operator as local processes.
-    let sites: Api<Site> = Api::all(client.clone());
-    for mut document in examples("sites.yaml") {
-        if document["metadata"]["name"] != "aws-witness" {
-            document["spec"]["cluster"] = json!({"driver": "Local"});
-        }
-        sites.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
-    }
+    // NB: through a proxy that can throttle them (a drill below).
+    let proxy = fenice::testkit::FaultProxy::start(s3.addr()).await.unwrap();
+    let repos = the_example_repositories(&client, &s3, &proxy.endpoint()).await;
+    local_sites(&client).await;
     // The example policy, its last run 12 minutes ago and its daily time 10 minutes ago: one run is due.
     let policies: Api<BackupPolicy> = Api::all(client.clone());
     let standard = example(
@@ -716,7 +726,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
 
     // Repositories that do not exist, or whose password Secret lacks the key,
     // fail the copy and are named in it.
-    let mut bad_key = repository("bad-key", &s3, "tenants-plain", "repo-s3");
+    let mut bad_key = repository("bad-key", &s3.endpoint(), "tenants-plain", "repo-s3");
     bad_key.spec.password_secret_ref.key = "passphrase".into();
     repos.create(&PostParams::default(), &bad_key).await.unwrap();
     let broken: Backup = serde_json::from_value(json!({
@@ -1025,6 +1035,21 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     let tivoli = tenants.get("comune-di-tivoli").await.unwrap().status.unwrap();
     assert_eq!(tivoli.last_drill_passed, Some(false));
 
+    // A drill whose store throttles every request past its retries fails,
+    // naming the repository and the store, and leaves nothing running.
+    proxy.throttle(u32::MAX);
+    drills.create(&PostParams::default(), &drill_of("throttled-drill")).await.unwrap();
+    let ended =
+        |d: Option<&fenice::api::drill::Drill>| d.and_then(|d| d.status.as_ref()).is_some_and(drill_status_done);
+    timeout(DEADLINE, await_condition(drills.clone(), "throttled-drill", ended)).await.unwrap().unwrap();
+    proxy.throttle(0);
+    let status = drills.get("throttled-drill").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, fenice::api::drill::DrillPhase::Failed, "{status:#?}");
+    let reason = &status.failures[0].reason;
+    assert!(reason.starts_with("repository ovh-milan-backups:"), "{reason}");
+    assert!(reason.contains(&proxy.endpoint().replace("http://", "")), "names the store: {reason}");
+    assert!(proxy.throttled() > 0, "the store was asked");
+
     // A drill interrupted by killing the operator: the copy's processes die
     // with it; the next leader marks the drill Interrupted and removes what
     // the dead operator left on disk.
@@ -1082,6 +1107,142 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     let apps_left: Vec<_> = apps_dirs().difference(&apps_before).cloned().collect();
     assert!(apps_left.is_empty(), "the operator left its stacks' directories {apps_left:?}");
     within_rbac(&api);
+}
+
+/// The operator SIGKILLed while a Backup, then a Restore, runs in it at a
+/// Local site, each waiting on repositories that fell silent: the next
+/// operator marks each Failed `Interrupted` and runs neither again; once the
+/// store answers, a new Backup and a new Restore succeed, and both
+/// repositories check clean, data included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_interrupted_and_loses_nothing() {
+    use fenice::api::backup::BackupPhase;
+    use fenice::api::restore::{Restore, RestorePhase};
+
+    let (api, dir, client) = cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let state = tempfile::tempdir().unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for document in examples("namespace.yaml") {
+        namespaces.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+    let s3 = S3Server::start().expect("moto");
+    let proxy = fenice::testkit::FaultProxy::start(s3.addr()).await.unwrap();
+    the_example_repositories(&client, &s3, &proxy.endpoint()).await;
+    local_sites(&client).await;
+    // The policy's runs are all behind it: only the test's Backups run.
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    let standard = example("policy.yaml", "standard", json!({}));
+    policies.create(&PostParams::default(), &serde_json::from_value(standard).unwrap()).await.unwrap();
+    let status = json!({"status": {"lastScheduleTime": jiff::Timestamp::now().to_string()}});
+    policies.patch_status("standard", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
+    let rossi = examples("tenants.yaml").into_iter().find(|t| t["metadata"]["name"] == "studio-rossi").unwrap();
+    tenants.create(&PostParams::default(), &serde_json::from_value(rossi).unwrap()).await.unwrap();
+    let state_arg = [std::ffi::OsStr::new("--state-dir"), state.path().as_os_str()];
+    let (operator, url, _) = operator_with(&kubeconfig, "replica-1", &state_arg).await;
+    wait_ready(&url, true).await;
+    let ready = |t: &InvoicingTenant| {
+        t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    wait_list(&tenants, "studio-rossi Ready", |all| all.len() == 1 && all.iter().all(ready)).await;
+
+    // A Backup running when the operator dies.
+    let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
+    let backup = |name: &str| -> Backup {
+        serde_json::from_value(json!({
+            "apiVersion": "fenice.io/v1alpha1", "kind": "Backup",
+            "metadata": {"name": name}, "spec": {"tenant": "studio-rossi"},
+        }))
+        .unwrap()
+    };
+    proxy.silence(true);
+    backups.create(&PostParams::default(), &backup("rossi-cut-short")).await.unwrap();
+    let running = |b: Option<&Backup>| b.and_then(phase) == Some(BackupPhase::Running);
+    timeout(DEADLINE, await_condition(backups.clone(), "rossi-cut-short", running)).await.unwrap().unwrap();
+    let operator = killed_and_replaced(operator, &kubeconfig, "replica-2", &state_arg, &proxy).await;
+    let ended = |b: Option<&Backup>| b.and_then(phase).is_some_and(|p| p != BackupPhase::Running);
+    timeout(DEADLINE, await_condition(backups.clone(), "rossi-cut-short", ended)).await.unwrap().unwrap();
+    let status = backups.get("rossi-cut-short").await.unwrap().status.unwrap();
+    let why = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((status.phase, why.reason.as_str()), (BackupPhase::Failed, "Interrupted"), "{status:#?}");
+    assert!(why.message.contains("create a new Backup"), "{why:?}");
+    assert!(status.snapshot_id.is_none(), "{status:?}");
+    // A new Backup runs in full; the interrupted one is never run again.
+    backups.create(&PostParams::default(), &backup("rossi-again")).await.unwrap();
+    let finished = |b: &Backup| matches!(phase(b), Some(p) if p != BackupPhase::Pending && p != BackupPhase::Running);
+    let all = wait_list(&backups, "the new Backup finished", |all| all.len() == 2 && all.iter().all(finished)).await;
+    let again = all.iter().find(|b| b.metadata.name.as_deref() == Some("rossi-again")).unwrap();
+    let status = again.status.as_ref().unwrap();
+    assert_eq!((status.phase, status.copies_summary.as_deref()), (BackupPhase::Succeeded, Some("2/2")), "{status:#?}");
+    let cut_short = all.iter().find(|b| b.metadata.name.as_deref() == Some("rossi-cut-short")).unwrap();
+    assert_eq!(phase(cut_short), Some(BackupPhase::Failed));
+
+    // A Restore running when the operator dies.
+    let restores: Api<Restore> = Api::namespaced(client.clone(), "invoicing");
+    let restore = |name: &str| -> Restore {
+        let mut restore = examples("restore.yaml").remove(0);
+        restore["metadata"]["name"] = json!(name);
+        restore["spec"]["targetSite"] = json!("westpole-rome");
+        restore["spec"].as_object_mut().unwrap().remove("pointInTime");
+        serde_json::from_value(restore).unwrap()
+    };
+    let restore_phase = |r: Option<&Restore>| r.and_then(|r| r.status.as_ref()).map(|s| s.phase);
+    proxy.silence(true);
+    restores.create(&PostParams::default(), &restore("rossi-restore-cut-short")).await.unwrap();
+    let restoring = |r: Option<&Restore>| restore_phase(r) == Some(RestorePhase::Restoring);
+    timeout(DEADLINE, await_condition(restores.clone(), "rossi-restore-cut-short", restoring)).await.unwrap().unwrap();
+    let operator = killed_and_replaced(operator, &kubeconfig, "replica-3", &state_arg, &proxy).await;
+    let ended = |r: Option<&Restore>| matches!(restore_phase(r), Some(RestorePhase::Succeeded | RestorePhase::Failed));
+    timeout(DEADLINE, await_condition(restores.clone(), "rossi-restore-cut-short", ended)).await.unwrap().unwrap();
+    let status = restores.get("rossi-restore-cut-short").await.unwrap().status.unwrap();
+    let why = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((status.phase, why.reason.as_str()), (RestorePhase::Failed, "Interrupted"), "{status:#?}");
+    restores.create(&PostParams::default(), &restore("rossi-restore-again")).await.unwrap();
+    let again = |r: Option<&Restore>| matches!(restore_phase(r), Some(RestorePhase::Succeeded | RestorePhase::Failed));
+    timeout(DEADLINE, await_condition(restores.clone(), "rossi-restore-again", again)).await.unwrap().unwrap();
+    let status = restores.get("rossi-restore-again").await.unwrap().status.unwrap();
+    assert_eq!((status.phase, status.verified), (RestorePhase::Succeeded, Some(true)), "{status:#?}");
+    assert_eq!(
+        restores.get("rossi-restore-cut-short").await.unwrap().status.unwrap().phase,
+        RestorePhase::Failed,
+        "the interrupted Restore is not run again"
+    );
+
+    // Both repositories are whole: every object the dead operators wrote is sound.
+    for bucket in ["tenants-locked", "tenants-plain"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+            .args(["repo", "check", "--read-data", "--repo", &format!("s3://{bucket}")])
+            .envs([
+                ("AWS_ENDPOINT_URL", s3.endpoint().as_str()),
+                ("AWS_ACCESS_KEY_ID", "lab"),
+                ("AWS_SECRET_ACCESS_KEY", SECRET_VALUE),
+                ("AWS_REGION", "us-east-1"),
+                ("FENICE_S3_PATH_STYLE", "true"),
+                ("FENICE_PASSWORD", SECRET_VALUE),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bucket}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    stopped(operator).await;
+    within_rbac(&api);
+}
+
+/// SIGKILLs `operator` (the store silent under it), lets the store answer
+/// again, and starts the next operator as `identity` on the same state.
+async fn killed_and_replaced(
+    mut operator: Child,
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    state_arg: &[&std::ffi::OsStr],
+    proxy: &fenice::testkit::FaultProxy,
+) -> Child {
+    operator.kill().await.unwrap();
+    proxy.silence(false);
+    let (next, url, _) = operator_with(kubeconfig, identity, state_arg).await;
+    wait_ready(&url, true).await;
+    next
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
