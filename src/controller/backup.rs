@@ -123,12 +123,14 @@ pub fn finished(
         (n, None) if n == attempts.len() => (BackupPhase::Succeeded, "Succeeded"),
         _ => (BackupPhase::PartiallySucceeded, "PartiallySucceeded"),
     };
-    let took = jiff::SignedDuration::from_secs(now.as_second() - started.as_second());
+    // NB: a clock set back during the run would otherwise count backwards.
+    let took = jiff::SignedDuration::from_secs((now.as_second() - started.as_second()).max(0));
     let message = match (phase, failure) {
         (_, Some(why)) => format!("the backup failed: {why}"),
         (BackupPhase::Failed, None) => format!("no copy was written: {}", failures(attempts)),
         (BackupPhase::Succeeded, None) => {
-            format!("{} copies written in {took:#}", written.len())
+            let copies = if written.len() == 1 { "copy" } else { "copies" };
+            format!("{} {copies} written in {took:#}", written.len())
         }
         _ => format!("{} of {} copies written; {}", written.len(), attempts.len(), failures(attempts)),
     };
@@ -264,6 +266,10 @@ mod tests {
         assert_eq!(status.copies[1].immutable_until, None);
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!((ready.status.as_str(), ready.message.as_str()), ("True", "2 copies written in 3s"));
+        // The host's clock set back 60 s while it ran.
+        let status = finished(&b, &[written("a", true)], None, None, at(40));
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.message, "1 copy written in 0s");
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub fn with_phase(
     let completion_time = if finished { Some(Time(now)) } else { old.completion_time.clone() };
     let duration = match (&start_time, finished) {
         (Some(start), true) => {
-            let took = now.duration_since(start.0).unsigned_abs();
+            // NB: a clock set back during the run would otherwise count backwards.
+            let took = now.duration_since(start.0).max(jiff::SignedDuration::ZERO).unsigned_abs();
             Some(SpecDuration::from_std(took))
         }
         _ => old.duration.clone(),
@@ -425,5 +426,9 @@ mod tests {
             with_phase(&r, RestorePhase::Failed, "RestoreFailed", "no".into(), Timestamp::from_second(1_001).unwrap());
         assert!(!condition::is_true(&failed.conditions, "Ready"));
         assert_eq!(failed.duration.as_ref().map(|d| d.as_str()), Some("1s"));
+        // The host's clock set back 10 s while it ran: no time, rather than 9 s.
+        let back =
+            with_phase(&r, RestorePhase::Succeeded, "Verified", "into x".into(), Timestamp::from_second(991).unwrap());
+        assert_eq!(back.duration.as_ref().map(|d| d.as_str()), Some("0s"));
     }
 }
