@@ -47,4 +47,20 @@ fn a_killed_site_leaves_no_process_of_any_tenant() {
     assert!(http::get(addr, "/healthz").is_err(), "the app still answers");
     // The documents stay on the site's disk, as a dead machine's disk does.
     assert!(site.documents("studio-rossi").join("IT01234567890_00001.xml").exists());
+
+    // The site comes back on its disks, though the dead postmaster's pid now
+    // names a live process of PostgreSQL's user (pids wrap, at 32768 on some
+    // machines): the database starts and holds the invoice.
+    let other = fenice::testkit::PostgresServer::start().expect("another PostgreSQL");
+    let data = site.crashed_data("studio-rossi").expect("the killed tenant's data stays");
+    let lock = data.join("postmaster.pid");
+    let text = std::fs::read_to_string(&lock).expect("a killed postmaster leaves its lock file");
+    let rest = text.split_once('\n').unwrap().1;
+    std::fs::write(&lock, format!("{}\n{rest}", other.pid())).unwrap();
+    site.restart_tenant(&TenantSpec { fenced: true, ..spec("studio-rossi", &sim.endpoint()) })
+        .expect("the tenant starts again on its disk");
+    let addr = site.with_tenant("studio-rossi", |s| s.app.as_ref().map(|a| a.addr())).flatten().unwrap();
+    let stats = http::get(addr, "/v1/stats").unwrap().text();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["last_numbers"]["2026"], 1, "{stats}");
 }

@@ -268,11 +268,30 @@ impl LocalSite {
         let Some((data, files)) = self.crashed.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name) else {
             return Err(Error::NotRunning { site: self.name.clone(), tenant: spec.name.clone() });
         };
+        // NB: the killed postmaster's lock file names its pid, which the machine
+        // may have given to another process since (pids wrap at pid_max, 32768
+        // here): PostgreSQL would then refuse to start. It was killed and reaped.
+        let lock = data.join("postmaster.pid");
+        if let Err(source) = std::fs::remove_file(&lock)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::Io {
+                site: self.name.clone(),
+                what: "removing the stale lock file",
+                path: lock,
+                source,
+            });
+        }
         self.start_database(spec, Some(&data))?;
         if let Some(stack) = self.lock().get_mut(&spec.name) {
             stack.crashed = Some(files);
         }
         self.start_app(spec)
+    }
+
+    /// The data directory [`kill`](Self::kill) left of `tenant`.
+    pub fn crashed_data(&self, tenant: &str) -> Option<PathBuf> {
+        self.crashed.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).map(|(data, _)| data.clone())
     }
 
     /// The tenants [`kill`](Self::kill) left on disk.
