@@ -40,28 +40,13 @@ fn the_lab_kills_the_primary_and_every_tenant_comes_back_with_every_invoice_once
 #[test]
 fn the_lab_cuts_the_primarys_network_and_the_primary_fences_itself_before_the_standby_takes_over() {
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let probe = format!("fenice-probe-{}", std::process::id());
-    let made = Command::new("ip").args(["netns", "add", &probe]).output();
-    match made {
-        Ok(out) if out.status.success() => {
-            Command::new("ip").args(["netns", "delete", &probe]).status().unwrap();
-        }
-        Ok(out) => {
-            eprintln!("SKIPPED: no network namespaces here: {}", String::from_utf8_lossy(&out.stderr).trim());
-            return;
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: no `ip` (iproute2) to make network namespaces: {e}");
-            return;
-        }
+    if let Err(why) = network_namespaces() {
+        eprintln!("SKIPPED: {why}");
+        return;
     }
     let LabRun { stdout, stderr, report, .. } = run_lab(&["--fault", "network-cut"]);
     // NB: the namespaces are removed once the lab ends, whatever its outcome.
-    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let names = String::from_utf8_lossy(&namespaces.stdout).into_owned();
-    let ours = |n: &&str| n.starts_with("fenice-") && (n.ends_with("-world") || n.ends_with("-westpole"));
-    let left: Vec<&str> = names.lines().filter_map(|l| l.split_whitespace().next()).filter(ours).collect();
-    assert!(left.is_empty(), "network namespaces left behind: {left:?}");
+    assert_eq!(labs_namespaces(), Vec::<String>::new(), "network namespaces left behind");
     assert_the_checks_passed(&report, &stdout, &stderr);
     assert_eq!(report["fault"], "network-cut");
     // The cut primary fenced itself, and before the standby took the lease.
@@ -72,6 +57,27 @@ fn the_lab_cuts_the_primarys_network_and_the_primary_fences_itself_before_the_st
     for step in ["CUT: westpole's network link is down", "network is back", "2/2 apps refuse to issue"] {
         assert!(stderr.contains(step), "progress lacks {step:?}:\n{stderr}");
     }
+}
+
+/// Whether this machine lets the tests make network namespaces, and if not why.
+fn network_namespaces() -> Result<(), String> {
+    let probe = format!("fenice-probe-{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &probe]).output() {
+        Ok(out) if out.status.success() => {
+            Command::new("ip").args(["netns", "delete", &probe]).status().unwrap();
+            Ok(())
+        }
+        Ok(out) => Err(format!("no network namespaces here: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Err(e) => Err(format!("no `ip` (iproute2) to make network namespaces: {e}")),
+    }
+}
+
+/// The network namespaces a `--fault network-cut` lab makes, still there.
+fn labs_namespaces() -> Vec<String> {
+    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let names = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let ours = |n: &&str| n.starts_with("fenice-") && (n.ends_with("-world") || n.ends_with("-westpole"));
+    names.lines().filter_map(|l| l.split_whitespace().next()).filter(ours).map(str::to_owned).collect()
 }
 
 /// What a lab run printed and reported; its report directory.
@@ -240,16 +246,36 @@ fn no_tenants_is_a_clear_error() {
 
 #[test]
 fn an_interrupted_lab_stops_everything_and_leaves_nothing_behind() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    interrupt_a_lab(&[]);
+}
+
+#[test]
+fn an_interrupted_network_cut_lab_also_removes_its_network_namespaces() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(why) = network_namespaces() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    interrupt_a_lab(&["--fault", "network-cut"]);
+    assert_eq!(labs_namespaces(), Vec::<String>::new(), "network namespaces left behind");
+}
+
+/// Starts a lab of one tenant with `extra` arguments, sends it SIGINT once
+/// its customers work, and checks that it stops with 130, leaving no file in
+/// its temporary directory and no report.
+fn interrupt_a_lab(extra: &[&str]) {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt;
 
-    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     // The lab's temporary directory, where every process it starts keeps its files.
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let report = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fenice"))
-        .args(["lab", "--tenants", "1", "--report-dir"])
+        .args(["lab", "--tenants", "1"])
+        .args(extra)
+        .arg("--report-dir")
         .arg(report.path())
         .env("TMPDIR", tmp.path())
         .env("RUST_LOG", "warn")

@@ -1078,15 +1078,28 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     .expect("the drill's copy dies with the operator");
     let dead: Vec<_> = std::fs::read_dir(state.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(dead.len(), 1, "the killed operator's files are left: {dead:?}");
-    let (operator, url, _) = operator_with(&kubeconfig, "replica-2", &state_arg).await;
+    // NB: this one gives a request to a store 2 s, twice (a silent store below).
+    let bounded = ["--store-timeout", "2", "--store-attempts", "2"].map(std::ffi::OsStr::new);
+    let args: Vec<&std::ffi::OsStr> = state_arg.iter().copied().chain(bounded).collect();
+    let (operator, url, _) = operator_with(&kubeconfig, "replica-2", &args).await;
     wait_ready(&url, true).await;
-    let ended =
-        |d: Option<&fenice::api::drill::Drill>| d.and_then(|d| d.status.as_ref()).is_some_and(drill_status_done);
     timeout(DEADLINE, await_condition(drills.clone(), "interrupted-drill", ended)).await.unwrap().unwrap();
     let status = drills.get("interrupted-drill").await.unwrap().status.unwrap();
     let why = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!((status.phase, why.reason.as_str()), (fenice::api::drill::DrillPhase::Failed, "Interrupted"), "{why:?}");
     assert!(!dead[0].exists(), "the next operator removes {}", dead[0].display());
+
+    // A drill whose store falls silent fails within the operator's bound, naming the store.
+    proxy.silence(true);
+    drills.create(&PostParams::default(), &drill_of("silent-drill")).await.unwrap();
+    timeout(DEADLINE, await_condition(drills.clone(), "silent-drill", ended)).await.unwrap().unwrap();
+    proxy.silence(false);
+    let status = drills.get("silent-drill").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, fenice::api::drill::DrillPhase::Failed, "{status:#?}");
+    let reason = &status.failures[0].reason;
+    assert!(reason.starts_with("repository ovh-milan-backups:"), "{reason}");
+    assert!(reason.contains(&proxy.endpoint().replace("http://", "")), "names the store: {reason}");
+    assert!(reason.contains("no answer within 2.0s per attempt"), "{reason}");
 
     // Nothing secret anywhere; on SIGTERM the stacks stop and their files go.
     let everything = serde_json::to_string(&(

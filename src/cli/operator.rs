@@ -56,6 +56,9 @@ pub struct OperatorArgs {
     /// directory of their own, removed when the operator stops); $TMPDIR by default.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// How the operator's own requests to the repositories and witnesses are bounded.
+    #[command(flatten)]
+    store: super::repo::StoreRetryArgs,
 }
 
 #[derive(Clone)]
@@ -123,6 +126,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let mut ctx = Context::new(client, &args.operator_namespace, Some(identity), metrics, local.clone());
     ctx.probe_interval = Duration::from_secs(args.probe_interval_seconds.max(1));
     ctx.site = args.site.clone();
+    ctx.store_retry = args.store.policy();
     let mut stopped = stop.clone();
     let mut lost_wait = lost.clone();
     let until = async move {

@@ -68,6 +68,13 @@ pub struct StoreArgs {
     /// Azure Blob endpoint; https://<account>.blob.core.windows.net by default.
     #[arg(long, env = "FENICE_AZURE_ENDPOINT", global = true)]
     pub azure_endpoint: Option<String>,
+    #[command(flatten)]
+    pub retry: StoreRetryArgs,
+}
+
+/// How long a request to S3 or Azure Blob may take, and how often it is made.
+#[derive(Args, Debug, Clone)]
+pub struct StoreRetryArgs {
     /// Give up on one request to S3 or Azure Blob after this many seconds
     /// (it is then tried again, up to --store-attempts times).
     #[arg(long, env = "FENICE_STORE_TIMEOUT", global = true, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
@@ -78,6 +85,16 @@ pub struct StoreArgs {
     pub store_attempts: u32,
 }
 
+impl StoreRetryArgs {
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.store_attempts,
+            attempt_timeout: Duration::from_secs(self.store_timeout),
+            ..RetryPolicy::default()
+        }
+    }
+}
+
 impl StoreArgs {
     fn options(&self, retention_days: Option<u32>) -> StoreOptions {
         StoreOptions {
@@ -86,11 +103,7 @@ impl StoreArgs {
             s3_path_style: self.s3_path_style,
             azure_endpoint: self.azure_endpoint.clone(),
             immutability: retention_days.map(|d| Duration::from_secs(u64::from(d) * 86_400)),
-            retry: Some(RetryPolicy {
-                attempts: self.store_attempts,
-                attempt_timeout: Duration::from_secs(self.store_timeout),
-                ..RetryPolicy::default()
-            }),
+            retry: Some(self.retry.policy()),
         }
     }
 

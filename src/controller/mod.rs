@@ -84,6 +84,9 @@ pub struct Context {
     pub site: Option<String>,
     /// The lease agents [`lease_agent`] runs, for the failovers at this site.
     pub lease_agents: lease_agent::Agents,
+    /// How long each request to a repository's or a witness's store may take,
+    /// and how often it is tried (`--store-timeout`, `--store-attempts`).
+    pub store_retry: crate::store::retry::RetryPolicy,
     writers: std::sync::Mutex<Option<Writers>>,
 }
 
@@ -196,6 +199,7 @@ impl Context {
             agent_envs: Default::default(),
             site: None,
             lease_agents: Default::default(),
+            store_retry: Default::default(),
             writers: std::sync::Mutex::new(Some(Writers {
                 tenants: tenants_writer,
                 sites: sites_writer,

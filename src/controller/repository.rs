@@ -251,6 +251,7 @@ pub async fn open_location(
                 force_path_style: s3.force_path_style,
                 immutability,
                 credentials,
+                retry: ctx.store_retry.clone(),
                 ..S3Config::new(s3.bucket.clone())
             };
             Arc::new(S3Store::connect(config).await.map_err(|e| invalid(error_chain(&e)))?)
@@ -271,7 +272,7 @@ pub async fn open_location(
                 prefix: az.prefix.clone().unwrap_or_default(),
                 auth,
                 immutability,
-                retry: Default::default(),
+                retry: ctx.store_retry.clone(),
             };
             Arc::new(AzureStore::connect(config).map_err(|e| invalid(error_chain(&e)))?)
         }
