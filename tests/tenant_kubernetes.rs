@@ -1540,23 +1540,40 @@ impl TwoSites {
         epoch: u64,
         lag: jiff::SignedDuration,
     ) {
-        use k8s_openapi::api::apps::v1::Deployment;
-        let args = |job: k8s_openapi::api::batch::v1::Job| {
-            job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
-        };
+        self.promote_job_ends(site, tenant, epoch, lag).await;
+        self.reconcile_job_ends(site, tenant, epoch).await;
+        self.stack_ready((site, site_name), tenant, name, epoch).await;
+    }
+
+    /// The arguments of the Job `job`'s container.
+    fn job_args(job: k8s_openapi::api::batch::v1::Job) -> String {
+        job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
+    }
+
+    /// `tenant`'s promote Job at `site` reports a verified database whose
+    /// newest invoice was written `lag` before now.
+    async fn promote_job_ends(&self, site: &Client, tenant: &str, epoch: u64, lag: jiff::SignedDuration) {
         let promote = format!("{tenant}-promote-e{epoch}");
-        assert!(args(self.job_at(site, &promote).await).contains(&format!("agent verify --promote --tenant {tenant}")));
+        let args = Self::job_args(self.job_at(site, &promote).await);
+        assert!(args.contains(&format!("agent verify --promote --tenant {tenant}")), "{args}");
         let last_write = jiff::Timestamp::now() - lag;
         let report =
             json!({"tenant": tenant, "snapshot": "5e1f0c2a", "verified": true, "last_write": last_write.to_string()});
         pod_ended(site, &promote, "failover", 0, &report.to_string()).await;
-        let reconcile = format!("{tenant}-reconcile-e{epoch}");
-        assert!(
-            args(self.job_at(site, &reconcile).await)
-                .contains(&format!("agent reconcile-sdi --json --tenant {tenant}"))
-        );
-        pod_ended(site, &reconcile, "failover", 0, "").await;
+    }
 
+    /// `tenant`'s reconcile Job at `site` succeeds.
+    async fn reconcile_job_ends(&self, site: &Client, tenant: &str, epoch: u64) {
+        let reconcile = format!("{tenant}-reconcile-e{epoch}");
+        let args = Self::job_args(self.job_at(site, &reconcile).await);
+        assert!(args.contains(&format!("agent reconcile-sdi --json --tenant {tenant}")), "{args}");
+        pod_ended(site, &reconcile, "failover", 0, "").await;
+    }
+
+    /// `tenant` is served at `site` under `epoch` by the failover `name`
+    /// (`status.serving`), and the stack applied there becomes ready.
+    async fn stack_ready(&self, (site, site_name): (&Client, &str), tenant: &str, name: &str, epoch: u64) {
+        use k8s_openapi::api::apps::v1::Deployment;
         let serves_here = |s: &InvoicingTenantStatus| s.serving.as_ref().is_some_and(|s| s.epoch == epoch);
         let moved = status_when(&self.tenants, tenant, |t| t.status, serves_here).await;
         let serving = moved.serving.unwrap();
@@ -1570,6 +1587,24 @@ impl TwoSites {
         sets.patch_status(&format!("{tenant}-db"), &PatchParams::default(), &Patch::Merge(&ready_status()))
             .await
             .unwrap();
+    }
+
+    /// The standby's operator dies (its task aborted, as by SIGKILL: nothing
+    /// of it runs on) and a new one starts at the same site on a fresh state.
+    async fn standby_operator_dies_and_comes_back(&mut self) {
+        let (_, running) = self.operators.remove(1);
+        running.abort();
+        let _ = running.await;
+        let state = tempfile::tempdir().unwrap();
+        let back = operator_run::run_at(
+            &self.control,
+            OPERATOR_USER,
+            OPERATOR_NAMESPACE,
+            state.path(),
+            Some("azure-italynorth"),
+        );
+        self.operators.push(back.await);
+        self._states.push(state);
     }
 
     /// The Event that says the failover `name` succeeded.
@@ -1839,12 +1874,14 @@ async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary
     two.primary_standby_then_stop("rome-lost").await;
 }
 
-/// The standby's operator dies in the middle of a failover (its tasks dropped
-/// while the promote Job runs) and starts again: it goes on from the state in
-/// the witness store, finds the Job it had started rather than starting
-/// another, and the Failover succeeds.
+/// The standby's operator dies in the middle of a failover at each step that
+/// waits on its site (its tasks dropped while the promote Job runs, while the
+/// reconcile Job runs, while the stack applied there is not ready yet) and
+/// starts again each time: it goes on from the state in the witness store,
+/// finds the Jobs it had started rather than starting others, and the
+/// Failover succeeds under the same epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_goes_on_after_the_standbys_operator_dies_mid_step() {
+async fn a_failover_goes_on_after_the_standbys_operator_dies_at_each_step() {
     use fenice::api::failover::Failover;
     let mut two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
     let failovers: Api<Failover> = Api::all(two.client.clone());
@@ -1854,21 +1891,25 @@ async fn a_failover_goes_on_after_the_standbys_operator_dies_mid_step() {
     }))
     .unwrap();
     failovers.create(&PostParams::default(), &failover).await.unwrap();
-    let first = two.job("studio-rossi-promote-e2").await.uid();
+    let standby = two.standby_client.clone();
 
-    // The standby's operator dies with the restore step in flight, and comes back.
-    let (_, running) = two.operators.remove(1);
-    running.abort();
-    let _ = running.await;
-    let state = tempfile::tempdir().unwrap();
-    let back =
-        operator_run::run_at(&two.control, OPERATOR_USER, OPERATOR_NAMESPACE, state.path(), Some("azure-italynorth"));
-    two.operators.push(back.await);
-    two._states.push(state);
+    // The standby's operator dies with each step in flight, and comes back.
+    let promote = two.job("studio-rossi-promote-e2").await.uid();
+    two.standby_operator_dies_and_comes_back().await;
+    two.promote_job_ends(&standby, "studio-rossi", 2, jiff::SignedDuration::from_secs(2)).await;
+    let reconcile = two.job("studio-rossi-reconcile-e2").await.uid();
+    two.standby_operator_dies_and_comes_back().await;
+    two.reconcile_job_ends(&standby, "studio-rossi", 2).await;
+    let apps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(standby.clone(), NAMESPACE);
+    appeared(&apps, "studio-rossi-app", DEADLINE, "the app, applied at the target site").await;
+    two.standby_operator_dies_and_comes_back().await;
+    two.stack_ready((&standby, "azure-italynorth"), "studio-rossi", "rome-planned", 2).await;
 
-    let done = two.kubelet_runs("rome-planned", 2, jiff::SignedDuration::from_secs(2)).await;
+    use fenice::api::failover::FailoverPhase;
+    let done = status_when(&failovers, "rome-planned", |f| f.status, |s| s.phase == FailoverPhase::Succeeded).await;
     assert_eq!((done.epoch, done.tenants_done), (Some(2), 1), "{done:?}");
-    assert_eq!(two.job("studio-rossi-promote-e2").await.uid(), first, "the Job it had started, not another");
+    assert_eq!(two.job("studio-rossi-promote-e2").await.uid(), promote, "the Job it had started, not another");
+    assert_eq!(two.job("studio-rossi-reconcile-e2").await.uid(), reconcile, "the Job it had started, not another");
     two.primary_standby_then_stop("rome-planned").await;
 }
 
