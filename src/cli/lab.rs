@@ -122,6 +122,10 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
 /// machine's own namespace to theirs), and removes both when it ends.
 async fn run_behind_a_link() -> anyhow::Result<ExitCode> {
     let program = std::env::current_exe().context("finding the fenice binary")?;
+    // NB: a run killed outright (SIGKILL) could not remove its namespaces: the next one does.
+    for stale in SiteLink::remove_stale()? {
+        eprintln!("removed network namespace {stale}, left by a lab that was killed");
+    }
     let link = SiteLink::create(&std::process::id().to_string(), crate::lab::PRIMARY)?;
     let mut lab = tokio::process::Command::new("ip")
         .args(["netns", "exec", link.world()])

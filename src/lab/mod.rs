@@ -2,9 +2,9 @@
 //! (primary "westpole", standby "azure"), backup repositories at two other
 //! providers, a witness at a third, the SdI simulator; tenants issuing invoices
 //! continuously, archiving WAL and backed up; a drill; then the primary dies
-//! with invoices in flight, the standby takes the lease and fails every tenant
-//! over; the old primary comes back and must stay fenced. Everything is checked
-//! and written to `DIR/lab.json`.
+//! with invoices in flight (or its network is cut: [`fault`]), the standby
+//! takes the lease and fails every tenant over; the old primary comes back and
+//! must stay fenced. Everything is checked and written to `DIR/lab.json`.
 
 pub mod fault;
 pub mod fence;

@@ -71,6 +71,27 @@ impl SiteLink {
         Ok(link)
     }
 
+    /// Removes the namespaces of runs whose process is gone (`fenice-PID-…`
+    /// with no process PID: killed before it could remove them); returns their names.
+    pub fn remove_stale() -> Result<Vec<String>, Error> {
+        let out = Command::new("ip").args(["netns", "list"]).output();
+        let listed = match out {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Ok(out) => return Err(Error::Ip { args: "netns list".into(), message: stderr(&out) }),
+            Err(e) => return Err(Error::Ip { args: "netns list".into(), message: e.to_string() }),
+        };
+        let stale: Vec<String> = listed
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| run_of(name).is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()))
+            .map(str::to_owned)
+            .collect();
+        for name in &stale {
+            ip(&["netns", "delete", name])?;
+        }
+        Ok(stale)
+    }
+
     /// The world namespace's name, for `ip netns exec`.
     pub fn world(&self) -> &str {
         &self.world
@@ -134,11 +155,21 @@ fn short(tag: &str) -> &str {
     &tag[tag.len().saturating_sub(10)..]
 }
 
+/// The process a run's namespace (`fenice-PID-world`, `fenice-PID-SITE`) belongs to.
+fn run_of(name: &str) -> Option<u32> {
+    let (pid, _) = name.strip_prefix("fenice-")?.split_once('-')?;
+    pid.parse().ok()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
 fn ip(args: &[&str]) -> Result<(), Error> {
     let failed = |message: String| Error::Ip { args: args.join(" "), message };
     let out = Command::new("ip").args(args).output().map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
-        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        return Err(failed(stderr(&out)));
     }
     Ok(())
 }
@@ -158,5 +189,25 @@ mod tests {
         let e = SiteLink::described("fenice-7-world").unwrap_err();
         assert!(e.to_string().contains("`WORLD SITE WORLD_IF`"), "{e}");
         assert_eq!(short("123456789012"), "3456789012");
+        assert_eq!((run_of("fenice-4242-world"), run_of("fenice-4242-westpole")), (Some(4242), Some(4242)));
+        assert_eq!((run_of("fenice-probe-1"), run_of("other-4242-world")), (None, None));
+    }
+
+    #[test]
+    fn the_namespaces_of_a_run_that_died_are_removed_and_those_of_a_live_one_kept() {
+        // NB: above pid_max (32768, or 4194304 at most): no process has it.
+        let (dead, live) = ("fenice-4194305-world", format!("fenice-{}-world", std::process::id()));
+        if let Err(e) = ip(&["netns", "add", dead]) {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        ip(&["netns", "add", &live]).unwrap();
+        let removed = SiteLink::remove_stale().unwrap();
+        let listed =
+            String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+        ip(&["netns", "delete", &live]).unwrap();
+        assert!(removed.contains(&dead.to_owned()), "{removed:?}");
+        assert!(!listed.contains(dead), "{listed}");
+        assert!(listed.contains(&live), "a live run's namespace is kept: {listed}");
     }
 }
