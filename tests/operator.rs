@@ -132,6 +132,32 @@ async fn the_example_repositories(client: &Client, s3: &S3Server, endpoint: &str
     repos
 }
 
+/// A cluster with the examples' namespaces, repositories (buckets of an S3
+/// server reached through a [`fenice::testkit::FaultProxy`]) and Local Sites,
+/// and a state directory for the operator's Local sites.
+struct LocalCluster {
+    api: apiserver::Running,
+    dir: tempfile::TempDir,
+    client: Client,
+    state: tempfile::TempDir,
+    s3: S3Server,
+    proxy: fenice::testkit::FaultProxy,
+    repos: Api<BackupRepository>,
+}
+
+async fn local_cluster() -> LocalCluster {
+    let (api, dir, client) = cluster().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for document in examples("namespace.yaml") {
+        namespaces.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+    let s3 = S3Server::start().expect("moto");
+    let proxy = fenice::testkit::FaultProxy::start(s3.addr()).await.unwrap();
+    let repos = the_example_repositories(&client, &s3, &proxy.endpoint()).await;
+    local_sites(&client).await;
+    LocalCluster { api, dir, client, state: tempfile::tempdir().unwrap(), s3, proxy, repos }
+}
+
 /// The example Sites, the primary and standby driven by the operator as local processes.
 async fn local_sites(client: &Client) {
     let sites: Api<fenice::api::site::Site> = Api::all(client.clone());
@@ -611,19 +637,9 @@ fn phase(backup: &Backup) -> Option<fenice::api::backup::BackupPhase> {
 async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are_run_and_recorded() {
     use fenice::api::backup::BackupPhase;
 
-    let (api, dir, client) = cluster().await;
+    // NB: the repositories go through a proxy that can throttle them (a drill below).
+    let LocalCluster { api, dir, client, state, s3, proxy, repos } = local_cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
-    let state = tempfile::tempdir().unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    for document in examples("namespace.yaml") {
-        namespaces.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
-    }
-
-    let s3 = S3Server::start().expect("moto");
-    // NB: through a proxy that can throttle them (a drill below).
-    let proxy = fenice::testkit::FaultProxy::start(s3.addr()).await.unwrap();
-    let repos = the_example_repositories(&client, &s3, &proxy.endpoint()).await;
-    local_sites(&client).await;
     // The example policy, its last run 12 minutes ago and its daily time 10 minutes ago: one run is due.
     let policies: Api<BackupPolicy> = Api::all(client.clone());
     let standard = example(
@@ -1132,17 +1148,8 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     use fenice::api::backup::BackupPhase;
     use fenice::api::restore::{Restore, RestorePhase};
 
-    let (api, dir, client) = cluster().await;
+    let LocalCluster { api, dir, client, state, s3, proxy, .. } = local_cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
-    let state = tempfile::tempdir().unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    for document in examples("namespace.yaml") {
-        namespaces.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
-    }
-    let s3 = S3Server::start().expect("moto");
-    let proxy = fenice::testkit::FaultProxy::start(s3.addr()).await.unwrap();
-    the_example_repositories(&client, &s3, &proxy.endpoint()).await;
-    local_sites(&client).await;
     // The policy's runs are all behind it: only the test's Backups run.
     let policies: Api<BackupPolicy> = Api::all(client.clone());
     let standard = example("policy.yaml", "standard", json!({}));

@@ -290,14 +290,14 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let witness = Witness::new(providers.witness.clone(), PLAN);
 
     // NB: a primary whose network is cut runs in a namespace of its own, on the link's address.
-    let site_netns = match &link {
-        Some(link) => Some(Arc::new(link.site_namespace().context("opening the primary's network namespace")?)),
-        None => None,
+    let placement = match &link {
+        Some(link) => {
+            let netns = link.site_namespace().context("opening the primary's network namespace")?;
+            Placement { host: link.site_addr(), netns: Some(Arc::new(netns)) }
+        }
+        None => Placement::here(),
     };
-    let placement = match (&link, &site_netns) {
-        (Some(link), Some(netns)) => Placement { host: link.site_addr(), netns: Some(netns.clone()) },
-        _ => Placement::here(),
-    };
+    let site_netns = placement.netns.clone();
     let primary = Arc::new(LocalSite::placed(PRIMARY, &options.program, &work.join(PRIMARY), placement));
     let standby = Arc::new(LocalSite::new(STANDBY, &options.program, &work.join(STANDBY)));
     let names: Vec<String> = (1..=options.tenants).map(|i| format!("tenant-{i:03}")).collect();

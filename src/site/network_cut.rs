@@ -74,12 +74,7 @@ impl SiteLink {
     /// Removes the namespaces of runs whose process is gone (`fenice-PID-…`
     /// with no process PID: killed before it could remove them); returns their names.
     pub fn remove_stale() -> Result<Vec<String>, Error> {
-        let out = Command::new("ip").args(["netns", "list"]).output();
-        let listed = match out {
-            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-            Ok(out) => return Err(Error::Ip { args: "netns list".into(), message: stderr(&out) }),
-            Err(e) => return Err(Error::Ip { args: "netns list".into(), message: e.to_string() }),
-        };
+        let listed = ip(&["netns", "list"])?;
         let stale: Vec<String> = listed
             .lines()
             .filter_map(|line| line.split_whitespace().next())
@@ -114,12 +109,12 @@ impl SiteLink {
 
     /// Cuts the site off: run from the world namespace.
     pub fn cut(&self) -> Result<(), Error> {
-        ip(&["-n", &self.world, "link", "set", &self.world_if, "down"])
+        ip(&["-n", &self.world, "link", "set", &self.world_if, "down"]).map(drop)
     }
 
     /// Joins the site again.
     pub fn heal(&self) -> Result<(), Error> {
-        ip(&["-n", &self.world, "link", "set", &self.world_if, "up"])
+        ip(&["-n", &self.world, "link", "set", &self.world_if, "up"]).map(drop)
     }
 
     /// How a process started inside the world namespace finds the link again.
@@ -161,17 +156,14 @@ fn run_of(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).trim().to_owned()
-}
-
-fn ip(args: &[&str]) -> Result<(), Error> {
+/// Runs `ip ARGS`; what it printed.
+fn ip(args: &[&str]) -> Result<String, Error> {
     let failed = |message: String| Error::Ip { args: args.join(" "), message };
     let out = Command::new("ip").args(args).output().map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
-        return Err(failed(stderr(&out)));
+        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
@@ -203,8 +195,7 @@ mod tests {
         }
         ip(&["netns", "add", &live]).unwrap();
         let removed = SiteLink::remove_stale().unwrap();
-        let listed =
-            String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+        let listed = ip(&["netns", "list"]).unwrap();
         ip(&["netns", "delete", &live]).unwrap();
         assert!(removed.contains(&dead.to_owned()), "{removed:?}");
         assert!(!listed.contains(dead), "{listed}");
