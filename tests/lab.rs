@@ -53,8 +53,26 @@ fn the_lab_cuts_the_primarys_network_and_the_primary_fences_itself_before_the_st
     let takeover = report["detect_seconds"]["max"].as_f64().unwrap();
     assert!(fenced < takeover, "fenced {fenced} s after the cut, the standby took over at {takeover} s: {report:#}");
     assert!(report["witness"].as_str().unwrap().contains("an S3 server at http://10.213.0.1:"), "{report:#}");
-    for step in ["CUT: westpole's network link is down", "network is back", "2/2 apps refuse to issue"] {
+    for step in ["CUT: westpole's network link is down", "network is back", "lease agent: fenced (the lease names"] {
         assert!(stderr.contains(step), "progress lacks {step:?}:\n{stderr}");
+    }
+    // Each app at the cut primary refuses to issue, or its fence stopped it
+    // (one whose commit waited for the cut standby cannot confirm in time).
+    let (refusing, running, stopped) = refusing_apps(&stderr);
+    assert_eq!((refusing, running + stopped), (running, 2), "{stderr}");
+}
+
+/// From "N/M apps refuse to issue, K stopped by the fence": (N, M, K).
+fn refusing_apps(progress: &str) -> (usize, usize, usize) {
+    let line = progress
+        .lines()
+        .find(|l| l.contains("apps refuse to issue, "))
+        .unwrap_or_else(|| panic!("no line on the apps after the rejoin:\n{progress}"));
+    let numbers: Vec<usize> =
+        line.rsplit(';').next().unwrap().split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    match numbers[..] {
+        [refusing, running, stopped] => (refusing, running, stopped),
+        _ => panic!("unexpected line {line:?}"),
     }
 }
 

@@ -505,7 +505,9 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
 
     let old_primary_fenced = match &link {
         None => restart_old_primary(&primary, &specs, &witness, &driver, &clock, &timing, progress).await,
-        Some(link) => rejoin_old_primary(&primary, link, &primary_agent, killed_at, &timing, progress).await,
+        Some(link) => {
+            rejoin_old_primary(&primary, specs.len(), link, &primary_agent, killed_at, &timing, progress).await
+        }
     };
     let primary_fenced_seconds = link.as_ref().and_then(|_| {
         let events = primary_agent.fence.events();
@@ -934,9 +936,12 @@ async fn restart_old_primary(
 
 /// The old primary's network comes back, with everything still running there.
 /// True when, after twice the lease's duration, its lease agent is fenced and
-/// has not activated since the cut, and every app refuses to issue an invoice.
+/// has not activated since the cut, and each of its `tenants` either refuses
+/// to issue an invoice or was stopped by the fence (an app that could not
+/// confirm it in time, e.g. one whose commit waited for the cut standby).
 async fn rejoin_old_primary(
     primary: &Arc<LocalSite>,
+    tenants: usize,
     link: &SiteLink,
     agent: &Agent,
     cut_at: jiff::Timestamp,
@@ -953,15 +958,16 @@ async fn rejoin_old_primary(
     let events = agent.fence.events();
     let activated_since = events.iter().any(|(at, e)| *at >= cut_at && matches!(e, FenceEvent::Activated { .. }));
     let (refused, apps) = apps_refusing(primary).await;
+    let stopped = tenants.saturating_sub(primary.tenants().len());
     progress.step(&format!(
-        "  {PRIMARY}'s lease agent: {}; {refused}/{apps} apps refuse to issue",
+        "  {PRIMARY}'s lease agent: {}; {refused}/{apps} apps refuse to issue, {stopped} stopped by the fence",
         match (standing, activated_since) {
             (Standing::Fenced, false) => "fenced (the lease names a higher epoch)",
             (Standing::Fenced, true) => "fenced, but it ACTIVATED its apps after the cut",
             _ => "ACTIVE",
         },
     ));
-    standing == Standing::Fenced && !activated_since && refused == apps && apps == primary.tenants().len() && apps > 0
+    standing == Standing::Fenced && !activated_since && refused == apps && apps + stopped == tenants
 }
 
 /// How many of the apps at `site` refuse to issue an invoice as fenced, of how many.
