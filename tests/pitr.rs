@@ -238,6 +238,90 @@ async fn wal_push_is_idempotent_and_refuses_other_content_under_the_same_name() 
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not archived"));
 }
 
+/// `wal-push --via SOCKET` hands the file to one long-running `wal-archiver`,
+/// which archives it as a direct push would: idempotent, other content under
+/// the same name refused (the archiver's words reach the client), many at
+/// once; no archiver, a second archiver and a malformed request each get a
+/// clear answer; SIGTERM stops it and removes its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_push_via_the_archiver_archives_as_a_direct_push_does() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let site = Site::new();
+    site.ok(&["repo", "init"]);
+    let socket = site.path("wal-archiver.sock");
+    let via = socket.to_str().unwrap();
+    let segment = |n: u8, fill: u8| {
+        let wal = site.path(&format!("0000000100000000000000{n:02X}"));
+        std::fs::write(&wal, vec![fill; 64 * 1024]).unwrap();
+        wal
+    };
+    let first = segment(1, 7);
+    let out = site.fenice(&["agent", "wal-push", "--via", via, first.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no WAL archiver answers at"), "{stderr}");
+
+    let log = std::fs::File::create(site.path("archiver.log")).unwrap();
+    let mut archiver = Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .envs(site.env())
+        .args(["agent", "wal-archiver", "--socket", via, "--parallelism", "2"])
+        .stdin(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(site.path("archiver.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = site.fenice(&["agent", "wal-archiver", "--socket", via]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another WAL archiver already answers"), "{out:?}");
+
+    site.ok(&["agent", "wal-push", "--via", via, first.to_str().unwrap()]);
+    site.ok(&["agent", "wal-push", "--via", via, first.to_str().unwrap()]);
+    let clash = segment(1, 8);
+    let out = site.fenice(&["agent", "wal-push", "--via", via, clash.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("already archived with other content"), "{stderr}");
+
+    // Eight at once, two at a time at the archiver.
+    let pushes: Vec<_> = (2..10u8)
+        .map(|n| {
+            let wal = segment(n, n);
+            Command::new(env!("CARGO_BIN_EXE_fenice"))
+                .envs(site.env())
+                .args(["agent", "wal-push", "--via", via, wal.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for push in pushes {
+        let out = push.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for (n, fill) in [(1u8, 7u8), (2, 2), (9, 9)] {
+        let fetched = site.path(&format!("fetched-{n}"));
+        let name = format!("0000000100000000000000{n:02X}");
+        site.ok(&["agent", "wal-fetch", &name, fetched.to_str().unwrap()]);
+        assert_eq!(std::fs::read(&fetched).unwrap(), vec![fill; 64 * 1024], "{name}");
+    }
+
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\n").await.unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).await.unwrap();
+    assert!(answer.starts_with("error: not a segment header"), "{answer}");
+    site.ok(&["agent", "wal-push", "--via", via, segment(10, 10).to_str().unwrap()]);
+
+    // SAFETY: kill only sends a signal, to the child this test started.
+    unsafe { libc::kill(archiver.id() as i32, libc::SIGTERM) };
+    assert!(archiver.wait().unwrap().success());
+    assert!(!socket.exists(), "the archiver left its socket");
+}
+
 /// The RPO with `archive_timeout = 1`: invoices are issued without pause, the
 /// primary is killed with SIGKILL (its last, unfinished WAL segment is lost),
 /// and the tenant is recovered to the end of the archive. The recovered

@@ -22,7 +22,7 @@ use crate::stack::pg::DbUrl;
 use crate::stack::pitr::{self, PitrRestore};
 use crate::stack::restore::{self, TenantRestore};
 use crate::stack::restore_report;
-use crate::stack::{promote, verify, wal};
+use crate::stack::{promote, verify, wal, wal_archiver};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -41,6 +41,10 @@ enum AgentCommand {
     /// Archive one WAL file into every repository: PostgreSQL's
     /// `archive_command = 'fenice agent wal-push %p'`.
     WalPush(WalPushArgs),
+    /// Archive WAL files for every database of the machine: opens the
+    /// repositories once and takes the files `wal-push --via SOCKET` hands it,
+    /// a few at a time, until SIGTERM.
+    WalArchiver(WalArchiverArgs),
     /// Fetch one archived WAL file from the first repository that has it:
     /// PostgreSQL's `restore_command = 'fenice agent wal-fetch %f %p'`.
     WalFetch(WalFetchArgs),
@@ -110,6 +114,23 @@ struct WalPushArgs {
     path: PathBuf,
     #[arg(long, env = "FENICE_TENANT")]
     tenant: String,
+    /// Hand the file to the `wal-archiver` listening at this Unix socket
+    /// instead of opening the repositories here.
+    #[arg(long, env = "FENICE_WAL_ARCHIVER")]
+    via: Option<PathBuf>,
+    #[command(flatten)]
+    target: RepoTarget,
+}
+
+#[derive(Args, Debug)]
+struct WalArchiverArgs {
+    /// The Unix socket to take WAL files on; made accessible to its owner
+    /// only (give it to the database's user).
+    #[arg(long)]
+    socket: PathBuf,
+    /// How many WAL files are archived at once; the others wait their turn.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    parallelism: u16,
     #[command(flatten)]
     target: RepoTarget,
 }
@@ -251,6 +272,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         AgentCommand::Backup(args) => run_backup(args, &mut out).await,
         AgentCommand::Restore(args) => run_restore(args, &mut out).await,
         AgentCommand::WalPush(args) => run_wal_push(args).await,
+        AgentCommand::WalArchiver(args) => run_wal_archiver(args).await,
         AgentCommand::WalFetch(args) => run_wal_fetch(args).await,
         AgentCommand::Verify(args) => run_verify(args, &mut out).await,
         AgentCommand::ReconcileSdi(args) => run_reconcile(args, &mut out).await,
@@ -512,10 +534,33 @@ async fn verify_recovered(args: &VerifyArgs) -> anyhow::Result<Verified> {
 }
 
 async fn run_wal_push(args: WalPushArgs) -> anyhow::Result<ExitCode> {
+    if let Some(socket) = &args.via {
+        wal_archiver::push_via(socket, &args.tenant, &args.path).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // NB: every repository must hold the segment before PostgreSQL may recycle
     // it; a failure makes PostgreSQL retry the whole push later.
     let repos = open_each(&args.target.repos, &args.target.stores, &args.target.unlock, Index::Skip).await?;
     futures::future::try_join_all(repos.iter().map(|repo| wal::push(repo, &args.tenant, &args.path))).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_wal_archiver(args: WalArchiverArgs) -> anyhow::Result<ExitCode> {
+    let repos = open_each(&args.target.repos, &args.target.stores, &args.target.unlock, Index::Skip).await?;
+    let listener = wal_archiver::listen(&args.socket)?;
+    let stop = super::serving::shutdown_signal()?;
+    eprintln!(
+        "fenice agent wal-archiver: archiving into {} repositories the WAL files handed over at {}",
+        repos.len(),
+        args.socket.display()
+    );
+    tokio::select! {
+        served = wal_archiver::serve(listener, repos, usize::from(args.parallelism)) => {
+            served.with_context(|| format!("taking WAL files at {}", args.socket.display()))?;
+        }
+        () = stop => {}
+    }
+    let _ = std::fs::remove_file(&args.socket);
     Ok(ExitCode::SUCCESS)
 }
 

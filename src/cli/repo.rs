@@ -109,13 +109,22 @@ impl StoreArgs {
 
     /// Opens the store, locking what it writes as the repository's config says.
     pub async fn open(&self, location: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        Ok(self.open_reading_config(location).await?.0)
+    }
+
+    /// As [`open`](Self::open), with the config it read there (or why not).
+    async fn open_reading_config(
+        &self,
+        location: &str,
+    ) -> anyhow::Result<(Arc<dyn ObjectStore>, crate::repo::repository::Result<Config>)> {
         let location: Location = location.parse()?;
         let store = store::open::open(&location, &self.options(None)).await?;
-        match Repository::read_config(store.as_ref()).await {
+        let config = Repository::read_config(store.as_ref()).await;
+        match &config {
             Ok(Config { retention_days: Some(days), .. }) => {
-                Ok(store::open::open(&location, &self.options(Some(days))).await?)
+                Ok((store::open::open(&location, &self.options(Some(*days))).await?, config))
             }
-            _ => Ok(store),
+            _ => Ok((store, config)),
         }
     }
 }
@@ -585,11 +594,8 @@ pub(super) async fn open_each(
     let unlock = unlock.unlock()?;
     let mut repos = Vec::new();
     for location in locations {
-        let store = stores.open(location).await?;
-        let repo = match index {
-            Index::Load => Repository::open(store, &unlock).await?,
-            Index::Skip => Repository::open_unindexed(store, &unlock).await?,
-        };
+        let (store, config) = stores.open_reading_config(location).await?;
+        let repo = Repository::open_with_config(store, &unlock, config, index == Index::Load).await?;
         repos.push(Arc::new(repo));
     }
     Ok(repos)

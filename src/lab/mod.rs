@@ -56,14 +56,38 @@ const RTO_OBJECTIVE: Duration = Duration::from_secs(60);
 const RPO_OBJECTIVE: Duration = Duration::from_secs(5);
 /// The namespace the tenants' resources would live in at a Kubernetes site.
 const NAMESPACE: &str = "tenants";
-/// How often each primary database archives its WAL at the latest (the RPO
-/// bound of a cold standby): every second for up to this many tenants, and
-/// proportionally less often beyond, so that the machine keeps up.
-const TENANTS_ARCHIVING_EVERY_SECOND: usize = 20;
+/// Up to this many tenants the lab runs each at full rate; beyond, each
+/// tenant's periodic work (archiving its WAL, looking for invoices to send)
+/// is spaced out in proportion, so that one machine keeps up.
+const TENANTS_AT_FULL_RATE: usize = 20;
 
-/// `archive_timeout` in seconds for `tenants` tenants on one machine.
-pub fn archive_timeout_secs(tenants: usize) -> usize {
-    tenants.div_ceil(TENANTS_ARCHIVING_EVERY_SECOND).max(1)
+/// How many times slower than at full rate each tenant's periodic work runs.
+fn slowdown(tenants: usize) -> usize {
+    tenants.div_ceil(TENANTS_AT_FULL_RATE).max(1)
+}
+
+/// How often each app looks for invoices to send to SdI: every 200 ms at full
+/// rate (each look is a few queries: 200 apps looking five times a second took
+/// a core on their own).
+pub fn send_interval(tenants: usize) -> Duration {
+    Duration::from_millis(200) * slowdown(tenants) as u32
+}
+
+/// How much less often a database with a synchronous standby archives.
+const SYNC_ARCHIVES_LESS_OFTEN: usize = 6;
+
+/// `archive_timeout` in seconds (the RPO bound of a cold standby): every
+/// second at full rate, for `tenants` tenants waiting at the standby as `standby`.
+pub fn archive_timeout_secs(tenants: usize, standby: StandbyMode) -> usize {
+    let every = slowdown(tenants);
+    match standby {
+        // NB: the synchronous standby holds every confirmed commit, so the archive
+        // only feeds backups and drills, which close the segment they need
+        // themselves; each segment archived costs a process and two uploads,
+        // and at 200 tenants those took the whole machine.
+        StandbyMode::Sync => every * SYNC_ARCHIVES_LESS_OFTEN,
+        StandbyMode::Cold | StandbyMode::Warm | StandbyMode::Tiered => every,
+    }
 }
 
 /// The default time between two invoices of one tenant: 500 ms for up to 20
@@ -202,8 +226,7 @@ pub struct TenantFigures {
 /// witness can take long, and a renewal that fails for half the lease fences
 /// the primary.
 fn lease_timing(tenants: usize) -> anyhow::Result<LeaseTiming> {
-    let lease =
-        if tenants <= TENANTS_ARCHIVING_EVERY_SECOND { Duration::from_secs(5) } else { Duration::from_secs(10) };
+    let lease = if tenants <= TENANTS_AT_FULL_RATE { Duration::from_secs(5) } else { Duration::from_secs(10) };
     Ok(LeaseTiming::for_lease(lease, lease / 10)?)
 }
 
@@ -298,27 +321,41 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         None => Placement::here(),
     };
     let site_netns = placement.netns.clone();
-    let primary = Arc::new(LocalSite::placed(PRIMARY, &options.program, &work.join(PRIMARY), placement));
-    let standby = Arc::new(LocalSite::new(STANDBY, &options.program, &work.join(STANDBY)));
+    let send_interval = send_interval(options.tenants);
+    let primary = Arc::new(
+        LocalSite::placed(PRIMARY, &options.program, &work.join(PRIMARY), placement).sending_every(send_interval),
+    );
+    let standby = Arc::new(LocalSite::new(STANDBY, &options.program, &work.join(STANDBY)).sending_every(send_interval));
     let names: Vec<String> = (1..=options.tenants).map(|i| format!("tenant-{i:03}")).collect();
     let specs = tenant_specs(&names, &providers);
-    let archiving = |spec: &TenantSpec| TenantSpec {
+    // NB: one archiver per site opens the repositories once for all its databases.
+    let (primary_archiver, standby_archiver) = tokio::task::spawn_blocking({
+        let (primary, standby, env) = (primary.clone(), standby.clone(), providers.agent_env.clone());
+        move || anyhow::Ok((primary.start_wal_archiver(&env)?, standby.start_wal_archiver(&env)?))
+    })
+    .await??;
+    let archiving = |spec: &TenantSpec, archiver: &Path| TenantSpec {
         postgres: spec
             .postgres
             .clone()
             .setting("wal_level", "replica")
             .setting("archive_mode", "on")
-            .setting("archive_timeout", archive_timeout_secs(options.tenants).to_string())
-            .setting("archive_command", format!("'{}' agent wal-push %p", options.program.display())),
+            .setting("archive_timeout", archive_timeout_secs(options.tenants, options.standby).to_string())
+            .setting(
+                "archive_command",
+                format!("'{}' agent wal-push --via '{}' %p", options.program.display(), archiver.display()),
+            ),
         fenced: true,
         ..spec.clone()
     };
 
-    progress
-        .step(&format!("starting {} tenants at {PRIMARY} (PostgreSQL archiving WAL, the invoicing app)", names.len()));
+    progress.step(&format!(
+        "starting {} tenants at {PRIMARY} (PostgreSQL archiving WAL through the site's archiver, the invoicing app)",
+        names.len()
+    ));
     let started = Instant::now();
-    let primary_specs: Vec<TenantSpec> = specs.values().map(archiving).collect();
-    for_each_blocking(&primary_specs, SETUP_PARALLELISM, {
+    let primary_specs: Vec<TenantSpec> = specs.values().map(|s| archiving(s, &primary_archiver)).collect();
+    for_each_blocking(&primary_specs, SETUP_PARALLELISM, Tally { progress, what: "tenants up" }, {
         let site = primary.clone();
         move |spec| site.start_tenant(spec).map_err(anyhow::Error::from)
     })
@@ -326,13 +363,15 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     progress.step(&format!("  {} tenants up in {:.1} s", names.len(), started.elapsed().as_secs_f64()));
 
     // The standby's databases archive their WAL once promoted, as the primary's do.
-    let standby_specs: BTreeMap<String, TenantSpec> =
-        specs.iter().map(|(name, spec)| (name.clone(), TenantSpec { fenced: false, ..archiving(spec) })).collect();
+    let standby_specs: BTreeMap<String, TenantSpec> = specs
+        .iter()
+        .map(|(name, spec)| (name.clone(), TenantSpec { fenced: false, ..archiving(spec, &standby_archiver) }))
+        .collect();
     if options.standby == StandbyMode::Sync {
         progress.step(&format!("starting a synchronous standby of every tenant's database at {STANDBY}"));
         let started = Instant::now();
         let each: Vec<TenantSpec> = standby_specs.values().cloned().collect();
-        for_each_blocking(&each, SETUP_PARALLELISM, {
+        for_each_blocking(&each, SETUP_PARALLELISM, Tally { progress, what: "standbys streaming" }, {
             let (site, primary) = (standby.clone(), primary.clone());
             move |spec| site.start_standby(spec, &primary).map_err(anyhow::Error::from)
         })
@@ -402,7 +441,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let started = Instant::now();
     let backups: Vec<(String, String)> =
         names.iter().filter_map(|n| primary.with_tenant(n, |s| s.db_url(n)).map(|url| (n.clone(), url))).collect();
-    for_each_blocking(&backups, SETUP_PARALLELISM.min(2), {
+    for_each_blocking(&backups, SETUP_PARALLELISM.min(2), Tally { progress, what: "tenants backed up" }, {
         let (program, env) = (options.program.clone(), providers.agent_env.clone());
         move |(tenant, db)| backup(&program, &env, tenant, db)
     })
@@ -680,20 +719,40 @@ fn lab_postgres() -> PostgresOptions {
 }
 
 /// Runs `f` on every item, `parallelism` at a time, on blocking threads; the first error.
-async fn for_each_blocking<T, F>(items: &[T], parallelism: usize, f: F) -> anyhow::Result<()>
+/// Runs `f` on each item, `parallelism` at a time; when that takes long, says
+/// every [`TALLY_EVERY`] how many are `done` (e.g. "tenants up").
+async fn for_each_blocking<T, F>(items: &[T], parallelism: usize, done: Tally<'_>, f: F) -> anyhow::Result<()>
 where
     T: Clone + Send + 'static,
     F: Fn(&T) -> anyhow::Result<()> + Clone + Send + 'static,
 {
-    let results: Vec<anyhow::Result<()>> = stream::iter(items.iter().cloned())
+    let mut results = stream::iter(items.iter().cloned())
         .map(|item| {
             let f = f.clone();
             async move { tokio::task::spawn_blocking(move || f(&item)).await.map_err(anyhow::Error::from)? }
         })
-        .buffer_unordered(parallelism.max(1))
-        .collect()
-        .await;
-    results.into_iter().collect()
+        .buffer_unordered(parallelism.max(1));
+    let (mut finished, mut first_error, mut told) = (0, None, Instant::now());
+    while let Some(result) = results.next().await {
+        finished += 1;
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+        if told.elapsed() >= TALLY_EVERY && finished < items.len() {
+            done.progress.step(&format!("  {finished}/{} {} so far", items.len(), done.what));
+            told = Instant::now();
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// How often long work at every tenant says how far it is.
+const TALLY_EVERY: Duration = Duration::from_secs(20);
+
+/// What to call the finished items of long work, and where to say it.
+struct Tally<'a> {
+    progress: &'a Progress,
+    what: &'a str,
 }
 
 /// `fenice agent backup --physical` of one tenant into every repository.
@@ -907,7 +966,7 @@ async fn restart_old_primary(
             ..s.clone()
         })
         .collect();
-    let restarted = for_each_blocking(&crashed, SETUP_PARALLELISM, {
+    let restarted = for_each_blocking(&crashed, SETUP_PARALLELISM, Tally { progress, what: "databases recovered" }, {
         let site = primary.clone();
         move |spec| site.restart_tenant(spec).map_err(anyhow::Error::from)
     })

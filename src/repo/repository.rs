@@ -304,17 +304,37 @@ impl Repository {
 
     /// Unlocks a repository and loads its index.
     pub async fn open(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
-        let repo = Self::open_unindexed(store, unlock).await?;
-        repo.load_index().await?;
-        Ok(repo)
+        let current = Self::read_config(store.as_ref()).await;
+        Self::open_with_config(store, unlock, current, true).await
     }
 
     /// Unlocks a repository without loading its index, for work on objects
     /// outside it (the WAL archive): PostgreSQL runs one process per WAL file,
     /// and the index grows with every backup.
     pub async fn open_unindexed(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
-        let reads = IntactReads::new(store.clone());
         let current = Self::read_config(store.as_ref()).await;
+        Self::open_with_config(store, unlock, current, false).await
+    }
+
+    /// Unlocks a repository whose config the caller already read from `store`
+    /// with [`read_config`](Self::read_config) (one request fewer for a
+    /// process that opens a repository to archive one WAL file), loading its
+    /// index when `indexed`.
+    pub async fn open_with_config(
+        store: Arc<dyn ObjectStore>,
+        unlock: &Unlock,
+        current: Result<Config>,
+        indexed: bool,
+    ) -> Result<Self> {
+        let repo = Self::open_config_read(store, unlock, current).await?;
+        if indexed {
+            repo.load_index().await?;
+        }
+        Ok(repo)
+    }
+
+    async fn open_config_read(store: Arc<dyn ObjectStore>, unlock: &Unlock, current: Result<Config>) -> Result<Self> {
+        let reads = IntactReads::new(store.clone());
         let opened = match current {
             Ok(config) => Self::unlock(&reads, unlock, &config).await.map(|master| (master, config)),
             Err(e) => Err(e),

@@ -1,7 +1,8 @@
 //! The Local site driver's processes: a site on one machine is, per tenant, a
 //! PostgreSQL server and the reference app, each a process group of its own
 //! on free ports of 127.0.0.1 (or of the site's own address, in a network
-//! namespace of its own, when its network is to be cut). Killing the site sends
+//! namespace of its own, when its network is to be cut), and once per site the
+//! WAL archiver its databases may hand their WAL to. Killing the site sends
 //! SIGKILL to every one of them at once, as when a provider's machines die.
 
 use std::collections::BTreeMap;
@@ -9,10 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::app::AppConfig;
+use crate::testkit::process::ServerProcess;
 use crate::testkit::{self, AppOptions, AppServer, Placement, PostgresOptions, PostgresServer};
 
 /// How often each app looks at its SdI queue: often, so the lab's RPO at SdI is short.
 const SEND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// The WAL archiver's socket, in the site's directory of running servers.
+const WAL_ARCHIVER_SOCKET: &str = "wal-archiver.sock";
+/// How long the WAL archiver may take to open the repositories and listen.
+const ARCHIVER_START: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -23,6 +29,13 @@ pub enum Error {
         site: String,
         tenant: String,
         what: &'static str,
+        #[source]
+        source: Box<testkit::Error>,
+    },
+
+    #[error("site {site}: starting its WAL archiver")]
+    StartArchiver {
+        site: String,
         #[source]
         source: Box<testkit::Error>,
     },
@@ -99,6 +112,10 @@ pub struct LocalSite {
     crashed: Mutex<BTreeMap<String, (PathBuf, tempfile::TempDir)>>,
     /// Where its servers listen and run.
     placement: Placement,
+    /// How often its apps look for invoices to send to SdI.
+    send_interval: std::time::Duration,
+    /// `fenice agent wal-archiver`, once started.
+    archiver: Mutex<Option<ServerProcess>>,
 }
 
 /// A tenant's database name: its name with `-` as `_`.
@@ -128,7 +145,16 @@ impl LocalSite {
             tenants: Mutex::new(BTreeMap::new()),
             crashed: Mutex::new(BTreeMap::new()),
             placement,
+            send_interval: SEND_INTERVAL,
+            archiver: Mutex::new(None),
         }
+    }
+
+    /// The same site, its apps looking for invoices to send every `interval`
+    /// (200 ms otherwise): each look is a few queries, and hundreds of apps
+    /// looking five times a second keep one machine busy on their own.
+    pub fn sending_every(self, interval: std::time::Duration) -> Self {
+        Self { send_interval: interval, ..self }
     }
 
     pub fn name(&self) -> &str {
@@ -323,7 +349,7 @@ impl LocalSite {
             sdi_endpoint: spec.sdi_endpoint.clone(),
             epoch: spec.epoch,
             start_fenced: spec.fenced,
-            send_interval: SEND_INTERVAL,
+            send_interval: self.send_interval,
             ..AppConfig::new(tenant, &spec.vat, &spec.company, db_url, documents)
         };
         let run_dir = Some(self.run_dir()?);
@@ -361,16 +387,41 @@ impl LocalSite {
         drop(stack);
     }
 
+    /// Starts the site's WAL archiver, `fenice agent wal-archiver` with `env`
+    /// (the repositories and what opens them), and hands its socket to
+    /// PostgreSQL's user: the site's databases archive through it with
+    /// `archive_command = 'fenice agent wal-push --via SOCKET %p'`, and the
+    /// repositories are opened once for all of them. Returns the socket.
+    pub fn start_wal_archiver(&self, env: &[(String, String)]) -> Result<PathBuf> {
+        let failed = |source| Error::StartArchiver { site: self.name.clone(), source: Box::new(source) };
+        let run = self.run_dir()?;
+        let socket = run.join(WAL_ARCHIVER_SOCKET);
+        let mut command = std::process::Command::new(&self.program);
+        command.envs(env.iter().map(|(k, v)| (k, v))).args(["agent", "wal-archiver", "--socket"]).arg(&socket);
+        let log = run.join("wal-archiver.log");
+        let mut archiver =
+            ServerProcess::spawn_in("wal-archiver", command, &log, self.placement.netns.clone()).map_err(failed)?;
+        archiver
+            .await_ready(ARCHIVER_START, || std::os::unix::net::UnixStream::connect(&socket).is_ok())
+            .map_err(failed)?;
+        testkit::postgres::hand_to_server_user(&socket).map_err(failed)?;
+        *self.archiver.lock().unwrap_or_else(|e| e.into_inner()) = Some(archiver);
+        Ok(socket)
+    }
+
     /// Every process of the site dies at once (SIGKILL to each process group),
     /// as when a provider's machines die; their databases' files stay on disk
     /// for [`restart_tenant`](Self::restart_tenant). Returns the process groups signalled.
     pub fn kill(&self) -> Vec<u32> {
         let stacks = std::mem::take(&mut *self.lock());
-        let groups: Vec<u32> = stacks.values().flat_map(TenantStack::groups).collect();
+        let archiver = self.archiver.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let groups: Vec<u32> =
+            stacks.values().flat_map(TenantStack::groups).chain(archiver.as_ref().map(ServerProcess::pid)).collect();
         for group in &groups {
             // SAFETY: kill only sends a signal, to a process group this site started.
             unsafe { libc::kill(-(*group as libc::pid_t), libc::SIGKILL) };
         }
+        drop(archiver);
         // Reaps the killed processes; the apps' directories go, the data stays.
         let mut crashed = self.crashed.lock().unwrap_or_else(|e| e.into_inner());
         for (tenant, stack) in stacks {

@@ -22,6 +22,7 @@ pub mod restore;
 pub mod restore_report;
 pub mod verify;
 pub mod wal;
+pub mod wal_archiver;
 
 use std::path::PathBuf;
 

@@ -88,6 +88,13 @@ pub async fn push(repo: &Repository, tenant: &str, path: &Path) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     check_name(&name)?;
     let content = tokio::fs::read(path).await.map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    push_content(repo, tenant, &name, &content).await
+}
+
+/// [`push`] of a WAL file read elsewhere (by `fenice agent wal-push --via`).
+pub async fn push_content(repo: &Repository, tenant: &str, name: &str, content: &[u8]) -> Result<()> {
+    check_name(name)?;
+    let name = name.to_owned();
     let tenant_key = tenant_key(repo, tenant);
     let store_error =
         |source| Error::Store { repository: repo.describe(), name: name.clone(), source: Box::new(source) };
@@ -101,7 +108,7 @@ pub async fn push(repo: &Repository, tenant: &str, path: &Path) -> Result<()> {
         }
         return Err(Error::Conflict { repository: repo.describe(), tenant: tenant.to_string(), name });
     }
-    let compressed = zstd::bulk::compress(&content, ZSTD_LEVEL).expect("compressing in memory");
+    let compressed = zstd::bulk::compress(content, ZSTD_LEVEL).expect("compressing in memory");
     let sealed = repo.keys().seal(&compressed, &aad(&tenant_key, &name));
     let key = format!("{prefix}{}", hex(&Id::of_content(&sealed).0));
     match repo.store().put(&key, Bytes::from(sealed), PutCondition::IfAbsent).await {
