@@ -42,6 +42,12 @@ impl S3Server {
                 cmd.arg("-H").arg(addr.ip().to_string()).arg("-p").arg(addr.port().to_string());
                 // Log lines as they happen, not when a buffer fills.
                 cmd.env("PYTHONUNBUFFERED", "1");
+                // NB: a thread per connection, each reading whole packs: with glibc's
+                // sliding mmap threshold those buffers land in per-thread heaps that
+                // are never given back, and the server grew by about the size of every
+                // pack read (11.6 GB, killed by the kernel, 78 backups into a
+                // 200-tenant lab). A fixed threshold and two heaps keep it flat.
+                cmd.env("MALLOC_MMAP_THRESHOLD_", "131072").env("MALLOC_ARENA_MAX", "2");
                 cmd
             },
         )?;
