@@ -420,6 +420,32 @@ async fn bad_input_is_400_naming_the_field() {
     app.stop().await;
 }
 
+/// A client that names the tenant it means (`fenice-tenant`) and reached
+/// another tenant's app (a stale address whose port was reused) is refused
+/// with 421, and nothing is issued; naming the right tenant issues as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_meant_for_another_tenant_is_refused_as_misdirected() {
+    let (_pg, url) = postgres().await;
+    let documents = tempfile::tempdir().unwrap();
+    let app = start(config(&url, documents.path())).await;
+    let post = |tenant: &'static str| {
+        (app.http.post(format!("{}/v1/invoices", app.base)))
+            .header(fenice::app::http::TENANT_HEADER, tenant)
+            .json(&invoice_body("2026", "ABC1234"))
+            .send()
+    };
+    let refused = post("globex").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::MISDIRECTED_REQUEST);
+    let refused: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"], "misdirected", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("serves tenant acme, not globex"), "{refused}");
+    let issued = post("acme").await.unwrap();
+    assert_eq!(issued.status(), StatusCode::CREATED);
+    let issued: serde_json::Value = issued.json().await.unwrap();
+    assert_eq!(issued["number"], 1, "the refused request took no number: {issued}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn numbering_survives_a_restart_and_another_tenant_is_refused() {
     let (_pg, url) = postgres().await;

@@ -89,6 +89,7 @@ pub enum ErrorKind {
     ProgressiveExhausted,
     SeriesExhausted,
     DatabaseUnavailable,
+    Misdirected,
     Internal,
 }
 
@@ -103,6 +104,7 @@ impl ErrorKind {
             ErrorKind::ProgressiveExhausted => "progressive_exhausted",
             ErrorKind::SeriesExhausted => "series_exhausted",
             ErrorKind::DatabaseUnavailable => "database_unavailable",
+            ErrorKind::Misdirected => "misdirected",
             ErrorKind::Internal => "internal",
         }
     }
@@ -242,9 +244,29 @@ async fn healthz(State(state): State<AppState>) -> Response {
     (status, axum::Json(health)).into_response()
 }
 
-async fn create_invoice(State(state): State<AppState>, body: Bytes) -> ApiResult<(StatusCode, axum::Json<Invoice>)> {
-    let new = NewInvoice::from_json(&json_body(&body)?)?;
+/// The header a client names the tenant it means with; an app of another
+/// tenant refuses the request (421). A failed-over tenant's old address may
+/// answer with another tenant's app once its port is reused, and an invoice
+/// issued there is in the wrong company's books.
+pub const TENANT_HEADER: &str = "fenice-tenant";
+
+async fn create_invoice(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, axum::Json<Invoice>)> {
     let inner = &state.inner;
+    if let Some(meant) = headers.get(TENANT_HEADER)
+        && meant.as_bytes() != inner.tenant.as_bytes()
+    {
+        let message = format!(
+            "this app serves tenant {}, not {}: the address is stale; resolve the tenant's endpoint again",
+            inner.tenant,
+            String::from_utf8_lossy(meant.as_bytes())
+        );
+        return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, ErrorKind::Misdirected, message));
+    }
+    let new = NewInvoice::from_json(&json_body(&body)?)?;
     let _permit = inner.fencing.permit().await?;
     let invoice = numbering::issue(&inner.db, &inner.documents, &inner.issuer, &new, state.today()).await?;
     tracing::info!(

@@ -123,7 +123,14 @@ impl Customer {
             "description": format!("Consulenza, richiesta {request}"),
             "taxable_cents": 10_000,
         });
-        let answer = self.http.post(format!("{url}/v1/invoices")).json(&body).send().await.ok()?;
+        // NB: a tenant not yet failed over still resolves to its dead primary's
+        // port, which an app started since at the standby may have taken.
+        let answer = (self.http.post(format!("{url}/v1/invoices")))
+            .header(crate::app::http::TENANT_HEADER, &self.tenant)
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
         if answer.status() != reqwest::StatusCode::CREATED {
             return None;
         }
