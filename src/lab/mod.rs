@@ -910,6 +910,8 @@ async fn fail_over(
     let observe = move || RunningAgent::observation(&status);
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut reported = 0;
+    // NB: a task of its own: the driver's steps block their thread at times.
+    let telling = AbortOnDrop(tokio::spawn(tell_switched(driver.clone(), names.len(), progress.clone())));
     loop {
         let progress_now =
             run_failover(&mut state, driver.as_ref() as &dyn SiteDriver, &mut file, clock.as_ref(), &observe).await?;
@@ -930,6 +932,7 @@ async fn fail_over(
         }
         match progress_now {
             RunProgress::Finished(phase) => {
+                drop(telling);
                 progress.step(&format!("failover {}: {phase:?}", state.name));
                 return Ok(state);
             }
@@ -938,6 +941,26 @@ async fn fail_over(
             }
             RunProgress::Waiting(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+/// While a failover runs, says every [`TALLY_EVERY`] how many tenants the
+/// standby serves so far (one run of the machine brings back many).
+async fn tell_switched(driver: Arc<LocalFailover>, total: usize, progress: Progress) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TALLY_EVERY, TALLY_EVERY);
+    loop {
+        ticks.tick().await;
+        let switched = driver.endpoints.lock().unwrap_or_else(|e| e.into_inner()).len();
+        progress.step(&format!("  {switched}/{total} tenants serve at {STANDBY} so far"));
+    }
+}
+
+/// Stops a task when dropped, also when its owner returns early.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

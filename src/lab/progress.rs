@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+#[derive(Clone, Debug)]
 pub struct Progress {
     start: Instant,
 }

@@ -81,13 +81,16 @@ impl Deref for AppServer {
 impl AppServer {
     /// Starts `fenice app serve` and waits until its health check names the tenant.
     pub fn start(options: &AppOptions) -> Result<Self> {
+        // NB: its own tenant's name: when another server took the port picked for
+        // this one, this one exits and another tenant's app may answer there.
+        let names_it = format!("\"tenant\":{}", serde_json::Value::from(options.config.tenant.as_str()));
         let inner = HttpServer::start(
             "app",
             "fenice-app-",
             options.run_dir.as_deref(),
             &options.placement,
             "/healthz",
-            |r| r.text().contains("\"tenant\""),
+            |r| r.text().contains(&names_it),
             |addr, _dir| {
                 let config = &options.config;
                 let mut cmd = Command::new(&options.program);

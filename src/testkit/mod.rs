@@ -144,7 +144,7 @@ impl HttpServer {
         parent: Option<&std::path::Path>,
         placement: &Placement,
         probe_path: &str,
-        is_ours: fn(&http::Response) -> bool,
+        is_ours: impl Fn(&http::Response) -> bool,
         command: impl Fn(std::net::SocketAddr, &std::path::Path) -> std::process::Command,
     ) -> Result<Self> {
         let dir = process::temp_dir(server, dir_prefix, parent)?;

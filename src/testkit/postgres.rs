@@ -189,7 +189,7 @@ impl PostgresServer {
             // SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, as abrupt as
             // a crash for the data, but the postmaster reaps its children first.
             process.set_quick_stop(libc::SIGQUIT, QUICK_STOP_GRACE);
-            process.await_ready(options.ready_timeout, || accepts_connections(&bin_dir, host, port))?;
+            process.await_ready(options.ready_timeout, || accepts_connections(&bin_dir, &socket_dir, port))?;
             Ok((process, port))
         })?;
         Ok(Self { process, dir, data, bin_dir, host, port })
@@ -352,9 +352,14 @@ fn trust_the_links(data: &Path) -> Result<()> {
 }
 
 /// Whether `pg_isready` says the server on `host:port` accepts connections.
-fn accepts_connections(bin_dir: &Path, host: Ipv4Addr, port: u16) -> bool {
+/// Whether the server whose Unix socket is in `socket_dir` accepts
+/// connections. NB: not over TCP: when another server took the port we
+/// picked, ours exits, and the other one would answer there in its stead.
+fn accepts_connections(bin_dir: &Path, socket_dir: &Path, port: u16) -> bool {
     Command::new(bin_dir.join("pg_isready"))
-        .args(["-q", "-h", &host.to_string(), "-U", USER, "-d", "postgres", "-t", "2", "-p"])
+        .args(["-q", "-U", USER, "-d", "postgres", "-t", "2", "-h"])
+        .arg(socket_dir)
+        .arg("-p")
         .arg(port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
