@@ -555,9 +555,7 @@ async fn run_wal_archiver(args: WalArchiverArgs) -> anyhow::Result<ExitCode> {
         args.socket.display()
     );
     tokio::select! {
-        served = wal_archiver::serve(listener, repos, usize::from(args.parallelism)) => {
-            served.with_context(|| format!("taking WAL files at {}", args.socket.display()))?;
-        }
+        never = wal_archiver::serve(listener, repos, usize::from(args.parallelism)) => match never {},
         () = stop => {}
     }
     let _ = std::fs::remove_file(&args.socket);

@@ -595,7 +595,10 @@ pub(super) async fn open_each(
     let mut repos = Vec::new();
     for location in locations {
         let (store, config) = stores.open_reading_config(location).await?;
-        let repo = Repository::open_with_config(store, &unlock, config, index == Index::Load).await?;
+        let repo = Repository::open_with_config(store, &unlock, config).await?;
+        if index == Index::Load {
+            repo.load_index().await?;
+        }
         repos.push(Arc::new(repo));
     }
     Ok(repos)

@@ -66,11 +66,11 @@ fn slowdown(tenants: usize) -> usize {
     tenants.div_ceil(TENANTS_AT_FULL_RATE).max(1)
 }
 
-/// How often each app looks for invoices to send to SdI: every 200 ms at full
-/// rate (each look is a few queries: 200 apps looking five times a second took
-/// a core on their own).
+/// How often each app looks for invoices to send to SdI: as a Local site's
+/// apps do at full rate (each look is a few queries: 200 apps looking five
+/// times a second took a core on their own).
 pub fn send_interval(tenants: usize) -> Duration {
-    Duration::from_millis(200) * slowdown(tenants) as u32
+    crate::site::local::SEND_INTERVAL * slowdown(tenants) as u32
 }
 
 /// How much less often a database with a synchronous standby archives.
@@ -718,9 +718,9 @@ fn lab_postgres() -> PostgresOptions {
     PostgresOptions::new().wal_segment_mb(1).setting("min_wal_size", "4MB").setting("max_wal_size", "32MB")
 }
 
-/// Runs `f` on every item, `parallelism` at a time, on blocking threads; the first error.
-/// Runs `f` on each item, `parallelism` at a time; when that takes long, says
-/// every [`TALLY_EVERY`] how many are `done` (e.g. "tenants up").
+/// Runs `f` on every item, `parallelism` at a time, on blocking threads; the
+/// first error. When that takes long, says every [`TALLY_EVERY`] how many are
+/// `done` (e.g. "tenants up").
 async fn for_each_blocking<T, F>(items: &[T], parallelism: usize, done: Tally<'_>, f: F) -> anyhow::Result<()>
 where
     T: Clone + Send + 'static,

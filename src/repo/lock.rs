@@ -144,8 +144,8 @@ impl Lock {
 async fn remove(repo: &Repository, key: &str) {
     // NB: in a repository that locks every object for days, a lock just written
     // cannot be deleted: the attempt (listing its versions, then a refused
-    // delete) is skipped. It also kept the S3 server of the tests and the lab
-    // from copying the whole bucket on every version listing.
+    // delete) is skipped. Each such listing also grew the S3 server of the
+    // tests and the lab by about its bucket's size.
     let locked = repo.config().retention_days.is_some();
     if locked || matches!(repo.store().delete(key).await, Err(store::Error::Immutable { .. })) {
         let marker = format!("{key}{RELEASED}");

@@ -304,8 +304,9 @@ impl Repository {
 
     /// Unlocks a repository and loads its index.
     pub async fn open(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
-        let current = Self::read_config(store.as_ref()).await;
-        Self::open_with_config(store, unlock, current, true).await
+        let repo = Self::open_unindexed(store, unlock).await?;
+        repo.load_index().await?;
+        Ok(repo)
     }
 
     /// Unlocks a repository without loading its index, for work on objects
@@ -313,27 +314,17 @@ impl Repository {
     /// and the index grows with every backup.
     pub async fn open_unindexed(store: Arc<dyn ObjectStore>, unlock: &Unlock) -> Result<Self> {
         let current = Self::read_config(store.as_ref()).await;
-        Self::open_with_config(store, unlock, current, false).await
+        Self::open_with_config(store, unlock, current).await
     }
 
-    /// Unlocks a repository whose config the caller already read from `store`
-    /// with [`read_config`](Self::read_config) (one request fewer for a
-    /// process that opens a repository to archive one WAL file), loading its
-    /// index when `indexed`.
+    /// [`open_unindexed`](Self::open_unindexed) with the config the caller
+    /// already read from `store` with [`read_config`](Self::read_config): one
+    /// request fewer for a process that opens a repository to archive one WAL file.
     pub async fn open_with_config(
         store: Arc<dyn ObjectStore>,
         unlock: &Unlock,
         current: Result<Config>,
-        indexed: bool,
     ) -> Result<Self> {
-        let repo = Self::open_config_read(store, unlock, current).await?;
-        if indexed {
-            repo.load_index().await?;
-        }
-        Ok(repo)
-    }
-
-    async fn open_config_read(store: Arc<dyn ObjectStore>, unlock: &Unlock, current: Result<Config>) -> Result<Self> {
         let reads = IntactReads::new(store.clone());
         let opened = match current {
             Ok(config) => Self::unlock(&reads, unlock, &config).await.map(|master| (master, config)),
@@ -479,7 +470,7 @@ impl Repository {
         Ok(files)
     }
 
-    async fn load_index(&self) -> Result<()> {
+    pub(crate) async fn load_index(&self) -> Result<()> {
         let files = self.index_files().await?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         files.iter().for_each(|(_, f)| index.add_file(f));

@@ -14,7 +14,7 @@ use crate::testkit::process::ServerProcess;
 use crate::testkit::{self, AppOptions, AppServer, Placement, PostgresOptions, PostgresServer};
 
 /// How often each app looks at its SdI queue: often, so the lab's RPO at SdI is short.
-const SEND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+pub const SEND_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 /// The WAL archiver's socket, in the site's directory of running servers.
 const WAL_ARCHIVER_SOCKET: &str = "wal-archiver.sock";
 /// How long the WAL archiver may take to open the repositories and listen.

@@ -85,10 +85,10 @@ fn aad(tenant_key: &str, name: &str) -> Vec<u8> {
 /// succeeds (PostgreSQL may retry after a crash); a different file under the
 /// same name is refused.
 pub async fn push(repo: &Repository, tenant: &str, path: &Path) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-    check_name(&name)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    check_name(name)?;
     let content = tokio::fs::read(path).await.map_err(|source| Error::Read { path: path.to_owned(), source })?;
-    push_content(repo, tenant, &name, &content).await
+    push_content(repo, tenant, name, &content).await
 }
 
 /// [`push`] of a WAL file read elsewhere (by `fenice agent wal-push --via`).

@@ -110,16 +110,32 @@ pub fn listen(socket: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Takes segments on `listener` and archives each into every one of `repos`,
-/// `parallelism` at a time, until the listener fails.
-pub async fn serve(listener: UnixListener, repos: Vec<Arc<Repository>>, parallelism: usize) -> std::io::Result<()> {
+/// `parallelism` at a time, for as long as it is polled.
+pub async fn serve(
+    listener: UnixListener,
+    repos: Vec<Arc<Repository>>,
+    parallelism: usize,
+) -> std::convert::Infallible {
     let repos = Arc::new(repos);
     let permits = Arc::new(Semaphore::new(parallelism.max(1)));
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // NB: every database's archiving goes through here: a passing failure
+            // (too many open files) must not end it; the client tries again.
+            Err(e) => {
+                tracing::warn!(error = %e, "taking a WAL file failed; going on");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
         let (repos, permits) = (repos.clone(), permits.clone());
         tokio::spawn(async move { take_one(stream, &repos, &permits).await });
     }
 }
+
+/// How long the archiver waits after a connection it could not take.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 async fn take_one(stream: UnixStream, repos: &[Arc<Repository>], permits: &Semaphore) {
     let (read, mut write) = stream.into_split();

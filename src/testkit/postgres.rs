@@ -351,7 +351,6 @@ fn trust_the_links(data: &Path) -> Result<()> {
     file.write_all(format!("\n{LINES}").as_bytes()).map_err(|source| prepare(step, &hba, source))
 }
 
-/// Whether `pg_isready` says the server on `host:port` accepts connections.
 /// Whether the server whose Unix socket is in `socket_dir` accepts
 /// connections. NB: not over TCP: when another server took the port we
 /// picked, ours exits, and the other one would answer there in its stead.

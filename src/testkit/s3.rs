@@ -42,11 +42,10 @@ impl S3Server {
                 cmd.arg("-H").arg(addr.ip().to_string()).arg("-p").arg(addr.port().to_string());
                 // Log lines as they happen, not when a buffer fills.
                 cmd.env("PYTHONUNBUFFERED", "1");
-                // NB: the server copies whole objects on some requests (a version
-                // listing copies every object of the bucket), and with glibc's sliding
-                // mmap threshold the freed copies stay in its per-thread heaps: a
-                // backup that uploaded nothing grew it by 35 MB. A fixed threshold and
-                // two heaps give them back (0 MB).
+                // NB: the server copies whole objects on some requests, and with
+                // glibc's sliding mmap threshold the freed copies stay in its
+                // per-thread heaps: a backup that uploaded nothing grew it by 31–35 MB.
+                // A fixed threshold and two heaps give them back (about 1 MB).
                 cmd.env("MALLOC_MMAP_THRESHOLD_", "131072").env("MALLOC_ARENA_MAX", "2");
                 cmd
             },
