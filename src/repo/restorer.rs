@@ -89,9 +89,51 @@ fn real_dir(path: &Path) -> std::io::Result<()> {
 struct PendingFile {
     node: Node,
     shown: String,
-    path: PathBuf,
-    partial: PathBuf,
     damage: Option<String>,
+}
+
+/// What the windows share about one file: the window that writes its last
+/// blob gives it its mode and time and its final name, through the descriptor
+/// it already holds (one open per file instead of three: with thousands of
+/// small invoices the opens were most of a restore's system time).
+struct FileSlot {
+    partial: PathBuf,
+    path: PathBuf,
+    mode: u32,
+    mtime: Option<std::time::SystemTime>,
+    /// Blob writes still to come; the file is finished when it reaches zero.
+    remaining: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl FileSlot {
+    fn new(path: PathBuf, node: &Node) -> FileSlot {
+        FileSlot {
+            partial: path.with_file_name(format!(".{}.fenice-partial", node.name)),
+            path,
+            mode: node.mode,
+            mtime: node.mtime.parse::<jiff::Timestamp>().ok().map(Into::into),
+            remaining: node.content.len().into(),
+            finished: false.into(),
+        }
+    }
+
+    fn open(&self) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&self.partial)
+    }
+
+    /// Gives the written file its mode and time, then its name.
+    fn finish(&self, file: &std::fs::File) -> std::io::Result<()> {
+        file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
+        if let Some(mtime) = self.mtime {
+            file.set_modified(mtime)?;
+        }
+        // NB: no fsync per file: thousands of them would dominate a restore, and what
+        // runs on the restored data (PostgreSQL) syncs what it needs itself.
+        std::fs::rename(&self.partial, &self.path)?;
+        self.finished.store(true, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// Where one blob's plaintext goes: file index and byte offset.
@@ -123,6 +165,7 @@ pub async fn restore_with_progress(
     };
     std::fs::create_dir_all(target).map_err(write_err(target))?;
     let mut files: Vec<PendingFile> = Vec::new();
+    let mut slots: Vec<FileSlot> = Vec::new();
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut stack = vec![(*root, target.to_owned(), String::new())];
     while let Some((tree_id, dir, shown)) = stack.pop() {
@@ -164,10 +207,8 @@ pub async fn restore_with_progress(
                         .map_err(write_err(&path))?;
                 }
                 NodeType::File => {
-                    let partial = path.with_file_name(format!(".{}.fenice-partial", node.name));
-                    let file = std::fs::File::create(&partial).map_err(write_err(&partial))?;
-                    file.set_len(node.size).map_err(write_err(&partial))?;
-                    files.push(PendingFile { node, shown, path, partial, damage: None });
+                    slots.push(FileSlot::new(path, &node));
+                    files.push(PendingFile { node, shown, damage: None });
                 }
             }
         }
@@ -196,7 +237,6 @@ pub async fn restore_with_progress(
         }
     }
     progress.total.store(files.iter().map(|f| f.node.size).sum(), Ordering::Relaxed);
-    let paths: Vec<PathBuf> = files.iter().map(|f| f.partial.clone()).collect();
     let mut windows = Vec::new();
     for (pack, mut blobs) in by_pack {
         blobs.sort_by_key(|(entry, _)| entry.offset);
@@ -214,7 +254,12 @@ pub async fn restore_with_progress(
         }
     }
     windows.sort_by_key(|(pack, blobs)| (*pack, blobs.first().map(|(e, _)| e.offset)));
-    let paths = Arc::new(paths);
+    let slots = Arc::new(slots);
+    // NB: reads wait on the store, writes on the disk: more writers than cores
+    // only contend for the directories' locks (measured: system time ×1.7).
+    let writer_count = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let writers = Arc::new(tokio::sync::Semaphore::new(writer_count));
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut damage: Vec<(usize, String)> = Vec::new();
     let mut queue = windows.into_iter();
     let mut running = tokio::task::JoinSet::new();
@@ -227,7 +272,9 @@ pub async fn restore_with_progress(
                 location: repo.describe(),
                 pack,
                 blobs: Arc::new(blobs),
-                paths: paths.clone(),
+                slots: slots.clone(),
+                writers: writers.clone(),
+                stopped: stopped.clone(),
                 progress: progress.clone(),
             };
             running.spawn(async move { window.restore().await });
@@ -237,9 +284,15 @@ pub async fn restore_with_progress(
         match outcome {
             Ok(hit) => damage.extend(hit),
             Err((path, source)) => {
-                // NB: a full disk, a read-only target: no half-written files stay behind.
-                for file in &files {
-                    let _ = std::fs::remove_file(&file.partial);
+                // NB: a full disk, a read-only target: no half-written file stays
+                // behind, nor is one created after the clean-up by a writer still
+                // running (a blocking task outlives its aborted caller, and holds
+                // its permit to its end). Files already whole stay.
+                stopped.store(true, Ordering::Relaxed);
+                running.abort_all();
+                let _ = writers.acquire_many(writer_count as u32).await;
+                for slot in slots.iter() {
+                    let _ = std::fs::remove_file(&slot.partial);
                 }
                 return Err(Error::Write { path, source });
             }
@@ -249,13 +302,17 @@ pub async fn restore_with_progress(
         files[i].damage.get_or_insert(why);
     }
 
-    for file in files {
+    for (file, slot) in files.into_iter().zip(slots.iter()) {
         if let Some(why) = file.damage {
-            let _ = std::fs::remove_file(&file.partial);
+            let _ = std::fs::remove_file(&slot.partial);
             report.damaged.push((file.shown, why));
             continue;
         }
-        finish_file(&file.partial, &file.path, &file.node).map_err(write_err(&file.path))?;
+        if !slot.finished.load(Ordering::Relaxed) {
+            // An empty file has no blob whose window would finish it.
+            let done = slot.open().and_then(|f| slot.finish(&f));
+            done.map_err(write_err(&slot.path))?;
+        }
         report.files += 1;
         report.bytes += file.node.size;
     }
@@ -275,9 +332,15 @@ struct Window {
     location: String,
     pack: Id,
     blobs: Arc<Vec<(BlobEntry, Targets)>>,
-    paths: Arc<Vec<PathBuf>>,
+    slots: Arc<Vec<FileSlot>>,
+    writers: Arc<tokio::sync::Semaphore>,
+    /// Set when the restore stops on an error: writers still running end.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
     progress: Arc<Counted>,
 }
+
+/// A blob of a window (its index there) that could not be written, and why.
+type Damaged = Vec<(usize, String)>;
 
 impl Window {
     /// Reads the window and writes each of its blobs to their files; when some
@@ -285,33 +348,45 @@ impl Window {
     /// from the pack's intact version. Returns the files hit by damaged blobs; an
     /// I/O error writing the target stops the restore.
     async fn restore(self) -> Result<Vec<(usize, String)>, (PathBuf, std::io::Error)> {
-        let damage = self.write().await?;
-        if damage.is_empty() || !self.reads.recover(&pack_key(&self.pack)).await.unwrap_or(false) {
-            return Ok(damage);
+        let all: Vec<usize> = (0..self.blobs.len()).collect();
+        let mut damaged = self.write(all).await?;
+        if !damaged.is_empty() && self.reads.recover(&pack_key(&self.pack)).await.unwrap_or(false) {
+            // NB: only the damaged blobs again: the others have counted down their files.
+            damaged = self.write(damaged.into_iter().map(|(blob, _)| blob).collect()).await?;
         }
-        self.write().await
+        let files = |(blob, why): (usize, String)| self.blobs[blob].1.iter().map(move |(i, _)| (*i, why.clone()));
+        Ok(damaged.into_iter().flat_map(files).collect())
     }
 
-    async fn write(&self) -> Result<Vec<(usize, String)>, (PathBuf, std::io::Error)> {
+    /// Writes the window's blobs numbered in `which` to their files, finishing
+    /// each file whose last blob this was.
+    async fn write(&self, which: Vec<usize>) -> Result<Damaged, (PathBuf, std::io::Error)> {
         let blobs = self.blobs.clone();
-        let start = blobs.first().map_or(0, |(e, _)| u64::from(e.offset));
-        let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(start);
-        let bytes = match self.reads.get_range(&pack_key(&self.pack), start..end).await {
+        let start = which.iter().map(|&b| u64::from(blobs[b].0.offset)).min().unwrap_or(0);
+        let end = which.iter().map(|&b| u64::from(blobs[b].0.offset) + u64::from(blobs[b].0.length)).max();
+        let bytes = match self.reads.get_range(&pack_key(&self.pack), start..end.unwrap_or(start)).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 let why = RepoError::from(e).to_string();
-                return Ok(blobs.iter().flat_map(|(_, t)| t.iter().map(|(i, _)| (*i, why.clone()))).collect());
+                return Ok(which.into_iter().map(|b| (b, why.clone())).collect());
             }
         };
-        let (keys, location, pack, paths) = (self.keys.clone(), self.location.clone(), self.pack, self.paths.clone());
+        let (keys, location, pack, slots) = (self.keys.clone(), self.location.clone(), self.pack, self.slots.clone());
         let progress = self.progress.clone();
+        let writer = self.writers.clone().acquire_owned().await.expect("the writers' semaphore is never closed");
+        let stopped = self.stopped.clone();
         tokio::task::spawn_blocking(move || {
-            let mut damage = Vec::new();
+            let _writer = writer;
+            let mut damaged = Vec::new();
             // A file's blobs mostly sit next to each other in a pack: keeping the
             // last file open saves reopening it, and keeps one descriptor per window
             // however many small files the window holds.
             let mut open: Option<(usize, std::fs::File)> = None;
-            for (entry, targets) in blobs.iter() {
+            for b in which {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (entry, targets) = &blobs[b];
                 let from = (u64::from(entry.offset) - start) as usize;
                 let opened = bytes
                     .get(from..from + entry.length as usize)
@@ -320,40 +395,29 @@ impl Window {
                 let plaintext = match opened {
                     Ok(plaintext) => plaintext,
                     Err(source) => {
-                        let why = RepoError::Pack { location: location.clone(), pack, source }.to_string();
-                        damage.extend(targets.iter().map(|(i, _)| (*i, why.clone())));
+                        damaged.push((b, RepoError::Pack { location: location.clone(), pack, source }.to_string()));
                         continue;
                     }
                 };
                 for &(i, offset) in targets {
+                    let slot = &slots[i];
+                    let failed = |e| (slot.path.clone(), e);
                     if open.as_ref().is_none_or(|(last, _)| *last != i) {
-                        let file = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(&paths[i])
-                            .map_err(|e| (paths[i].clone(), e))?;
-                        open = Some((i, file));
+                        open = Some((i, slot.open().map_err(failed)?));
                     }
                     let (_, file) = open.as_ref().expect("opened above");
-                    file.write_all_at(&plaintext, offset).map_err(|e| (paths[i].clone(), e))?;
+                    file.write_all_at(&plaintext, offset).map_err(failed)?;
                     progress.done.fetch_add(plaintext.len() as u64, Ordering::Relaxed);
+                    if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        slot.finish(file).map_err(failed)?;
+                    }
                 }
             }
-            Ok(damage)
+            Ok(damaged)
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
-}
-
-fn finish_file(partial: &Path, path: &Path, node: &Node) -> std::io::Result<()> {
-    let file = std::fs::OpenOptions::new().write(true).open(partial)?;
-    file.set_permissions(std::fs::Permissions::from_mode(node.mode))?;
-    if let Ok(mtime) = node.mtime.parse::<jiff::Timestamp>() {
-        file.set_modified(mtime.into())?;
-    }
-    // NB: no fsync per file: thousands of them would dominate a restore, and what
-    // runs on the restored data (PostgreSQL) syncs what it needs itself.
-    std::fs::rename(partial, path)
 }
 
 fn set_mtime(path: &Path, mtime: &str) {
