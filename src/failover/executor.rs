@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use futures::stream::FuturesUnordered;
 
 use super::clock::Clock;
@@ -228,6 +228,8 @@ pub async fn run(
 ) -> Result<Progress> {
     let mut running: FuturesUnordered<Running<'_>> = FuturesUnordered::new();
     let mut calls: HashSet<Call> = HashSet::new();
+    // Calls that finished while the state was being saved, not yet recorded.
+    let mut finished: Vec<(Call, CallResult)> = Vec::new();
     loop {
         let now = clock.wall();
         let mut changed = false;
@@ -249,7 +251,7 @@ pub async fn run(
             }
         }
         if changed {
-            states.save(state).await?;
+            save_while_running(states, state, &mut running, &mut finished).await?;
         }
         let ctx = StepContext::of(state);
         for call in started {
@@ -270,14 +272,41 @@ pub async fn run(
             continue;
         }
         // Nothing new to decide: wait for a call to finish, or stop.
-        match running.next().await {
-            Some((call, result)) => {
-                calls.remove(&call);
-                state.complete(&call, result, clock.wall());
-                states.save(state).await?;
+        if finished.is_empty() {
+            match running.next().await {
+                Some(done) => finished.push(done),
+                None if state.phase.is_terminal() => return Ok(Progress::Finished(state.phase)),
+                None => return Ok(Progress::Waiting(waits)),
             }
-            None if state.phase.is_terminal() => return Ok(Progress::Finished(state.phase)),
-            None => return Ok(Progress::Waiting(waits)),
+        }
+        // NB: every call finished by now is recorded under one save: with 200
+        // tenants a save per call was over a thousand writes to the witness
+        // store, one after the other.
+        while let Some(Some(done)) = running.next().now_or_never() {
+            finished.push(done);
+        }
+        for (call, result) in std::mem::take(&mut finished) {
+            calls.remove(&call);
+            state.complete(&call, result, clock.wall());
+        }
+        save_while_running(states, state, &mut running, &mut finished).await?;
+    }
+}
+
+/// Saves `state`, and meanwhile lets the calls in flight go on (they are only
+/// polled here): those that finish are kept in `finished`, to be recorded next.
+async fn save_while_running(
+    states: &mut dyn StateStore,
+    state: &FailoverState,
+    running: &mut FuturesUnordered<Running<'_>>,
+    finished: &mut Vec<(Call, CallResult)>,
+) -> Result<()> {
+    let save = states.save(state);
+    tokio::pin!(save);
+    loop {
+        tokio::select! {
+            saved = &mut save => return saved,
+            Some(done) = running.next(), if !running.is_empty() => finished.push(done),
         }
     }
 }

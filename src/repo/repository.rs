@@ -176,8 +176,15 @@ pub struct Repository {
     writer: Mutex<Writer>,
     /// Whole packs of tree blobs, read once: walking a snapshot reads every tree.
     tree_packs: Mutex<HashMap<Id, Bytes>>,
+    /// Snapshots already read. Each is written once and never changed, so a
+    /// listing reads only those it has not seen (a failover of 200 tenants
+    /// looked up each one's newest snapshot by reading all 200, one by one).
+    snapshots_read: Mutex<HashMap<Id, Snapshot>>,
     reads: IntactReads,
 }
+
+/// Snapshot objects read at once when listing them.
+const SNAPSHOT_READS: usize = 16;
 
 /// Bytes of tree packs kept in memory at most.
 const TREE_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -277,6 +284,7 @@ impl Repository {
             index_loaded: Mutex::new(HashSet::new()),
             writer: Mutex::new(Writer::default()),
             tree_packs: Mutex::new(HashMap::new()),
+            snapshots_read: Mutex::new(HashMap::new()),
         }
     }
 
@@ -714,13 +722,22 @@ impl Repository {
 
     /// Every snapshot, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut out = Vec::new();
-        for meta in self.store().list("snapshots/").await? {
-            let Some(id) = meta.key.strip_prefix("snapshots/").and_then(|s| s.parse::<Id>().ok()) else {
-                continue;
-            };
-            out.push((id, self.load_snapshot(&id).await?));
-        }
+        use futures::{StreamExt, TryStreamExt};
+        let listed = self.store().list("snapshots/").await?;
+        let ids: Vec<Id> =
+            listed.iter().filter_map(|m| m.key.strip_prefix("snapshots/").and_then(|s| s.parse().ok())).collect();
+        let unread: Vec<Id> = {
+            let read = self.snapshots_read.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter().filter(|id| !read.contains_key(id)).copied().collect()
+        };
+        let loaded: Vec<(Id, Snapshot)> = futures::stream::iter(unread)
+            .map(|id| async move { Ok::<_, Error>((id, self.load_snapshot(&id).await?)) })
+            .buffered(SNAPSHOT_READS)
+            .try_collect()
+            .await?;
+        let mut read = self.snapshots_read.lock().unwrap_or_else(|e| e.into_inner());
+        read.extend(loaded);
+        let mut out: Vec<(Id, Snapshot)> = ids.iter().filter_map(|id| Some((*id, read.get(id)?.clone()))).collect();
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time));
         Ok(out)
     }
