@@ -1198,6 +1198,34 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     let cut_short = all.iter().find(|b| b.metadata.name.as_deref() == Some("rossi-cut-short")).unwrap();
     assert_eq!(phase(cut_short), Some(BackupPhase::Failed));
 
+    // A Backup whose operator dies the moment its snapshot lands in a
+    // repository, before or after its final status: either way it ends in a
+    // clear phase, and the snapshot it wrote is whole (checked below).
+    use fenice::store::ObjectStore;
+    let plain = s3.store("tenants-plain", "").await.unwrap();
+    let snapshots_before = plain.list("snapshots/").await.unwrap().len();
+    backups.create(&PostParams::default(), &backup("rossi-snapshot-landed")).await.unwrap();
+    timeout(DEADLINE, async {
+        while plain.list("snapshots/").await.unwrap().len() == snapshots_before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the Backup writes a snapshot");
+    let operator = killed_and_replaced(operator, &kubeconfig, "replica-2b", &state_arg, &proxy).await;
+    let ended = |b: Option<&Backup>| b.and_then(phase).is_some_and(|p| p != BackupPhase::Running);
+    timeout(DEADLINE, await_condition(backups.clone(), "rossi-snapshot-landed", ended)).await.unwrap().unwrap();
+    let status = backups.get("rossi-snapshot-landed").await.unwrap().status.unwrap();
+    let why = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    match (status.phase, why.reason.as_str()) {
+        (BackupPhase::Failed, "Interrupted") => assert!(status.snapshot_id.is_none(), "{status:#?}"),
+        (BackupPhase::Succeeded | BackupPhase::PartiallySucceeded, _) => {
+            assert!(status.snapshot_id.is_some(), "{status:#?}")
+        }
+        other => panic!("a Backup killed with its snapshot written ends Interrupted or recorded, not {other:?}"),
+    }
+    eprintln!("the Backup killed as its snapshot landed ended {:?} ({})", status.phase, why.reason);
+
     // A Restore running when the operator dies.
     let restores: Api<Restore> = Api::namespaced(client.clone(), "invoicing");
     let restore = |name: &str| -> Restore {
