@@ -183,8 +183,8 @@ pub struct Repository {
     reads: IntactReads,
 }
 
-/// Snapshot objects read at once when listing them.
-const SNAPSHOT_READS: usize = 16;
+/// Index and snapshot objects read at once.
+const PARALLEL_METADATA_READS: usize = 16;
 
 /// Bytes of tree packs kept in memory at most.
 const TREE_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -468,14 +468,25 @@ impl Repository {
 
     /// Every index object, with its key.
     pub async fn index_files(&self) -> Result<Vec<(String, IndexFile)>> {
-        let mut files = Vec::new();
-        for meta in self.store().list("index/").await? {
-            let sealed = self.reads.get(&meta.key).await?;
-            let file: IndexFile =
-                open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store().as_ref(), &meta.key, e))?;
-            files.push((meta.key, file));
-        }
-        Ok(files)
+        let keys = self.store().list("index/").await?.into_iter().map(|meta| meta.key).collect();
+        self.read_index_objects(keys).await
+    }
+
+    /// Reads and opens the index objects `keys`, several at a time: a
+    /// repository that many tenants back up into holds hundreds of them, and
+    /// every process that opens it reads them all.
+    async fn read_index_objects(&self, keys: Vec<String>) -> Result<Vec<(String, IndexFile)>> {
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let sealed = self.reads.get(&key).await?;
+                let file =
+                    open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store().as_ref(), &key, e))?;
+                Ok::<_, Error>((key, file))
+            })
+            .buffered(PARALLEL_METADATA_READS)
+            .try_collect()
+            .await
     }
 
     pub(crate) async fn load_index(&self) -> Result<()> {
@@ -492,15 +503,11 @@ impl Repository {
     /// their snapshots too. Reads only the new objects.
     pub async fn refresh_index(&self) -> Result<()> {
         let known = self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for meta in self.store().list("index/").await? {
-            if known.contains(&meta.key) {
-                continue;
-            }
-            let sealed = self.reads.get(&meta.key).await?;
-            let file: IndexFile =
-                open_json(&self.keys, &sealed, INDEX_AAD).map_err(|e| corrupt(self.store().as_ref(), &meta.key, e))?;
+        let listed = self.store().list("index/").await?;
+        let new = listed.into_iter().map(|meta| meta.key).filter(|key| !known.contains(key)).collect();
+        for (key, file) in self.read_index_objects(new).await? {
             self.index.write().unwrap_or_else(|e| e.into_inner()).add_file(&file);
-            self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(meta.key);
+            self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
         }
         Ok(())
     }
@@ -732,7 +739,7 @@ impl Repository {
         };
         let loaded: Vec<(Id, Snapshot)> = futures::stream::iter(unread)
             .map(|id| async move { Ok::<_, Error>((id, self.load_snapshot(&id).await?)) })
-            .buffered(SNAPSHOT_READS)
+            .buffered(PARALLEL_METADATA_READS)
             .try_collect()
             .await?;
         let mut read = self.snapshots_read.lock().unwrap_or_else(|e| e.into_inner());
