@@ -681,3 +681,21 @@ fn a_backup_or_a_restore_killed_after_any_pack_loses_nothing_and_the_next_run_co
         assert_eq!(entries, ["big"], "nothing else is left in the target");
     }
 }
+
+/// A partial file that a killed restore left, longer than the file it stood
+/// for, leaves no tail in the file restored over it.
+#[test]
+fn a_longer_partial_file_left_by_a_killed_restore_is_cut_to_size() {
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.make_source();
+    let repo = lab.repo();
+    lab.ok(&["--repo", &repo, "backup", "src"]);
+    let dir = lab.path("out/src/documents/2026");
+    std::fs::create_dir_all(&dir).unwrap();
+    let partial = dir.join(".IT01234567897_00019.xml.fenice-partial");
+    std::fs::write(&partial, vec![b'x'; 1 << 20]).unwrap();
+    lab.ok(&["--repo", &repo, "restore", "latest", "--target", "out"]);
+    same_tree(&src, &lab.path("out/src"));
+    assert!(!partial.exists(), "the partial file became the restored one");
+}

@@ -99,6 +99,7 @@ struct PendingFile {
 struct FileSlot {
     partial: PathBuf,
     path: PathBuf,
+    size: u64,
     mode: u32,
     mtime: Option<std::time::SystemTime>,
     /// Blob writes still to come; the file is finished when it reaches zero.
@@ -111,6 +112,7 @@ impl FileSlot {
         FileSlot {
             partial: path.with_file_name(format!(".{}.fenice-partial", node.name)),
             path,
+            size: node.size,
             mode: node.mode,
             mtime: node.mtime.parse::<jiff::Timestamp>().ok().map(Into::into),
             remaining: node.content.len().into(),
@@ -119,7 +121,11 @@ impl FileSlot {
     }
 
     fn open(&self) -> std::io::Result<std::fs::File> {
-        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&self.partial)
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&self.partial)?;
+        // NB: not truncated to zero, as another window may have written part of
+        // it; but a partial file a killed restore left may be longer.
+        file.set_len(self.size)?;
+        Ok(file)
     }
 
     /// Gives the written file its mode and time, then its name.
