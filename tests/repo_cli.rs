@@ -699,3 +699,50 @@ fn a_longer_partial_file_left_by_a_killed_restore_is_cut_to_size() {
     same_tree(&src, &lab.path("out/src"));
     assert!(!partial.exists(), "the partial file became the restored one");
 }
+
+/// A backup whose repository was opened before a prune ran deduplicates
+/// against the index as it is once the backup holds its lock, not as it was
+/// loaded: the blobs of the packs the prune deleted are uploaded again.
+#[tokio::test]
+async fn a_backup_opened_before_a_prune_uploads_again_what_the_prune_deleted() {
+    use fenice::repo::archiver::{self, BackupOptions, Source};
+    use fenice::repo::keyfile::{KdfParams, Passphrase};
+    use fenice::repo::repository::{Repository, Unlock};
+    use fenice::repo::{check, prune};
+    use fenice::store::ObjectStore;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(fenice::store::fs::FsStore::open(&dir.path().join("repo")).unwrap());
+    let fast = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+    let pw = Passphrase::new("pw".into());
+    let repo = Arc::new(Repository::init(store.clone(), &pw, fast, None).await.unwrap());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("scan.pdf"), pseudo_random(3 << 20, 7)).unwrap();
+    let options = || BackupOptions {
+        force_read: true,
+        host: "test".into(),
+        tenant: None,
+        tags: Vec::new(),
+        annotations: Default::default(),
+    };
+    let backup = |repo: &Arc<Repository>| {
+        let repo = repo.clone();
+        let paths = Source::Paths(vec![data.clone()]);
+        async move { archiver::backup(vec![repo], paths, options(), Default::default()).await.unwrap() }
+    };
+    let first = backup(&repo).await.remove(0).result.unwrap().0;
+
+    // Opened (its index loaded) before the snapshot is forgotten and pruned.
+    let early =
+        Arc::new(Repository::open(store.clone(), &Unlock::Passphrase(Passphrase::new("pw".into()))).await.unwrap());
+    store.delete(&format!("snapshots/{first}")).await.unwrap();
+    let pruned = prune::prune(&repo, false).await.unwrap();
+    assert!(pruned.packs_deleted > 0, "the prune deletes the forgotten snapshot's packs: {pruned:?}");
+
+    let second = backup(&early).await.remove(0).result.unwrap();
+    assert!(second.1.totals.added_bytes > 0, "the scan is uploaded again: {:?}", second.1.totals);
+    let fresh = Repository::open(store.clone(), &Unlock::Passphrase(pw)).await.unwrap();
+    let report = check::check(&fresh, true).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}

@@ -170,8 +170,19 @@ pub async fn backup_annotated(
     let mut locks = Vec::new();
     let mut list = Vec::new();
     for repo in repos {
-        // A shared lock keeps prune away while this backup may reference old packs.
-        let lock = lock::acquire(&repo, false).await;
+        // A shared lock keeps prune away while this backup may reference old
+        // packs; the index is read again under it, as a prune may have run
+        // since it was loaded.
+        let lock = match lock::acquire(&repo, false).await {
+            Ok(lock) => match repo.refresh_index().await {
+                Ok(()) => Ok(lock),
+                Err(e) => {
+                    lock.release(&repo).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
         if lock.is_ok() {
             // Reuse what an interrupted run uploaded; a failure here shows again below.
             let _ = repo.adopt_unindexed_packs().await;

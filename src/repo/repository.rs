@@ -498,13 +498,25 @@ impl Repository {
         Ok(())
     }
 
-    /// Loads the index objects written since the repository was opened (by
-    /// other processes' backups), so that a long-running process restores
-    /// their snapshots too. Reads only the new objects.
+    /// Brings the index up to what the store holds: loads the index objects
+    /// written since it was loaded (by other processes' backups), so that a
+    /// long-running process restores their snapshots too; when one it had
+    /// loaded is gone, a prune rewrote the index and deleted packs, and the
+    /// index is loaded anew. A backup calls it once it holds its lock, or it
+    /// would take blobs of deleted packs for stored.
     pub async fn refresh_index(&self) -> Result<()> {
         let known = self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let listed = self.store().list("index/").await?;
-        let new = listed.into_iter().map(|meta| meta.key).filter(|key| !known.contains(key)).collect();
+        let listed: HashSet<String> = self.store().list("index/").await?.into_iter().map(|meta| meta.key).collect();
+        if !known.is_subset(&listed) {
+            let files = self.read_index_objects(listed.into_iter().collect()).await?;
+            let mut index = Index::default();
+            files.iter().for_each(|(_, f)| index.add_file(f));
+            *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+            *self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()) =
+                files.into_iter().map(|(key, _)| key).collect();
+            return Ok(());
+        }
+        let new = listed.into_iter().filter(|key| !known.contains(key)).collect();
         for (key, file) in self.read_index_objects(new).await? {
             self.index.write().unwrap_or_else(|e| e.into_inner()).add_file(&file);
             self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
