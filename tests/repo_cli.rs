@@ -712,7 +712,7 @@ async fn a_backup_opened_before_a_prune_uploads_again_what_the_prune_deleted() {
     use fenice::store::ObjectStore;
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(fenice::store::fs::FsStore::open(&dir.path().join("repo")).unwrap());
+    let store = Arc::new(fenice::store::fs::FsStore::open(dir.path().join("repo")).unwrap());
     let fast = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
     let pw = Passphrase::new("pw".into());
     let repo = Arc::new(Repository::init(store.clone(), &pw, fast, None).await.unwrap());
