@@ -490,12 +490,16 @@ impl Repository {
     }
 
     pub(crate) async fn load_index(&self) -> Result<()> {
-        let files = self.index_files().await?;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        files.iter().for_each(|(_, f)| index.add_file(f));
-        let mut loaded = self.index_loaded.lock().unwrap_or_else(|e| e.into_inner());
-        loaded.extend(files.into_iter().map(|(key, _)| key));
+        self.replace_index(self.index_files().await?);
         Ok(())
+    }
+
+    /// Makes the in-memory index the union of `files`, and nothing else.
+    fn replace_index(&self, files: Vec<(String, IndexFile)>) {
+        let mut index = Index::default();
+        files.iter().for_each(|(_, f)| index.add_file(f));
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        *self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()) = files.into_iter().map(|(key, _)| key).collect();
     }
 
     /// Brings the index up to what the store holds: loads the index objects
@@ -508,12 +512,7 @@ impl Repository {
         let known = self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let listed: HashSet<String> = self.store().list("index/").await?.into_iter().map(|meta| meta.key).collect();
         if !known.is_subset(&listed) {
-            let files = self.read_index_objects(listed.into_iter().collect()).await?;
-            let mut index = Index::default();
-            files.iter().for_each(|(_, f)| index.add_file(f));
-            *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
-            *self.index_loaded.lock().unwrap_or_else(|e| e.into_inner()) =
-                files.into_iter().map(|(key, _)| key).collect();
+            self.replace_index(self.read_index_objects(listed.into_iter().collect()).await?);
             return Ok(());
         }
         let new = listed.into_iter().filter(|key| !known.contains(key)).collect();
