@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 
+use super::chunker::Chunker;
 use super::id::Id;
 use super::lock;
 use super::pack::BlobType;
@@ -295,7 +296,8 @@ fn run(
             std::thread::spawn(move || seal_worker(&handle, &targets, &rx))
         })
         .collect();
-    let mut walker = Walker { handle, targets, tx, totals: Totals::default(), progress };
+    let chunker = Chunker::new(targets[0].repo.config().chunker);
+    let mut walker = Walker { handle, targets, tx, totals: Totals::default(), progress, chunker };
     let walked = walker.walk_source(source, &parents);
     let dirs = walker.totals.dirs;
     drop(walker);
@@ -364,6 +366,7 @@ struct Walker<'a> {
     tx: SyncSender<Job>,
     totals: Totals,
     progress: &'a Progress,
+    chunker: Chunker,
 }
 
 /// Nodes per repository (ids differ between repositories, so trees do too).
@@ -555,13 +558,10 @@ impl Walker<'_> {
             // It grew while we read: chunk it after all, from the start.
             reader = Box::new(std::io::Cursor::new(head).chain(reader));
         }
-        let chunker = fastcdc::v2020::StreamCDC::new(reader, min, params.avg_size as usize, params.max_size as usize);
-        for chunk in chunker {
-            let chunk = chunk.map_err(|e| read(std::io::Error::other(e)))?;
-            size += chunk.length as u64;
-            self.queue_chunk(chunk.data, &mut content);
-        }
-        Ok((content, size))
+        let mut chunker = std::mem::replace(&mut self.chunker, Chunker::new(params));
+        let chunked = chunker.chunks(&mut reader, |chunk| self.queue_chunk(chunk.to_vec(), &mut content));
+        self.chunker = chunker;
+        Ok((content, size + chunked.map_err(read)?))
     }
 
     /// Hashes a chunk for every repository and queues it where it is new.

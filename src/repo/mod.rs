@@ -5,6 +5,7 @@
 
 pub mod archiver;
 pub mod check;
+pub mod chunker;
 pub mod copy;
 pub mod crypto;
 pub mod forget;
