@@ -104,6 +104,12 @@ impl Keys {
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Unauthentic> {
         self.sealer.open(sealed, aad)
     }
+
+    /// As [`open`](Self::open), decrypting where the sealed value lies; the
+    /// plaintext is the returned part of it.
+    pub fn open_in_place<'a>(&self, sealed: &'a mut [u8], aad: &[u8]) -> Result<&'a [u8], Unauthentic> {
+        self.sealer.open_in_place(sealed, aad)
+    }
 }
 
 /// XChaCha20-Poly1305 with a random 24-byte nonce per message: random nonces of
@@ -137,16 +143,25 @@ impl Sealer {
     }
 
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Unauthentic> {
+        let mut plaintext = sealed.to_vec();
+        let length = self.open_in_place(&mut plaintext, aad)?.len();
+        plaintext.drain(..NONCE_LEN);
+        plaintext.truncate(length);
+        Ok(plaintext)
+    }
+
+    // NB: a restore decrypts each blob where its window of the pack lies: a
+    // copy per blob was memory on top of the window, and time.
+    pub fn open_in_place<'a>(&self, sealed: &'a mut [u8], aad: &[u8]) -> Result<&'a [u8], Unauthentic> {
         if sealed.len() < OVERHEAD {
             return Err(Unauthentic);
         }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let nonce = XNonce::try_from(nonce).map_err(|_| Unauthentic)?;
-        let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| Unauthentic)?;
-        let mut plaintext = ciphertext.to_vec();
-        self.0.decrypt_inout_detached(&nonce, aad, (&mut plaintext[..]).into(), &tag).map_err(|_| Unauthentic)?;
-        Ok(plaintext)
+        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        let nonce = XNonce::try_from(&*nonce).map_err(|_| Unauthentic)?;
+        let tag = chacha20poly1305::Tag::try_from(&*tag).map_err(|_| Unauthentic)?;
+        self.0.decrypt_inout_detached(&nonce, aad, (&mut *ciphertext).into(), &tag).map_err(|_| Unauthentic)?;
+        Ok(ciphertext)
     }
 }
 

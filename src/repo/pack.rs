@@ -97,22 +97,34 @@ pub fn seal_blob(keys: &Keys, id: &Id, plaintext: &[u8]) -> Vec<u8> {
 
 /// Opens a sealed blob and checks that its content has the id it claims.
 pub fn open_blob(keys: &Keys, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>, PackError> {
+    let mut scratch = Vec::new();
+    open_blob_in_place(keys, entry, &mut sealed.to_vec(), &mut scratch).map(<[u8]>::to_vec)
+}
+
+/// As [`open_blob`], decrypting where the sealed blob lies; a compressed blob
+/// decompresses into `scratch`, whose memory a caller opening many blobs keeps.
+pub fn open_blob_in_place<'a>(
+    keys: &Keys,
+    entry: &BlobEntry,
+    sealed: &'a mut [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8], PackError> {
     let id = entry.id;
-    let framed = keys.open(sealed, &id.0).map_err(|Unauthentic| PackError::BlobUnauthentic { id })?;
+    let framed = keys.open_in_place(sealed, &id.0).map_err(|Unauthentic| PackError::BlobUnauthentic { id })?;
     if entry.blob_type == BlobType::Data && entry.raw_length > MAX_DATA_BLOB {
         let reason = format!("its raw length {} is more than any chunk ({MAX_DATA_BLOB} bytes)", entry.raw_length);
         return Err(PackError::BlobCorrupt { id, reason });
     }
-    let plaintext = match framed.split_first() {
-        Some((0, raw)) => raw.to_vec(),
+    let plaintext: &[u8] = match framed.split_first() {
+        Some((0, raw)) => raw,
         Some((1, compressed)) => {
             // NB: the raw length is what the header says, and a holder of the
             // key writes headers too: a tree's may claim 4 GiB. Reserve no more
             // than a chunk up front; beyond that, memory grows with the content.
             let capacity = entry.raw_length.min(MAX_DATA_BLOB) as usize;
-            match decompress(compressed, u64::from(entry.raw_length), capacity) {
-                Ok(Some(plaintext)) => plaintext,
-                Ok(None) => {
+            match decompress_into(compressed, u64::from(entry.raw_length), capacity, scratch) {
+                Ok(true) => scratch,
+                Ok(false) => {
                     let reason = format!("it decompresses to more than its raw length {}", entry.raw_length);
                     return Err(PackError::BlobCorrupt { id, reason });
                 }
@@ -121,7 +133,7 @@ pub fn open_blob(keys: &Keys, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8
         }
         _ => return Err(PackError::BlobCorrupt { id, reason: "unknown framing byte".into() }),
     };
-    if plaintext.len() != entry.raw_length as usize || keys.blob_id(&plaintext) != id {
+    if plaintext.len() != entry.raw_length as usize || keys.blob_id(plaintext) != id {
         return Err(PackError::BlobCorrupt { id, reason: "content does not match its id".into() });
     }
     Ok(plaintext)
@@ -152,28 +164,38 @@ fn compress_into(plaintext: &[u8], out: &mut Vec<u8>) -> Option<usize> {
 /// `capacity`, never with what their headers claim: a few bytes of zstd can
 /// claim, or hold, gigabytes.
 pub fn decompress(compressed: &[u8], limit: u64, capacity: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    Ok(decompress_into(compressed, limit, capacity, &mut out)?.then_some(out))
+}
+
+/// As [`decompress`], into `out` (emptied first, its memory kept); `false`
+/// when the frames hold more than `limit` bytes.
+pub fn decompress_into(compressed: &[u8], limit: u64, capacity: usize, out: &mut Vec<u8>) -> std::io::Result<bool> {
     use std::io::Read;
+    out.clear();
     if let Ok(limit) = usize::try_from(limit)
         && limit <= capacity
     {
         // What the caller reserves anyway holds the whole content: one call
         // decompresses into it, and keeps no window buffer (a streaming
         // context kept per thread held a chunk's window each).
-        let mut out = Vec::with_capacity(limit);
+        out.reserve(limit);
         let done = DECOMPRESSOR.with_borrow_mut(|decompressor| {
             if decompressor.is_none() {
                 *decompressor = zstd::bulk::Decompressor::new().ok();
             }
-            decompressor.as_mut().map(|d| d.decompress_to_buffer(compressed, &mut out))
+            decompressor.as_mut().map(|d| d.decompress_to_buffer(compressed, out))
         });
         if let Some(Ok(_)) = done {
-            return Ok(Some(out));
+            // NB: memory kept from a longer blob may have held more than the limit.
+            return Ok(out.len() <= limit);
         }
         // NB: too long or broken: the streaming decoder below tells which.
+        out.clear();
     }
-    let mut out = Vec::with_capacity(capacity.min(usize::try_from(limit).unwrap_or(usize::MAX)));
-    zstd::stream::read::Decoder::with_buffer(compressed)?.take(limit.saturating_add(1)).read_to_end(&mut out)?;
-    Ok(Some(out).filter(|out| out.len() as u64 <= limit))
+    out.reserve(capacity.min(usize::try_from(limit).unwrap_or(usize::MAX)));
+    zstd::stream::read::Decoder::with_buffer(compressed)?.take(limit.saturating_add(1)).read_to_end(out)?;
+    Ok(out.len() as u64 <= limit)
 }
 
 /// Builds one pack in memory.

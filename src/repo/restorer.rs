@@ -366,8 +366,8 @@ impl Window {
         let blobs = self.blobs.clone();
         let start = which.iter().map(|&b| u64::from(blobs[b].0.offset)).min().unwrap_or(0);
         let end = which.iter().map(|&b| u64::from(blobs[b].0.offset) + u64::from(blobs[b].0.length)).max();
-        let bytes = match self.reads.get_range(&pack_key(&self.pack), start..end.unwrap_or(start)).await {
-            Ok(bytes) => bytes,
+        let mut bytes = match self.reads.get_range(&pack_key(&self.pack), start..end.unwrap_or(start)).await {
+            Ok(bytes) => Vec::from(bytes),
             Err(e) => {
                 let why = RepoError::from(e).to_string();
                 return Ok(which.into_iter().map(|b| (b, why.clone())).collect());
@@ -384,6 +384,7 @@ impl Window {
             // last file open saves reopening it, and keeps one descriptor per window
             // however many small files the window holds.
             let mut open: Option<(usize, std::fs::File)> = None;
+            let mut scratch = Vec::new();
             for b in which {
                 if stopped.load(Ordering::Relaxed) {
                     break;
@@ -391,9 +392,9 @@ impl Window {
                 let (entry, targets) = &blobs[b];
                 let from = (u64::from(entry.offset) - start) as usize;
                 let opened = bytes
-                    .get(from..from + entry.length as usize)
+                    .get_mut(from..from + entry.length as usize)
                     .ok_or(PackError::TooShort)
-                    .and_then(|sealed| super::pack::open_blob(&keys, entry, sealed));
+                    .and_then(|sealed| super::pack::open_blob_in_place(&keys, entry, sealed, &mut scratch));
                 let plaintext = match opened {
                     Ok(plaintext) => plaintext,
                     Err(source) => {
