@@ -409,7 +409,7 @@ impl Window {
                         open = Some((i, slot.open().map_err(failed)?));
                     }
                     let (_, file) = open.as_ref().expect("opened above");
-                    file.write_all_at(&plaintext, offset).map_err(failed)?;
+                    file.write_all_at(plaintext, offset).map_err(failed)?;
                     progress.done.fetch_add(plaintext.len() as u64, Ordering::Relaxed);
                     if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                         slot.finish(file).map_err(failed)?;
