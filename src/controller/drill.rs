@@ -330,12 +330,14 @@ async fn drill_tenant(
     }
     let (rpo, snapshot, outcome, warnings, test_invoice) = match outcome {
         Ok(served) => {
-            let rpo = drill_start.duration_since(served.taken).unsigned_abs();
+            let (rpo, clocks) = crate::drill::backup_age(drill_start, served.taken, &served.snapshot);
             let (outcome, sent) = match served.test_invoice {
                 Ok(sent) => (Ok(()), Some(sent)),
                 Err(why) => (Err(why), None),
             };
-            (rpo, Some(served.snapshot), outcome, served.warnings, sent)
+            let mut warnings = served.warnings;
+            warnings.extend(clocks);
+            (rpo, Some(served.snapshot), outcome, warnings, sent)
         }
         Err(why) => (Duration::ZERO, None, Err(why), Vec::new(), None),
     };

@@ -331,7 +331,9 @@ fn judge(measured: &mut Measured, report: Option<Report>, drill_start: Timestamp
     };
     measured.snapshot = report.snapshot.clone();
     if let Some(taken) = report.time.as_deref().and_then(|t| t.parse::<Timestamp>().ok()) {
-        measured.rpo = drill_start.duration_since(taken).unsigned_abs();
+        let (rpo, clocks) = crate::drill::backup_age(drill_start, taken, report.snapshot.as_deref().unwrap_or(""));
+        measured.rpo = rpo;
+        measured.warnings.extend(clocks);
     }
     measured.test_invoice = report.test_invoice.clone();
     measured.outcome = match report {

@@ -142,6 +142,24 @@ pub fn next_invoice(last_numbers: &BTreeMap<String, i64>) -> (String, i64) {
     last_numbers.iter().next().map_or(("DRILL".to_owned(), 1), |(series, last)| (series.clone(), last + 1))
 }
 
+/// A backup's age at the drill's start (its RPO) and, when it is dated after
+/// that start, a warning: the clocks of the host that took it and of this
+/// operator disagree, or one was set back. Its age then counts as zero, not as
+/// the size of the disagreement, which would fail a drill on a clock.
+pub fn backup_age(drill_start: jiff::Timestamp, taken: jiff::Timestamp, snapshot: &str) -> (Duration, Option<String>) {
+    let age = drill_start.duration_since(taken);
+    if !age.is_negative() {
+        return (age.unsigned_abs(), None);
+    }
+    let ahead = crate::api::common::Duration::from_std(age.unsigned_abs());
+    let warning = format!(
+        "snapshot {snapshot} is dated {} after the drill started ({taken} against {drill_start}): the clocks of \
+         the host that took it and of this operator disagree, or one was set back; its RPO counts as 0",
+        ahead.as_str()
+    );
+    (Duration::ZERO, Some(warning))
+}
+
 /// Why a tenant failed (`None`: it passed): what failed, or the objective missed.
 pub fn verdict(measured: &Measured, objectives: &crate::api::common::Objectives) -> Option<String> {
     if let Err(why) = &measured.outcome {
@@ -202,6 +220,18 @@ mod tests {
         let other: TenantSelection = serde_json::from_value(serde_json::json!({"namespaces": ["elsewhere"]})).unwrap();
         assert!(select(&other, &all, &sample(serde_json::json!({"all": true})), "s").is_err());
         assert_eq!(all[0].spec.tier, Tier::Gold);
+    }
+
+    #[test]
+    fn a_backup_dated_after_the_drill_started_is_zero_old_with_a_warning() {
+        let start: jiff::Timestamp = "2026-12-07T01:00:00Z".parse().unwrap();
+        let before: jiff::Timestamp = "2026-12-07T00:59:30Z".parse().unwrap();
+        assert_eq!(backup_age(start, before, "ab12"), (Duration::from_secs(30), None));
+        let after: jiff::Timestamp = "2026-12-07T02:00:00Z".parse().unwrap();
+        let (age, warning) = backup_age(start, after, "ab12");
+        assert_eq!(age, Duration::ZERO, "not the hour the clocks disagree by");
+        let warning = warning.expect("a warning");
+        assert!(warning.contains("snapshot ab12 is dated 1h after the drill started"), "{warning}");
     }
 
     #[test]
