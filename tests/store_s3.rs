@@ -134,6 +134,34 @@ async fn delete_on_a_versioned_bucket_removes_every_version() {
 }
 
 #[tokio::test]
+async fn an_object_written_once_is_deleted_for_good_from_what_its_write_answered() {
+    let server = start_moto().await;
+    let raw = raw_client(&server.endpoint());
+    for versioned in [true, false] {
+        let store = store_on_new_bucket(&server, "", versioned, None).await;
+        let bucket = store.describe().trim_start_matches("s3://").split(' ').next().unwrap().to_owned();
+        let written = store.put("locks/a", Bytes::from_static(b"lock"), PutCondition::IfAbsent).await.unwrap();
+        assert_eq!(written.version.is_some(), versioned, "a versioned bucket names the version: {written:?}");
+        store.put("locks/ab", Bytes::from_static(b"keep"), PutCondition::IfAbsent).await.unwrap();
+        store.delete_written("locks/a", &written).await.unwrap();
+        let versions = raw.list_object_versions().bucket(&bucket).prefix("locks/").send().await.unwrap();
+        let left: Vec<&str> = versions
+            .versions()
+            .iter()
+            .filter_map(|v| v.key())
+            .chain(versions.delete_markers().iter().filter_map(|m| m.key()))
+            .collect();
+        assert_eq!(left, ["locks/ab"], "versioned: {versioned}");
+    }
+
+    let store = store_on_new_bucket(&server, "immutable", true, Some(DAY)).await;
+    let written = store.put("locks/b", Bytes::from_static(b"lock"), PutCondition::IfAbsent).await.unwrap();
+    let refused = store.delete_written("locks/b", &written).await.unwrap_err();
+    assert!(matches!(&refused, Error::Immutable { key, until: Some(_), .. } if key == "locks/b"), "{refused:?}");
+    assert_eq!(store.get("locks/b").await.unwrap(), Bytes::from_static(b"lock"));
+}
+
+#[tokio::test]
 async fn locked_objects_cannot_be_deleted_or_overwritten_and_stay_readable() {
     let server = start_moto().await;
     let store = store_on_new_bucket(&server, "immutable", true, Some(DAY)).await;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::id::Id;
 use super::repository::{Error, Repository, Result};
-use crate::store::{self, PutCondition};
+use crate::store::{self, PutCondition, PutOutcome};
 
 /// A lock older than this is treated as left by a killed process.
 pub const STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
@@ -40,6 +40,8 @@ pub struct LockFile {
 #[derive(Debug)]
 pub struct Lock {
     key: String,
+    /// What writing it answered: the version to delete, where the store has them.
+    written: PutOutcome,
     exclusive: bool,
 }
 
@@ -92,7 +94,7 @@ fn locked_error(repo: &Repository, lock: &LockFile) -> Error {
 }
 
 /// Writes a new lock object dated `now`; its key.
-async fn write(repo: &Repository, exclusive: bool, now: Timestamp) -> Result<String> {
+async fn write(repo: &Repository, exclusive: bool, now: Timestamp) -> Result<(String, PutOutcome)> {
     let file = LockFile {
         time: now.to_string(),
         host: super::host_name(),
@@ -103,8 +105,8 @@ async fn write(repo: &Repository, exclusive: bool, now: Timestamp) -> Result<Str
     // NB: LockFile serializes infallibly.
     let sealed = repo.keys().seal(&serde_json::to_vec(&file).expect("lock serializes"), LOCK_AAD);
     let key = format!("locks/{}", Id::of_content(&sealed));
-    repo.store().put(&key, Bytes::from(sealed), PutCondition::IfAbsent).await?;
-    Ok(key)
+    let written = repo.store().put(&key, Bytes::from(sealed), PutCondition::IfAbsent).await?;
+    Ok((key, written))
 }
 
 /// Takes a shared (backup) or exclusive (prune) lock.
@@ -113,7 +115,8 @@ pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
     if let Some((_, held)) = locks(repo).await?.iter().find(|(_, l)| conflicts(exclusive, l, now)) {
         return Err(locked_error(repo, held));
     }
-    let lock = Lock { key: write(repo, exclusive, now).await?, exclusive };
+    let (key, written) = write(repo, exclusive, now).await?;
+    let lock = Lock { key, written, exclusive };
     // Two writers may have checked at the same moment: look again now that ours is visible.
     let rivals = locks(repo).await?;
     if let Some((_, held)) = rivals.iter().find(|(k, l)| *k != lock.key && conflicts(exclusive, l, now)) {
@@ -127,27 +130,27 @@ pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
 impl Lock {
     /// Removes the lock, or on an immutable store marks it released.
     pub async fn release(self, repo: &Repository) {
-        remove(repo, &self.key).await;
+        remove(repo, &self.key, &self.written).await;
     }
 
     /// Dates the lock now: a new lock object, then the old one removed (lock
     /// objects, like every object, are never rewritten). The lock is held
     /// throughout: the new one is there before the old one goes.
     pub async fn refresh(&mut self, repo: &Repository) -> Result<()> {
-        let key = write(repo, self.exclusive, Timestamp::now()).await?;
-        let old = std::mem::replace(&mut self.key, key);
-        remove(repo, &old).await;
+        let (key, written) = write(repo, self.exclusive, Timestamp::now()).await?;
+        let old = (std::mem::replace(&mut self.key, key), std::mem::replace(&mut self.written, written));
+        remove(repo, &old.0, &old.1).await;
         Ok(())
     }
 }
 
-async fn remove(repo: &Repository, key: &str) {
+async fn remove(repo: &Repository, key: &str, written: &PutOutcome) {
     // NB: in a repository that locks every object for days, a lock just written
     // cannot be deleted: the attempt (listing its versions, then a refused
     // delete) is skipped. Each such listing also grew the S3 server of the
     // tests and the lab by about its bucket's size.
     let locked = repo.config().retention_days.is_some();
-    if locked || matches!(repo.store().delete(key).await, Err(store::Error::Immutable { .. })) {
+    if locked || matches!(repo.store().delete_written(key, written).await, Err(store::Error::Immutable { .. })) {
         let marker = format!("{key}{RELEASED}");
         // Best effort: if even this fails, the lock goes stale after STALE_AFTER.
         let _ = repo.store().put(&marker, Bytes::new(), PutCondition::IfAbsent).await;

@@ -73,7 +73,7 @@ impl FsStore {
         result?;
         sync_dir(&dir).map_err(self.io("sync directory", key))?;
         let meta = fs::metadata(&path).map_err(self.io("stat", key))?;
-        Ok(PutOutcome { etag: etag(&meta), retain_until: None })
+        Ok(PutOutcome { etag: etag(&meta), retain_until: None, version: None })
     }
 
     fn replace_if_match(&self, key: &str, path: &Path, temp: &Path, expected: &str) -> Result<()> {

@@ -38,6 +38,8 @@ pub struct PutOutcome {
     pub etag: String,
     /// Until when the store refuses to delete or overwrite it, if immutable.
     pub retain_until: Option<SystemTime>,
+    /// The version the write made, where the store keeps versions and said which.
+    pub version: Option<String>,
 }
 
 /// An object's metadata.
@@ -88,6 +90,17 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Deletes an object; deleting a missing one succeeds. Refused with
     /// [`Error::Immutable`] inside the retention window.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Deletes an object the caller wrote once ([`PutCondition::IfAbsent`]),
+    /// from what the write answered, without listing its versions: the version
+    /// the write named (its only one), or without one as a plain delete does
+    /// (S3: for good on an unversioned bucket; should the answer of a write to
+    /// a versioned bucket have been lost, that version stays behind a delete
+    /// marker, out of listings).
+    async fn delete_written(&self, key: &str, written: &PutOutcome) -> Result<()> {
+        let _ = written;
+        self.delete(key).await
+    }
 
     /// The retention in force on an object, read back from the store.
     async fn retention(&self, key: &str) -> Result<Retention>;

@@ -75,7 +75,11 @@ impl Properties {
     /// After a lost answer, a conflict may be our own earlier attempt: it is if
     /// the object now there has our content (`hash`).
     pub(super) fn if_written_by_us(self, hash: &str) -> Option<PutOutcome> {
-        (self.hash.as_deref() == Some(hash)).then_some(PutOutcome { etag: self.etag, retain_until: self.retain_until })
+        (self.hash.as_deref() == Some(hash)).then_some(PutOutcome {
+            etag: self.etag,
+            retain_until: self.retain_until,
+            version: None,
+        })
     }
 }
 

@@ -55,7 +55,7 @@ impl ObjectStore for AzureStore {
             })
             .await;
         let f = match result {
-            Ok(rsp) => return Ok(PutOutcome { etag: etag_text(rsp.etag.as_ref()), retain_until }),
+            Ok(rsp) => return Ok(PutOutcome { etag: etag_text(rsp.etag.as_ref()), retain_until, version: None }),
             Err(f) => f,
         };
         let conflict = matches!(f.status(), Some(409 | 412)) && f.code() != Some(BLOB_IMMUTABLE);
