@@ -39,8 +39,9 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install o
 # prometheus: its promtool checks and unit-tests the alerts (tests/monitoring.rs);
 # the policy-rc.d below keeps its service from starting. chromium renders the
 # lab's drill and failover reports headless (tests/lab.rs). openssl makes and reads
-# certificates in the certificate runbook's test.
-want=(postgresql postgresql-client restic iproute2 prometheus chromium openssl)
+# certificates in the certificate runbook's test. libfaketime sets a process's
+# clock back for real (tests/repo_cli.rs).
+want=(postgresql postgresql-client restic iproute2 prometheus chromium openssl libfaketime)
 # Node.js may come from elsewhere than Debian (a newer build on PATH): keep it.
 # NB: Azurite 3.37 declares node >= 22 but runs on 20; Debian 12's own node is 18.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

@@ -746,3 +746,46 @@ async fn a_backup_opened_before_a_prune_uploads_again_what_the_prune_deleted() {
     let report = check::check(&fresh, true).await.unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
+
+/// libfaketime, from Debian's package: moves the clock of the process it is
+/// preloaded in.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The clock set back three hours between two backups, for real (libfaketime
+/// moves the `fenice` process's clock): the second snapshot is dated before the
+/// first and names it as its previous, and `latest` is the second, not the
+/// older data dated last.
+#[test]
+fn a_backup_taken_after_the_clock_was_set_back_is_still_the_latest() {
+    assert!(Path::new(FAKETIME).exists(), "{FAKETIME} is missing: run scripts/prerequisites.sh");
+    let lab = Lab::new();
+    lab.init();
+    let src = lab.make_source();
+    let repo = lab.repo();
+    let first = lab.json(&["--repo", &repo, "backup", "src"])["copies"][0]["snapshot"].as_str().unwrap().to_owned();
+    std::fs::write(src.join("written-after-the-first-backup.txt"), "only in the second").unwrap();
+    let clock = lab.path("clock");
+    std::fs::write(&clock, "-3h").unwrap();
+    let out = lab
+        .command("pw", &["--repo", &repo, "backup", "src", "--json"])
+        .env("LD_PRELOAD", FAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", &clock)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let second = second["copies"][0]["snapshot"].as_str().unwrap().to_owned();
+
+    let listed = lab.json(&["--repo", &repo, "snapshots"]);
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()], "listed by time, the second first");
+    let time = |i: usize| listed[i]["snapshot"]["time"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let behind = time(1).duration_since(time(0));
+    assert!(behind > jiff::SignedDuration::from_mins(170), "dated {behind:?} before the first");
+    assert_eq!(listed[0]["snapshot"]["previous"].as_str(), Some(first.as_str()));
+
+    lab.ok(&["--repo", &repo, "restore", "latest", "--target", "out"]);
+    same_tree(&src, &lab.path("out/src"));
+}

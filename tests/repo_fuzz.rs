@@ -1603,6 +1603,7 @@ fn a_tree_naming_one_subtree_twice_at_every_level_is_checked_in_linear_time() {
             tree,
             totals: Default::default(),
             annotations: Default::default(),
+            previous: None,
         };
         repo.save_snapshot(&snapshot).await.expect("a snapshot saved");
         fenice::repo::check::check(&repo, false).await.expect("checked")

@@ -196,16 +196,24 @@ pub async fn backup_annotated(
         list.push(target);
     }
     let targets: Arc<Vec<Target>> = Arc::new(list);
-    let mut parents = Vec::new();
+    let walks_paths = match &source {
+        Source::Paths(_) => true,
+        Source::Entries(entries) => entries.iter().any(|e| matches!(e, Entry::Path { .. })),
+    };
+    let (mut parents, mut previous) = (Vec::new(), Vec::new());
     for target in targets.iter() {
-        let walks_paths = match &source {
-            Source::Paths(_) => true,
-            Source::Entries(entries) => entries.iter().any(|e| matches!(e, Entry::Path { .. })),
-        };
-        parents.push(match walks_paths && !options.force_read && target.ok() {
-            true => parent_root(&target.repo, &source.shown(), &options).await,
+        // NB: a stream's backup (a tenant's dump) looks for none: it would read
+        // every snapshot of the repository, each backup; streams are in the
+        // order of their times.
+        let last = match target.ok() && walks_paths {
+            true => last_of_series(&target.repo, &source.shown(), &options).await,
             false => None,
+        };
+        parents.push(match (&last, walks_paths && !options.force_read) {
+            (Some((_, snapshot)), true) => load_tree(&target.repo, &snapshot.tree).await.ok(),
+            _ => None,
         });
+        previous.push(last.map(|(id, _)| id));
     }
     let walk = {
         let targets = targets.clone();
@@ -219,7 +227,7 @@ pub async fn backup_annotated(
         match (walked, annotated) {
             (Ok(walked), Ok(annotations)) => {
                 options.annotations.extend(annotations);
-                Ok(save_snapshots(&targets, walked, &options).await)
+                Ok(save_snapshots(&targets, walked, &previous, &options).await)
             }
             (Err(e), _) => Err(e),
             (Ok(_), Err(source)) => Err(Error::Annotate { source }),
@@ -233,14 +241,15 @@ fn shown_paths(paths: &[PathBuf]) -> Vec<String> {
     paths.iter().map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect()
 }
 
-/// The root tree of the newest snapshot of the same paths (and tenant, or host
-/// when there is no tenant): files unchanged since it are not read again.
-async fn parent_root(repo: &Repository, shown: &[String], options: &BackupOptions) -> Option<Tree> {
+/// The newest snapshot of the same paths (and tenant, or host when there is no
+/// tenant): the new one's previous, and its parent (files unchanged since it
+/// are not read again).
+async fn last_of_series(repo: &Repository, shown: &[String], options: &BackupOptions) -> Option<(Id, Snapshot)> {
     let snapshots = repo.snapshots().await.ok()?;
-    let (_, parent) = snapshots.iter().rev().find(|(_, s)| {
+    let series = snapshots.iter().filter(|(_, s)| {
         s.paths == shown && s.tenant == options.tenant && (options.tenant.is_some() || s.host == options.host)
-    })?;
-    load_tree(repo, &parent.tree).await.ok()
+    });
+    super::tree::newest(series).cloned()
 }
 
 /// The node called `name` in a parent tree (trees are sorted by name).
@@ -250,7 +259,12 @@ fn parent_node(tree: Option<&Tree>, name: &str) -> Option<Node> {
 }
 
 /// Saves one snapshot per repository that did not fail.
-async fn save_snapshots(targets: &[Target], walked: Walked, options: &BackupOptions) -> Vec<CopyResult> {
+async fn save_snapshots(
+    targets: &[Target],
+    walked: Walked,
+    previous: &[Option<Id>],
+    options: &BackupOptions,
+) -> Vec<CopyResult> {
     let (roots, paths, mut totals) = walked;
     let mut results = Vec::new();
     for (i, target) in targets.iter().enumerate() {
@@ -270,6 +284,7 @@ async fn save_snapshots(targets: &[Target], walked: Walked, options: &BackupOpti
                     tree: roots[i],
                     totals: totals.clone(),
                     annotations: options.annotations.clone(),
+                    previous: previous[i],
                 };
                 target.repo.save_snapshot(&snapshot).await.map(|id| (id, snapshot))
             }

@@ -18,6 +18,9 @@ pub async fn copy_snapshot(from: &Repository, to: &Repository, snapshot: &Snapsh
     let copied = Snapshot {
         tree,
         totals: Totals { new_blobs: copier.new_blobs, added_bytes: copier.added, ..snapshot.totals.clone() },
+        // NB: the source's previous is an id of the source; the destination's
+        // copies are in the order of their times.
+        previous: None,
         ..snapshot.clone()
     };
     let id = to.save_snapshot(&copied).await?;

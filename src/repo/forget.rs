@@ -153,6 +153,7 @@ mod tests {
             tree: Id([0; 32]),
             totals: Totals::default(),
             annotations: Default::default(),
+            previous: None,
         };
         (Id([n; 32]), s)
     }

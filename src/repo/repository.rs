@@ -756,7 +756,7 @@ impl Repository {
         let mut read = self.snapshots_read.lock().unwrap_or_else(|e| e.into_inner());
         read.extend(loaded);
         let mut out: Vec<(Id, Snapshot)> = ids.iter().filter_map(|id| Some((*id, read.get(id)?.clone()))).collect();
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+        out.sort_by_cached_key(|(_, s)| s.dated());
         Ok(out)
     }
 
@@ -770,7 +770,7 @@ impl Repository {
     pub async fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
         let snapshots = self.snapshots().await?;
         let found: Vec<_> = if spec == "latest" {
-            snapshots.into_iter().last().into_iter().collect()
+            super::tree::newest(&snapshots).into_iter().cloned().collect()
         } else {
             snapshots.into_iter().filter(|(id, _)| id.to_string().starts_with(spec)).collect()
         };

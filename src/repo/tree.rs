@@ -86,4 +86,82 @@ pub struct Snapshot {
     /// verification data (row counts, checksums, last invoice numbers).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, serde_json::Value>,
+    /// The newest snapshot of the same series (paths, and tenant or else host)
+    /// in this repository when this one was taken, for backups of paths: the
+    /// series' order whatever the writers' clocks said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Id>,
+}
+
+impl Snapshot {
+    /// Its time, compared as a time: the text's fraction of a second has as
+    /// many digits as it needs. `None` (first in order) when unreadable.
+    pub fn dated(&self) -> Option<jiff::Timestamp> {
+        self.time.parse().ok()
+    }
+}
+
+/// The newest of a series of snapshots: the one dated last or, while others
+/// name it as their previous, the last of those. A backup taken after its
+/// host's clock was set back is dated before the one it follows, and is still
+/// the newest.
+pub fn newest<'a>(series: impl IntoIterator<Item = &'a (Id, Snapshot)>) -> Option<&'a (Id, Snapshot)> {
+    let series: Vec<&(Id, Snapshot)> = series.into_iter().collect();
+    let later = |a: &&&(Id, Snapshot), b: &&&(Id, Snapshot)| a.1.dated().cmp(&b.1.dated());
+    let mut next: std::collections::HashMap<Id, Vec<&(Id, Snapshot)>> = std::collections::HashMap::new();
+    for snapshot in &series {
+        if let Some(previous) = snapshot.1.previous {
+            next.entry(previous).or_default().push(snapshot);
+        }
+    }
+    let mut newest = *series.iter().max_by(later)?;
+    // NB: bounded, should a damaged repository hold a loop.
+    for _ in 0..series.len() {
+        match next.get(&newest.0).and_then(|after| after.iter().max_by(later)) {
+            Some(after) => newest = *after,
+            None => break,
+        }
+    }
+    Some(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(n: u8, time: &str, previous: Option<u8>) -> (Id, Snapshot) {
+        let s = Snapshot {
+            time: time.into(),
+            host: "h".into(),
+            tenant: None,
+            tags: vec![],
+            paths: vec!["/x".into()],
+            tree: Id([0; 32]),
+            totals: Totals::default(),
+            annotations: BTreeMap::new(),
+            previous: previous.map(|p| Id([p; 32])),
+        };
+        (Id([n; 32]), s)
+    }
+
+    #[test]
+    fn the_newest_follows_the_series_past_a_clock_set_back() {
+        let before = [snapshot(1, "2026-12-07T09:00:00Z", None), snapshot(2, "2026-12-07T10:00:00Z", Some(1))];
+        assert_eq!(newest(&before).unwrap().0, Id([2; 32]));
+        // The clock set back three hours after the second: two more, dated before it.
+        let mut after = before.to_vec();
+        after.push(snapshot(3, "2026-12-07T07:05:00Z", Some(2)));
+        after.push(snapshot(4, "2026-12-07T07:10:00Z", Some(3)));
+        assert_eq!(newest(&after).unwrap().0, Id([4; 32]));
+        // Two written after the same one (two hosts at once): the later of them.
+        after.push(snapshot(5, "2026-12-07T07:20:00Z", Some(3)));
+        assert_eq!(newest(&after).unwrap().0, Id([5; 32]));
+        assert!(newest(&[]).is_none());
+    }
+
+    #[test]
+    fn a_loop_of_previous_snapshots_ends() {
+        let looped = [snapshot(1, "2026-12-07T09:00:00Z", Some(2)), snapshot(2, "2026-12-07T10:00:00Z", Some(1))];
+        assert!(newest(&looped).is_some());
+    }
 }

@@ -54,14 +54,15 @@ pub async fn find(repo: &Repository, tenant: &str, spec: Option<&str>) -> Result
             }
             (id, snapshot)
         }
-        None => repo
-            .snapshots()
-            .await
-            .map_err(repo_error)?
-            .into_iter()
-            .filter(|(_, s)| s.tenant.as_deref() == Some(tenant) && s.tags.iter().any(|t| t == TAG))
-            .max_by(|a, b| a.1.time.cmp(&b.1.time))
-            .ok_or_else(|| Error::NoSnapshot { repository: repo.describe(), tenant: tenant.to_string() })?,
+        None => {
+            let snapshots = repo.snapshots().await.map_err(repo_error)?;
+            let backups = snapshots
+                .iter()
+                .filter(|(_, s)| s.tenant.as_deref() == Some(tenant) && s.tags.iter().any(|t| t == TAG));
+            crate::repo::tree::newest(backups)
+                .cloned()
+                .ok_or_else(|| Error::NoSnapshot { repository: repo.describe(), tenant: tenant.to_string() })?
+        }
     };
     let not_backup = |reason: &str| Error::NotTenantBackup { snapshot: id.short(), reason: reason.to_string() };
     let value = snapshot.annotations.get(ANNOTATION).ok_or_else(|| not_backup("it has no verification record"))?;
