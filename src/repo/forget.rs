@@ -53,14 +53,17 @@ pub fn group_of(snapshot: &Snapshot) -> String {
 /// Decides, newest first in each group, which snapshots `policy` keeps. Buckets
 /// are in `tz` (a day is a day in Rome, not in UTC). An empty policy keeps all.
 pub fn decide(snapshots: &[(Id, Snapshot)], policy: &KeepPolicy, tz: &TimeZone) -> Vec<Decision> {
-    let mut groups: BTreeMap<String, Vec<(&Id, &Snapshot, Timestamp)>> = BTreeMap::new();
-    for (id, s) in snapshots {
-        let time = s.time.parse::<Timestamp>().unwrap_or(Timestamp::UNIX_EPOCH);
-        groups.entry(group_of(s)).or_default().push((id, s, time));
+    let mut groups: BTreeMap<String, Vec<(&(Id, Snapshot), Timestamp)>> = BTreeMap::new();
+    for entry in snapshots {
+        let time = entry.1.time.parse::<Timestamp>().unwrap_or(Timestamp::UNIX_EPOCH);
+        groups.entry(group_of(&entry.1)).or_default().push((entry, time));
     }
     let mut out = Vec::new();
     for (group, mut members) in groups {
-        members.sort_by(|a, b| b.2.cmp(&a.2).then(b.0.cmp(a.0)));
+        members.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.0.cmp(&a.0.0)));
+        // NB: after a clock was set back the newest is dated before others, and
+        // a policy counting by time would forget the newest data.
+        let newest = super::tree::newest(members.iter().map(|(entry, _)| *entry)).map(|(id, _)| *id);
         let buckets: [(&'static str, u32, BucketOf); 5] = [
             ("hourly", policy.hourly, |z| z.strftime("%Y-%m-%d %H").to_string()),
             ("daily", policy.daily, |z| z.strftime("%Y-%m-%d").to_string()),
@@ -71,10 +74,13 @@ pub fn decide(snapshots: &[(Id, Snapshot)], policy: &KeepPolicy, tz: &TimeZone) 
             ("yearly", policy.yearly, |z| z.strftime("%Y").to_string()),
         ];
         let mut seen: Vec<BTreeSet<String>> = vec![BTreeSet::new(); buckets.len()];
-        for (i, (id, _, time)) in members.iter().enumerate() {
+        for (i, ((id, _), time)) in members.iter().enumerate() {
             let mut reasons = Vec::new();
             if policy.is_empty() || (i as u32) < policy.last {
                 reasons.push(if policy.is_empty() { "no policy" } else { "last" });
+            }
+            if i > 0 && newest == Some(*id) && !policy.is_empty() {
+                reasons.push("newest of its series");
             }
             let zoned = time.to_zoned(tz.clone());
             for (b, (name, keep, bucket)) in buckets.iter().enumerate() {
@@ -83,7 +89,7 @@ pub fn decide(snapshots: &[(Id, Snapshot)], policy: &KeepPolicy, tz: &TimeZone) 
                     reasons.push(name);
                 }
             }
-            out.push(Decision { id: **id, group: group.clone(), time: time.to_string(), reasons });
+            out.push(Decision { id: *id, group: group.clone(), time: time.to_string(), reasons });
         }
     }
     out
@@ -200,6 +206,18 @@ mod tests {
         ];
         let monthly = KeepPolicy { monthly: 2, ..Default::default() };
         assert_eq!(kept(&decide(&snaps, &monthly, &TimeZone::UTC)), [2, 4]);
+    }
+
+    #[test]
+    fn the_newest_of_a_series_dated_before_others_is_kept() {
+        // Snapshot 3 followed 2, taken after the clock was set back three hours.
+        let mut after = snap("a", "2026-11-02T07:05:00Z", 3);
+        after.1.previous = Some(Id([2; 32]));
+        let snaps = vec![snap("a", "2026-11-01T10:00:00Z", 1), snap("a", "2026-11-02T10:00:00Z", 2), after];
+        let d = decide(&snaps, &KeepPolicy { last: 1, ..Default::default() }, &TimeZone::UTC);
+        assert_eq!(kept(&d), [2, 3]);
+        let newest = d.iter().find(|d| d.id == Id([3; 32])).unwrap();
+        assert_eq!(newest.reasons, ["newest of its series"]);
     }
 
     #[test]
