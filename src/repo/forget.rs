@@ -50,10 +50,13 @@ pub fn group_of(snapshot: &Snapshot) -> String {
     }
 }
 
+/// A snapshot and its time, read once.
+type Dated<'a> = (&'a (Id, Snapshot), Timestamp);
+
 /// Decides, newest first in each group, which snapshots `policy` keeps. Buckets
 /// are in `tz` (a day is a day in Rome, not in UTC). An empty policy keeps all.
 pub fn decide(snapshots: &[(Id, Snapshot)], policy: &KeepPolicy, tz: &TimeZone) -> Vec<Decision> {
-    let mut groups: BTreeMap<String, Vec<(&(Id, Snapshot), Timestamp)>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<Dated>> = BTreeMap::new();
     for entry in snapshots {
         let time = entry.1.time.parse::<Timestamp>().unwrap_or(Timestamp::UNIX_EPOCH);
         groups.entry(group_of(&entry.1)).or_default().push((entry, time));
