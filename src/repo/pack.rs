@@ -206,6 +206,12 @@ pub struct PackBuilder {
 }
 
 impl PackBuilder {
+    /// A pack built in `buffer`'s memory (its content is dropped).
+    pub fn in_buffer(mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        PackBuilder { bytes: buffer, entries: Vec::new() }
+    }
+
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
