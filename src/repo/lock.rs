@@ -146,9 +146,8 @@ impl Lock {
 
 async fn remove(repo: &Repository, key: &str, written: &PutOutcome) {
     // NB: in a repository that locks every object for days, a lock just written
-    // cannot be deleted: the attempt (listing its versions, then a refused
-    // delete) is skipped. Each such listing also grew the S3 server of the
-    // tests and the lab by about its bucket's size.
+    // cannot be deleted: the attempt (a refused delete, and reading the
+    // version's retention to tell why) is skipped.
     let locked = repo.config().retention_days.is_some();
     if locked || matches!(repo.store().delete_written(key, written).await, Err(store::Error::Immutable { .. })) {
         let marker = format!("{key}{RELEASED}");
