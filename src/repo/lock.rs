@@ -59,28 +59,48 @@ const RELEASED: &str = ".released";
 /// list and its read.
 const RELISTS: usize = 5;
 
-async fn locks(repo: &Repository) -> Result<Vec<(String, LockFile)>> {
+/// Locks read at once: each backup of a repository that many tenants back up
+/// into at the same time reads every other one's lock, twice.
+const PARALLEL_LOCK_READS: usize = 16;
+
+/// The locks held, but `own` (the caller's, which it need not read back).
+async fn locks(repo: &Repository, own: Option<&str>) -> Result<Vec<(String, LockFile)>> {
+    use futures::{StreamExt, TryStreamExt};
     let mut attempt = 0;
-    'list: loop {
+    loop {
         attempt += 1;
-        let mut out = Vec::new();
         let listed = repo.store().list("locks/").await?;
         let released: HashSet<&str> = listed.iter().filter_map(|m| m.key.strip_suffix(RELEASED)).collect();
-        for meta in listed.iter().filter(|m| !m.key.ends_with(RELEASED) && !released.contains(m.key.as_str())) {
-            let sealed = match repo.store().get(&meta.key).await {
-                Ok(sealed) => sealed,
-                // NB: released, or refreshed: a refresh writes the new lock
-                // before removing the old, so listing again finds it.
-                Err(store::Error::NotFound { .. }) if attempt < RELISTS => continue 'list,
-                Err(store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let Ok(json) = repo.keys().open(&sealed, LOCK_AAD) else { continue };
-            if let Ok(lock) = serde_json::from_slice::<LockFile>(&json) {
-                out.push((meta.key.clone(), lock));
-            }
+        let held: Vec<String> = listed
+            .iter()
+            .map(|m| m.key.as_str())
+            .filter(|key| !key.ends_with(RELEASED) && !released.contains(key) && Some(*key) != own)
+            .map(str::to_owned)
+            .collect();
+        let read: Vec<(String, Option<Bytes>)> = futures::stream::iter(held)
+            .map(|key| async move {
+                match repo.store().get(&key).await {
+                    Ok(sealed) => Ok((key, Some(sealed))),
+                    Err(store::Error::NotFound { .. }) => Ok((key, None)),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(PARALLEL_LOCK_READS)
+            .try_collect()
+            .await?;
+        // NB: gone since the listing: released, or refreshed (a refresh writes
+        // the new lock before removing the old, so listing again finds it).
+        if attempt < RELISTS && read.iter().any(|(_, sealed)| sealed.is_none()) {
+            continue;
         }
-        return Ok(out);
+        let open = |sealed: &Bytes| repo.keys().open(sealed, LOCK_AAD).ok();
+        return Ok(read
+            .into_iter()
+            .filter_map(|(key, sealed)| {
+                let lock = serde_json::from_slice::<LockFile>(&open(sealed.as_ref()?)?).ok()?;
+                Some((key, lock))
+            })
+            .collect());
     }
 }
 
@@ -112,13 +132,13 @@ async fn write(repo: &Repository, exclusive: bool, now: Timestamp) -> Result<(St
 /// Takes a shared (backup) or exclusive (prune) lock.
 pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
     let now = Timestamp::now();
-    if let Some((_, held)) = locks(repo).await?.iter().find(|(_, l)| conflicts(exclusive, l, now)) {
+    if let Some((_, held)) = locks(repo, None).await?.iter().find(|(_, l)| conflicts(exclusive, l, now)) {
         return Err(locked_error(repo, held));
     }
     let (key, written) = write(repo, exclusive, now).await?;
     let lock = Lock { key, written, exclusive };
     // Two writers may have checked at the same moment: look again now that ours is visible.
-    let rivals = locks(repo).await?;
+    let rivals = locks(repo, Some(&lock.key)).await?;
     if let Some((_, held)) = rivals.iter().find(|(k, l)| *k != lock.key && conflicts(exclusive, l, now)) {
         let error = locked_error(repo, held);
         lock.release(repo).await;
@@ -215,7 +235,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = repository(dir.path()).await;
         let lock = acquire(&repo, false).await.unwrap();
-        let first = locks(&repo).await.unwrap();
+        let first = locks(&repo, None).await.unwrap();
         assert_eq!(first.len(), 1);
         let every = Duration::from_millis(50);
         let seen = hold(vec![(&repo, lock)], every, async {
@@ -225,7 +245,7 @@ mod tests {
                 // NB: acquire looks again after writing its own lock, so a
                 // refresh between its list and its read does not fool it.
                 assert!(matches!(acquire(&repo, true).await, Err(Error::Locked { .. })), "a prune got in");
-                seen.extend(locks(&repo).await.unwrap());
+                seen.extend(locks(&repo, None).await.unwrap());
             }
             seen
         })
@@ -234,7 +254,7 @@ mod tests {
         assert!(keys.len() >= 3, "the lock was not written anew: {seen:?}");
         let newest = seen.iter().map(|(_, l)| l.time.as_str()).max().unwrap();
         assert!(newest > first[0].1.time.as_str(), "{seen:?}");
-        assert!(locks(&repo).await.unwrap().is_empty(), "released when the work ended");
+        assert!(locks(&repo, None).await.unwrap().is_empty(), "released when the work ended");
     }
 
     #[test]
