@@ -123,14 +123,19 @@ async fn delete_on_a_versioned_bucket_removes_every_version() {
 
     // Ask the bucket directly: no version and no delete marker may be left.
     let raw = raw_client(&server.endpoint());
-    let versions = raw.list_object_versions().bucket(&bucket).prefix("lease").send().await.unwrap();
-    let left: Vec<&str> = versions
+    assert_eq!(versions_left(&raw, &bucket, "lease").await, ["lease-other"]);
+}
+
+/// The keys of every version and delete marker under `prefix`, asked of the bucket directly.
+async fn versions_left(raw: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let versions = raw.list_object_versions().bucket(bucket).prefix(prefix).send().await.unwrap();
+    versions
         .versions()
         .iter()
         .filter_map(|v| v.key())
         .chain(versions.delete_markers().iter().filter_map(|m| m.key()))
-        .collect();
-    assert_eq!(left, ["lease-other"]);
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test]
@@ -144,14 +149,7 @@ async fn an_object_written_once_is_deleted_for_good_from_what_its_write_answered
         assert_eq!(written.version.is_some(), versioned, "a versioned bucket names the version: {written:?}");
         store.put("locks/ab", Bytes::from_static(b"keep"), PutCondition::IfAbsent).await.unwrap();
         store.delete_written("locks/a", &written).await.unwrap();
-        let versions = raw.list_object_versions().bucket(&bucket).prefix("locks/").send().await.unwrap();
-        let left: Vec<&str> = versions
-            .versions()
-            .iter()
-            .filter_map(|v| v.key())
-            .chain(versions.delete_markers().iter().filter_map(|m| m.key()))
-            .collect();
-        assert_eq!(left, ["locks/ab"], "versioned: {versioned}");
+        assert_eq!(versions_left(&raw, &bucket, "locks/").await, ["locks/ab"], "versioned: {versioned}");
     }
 
     let store = store_on_new_bucket(&server, "immutable", true, Some(DAY)).await;

@@ -553,8 +553,7 @@ impl Walker<'_> {
         path: &Path,
         size_hint: Option<u64>,
     ) -> Result<(Vec<Vec<Id>>, u64), Error> {
-        let params = self.targets[0].repo.config().chunker;
-        let min = params.min_size as usize;
+        let min = self.targets[0].repo.config().chunker.min_size as usize;
         let read = |source| Error::Read { path: path.to_owned(), source };
         let mut content = vec![Vec::new(); self.repos()];
         let mut size = 0;
@@ -566,30 +565,30 @@ impl Walker<'_> {
             if head.len() <= min {
                 if !head.is_empty() {
                     size = head.len() as u64;
-                    self.queue_chunk(head, &mut content);
+                    queue_chunk(self.targets, &self.tx, self.progress, head, &mut content);
                 }
                 return Ok((content, size));
             }
             // It grew while we read: chunk it after all, from the start.
             reader = Box::new(std::io::Cursor::new(head).chain(reader));
         }
-        let mut chunker = std::mem::replace(&mut self.chunker, Chunker::new(params));
-        let chunked = chunker.chunks(&mut reader, |chunk| self.queue_chunk(chunk.to_vec(), &mut content));
-        self.chunker = chunker;
+        let (targets, tx, progress) = (self.targets, &self.tx, self.progress);
+        let chunked =
+            self.chunker.chunks(&mut reader, |chunk| queue_chunk(targets, tx, progress, chunk.to_vec(), &mut content));
         Ok((content, size + chunked.map_err(read)?))
     }
+}
 
-    /// Hashes a chunk for every repository and queues it where it is new.
-    fn queue_chunk(&mut self, data: Vec<u8>, content: &mut [Vec<Id>]) {
-        self.progress.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
-        let data = Arc::new(data);
-        for (r, target) in self.targets.iter().enumerate() {
-            let id = target.repo.keys().blob_id(&data);
-            content[r].push(id);
-            if target.ok() && !target.repo.has_blob(&id) {
-                // A closed channel means every worker stopped; errors are reported per repository.
-                let _ = self.tx.send(Job { repo: r, id, data: data.clone() });
-            }
+/// Hashes a chunk for every repository and queues it where it is new.
+fn queue_chunk(targets: &[Target], tx: &SyncSender<Job>, progress: &Progress, data: Vec<u8>, content: &mut [Vec<Id>]) {
+    progress.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+    let data = Arc::new(data);
+    for (r, target) in targets.iter().enumerate() {
+        let id = target.repo.keys().blob_id(&data);
+        content[r].push(id);
+        if target.ok() && !target.repo.has_blob(&id) {
+            // A closed channel means every worker stopped; errors are reported per repository.
+            let _ = tx.send(Job { repo: r, id, data: data.clone() });
         }
     }
 }

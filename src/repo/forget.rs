@@ -58,7 +58,7 @@ type Dated<'a> = (&'a (Id, Snapshot), Timestamp);
 pub fn decide(snapshots: &[(Id, Snapshot)], policy: &KeepPolicy, tz: &TimeZone) -> Vec<Decision> {
     let mut groups: BTreeMap<String, Vec<Dated>> = BTreeMap::new();
     for entry in snapshots {
-        let time = entry.1.time.parse::<Timestamp>().unwrap_or(Timestamp::UNIX_EPOCH);
+        let time = entry.1.dated().unwrap_or(Timestamp::UNIX_EPOCH);
         groups.entry(group_of(&entry.1)).or_default().push((entry, time));
     }
     let mut out = Vec::new();

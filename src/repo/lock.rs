@@ -139,7 +139,7 @@ pub async fn acquire(repo: &Repository, exclusive: bool) -> Result<Lock> {
     let lock = Lock { key, written, exclusive };
     // Two writers may have checked at the same moment: look again now that ours is visible.
     let rivals = locks(repo, Some(&lock.key)).await?;
-    if let Some((_, held)) = rivals.iter().find(|(k, l)| *k != lock.key && conflicts(exclusive, l, now)) {
+    if let Some((_, held)) = rivals.iter().find(|(_, l)| conflicts(exclusive, l, now)) {
         let error = locked_error(repo, held);
         lock.release(repo).await;
         return Err(error);

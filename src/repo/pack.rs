@@ -97,8 +97,17 @@ pub fn seal_blob(keys: &Keys, id: &Id, plaintext: &[u8]) -> Vec<u8> {
 
 /// Opens a sealed blob and checks that its content has the id it claims.
 pub fn open_blob(keys: &Keys, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>, PackError> {
-    let mut scratch = Vec::new();
-    open_blob_in_place(keys, entry, &mut sealed.to_vec(), &mut scratch).map(<[u8]>::to_vec)
+    let mut sealed = sealed.to_vec();
+    let plaintext = match unseal(keys, entry, &mut sealed)? {
+        Framed::Stored(raw) => raw.to_vec(),
+        Framed::Compressed(compressed) => {
+            let mut out = Vec::new();
+            inflate(entry, compressed, &mut out)?;
+            out
+        }
+    };
+    check_content(keys, entry, &plaintext)?;
+    Ok(plaintext)
 }
 
 /// As [`open_blob`], decrypting where the sealed blob lies; a compressed blob
@@ -109,34 +118,61 @@ pub fn open_blob_in_place<'a>(
     sealed: &'a mut [u8],
     scratch: &'a mut Vec<u8>,
 ) -> Result<&'a [u8], PackError> {
+    let plaintext: &[u8] = match unseal(keys, entry, sealed)? {
+        Framed::Stored(raw) => raw,
+        Framed::Compressed(compressed) => {
+            inflate(entry, compressed, scratch)?;
+            scratch
+        }
+    };
+    check_content(keys, entry, plaintext)?;
+    Ok(plaintext)
+}
+
+/// A blob's plaintext as sealed: as is, or zstd.
+enum Framed<'a> {
+    Stored(&'a [u8]),
+    Compressed(&'a [u8]),
+}
+
+/// Decrypts a sealed blob where it lies and reads its framing byte.
+fn unseal<'a>(keys: &Keys, entry: &BlobEntry, sealed: &'a mut [u8]) -> Result<Framed<'a>, PackError> {
     let id = entry.id;
     let framed = keys.open_in_place(sealed, &id.0).map_err(|Unauthentic| PackError::BlobUnauthentic { id })?;
     if entry.blob_type == BlobType::Data && entry.raw_length > MAX_DATA_BLOB {
         let reason = format!("its raw length {} is more than any chunk ({MAX_DATA_BLOB} bytes)", entry.raw_length);
         return Err(PackError::BlobCorrupt { id, reason });
     }
-    let plaintext: &[u8] = match framed.split_first() {
-        Some((0, raw)) => raw,
-        Some((1, compressed)) => {
-            // NB: the raw length is what the header says, and a holder of the
-            // key writes headers too: a tree's may claim 4 GiB. Reserve no more
-            // than a chunk up front; beyond that, memory grows with the content.
-            let capacity = entry.raw_length.min(MAX_DATA_BLOB) as usize;
-            match decompress_into(compressed, u64::from(entry.raw_length), capacity, scratch) {
-                Ok(true) => scratch,
-                Ok(false) => {
-                    let reason = format!("it decompresses to more than its raw length {}", entry.raw_length);
-                    return Err(PackError::BlobCorrupt { id, reason });
-                }
-                Err(e) => return Err(PackError::BlobCorrupt { id, reason: e.to_string() }),
-            }
-        }
-        _ => return Err(PackError::BlobCorrupt { id, reason: "unknown framing byte".into() }),
-    };
-    if plaintext.len() != entry.raw_length as usize || keys.blob_id(plaintext) != id {
-        return Err(PackError::BlobCorrupt { id, reason: "content does not match its id".into() });
+    match framed.split_first() {
+        Some((0, raw)) => Ok(Framed::Stored(raw)),
+        Some((1, compressed)) => Ok(Framed::Compressed(compressed)),
+        _ => Err(PackError::BlobCorrupt { id, reason: "unknown framing byte".into() }),
     }
-    Ok(plaintext)
+}
+
+/// Decompresses a blob's plaintext into `out`, never past its raw length.
+fn inflate(entry: &BlobEntry, compressed: &[u8], out: &mut Vec<u8>) -> Result<(), PackError> {
+    let id = entry.id;
+    // NB: the raw length is what the header says, and a holder of the key
+    // writes headers too: a tree's may claim 4 GiB. Reserve no more than a
+    // chunk up front; beyond that, memory grows with the content.
+    let capacity = entry.raw_length.min(MAX_DATA_BLOB) as usize;
+    match decompress_into(compressed, u64::from(entry.raw_length), capacity, out) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let reason = format!("it decompresses to more than its raw length {}", entry.raw_length);
+            Err(PackError::BlobCorrupt { id, reason })
+        }
+        Err(e) => Err(PackError::BlobCorrupt { id, reason: e.to_string() }),
+    }
+}
+
+/// Checks that a blob's plaintext has its length and id.
+fn check_content(keys: &Keys, entry: &BlobEntry, plaintext: &[u8]) -> Result<(), PackError> {
+    if plaintext.len() != entry.raw_length as usize || keys.blob_id(plaintext) != entry.id {
+        return Err(PackError::BlobCorrupt { id: entry.id, reason: "content does not match its id".into() });
+    }
+    Ok(())
 }
 
 thread_local! {

@@ -106,23 +106,23 @@ impl Snapshot {
 /// host's clock was set back is dated before the one it follows, and is still
 /// the newest.
 pub fn newest<'a>(series: impl IntoIterator<Item = &'a (Id, Snapshot)>) -> Option<&'a (Id, Snapshot)> {
-    let series: Vec<&(Id, Snapshot)> = series.into_iter().collect();
-    let later = |a: &&&(Id, Snapshot), b: &&&(Id, Snapshot)| a.1.dated().cmp(&b.1.dated());
-    let mut next: std::collections::HashMap<Id, Vec<&(Id, Snapshot)>> = std::collections::HashMap::new();
-    for snapshot in &series {
-        if let Some(previous) = snapshot.1.previous {
-            next.entry(previous).or_default().push(snapshot);
+    let series: Vec<(&(Id, Snapshot), Option<jiff::Timestamp>)> =
+        series.into_iter().map(|entry| (entry, entry.1.dated())).collect();
+    let mut next: std::collections::HashMap<Id, Vec<_>> = std::collections::HashMap::new();
+    for dated in &series {
+        if let Some(previous) = dated.0.1.previous {
+            next.entry(previous).or_default().push(dated);
         }
     }
-    let mut newest = *series.iter().max_by(later)?;
+    let mut newest = series.iter().max_by_key(|(_, time)| *time)?;
     // NB: bounded, should a damaged repository hold a loop.
     for _ in 0..series.len() {
-        match next.get(&newest.0).and_then(|after| after.iter().max_by(later)) {
-            Some(after) => newest = *after,
+        match next.get(&newest.0.0).and_then(|after| after.iter().max_by_key(|(_, time)| *time)) {
+            Some(after) => newest = after,
             None => break,
         }
     }
-    Some(newest)
+    Some(newest.0)
 }
 
 #[cfg(test)]

@@ -534,10 +534,10 @@ impl S3Store {
         }
     }
 
-    /// Deletes one version; a refusal is immutability when the version is under
-    /// retention or legal hold, and missing permissions otherwise.
     /// Deletes one version of an object, or without `version` the object as a
-    /// plain DELETE does (for good on an unversioned bucket).
+    /// plain DELETE does (for good on an unversioned bucket); a refusal is
+    /// immutability when the version is under retention or legal hold, and
+    /// missing permissions otherwise.
     async fn delete_version(&self, full: &str, key: &str, version: Option<&Version>) -> Result<()> {
         let id = version.map(|v| v.id.clone());
         let result = self
