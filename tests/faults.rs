@@ -1,7 +1,7 @@
 //! The fault matrix's storage rows (docs/reliability.md), end to end through
 //! `fenice repo` as an SRE or an agent runs it: the S3 server behind a proxy
-//! that throttles or stops answering, mid-backup and mid-restore, and a
-//! filesystem repository or restore target that fills up. Each time: a clear
+//! that throttles, stops answering or breaks off an answer, mid-backup and
+//! mid-restore, and a filesystem repository or restore target that fills up. Each time: a clear
 //! end (an exit code and the endpoint or path named), a repository that still
 //! checks clean, and once the fault is gone, the next run completes and
 //! restores every byte.
@@ -133,6 +133,18 @@ async fn a_store_that_stops_answering_mid_restore_fails_it_clearly_and_a_second_
     assert!(err.contains(&proxy.endpoint()), "the error names the store: {err}");
     proxy.silence(false);
     ok(repo(&proxy.endpoint(), dir.path(), REPO, &["restore", "latest", "--target", "out"]), "second restore");
+    same_files(&dir.path().join("data"), &dir.path().join("out/data"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_takes_a_read_broken_mid_pack_up_where_it_broke() {
+    let (s3, proxy, dir) = setup().await;
+    ok(repo(&s3.endpoint(), dir.path(), REPO, &["backup", "data"]), "backup");
+    // A pack is read as it arrives: the retries of a request cannot help once
+    // its answer has begun, and the restore asks again itself.
+    proxy.cut_answers(2, 2 << 20);
+    ok(repo(&proxy.endpoint(), dir.path(), REPO, &["restore", "latest", "--target", "out"]), "restore");
+    assert_eq!(proxy.cuts(), 2, "two answers were cut off");
     same_files(&dir.path().join("data"), &dir.path().join("out/data"));
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::id::Id;
-use crate::store::{Error, ObjectStore, Result};
+use crate::store::{Chunks, Error, ObjectStore, Result};
 
 /// An object whose current content does not match its name, read instead from
 /// an older version that does.
@@ -118,6 +118,20 @@ impl IntactReads {
             // A delete marker hides it: an intact version may still be kept.
             Err(Error::NotFound { .. }) if named_id(key).is_some() && self.recover(key).await? => {
                 Box::pin(self.get_range(key, range)).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`get_range`](Self::get_range) handed on as it arrives.
+    pub async fn get_range_chunks(&self, key: &str, range: Range<u64>) -> Result<Chunks> {
+        if let Some(version) = self.pinned(key) {
+            let bytes = self.store.get_version(key, &version, Some(range)).await?;
+            return Ok(Box::pin(futures::stream::once(async { Ok(bytes) })));
+        }
+        match self.store.get_range_chunks(key, range.clone()).await {
+            Err(Error::NotFound { .. }) if named_id(key).is_some() && self.recover(key).await? => {
+                Box::pin(self.get_range_chunks(key, range)).await
             }
             other => other,
         }

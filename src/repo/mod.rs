@@ -4,6 +4,7 @@
 //! specification.
 
 pub mod archiver;
+mod arriving;
 pub mod check;
 pub mod chunker;
 pub mod copy;

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use futures::StreamExt;
 
 use super::Counted;
+use super::arriving::Arriving;
 use super::id::Id;
 use super::intact::IntactReads;
 use super::pack::{BlobEntry, PackError};
@@ -141,10 +142,16 @@ impl FileSlot {
 /// Where one blob's plaintext goes: file index and byte offset.
 type Targets = Vec<(usize, u64)>;
 
-/// Reads in flight at once; each holds at most one window in memory.
+/// Reads in flight at once; each holds at most one batch in memory.
 const PARALLEL_READS: usize = 8;
-/// A read covers neighbouring blobs of one pack up to this many bytes.
-const WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+/// One read covers the blobs of a pack, unless this many unwanted bytes lie
+/// between two of them: a second request costs less than carrying them.
+const GAP_BYTES: u64 = 1024 * 1024;
+/// A read hands its blobs to a writer this many bytes at a time, as they
+/// arrive: a read of a whole pack is never held whole.
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
+/// Reads of a window in a row that broke before a blob arrived whole.
+const READ_ATTEMPTS: u32 = 3;
 
 /// Restores the tree `root` into `target`. Files are planned first, then each
 /// pack is read once and its blobs written where they belong, several packs at
@@ -244,9 +251,8 @@ pub async fn restore_with_progress(
         blobs.sort_by_key(|(entry, _)| entry.offset);
         let mut current: Vec<(BlobEntry, Targets)> = Vec::new();
         for blob in blobs {
-            let start = current.first().map(|(e, _)| u64::from(e.offset));
-            let end = u64::from(blob.0.offset) + u64::from(blob.0.length);
-            if start.is_some_and(|start| end - start > WINDOW_BYTES) {
+            let end = current.last().map(|(e, _)| u64::from(e.offset) + u64::from(e.length));
+            if end.is_some_and(|end| u64::from(blob.0.offset).saturating_sub(end) > GAP_BYTES) {
                 windows.push((pack, std::mem::take(&mut current)));
             }
             current.push(blob);
@@ -361,44 +367,118 @@ impl Window {
     }
 
     /// Writes the window's blobs numbered in `which` to their files, finishing
-    /// each file whose last blob this was.
-    async fn write(&self, which: Vec<usize>) -> Result<Damaged, (PathBuf, std::io::Error)> {
-        let blobs = self.blobs.clone();
-        let start = which.iter().map(|&b| u64::from(blobs[b].0.offset)).min().unwrap_or(0);
-        let end = which.iter().map(|&b| u64::from(blobs[b].0.offset) + u64::from(blobs[b].0.length)).max();
-        let mut bytes = match self.reads.get_range(&pack_key(&self.pack), start..end.unwrap_or(start)).await {
-            Ok(bytes) => Vec::from(bytes),
-            Err(e) => {
-                let why = RepoError::from(e).to_string();
-                return Ok(which.into_iter().map(|b| (b, why.clone())).collect());
+    /// each file whose last blob this was. A read that breaks part way is
+    /// taken up again at the first blob not yet written.
+    async fn write(&self, mut which: Vec<usize>) -> Result<Damaged, (PathBuf, std::io::Error)> {
+        which.sort_by_key(|&b| self.blobs[b].0.offset);
+        let mut rest = std::collections::VecDeque::from(which);
+        let mut damaged = Vec::new();
+        let mut broken = 0;
+        while let Some(&first) = rest.front() {
+            let start = u64::from(self.blobs[first].0.offset);
+            let end = rest.iter().map(|&b| u64::from(self.blobs[b].0.offset) + u64::from(self.blobs[b].0.length));
+            let range = start..end.max().unwrap_or(start);
+            let why = match self.reads.get_range_chunks(&pack_key(&self.pack), range).await {
+                Ok(chunks) => match self.write_arriving(Arriving::new(chunks, start), &mut rest, &mut damaged).await? {
+                    Read::Whole => break,
+                    Read::Broke { progressed, why } => {
+                        broken = if progressed { 1 } else { broken + 1 };
+                        if broken < READ_ATTEMPTS {
+                            continue;
+                        }
+                        why
+                    }
+                },
+                Err(e) => RepoError::from(e).to_string(),
+            };
+            damaged.extend(rest.drain(..).map(|b| (b, why.clone())));
+        }
+        Ok(damaged)
+    }
+
+    /// Writes the blobs of `rest` as they arrive, taking each from `rest` once
+    /// it went to a writer (or was found cut off by the pack's end).
+    async fn write_arriving(
+        &self,
+        mut arriving: Arriving,
+        rest: &mut std::collections::VecDeque<usize>,
+        damaged: &mut Damaged,
+    ) -> Result<Read, (PathBuf, std::io::Error)> {
+        let mut progressed = false;
+        // NB: one buffer for the whole read: a fresh one per batch was mapped
+        // and faulted in anew each time (main.rs returns large ones to the system).
+        let mut batch = Vec::with_capacity(BATCH_BYTES);
+        loop {
+            batch.clear();
+            let mut placed = Vec::new();
+            let mut broke = None;
+            while let Some(&b) = rest.front() {
+                let entry = &self.blobs[b].0;
+                let full = !batch.is_empty() && batch.len() + entry.length as usize > BATCH_BYTES;
+                if full || self.stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let at = batch.len();
+                match arriving.append(u64::from(entry.offset), entry.length as usize, &mut batch).await {
+                    Ok(whole) => {
+                        rest.pop_front();
+                        match whole {
+                            true => placed.push((b, at)),
+                            false => damaged.push((b, damage(&self.location, self.pack, PackError::TooShort))),
+                        }
+                    }
+                    Err(e) => {
+                        batch.truncate(at);
+                        broke = Some(RepoError::from(e).to_string());
+                        break;
+                    }
+                }
             }
-        };
-        let (keys, location, pack, slots) = (self.keys.clone(), self.location.clone(), self.pack, self.slots.clone());
-        let progress = self.progress.clone();
+            progressed |= !placed.is_empty();
+            let stopped = self.stopped.load(Ordering::Relaxed);
+            if !placed.is_empty() {
+                let (hit, back) = self.write_batch(batch, placed).await?;
+                damaged.extend(hit);
+                batch = back;
+            }
+            match broke {
+                Some(why) => return Ok(Read::Broke { progressed, why }),
+                None if rest.is_empty() || stopped => return Ok(Read::Whole),
+                None => {}
+            }
+        }
+    }
+
+    /// Opens the blobs `placed` in `batch` (blob, where it starts) and writes
+    /// them to their files, on a writer thread; gives the buffer back.
+    async fn write_batch(
+        &self,
+        mut batch: Vec<u8>,
+        placed: Vec<(usize, usize)>,
+    ) -> Result<(Damaged, Vec<u8>), (PathBuf, std::io::Error)> {
+        let (keys, blobs, slots, progress) =
+            (self.keys.clone(), self.blobs.clone(), self.slots.clone(), self.progress.clone());
+        let (location, pack) = (self.location.clone(), self.pack);
         let writer = self.writers.clone().acquire_owned().await.expect("the writers' semaphore is never closed");
         let stopped = self.stopped.clone();
         tokio::task::spawn_blocking(move || {
             let _writer = writer;
             let mut damaged = Vec::new();
             // A file's blobs mostly sit next to each other in a pack: keeping the
-            // last file open saves reopening it, and keeps one descriptor per window
-            // however many small files the window holds.
+            // last file open saves reopening it, and keeps one descriptor per read
+            // however many small files it holds.
             let mut open: Option<(usize, std::fs::File)> = None;
             let mut scratch = Vec::new();
-            for b in which {
+            for (b, at) in placed {
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
                 let (entry, targets) = &blobs[b];
-                let from = (u64::from(entry.offset) - start) as usize;
-                let opened = bytes
-                    .get_mut(from..from + entry.length as usize)
-                    .ok_or(PackError::TooShort)
-                    .and_then(|sealed| super::pack::open_blob_in_place(&keys, entry, sealed, &mut scratch));
-                let plaintext = match opened {
+                let sealed = &mut batch[at..at + entry.length as usize];
+                let plaintext = match super::pack::open_blob_in_place(&keys, entry, sealed, &mut scratch) {
                     Ok(plaintext) => plaintext,
                     Err(source) => {
-                        damaged.push((b, RepoError::Pack { location: location.clone(), pack, source }.to_string()));
+                        damaged.push((b, damage(&location, pack, source)));
                         continue;
                     }
                 };
@@ -416,11 +496,24 @@ impl Window {
                     }
                 }
             }
-            Ok(damaged)
+            Ok((damaged, batch))
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
+}
+
+/// Why a blob of `pack` could not be restored.
+fn damage(location: &str, pack: Id, source: PackError) -> String {
+    RepoError::Pack { location: location.to_owned(), pack, source }.to_string()
+}
+
+/// How a read of a window ended.
+enum Read {
+    /// Every blob asked for went to a writer, or the restore stopped.
+    Whole,
+    /// The read broke; `progressed` if some blob arrived whole before.
+    Broke { progressed: bool, why: String },
 }
 
 fn set_mtime(path: &Path, mtime: &str) {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::error::check_key;
-use super::{Error, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
+use super::{Chunks, Error, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
 
 /// Names of temp files start with this; listing skips them.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -92,14 +92,25 @@ impl FsStore {
     }
 
     fn read_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let (file, len) = self.open_range(key, range)?;
+        self.read_next(file, key, len).map(|(_, bytes)| bytes)
+    }
+
+    /// The object opened at the start of `range`, and how much of the range it holds.
+    fn open_range(&self, key: &str, range: Range<u64>) -> Result<(File, u64)> {
         let mut file = File::open(self.path(key)?).map_err(self.io("read", key))?;
         let size = file.metadata().map_err(self.io("stat", key))?.len();
         let end = range.end.min(size);
         let start = range.start.min(end);
         file.seek(SeekFrom::Start(start)).map_err(self.io("read", key))?;
-        let mut buf = vec![0; usize::try_from(end - start).unwrap_or(usize::MAX)];
+        Ok((file, end - start))
+    }
+
+    /// The next `len` bytes of an object opened by [`Self::open_range`].
+    fn read_next(&self, mut file: File, key: &str, len: u64) -> Result<(File, Bytes)> {
+        let mut buf = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
         file.read_exact(&mut buf).map_err(self.io("read", key))?;
-        Ok(Bytes::from(buf))
+        Ok((file, Bytes::from(buf)))
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
@@ -164,6 +175,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Runs blocking file work off the async threads.
+/// How much of a ranged read one chunk carries.
+const READ_CHUNK: u64 = 1024 * 1024;
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
@@ -187,6 +201,23 @@ impl ObjectStore for FsStore {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let (store, key) = (self.clone(), key.to_owned());
         blocking(move || store.read_range(&key, range)).await
+    }
+
+    async fn get_range_chunks(&self, key: &str, range: Range<u64>) -> Result<Chunks> {
+        let (store, owned) = (self.clone(), key.to_owned());
+        let opened = blocking(move || store.open_range(&owned, range)).await?;
+        let (store, key) = (self.clone(), key.to_owned());
+        Ok(Box::pin(futures::stream::unfold(Some(opened), move |state| {
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                let (file, left) = state.filter(|(_, left)| *left > 0)?;
+                let len = left.min(READ_CHUNK);
+                match blocking(move || store.read_next(file, &key, len)).await {
+                    Ok((file, bytes)) => Some((Ok(bytes), Some((file, left - len)))),
+                    Err(e) => Some((Err(e), None)),
+                }
+            }
+        })))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {

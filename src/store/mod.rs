@@ -22,6 +22,9 @@ use bytes::Bytes;
 pub use error::{Error, Result};
 pub use location::Location;
 
+/// A ranged read's bytes as they arrive ([`ObjectStore::get_range_chunks`]).
+pub type Chunks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes>> + Send>>;
+
 /// When a write may happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PutCondition {
@@ -80,6 +83,16 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Reads `range` (bytes, end exclusive) of an object.
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+
+    /// Reads `range` of an object as it arrives, for reads too large to hold
+    /// whole. The request is retried as any other; the stream ends with an
+    /// error when the connection breaks or a chunk does not come within the
+    /// per-attempt timeout, and the reader asks again for what it lacks. It
+    /// ends early, without an error, where the object is shorter.
+    async fn get_range_chunks(&self, key: &str, range: Range<u64>) -> Result<Chunks> {
+        let bytes = self.get_range(key, range).await?;
+        Ok(Box::pin(futures::stream::once(async { Ok(bytes) })))
+    }
 
     /// The object's metadata, or `None` if there is no such object.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;

@@ -125,6 +125,36 @@ impl WriteAttempts {
     }
 }
 
+/// A response body's chunks as a store's [`super::Chunks`]: a chunk that does
+/// not come within `limit`, or a broken body, ends them with an error naming
+/// the store and the key.
+pub(super) fn arriving<S, E>(body: S, limit: Duration, store: String, key: &str) -> super::Chunks
+where
+    S: futures::Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    let key = key.to_owned();
+    let failed =
+        move |source: std::io::Error| Error::Io { store: store.clone(), operation: "read", key: key.clone(), source };
+    let body = Box::pin(body);
+    Box::pin(futures::stream::unfold(Some(body), move |body| {
+        let failed = failed.clone();
+        async move {
+            let mut body = body?;
+            match tokio::time::timeout(limit, body.next()).await {
+                Ok(None) => None,
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+                Ok(Some(Err(e))) => Some((Err(failed(std::io::Error::other(e))), None)),
+                Err(_) => {
+                    let why = format!("no data for {:.1}s in the middle of an answer", limit.as_secs_f64());
+                    Some((Err(failed(std::io::Error::new(std::io::ErrorKind::TimedOut, why))), None))
+                }
+            }
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

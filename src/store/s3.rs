@@ -32,6 +32,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder;
 use aws_sdk_s3::primitives::{ByteStream, ByteStreamError, DateTime};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, BucketVersioningStatus, ChecksumAlgorithm, CreateBucketConfiguration, ObjectLockEnabled,
@@ -41,9 +42,9 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use super::error::check_key;
-use super::remote::{LockSupport, Properties, WriteAttempts, content_hash, retain_until};
+use super::remote::{self, LockSupport, Properties, WriteAttempts, content_hash, retain_until};
 use super::retry::{GaveUp, LastFailure, RetryPolicy, with_retries};
-use super::{Error, Location, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
+use super::{Chunks, Error, Location, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
 use crate::error_chain::error_chain;
 
 /// User metadata entry (`x-amz-meta-fenice-blake3`) holding the
@@ -510,16 +511,9 @@ impl S3Store {
         if range.as_ref().is_some_and(|r| r.start >= r.end) {
             return Ok(Bytes::new());
         }
-        let header = range.map(|r| format!("bytes={}-{}", r.start, r.end - 1));
         let result = self
             .call(|| {
-                let request = self
-                    .client
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .set_version_id(version.map(str::to_owned))
-                    .set_range(header.clone());
+                let request = self.get_request(&full, version, range.clone());
                 async move {
                     let out = request.send().await.map_err(Failed::from)?;
                     out.body.collect().await.map(|b| b.into_bytes()).map_err(Failed::body)
@@ -528,10 +522,19 @@ impl S3Store {
             .await;
         match result {
             Ok(bytes) => Ok(bytes),
-            // 416: the range starts at or past the end; clamped, that is nothing.
-            Err(f) if f.status() == Some(416) => Ok(Bytes::new()),
-            Err(f) => Err(self.error(f, "read", key)),
+            Err(f) => Self::nothing_past_the_end(f).map(|()| Bytes::new()).map_err(|f| self.error(f, "read", key)),
         }
+    }
+
+    fn get_request(&self, full: &str, version: Option<&str>, range: Option<Range<u64>>) -> GetObjectFluentBuilder {
+        let header = range.map(|r| format!("bytes={}-{}", r.start, r.end - 1));
+        let request = self.client.get_object().bucket(&self.bucket).key(full);
+        request.set_version_id(version.map(str::to_owned)).set_range(header)
+    }
+
+    /// 416: the range starts at or past the end; clamped, that is nothing.
+    fn nothing_past_the_end(f: Failure) -> std::result::Result<(), Failure> {
+        if f.status() == Some(416) { Ok(()) } else { Err(f) }
     }
 
     /// Deletes one version of an object, or without `version` the object as a
@@ -650,6 +653,27 @@ impl ObjectStore for S3Store {
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         self.read(key, None, Some(range)).await
+    }
+
+    async fn get_range_chunks(&self, key: &str, range: Range<u64>) -> Result<Chunks> {
+        let full = self.full_key(key)?;
+        let empty = || -> Chunks { Box::pin(futures::stream::empty()) };
+        if range.start >= range.end {
+            return Ok(empty());
+        }
+        let result = self
+            .call(|| {
+                let request = self.get_request(&full, None, Some(range.clone()));
+                async move { request.send().await.map_err(Failed::from) }
+            })
+            .await;
+        match result {
+            Ok(out) => {
+                let body = futures::stream::unfold(out.body, |mut body| async { body.next().await.map(|c| (c, body)) });
+                Ok(remote::arriving(body, self.retry.attempt_timeout, self.describe(), key))
+            }
+            Err(f) => Self::nothing_past_the_end(f).map(|()| empty()).map_err(|f| self.error(f, "read", key)),
+        }
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {

@@ -1,7 +1,8 @@
 //! A TCP proxy on 127.0.0.1 in front of a server (the S3 server, Azurite), that
 //! a test tells to misbehave the way a provider's store does on a bad day:
-//! answer `503 SlowDown` to new connections, or stop answering altogether,
-//! also on connections already open and in the middle of a request.
+//! answer `503 SlowDown` to new connections, stop answering altogether (also
+//! on connections already open and in the middle of a request), or break a
+//! connection in the middle of an answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,10 @@ struct Faults {
     /// Bytes sent on to the server so far.
     forwarded: AtomicU64,
     throttled: AtomicU32,
+    /// Answers still to be cut off, and after how many bytes of each.
+    cut: AtomicU32,
+    cut_after: AtomicU64,
+    cuts: AtomicU32,
 }
 
 /// The proxy; it stops when dropped (connections in flight are cut).
@@ -80,6 +85,18 @@ impl FaultProxy {
         self.faults.silent_after.store(at, Ordering::SeqCst);
     }
 
+    /// The next `answers` connections whose answers run past `bytes` bytes are
+    /// closed there, mid-answer, as a connection that breaks.
+    pub fn cut_answers(&self, answers: u32, bytes: u64) {
+        self.faults.cut_after.store(bytes, Ordering::SeqCst);
+        self.faults.cut.store(answers, Ordering::SeqCst);
+    }
+
+    /// How many answers were cut off.
+    pub fn cuts(&self) -> u32 {
+        self.faults.cuts.load(Ordering::SeqCst)
+    }
+
     /// Bytes passed on to the server so far.
     pub fn forwarded(&self) -> u64 {
         self.faults.forwarded.load(Ordering::SeqCst)
@@ -113,6 +130,7 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, faults: Arc<Faults>)
 /// holds the connection open and passes nothing more.
 async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, faults: Arc<Faults>, up: bool) {
     let mut buf = vec![0; 16 * 1024];
+    let mut answered = 0;
     loop {
         let Ok(n) = from.read(&mut buf).await else { return };
         if n == 0 {
@@ -132,6 +150,18 @@ async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin,
                 chunk = &chunk[..(after.saturating_sub(before) as usize).min(n)];
                 faults.silent.store(true, Ordering::SeqCst);
             }
+        }
+        if !up {
+            let after = faults.cut_after.load(Ordering::SeqCst);
+            if answered + n as u64 > after
+                && faults.cut.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            {
+                // NB: dropping this half closes the connection to the client there.
+                let _ = to.write_all(&chunk[..(after - answered) as usize]).await;
+                faults.cuts.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            answered += n as u64;
         }
         if !chunk.is_empty() && to.write_all(chunk).await.is_err() {
             return;
