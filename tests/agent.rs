@@ -221,6 +221,53 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     assert!(!snapshots.exists() || snapshots.read_dir().unwrap().next().is_none(), "no snapshot written");
 }
 
+/// libfaketime, from Debian's package: moves the clock of the process it is
+/// preloaded in (and of its children: pg_dump).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The agent's clock set back three hours between two backups of a tenant, for
+/// real: the second backup is dated before the first and names it as its
+/// previous, and a restore of the newest gives back the invoices of the
+/// second, not the older state dated last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_backup_taken_after_the_clock_was_set_back_is_the_newest() {
+    assert!(Path::new(FAKETIME).exists(), "{FAKETIME} is missing: run scripts/prerequisites.sh");
+    let t = Tenant::new();
+    let (mut db, documents) = t.with_invoices("2026", 3).await;
+    t.backed_up();
+    for _ in 0..2 {
+        issue(&mut db, &documents, "2026").await;
+    }
+    let clock = t.path("clock");
+    std::fs::write(&clock, "-3h").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .env("FENICE_PASSWORD", PASSWORD)
+        .env("LD_PRELOAD", FAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", &clock)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .args(["agent", "backup", "--tenant", "acme", "--db", &t.pg.url("acme"), "--repo", &t.repo()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "backup under a clock set back: {}", String::from_utf8_lossy(&out.stderr));
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&t.ok(&["repo", "--repo", &t.repo(), "snapshots", "--json"])).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let time = |s: &serde_json::Value| s["snapshot"]["time"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let (second, first) = (&listed[0], &listed[1]);
+    assert!(time(first).duration_since(time(second)) > jiff::SignedDuration::from_mins(170), "{listed:?}");
+    assert_eq!(second["snapshot"]["previous"], first["id"], "the second follows the first");
+
+    let out = t.restore("acme_restored", &t.path("restored-documents"), &["--json"]);
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["snapshot"], second["id"], "the newest is the one taken after the clock moved: {result}");
+    assert_eq!(count(&t.pg.url("acme_restored"), "SELECT count(*) FROM invoices").await, 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_backup_to_s3_restores_verified() {
     let t = Tenant::new();

@@ -202,18 +202,20 @@ pub async fn backup_annotated(
     };
     let (mut parents, mut previous) = (Vec::new(), Vec::new());
     for target in targets.iter() {
-        // NB: a stream's backup (a tenant's dump) looks for none: it would read
-        // every snapshot of the repository, each backup; streams are in the
-        // order of their times.
-        let last = match target.ok() && walks_paths {
-            true => last_of_series(&target.repo, &source.shown(), &options).await,
-            false => None,
+        // NB: a stream's backup (a tenant's dump) too, though it has no files
+        // to reuse: its previous keeps the tenant's backups in order when the
+        // clock was set back. That reads each snapshot of the repository once
+        // per open repository, as the retention applied after a tenant's
+        // backup does.
+        let follows = match target.ok() {
+            true => follows(&target.repo, &source.shown(), &options).await,
+            false => Follows::default(),
         };
-        parents.push(match (&last, walks_paths && !options.force_read) {
-            (Some((_, snapshot)), true) => load_tree(&target.repo, &snapshot.tree).await.ok(),
+        parents.push(match (&follows.parent, walks_paths && !options.force_read) {
+            (Some(snapshot), true) => load_tree(&target.repo, &snapshot.tree).await.ok(),
             _ => None,
         });
-        previous.push(last.map(|(id, _)| id));
+        previous.push(follows.previous);
     }
     let walk = {
         let targets = targets.clone();
@@ -241,15 +243,28 @@ fn shown_paths(paths: &[PathBuf]) -> Vec<String> {
     paths.iter().map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect()
 }
 
-/// The newest snapshot of the same paths (and tenant, or host when there is no
-/// tenant): the new one's previous, and its parent (files unchanged since it
-/// are not read again).
-async fn last_of_series(repo: &Repository, shown: &[String], options: &BackupOptions) -> Option<(Id, Snapshot)> {
-    let snapshots = repo.snapshots().await.ok()?;
-    let series = snapshots.iter().filter(|(_, s)| {
+/// What a new snapshot follows in its repository.
+#[derive(Default)]
+struct Follows {
+    /// The newest of its series: the tenant's snapshots, or without a tenant
+    /// those of the same paths and host.
+    previous: Option<Id>,
+    /// The newest snapshot of the same paths (and tenant, or host when there
+    /// is no tenant): files unchanged since it are not read again.
+    parent: Option<Snapshot>,
+}
+
+async fn follows(repo: &Repository, shown: &[String], options: &BackupOptions) -> Follows {
+    let Ok(snapshots) = repo.snapshots().await else { return Follows::default() };
+    let same_paths = |s: &Snapshot| {
         s.paths == shown && s.tenant == options.tenant && (options.tenant.is_some() || s.host == options.host)
-    });
-    super::tree::newest(series).cloned()
+    };
+    let parent = super::tree::newest(snapshots.iter().filter(|(_, s)| same_paths(s)));
+    let previous = match &options.tenant {
+        Some(tenant) => super::tree::newest(snapshots.iter().filter(|(_, s)| s.tenant.as_ref() == Some(tenant))),
+        None => parent,
+    };
+    Follows { previous: previous.map(|(id, _)| *id), parent: parent.map(|(_, s)| s.clone()) }
 }
 
 /// The node called `name` in a parent tree (trees are sorted by name).

@@ -150,21 +150,9 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::tree::Totals;
 
     fn snap(tenant: &str, time: &str, n: u8) -> (Id, Snapshot) {
-        let s = Snapshot {
-            time: time.to_owned(),
-            host: "h".into(),
-            tenant: Some(tenant.into()),
-            tags: vec![],
-            paths: vec!["/x".into()],
-            tree: Id([0; 32]),
-            totals: Totals::default(),
-            annotations: Default::default(),
-            previous: None,
-        };
-        (Id([n; 32]), s)
+        crate::repo::tree::sample(n, Some(tenant), time, None)
     }
 
     fn kept(decisions: &[Decision]) -> Vec<u8> {

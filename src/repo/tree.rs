@@ -86,9 +86,9 @@ pub struct Snapshot {
     /// verification data (row counts, checksums, last invoice numbers).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, serde_json::Value>,
-    /// The newest snapshot of the same series (paths, and tenant or else host)
-    /// in this repository when this one was taken, for backups of paths: the
-    /// series' order whatever the writers' clocks said.
+    /// The newest snapshot of the same series (the tenant's, or without a
+    /// tenant those of the same paths and host) in this repository when this
+    /// one was taken: the series' order whatever the writers' clocks said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Id>,
 }
@@ -125,23 +125,30 @@ pub fn newest<'a>(series: impl IntoIterator<Item = &'a (Id, Snapshot)>) -> Optio
     Some(newest.0)
 }
 
+/// A snapshot of `/x` for tests: its id is `n` in every byte, and so is its
+/// previous's.
+#[cfg(test)]
+pub(crate) fn sample(n: u8, tenant: Option<&str>, time: &str, previous: Option<u8>) -> (Id, Snapshot) {
+    let s = Snapshot {
+        time: time.into(),
+        host: "h".into(),
+        tenant: tenant.map(Into::into),
+        tags: vec![],
+        paths: vec!["/x".into()],
+        tree: Id([0; 32]),
+        totals: Totals::default(),
+        annotations: BTreeMap::new(),
+        previous: previous.map(|p| Id([p; 32])),
+    };
+    (Id([n; 32]), s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn snapshot(n: u8, time: &str, previous: Option<u8>) -> (Id, Snapshot) {
-        let s = Snapshot {
-            time: time.into(),
-            host: "h".into(),
-            tenant: None,
-            tags: vec![],
-            paths: vec!["/x".into()],
-            tree: Id([0; 32]),
-            totals: Totals::default(),
-            annotations: BTreeMap::new(),
-            previous: previous.map(|p| Id([p; 32])),
-        };
-        (Id([n; 32]), s)
+        sample(n, None, time, previous)
     }
 
     #[test]

@@ -86,6 +86,21 @@ async fn newest_base(
     base_snapshot(repo, request).await
 }
 
+/// The order in which a tenant's backups are tried as the base: dated before
+/// `target`, the last dated first; without a target, the newest of the series
+/// first, even when dated before others (taken after a clock was set back):
+/// recovery replays all the WAL after it.
+fn in_turn(backups: Vec<&(Id, crate::repo::tree::Snapshot)>, target: Option<jiff::Timestamp>) -> Vec<Id> {
+    let mut dated: Vec<(jiff::Timestamp, Id)> = backups
+        .iter()
+        .filter_map(|(id, s)| Some((s.dated()?, *id)))
+        .filter(|(time, _)| target.is_none_or(|target| *time < target))
+        .collect();
+    dated.sort();
+    let newest = crate::repo::tree::newest(backups).map(|(id, _)| *id).filter(|_| target.is_none());
+    newest.into_iter().chain(dated.into_iter().rev().map(|(_, id)| id).filter(|id| Some(*id) != newest)).collect()
+}
+
 /// The snapshot named, or the tenant's newest one with a base backup taken
 /// before the target time.
 async fn base_snapshot(
@@ -96,19 +111,11 @@ async fn base_snapshot(
     let candidates: Vec<String> = match &request.snapshot {
         Some(spec) => vec![spec.clone()],
         None => {
-            let mut list: Vec<(jiff::Timestamp, Id)> = repo
-                .snapshots()
-                .await
-                .map_err(repo_error)?
-                .into_iter()
-                .filter(|(_, s)| {
-                    s.tenant.as_deref() == Some(request.tenant.as_str()) && s.tags.iter().any(|t| t == TAG)
-                })
-                .filter_map(|(id, s)| Some((s.time.parse::<jiff::Timestamp>().ok()?, id)))
-                .filter(|(time, _)| request.target_time.is_none_or(|target| *time < target))
-                .collect();
-            list.sort();
-            list.into_iter().rev().map(|(_, id)| id.to_string()).collect()
+            let snapshots = repo.snapshots().await.map_err(repo_error)?;
+            let backups = snapshots.iter().filter(|(_, s)| {
+                s.tenant.as_deref() == Some(request.tenant.as_str()) && s.tags.iter().any(|t| t == TAG)
+            });
+            in_turn(backups.collect(), request.target_time).iter().map(Id::to_string).collect()
         }
     };
     for spec in &candidates {
@@ -244,4 +251,26 @@ fn write_recovery_settings(request: &PitrRestore, snapshot: &Id) -> Result<()> {
     // A base backup holds no postmaster.pid, but one copied by hand might.
     let _ = std::fs::remove_file(request.pgdata.join("postmaster.pid"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::tree::sample;
+
+    #[test]
+    fn a_base_taken_after_the_clock_was_set_back_is_tried_first_without_a_target() {
+        // 2 follows 1 but was dated three hours before it.
+        let backups = [
+            sample(1, Some("acme"), "2026-12-07T10:00:00Z", None),
+            sample(2, Some("acme"), "2026-12-07T07:30:00Z", Some(1)),
+        ];
+        let ids = |ids: Vec<Id>| ids.iter().map(|id| id.0[0]).collect::<Vec<u8>>();
+        assert_eq!(ids(in_turn(backups.iter().collect(), None)), [2, 1]);
+        // NB: with a target, by the dates: the WAL's times are the database's.
+        let target = "2026-12-07T09:00:00Z".parse().ok();
+        assert_eq!(ids(in_turn(backups.iter().collect(), target)), [2]);
+        let target = "2026-12-07T11:00:00Z".parse().ok();
+        assert_eq!(ids(in_turn(backups.iter().collect(), target)), [1, 2]);
+    }
 }
