@@ -4,12 +4,14 @@
 # stored size and peak memory, to a local directory and to the S3 server.
 #
 #   bash bench/repo.sh [TENANTS]      # 26 tenants ≈ 1 GiB (default)
+#   RESTORES=5 bash bench/repo.sh     # restores measured 5 times each (3 by default)
 #
 # Needs scripts/prerequisites.sh (restic, moto) and builds fenice in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TENANTS=${1:-26}
+RESTORES=${RESTORES:-3}
 cargo build --release --quiet
 FENICE=$(realpath "${CARGO_TARGET_DIR:-target}")/release/fenice
 WORK=$(mktemp -d /tmp/fenice-bench.XXXXXX)
@@ -55,20 +57,35 @@ run_target() {
   python3 bench/gen_tenant_data.py "$data" --mutate >/dev/null
   measure "$target incremental backup" fenice "$FENICE" repo --repo "$fenice_repo" backup "$data"
   measure "$target incremental backup" restic restic -r "$restic_repo" backup "$data"
-  sync
-  measure "$target restore" fenice "$FENICE" repo --repo "$fenice_repo" restore latest --target "$out-fenice"
-  sync
-  measure "$target restore" restic restic -r "$restic_repo" restore latest --target "$out-restic"
-  diff -rq "$data" "$out-fenice/data-$target" >/dev/null || { echo "fenice restore differs" >&2; exit 1; }
-  diff -rq "$data" "$out-restic$data" >/dev/null || { echo "restic restore differs" >&2; exit 1; }
-  if [ "$target" = local ] && [ -n "$TMPFS" ]; then
-    # Without a disk under it: what each tool does, not the filesystem's.
-    measure "$target restore to tmpfs" fenice "$FENICE" repo --repo "$fenice_repo" restore latest --target "$TMPFS/out-fenice"
-    measure "$target restore to tmpfs" restic restic -r "$restic_repo" restore latest --target "$TMPFS/out-restic"
-    rm -rf "$TMPFS/out-fenice" "$TMPFS/out-restic"
-  fi
+  # Restores vary most between runs (writing 26,000 files): each is measured
+  # $RESTORES times, the tools taking turns at going first, and the median kept.
+  local i first second
+  for i in $(seq "$RESTORES"); do
+    if [ $((i % 2)) = 1 ]; then first=fenice second=restic; else first=restic second=fenice; fi
+    for tool in $first $second; do
+      sync
+      restore_with "$tool" "$target restore" "$fenice_repo" "$restic_repo" "$out-$tool-$i"
+    done
+    if [ "$target" = local ] && [ -n "$TMPFS" ]; then
+      # Without a disk under it: what each tool does, not the filesystem's.
+      for tool in $first $second; do
+        restore_with "$tool" "$target restore to tmpfs" "$fenice_repo" "$restic_repo" "$TMPFS/out-$tool"
+        rm -rf "$TMPFS/out-$tool"
+      done
+    fi
+  done
+  diff -rq "$data" "$out-fenice-1/data-$target" >/dev/null || { echo "fenice restore differs" >&2; exit 1; }
+  diff -rq "$data" "$out-restic-1$data" >/dev/null || { echo "restic restore differs" >&2; exit 1; }
   printf '%s stored\tfenice\t%s\t0\n%s stored\trestic\t%s\t0\n' \
     "$target" "$($size_cmd fenice)" "$target" "$($size_cmd restic)" >>"$RESULTS"
+}
+
+# restore_with TOOL LABEL FENICE_REPO RESTIC_REPO TARGET: one measured restore of the latest snapshot.
+restore_with() {
+  case $1 in
+    fenice) measure "$2" fenice "$FENICE" repo --repo "$3" restore latest --target "$5" ;;
+    restic) measure "$2" restic restic -r "$4" restore latest --target "$5" ;;
+  esac
 }
 
 local_size() { du -sb "$WORK/$1-repo" | cut -f1; }
@@ -105,9 +122,14 @@ python3 - "$RESULTS" "$DATA_BYTES" "$(nproc)" <<'PY'
 import sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
 data = int(sys.argv[2])
-by = {}
+runs = {}
 for label, tool, value, peak in rows:
-    by.setdefault(label, {})[tool] = (float(value), int(peak))
+    runs.setdefault(label, {}).setdefault(tool, []).append((float(value), int(peak)))
+# The median time of a measure's runs (one, but for restores), the highest peak.
+by = {
+    label: {tool: (sorted(v for v, _ in got)[len(got) // 2], max(p for _, p in got)) for tool, got in tools.items()}
+    for label, tools in runs.items()
+}
 print(f"\ndata set: {data / 2**30:.2f} GiB, {sys.argv[3]} cores\n")
 print(f"| {'measure':<28} | {'fenice':>12} | {'restic':>12} | {'fenice/restic':>13} | {'peak MiB f/r':>13} |")
 print(f"|{'-'*30}|{'-'*14}|{'-'*14}|{'-'*15}|{'-'*15}|")
@@ -118,4 +140,9 @@ for label, tools in by.items():
     else:
         print(f"| {label + ' MB/s':<28} | {data/2**20/f:>12.1f} | {data/2**20/r:>12.1f} | {r/f:>12.2f}x | {fp/1024:>5.0f}/{rp/1024:<7.0f} |")
 print("\nthroughput = data set size / wall time; fenice/restic > 1 means fenice is faster (stored: smaller is better)")
+print("restores: the median of each tool's runs, taking turns at going first; peak: the highest of them")
+for label, tools in runs.items():
+    if len(tools["fenice"]) > 1:
+        shown = lambda tool: " ".join(f"{v:.2f}" for v, _ in tools[tool])
+        print(f"  {label} seconds: fenice {shown('fenice')}; restic {shown('restic')}")
 PY
