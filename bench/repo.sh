@@ -4,14 +4,16 @@
 # stored size and peak memory, to a local directory and to the S3 server.
 #
 #   bash bench/repo.sh [TENANTS]      # 26 tenants ≈ 1 GiB (default)
-#   RESTORES=5 bash bench/repo.sh     # restores measured 5 times each (3 by default)
+#   RUNS=5 bash bench/repo.sh         # cold backups and restores 5 times each (3 by default)
 #
 # Needs scripts/prerequisites.sh (restic, moto) and builds fenice in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TENANTS=${1:-26}
-RESTORES=${RESTORES:-3}
+# Cold backups and restores vary most between runs: each is measured RUNS
+# times, the tools taking turns at going first, and the median kept.
+RUNS=${RUNS:-3}
 cargo build --release --quiet
 FENICE=$(realpath "${CARGO_TARGET_DIR:-target}")/release/fenice
 WORK=$(mktemp -d /tmp/fenice-bench.XXXXXX)
@@ -52,9 +54,11 @@ mv "$WORK/data" "$WORK/data-local"
 # filesystem without a journal, as this machine's root, ext4 passes over every
 # inode freed in the last minutes when it allocates one, and the deletes of
 # earlier runs made restores there 1.5-3x slower, the more so for whichever
-# tool came first after them.
+# tool came first after them. Its inode tables are written now, not by a
+# kernel thread while the backups are measured.
 if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null &&
-  truncate -s $((DATA_BYTES * 16)) "$WORK/restores.img" && mkfs.ext4 -q -F "$WORK/restores.img" &&
+  truncate -s $((DATA_BYTES * 16)) "$WORK/restores.img" &&
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$WORK/restores.img" &&
   mkdir -p "$WORK/restores" && mount -o loop "$WORK/restores.img" "$WORK/restores"; then
   DISK=$WORK/restores
   echo "restores to the disk go to a fresh ext4 filesystem on $(findmnt -n -o SOURCE "$DISK")"
@@ -66,25 +70,32 @@ sync
 run_target() {
   local target=$1 fenice_repo=$2 restic_repo=$3 size_cmd=$4
   local data=$WORK/data-$target out=${DISK:-$WORK}/out-$target
-  "$FENICE" repo --repo "$fenice_repo" init >/dev/null
-  restic -r "$restic_repo" init --repository-version 2 >/dev/null
-  measure "$target cold backup" fenice "$FENICE" repo --repo "$fenice_repo" backup "$data"
-  measure "$target cold backup" restic restic -r "$restic_repo" backup "$data"
+  # Cold backups, each into a repository of its own, $RUNS times, the tools
+  # taking turns at going first; the first pair's repositories go on.
+  local i tool
+  for i in $(seq "$RUNS"); do
+    local suffix=""
+    [ "$i" = 1 ] || suffix=-cold$i
+    "$FENICE" repo --repo "$fenice_repo$suffix" init >/dev/null
+    restic -r "$restic_repo$suffix" init --repository-version 2 >/dev/null
+    for tool in $(in_turn "$i"); do
+      case $tool in
+        fenice) measure "$target cold backup" fenice "$FENICE" repo --repo "$fenice_repo$suffix" backup "$data" ;;
+        restic) measure "$target cold backup" restic restic -r "$restic_repo$suffix" backup "$data" ;;
+      esac
+    done
+  done
   python3 bench/gen_tenant_data.py "$data" --mutate >/dev/null
   measure "$target incremental backup" fenice "$FENICE" repo --repo "$fenice_repo" backup "$data"
   measure "$target incremental backup" restic restic -r "$restic_repo" backup "$data"
-  # Restores vary most between runs (writing 26,000 files): each is measured
-  # $RESTORES times, the tools taking turns at going first, and the median kept.
-  local i first second
-  for i in $(seq "$RESTORES"); do
-    if [ $((i % 2)) = 1 ]; then first=fenice second=restic; else first=restic second=fenice; fi
-    for tool in $first $second; do
+  for i in $(seq "$RUNS"); do
+    for tool in $(in_turn "$i"); do
       sync
       restore_with "$tool" "$target restore" "$fenice_repo" "$restic_repo" "$out-$tool-$i"
     done
     if [ "$target" = local ] && [ -n "$TMPFS" ]; then
       # Without a disk under it: what each tool does, not the filesystem's.
-      for tool in $first $second; do
+      for tool in $(in_turn "$i"); do
         restore_with "$tool" "$target restore to tmpfs" "$fenice_repo" "$restic_repo" "$TMPFS/out-$tool"
         rm -rf "$TMPFS/out-$tool"
       done
@@ -94,6 +105,11 @@ run_target() {
   diff -rq "$data" "$out-restic-1$data" >/dev/null || { echo "restic restore differs" >&2; exit 1; }
   printf '%s stored\tfenice\t%s\t0\n%s stored\trestic\t%s\t0\n' \
     "$target" "$($size_cmd fenice)" "$target" "$($size_cmd restic)" >>"$RESULTS"
+}
+
+# in_turn N: the two tools, the one that goes first taking turns with N.
+in_turn() {
+  if [ $(($1 % 2)) = 1 ]; then echo fenice restic; else echo restic fenice; fi
 }
 
 # restore_with TOOL LABEL FENICE_REPO RESTIC_REPO TARGET: one measured restore of the latest snapshot.
@@ -156,7 +172,7 @@ for label, tools in by.items():
     else:
         print(f"| {label + ' MB/s':<28} | {data/2**20/f:>12.1f} | {data/2**20/r:>12.1f} | {r/f:>12.2f}x | {fp/1024:>5.0f}/{rp/1024:<7.0f} |")
 print("\nthroughput = data set size / wall time; fenice/restic > 1 means fenice is faster (stored: smaller is better)")
-print("restores: the median of each tool's runs, taking turns at going first; peak: the highest of them")
+print("cold backups and restores: the median of each tool's runs, taking turns at going first; peak: the highest")
 for label, tools in runs.items():
     if len(tools["fenice"]) > 1:
         shown = lambda tool: " ".join(f"{v:.2f}" for v, _ in tools[tool])
