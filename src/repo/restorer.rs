@@ -422,12 +422,14 @@ impl Window {
                 }
                 let at = batch.len();
                 match arriving.append(u64::from(entry.offset), entry.length as usize, &mut batch).await {
-                    Ok(whole) => {
+                    Ok(true) => {
                         rest.pop_front();
-                        match whole {
-                            true => placed.push((b, at)),
-                            false => damaged.push((b, damage(&self.location, self.pack, PackError::TooShort))),
-                        }
+                        placed.push((b, at));
+                    }
+                    Ok(false) => {
+                        rest.pop_front();
+                        batch.truncate(at);
+                        damaged.push((b, damage(&self.location, self.pack, PackError::TooShort)));
                     }
                     Err(e) => {
                         batch.truncate(at);
@@ -512,7 +514,8 @@ fn damage(location: &str, pack: Id, source: PackError) -> String {
 
 /// How a read of a window ended.
 enum Read {
-    /// Every blob asked for went to a writer, or the restore stopped.
+    /// Every blob asked for went to a writer or was found cut off by the
+    /// pack's end, or the restore stopped.
     Whole,
     /// The read broke; `progressed` if some blob arrived whole before.
     Broke { progressed: bool, why: String },
