@@ -126,8 +126,7 @@ impl IntactReads {
     /// [`get_range`](Self::get_range) handed on as it arrives.
     pub async fn get_range_chunks(&self, key: &str, range: Range<u64>) -> Result<Chunks> {
         if let Some(version) = self.pinned(key) {
-            let bytes = self.store.get_version(key, &version, Some(range)).await?;
-            return Ok(Box::pin(futures::stream::once(async { Ok(bytes) })));
+            return Ok(crate::store::chunks_of(self.store.get_version(key, &version, Some(range)).await?));
         }
         match self.store.get_range_chunks(key, range.clone()).await {
             Err(Error::NotFound { .. }) if named_id(key).is_some() && self.recover(key).await? => {

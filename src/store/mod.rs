@@ -25,6 +25,11 @@ pub use location::Location;
 /// A ranged read's bytes as they arrive ([`ObjectStore::get_range_chunks`]).
 pub type Chunks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes>> + Send>>;
 
+/// Bytes already read, as [`Chunks`].
+pub fn chunks_of(bytes: Bytes) -> Chunks {
+    Box::pin(futures::stream::once(async { Ok(bytes) }))
+}
+
 /// When a write may happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PutCondition {
@@ -90,8 +95,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// per-attempt timeout, and the reader asks again for what it lacks. It
     /// ends early, without an error, where the object is shorter.
     async fn get_range_chunks(&self, key: &str, range: Range<u64>) -> Result<Chunks> {
-        let bytes = self.get_range(key, range).await?;
-        Ok(Box::pin(futures::stream::once(async { Ok(bytes) })))
+        Ok(chunks_of(self.get_range(key, range).await?))
     }
 
     /// The object's metadata, or `None` if there is no such object.

@@ -134,24 +134,21 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     use futures::StreamExt;
-    let key = key.to_owned();
-    let failed =
-        move |source: std::io::Error| Error::Io { store: store.clone(), operation: "read", key: key.clone(), source };
-    let body = Box::pin(body);
-    Box::pin(futures::stream::unfold(Some(body), move |body| {
-        let failed = failed.clone();
-        async move {
-            let mut body = body?;
-            match tokio::time::timeout(limit, body.next()).await {
-                Ok(None) => None,
-                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
-                Ok(Some(Err(e))) => Some((Err(failed(std::io::Error::other(e))), None)),
-                Err(_) => {
-                    let why = format!("no data for {:.1}s in the middle of an answer", limit.as_secs_f64());
-                    Some((Err(failed(std::io::Error::new(std::io::ErrorKind::TimedOut, why))), None))
-                }
+    // NB: the names ride along and go into the error only: a body comes in
+    // chunks of a few KiB.
+    let state = Some((Box::pin(body), store, key.to_owned()));
+    Box::pin(futures::stream::unfold(state, move |state| async move {
+        let (mut body, store, key) = state?;
+        let source = match tokio::time::timeout(limit, body.next()).await {
+            Ok(None) => return None,
+            Ok(Some(Ok(chunk))) => return Some((Ok(chunk), Some((body, store, key)))),
+            Ok(Some(Err(e))) => std::io::Error::other(e),
+            Err(_) => {
+                let why = format!("no data for {:.1}s in the middle of an answer", limit.as_secs_f64());
+                std::io::Error::new(std::io::ErrorKind::TimedOut, why)
             }
-        }
+        };
+        Some((Err(Error::Io { store, operation: "read", key, source }), None))
     }))
 }
 

@@ -44,7 +44,7 @@ use tokio::sync::OnceCell;
 use super::error::check_key;
 use super::remote::{self, LockSupport, Properties, WriteAttempts, content_hash, retain_until};
 use super::retry::{GaveUp, LastFailure, RetryPolicy, with_retries};
-use super::{Chunks, Error, Location, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
+use super::{Chunks, Error, Location, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention, chunks_of};
 use crate::error_chain::error_chain;
 
 /// User metadata entry (`x-amz-meta-fenice-blake3`) holding the
@@ -522,7 +522,9 @@ impl S3Store {
             .await;
         match result {
             Ok(bytes) => Ok(bytes),
-            Err(f) => Self::nothing_past_the_end(f).map(|()| Bytes::new()).map_err(|f| self.error(f, "read", key)),
+            // 416: the range starts at or past the end; clamped, that is nothing.
+            Err(f) if f.status() == Some(416) => Ok(Bytes::new()),
+            Err(f) => Err(self.error(f, "read", key)),
         }
     }
 
@@ -530,11 +532,6 @@ impl S3Store {
         let header = range.map(|r| format!("bytes={}-{}", r.start, r.end - 1));
         let request = self.client.get_object().bucket(&self.bucket).key(full);
         request.set_version_id(version.map(str::to_owned)).set_range(header)
-    }
-
-    /// 416: the range starts at or past the end; clamped, that is nothing.
-    fn nothing_past_the_end(f: Failure) -> std::result::Result<(), Failure> {
-        if f.status() == Some(416) { Ok(()) } else { Err(f) }
     }
 
     /// Deletes one version of an object, or without `version` the object as a
@@ -657,9 +654,8 @@ impl ObjectStore for S3Store {
 
     async fn get_range_chunks(&self, key: &str, range: Range<u64>) -> Result<Chunks> {
         let full = self.full_key(key)?;
-        let empty = || -> Chunks { Box::pin(futures::stream::empty()) };
         if range.start >= range.end {
-            return Ok(empty());
+            return Ok(chunks_of(Bytes::new()));
         }
         let result = self
             .call(|| {
@@ -672,7 +668,8 @@ impl ObjectStore for S3Store {
                 let body = futures::stream::unfold(out.body, |mut body| async { body.next().await.map(|c| (c, body)) });
                 Ok(remote::arriving(body, self.retry.attempt_timeout, self.describe(), key))
             }
-            Err(f) => Self::nothing_past_the_end(f).map(|()| empty()).map_err(|f| self.error(f, "read", key)),
+            Err(f) if f.status() == Some(416) => Ok(chunks_of(Bytes::new())),
+            Err(f) => Err(self.error(f, "read", key)),
         }
     }
 

@@ -85,8 +85,9 @@ impl FaultProxy {
         self.faults.silent_after.store(at, Ordering::SeqCst);
     }
 
-    /// The next `answers` connections whose answers run past `bytes` bytes are
-    /// closed there, mid-answer, as a connection that breaks.
+    /// The next `answers` connections to pass on more than `bytes` bytes of
+    /// answers (a pack's read, for small `answers` and `bytes` above any other
+    /// object) are closed there, mid-answer, as a connection that breaks.
     pub fn cut_answers(&self, answers: u32, bytes: u64) {
         self.faults.cut_after.store(bytes, Ordering::SeqCst);
         self.faults.cut.store(answers, Ordering::SeqCst);

@@ -14,10 +14,10 @@ use azure_storage_blob::models::{
 use bytes::Bytes;
 use futures::StreamExt as _;
 
-use super::failure::{BLOB_IMMUTABLE, Failure, may_have_landed};
+use super::failure::{BLOB_IMMUTABLE, may_have_landed};
 use super::{AzureStore, HASH_META, etag_text, whole_seconds};
 use crate::store::remote::{self, WriteAttempts, content_hash, retain_until};
-use crate::store::{Chunks, Error, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention};
+use crate::store::{Chunks, Error, ObjectMeta, ObjectStore, PutCondition, PutOutcome, Result, Retention, chunks_of};
 
 #[async_trait]
 impl ObjectStore for AzureStore {
@@ -92,21 +92,21 @@ impl ObjectStore for AzureStore {
         let result = self.call(|| async { blob.download(Some(ranged(&range))).await?.body.collect().await }).await;
         match result {
             Ok(bytes) => Ok(bytes),
-            Err(f) => {
-                nothing_past_the_end(f).map(|()| Bytes::new()).map_err(|f| f.into_error(self.describe(), "read", key))
-            }
+            // 416: the range starts at or past the end; clamped, that is nothing.
+            Err(f) if f.status() == Some(416) => Ok(Bytes::new()),
+            Err(f) => Err(f.into_error(self.describe(), "read", key)),
         }
     }
 
     async fn get_range_chunks(&self, key: &str, range: Range<u64>) -> Result<Chunks> {
         let blob = self.blob(key)?;
-        let empty = || -> Chunks { Box::pin(futures::stream::empty()) };
         if range.start >= range.end {
-            return Ok(empty());
+            return Ok(chunks_of(Bytes::new()));
         }
         match self.call(|| blob.download(Some(ranged(&range)))).await {
             Ok(answer) => Ok(remote::arriving(answer.body, self.retry.attempt_timeout, self.describe(), key)),
-            Err(f) => nothing_past_the_end(f).map(|()| empty()).map_err(|f| f.into_error(self.describe(), "read", key)),
+            Err(f) if f.status() == Some(416) => Ok(chunks_of(Bytes::new())),
+            Err(f) => Err(f.into_error(self.describe(), "read", key)),
         }
     }
 
@@ -183,9 +183,4 @@ impl ObjectStore for AzureStore {
 
 fn ranged(range: &Range<u64>) -> BlobClientDownloadOptions<'static> {
     BlobClientDownloadOptions { range: Some(HttpRange::from(range.clone())), ..Default::default() }
-}
-
-/// 416: the range starts at or past the end; clamped, that is nothing.
-fn nothing_past_the_end(f: Failure) -> std::result::Result<(), Failure> {
-    if f.status() == Some(416) { Ok(()) } else { Err(f) }
 }
