@@ -318,6 +318,133 @@ async fn a_tenant_backup_to_s3_restores_verified() {
     assert_eq!(count(&restored_url, "SELECT count(*) FROM invoices").await, 10);
 }
 
+/// Runs `fenice args…` until its child process `name` has moved 1 MiB
+/// through the pipe between them (`pipe`: "rchar" when the child reads it,
+/// "wchar" when it writes), stops it there (SIGSTOP: the child goes on until
+/// the pipe is full or empty, then waits on it), checks the child still runs,
+/// and SIGKILLs it. Returns once the child has ended too, with what the
+/// process had printed.
+fn killed_while_it_runs(args: &[&str], name: &str, pipe: &str) -> String {
+    use fenice::testkit::process::{children_of, is_alive};
+    let mut fenice = Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .env("FENICE_PASSWORD", PASSWORD)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let named = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let child = loop {
+        if let Some(child) = children_of(fenice.id()).into_iter().find(named)
+            && moved(child, pipe) > 1 << 20
+        {
+            break child;
+        }
+        if let Some(status) = fenice.try_wait().unwrap() {
+            let out = fenice.wait_with_output().unwrap();
+            panic!("fenice {args:?} ended ({status}) before running {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert!(std::time::Instant::now() < deadline, "fenice {args:?} never ran {name}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    let pid = libc::pid_t::try_from(fenice.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(is_alive(child), "{name} still runs when fenice is killed");
+    fenice.kill().unwrap();
+    let out = fenice.wait_with_output().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while is_alive(child) {
+        assert!(std::time::Instant::now() < deadline, "{name} ({child}) outlived fenice by 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The bytes process `pid` has read or written so far (`what`: a field of
+/// /proc/PID/io), 0 once it is gone.
+fn moved(pid: u32, what: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = io.lines().find_map(|line| line.strip_prefix(what)?.strip_prefix(": "));
+    field.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Sessions still open on database `name`, other than the asker's.
+async fn sessions_on(t: &Tenant, name: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()");
+    count(&t.pg.url("postgres"), &sql).await
+}
+
+/// The agent SIGKILLed while its pg_dump runs, then while its pg_restore
+/// runs (into an empty database, then `--force` over one that holds a
+/// restore): pg_dump and pg_restore end with it and leave no session behind;
+/// the tenant's database is untouched and the repository checks clean; the
+/// restore's transaction is rolled back, so the database is left empty and
+/// the next restore needs no `--force`; every next run completes, verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_killed_during_pg_dump_or_pg_restore_leaves_nothing_half_done() {
+    let t = Tenant::new();
+    let (db, _documents) = t.with_invoices("2026", 10).await;
+    // 20 MB of rows: more than a pipe holds, so the dump and the restore are
+    // both still running when the agent is stopped.
+    db.batch_execute(
+        "CREATE TABLE notes AS SELECT g AS id, repeat(md5(g::text), 6) AS body FROM generate_series(1, 100000) g",
+    )
+    .await
+    .unwrap();
+    let url = t.pg.url("acme");
+    let (repo, tenant_sum) = (t.repo(), "SELECT count(*) + sum(length(body)) FROM notes");
+    let before = (count(&url, "SELECT count(*) FROM invoices").await, count(&url, tenant_sum).await);
+
+    let said = killed_while_it_runs(
+        &["agent", "backup", "--tenant", "acme", "--db", &url, "--repo", &repo],
+        "pg_dump",
+        "wchar",
+    );
+    assert!(!said.contains("panicked"), "{said}");
+    assert_eq!(sessions_on(&t, "acme").await, 1, "only the test's own connection is left on acme");
+    assert_eq!((count(&url, "SELECT count(*) FROM invoices").await, count(&url, tenant_sum).await), before);
+    let listed: serde_json::Value =
+        serde_json::from_str(&t.ok(&["repo", "--repo", &repo, "snapshots", "--json"])).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "no snapshot from the killed backup: {listed}");
+    t.ok(&["repo", "--repo", &repo, "check", "--read-data"]);
+    t.backed_up();
+
+    let copy = t.pg.url("copy");
+    let documents = t.path("copy-documents");
+    let restore = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["agent", "restore", "--tenant", "acme", "--db", &copy];
+        args.extend(["--documents", documents.to_str().unwrap(), "--repo", &repo]);
+        args.extend(extra);
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'";
+    for forced in [false, true] {
+        let args = restore(if forced { &["--force"] } else { &[] });
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let said = killed_while_it_runs(&args, "pg_restore", "rchar");
+        assert!(!said.contains("panicked"), "{said}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while sessions_on(&t, "copy").await > 0 {
+            assert!(std::time::Instant::now() < deadline, "pg_restore's session on copy outlived it");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            count(&copy, tables).await,
+            0,
+            "the killed restore's transaction was rolled back (forced: {forced})"
+        );
+        // Nothing to force: the database and the documents directory are empty.
+        let out = t.restore("copy", &documents, &["--json"]);
+        assert!(out.status.success(), "restore after the kill: {}", String::from_utf8_lossy(&out.stderr));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["verified"], true, "{result}");
+        assert_eq!((count(&copy, "SELECT count(*) FROM invoices").await, count(&copy, tenant_sum).await), before);
+    }
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
