@@ -33,7 +33,7 @@ const OPERATOR_USER: &str = "fenice-operator";
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 7;
+const TESTS_WITH_OPERATOR: usize = 8;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -229,6 +229,16 @@ async fn operator_with(
     identity: &str,
     extra: &[&std::ffi::OsStr],
 ) -> (Child, String, String) {
+    operator_in(kubeconfig, identity, extra, &[]).await
+}
+
+/// [`operator_with`] in more environment variables.
+async fn operator_in(
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    extra: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Child, String, String) {
     // NB: the operator's own user, so that the server tells its requests from the test's.
     let own = kubeconfig.with_file_name("operator-kubeconfig");
     let text =
@@ -241,6 +251,7 @@ async fn operator_with(
         .args(["--lease-seconds", "3", "--probe-interval-seconds", "600", "--kubeconfig"])
         .arg(&own)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -367,6 +378,59 @@ async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
     wait_ready(&second_url, true).await;
     assert_eq!(holder(leases.get("fenice-operator-leader").await.unwrap()).as_deref(), Some("replica-2"));
     stopped(second).await;
+    within_rbac(&api);
+}
+
+/// libfaketime, from Debian's package: moves the clock of the process it is
+/// preloaded in, here by the offset written in a file.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Replicas whose clocks are three hours apart, for real (libfaketime): one
+/// whose clock is behind leads, and one whose clock is right waits as long as
+/// it renews; once the leader dies the other takes over within seconds, in
+/// either direction. Comparing the renewal time written in the Lease with its
+/// own clock, a replica took over from a leader still renewing when its clock
+/// was ahead, and waited three hours when its clock was behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_whose_clocks_disagree_take_the_lead_only_from_a_leader_that_stopped_renewing() {
+    assert!(std::path::Path::new(FAKETIME).exists(), "{FAKETIME} is missing: run scripts/prerequisites.sh");
+    let (api, dir, client) = cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let clock = dir.path().join("three-hours-behind");
+    std::fs::write(&clock, "-3h").unwrap();
+    let behind = [
+        ("LD_PRELOAD", std::ffi::OsStr::new(FAKETIME)),
+        ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
+    ];
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let holder = || {
+        let leases = leases.clone();
+        async move { leases.get("fenice-operator-leader").await.unwrap().spec.and_then(|s| s.holder_identity) }
+    };
+
+    let (mut first, first_url, _) = operator_in(&kubeconfig, "behind-1", &[], &behind).await;
+    wait_ready(&first_url, true).await;
+    let renewed = leases.get("fenice-operator-leader").await.unwrap().spec.unwrap().renew_time.unwrap().0;
+    assert!(jiff::Timestamp::now().duration_since(renewed) > jiff::SignedDuration::from_mins(170), "{renewed}");
+    let (mut second, second_url, _) = operator(&kubeconfig, "right-2").await;
+    // More than two lease durations (3 s): the leader renews all along.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(get(&format!("{second_url}/readyz")).await.0, 503, "the leader still renews");
+    assert_eq!(holder().await.as_deref(), Some("behind-1"));
+    assert_eq!(get(&format!("{first_url}/readyz")).await.0, 200, "the leader still leads");
+
+    first.kill().await.unwrap();
+    timeout(Duration::from_secs(20), wait_ready(&second_url, true)).await.expect("the right clock takes over");
+    assert_eq!(holder().await.as_deref(), Some("right-2"));
+
+    let (third, third_url, _) = operator_in(&kubeconfig, "behind-3", &[], &behind).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(&format!("{third_url}/readyz")).await.0, 503, "only one replica leads");
+    second.kill().await.unwrap();
+    timeout(Duration::from_secs(20), wait_ready(&third_url, true)).await.expect("the clock behind takes over");
+    assert_eq!(holder().await.as_deref(), Some("behind-3"));
+    stopped(third).await;
     within_rbac(&api);
 }
 

@@ -201,17 +201,26 @@ async fn lead(elector: &Elector, mut stop: watch::Receiver<bool>) -> anyhow::Res
 /// Renews the Lease; says `lost` once a renewal was refused, or none succeeded
 /// for the Lease's duration (another replica may then take over).
 async fn keep_leading(elector: Elector, lost: watch::Sender<bool>) {
+    // NB: another replica counts the lease from when it reads a renewal, which
+    // is after the renewal was sent: counted from the sending, the lease is
+    // ours for no longer than anyone else's count says.
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(elector.retry_period()).await;
-        match elector.try_lead().await {
-            Ok(true) => renewed = Instant::now(),
-            Ok(false) => break,
-            Err(e) => {
+        let sent = Instant::now();
+        let left = elector.duration().saturating_sub(renewed.elapsed());
+        match tokio::time::timeout(left, elector.try_lead()).await {
+            Ok(Ok(true)) => renewed = sent,
+            Ok(Ok(false)) => break,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "renewing the leader Lease");
                 if renewed.elapsed() >= elector.duration() {
                     break;
                 }
+            }
+            Err(_) => {
+                tracing::warn!("no renewal of the leader Lease answered within its duration");
+                break;
             }
         }
     }
