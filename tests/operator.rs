@@ -33,7 +33,7 @@ const OPERATOR_USER: &str = "fenice-operator";
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 8;
+const TESTS_WITH_OPERATOR: usize = 9;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -431,6 +431,33 @@ async fn replicas_whose_clocks_disagree_take_the_lead_only_from_a_leader_that_st
     timeout(Duration::from_secs(20), wait_ready(&third_url, true)).await.expect("the clock behind takes over");
     assert_eq!(holder().await.as_deref(), Some("behind-3"));
     stopped(third).await;
+    within_rbac(&api);
+}
+
+/// The operators of two sites watching one cluster both lead, each its own
+/// site's Lease; a second replica of one site waits for that site's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_of_two_sites_lead_side_by_side_one_replica_each() {
+    let (api, dir, client) = cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let at = |site: &'static str| [std::ffi::OsStr::new("--site"), std::ffi::OsStr::new(site)];
+    let (rome, rome_url, _) = operator_with(&kubeconfig, "rome-1", &at("westpole-rome")).await;
+    let (azure, azure_url, _) = operator_with(&kubeconfig, "azure-1", &at("azure-italynorth")).await;
+    wait_ready(&rome_url, true).await;
+    wait_ready(&azure_url, true).await;
+    let (rome_again, rome_again_url, _) = operator_with(&kubeconfig, "rome-2", &at("westpole-rome")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(&format!("{rome_again_url}/readyz")).await.0, 503, "one replica per site leads");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let holder = |name: &'static str| {
+        let leases = leases.clone();
+        async move { leases.get(name).await.unwrap().spec.and_then(|s| s.holder_identity) }
+    };
+    assert_eq!(holder("fenice-operator-leader-westpole-rome").await.as_deref(), Some("rome-1"));
+    assert_eq!(holder("fenice-operator-leader-azure-italynorth").await.as_deref(), Some("azure-1"));
+    for operator in [rome, azure, rome_again] {
+        stopped(operator).await;
+    }
     within_rbac(&api);
 }
 

@@ -99,7 +99,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let elector = Elector::new(
         client.clone(),
         &args.operator_namespace,
-        "fenice-operator-leader",
+        &leader_lease(args.site.as_deref()),
         &identity,
         Duration::from_secs(args.lease_seconds.max(3)),
     );
@@ -180,6 +180,15 @@ async fn readyz(State(s): State<Served>) -> (StatusCode, &'static str) {
     match s.ready.load(Ordering::SeqCst) {
         true => (StatusCode::OK, "leading\n"),
         false => (StatusCode::SERVICE_UNAVAILABLE, "not leading\n"),
+    }
+}
+
+/// The leader Lease's name: one leader per site, so that the operators of a
+/// plan's two sites both reconcile when they watch one cluster.
+fn leader_lease(site: Option<&str>) -> String {
+    match site {
+        Some(site) => format!("fenice-operator-leader-{site}"),
+        None => "fenice-operator-leader".to_owned(),
     }
 }
 
