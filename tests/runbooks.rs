@@ -114,10 +114,11 @@ fn key_rotation_retires_the_old_password_and_keeps_the_data() {
 }
 
 /// The install runbook against two in-memory clusters and the S3 server, with
-/// the operator running here (the runbook's Deployment has no kubelet to run
-/// it): the operator installed, both sites, the witness, a repository it
-/// reaches, a warm tenant with its standby at the standby cluster, and a first
-/// backup started as a Job.
+/// both sites' operators running here (the runbook's Deployments have no
+/// kubelet to run them): the operators installed, both sites, the witness
+/// holding the plan's lease for the primary, a repository they reach, a warm
+/// tenant with its standby at the standby cluster, and a first backup started
+/// as a Job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_brings_two_clusters_and_a_first_tenant_under_protection() {
     use fenice::apiserver::{self, ServerOptions};
@@ -147,6 +148,7 @@ async fn install_brings_two_clusters_and_a_first_tenant_under_protection() {
     );
     std::fs::write(work.join("kubeconfig"), contexts).unwrap();
     std::fs::write(work.join("standby.kubeconfig"), standby.kubeconfig_as("fenice-site")).unwrap();
+    std::fs::write(work.join("control.kubeconfig"), primary.kubeconfig_as("fenice-operator-standby")).unwrap();
     for (file, text) in [
         ("access-key-id.txt", "test"),
         ("secret-access-key.txt", "test"),
@@ -155,7 +157,12 @@ async fn install_brings_two_clusters_and_a_first_tenant_under_protection() {
         std::fs::write(work.join(file), text).unwrap();
     }
     let state = tempfile::tempdir().unwrap();
-    let (stop, running) = operator::run(&primary, "fenice-operator", "fenice-system", state.path()).await;
+    let (stop, running) =
+        operator::run_at(&primary, "fenice-operator", "fenice-system", state.path(), Some("primary")).await;
+    let standby_state = tempfile::tempdir().unwrap();
+    let (stop_standby, running_standby) =
+        operator::run_at(&primary, "fenice-operator-standby", "fenice-system", standby_state.path(), Some("standby"))
+            .await;
 
     let kubeconfig = work.join("kubeconfig");
     let endpoint = s3.endpoint();
@@ -165,18 +172,34 @@ async fn install_brings_two_clusters_and_a_first_tenant_under_protection() {
         ("STANDBY", "aks"),
         ("STANDBY_KUBECONFIG", "standby.kubeconfig"),
         ("STANDBY_USER", "fenice-site"),
+        ("CONTROL_KUBECONFIG", "control.kubeconfig"),
+        ("CONTROL_USER", "fenice-operator-standby"),
         ("REPO_BUCKET", "tenants"),
         ("REPO_ENDPOINT", endpoint.as_str()),
         ("REPO_REGION", "us-east-1"),
         ("WITNESS_BUCKET", "witness"),
     ];
     let out = run_runbook_beside("install.md", &work, &shims, &env).await;
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(40), running).await;
+    for (stop, running) in [(stop, running), (stop_standby, running_standby)] {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(40), running).await;
+    }
     let out = out.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("condition met"), "the waits ran: {said}");
     assert!(said.contains("studio-rossi-db"), "the standby's database is listed: {said}");
+    assert!(said.contains("primary Active epoch 1") && said.contains("standby Fenced"), "the lease: {said}");
+    assert!(
+        said.contains("FENICE_SITE=standby") && said.contains("FENICE_KUBECONFIG=/etc/fenice/control/kubeconfig"),
+        "the standby's operator told where it runs and what it watches: {said}"
+    );
+    // At the standby, only what its operator needs there.
+    let at_standby = standby.client().await.unwrap();
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(at_standby.clone(), "fenice-system");
+    assert!(deployments.get_opt("fenice-operator").await.unwrap().is_some(), "{said}");
+    let roles: kube::Api<k8s_openapi::api::rbac::v1::ClusterRole> = kube::Api::all(at_standby);
+    assert!(roles.get_opt("fenice-operator").await.unwrap().is_none(), "no ClusterRole at the standby: {said}");
     let backups: kube::Api<fenice::api::backup::Backup> =
         kube::Api::namespaced(primary.client().await.unwrap(), "invoicing");
     let first = backups.get("studio-rossi-first").await.unwrap().status.unwrap_or_default();
@@ -186,7 +209,9 @@ async fn install_brings_two_clusters_and_a_first_tenant_under_protection() {
         "the first backup runs as a Job"
     );
     // What the operator did, it did within what the runbook granted it at each site.
-    operator::within(&primary.accesses(), "fenice-operator", &standby.accesses(), "fenice-site", "invoicing");
+    for user in ["fenice-operator", "fenice-operator-standby"] {
+        operator::within(&primary.accesses(), user, &standby.accesses(), "fenice-site", "invoicing");
+    }
 }
 
 /// A drill's status as the operator writes it: two tenants, the second

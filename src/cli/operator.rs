@@ -24,8 +24,10 @@ use crate::controller::{self, Context};
 
 #[derive(Args, Debug)]
 pub struct OperatorArgs {
-    /// The cluster's kubeconfig; in-cluster configuration (or $KUBECONFIG) otherwise.
-    #[arg(long)]
+    /// The kubeconfig of the cluster that holds Fenice's resources (another
+    /// site's operator reaches it this way); in-cluster configuration (or
+    /// $KUBECONFIG) otherwise.
+    #[arg(long, env = "FENICE_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// The Site this operator runs at (its own Site resource's name).
     #[arg(long, env = "FENICE_SITE")]
