@@ -38,6 +38,34 @@ fn shell_blocks_are_found_in_order() {
     assert_eq!(blocks, ["a\nb\n", "c\n"]);
 }
 
+/// scripts/real-cluster.sh (opt-in, for real clusters) runs the runbooks the
+/// tests run: install.md's blocks, its `sh kubelet` ones too, then
+/// planned-failover.md's, in order, and nothing else of them.
+#[test]
+fn the_real_cluster_script_runs_the_tested_runbooks_blocks_in_order() {
+    let out = Command::new("bash")
+        .args([&format!("{ROOT}/scripts/real-cluster.sh"), "--print"])
+        .env("RUN_FAILOVER", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let read = |file: &str| std::fs::read_to_string(format!("{ROOT}/runbooks/{file}")).unwrap();
+    let install = read("install.md");
+    let kubelet = install.replace("```sh kubelet\n", "```sh\n");
+    let (with_pods, tested) = (shell_blocks(&kubelet), shell_blocks(&install));
+    assert!(with_pods.len() > tested.len(), "install.md has blocks that need a kubelet");
+    let failover = shell_blocks(&read("planned-failover.md"));
+    let mut rest = printed.as_str();
+    for block in with_pods.iter().chain(&failover) {
+        let at = rest.find(block.as_str()).unwrap_or_else(|| panic!("not run, or not in order:\n{block}"));
+        rest = &rest[at + block.len()..];
+    }
+    assert!(!printed.contains("abort"), "planned-failover.md's abort is not part of the run:\n{printed}");
+    let syntax = Command::new("bash").args(["-n", "-c", &printed]).output().unwrap();
+    assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_restore_works_with_only_the_recovery_key() {
     let dir = tempfile::tempdir().unwrap();
