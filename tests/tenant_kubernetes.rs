@@ -1019,6 +1019,17 @@ async fn a_drill_at_a_kubernetes_site_restores_serves_and_sends_a_test_invoice_t
     assert!(!set.labels().contains_key(TENANT_LABEL), "the copy must not carry the tenant's label");
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(standby_client.clone(), NAMESPACE);
     assert!(jobs.get_opt(&copy).await.unwrap().is_none(), "no Job before the copy's PostgreSQL is ready");
+    // The operator stops while the copy's PostgreSQL starts; the next one waits for the same copy.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
+    let uid = set.uid();
+    let (stop, running) = operator(&control, state.path()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restarted = status_when(&drills, "k8s-drill", |d| d.status, |s| !s.copies.is_empty()).await;
+    assert_eq!(restarted.copies.len(), 1, "one copy, not a second: {restarted:?}");
+    assert!(restarted.copies[0].copy.ends_with(&format!("/{copy}")), "{restarted:?}");
+    assert_eq!(sets.get(&copy).await.unwrap().uid(), uid, "the same StatefulSet, not made again");
+    assert!(jobs.get_opt(&copy).await.unwrap().is_none(), "still no Job before the copy is ready");
     sets.patch_status(&copy, &PatchParams::default(), &Patch::Merge(&ready_status())).await.unwrap();
     status_when(&drills, "k8s-drill", |d| d.status, |s| s.copies.iter().any(|c| c.job)).await;
     let (args, _) = job_command(&standby_client, &copy).await;
