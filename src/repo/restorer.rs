@@ -120,7 +120,12 @@ impl FileSlot {
     }
 
     fn open(&self) -> std::io::Result<std::fs::File> {
-        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&self.partial)?;
+        // A file made here needs no length: its blobs fill it from 0 to its size.
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&self.partial) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            made => return made,
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(&self.partial)?;
         // NB: not truncated to zero, as another window may have written part of
         // it; but a partial file a killed restore left may be longer.
         file.set_len(self.size)?;
