@@ -499,7 +499,12 @@ impl Window {
                         open = Some((i, slot.open().map_err(failed)?));
                     }
                     let (_, file) = open.as_ref().expect("opened above");
-                    file.write_all_at(plaintext, offset).map_err(failed)?;
+                    // NB: a blob may be 8 MiB: written in pieces, see WRITE_PIECE.
+                    let mut at = offset;
+                    for piece in plaintext.chunks(crate::store::fs::WRITE_PIECE) {
+                        file.write_all_at(piece, at).map_err(failed)?;
+                        at += piece.len() as u64;
+                    }
                     progress.done.fetch_add(plaintext.len() as u64, Ordering::Relaxed);
                     if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                         slot.finish(file).map_err(failed)?;
