@@ -435,9 +435,10 @@ async fn replicas_whose_clocks_disagree_take_the_lead_only_from_a_leader_that_st
 }
 
 /// The operator's clock jumps a day forward while it runs, then back, for
-/// real (libfaketime, the offset read from a file): at its next reconcile
-/// the latest run the jump skipped happens once, one Backup per tenant named
-/// after that run's time; back again, nothing runs twice.
+/// real (libfaketime, the offset read from a file): at their next reconcile
+/// the latest run the jump skipped happens once, a backup schedule's (one
+/// Backup per tenant) and a drill schedule's (one Drill), named after that
+/// run's time; back again, nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_whose_clock_jumps_runs_a_skipped_schedule_once_and_nothing_twice() {
     assert!(std::path::Path::new(FAKETIME).exists(), "{FAKETIME} is missing: run scripts/prerequisites.sh");
@@ -456,6 +457,20 @@ async fn an_operator_whose_clock_jumps_runs_a_skipped_schedule_once_and_nothing_
     policies.create(&PostParams::default(), &serde_json::from_value(six_hourly).unwrap()).await.unwrap();
     let status = json!({"status": {"lastScheduleTime": jiff::Timestamp::now().to_string()}});
     policies.patch_status("six-hourly", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let plans: Api<fenice::api::plan::FailoverPlan> = Api::all(client.clone());
+    let mut plan = examples("plan.yaml").remove(0);
+    plan["metadata"] = json!({"name": "six-hourly"});
+    plan["spec"]["drills"]["schedule"] = json!("0 */6 * * *");
+    plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+    let status = json!({"status": {"lastDrillTime": jiff::Timestamp::now().to_string()}});
+    plans.patch_status("six-hourly", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let drills: Api<fenice::api::drill::Drill> = Api::all(client.clone());
+    let drill_names = || async {
+        let mut names: Vec<String> =
+            drills.list(&ListParams::default()).await.unwrap().items.iter().map(|d| d.name_any()).collect();
+        names.sort();
+        names
+    };
     let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "default");
     for name in ["acme", "globex"] {
         let tenant = example("tenants.yaml", name, json!({"spec": {"backupPolicy": "six-hourly"}}));
@@ -470,23 +485,26 @@ async fn an_operator_whose_clock_jumps_runs_a_skipped_schedule_once_and_nothing_
         names.sort();
         names
     };
-    // Whatever wakes the policy up next: here a change of it, otherwise its requeue within the hour.
+    // Whatever wakes the schedules up next: here a change of them, otherwise their requeue within the hour.
     let touch = |n: u32| {
-        let policies = policies.clone();
+        let (policies, plans) = (policies.clone(), plans.clone());
         async move {
             let touched = json!({"metadata": {"annotations": {"test/touched": n.to_string()}}});
             policies.patch("six-hourly", &PatchParams::default(), &Patch::Merge(&touched)).await.unwrap();
+            plans.patch("six-hourly", &PatchParams::default(), &Patch::Merge(&touched)).await.unwrap();
         }
     };
     touch(1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(names().await, Vec::<String>::new(), "nothing is due before the jump");
+    assert_eq!(drill_names().await, Vec::<String>::new(), "no drill is due before the jump");
 
     std::fs::write(&clock, "+1d").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let jumped = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
     touch(2).await;
     let created = wait_list(&backups, "the skipped run's Backups", |all| all.len() >= 2).await;
+    wait_list(&drills, "the skipped run's Drill", |all| !all.is_empty()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_jump = names().await;
     assert_eq!(after_jump.len(), 2, "one run of the four the jump skipped: {after_jump:?}");
@@ -501,12 +519,15 @@ async fn an_operator_whose_clock_jumps_runs_a_skipped_schedule_once_and_nothing_
     assert!(latest <= jumped + jiff::SignedDuration::from_secs(5), "{latest} is after the jumped clock {jumped}");
     assert!(jumped.duration_since(latest) < jiff::SignedDuration::from_hours(6), "{latest}: not the latest run");
     assert!(created.iter().all(|b| b.spec.trigger == fenice::api::backup::BackupTrigger::Scheduled));
+    let drilled = drill_names().await;
+    assert_eq!(drilled, [format!("six-hourly-{}", latest.strftime("%Y%m%d-%H%M"))], "one drill, the latest run's");
 
     std::fs::write(&clock, "+0").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     touch(3).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(names().await, after_jump, "the clock back, nothing runs again");
+    assert_eq!(drill_names().await, drilled, "the clock back, no drill runs again");
     let status = policies.get("six-hourly").await.unwrap().status.unwrap();
     assert_eq!(status.last_schedule_time.as_ref().map(|t| t.0), Some(latest), "{status:?}");
     stopped(operator).await;
