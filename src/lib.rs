@@ -17,3 +17,4 @@ pub mod site;
 pub mod stack;
 pub mod store;
 pub mod testkit;
+pub mod write_in_pieces;

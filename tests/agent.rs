@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use fenice::app::schema::SCHEMA;
 use fenice::testkit::{PostgresServer, S3Server};
 
+#[path = "common/faketime.rs"]
+mod faketime;
 #[path = "common/tenant.rs"]
 mod tenant;
 use tenant::{connect, issue};
@@ -221,17 +223,12 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     assert!(!snapshots.exists() || snapshots.read_dir().unwrap().next().is_none(), "no snapshot written");
 }
 
-/// libfaketime, from Debian's package: moves the clock of the process it is
-/// preloaded in (and of its children: pg_dump).
-const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
 /// The agent's clock set back three hours between two backups of a tenant, for
 /// real: the second backup is dated before the first and names it as its
 /// previous, and a restore of the newest gives back the invoices of the
 /// second, not the older state dated last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_backup_taken_after_the_clock_was_set_back_is_the_newest() {
-    assert!(Path::new(FAKETIME).exists(), "{FAKETIME} is missing: run scripts/prerequisites.sh");
     let t = Tenant::new();
     let (mut db, documents) = t.with_invoices("2026", 3).await;
     t.backed_up();
@@ -242,10 +239,7 @@ async fn a_tenant_backup_taken_after_the_clock_was_set_back_is_the_newest() {
     std::fs::write(&clock, "-3h").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fenice"))
         .env("FENICE_PASSWORD", PASSWORD)
-        .env("LD_PRELOAD", FAKETIME)
-        .env("FAKETIME_TIMESTAMP_FILE", &clock)
-        .env("FAKETIME_NO_CACHE", "1")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .envs(faketime::env(&clock))
         .args(["agent", "backup", "--tenant", "acme", "--db", &t.pg.url("acme"), "--repo", &t.repo()])
         .stdin(Stdio::null())
         .output()

@@ -29,6 +29,8 @@ const SECRET_VALUE: &str = "s3cr3t-never-shown-anywhere";
 const NAMESPACE: &str = "fenice-system";
 const OPERATOR_USER: &str = "fenice-operator";
 
+#[path = "common/faketime.rs"]
+mod faketime;
 #[path = "common/rbac.rs"]
 mod rbac;
 
@@ -237,7 +239,7 @@ async fn operator_in(
     kubeconfig: &std::path::Path,
     identity: &str,
     extra: &[&std::ffi::OsStr],
-    env: &[(&str, &std::ffi::OsStr)],
+    env: &[(&str, std::ffi::OsString)],
 ) -> (Child, String, String) {
     // NB: the operator's own user, so that the server tells its requests from the test's.
     let own = kubeconfig.with_file_name("operator-kubeconfig");
@@ -251,7 +253,7 @@ async fn operator_in(
         .args(["--lease-seconds", "3", "--probe-interval-seconds", "600", "--kubeconfig"])
         .arg(&own)
         .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -381,33 +383,38 @@ async fn the_operator_probes_repositories_and_a_second_replica_takes_over() {
     within_rbac(&api);
 }
 
-/// libfaketime, from Debian's package: moves the clock of the process it is
-/// preloaded in, here by the offset written in a file.
-const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// Who holds the Lease `name` in the operator's namespace.
+async fn lease_holder(client: &Client, name: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    leases.get(name).await.unwrap().spec.and_then(|s| s.holder_identity)
+}
+
+/// The names of every `K`, sorted.
+async fn names_of<K>(api: &Api<K>) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut names: Vec<String> =
+        api.list(&ListParams::default()).await.unwrap().items.iter().map(|k| k.name_any()).collect();
+    names.sort();
+    names
+}
 
 /// Replicas whose clocks are three hours apart, for real (libfaketime): one
 /// whose clock is behind leads, and one whose clock is right waits as long as
 /// it renews; once the leader dies the other takes over within seconds, in
 /// either direction. Comparing the renewal time written in the Lease with its
-/// own clock, a replica took over from a leader still renewing when its clock
-/// was ahead, and waited three hours when its clock was behind.
+/// own clock, a replica whose clock was ahead took over from a leader still
+/// renewing (one whose clock was behind would have waited three hours).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_whose_clocks_disagree_take_the_lead_only_from_a_leader_that_stopped_renewing() {
-    assert!(std::path::Path::new(FAKETIME).exists(), "{FAKETIME} is missing: run scripts/prerequisites.sh");
     let (api, dir, client) = cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
     let clock = dir.path().join("three-hours-behind");
     std::fs::write(&clock, "-3h").unwrap();
-    let behind = [
-        ("LD_PRELOAD", std::ffi::OsStr::new(FAKETIME)),
-        ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
-    ];
+    let behind = faketime::env(&clock);
     let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
-    let holder = || {
-        let leases = leases.clone();
-        async move { leases.get("fenice-operator-leader").await.unwrap().spec.and_then(|s| s.holder_identity) }
-    };
+    let holder = || lease_holder(&client, "fenice-operator-leader");
 
     let (mut first, first_url, _) = operator_in(&kubeconfig, "behind-1", &[], &behind).await;
     wait_ready(&first_url, true).await;
@@ -441,17 +448,11 @@ async fn replicas_whose_clocks_disagree_take_the_lead_only_from_a_leader_that_st
 /// run's time; back again, nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_whose_clock_jumps_runs_a_skipped_schedule_once_and_nothing_twice() {
-    assert!(std::path::Path::new(FAKETIME).exists(), "{FAKETIME} is missing: run scripts/prerequisites.sh");
     let (api, dir, client) = cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
     let clock = dir.path().join("clock");
     std::fs::write(&clock, "+0").unwrap();
-    let moved = [
-        ("LD_PRELOAD", std::ffi::OsStr::new(FAKETIME)),
-        ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
-        ("FAKETIME_CACHE_DURATION", std::ffi::OsStr::new("1")),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
-    ];
+    let moved = faketime::env(&clock);
     let policies: Api<BackupPolicy> = Api::all(client.clone());
     let six_hourly = example("policy.yaml", "six-hourly", json!({"spec": {"schedule": "0 */6 * * *"}}));
     policies.create(&PostParams::default(), &serde_json::from_value(six_hourly).unwrap()).await.unwrap();
@@ -465,12 +466,7 @@ async fn an_operator_whose_clock_jumps_runs_a_skipped_schedule_once_and_nothing_
     let status = json!({"status": {"lastDrillTime": jiff::Timestamp::now().to_string()}});
     plans.patch_status("six-hourly", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
     let drills: Api<fenice::api::drill::Drill> = Api::all(client.clone());
-    let drill_names = || async {
-        let mut names: Vec<String> =
-            drills.list(&ListParams::default()).await.unwrap().items.iter().map(|d| d.name_any()).collect();
-        names.sort();
-        names
-    };
+    let drill_names = || names_of(&drills);
     let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "default");
     for name in ["acme", "globex"] {
         let tenant = example("tenants.yaml", name, json!({"spec": {"backupPolicy": "six-hourly"}}));
@@ -479,12 +475,7 @@ async fn an_operator_whose_clock_jumps_runs_a_skipped_schedule_once_and_nothing_
     let (operator, url, _) = operator_in(&kubeconfig, "replica-1", &[], &moved).await;
     wait_ready(&url, true).await;
     let backups: Api<Backup> = Api::namespaced(client.clone(), "default");
-    let names = || async {
-        let mut names: Vec<String> =
-            backups.list(&ListParams::default()).await.unwrap().items.iter().map(|b| b.name_any()).collect();
-        names.sort();
-        names
-    };
+    let names = || names_of(&backups);
     // Whatever wakes the schedules up next: here a change of them, otherwise their requeue within the hour.
     let touch = |n: u32| {
         let (policies, plans) = (policies.clone(), plans.clone());
@@ -548,13 +539,8 @@ async fn the_operators_of_two_sites_lead_side_by_side_one_replica_each() {
     let (rome_again, rome_again_url, _) = operator_with(&kubeconfig, "rome-2", &at("westpole-rome")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(get(&format!("{rome_again_url}/readyz")).await.0, 503, "one replica per site leads");
-    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
-    let holder = |name: &'static str| {
-        let leases = leases.clone();
-        async move { leases.get(name).await.unwrap().spec.and_then(|s| s.holder_identity) }
-    };
-    assert_eq!(holder("fenice-operator-leader-westpole-rome").await.as_deref(), Some("rome-1"));
-    assert_eq!(holder("fenice-operator-leader-azure-italynorth").await.as_deref(), Some("azure-1"));
+    assert_eq!(lease_holder(&client, "fenice-operator-leader-westpole-rome").await.as_deref(), Some("rome-1"));
+    assert_eq!(lease_holder(&client, "fenice-operator-leader-azure-italynorth").await.as_deref(), Some("azure-1"));
     for operator in [rome, azure, rome_again] {
         stopped(operator).await;
     }

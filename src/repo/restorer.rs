@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -499,12 +499,8 @@ impl Window {
                         open = Some((i, slot.open().map_err(failed)?));
                     }
                     let (_, file) = open.as_ref().expect("opened above");
-                    // NB: a blob may be 8 MiB: written in pieces, see WRITE_PIECE.
-                    let mut at = offset;
-                    for piece in plaintext.chunks(crate::store::fs::WRITE_PIECE) {
-                        file.write_all_at(piece, at).map_err(failed)?;
-                        at += piece.len() as u64;
-                    }
+                    // NB: a blob may be 8 MiB.
+                    crate::write_in_pieces::write_all_at(file, plaintext, offset).map_err(failed)?;
                     progress.done.fetch_add(plaintext.len() as u64, Ordering::Relaxed);
                     if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                         slot.finish(file).map_err(failed)?;

@@ -129,7 +129,7 @@ pub async fn fetch(repo: &Repository, tenant: &str, name: &str, dest: &Path) -> 
         // Two objects under one name only exist after a refused conflicting push
         // raced another; any copy that opens is the one that was archived first.
         match open(repo, &tenant_key, name, &object.key).await {
-            Ok(content) => return write_atomically(dest, &content).await,
+            Ok(content) => return write_atomically(dest, content).await,
             Err(e) => last_error = Some(e),
         }
     }
@@ -284,11 +284,16 @@ async fn open(repo: &Repository, tenant_key: &str, name: &str, key: &str) -> Res
     crate::repo::pack::decompress(&compressed, MAX_SEGMENT, 16 << 20).ok().flatten().ok_or_else(damaged)
 }
 
-async fn write_atomically(dest: &Path, content: &[u8]) -> Result<()> {
+/// Writes a segment (16 MiB) beside `dest`, in pieces, then names it `dest`.
+async fn write_atomically(dest: &Path, content: Vec<u8>) -> Result<()> {
     let write_error = |source| Error::Write { path: dest.to_owned(), source };
     let partial =
         dest.with_file_name(format!(".{}.fenice-partial", dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")));
-    tokio::fs::write(&partial, content).await.map_err(write_error)?;
+    let temp = partial.clone();
+    tokio::task::spawn_blocking(move || crate::write_in_pieces::write_all(&mut std::fs::File::create(temp)?, &content))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map_err(write_error)?;
     tokio::fs::rename(&partial, dest).await.map_err(write_error)
 }
 

@@ -3,7 +3,7 @@
 //! never leaves a half-written object under its real name.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -151,15 +151,6 @@ fn etag(meta: &fs::Metadata) -> String {
     format!("{:x}-{:x}-{:x}.{:x}", meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec())
 }
 
-/// The most one write(2) carries. Linux (6.18 here) gives a buffered write
-/// page-cache folios as large as the write, and large ones cost far more to
-/// fill: cold backups of 26 tenants (0.95 GiB) into a local repository took
-/// 1.97-2.16 s with packs written 64 KiB at a time, 3.06-3.92 s with each
-/// 16 MiB pack in one write, nearly all the difference system time, in
-/// `copy_folio_from_iter_atomic` (`perf`); 1 MiB at a time was no better than
-/// 16 MiB.
-pub const WRITE_PIECE: usize = 64 * 1024;
-
 fn write_temp(dir: &Path, data: &[u8]) -> io::Result<PathBuf> {
     for attempt in 0..16u32 {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -169,8 +160,7 @@ fn write_temp(dir: &Path, data: &[u8]) -> io::Result<PathBuf> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         };
-        let written =
-            data.chunks(WRITE_PIECE).try_for_each(|piece| file.write_all(piece)).and_then(|()| file.sync_all());
+        let written = crate::write_in_pieces::write_all(&mut file, data).and_then(|()| file.sync_all());
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
             return Err(e);
