@@ -901,7 +901,8 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     backups.create(&PostParams::default(), &manual).await.unwrap();
     let all = wait_list(&backups, "the manual Backup finished", |all| all.len() == 5 && all.iter().all(finished)).await;
     let manual = all.iter().find(|b| b.metadata.name.as_deref() == Some("studio-rossi-manual")).unwrap();
-    assert_eq!(phase(manual), Some(BackupPhase::Succeeded), "{manual:#?}");
+    let copies: Vec<_> = manual.status.iter().flat_map(|s| &s.copies).map(|c| (&c.repository, &c.error)).collect();
+    assert_eq!(phase(manual), Some(BackupPhase::Succeeded), "copies: {copies:?}");
     let events: Api<Event> = Api::all(client.clone());
     let listed = events.list(&ListParams::default()).await.unwrap().items;
     let note = listed.iter().find(|e| e.reason.as_deref() == Some("Forgotten")).and_then(|e| e.note.clone());

@@ -1644,6 +1644,11 @@ impl TwoSites {
         use k8s_openapi::api::apps::v1::Deployment;
         let primary_apps: Api<Deployment> = Api::namespaced(self.site_client.clone(), NAMESPACE);
         vanished(&primary_apps, "studio-rossi-app", "the primary runs the tenant's standby, no app").await;
+        self.succeeded_then_stop(name).await;
+    }
+
+    /// The failover `name` said it succeeded; then both operators stop.
+    async fn succeeded_then_stop(self, name: &str) {
         let told = self.succeeded(name).await;
         assert!(told.note.as_deref().is_some_and(|n| n.contains("1/1 tenants serve at azure-italynorth")), "{told:?}");
         self.stop().await;
@@ -1708,6 +1713,26 @@ async fn a_manual_failover_moves_a_warm_tenant_to_the_standby_site_through_the_w
 /// expired, declares the Failover `westpole-to-azure-e2`, and carries it out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
+    dead_primary(Loss::Operator).await;
+}
+
+/// As above, with the primary's cluster lost too (its API server stops, as
+/// when the provider dies): nothing the failover does may need it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_lost_with_its_cluster_is_failed_over_automatically() {
+    dead_primary(Loss::Cluster).await;
+}
+
+/// What of the primary dies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// Its operator and its health endpoint.
+    Operator,
+    /// Those and its cluster's API server.
+    Cluster,
+}
+
+async fn dead_primary(loss: Loss) {
     use fenice::api::failover::{Failover, FailoverTrigger};
     use fenice::api::plan::Standing;
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1732,6 +1757,9 @@ async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the operator stopped").unwrap();
     answering.abort();
+    if loss == Loss::Cluster {
+        two.remote.halt().await.unwrap();
+    }
 
     let taken = two.standing_of("azure-italynorth", Standing::Active).await;
     let azure = taken.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
@@ -1755,7 +1783,10 @@ async fn a_dead_primary_is_detected_and_its_tenant_failed_over_automatically() {
     println!("detected {to_detection:#} after the kill; the Failover made {to_failover:#} after the detection");
     let took = jiff::Timestamp::now().duration_since(killed_at);
     println!("from the kill to the Failover's success: {took:#}");
-    two.primary_standby_then_stop("westpole-to-azure-e2").await;
+    match loss {
+        Loss::Operator => two.primary_standby_then_stop("westpole-to-azure-e2").await,
+        Loss::Cluster => two.succeeded_then_stop("westpole-to-azure-e2").await,
+    }
 }
 
 /// An SRE's working directory: a kubeconfig whose context `control` reaches

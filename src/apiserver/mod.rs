@@ -264,6 +264,12 @@ impl Running {
 
     /// Stops the server and waits until it has.
     pub async fn stop(mut self) -> Result<()> {
+        self.halt().await
+    }
+
+    /// Stops the server and waits until it has, keeping what it recorded
+    /// ([`accesses`](Self::accesses)): a cluster lost with its provider.
+    pub async fn halt(&mut self) -> Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -168,11 +168,7 @@ async fn try_cold_secrets(ctx: &Context, tenant: &InvoicingTenant, primary: &Sit
     let env = repositories_env(ctx, tenant).await?;
     let repositories = kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?;
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
-    let name = kubernetes::database_secret_name(&tenant.name_any());
-    // NB: made once, like a stack's: the primary is asked only while the target has none.
-    let kept = cluster::secret_value(&target, &namespace, &name, "password").await.map_err(|e| error_chain(&e))?;
-    if kept.is_none() {
-        let secret = database_secret_from(ctx, tenant, primary, site).await?;
+    if let Some(secret) = database_secret_unless_kept(ctx, tenant, primary, site, &target).await? {
         cluster::create_secret(&target, &namespace, cluster::FIELD_MANAGER, &secret)
             .await
             .map_err(|e| error_chain(&e))?;
@@ -181,6 +177,26 @@ async fn try_cold_secrets(ctx: &Context, tenant: &InvoicingTenant, primary: &Sit
         .await
         .map_err(|e| error_chain(&e))?;
     Ok(())
+}
+
+/// The tenant's database Secret for `site` while the cluster `target` (the
+/// site's) has none. Made once, like a stack's: the primary is asked only
+/// then, so that a standby whose primary's cluster is gone with its provider
+/// is kept, and failed over, without it.
+async fn database_secret_unless_kept(
+    ctx: &Context,
+    tenant: &InvoicingTenant,
+    primary: &Site,
+    site: &Site,
+    target: &cluster::SiteCluster,
+) -> Result<Option<serde_json::Value>, String> {
+    let namespace = tenant.namespace().unwrap_or_default();
+    let name = kubernetes::database_secret_name(&tenant.name_any());
+    let kept = cluster::secret_value(target, &namespace, &name, "password").await.map_err(|e| error_chain(&e))?;
+    match kept {
+        Some(_) => Ok(None),
+        None => database_secret_from(ctx, tenant, primary, site).await.map(Some),
+    }
 }
 
 /// The tenant's database Secret for `site`, with the password of the one at
@@ -241,9 +257,9 @@ async fn try_standby(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, si
         );
     }
     let objects = standby_objects(ctx, tenant, site).await?;
-    let secret = database_secret_from(ctx, tenant, primary, site).await?;
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
-    cluster::apply(&target, &namespace, &name, objects, vec![secret]).await.map_err(|e| error_chain(&e))
+    let secret = database_secret_unless_kept(ctx, tenant, primary, site, &target).await?;
+    cluster::apply(&target, &namespace, &name, objects, secret.into_iter().collect()).await.map_err(|e| error_chain(&e))
 }
 
 /// The agents' environment per BackupPolicy, kept for [`FRESH_FOR`] (and
