@@ -182,15 +182,153 @@ async fn a_planned_handover_fences_the_holder_before_the_successor_activates() {
 
 /// `fenice failover witness …` against `bucket` on `server` (or `endpoint`).
 fn witness_cli(endpoint: &str, bucket: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+    witness_command(endpoint, bucket, args).output().unwrap()
+}
+
+fn witness_command(endpoint: &str, bucket: &str, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"));
+    command
         .args(["failover", "witness"])
         .args(args)
         .args(["--plan", "main", "--witness", &format!("s3://{bucket}/fenice"), "--s3-endpoint", endpoint])
         .args(["--s3-path-style", "--s3-region", "us-east-1", "--store-timeout", "2", "--store-attempts", "2"])
         .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap()
+        .env("AWS_SECRET_ACCESS_KEY", "test");
+    command
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// A health endpoint answering 200 until the task is aborted; its URL.
+async fn health_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    let answering = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                // NB: the request is read first: closing with it unread would reset the connection.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    (url, answering)
+}
+
+/// A lookout (`fenice failover witness lookout`, a process of its own)
+/// probes a site and posts each result in the witness store; the standby's
+/// prober counts it as a third vantage point. With `minVantagePoints: 3`, the
+/// site is down once the lookout agrees with the other two, and no longer
+/// once the lookout stops posting: a report that stopped changing does not
+/// vote. SIGTERM ends the lookout cleanly.
+#[tokio::test]
+async fn a_lookout_posts_what_it_sees_and_the_standby_counts_it_as_a_vantage_point() {
+    use fenice::failover::clock::SystemClock;
+    use fenice::failover::health::DetectionRule;
+    use fenice::failover::lookout::{Report, key};
+    use fenice::failover::probing::{self, Probes};
+    let server = start_moto().await;
+    let store = server.store("fenice-witness-lookout", "fenice").await.unwrap();
+    store.create_bucket(false).await.unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    let (url, answering) = health_endpoint().await;
+    let lookout = witness_command(
+        &server.endpoint(),
+        "fenice-witness-lookout",
+        &[
+            "lookout",
+            "--site",
+            "westpole",
+            "--url",
+            &url,
+            "--name",
+            "milan",
+            "--interval",
+            "200ms",
+            "--timeout",
+            "300ms",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = lookout.id();
+    // NB: whatever the test's end, the lookout does not outlive it.
+    let _reaper = scopeguard(move || {
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    });
+
+    // The lookout's report, as the witness store holds it.
+    let report = || async {
+        let bytes = store.get(&key("main", "milan")).await.ok()?;
+        serde_json::from_slice::<Report>(&bytes).ok()
+    };
+    let posted = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match report().await {
+                Some(r) if r.probes >= 2 => return r,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("the lookout posts its probes");
+    assert!(posted.ok && posted.site == "westpole" && posted.interval_ms == 200, "{posted:?}");
+
+    // No lease in the store: the witness's view fails from the start.
+    let rule = DetectionRule { failure_threshold: 3, window: Duration::from_millis(500), min_vantage_points: 3 };
+    let probes = Probes {
+        urls: vec![url],
+        http_vantage_points: 1,
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(300),
+        stale_after: Duration::from_secs(1),
+    };
+    let witness = Witness::new(store.clone(), "main");
+    let probing = probing::spawn("westpole", probes, witness, rule, Arc::new(SystemClock::default()));
+    let health = probing.health.clone();
+    let seen = |wanted: SiteHealth| {
+        let mut health = health.clone();
+        async move { tokio::time::timeout(Duration::from_secs(15), health.wait_for(|h| *h == wanted)).await.is_ok() }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(*health.borrow(), SiteHealth::Suspect, "only the witness's view fails: not down");
+
+    answering.abort();
+    assert!(seen(SiteHealth::Down).await, "the prober, the witness's view and the lookout agree");
+    let failing = report().await.unwrap();
+    assert!(!failing.ok && failing.failures >= 3 && failing.failing_for_ms >= 400, "{failing:?}");
+
+    // The lookout stops: its last report ages out, two vantage points are not enough.
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let ended = tokio::task::spawn_blocking(move || lookout.wait_with_output()).await.unwrap().unwrap();
+    assert!(ended.status.success(), "{ended:?}");
+    let said = String::from_utf8_lossy(&ended.stdout);
+    assert!(
+        said.contains("westpole answers") && said.contains("westpole does not answer: 3 probes in a row"),
+        "{said}"
+    );
+    assert!(seen(SiteHealth::Suspect).await, "a lookout that stopped posting does not vote");
 }
 
 fn said(out: &std::process::Output) -> (String, String) {
@@ -251,4 +389,35 @@ async fn a_seeded_witness_is_renewed_by_the_site_it_names_in_the_epoch_it_was_gi
     let nobody = nobody.await.unwrap();
     assert!(!nobody.status.success());
     assert!(said(&nobody).1.contains("127.0.0.1:9"), "{:?}", said(&nobody));
+}
+
+/// A lookout whose witness store does not answer says so at each probe,
+/// naming the store, and goes on; a name that cannot be a key is refused.
+#[tokio::test]
+async fn a_lookout_that_cannot_post_names_the_store_and_keeps_probing() {
+    let (url, _answering) = health_endpoint().await;
+    let args = ["lookout", "--site", "westpole", "--url", url.as_str(), "--interval", "200ms", "--name", "milan"];
+    let lookout = witness_command("http://127.0.0.1:9", "fenice-witness-gone", &args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = lookout.id();
+    let _reaper = scopeguard(move || {
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let ended = tokio::task::spawn_blocking(move || lookout.wait_with_output()).await.unwrap().unwrap();
+    let printed = String::from_utf8_lossy(&ended.stdout);
+    assert!(ended.status.success(), "{printed}");
+    assert!(printed.contains("could not post") && printed.contains("127.0.0.1:9"), "{printed}");
+    assert!(printed.contains("westpole answers"), "it went on probing: {printed}");
+
+    let bad = witness_cli(
+        "http://127.0.0.1:9",
+        "fenice-witness-gone",
+        &["lookout", "--site", "w", "--url", &url, "--name", "a/b"],
+    );
+    assert!(!bad.status.success());
+    assert!(said(&bad).1.contains("--name must be a name without"), "{:?}", said(&bad));
 }

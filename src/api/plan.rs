@@ -86,7 +86,9 @@ pub struct Detection {
     /// The failures must span at least this long.
     #[serde(default = "one_minute")]
     pub window: Duration,
-    /// Vantage points (the standby, the witness, other sites) that must agree.
+    /// Vantage points that must agree: the standby's probes, the witness's view
+    /// of the lease renewals, and each lookout posting in the witness
+    /// (`fenice failover witness lookout`).
     #[serde(default = "two")]
     #[schemars(range(min = 1, max = 5))]
     pub min_vantage_points: u32,

@@ -74,7 +74,7 @@ impl ServeArgs {
 }
 
 /// A duration such as `1s`, `200ms` or `1m 30s`.
-fn parse_interval(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_interval(text: &str) -> Result<Duration, String> {
     let span: jiff::SignedDuration =
         text.parse().map_err(|_| format!("{text:?}: use a duration such as 1s or 200ms"))?;
     Duration::try_from(span).map_err(|_| format!("{text:?}: must not be negative"))

@@ -43,6 +43,31 @@ enum WitnessCommand {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         epoch: u64,
     },
+    /// Probes a site's health endpoints from where it runs and posts each
+    /// result in the witness store, where the plan's standby reads it as one
+    /// more vantage point: run it at a third provider (docs/failover.md,
+    /// "Lookouts"). Runs until SIGTERM or Ctrl-C; prints a line when what it
+    /// sees changes.
+    Lookout {
+        #[command(flatten)]
+        at: WitnessAt,
+        /// The site probed: the plan's source, as its Site is named.
+        #[arg(long)]
+        site: String,
+        /// A health endpoint of the site (answers 2xx while it serves); repeat
+        /// for several: the site answers when most of them do.
+        #[arg(long = "url", required = true)]
+        urls: Vec<String>,
+        /// This lookout's name in the witness store; one process per name.
+        #[arg(long, default_value_t = crate::repo::host_name())]
+        name: String,
+        /// How often to probe.
+        #[arg(long, default_value = "5s", value_parser = super::app_serve::parse_interval)]
+        interval: std::time::Duration,
+        /// How long one probe may take.
+        #[arg(long, default_value = "2s", value_parser = super::app_serve::parse_interval)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Which plan's lease, in which store.
@@ -71,7 +96,71 @@ pub async fn run(args: WitnessArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         WitnessCommand::Show { at, json } => show(&at, json).await,
         WitnessCommand::Seed { at, holder, epoch } => seed(&at, &holder, epoch).await,
+        WitnessCommand::Lookout { at, site, urls, name, interval, timeout } => {
+            lookout(&at, Lookout { site, urls, name, interval, timeout }).await
+        }
     }
+}
+
+struct Lookout {
+    site: String,
+    urls: Vec<String>,
+    name: String,
+    interval: std::time::Duration,
+    timeout: std::time::Duration,
+}
+
+async fn lookout(at: &WitnessAt, lookout: Lookout) -> anyhow::Result<ExitCode> {
+    use crate::failover::clock::{Clock, SystemClock};
+    use crate::failover::lookout::{Poster, key};
+    anyhow::ensure!(!lookout.name.is_empty() && !lookout.name.contains('/'), "--name must be a name without '/'");
+    let stop = super::serving::shutdown_signal()?;
+    let store = at.stores.open(&at.witness).await?;
+    let client = reqwest::Client::builder().timeout(lookout.timeout).build()?;
+    let clock = SystemClock::default();
+    let mut poster = Poster::new(&at.plan, &lookout.name, &lookout.site, lookout.interval);
+    println!(
+        "lookout {} probes {} every {:?}, posting to {} in {}",
+        lookout.name,
+        lookout.site,
+        lookout.interval,
+        key(&at.plan, &lookout.name),
+        store.describe()
+    );
+    let mut ticker = tokio::time::interval(lookout.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<(bool, bool)> = None;
+    let work = async {
+        loop {
+            ticker.tick().await;
+            let ok = crate::failover::probing::answer(&client, &lookout.urls).await;
+            let report = poster.record(clock.now(), ok);
+            let posted = poster.post(store.as_ref(), &report).await;
+            let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
+            // NB: a closed stdout must not stop the lookout.
+            let say = |line: String| {
+                let _ = writeln!(std::io::stdout(), "{now} {line}");
+            };
+            if let Err(e) = &posted {
+                say(format!("could not post: {}", crate::error_chain::error_chain(e)));
+            }
+            if !ok {
+                let failing = std::time::Duration::from_millis(report.failing_for_ms);
+                say(format!("{} does not answer: {} probes in a row over {failing:?}", lookout.site, report.failures));
+            } else if last.is_none_or(|(was_ok, _)| !was_ok) {
+                say(format!("{} answers", lookout.site));
+            }
+            if last.is_some_and(|(_, was_posted)| !was_posted) && posted.is_ok() {
+                say("posting again".to_owned());
+            }
+            last = Some((ok, posted.is_ok()));
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = stop => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn show(at: &WitnessAt, json: bool) -> anyhow::Result<ExitCode> {

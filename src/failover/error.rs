@@ -42,6 +42,17 @@ pub enum Error {
     #[error("hand-over request {key} already asks for {asked}; a lease is handed over once per epoch")]
     HandOverConflict { key: String, asked: String },
 
+    #[error("lookout report {key} in the witness store: {operation} failed")]
+    Lookout {
+        key: String,
+        operation: &'static str,
+        #[source]
+        source: Box<store::Error>,
+    },
+
+    #[error("lookout report {key} was written by someone else on every try: run one lookout per --name")]
+    LookoutContended { key: String },
+
     #[error("tenant {tenant} has tier {tier:?}, which no wave of plan {plan} lists; add the tier to a wave")]
     TierWithoutWave { plan: String, tenant: String, tier: crate::api::common::Tier },
 
@@ -80,6 +91,8 @@ impl Error {
             Error::LeaseConflict { .. } => "LeaseConflict",
             Error::HandOverFormat { .. } => "HandOverCorrupt",
             Error::HandOverConflict { .. } => "HandOverConflict",
+            Error::Lookout { .. } => "LookoutUnreachable",
+            Error::LookoutContended { .. } => "LookoutContended",
             Error::TierWithoutWave { .. } => "TierWithoutWave",
             Error::NoWaves { .. } => "NoWaves",
             Error::StateStore { .. } => "StateStoreFailed",

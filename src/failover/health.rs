@@ -69,11 +69,12 @@ pub fn vantage_verdict(history: &[Probe], rule: &DetectionRule) -> VantageVerdic
     // The trailing run of failures: everything after the last success.
     let run_start = history.iter().rposition(|p| p.ok).map_or(0, |i| i + 1);
     let run = &history[run_start..];
-    verdict_of_run(run.len() as u64, run[0].at, last.at, rule)
+    verdict_of_run(run.len() as u64, last.at.saturating_since(run[0].at), rule)
 }
 
-fn verdict_of_run(failures: u64, first: MonoTime, last: MonoTime, rule: &DetectionRule) -> VantageVerdict {
-    if failures >= u64::from(rule.failure_threshold.max(1)) && last.saturating_since(first) >= rule.window {
+/// The verdict of `failures` failed probes in a row, `span` from the first to the last.
+pub(super) fn verdict_of_run(failures: u64, span: Duration, rule: &DetectionRule) -> VantageVerdict {
+    if failures >= u64::from(rule.failure_threshold.max(1)) && span >= rule.window {
         VantageVerdict::Down
     } else {
         VantageVerdict::Failing
@@ -128,7 +129,7 @@ impl VantageTracker {
         match self.last_ok {
             None => VantageVerdict::Unknown,
             Some(true) => VantageVerdict::Up,
-            Some(false) => verdict_of_run(self.failures, self.first_failure, self.last_failure, rule),
+            Some(false) => verdict_of_run(self.failures, self.last_failure.saturating_since(self.first_failure), rule),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod executor;
 pub mod fencing;
 pub mod health;
 pub mod lease;
+pub mod lookout;
 pub mod machine;
 pub mod probing;
 pub mod report;

@@ -1,8 +1,10 @@
 //! Is a site down? Vantage points as the failover plan has them: HTTP probes
 //! of the site's endpoints (each prober with its own connections) and the
-//! witness's view of the site's lease renewals. The lab runs two HTTP probers
-//! and the witness's view in one process; the operator of a standby site runs
-//! one HTTP prober of the Site's health endpoints and the witness's view.
+//! witness's view of the site's lease renewals, and the lookouts that post
+//! what they see in the witness ([`super::lookout`]). The lab runs two HTTP
+//! probers and the witness's view in one process; the operator of a standby
+//! site runs one HTTP prober of the Site's health endpoints, the witness's
+//! view, and reads the plan's lookouts.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -13,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::clock::Clock;
 use super::health::{DetectionRule, Probe, RenewalWatch, SiteHealth, VantageTracker, site_health};
+use super::lookout::Lookouts;
 use super::witness::Witness;
 
 /// A running set of probers of one site.
@@ -51,7 +54,8 @@ pub struct Probes {
 }
 
 /// Probes `site` every `probes.interval`: its `urls` from each HTTP vantage
-/// point, its renewals of the lease in `witness` from one more.
+/// point, its renewals of the lease in `witness` from one more, and reads
+/// the plan's lookouts' reports on it, one vantage point each.
 pub fn spawn(site: &str, probes: Probes, witness: Witness, rule: DetectionRule, clock: Arc<dyn Clock>) -> Probing {
     let (tx, health) = watch::channel(SiteHealth::Up);
     let down_at = Arc::new(Mutex::new(None));
@@ -62,11 +66,13 @@ pub fn spawn(site: &str, probes: Probes, witness: Witness, rule: DetectionRule, 
         let clients: Vec<reqwest::Client> = (0..probes.http_vantage_points).map(|_| client()).collect();
         let mut renewals = RenewalWatch::new(site.clone(), probes.stale_after);
         let mut trackers = vec![VantageTracker::default(); clients.len() + 1];
+        let mut lookouts = Lookouts::new(witness.plan(), &site, probes.stale_after);
         let mut ticker = tokio::time::interval(probes.interval);
         loop {
             ticker.tick().await;
             let answers = join_all(clients.iter().map(|c| answer(c, &probes.urls)));
-            let (answers, lease) = tokio::join!(answers, witness.read());
+            let afar = lookouts.verdicts(witness.store(), clock.as_ref(), &rule);
+            let (answers, lease, afar) = tokio::join!(answers, witness.read(), afar);
             let now = clock.now();
             let (holder, etag) = match &lease {
                 Ok(Some(v)) => (Some(v.record.holder.as_str()), Some(v.etag.as_str())),
@@ -76,7 +82,7 @@ pub fn spawn(site: &str, probes: Probes, witness: Witness, rule: DetectionRule, 
             for (tracker, ok) in trackers[1..].iter_mut().zip(answers) {
                 tracker.record(Probe { at: now, ok });
             }
-            let verdicts: Vec<_> = trackers.iter().map(|t| t.verdict(&rule)).collect();
+            let verdicts: Vec<_> = trackers.iter().map(|t| t.verdict(&rule)).chain(afar).collect();
             let health = site_health(&verdicts, &rule);
             if health == SiteHealth::Down {
                 down.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(jiff::Timestamp::now);
@@ -88,7 +94,7 @@ pub fn spawn(site: &str, probes: Probes, witness: Witness, rule: DetectionRule, 
 }
 
 /// Whether most of `urls` answer 2xx.
-async fn answer(client: &reqwest::Client, urls: &[String]) -> bool {
+pub async fn answer(client: &reqwest::Client, urls: &[String]) -> bool {
     let answers = join_all(
         urls.iter().map(|url| async move { client.get(url).send().await.is_ok_and(|r| r.status().is_success()) }),
     )

@@ -87,6 +87,16 @@ impl Witness {
         &self.key
     }
 
+    /// The plan whose lease this is.
+    pub fn plan(&self) -> &str {
+        &self.plan
+    }
+
+    /// The store that holds it.
+    pub fn store(&self) -> &dyn ObjectStore {
+        self.store.as_ref()
+    }
+
     /// The lease and its ETag, or `None` if there is none. The ETag is read
     /// before and after the content, and the read retried if they differ, so
     /// the pair is one version.
