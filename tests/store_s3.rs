@@ -296,6 +296,17 @@ async fn throttling_is_retried_with_backoff_until_it_passes() {
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
 
+/// A connection closed before any answer (a pooled keep-alive connection the
+/// server dropped as it was reused: hyper's "connection closed before message
+/// completed") is retried like any lost answer.
+#[tokio::test]
+async fn a_connection_closed_before_the_answer_is_retried() {
+    let (endpoint, hits) = scripted(vec!["", HELLO]);
+    let store = S3Store::connect(config(&endpoint, "bkt", "")).await.unwrap();
+    assert_eq!(store.get("obj").await.unwrap(), Bytes::from_static(b"hello"));
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn throttling_that_never_ends_is_reported_after_the_last_attempt() {
     let (endpoint, hits) = scripted(vec![SLOW_DOWN]);

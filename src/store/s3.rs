@@ -38,6 +38,7 @@ use aws_sdk_s3::types::{
     BucketLocationConstraint, BucketVersioningStatus, ChecksumAlgorithm, CreateBucketConfiguration, ObjectLockEnabled,
     ObjectLockLegalHoldStatus, ObjectLockMode, VersioningConfiguration,
 };
+use aws_smithy_types::retry::ErrorKind;
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
@@ -792,6 +793,17 @@ where
             SdkError::ServiceError(s) => Cause::Answer { status: s.raw().status().as_u16() },
             SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Cause::NoAnswer,
             SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => Cause::NoAnswer,
+            // NB: hyper's "connection closed before message completed" (a pooled
+            // connection the server closed as it was reused) comes as "other",
+            // marked transient by the SDK.
+            SdkError::DispatchFailure(d)
+                if matches!(
+                    d.as_other(),
+                    Some(ErrorKind::TransientError | ErrorKind::ThrottlingError | ErrorKind::ServerError)
+                ) =>
+            {
+                Cause::NoAnswer
+            }
             _ => Cause::Local,
         };
         let detail = match (&cause, &code) {
