@@ -204,6 +204,21 @@ fn deployment_manifests_are_valid_kubernetes_1_33_objects() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// The lookout's Deployment (a vantage point run at a third provider) is valid
+/// too; its command is run against the S3 server in tests/witness_lease.rs.
+#[test]
+fn the_lookout_manifest_is_valid_kubernetes_1_33_objects() {
+    let file = manifests_dir().join("lookout").join("lookout.yaml");
+    let docs = read_yaml_docs(&file);
+    assert_eq!(docs.len(), 2, "a Namespace and a Deployment");
+    let spec = &docs[1]["spec"]["template"]["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false, "a lookout needs no Kubernetes API");
+    assert_eq!(docs[1]["spec"]["replicas"], 1, "one process per lookout name");
+    if let Err(failure) = Validator::get().check(&file, true) {
+        panic!("{failure}");
+    }
+}
+
 // The checks below prove that the validation above really validates: a known-good
 // Deployment passes, and each kind of mistake is refused.
 

@@ -421,3 +421,57 @@ async fn a_lookout_that_cannot_post_names_the_store_and_keeps_probing() {
     assert!(!bad.status.success());
     assert!(said(&bad).1.contains("--name must be a name without"), "{:?}", said(&bad));
 }
+
+/// manifests/lookout/lookout.yaml's command, run as written but for where
+/// the witness bucket and the site's health endpoint are: it posts its
+/// report under the plan and name the manifest gives, in the witness Site's
+/// prefix.
+#[tokio::test]
+async fn the_lookout_manifests_command_posts_its_reports() {
+    use fenice::failover::lookout::{Report, key};
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/lookout/lookout.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let container = &docs[1]["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> =
+        container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    let value = |flag: &str| args.iter().find_map(|a| a.strip_prefix(&format!("--{flag}="))).unwrap().to_owned();
+    let (plan, name, witness, site) = (value("plan"), value("name"), value("witness"), value("site"));
+    let (bucket, prefix) = witness.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+
+    let server = start_moto().await;
+    let store = server.store(bucket, prefix).await.unwrap();
+    store.create_bucket(false).await.unwrap();
+    let (url, _answering) = health_endpoint().await;
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| if a.starts_with("--url=") { format!("--url={url}") } else { a })
+        .map(|a| if a.starts_with("--interval=") { "--interval=200ms".to_owned() } else { a })
+        .collect();
+    let lookout = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+        .args(&args)
+        .args(["--s3-endpoint", &server.endpoint(), "--s3-path-style"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", container["env"][0]["value"].as_str().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = lookout.id();
+    let _reaper = scopeguard(move || {
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    });
+    let posted = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(bytes) = store.get(&key(&plan, &name)).await {
+                return serde_json::from_slice::<Report>(&bytes).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the lookout of the manifest posts");
+    assert!(posted.ok && posted.site == site, "{posted:?}");
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let ended = tokio::task::spawn_blocking(move || lookout.wait_with_output()).await.unwrap().unwrap();
+    assert!(ended.status.success(), "{ended:?}");
+}
