@@ -1865,9 +1865,10 @@ async fn the_planned_failover_runbook_moves_the_plans_tenants_line_by_line() {
 }
 
 /// runbooks/emergency-failover.md, line by line with kubectl: the primary's
-/// operator is gone (its lease no longer renewed) when the runbook starts;
-/// the standby takes the lease once it expired and serves the tenant; the
-/// primary's operator comes back before the last step and stays fenced.
+/// operator and its cluster's API server are gone (its lease no longer
+/// renewed) when the runbook starts; the standby takes the lease once it
+/// expired and serves the tenant; the primary's operator comes back before
+/// the last step (its cluster not yet) and stays fenced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary_is_gone() {
     use fenice::api::plan::Standing;
@@ -1876,6 +1877,8 @@ async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary
     let (stop, running) = two.operators.remove(0);
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(40), running).await.expect("the primary's operator stopped").unwrap();
+    // The primary's cluster is gone with its provider (the resources' cluster is not).
+    two.remote.halt().await.unwrap();
     let sre = Sre::new(&two, &real_kubectl);
     let lost_at = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(90)).round(jiff::Unit::Second).unwrap();
     let lost_text = lost_at.to_string();
@@ -1913,7 +1916,7 @@ async fn the_emergency_failover_runbook_brings_the_tenants_back_when_the_primary
     let plan = two.standing_of("azure-italynorth", Standing::Active).await;
     let azure = plan.sites.iter().find(|e| e.site == "azure-italynorth").unwrap();
     assert_eq!(azure.epoch, Some(2), "{plan:?}");
-    two.primary_standby_then_stop("rome-lost").await;
+    two.succeeded_then_stop("rome-lost").await;
 }
 
 /// The standby's operator dies in the middle of a failover at each step that
