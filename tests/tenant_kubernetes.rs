@@ -35,6 +35,8 @@ use kube::api::{
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
+#[path = "common/health.rs"]
+mod health;
 #[path = "common/operator.rs"]
 mod operator_run;
 #[path = "common/rbac.rs"]
@@ -1735,15 +1737,7 @@ enum Loss {
 async fn dead_primary(loss: Loss) {
     use fenice::api::failover::{Failover, FailoverTrigger};
     use fenice::api::plan::Standing;
-    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/healthz", health.local_addr().unwrap());
-    let answering = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        loop {
-            let Ok((mut conn, _)) = health.accept().await else { return };
-            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-        }
-    });
+    let (url, answering) = health::health_endpoint().await;
     let detection = json!({"failureThreshold": 2, "window": "1s", "minVantagePoints": 2});
     let mut two = TwoSites::start(json!({"spec": {"mode": "Automatic", "detection": detection}}), Some(url)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -18,6 +18,10 @@ use fenice::store::retry::RetryPolicy;
 use fenice::store::s3::{S3Config, S3Store, StaticCredentials};
 use fenice::testkit::S3Server;
 
+#[path = "common/health.rs"]
+mod health;
+use health::health_endpoint;
+
 async fn start_moto() -> S3Server {
     tokio::task::spawn_blocking(S3Server::start).await.unwrap().expect("moto starts (run scripts/prerequisites.sh)")
 }
@@ -197,42 +201,50 @@ fn witness_command(endpoint: &str, bucket: &str, args: &[&str]) -> std::process:
     command
 }
 
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
+/// A `fenice` process of the test's, its stdout kept; SIGKILLed if the test ends first.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn spawn(mut command: std::process::Command) -> Self {
+        Self(Some(command.stdout(std::process::Stdio::piped()).spawn().unwrap()))
     }
-    Guard(Some(f))
+
+    /// Sends SIGTERM and waits: how it ended and what it printed.
+    async fn stop(mut self) -> std::process::Output {
+        let child = self.0.take().expect("stopped once");
+        let pid = child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap()
+    }
 }
 
-/// A health endpoint answering 200 until the task is aborted; its URL.
-async fn health_endpoint() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
-    let answering = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                // NB: the request is read first: closing with it unread would reset the connection.
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-            });
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-    });
-    (url, answering)
+    }
+}
+
+/// The lookout report at `key` in `store`, once there is one that `wanted` accepts.
+async fn report_when(
+    store: &dyn ObjectStore,
+    key: &str,
+    wanted: impl Fn(&fenice::failover::lookout::Report) -> bool,
+) -> fenice::failover::lookout::Report {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let bytes = store.get(key).await.ok();
+            let report = bytes.and_then(|b| serde_json::from_slice(&b).ok());
+            match report {
+                Some(r) if wanted(&r) => return r,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no lookout report at {key} as wanted within 20 s"))
 }
 
 /// A lookout (`fenice failover witness lookout`, a process of its own)
@@ -245,14 +257,14 @@ async fn health_endpoint() -> (String, tokio::task::JoinHandle<()>) {
 async fn a_lookout_posts_what_it_sees_and_the_standby_counts_it_as_a_vantage_point() {
     use fenice::failover::clock::SystemClock;
     use fenice::failover::health::DetectionRule;
-    use fenice::failover::lookout::{Report, key};
+    use fenice::failover::lookout::key;
     use fenice::failover::probing::{self, Probes};
     let server = start_moto().await;
     let store = server.store("fenice-witness-lookout", "fenice").await.unwrap();
     store.create_bucket(false).await.unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(store);
     let (url, answering) = health_endpoint().await;
-    let lookout = witness_command(
+    let lookout = Running::spawn(witness_command(
         &server.endpoint(),
         "fenice-witness-lookout",
         &[
@@ -268,31 +280,8 @@ async fn a_lookout_posts_what_it_sees_and_the_standby_counts_it_as_a_vantage_poi
             "--timeout",
             "300ms",
         ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let pid = lookout.id();
-    // NB: whatever the test's end, the lookout does not outlive it.
-    let _reaper = scopeguard(move || {
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-    });
-
-    // The lookout's report, as the witness store holds it.
-    let report = || async {
-        let bytes = store.get(&key("main", "milan")).await.ok()?;
-        serde_json::from_slice::<Report>(&bytes).ok()
-    };
-    let posted = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match report().await {
-                Some(r) if r.probes >= 2 => return r,
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    })
-    .await
-    .expect("the lookout posts its probes");
+    ));
+    let posted = report_when(store.as_ref(), &key("main", "milan"), |r| r.probes >= 2).await;
     assert!(posted.ok && posted.site == "westpole" && posted.interval_ms == 200, "{posted:?}");
 
     // No lease in the store: the witness's view fails from the start.
@@ -316,12 +305,11 @@ async fn a_lookout_posts_what_it_sees_and_the_standby_counts_it_as_a_vantage_poi
 
     answering.abort();
     assert!(seen(SiteHealth::Down).await, "the prober, the witness's view and the lookout agree");
-    let failing = report().await.unwrap();
+    let failing = report_when(store.as_ref(), &key("main", "milan"), |_| true).await;
     assert!(!failing.ok && failing.failures >= 3 && failing.failing_for_ms >= 400, "{failing:?}");
 
     // The lookout stops: its last report ages out, two vantage points are not enough.
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
-    let ended = tokio::task::spawn_blocking(move || lookout.wait_with_output()).await.unwrap().unwrap();
+    let ended = lookout.stop().await;
     assert!(ended.status.success(), "{ended:?}");
     let said = String::from_utf8_lossy(&ended.stdout);
     assert!(
@@ -392,22 +380,15 @@ async fn a_seeded_witness_is_renewed_by_the_site_it_names_in_the_epoch_it_was_gi
 }
 
 /// A lookout whose witness store does not answer says so at each probe,
-/// naming the store, and goes on; a name that cannot be a key is refused.
+/// naming the store, and goes on; a name that cannot be a key, or a URL
+/// without its scheme, is refused.
 #[tokio::test]
 async fn a_lookout_that_cannot_post_names_the_store_and_keeps_probing() {
     let (url, _answering) = health_endpoint().await;
     let args = ["lookout", "--site", "westpole", "--url", url.as_str(), "--interval", "200ms", "--name", "milan"];
-    let lookout = witness_command("http://127.0.0.1:9", "fenice-witness-gone", &args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = lookout.id();
-    let _reaper = scopeguard(move || {
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-    });
+    let lookout = Running::spawn(witness_command("http://127.0.0.1:9", "fenice-witness-gone", &args));
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
-    let ended = tokio::task::spawn_blocking(move || lookout.wait_with_output()).await.unwrap().unwrap();
+    let ended = lookout.stop().await;
     let printed = String::from_utf8_lossy(&ended.stdout);
     assert!(ended.status.success(), "{printed}");
     assert!(printed.contains("could not post") && printed.contains("127.0.0.1:9"), "{printed}");
@@ -420,6 +401,18 @@ async fn a_lookout_that_cannot_post_names_the_store_and_keeps_probing() {
     );
     assert!(!bad.status.success());
     assert!(said(&bad).1.contains("--name must be a name without"), "{:?}", said(&bad));
+    // A health URL without its scheme would only ever "not answer": refused at the start.
+    let bare = witness_cli(
+        "http://127.0.0.1:9",
+        "fenice-witness-gone",
+        &["lookout", "--site", "w", "--url", "status.example.it/healthz", "--name", "milan"],
+    );
+    assert!(!bare.status.success());
+    assert!(
+        said(&bare).1.contains("--url \"status.example.it/healthz\" is not an http:// or https:// URL"),
+        "{:?}",
+        said(&bare)
+    );
 }
 
 /// manifests/lookout/lookout.yaml's command, run as written but for where
@@ -428,7 +421,7 @@ async fn a_lookout_that_cannot_post_names_the_store_and_keeps_probing() {
 /// prefix.
 #[tokio::test]
 async fn the_lookout_manifests_command_posts_its_reports() {
-    use fenice::failover::lookout::{Report, key};
+    use fenice::failover::lookout::key;
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/lookout/lookout.yaml")).unwrap();
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
     let container = &docs[1]["spec"]["template"]["spec"]["containers"][0];
@@ -447,31 +440,16 @@ async fn the_lookout_manifests_command_posts_its_reports() {
         .map(|a| if a.starts_with("--url=") { format!("--url={url}") } else { a })
         .map(|a| if a.starts_with("--interval=") { "--interval=200ms".to_owned() } else { a })
         .collect();
-    let lookout = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fenice"));
+    command
         .args(&args)
         .args(["--s3-endpoint", &server.endpoint(), "--s3-path-style"])
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", container["env"][0]["value"].as_str().unwrap())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = lookout.id();
-    let _reaper = scopeguard(move || {
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-    });
-    let posted = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Ok(bytes) = store.get(&key(&plan, &name)).await {
-                return serde_json::from_slice::<Report>(&bytes).unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the lookout of the manifest posts");
+        .env("AWS_REGION", container["env"][0]["value"].as_str().unwrap());
+    let lookout = Running::spawn(command);
+    let posted = report_when(&store, &key(&plan, &name), |_| true).await;
     assert!(posted.ok && posted.site == site, "{posted:?}");
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
-    let ended = tokio::task::spawn_blocking(move || lookout.wait_with_output()).await.unwrap().unwrap();
+    let ended = lookout.stop().await;
     assert!(ended.status.success(), "{ended:?}");
 }

@@ -114,28 +114,35 @@ async fn lookout(at: &WitnessAt, lookout: Lookout) -> anyhow::Result<ExitCode> {
     use crate::failover::clock::{Clock, SystemClock};
     use crate::failover::lookout::{Poster, key};
     anyhow::ensure!(!lookout.name.is_empty() && !lookout.name.contains('/'), "--name must be a name without '/'");
+    for url in &lookout.urls {
+        let parsed = reqwest::Url::parse(url);
+        anyhow::ensure!(
+            parsed.is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+            "--url {url:?} is not an http:// or https:// URL: give the site's health endpoints as its Site lists them"
+        );
+    }
     let stop = super::serving::shutdown_signal()?;
-    let store = at.stores.open(&at.witness).await?;
+    let (witness, store) = at.open().await?;
     let client = reqwest::Client::builder().timeout(lookout.timeout).build()?;
     let clock = SystemClock::default();
     let mut poster = Poster::new(&at.plan, &lookout.name, &lookout.site, lookout.interval);
     println!(
-        "lookout {} probes {} every {:?}, posting to {} in {}",
+        "lookout {} probes {} every {:?}, posting to {} in {store}",
         lookout.name,
         lookout.site,
         lookout.interval,
         key(&at.plan, &lookout.name),
-        store.describe()
     );
     let mut ticker = tokio::time::interval(lookout.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<(bool, bool)> = None;
+    // NB: so that the first probe that answers, and the first post after a failed one, are told.
+    let (mut answered, mut posted_before) = (false, true);
     let work = async {
         loop {
             ticker.tick().await;
             let ok = crate::failover::probing::answer(&client, &lookout.urls).await;
             let report = poster.record(clock.now(), ok);
-            let posted = poster.post(store.as_ref(), &report).await;
+            let posted = poster.post(witness.store(), &report).await;
             let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
             // NB: a closed stdout must not stop the lookout.
             let say = |line: String| {
@@ -147,13 +154,13 @@ async fn lookout(at: &WitnessAt, lookout: Lookout) -> anyhow::Result<ExitCode> {
             if !ok {
                 let failing = std::time::Duration::from_millis(report.failing_for_ms);
                 say(format!("{} does not answer: {} probes in a row over {failing:?}", lookout.site, report.failures));
-            } else if last.is_none_or(|(was_ok, _)| !was_ok) {
+            } else if !answered {
                 say(format!("{} answers", lookout.site));
             }
-            if last.is_some_and(|(_, was_posted)| !was_posted) && posted.is_ok() {
+            if !posted_before && posted.is_ok() {
                 say("posting again".to_owned());
             }
-            last = Some((ok, posted.is_ok()));
+            (answered, posted_before) = (ok, posted.is_ok());
         }
     };
     tokio::select! {

@@ -129,7 +129,18 @@ impl VantageTracker {
         match self.last_ok {
             None => VantageVerdict::Unknown,
             Some(true) => VantageVerdict::Up,
-            Some(false) => verdict_of_run(self.failures, self.last_failure.saturating_since(self.first_failure), rule),
+            Some(false) => {
+                let (failures, span) = self.failing();
+                verdict_of_run(failures, span, rule)
+            }
+        }
+    }
+
+    /// The trailing run of failures: how many, and from the first to the last.
+    pub fn failing(&self) -> (u64, Duration) {
+        match self.failures {
+            0 => (0, Duration::ZERO),
+            n => (n, self.last_failure.saturating_since(self.first_failure)),
         }
     }
 }

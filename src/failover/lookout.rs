@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::{Clock, MonoTime};
 use super::error::{Error, Result};
-use super::health::{DetectionRule, VantageVerdict, verdict_of_run};
+use super::health::{DetectionRule, Probe, VantageTracker, VantageVerdict, verdict_of_run};
 use crate::store::{self, ObjectStore, PutCondition};
 
 /// What a lookout saw of a site, as of its latest probe.
@@ -65,8 +65,7 @@ pub struct Poster {
     site: String,
     interval: Duration,
     probes: u64,
-    failures: u64,
-    first_failure: Option<MonoTime>,
+    tracker: VantageTracker,
     etag: Option<String>,
 }
 
@@ -77,8 +76,7 @@ impl Poster {
             site: site.to_owned(),
             interval,
             probes: 0,
-            failures: 0,
-            first_failure: None,
+            tracker: VantageTracker::default(),
             etag: None,
         }
     }
@@ -86,20 +84,14 @@ impl Poster {
     /// The report after a probe at `now` that found the site answering or not.
     pub fn record(&mut self, now: MonoTime, ok: bool) -> Report {
         self.probes += 1;
-        let failing_for = if ok {
-            self.failures = 0;
-            self.first_failure = None;
-            Duration::ZERO
-        } else {
-            self.failures += 1;
-            now.saturating_since(*self.first_failure.get_or_insert(now))
-        };
+        self.tracker.record(Probe { at: now, ok });
+        let (failures, failing_for) = self.tracker.failing();
         Report {
             site: self.site.clone(),
             probes: self.probes,
             interval_ms: self.interval.as_millis() as u64,
             ok,
-            failures: self.failures,
+            failures,
             failing_for_ms: failing_for.as_millis() as u64,
         }
     }
@@ -171,8 +163,7 @@ impl Lookouts {
         let listed = store.list(&self.prefix).await;
         let now = clock.now();
         if let Ok(listed) = listed {
-            let names: Vec<String> = listed.iter().map(|m| m.key.clone()).collect();
-            self.seen.retain(|key, _| names.contains(key));
+            self.seen.retain(|key, _| listed.iter().any(|m| &m.key == key));
             for meta in listed {
                 if self.seen.get(&meta.key).is_some_and(|s| s.etag == meta.etag) {
                     continue;
