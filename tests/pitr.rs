@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use fenice::app::schema::SCHEMA;
 use fenice::testkit::{PostgresOptions, PostgresServer, S3Server};
 
+#[path = "common/faketime.rs"]
+mod faketime;
 #[path = "common/tenant.rs"]
 mod tenant;
 use tenant::{connect, issue};
@@ -47,8 +49,17 @@ impl Site {
     }
 
     fn fenice(&self, args: &[&str]) -> Output {
+        self.fenice_with(args, std::iter::empty::<(&str, std::ffi::OsString)>())
+    }
+
+    fn fenice_with<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[&str],
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Output {
         Command::new(env!("CARGO_BIN_EXE_fenice"))
             .envs(self.env())
+            .envs(env)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -85,10 +96,15 @@ impl Site {
         if let Some(target) = target {
             args.extend(["--target-time", target]);
         }
-        assert!(self.ok(&args).contains("prepared"));
+        let prepared = self.ok(&args);
+        // NB: verified against the base it started from, which a later backup
+        // may not be when it stops at a target time.
+        let base = prepared.split("from base backup ").nth(1).and_then(|rest| rest.split_whitespace().next());
+        let base = base.unwrap_or_else(|| panic!("agent restore names no base backup: {prepared}"));
         let server = self.recovering_server(&pgdata);
         let url = server.url("acme");
-        let report = self.ok(&["agent", "verify", "--db", &url, "--documents", documents_arg, "--json"]);
+        let verify = ["agent", "verify", "--db", &url, "--documents", documents_arg, "--snapshot", base, "--json"];
+        let report = self.ok(&verify);
         let report: serde_json::Value = serde_json::from_str(&report).unwrap();
         assert_eq!(report["verified"], true, "{report}");
         (server, documents, report)
@@ -168,6 +184,12 @@ async fn archive_now(db: &tokio_postgres::Client) {
     }
 }
 
+/// The database server's time now, as a recovery target is written.
+async fn database_now(db: &tokio_postgres::Client) -> String {
+    let now = "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+    db.query_one(now, &[]).await.unwrap().get(0)
+}
+
 async fn count(url: &str) -> i64 {
     connect(url).await.query_one("SELECT count(*) FROM invoices", &[]).await.unwrap().get(0)
 }
@@ -193,11 +215,7 @@ async fn recovers_to_a_time_between_two_invoices_and_to_the_end_of_the_archive()
     for _ in 0..2 {
         issue(&mut db, &documents, "2026").await;
     }
-    let target: String = db
-        .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let target = database_now(&db).await;
     for _ in 0..3 {
         issue(&mut db, &documents, "2026").await;
     }
@@ -213,6 +231,49 @@ async fn recovers_to_a_time_between_two_invoices_and_to_the_end_of_the_archive()
     // To the end of the archive: all 10.
     let (recovered, _, _) = site.recover("end", None);
     assert_eq!(count(&recovered.url("acme")).await, 10);
+}
+
+/// The agent's clock set back between two base backups, for real (the second
+/// `agent backup` under libfaketime): the second is dated between the first and
+/// the target time, though the database began it after the target. A recovery
+/// to the target starts from the first; from the second, PostgreSQL could
+/// never stop at the target, which lies before that base was consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_to_a_time_starts_from_a_base_the_database_began_before_it() {
+    let site = Site::new();
+    let (pg, mut db, documents) = site.backed_up_primary().await;
+    let dated = |site: &Site| -> Vec<jiff::Timestamp> {
+        let listed: serde_json::Value = serde_json::from_str(&site.ok(&["repo", "snapshots", "--json"])).unwrap();
+        let time = |s: &serde_json::Value| s["snapshot"]["time"].as_str().unwrap().parse().unwrap();
+        listed.as_array().unwrap().iter().map(time).collect()
+    };
+    let first = dated(&site)[0];
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    issue(&mut db, &documents, "2026").await;
+    let target = database_now(&db).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    issue(&mut db, &documents, "2026").await;
+
+    // Set back so that the second is dated halfway between the first and the target.
+    let target_time: jiff::Timestamp = target.parse().unwrap();
+    let halfway = first + (target_time.duration_since(first) / 2);
+    let back = jiff::Timestamp::now().duration_since(halfway).as_secs() + 1;
+    let clock = site.path("clock");
+    std::fs::write(&clock, format!("-{back}")).unwrap();
+    let out = site.fenice_with(&["agent", "backup", "--physical", "--db", &pg.url("acme")], faketime::env(&clock));
+    assert!(out.status.success(), "backup under a clock set back: {}", String::from_utf8_lossy(&out.stderr));
+    archive_now(&db).await;
+    let times = dated(&site);
+    assert_eq!(times.len(), 2, "{times:?}");
+    let second = times.into_iter().find(|t| *t != first).unwrap();
+    assert!(first < second && second < target_time, "the second is dated {second}, between {first} and {target}");
+
+    let (recovered, _, report) = site.recover("target", Some(&target));
+    assert_eq!(
+        count(&recovered.url("acme")).await,
+        2,
+        "the invoice before the backup and the one before the target: {report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use crate::repo::repository::Repository;
 use super::child::ChildReader;
 use super::pg::{self, DbUrl};
 use super::verify::{self, ANNOTATION};
-use super::{BASE, DUMP, Error, Result, TAG};
+use super::{BASE, DATABASE_TIME, DUMP, Error, Result, TAG};
 
 /// What to back up.
 #[derive(Clone, Debug)]
@@ -49,8 +49,14 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
     let mut client = request.db.connect().await?;
     let query = |what: &'static str| move |source| Error::Query { what, source };
     let tx = pg::consistent_view(&mut client, "starting the backup transaction").await?;
-    let snapshot: String =
-        tx.query_one("SELECT pg_export_snapshot()", &[]).await.map_err(query("exporting a snapshot"))?.get(0);
+    let row = tx
+        .query_one(
+            "SELECT pg_export_snapshot(), to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .map_err(query("exporting a snapshot"))?;
+    let (snapshot, database_time): (String, String) = (row.get(0), row.get(1));
     let (conninfo, password) = request.db.libpq_args();
     let mut command = Command::new(&pg_dump);
     command
@@ -83,7 +89,11 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
         host: request.host.clone(),
         tenant: Some(request.tenant.clone()),
         tags: std::iter::once(TAG.to_owned()).chain(request.tags.iter().cloned()).collect(),
-        annotations: [("database".to_string(), serde_json::Value::String(request.db.database().to_string()))].into(),
+        annotations: [
+            ("database".to_string(), serde_json::Value::String(request.db.database().to_string())),
+            (DATABASE_TIME.to_string(), serde_json::Value::String(database_time)),
+        ]
+        .into(),
     };
     let recorded = Arc::new(std::sync::Mutex::new(None));
     let annotate = {

@@ -10,8 +10,9 @@
 //! | `database.dump` | `pg_dump --format=custom --compress=0` of the tenant's database |
 //! | `pgdata.tar` | with `--physical`: `pg_basebackup --format=tar --wal-method=fetch`, the base of point-in-time recovery |
 //!
-//! with the tenant's name, the tag [`TAG`], and the [`verify::Record`] of the
-//! dumped state in the annotation [`verify::ANNOTATION`].
+//! with the tenant's name, the tag [`TAG`], the [`verify::Record`] of the
+//! dumped state in the annotation [`verify::ANNOTATION`], and the database's
+//! time at the backup's start in the annotation [`DATABASE_TIME`].
 
 pub mod backup;
 mod child;
@@ -33,6 +34,11 @@ pub const DUMP: &str = "database.dump";
 pub const BASE: &str = "pgdata.tar";
 /// The tag of every tenant backup snapshot.
 pub const TAG: &str = "tenant-backup";
+/// The snapshot annotation holding the database server's time when the backup
+/// began (RFC 3339, UTC): the clock the WAL's commit times, and so a
+/// point-in-time target, are read on. The snapshot's own date is the backup
+/// host's clock, which may disagree.
+pub const DATABASE_TIME: &str = "databaseTime";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

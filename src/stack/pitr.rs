@@ -16,7 +16,7 @@ use crate::repo::tree::NodeType;
 
 use super::child::feed;
 use super::verify;
-use super::{BASE, Error, Result, TAG};
+use super::{BASE, DATABASE_TIME, Error, Result, TAG};
 
 /// What to prepare.
 #[derive(Clone, Debug)]
@@ -86,19 +86,27 @@ async fn newest_base(
     base_snapshot(repo, request).await
 }
 
-/// The order in which a tenant's backups are tried as the base: dated before
-/// `target`, the last dated first; without a target, the newest of the series
-/// first, even when dated before others (taken after a clock was set back):
-/// recovery replays all the WAL after it.
+/// The order in which a tenant's backups are tried as the base: begun before
+/// `target` by the database's clock, the last first; without a target, the
+/// newest of the series first, even when dated before others (taken after a
+/// clock was set back): recovery replays all the WAL after it.
 fn in_turn(backups: Vec<&(Id, crate::repo::tree::Snapshot)>, target: Option<jiff::Timestamp>) -> Vec<Id> {
     let mut dated: Vec<(jiff::Timestamp, Id)> = backups
         .iter()
-        .filter_map(|(id, s)| Some((s.dated()?, *id)))
+        .filter_map(|(id, s)| Some((begun(s)?, *id)))
         .filter(|(time, _)| target.is_none_or(|target| *time < target))
         .collect();
     dated.sort();
     let newest = crate::repo::tree::newest(backups).map(|(id, _)| *id).filter(|_| target.is_none());
     newest.into_iter().chain(dated.into_iter().rev().map(|(_, id)| id).filter(|id| Some(*id) != newest)).collect()
+}
+
+/// When a backup began by the database's clock, which a target time is read
+/// on (the WAL's commit times are the server's); by the snapshot's date, the
+/// backup host's clock, for a backup that did not record it.
+fn begun(snapshot: &crate::repo::tree::Snapshot) -> Option<jiff::Timestamp> {
+    let recorded = snapshot.annotations.get(DATABASE_TIME).and_then(|t| t.as_str()?.parse().ok());
+    recorded.or_else(|| snapshot.dated())
 }
 
 /// The snapshot named, or the tenant's newest one with a base backup taken
@@ -267,10 +275,33 @@ mod tests {
         ];
         let ids = |ids: Vec<Id>| ids.iter().map(|id| id.0[0]).collect::<Vec<u8>>();
         assert_eq!(ids(in_turn(backups.iter().collect(), None)), [2, 1]);
-        // NB: with a target, by the dates: the WAL's times are the database's.
+        // NB: with a target, by the dates, when the backups did not record the
+        // database's time.
         let target = "2026-12-07T09:00:00Z".parse().ok();
         assert_eq!(ids(in_turn(backups.iter().collect(), target)), [2]);
         let target = "2026-12-07T11:00:00Z".parse().ok();
         assert_eq!(ids(in_turn(backups.iter().collect(), target)), [1, 2]);
+    }
+
+    #[test]
+    fn with_a_target_bases_are_chosen_by_the_database_s_clock() {
+        // 2 began at 10:30 by the database's clock, but its host's clock was
+        // set back: dated 09:30, between 1 and the target.
+        let mut backups = [
+            sample(1, Some("acme"), "2026-12-07T09:00:00Z", None),
+            sample(2, Some("acme"), "2026-12-07T09:30:00Z", Some(1)),
+        ];
+        for ((_, snapshot), began) in backups.iter_mut().zip(["2026-12-07T09:00:00.5Z", "2026-12-07T10:30:00Z"]) {
+            snapshot.annotations.insert(DATABASE_TIME.into(), began.into());
+        }
+        let ids = |ids: Vec<Id>| ids.iter().map(|id| id.0[0]).collect::<Vec<u8>>();
+        let target = "2026-12-07T10:00:00Z".parse().ok();
+        assert_eq!(ids(in_turn(backups.iter().collect(), target)), [1], "2 began after the target");
+        let target = "2026-12-07T11:00:00Z".parse().ok();
+        assert_eq!(ids(in_turn(backups.iter().collect(), target)), [2, 1]);
+        // An unreadable time falls back to the snapshot's date.
+        backups[1].1.annotations.insert(DATABASE_TIME.into(), "yesterday".into());
+        let target = "2026-12-07T10:00:00Z".parse().ok();
+        assert_eq!(ids(in_turn(backups.iter().collect(), target)), [2, 1]);
     }
 }
