@@ -1,6 +1,7 @@
 //! The failover model: thousands of random schedules of the deterministic
 //! simulator (`fenice::failover::sim`) — partitions, message delays and losses,
-//! clock rate skew, crashes and restarts at any step, people starting,
+//! clock rate skew, wall clocks stepped back or forward, crashes and restarts
+//! at any step, people starting,
 //! approving and aborting failovers — with the invariants checked at every
 //! virtual step. Then the same checker on a deliberately unsafe timing, to show
 //! it does find a violation when there is one.
@@ -94,7 +95,7 @@ const SCHEDULES_PER_FAMILY: u64 = 2_500;
 
 #[test]
 fn partitions_delays_and_skew_never_make_two_sites_active() {
-    let faults = Faults { partitions: true, crashes: false, people: false, skew_changes: true };
+    let faults = Faults { partitions: true, crashes: false, people: false, skew_changes: true, wall_jumps: false };
     let t = run("partitions", &SimConfig::safe(faults), 0..SCHEDULES_PER_FAMILY);
     assert!(t.epoch_changes > 200, "partitions must cause takeovers: {t:?}");
     assert!(t.succeeded > 100, "{t:?}");
@@ -102,7 +103,7 @@ fn partitions_delays_and_skew_never_make_two_sites_active() {
 
 #[test]
 fn crashes_at_any_step_resume_from_the_persisted_state() {
-    let faults = Faults { partitions: true, crashes: true, people: false, skew_changes: false };
+    let faults = Faults { partitions: true, crashes: true, people: false, skew_changes: false, wall_jumps: false };
     let t = run("crashes", &SimConfig::safe(faults), 10_000..10_000 + SCHEDULES_PER_FAMILY);
     assert!(t.crashes > 2_000, "{t:?}");
     assert!(t.resumed_steps > 50, "some crashes must hit a failover mid-step: {t:?}");
@@ -111,10 +112,21 @@ fn crashes_at_any_step_resume_from_the_persisted_state() {
 
 #[test]
 fn people_start_fail_over_fail_back_approve_and_abort() {
-    let faults = Faults { partitions: false, crashes: false, people: true, skew_changes: false };
+    let faults = Faults { partitions: false, crashes: false, people: true, skew_changes: false, wall_jumps: false };
     let t = run("people", &SimConfig::safe(faults), 20_000..20_000 + SCHEDULES_PER_FAMILY);
     assert!(t.succeeded > 1_000, "{t:?}");
     assert!(t.aborted > 100, "{t:?}");
+}
+
+/// Wall clocks stepped back or forward by up to three hours at any time, with
+/// partitions, crashes and people: a failover's retries and its asking the
+/// source again are persisted in wall time, and none may wait for a clock set
+/// back to catch up (they waited as long as the clock jumped).
+#[test]
+fn wall_clocks_stepped_back_or_forward_hold_no_failover_up() {
+    let faults = Faults { partitions: true, crashes: true, people: true, skew_changes: false, wall_jumps: true };
+    let t = run("wall jumps", &SimConfig::safe(faults), 40_000..40_000 + SCHEDULES_PER_FAMILY);
+    assert!(t.succeeded > 500 && t.failed > 0, "{t:?}");
 }
 
 #[test]
@@ -128,7 +140,13 @@ fn everything_at_once() {
 /// standby takes over.
 #[test]
 fn the_checker_finds_two_active_sites_when_fence_after_exceeds_the_lease() {
-    let mut config = SimConfig::safe(Faults { partitions: true, crashes: false, people: false, skew_changes: true });
+    let mut config = SimConfig::safe(Faults {
+        partitions: true,
+        crashes: false,
+        people: false,
+        skew_changes: true,
+        wall_jumps: false,
+    });
     config.timing.fence_after = config.timing.lease_duration * 2;
     assert!(config.timing.check().is_err(), "the timing check refuses it too");
     let started = Instant::now();
@@ -146,7 +164,13 @@ fn the_checker_finds_two_active_sites_when_fence_after_exceeds_the_lease() {
 /// while clocks run at the extremes, with fencing that takes its full time.
 #[test]
 fn the_checker_finds_an_observer_that_waits_less_than_the_holder_may_still_write() {
-    let mut config = SimConfig::safe(Faults { partitions: true, crashes: false, people: false, skew_changes: false });
+    let mut config = SimConfig::safe(Faults {
+        partitions: true,
+        crashes: false,
+        people: false,
+        skew_changes: false,
+        wall_jumps: false,
+    });
     // fence_after close to the lease: the inequality fails by the skew and the fence time.
     config.timing.fence_after = config.timing.lease_duration - Duration::from_millis(100);
     assert!(config.timing.check().is_err());

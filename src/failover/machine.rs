@@ -197,6 +197,14 @@ impl Default for RetryRule {
 }
 
 impl RetryRule {
+    /// Whether a retry due at `at` lies further from `now` than any back-off:
+    /// the wall clock was set back since it was scheduled (persisted in wall
+    /// time, it outlives a restart), and waiting for the clock to catch up
+    /// would stall the tenant for as long as the clock jumped.
+    fn set_back(&self, now: WallTime, at: WallTime) -> bool {
+        at.saturating_since(now) > Duration::from_millis(self.max_millis)
+    }
+
     fn backoff(&self, attempts: u32) -> Duration {
         let factor = 1u64 << attempts.saturating_sub(1).min(20);
         Duration::from_millis(self.base_millis.saturating_mul(factor).min(self.max_millis))
@@ -648,7 +656,9 @@ fn decide_fencing(state: &FailoverState, seen: &Observation, now: WallTime) -> V
     }
     let mut out = Vec::new();
     let refence = Duration::from_millis(state.retry.refence_millis);
-    let due = f.asked_at.is_none_or(|at| now >= at + refence);
+    // NB: `now < at` is this site's wall clock set back since it asked: asking
+    // again is harmless, waiting for the clock to catch up is not.
+    let due = f.asked_at.is_none_or(|at| now >= at + refence || now < at);
     if f.in_flight || f.source.is_none() || (due && !held) {
         out.push(Action::Call(Call::FenceSource));
     }
@@ -701,7 +711,7 @@ fn decide_running(state: &FailoverState, seen: &Observation, now: WallTime) -> V
                     out.push(if may_act { call } else { Action::Wait(Wait::Fenced) });
                 } else if seen.abort && step.is_before_switch() {
                     out.push(Action::Update(Update::RollBack { wave: index, tenant: i }));
-                } else if let Some(until) = t.retry_at.filter(|at| now < *at) {
+                } else if let Some(until) = t.retry_at.filter(|at| now < *at && !state.retry.set_back(now, *at)) {
                     out.push(Action::Wait(Wait::Retry { until }));
                 } else {
                     out.push(if may_act { call } else { Action::Wait(Wait::Fenced) });
@@ -909,6 +919,34 @@ mod tests {
         assert_eq!(s.waves[0].tenants[0].error.as_deref(), Some("SdI unreachable"));
         assert_eq!((s.phase, s.end.clone()), (Phase::Failed, Some(EndReason::GateClosed { wave: 0, failed: 1 })));
         assert_eq!(s.waves[1].tenants[0].step, TenantStep::NotStarted);
+    }
+
+    #[test]
+    fn a_wall_clock_set_back_holds_back_neither_a_retry_nor_asking_the_source_again() {
+        let mut s = state(2, 4, GateRule::default());
+        let broken = |c: &Call| match c {
+            Call::Tenant { step: TenantStep::Reconciling, tenant: 0, .. } => {
+                CallResult::Step(Err(StepError { message: "SdI unreachable".into(), retryable: true }))
+            }
+            other => ok(other),
+        };
+        drive(&mut s, &held(1), secs(1), broken);
+        assert_eq!(s.waves[0].tenants[0].retry_at, Some(secs(2)));
+        let retry = Call::Tenant { wave: 0, tenant: 0, step: TenantStep::Reconciling };
+        assert!(decide(&s, &held(1), secs(1)).contains(&Action::Wait(Wait::Retry { until: secs(2) })));
+        // The clock set back ten minutes: the retry is not 10 minutes away.
+        let set_back = WallTime::from_unix_millis(secs(1).unix_millis() - 600_000);
+        assert!(decide(&s, &held(1), set_back).contains(&Action::Call(retry)), "{:?}", decide(&s, &held(1), set_back));
+
+        // Fencing: asked at 1 s, asked again 10 s later, or at once on a clock set back.
+        let mut s = state(2, 4, GateRule::default());
+        let seen = Observation { lease_holder: Some("a".into()), lease_epoch: 1, ..Default::default() };
+        s.apply(&Update::BeginFencing, secs(1));
+        s.begin(&Call::FenceSource, secs(1));
+        s.complete(&Call::FenceSource, CallResult::Source(SourceFence::Unreachable), secs(1));
+        assert!(!calls(&decide(&s, &seen, secs(5))).contains(&Call::FenceSource));
+        assert!(calls(&decide(&s, &seen, secs(11))).contains(&Call::FenceSource));
+        assert!(calls(&decide(&s, &seen, set_back)).contains(&Call::FenceSource));
     }
 
     #[test]

@@ -79,11 +79,15 @@ pub struct Faults {
     pub people: bool,
     /// Change clock rates during the run (within the bound).
     pub skew_changes: bool,
+    /// Step a site's wall clock back or forward by up to three hours (an NTP
+    /// step, a host set by hand); its monotonic clock runs on.
+    pub wall_jumps: bool,
 }
 
 impl Faults {
     /// Every kind of fault.
-    pub const ALL: Faults = Faults { partitions: true, crashes: true, people: true, skew_changes: true };
+    pub const ALL: Faults =
+        Faults { partitions: true, crashes: true, people: true, skew_changes: true, wall_jumps: true };
 }
 
 /// The model's settings.
@@ -226,6 +230,7 @@ enum Fault {
     Prober { site: usize, up: bool },
     Crash { site: usize, down_for: u64 },
     Skew { site: usize, ppm: i64 },
+    WallJump { site: usize, by_ms: i64 },
     ManualFailover,
 }
 
@@ -330,7 +335,8 @@ struct Site {
     restart_at: Option<u64>,
     incarnation: u64,
     clock: LocalClock,
-    wall_offset_ms: u64,
+    /// The site's wall clock minus the model's time (negative: behind).
+    wall_offset_ms: i64,
     agent: LeaseAgent,
     app: App,
     vantage: [VantageTracker; 3],
@@ -411,7 +417,7 @@ impl<'c> World<'c> {
         let mut rng = SplitMix64::new(seed);
         let sites = [0, 1].map(|i| {
             let ppm = skew(&mut rng, cfg.clock_skew_ppm);
-            new_site(i, cfg, rng.next_u64(), LocalClock { base_real: 0, base_local: 0, ppm }, rng.below(4_000))
+            new_site(i, cfg, rng.next_u64(), LocalClock { base_real: 0, base_local: 0, ppm }, rng.below(4_000) as i64)
         });
         let fault_end = us(cfg.fault_time);
         let mut faults = Vec::new();
@@ -446,6 +452,14 @@ impl<'c> World<'c> {
                 let at = rng.below(fault_end);
                 let site = rng.below(2) as usize;
                 faults.push((at, Fault::Skew { site, ppm: skew(&mut rng, cfg.clock_skew_ppm) }));
+            }
+        }
+        if f.wall_jumps {
+            for _ in 0..rng.below(4) {
+                let at = rng.below(fault_end);
+                let site = rng.below(2) as usize;
+                let by = rng.between(1_000, 3 * 3_600_000) as i64;
+                faults.push((at, Fault::WallJump { site, by_ms: if rng.chance(0.5) { -by } else { by } }));
             }
         }
         if f.people {
@@ -577,7 +591,10 @@ impl<'c> World<'c> {
             // A failover changes only when a call ends, a wall-clock time it
             // waits for comes (a retry, asking the source again), the person
             // acts, or its observation changes (an agent event, above).
-            let real = |w: WallTime| (w.unix_millis().saturating_sub(WALL_BASE_MS + s.wall_offset_ms) + 1) * 1_000;
+            let real = |w: WallTime| {
+                let since_base = w.unix_millis() as i64 - WALL_BASE_MS as i64 - s.wall_offset_ms;
+                (since_base.max(0) as u64 + 1) * 1_000
+            };
             for f in &s.failovers {
                 f.running.iter().for_each(|c| at(c.done_at));
                 if f.state.phase.is_terminal() {
@@ -598,7 +615,8 @@ impl<'c> World<'c> {
     }
 
     fn wall(&self, i: usize) -> WallTime {
-        WallTime::from_unix_millis(WALL_BASE_MS + self.t / 1_000 + self.sites[i].wall_offset_ms)
+        let millis = WALL_BASE_MS as i64 + (self.t / 1_000) as i64 + self.sites[i].wall_offset_ms;
+        WallTime::from_unix_millis(millis.max(0) as u64)
     }
 
     fn delay(&mut self) -> u64 {
@@ -629,6 +647,7 @@ impl<'c> World<'c> {
                     let t = self.t;
                     self.sites[site].clock.set_rate(t, ppm);
                 }
+                Fault::WallJump { site, by_ms } => self.sites[site].wall_offset_ms += by_ms,
                 Fault::ManualFailover => self.manual_failover(),
             }
         }
@@ -1245,7 +1264,7 @@ fn skew(rng: &mut SplitMix64, max_ppm: u32) -> i64 {
     }
 }
 
-fn new_site(i: usize, cfg: &SimConfig, incarnation: u64, clock: LocalClock, wall_offset_ms: u64) -> Site {
+fn new_site(i: usize, cfg: &SimConfig, incarnation: u64, clock: LocalClock, wall_offset_ms: i64) -> Site {
     let agent = LeaseAgent::new(SITES[i], incarnation, cfg.timing.clone(), Takeover::WhenHolderDown, i == 0);
     Site {
         name: SITES[i],
@@ -1279,7 +1298,13 @@ mod tests {
 
     #[test]
     fn a_quiet_run_settles_with_one_active_site() {
-        let cfg = SimConfig::safe(Faults { partitions: false, crashes: false, people: false, skew_changes: false });
+        let cfg = SimConfig::safe(Faults {
+            partitions: false,
+            crashes: false,
+            people: false,
+            skew_changes: false,
+            wall_jumps: false,
+        });
         let report = simulate(1, &cfg, false);
         assert_eq!(report.violation, None);
         assert_eq!(report.stats.max_epoch, 1);
