@@ -319,7 +319,7 @@ async fn a_tenant_backup_to_s3_restores_verified() {
 /// and SIGKILLs it. Returns once the child has ended too, with what the
 /// process had printed.
 fn killed_while_it_runs(args: &[&str], name: &str, pipe: &str) -> String {
-    use fenice::testkit::process::{children_of, is_alive};
+    use fenice::testkit::process::{child_past, is_alive};
     let mut fenice = Command::new(env!("CARGO_BIN_EXE_fenice"))
         .env("FENICE_PASSWORD", PASSWORD)
         .args(args)
@@ -328,12 +328,9 @@ fn killed_while_it_runs(args: &[&str], name: &str, pipe: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let named = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let child = loop {
-        if let Some(child) = children_of(fenice.id()).into_iter().find(named)
-            && moved(child, pipe) > 1 << 20
-        {
+        if let Some(child) = child_past(fenice.id(), name, pipe, 1 << 20) {
             break child;
         }
         if let Some(status) = fenice.try_wait().unwrap() {
@@ -355,14 +352,6 @@ fn killed_while_it_runs(args: &[&str], name: &str, pipe: &str) -> String {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The bytes process `pid` has read or written so far (`what`: a field of
-/// /proc/PID/io), 0 once it is gone.
-fn moved(pid: u32, what: &str) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let field = io.lines().find_map(|line| line.strip_prefix(what)?.strip_prefix(": "));
-    field.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Sessions still open on database `name`, other than the asker's.

@@ -1359,13 +1359,8 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     let running = |b: Option<&Backup>| b.and_then(phase) == Some(BackupPhase::Running);
     timeout(DEADLINE, await_condition(backups.clone(), "rossi-cut-short", running)).await.unwrap().unwrap();
     let operator = killed_and_replaced(operator, &kubeconfig, "replica-2", &state_arg, &proxy).await;
-    let ended = |b: Option<&Backup>| b.and_then(phase).is_some_and(|p| p != BackupPhase::Running);
-    timeout(DEADLINE, await_condition(backups.clone(), "rossi-cut-short", ended)).await.unwrap().unwrap();
-    let status = backups.get("rossi-cut-short").await.unwrap().status.unwrap();
-    let why = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!((status.phase, why.reason.as_str()), (BackupPhase::Failed, "Interrupted"), "{status:#?}");
-    assert!(why.message.contains("create a new Backup"), "{why:?}");
-    assert!(status.snapshot_id.is_none(), "{status:?}");
+    let status = backup_interrupted(&backups, "rossi-cut-short").await;
+    assert!(ready_condition(&status.conditions).message.contains("create a new Backup"), "{status:?}");
     // A new Backup runs in full; the interrupted one is never run again.
     backups.create(&PostParams::default(), &backup("rossi-again")).await.unwrap();
     let finished = |b: &Backup| matches!(phase(b), Some(p) if p != BackupPhase::Pending && p != BackupPhase::Running);
@@ -1419,21 +1414,30 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     let restoring = |r: Option<&Restore>| restore_phase(r) == Some(RestorePhase::Restoring);
     timeout(DEADLINE, await_condition(restores.clone(), "rossi-restore-cut-short", restoring)).await.unwrap().unwrap();
     let operator = killed_and_replaced(operator, &kubeconfig, "replica-3", &state_arg, &proxy).await;
-    let ended = |r: Option<&Restore>| matches!(restore_phase(r), Some(RestorePhase::Succeeded | RestorePhase::Failed));
-    timeout(DEADLINE, await_condition(restores.clone(), "rossi-restore-cut-short", ended)).await.unwrap().unwrap();
-    let status = restores.get("rossi-restore-cut-short").await.unwrap().status.unwrap();
-    let why = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!((status.phase, why.reason.as_str()), (RestorePhase::Failed, "Interrupted"), "{status:#?}");
-    restores.create(&PostParams::default(), &restore("rossi-restore-again")).await.unwrap();
-    let again = |r: Option<&Restore>| matches!(restore_phase(r), Some(RestorePhase::Succeeded | RestorePhase::Failed));
-    timeout(DEADLINE, await_condition(restores.clone(), "rossi-restore-again", again)).await.unwrap().unwrap();
-    let status = restores.get("rossi-restore-again").await.unwrap().status.unwrap();
-    assert_eq!((status.phase, status.verified), (RestorePhase::Succeeded, Some(true)), "{status:#?}");
+    interrupted_then_restored_anew(&restores, "rossi-restore-cut-short", restore("rossi-restore-again")).await;
     assert_eq!(
         restores.get("rossi-restore-cut-short").await.unwrap().status.unwrap().phase,
         RestorePhase::Failed,
         "the interrupted Restore is not run again"
     );
+
+    // The operator killed 1 MiB into pg_dump's 20 MB, then into pg_restore's:
+    // the tool ends with it, no snapshot is recorded from the cut dump, and the
+    // next operator marks each Interrupted (its Local stacks and copies died
+    // with the dead one: it starts the tenant's stack afresh).
+    let with_notes = |operator: &Child| notes_in_the_tenant_database(operator.id().unwrap());
+    with_notes(&operator).await;
+    backups.create(&PostParams::default(), &backup("rossi-during-pg-dump")).await.unwrap();
+    let operator = killed_during(operator, "pg_dump", "wchar", &kubeconfig, "replica-4", &state_arg, &proxy).await;
+    backup_interrupted(&backups, "rossi-during-pg-dump").await;
+    wait_list(&tenants, "studio-rossi Ready again", |all| all.iter().all(ready)).await;
+    with_notes(&operator).await;
+    backups.create(&PostParams::default(), &backup("rossi-with-notes")).await.unwrap();
+    let status = backup_ended(&backups, "rossi-with-notes").await;
+    assert_eq!((status.phase, status.copies_summary.as_deref()), (BackupPhase::Succeeded, Some("2/2")), "{status:#?}");
+    restores.create(&PostParams::default(), &restore("rossi-during-pg-restore")).await.unwrap();
+    let operator = killed_during(operator, "pg_restore", "rchar", &kubeconfig, "replica-5", &state_arg, &proxy).await;
+    interrupted_then_restored_anew(&restores, "rossi-during-pg-restore", restore("rossi-restore-notes")).await;
 
     // Both repositories are whole: every object the dead operators wrote is sound.
     for bucket in ["tenants-locked", "tenants-plain"] {
@@ -1453,6 +1457,134 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     }
     stopped(operator).await;
     within_rbac(&api);
+}
+
+/// The Ready condition among `conditions`.
+fn ready_condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    conditions.iter().find(|c| c.type_ == "Ready").expect("a Ready condition")
+}
+
+/// The status of Backup `name` once it is neither Pending nor Running.
+async fn backup_ended(backups: &Api<Backup>, name: &str) -> fenice::api::backup::BackupStatus {
+    use fenice::api::backup::BackupPhase;
+    let ended = |b: Option<&Backup>| {
+        b.and_then(phase).is_some_and(|p| !matches!(p, BackupPhase::Pending | BackupPhase::Running))
+    };
+    timeout(DEADLINE, await_condition(backups.clone(), name, ended)).await.unwrap().unwrap();
+    backups.get(name).await.unwrap().status.unwrap()
+}
+
+/// Waits until Backup `name`, whose operator was killed while it ran, is
+/// marked Failed `Interrupted` with no snapshot recorded.
+async fn backup_interrupted(backups: &Api<Backup>, name: &str) -> fenice::api::backup::BackupStatus {
+    let status = backup_ended(backups, name).await;
+    let why = ready_condition(&status.conditions).reason.as_str();
+    assert_eq!((status.phase, why), (fenice::api::backup::BackupPhase::Failed, "Interrupted"), "{status:#?}");
+    assert!(status.snapshot_id.is_none(), "{status:?}");
+    status
+}
+
+/// Waits until Restore `name`, whose operator was killed while it ran, is
+/// marked Failed `Interrupted`; then `anew` restores the same, verified.
+async fn interrupted_then_restored_anew(
+    restores: &Api<fenice::api::restore::Restore>,
+    name: &str,
+    anew: fenice::api::restore::Restore,
+) {
+    use fenice::api::restore::RestorePhase;
+    let status = restore_ended(restores, name).await;
+    let why = ready_condition(&status.conditions).reason.as_str();
+    assert_eq!((status.phase, why), (RestorePhase::Failed, "Interrupted"), "{status:#?}");
+    restores.create(&PostParams::default(), &anew).await.unwrap();
+    let status = restore_ended(restores, &anew.name_any()).await;
+    assert_eq!((status.phase, status.verified), (RestorePhase::Succeeded, Some(true)), "{status:#?}");
+}
+
+/// The status of Restore `name` once it Succeeded or Failed.
+async fn restore_ended(
+    restores: &Api<fenice::api::restore::Restore>,
+    name: &str,
+) -> fenice::api::restore::RestoreStatus {
+    use fenice::api::restore::{Restore, RestorePhase};
+    let phase = |r: Option<&Restore>| r.and_then(|r| r.status.as_ref()).map(|s| s.phase);
+    let ended = |r: Option<&Restore>| matches!(phase(r), Some(RestorePhase::Succeeded | RestorePhase::Failed));
+    timeout(DEADLINE, await_condition(restores.clone(), name, ended)).await.unwrap().unwrap();
+    restores.get(name).await.unwrap().status.unwrap()
+}
+
+/// Once the operator's child `program` (pg_dump, pg_restore) has moved 1 MiB
+/// through `field` of its /proc/PID/io, stops the operator (SIGSTOP: it takes
+/// no more of the pipe, so the tool is still at work) and SIGKILLs it; waits
+/// until the tool has ended with it, then starts the next operator.
+async fn killed_during(
+    mut operator: Child,
+    program: &str,
+    field: &str,
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    state_arg: &[&std::ffi::OsStr],
+    proxy: &fenice::testkit::FaultProxy,
+) -> Child {
+    use fenice::testkit::process::{child_past, is_alive};
+    let pid = operator.id().unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let child = loop {
+        if let Some(child) = child_past(pid, program, field, 1 << 20) {
+            break child;
+        }
+        if let Some(status) = operator.try_wait().unwrap() {
+            panic!("the operator ended ({status}) before running {program}");
+        }
+        assert!(std::time::Instant::now() < deadline, "the operator never ran {program}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    // SAFETY: a signal to the operator this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(libc::pid_t::try_from(pid).unwrap(), libc::SIGSTOP) }, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(is_alive(child), "{program} still runs when the operator is killed");
+    operator.kill().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while is_alive(child) {
+        assert!(std::time::Instant::now() < deadline, "{program} ({child}) outlived the operator by 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    killed_and_replaced(operator, kubeconfig, identity, state_arg, proxy).await
+}
+
+/// Puts 20 MB of rows (more than a pipe holds) into studio-rossi's database,
+/// the primary one the operator `pid` runs at its Local site, once it runs.
+async fn notes_in_the_tenant_database(pid: u32) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !notes_in_a_tenant_database(pid).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no PostgreSQL of the operator ({pid}) serves studio_rossi as a primary"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn notes_in_a_tenant_database(pid: u32) -> bool {
+    let servers = fenice::testkit::process::children_of(pid).into_iter().filter_map(|child| {
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        (args.first()?.ends_with("/postgres")).then_some(())?;
+        args.iter().position(|a| a == "-p").and_then(|i| args.get(i + 1)).cloned()
+    });
+    for port in servers.collect::<Vec<_>>() {
+        let url = format!("postgres://postgres@127.0.0.1:{port}/studio_rossi");
+        let Ok((db, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { continue };
+        tokio::spawn(connection);
+        let primary = db.query_one("SELECT NOT pg_is_in_recovery()", &[]).await.is_ok_and(|r| r.get::<_, bool>(0));
+        if primary {
+            let notes = "CREATE TABLE notes AS SELECT g AS id, repeat(md5(g::text), 6) AS body FROM generate_series(1, 100000) g";
+            db.batch_execute(notes).await.unwrap();
+            return true;
+        }
+    }
+    false
 }
 
 /// SIGKILLs `operator` (the store silent under it), lets the store answer

@@ -358,6 +358,22 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     all_processes().filter(|(_, s)| s.ppid == pid && !matches!(s.state, 'Z' | 'X')).map(|(child, _)| child).collect()
 }
 
+/// The bytes process `pid` has moved so far through `field` of /proc/PID/io
+/// (`rchar` read, `wchar` written), 0 once it is gone.
+pub fn io_bytes(pid: u32, field: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let value = io.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(": "));
+    value.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// A live child of `pid` running `program` (its name in /proc) that has moved
+/// more than `bytes` through `field` of its /proc/PID/io: a tool caught in the
+/// middle of its work, for tests that kill its parent there.
+pub fn child_past(pid: u32, program: &str, field: &str, bytes: u64) -> Option<u32> {
+    let named = |child: &u32| std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c.trim() == program);
+    children_of(pid).into_iter().find(|child| named(child) && io_bytes(*child, field) > bytes)
+}
+
 /// The last lines of a log file, or a note saying why there are none.
 pub fn log_tail(log: &Path) -> String {
     let mut text = Vec::new();
