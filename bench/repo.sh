@@ -67,6 +67,24 @@ else
 fi
 sync
 
+# settle [PATH…]: every measured run starts with the same memory. Each restore
+# leaves 1 GB in the page cache, twice over through the loop device; once it had
+# filled the machine's memory, every page a run wrote had to be taken back from
+# it first, and the same restore spent 4.6-4.9 s in the kernel instead of
+# 1.1-1.6 s, whichever tool it was (2026-12-07, /usr/bin/time): which tool came
+# after how many restores weighed more than the tools. Where root may, the page
+# cache is emptied before each run, then the run's input (absolute PATHs: the
+# data set, a local repository) read back into it, as it was before.
+settle() {
+  sync
+  [ -w /proc/sys/vm/drop_caches ] || return 0
+  echo 1 >/proc/sys/vm/drop_caches
+  local path
+  for path in "$@"; do
+    case $path in /*) find "$path" -type f -exec cat {} + >/dev/null ;; esac
+  done
+}
+
 run_target() {
   local target=$1 fenice_repo=$2 restic_repo=$3 size_cmd=$4
   local data=$WORK/data-$target out=${DISK:-$WORK}/out-$target
@@ -79,6 +97,7 @@ run_target() {
     "$FENICE" repo --repo "$fenice_repo$suffix" init >/dev/null
     restic -r "$restic_repo$suffix" init --repository-version 2 >/dev/null
     for tool in $(in_turn "$i"); do
+      settle "$data"
       case $tool in
         fenice) measure "$target cold backup" fenice "$FENICE" repo --repo "$fenice_repo$suffix" backup "$data" ;;
         restic) measure "$target cold backup" restic restic -r "$restic_repo$suffix" backup "$data" ;;
@@ -86,11 +105,12 @@ run_target() {
     done
   done
   python3 bench/gen_tenant_data.py "$data" --mutate >/dev/null
+  settle "$data" "$fenice_repo"
   measure "$target incremental backup" fenice "$FENICE" repo --repo "$fenice_repo" backup "$data"
+  settle "$data" "$restic_repo"
   measure "$target incremental backup" restic restic -r "$restic_repo" backup "$data"
   for i in $(seq "$RUNS"); do
     for tool in $(in_turn "$i"); do
-      sync
       restore_with "$tool" "$target restore" "$fenice_repo" "$restic_repo" "$out-$tool-$i"
     done
     if [ "$target" = local ] && [ -n "$TMPFS" ]; then
@@ -114,6 +134,7 @@ in_turn() {
 
 # restore_with TOOL LABEL FENICE_REPO RESTIC_REPO TARGET: one measured restore of the latest snapshot.
 restore_with() {
+  case $1 in fenice) settle "$3" ;; restic) settle "$4" ;; esac
   case $1 in
     fenice) measure "$2" fenice "$FENICE" repo --repo "$3" restore latest --target "$5" ;;
     restic) measure "$2" restic restic -r "$4" restore latest --target "$5" ;;
