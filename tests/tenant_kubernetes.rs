@@ -2127,9 +2127,11 @@ async fn the_failback_runbook_serves_the_plans_tenants_at_their_primary_again_li
 /// lost primary could no longer give); the failover's restore step makes its
 /// database there (the warm standby's StatefulSet, restoring the newest base
 /// backup and replaying the archive), waits until it is ready, and promotes
-/// it as for a Warm tenant, in the second wave after the Gold one.
+/// it as for a Warm tenant, in the second wave after the Gold one. Then its
+/// primary runs a warm standby, which a failback promotes; the stack that
+/// served at the target goes, its Secrets stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cold_tenant_fails_over_through_a_database_made_at_the_target_from_its_repositories() {
+async fn a_cold_tenant_fails_over_through_a_database_made_at_the_target_from_its_repositories_and_back() {
     use fenice::api::failover::Failover;
     use k8s_openapi::api::apps::v1::Deployment;
     let two = TwoSites::start(json!({"spec": {"mode": "Manual"}}), None).await;
@@ -2179,8 +2181,53 @@ async fn a_cold_tenant_fails_over_through_a_database_made_at_the_target_from_its
     )
     .await;
     assert_eq!(moved.epoch, Some(2), "{moved:?}");
+
+    // Moved, its primary runs a warm standby as a Warm tenant's does: the
+    // diverged database set aside, no app.
     let primary_apps: Api<Deployment> = Api::namespaced(two.site_client.clone(), NAMESPACE);
-    let replicas = primary_apps.get("comune-di-tivoli-app").await.unwrap().spec.unwrap().replicas;
-    assert_eq!(replicas, Some(0), "a Cold tenant's primary keeps its stack fenced");
+    vanished(&primary_apps, "comune-di-tivoli-app", "the moved Cold tenant's app at its primary").await;
+    let primary_sets: Api<StatefulSet> = Api::namespaced(two.site_client.clone(), NAMESPACE);
+    let init = |set: StatefulSet| set.spec.unwrap().template.spec.unwrap().init_containers;
+    let standby = init(primary_sets.get("comune-di-tivoli-db").await.unwrap());
+    assert!(standby.is_some_and(|i| i[0].args.as_ref().unwrap().iter().any(|a| a == "--set-aside-diverged")));
+    two.standby_replays_at(&two.site_client).await;
+    primary_sets
+        .patch_status("comune-di-tivoli-db", &PatchParams::default(), &Patch::Merge(&ready_status()))
+        .await
+        .unwrap();
+    let replaying = |s: &InvoicingTenantStatus| {
+        s.standby_site.as_deref() == Some("westpole-rome")
+            && s.conditions.iter().any(|c| c.type_ == "Standby" && c.reason == "StandbyReplaying")
+    };
+    status_when(&two.tenants, "comune-di-tivoli", |t| t.status, replaying).await;
+
+    // The failback promotes it there; the stack that served at the target
+    // goes, its two Secrets stay for the next failover.
+    let failback: Failover = serde_json::from_value(json!({
+        "apiVersion": "fenice.io/v1alpha1", "kind": "Failover", "metadata": {"name": "rome-back"},
+        "spec": {"plan": "westpole-to-azure", "mode": "Failback"},
+    }))
+    .unwrap();
+    Api::<Failover>::all(two.client.clone()).create(&PostParams::default(), &failback).await.unwrap();
+    let primary = (&two.site_client, "westpole-rome");
+    let lag = jiff::SignedDuration::from_secs(1);
+    let cold = two.kubelet_moves(primary, "comune-di-tivoli", "rome-back", 3, lag);
+    let (done, ()) = tokio::join!(two.kubelet_runs_at(primary, "rome-back", 3, lag), cold);
+    assert_eq!((done.epoch, done.tenants_done, done.tenants_total), (Some(3), 2, 2), "{done:?}");
+    let home =
+        |s: &InvoicingTenantStatus| s.active_site.as_deref() == Some("westpole-rome") && s.standby_site.is_none();
+    let back = status_when(&two.tenants, "comune-di-tivoli", |t| t.status, home).await;
+    assert_eq!(back.epoch, Some(3), "{back:?}");
+    let serving = init(primary_sets.get("comune-di-tivoli-db").await.unwrap());
+    assert!(serving.is_none(), "the primary's database serves: {serving:?}");
+    let standby_apps: Api<Deployment> = Api::namespaced(two.standby_client.clone(), NAMESPACE);
+    vanished(&standby_apps, "comune-di-tivoli-app", "the app that served at the target").await;
+    vanished(&standby_sets, "comune-di-tivoli-db", "the database that served at the target").await;
+    for kept in ["comune-di-tivoli-db", "comune-di-tivoli-repositories"] {
+        assert!(
+            secrets(&two.standby_client).get_opt(kept).await.unwrap().is_some(),
+            "Secret {kept} stays at the target"
+        );
+    }
     two.stop().await;
 }

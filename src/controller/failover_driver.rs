@@ -10,8 +10,9 @@
 //! aside), which the failback promotes.
 //!
 //! A Cold tenant gets its standby made at the target by the restore step (the
-//! newest base backup, then the archive), then promoted like a warm one. Not
-//! built: a Cold tenant's failback.
+//! newest base backup, then the archive), then promoted like a warm one; once
+//! moved, its primary runs a warm standby like a Warm tenant's, which a
+//! failback promotes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -290,7 +291,8 @@ impl SiteDriver for KubeFailover {
         } else {
             return Err(fatal(format!(
                 "tenant {}/{} has no warm standby at {} (status.standbySite {standby:?}): a failover at Kubernetes \
-                 sites promotes one (a Cold tenant gets one made from its repositories, but not in a failback)",
+                 sites promotes one (a Cold tenant gets one made from its repositories; a failback promotes the one \
+                 its primary runs once it moved)",
                 tenant.namespace, tenant.name, ctx.target
             )));
         }

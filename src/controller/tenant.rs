@@ -393,11 +393,8 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
                 super::add_finalizer(&api, tenant, SITE_FINALIZER).await.map_err(fail("adding its finalizer"))?;
             }
             let fenced = fenced_by(plan, &serving);
+            // NB: a moved tenant's primary runs its warm standby (below).
             let stack = super::tenant_site::deploy(ctx, tenant, site, fenced.is_some()).await;
-            // NB: a Warm tenant's primary runs its standby instead (below).
-            if serving != tenant.spec.primary_site && tenant.spec.standby != StandbyMode::Warm {
-                fence_primary(ctx, tenant).await;
-            }
             match (stack, fenced) {
                 (Stack::Running { site, .. } | Stack::Starting { site, .. }, Some(why)) => Stack::Fenced { site, why },
                 (stack, _) => stack,
@@ -428,20 +425,6 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         (Placement::Kubernetes { .. }, _) => Action::requeue(super::RETRY),
         _ => Action::await_change(),
     })
-}
-
-/// Keeps the stack at the primary site of a Cold tenant a failover moved
-/// fenced: its database stays, its app stopped. A primary that cannot be
-/// reached is fenced when it answers again. (A Warm tenant's primary runs its
-/// warm standby instead: [`super::tenant_site::standby`].)
-async fn fence_primary(ctx: &Context, tenant: &InvoicingTenant) {
-    let primary = &tenant.spec.primary_site;
-    match ctx.cache.sites.get(primary).await {
-        Some(site) if placement(primary, Some(&site)) == (Placement::Kubernetes { site: primary.clone() }) => {
-            super::tenant_site::deploy(ctx, tenant, &site, true).await;
-        }
-        _ => {}
-    }
 }
 
 /// Removes the tenant's warm standby, if one was applied, and a Cold

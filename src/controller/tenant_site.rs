@@ -88,13 +88,16 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) ->
     let sites = super::tenant::standby_sites(tenant, plans.iter().map(|p| &**p));
     let serving_name = serving.name_any();
     let moved = serving_name != tenant.spec.primary_site;
+    // NB: a moved tenant's primary runs its warm standby, Cold or Warm: the
+    // standby sets the diverged database aside and follows the new timeline,
+    // which a failback promotes.
     let wanted = match tenant.spec.standby {
-        StandbyMode::Warm if moved => Some(tenant.spec.primary_site.clone()),
+        _ if moved => Some(tenant.spec.primary_site.clone()),
         StandbyMode::Warm => sites.first().cloned(),
         StandbyMode::Cold => None,
     };
     // NB: a failover or failback turns the standby's site into the serving one.
-    if let Some(old) = was.filter(|old| Some(old) != wanted.as_ref() && *old != serving_name) {
+    if let Some(old) = was.clone().filter(|old| Some(old) != wanted.as_ref() && *old != serving_name) {
         let removed = match ctx.cache.sites.get(&old).await {
             Some(site) => remove(ctx, tenant, &site).await,
             None => Err(format!("Site {old} does not exist any more")),
@@ -105,12 +108,14 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) ->
         }
     }
     let Some(site_name) = wanted else {
+        // A Cold tenant a failback brought home had its standby here, and
+        // the stack that served meanwhile is still at the target.
+        let back = was.is_some_and(|was| was == serving_name);
         return match tenant.spec.standby {
-            StandbyMode::Cold if !moved => match sites.first() {
-                Some(target) => cold_secrets_at(ctx, tenant, serving, target).await,
+            StandbyMode::Cold => match sites.first() {
+                Some(target) => cold_secrets_at(ctx, tenant, serving, target, back).await,
                 None => Standby::Cold,
             },
-            StandbyMode::Cold => Standby::Cold,
             StandbyMode::Warm => Standby::NoPlan,
         };
     };
@@ -148,26 +153,48 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) ->
 /// Keeps a Cold tenant's Secrets at its plan's target site `target`: a
 /// failover makes its database there from the repositories ([`standby_objects`]),
 /// and the restored data carries the primary's password, which a lost primary
-/// can no longer give. Nothing else of the tenant runs there.
-async fn cold_secrets_at(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, target: &str) -> Standby {
-    let failed = |message: String| Standby::Failed { site: None, message };
+/// can no longer give. Nothing else of the tenant runs there: `back` (a
+/// failback brought it home) removes the rest of the stack that served there.
+async fn cold_secrets_at(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, target: &str, back: bool) -> Standby {
+    // NB: while the stack at the target is not removed, the standby's site stays
+    // recorded at the primary, so that the next reconcile tries again.
+    let site = back.then(|| primary.name_any());
+    let failed = |message: String| Standby::Failed { site: site.clone(), message };
     let Some(site) = ctx.cache.sites.get(target).await else {
         return failed(format!("Site {target}, the FailoverPlan's target, does not exist"));
     };
     if super::tenant::placement(target, Some(&site)) != (super::tenant::Placement::Kubernetes { site: target.into() }) {
         return Standby::Cold;
     }
-    match try_cold_secrets(ctx, tenant, primary, &site).await {
+    match try_cold_secrets(ctx, tenant, primary, &site, back).await {
         Ok(()) => Standby::Cold,
         Err(why) => failed(format!("keeping the tenant's Secrets at Kubernetes site {target} for a failover: {why}")),
     }
 }
 
-async fn try_cold_secrets(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, site: &Site) -> Result<(), String> {
+async fn try_cold_secrets(
+    ctx: &Context,
+    tenant: &InvoicingTenant,
+    primary: &Site,
+    site: &Site,
+    back: bool,
+) -> Result<(), String> {
     let namespace = tenant.namespace().unwrap_or_default();
     let env = repositories_env(ctx, tenant).await?;
     let repositories = kubernetes::repositories_secret(tenant, &env).map_err(|e| e.to_string())?;
     let target = ctx.site_clients.cluster(&ctx.client, &ctx.namespace, site).await.map_err(|e| error_chain(&e))?;
+    if back {
+        // NB: only then: a failover's restore step applies the database here
+        // under the same field manager, and this must not delete it.
+        let applied = cluster::apply(&target, &namespace, &tenant.name_any(), vec![repositories], vec![])
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if applied.changed() {
+            let note = format!("Kubernetes site {}: {} (its Secrets are kept)", site.name_any(), summary(&applied));
+            super::publish(ctx, tenant, EventType::Normal, "StackRemoved", "Apply", note).await;
+        }
+        return Ok(());
+    }
     if let Some(secret) = database_secret_unless_kept(ctx, tenant, primary, site, &target).await? {
         cluster::create_secret(&target, &namespace, cluster::FIELD_MANAGER, &secret)
             .await
