@@ -325,8 +325,80 @@ async fn the_wave_state_machine_moves_every_tenant_and_persists_its_state() {
     let lost = primary_lost(&["acme", "globex"]).await;
     let witness_dir = tempfile::tempdir().unwrap();
     let witness: Arc<dyn ObjectStore> = Arc::new(FsStore::open(witness_dir.path()).unwrap());
-    let clock = SystemClock::new();
-    let tenants: Vec<WaveTenant> = ["acme", "globex"]
+    let state = failed_over(&lost, &["acme", "globex"], &SystemClock::new(), witness.clone(), |_| {}).await;
+    assert_eq!(state.counts(), (2, 0, 2));
+    let (rto, rpo) = state.worst();
+    assert!(rto.is_some() && rpo.is_some(), "RTO and RPO measured per tenant");
+    // What the witness store holds is the finished state.
+    let (persisted, _) = StateFile::load(witness, "westpole-to-azure", "westpole-lost").await.unwrap().unwrap();
+    assert_eq!(persisted.phase, Phase::Succeeded);
+    for tenant in ["acme", "globex"] {
+        continues_at_the_standby(&lost, tenant).await;
+    }
+}
+
+/// The wall clock set back three hours while a tenant waits to retry its
+/// restore (the repository silent at first): the retry, persisted in wall
+/// time, is made after its back-off, not once the clock has caught up, and
+/// the tenant comes back with every invoice once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_set_back_while_a_tenant_waits_to_retry_holds_the_failover_up_no_longer() {
+    let lost = primary_lost_with(&["acme"], false, true).await;
+    let proxy = lost.proxy.as_ref().unwrap();
+    proxy.silence(true);
+    let clock = SteppedClock::default();
+    let set_back = std::sync::atomic::AtomicBool::new(false);
+    let witness_dir = tempfile::tempdir().unwrap();
+    let witness: Arc<dyn ObjectStore> = Arc::new(FsStore::open(witness_dir.path()).unwrap());
+    let state = failed_over(&lost, &["acme"], &clock, witness, |state| {
+        let waits = state.tenants().any(|(_, t)| t.retry_at.is_some());
+        if waits && !set_back.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            clock.set_back(Duration::from_secs(3 * 3600));
+            proxy.silence(false);
+        }
+    })
+    .await;
+    assert!(set_back.into_inner(), "the restore failed once, and waited to be retried");
+    let (_, acme) = state.tenants().next().unwrap();
+    assert!(acme.snapshot_id.is_some(), "{acme:?}");
+    continues_at_the_standby(&lost, "acme").await;
+}
+
+/// The real clocks, the wall clock set back on demand (as by a person or NTP).
+#[derive(Debug, Default)]
+struct SteppedClock {
+    real: SystemClock,
+    back: std::sync::atomic::AtomicU64,
+}
+
+impl SteppedClock {
+    fn set_back(&self, by: Duration) {
+        self.back.store(by.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clock for SteppedClock {
+    fn now(&self) -> fenice::failover::clock::MonoTime {
+        self.real.now()
+    }
+
+    fn wall(&self) -> fenice::failover::clock::WallTime {
+        let back = self.back.load(std::sync::atomic::Ordering::Relaxed);
+        fenice::failover::clock::WallTime::from_unix_millis(self.real.wall().unix_millis() - back)
+    }
+}
+
+/// The automatic failover of `tenants` after westpole's loss, its state
+/// persisted in `witness`, run on `clock` until it ends (within 5 minutes),
+/// `waiting` told each time it waits; it must succeed. The final state.
+async fn failed_over(
+    lost: &Lost,
+    tenants: &[&str],
+    clock: &dyn Clock,
+    witness: Arc<dyn ObjectStore>,
+    mut waiting: impl FnMut(&FailoverState),
+) -> FailoverState {
+    let tenants: Vec<WaveTenant> = tenants
         .iter()
         .map(|name| WaveTenant {
             tenant: TenantRef { namespace: "tenants".into(), name: name.to_string() },
@@ -350,7 +422,7 @@ async fn the_wave_state_machine_moves_every_tenant_and_persists_its_state() {
         epoch: Some(2),
     };
     let mut state = FailoverState::new(new, waves, RetryRule::default());
-    let mut file = StateFile::create(witness.clone(), &state).await.unwrap();
+    let mut file = StateFile::create(witness, &state).await.unwrap();
     // The standby holds the lease under epoch 2: the automatic failover's takeover.
     let observe = || Observation {
         lease_holder: Some("azure".into()),
@@ -360,24 +432,17 @@ async fn the_wave_state_machine_moves_every_tenant_and_persists_its_state() {
     };
     let deadline = Instant::now() + Duration::from_secs(300);
     let phase = loop {
-        match run(&mut state, &lost.driver, &mut file, &clock, &observe).await.unwrap() {
+        match run(&mut state, &lost.driver, &mut file, clock, &observe).await.unwrap() {
             Progress::Finished(phase) => break phase,
             Progress::Waiting(_) => {
                 assert!(Instant::now() < deadline, "the failover never finished: {state:?}");
+                waiting(&state);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     };
     assert_eq!(phase, Phase::Succeeded, "{state:?}");
-    assert_eq!(state.counts(), (2, 0, 2));
-    let (rto, rpo) = state.worst();
-    assert!(rto.is_some() && rpo.is_some(), "RTO and RPO measured per tenant");
-    // What the witness store holds is the finished state.
-    let (persisted, _) = StateFile::load(witness, "westpole-to-azure", "westpole-lost").await.unwrap().unwrap();
-    assert_eq!(persisted.phase, Phase::Succeeded);
-    for tenant in ["acme", "globex"] {
-        continues_at_the_standby(&lost, tenant).await;
-    }
+    state
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
