@@ -70,9 +70,9 @@ sync
 # settle [PATH…]: every measured run starts with the same memory. Each restore
 # leaves 1 GB in the page cache, twice over through the loop device; once it had
 # filled the machine's memory, every page a run wrote had to be taken back from
-# it first, and the same restore spent 4.6-4.9 s in the kernel instead of
-# 1.1-1.6 s, whichever tool it was (2026-12-07, /usr/bin/time): which tool came
-# after how many restores weighed more than the tools. Where root may, the page
+# it first: fenice's restore from the S3 server spent 3.6-5.1 s in the kernel
+# instead of 1.1-1.7 s, restic's alike (2026-12-07, /usr/bin/time), and which
+# tool came after how many restores weighed more than the tools. Where root may, the page
 # cache is emptied before each run, then the run's input (absolute PATHs: the
 # data set, a local repository) read back into it, as it was before.
 settle() {

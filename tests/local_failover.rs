@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fenice::api::common::TenantRef;
@@ -347,12 +348,12 @@ async fn a_wall_clock_set_back_while_a_tenant_waits_to_retry_holds_the_failover_
     let proxy = lost.proxy.as_ref().unwrap();
     proxy.silence(true);
     let clock = SteppedClock::default();
-    let set_back = std::sync::atomic::AtomicBool::new(false);
+    let set_back = AtomicBool::new(false);
     let witness_dir = tempfile::tempdir().unwrap();
     let witness: Arc<dyn ObjectStore> = Arc::new(FsStore::open(witness_dir.path()).unwrap());
     let state = failed_over(&lost, &["acme"], &clock, witness, |state| {
         let waits = state.tenants().any(|(_, t)| t.retry_at.is_some());
-        if waits && !set_back.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if waits && !set_back.swap(true, Ordering::Relaxed) {
             clock.set_back(Duration::from_secs(3 * 3600));
             proxy.silence(false);
         }
@@ -368,12 +369,12 @@ async fn a_wall_clock_set_back_while_a_tenant_waits_to_retry_holds_the_failover_
 #[derive(Debug, Default)]
 struct SteppedClock {
     real: SystemClock,
-    back: std::sync::atomic::AtomicU64,
+    back: AtomicU64,
 }
 
 impl SteppedClock {
     fn set_back(&self, by: Duration) {
-        self.back.store(by.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.back.store(by.as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -383,7 +384,7 @@ impl Clock for SteppedClock {
     }
 
     fn wall(&self) -> fenice::failover::clock::WallTime {
-        let back = self.back.load(std::sync::atomic::Ordering::Relaxed);
+        let back = self.back.load(Ordering::Relaxed);
         fenice::failover::clock::WallTime::from_unix_millis(self.real.wall().unix_millis() - back)
     }
 }

@@ -1408,7 +1408,6 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
         restore["spec"].as_object_mut().unwrap().remove("pointInTime");
         serde_json::from_value(restore).unwrap()
     };
-    let restore_phase = |r: Option<&Restore>| r.and_then(|r| r.status.as_ref()).map(|s| s.phase);
     proxy.silence(true);
     restores.create(&PostParams::default(), &restore("rossi-restore-cut-short")).await.unwrap();
     let restoring = |r: Option<&Restore>| restore_phase(r) == Some(RestorePhase::Restoring);
@@ -1502,14 +1501,17 @@ async fn interrupted_then_restored_anew(
     assert_eq!((status.phase, status.verified), (RestorePhase::Succeeded, Some(true)), "{status:#?}");
 }
 
+fn restore_phase(restore: Option<&fenice::api::restore::Restore>) -> Option<fenice::api::restore::RestorePhase> {
+    restore.and_then(|r| r.status.as_ref()).map(|s| s.phase)
+}
+
 /// The status of Restore `name` once it Succeeded or Failed.
 async fn restore_ended(
     restores: &Api<fenice::api::restore::Restore>,
     name: &str,
 ) -> fenice::api::restore::RestoreStatus {
     use fenice::api::restore::{Restore, RestorePhase};
-    let phase = |r: Option<&Restore>| r.and_then(|r| r.status.as_ref()).map(|s| s.phase);
-    let ended = |r: Option<&Restore>| matches!(phase(r), Some(RestorePhase::Succeeded | RestorePhase::Failed));
+    let ended = |r: Option<&Restore>| matches!(restore_phase(r), Some(RestorePhase::Succeeded | RestorePhase::Failed));
     timeout(DEADLINE, await_condition(restores.clone(), name, ended)).await.unwrap().unwrap();
     restores.get(name).await.unwrap().status.unwrap()
 }

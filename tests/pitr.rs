@@ -92,15 +92,15 @@ impl Site {
         let pgdata = self.path(&format!("pgdata-{name}"));
         let documents = self.path(&format!("documents-{name}"));
         let (pgdata_arg, documents_arg) = (pgdata.to_str().unwrap(), documents.to_str().unwrap());
-        let mut args = vec!["agent", "restore", "--pgdata", pgdata_arg];
+        let mut args = vec!["agent", "restore", "--json", "--pgdata", pgdata_arg];
         if let Some(target) = target {
             args.extend(["--target-time", target]);
         }
-        let prepared = self.ok(&args);
+        let prepared: serde_json::Value = serde_json::from_str(&self.ok(&args)).unwrap();
         // NB: verified against the base it started from, which a later backup
         // may not be when it stops at a target time.
-        let base = prepared.split("from base backup ").nth(1).and_then(|rest| rest.split_whitespace().next());
-        let base = base.unwrap_or_else(|| panic!("agent restore names no base backup: {prepared}"));
+        let base =
+            prepared["snapshot"].as_str().unwrap_or_else(|| panic!("agent restore names no base backup: {prepared}"));
         let server = self.recovering_server(&pgdata);
         let url = server.url("acme");
         let verify = ["agent", "verify", "--db", &url, "--documents", documents_arg, "--snapshot", base, "--json"];

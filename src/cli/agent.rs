@@ -367,12 +367,13 @@ async fn run_restore(args: RestoreArgs, out: &mut impl Write) -> anyhow::Result<
             writeln!(
                 out,
                 "tenant {} prepared in {} from base backup {} ({}); start PostgreSQL on it to replay WAL to {}, \
-                 then run `fenice agent verify`",
+                 then run `fenice agent verify --snapshot {}`",
                 request.tenant,
                 request.pgdata.display(),
                 prepared.snapshot.short(),
                 prepared.time,
                 target,
+                prepared.snapshot.short(),
             )?;
         }
         return Ok(ExitCode::SUCCESS);

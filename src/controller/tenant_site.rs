@@ -158,8 +158,8 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) ->
 async fn cold_secrets_at(ctx: &Context, tenant: &InvoicingTenant, primary: &Site, target: &str, back: bool) -> Standby {
     // NB: while the stack at the target is not removed, the standby's site stays
     // recorded at the primary, so that the next reconcile tries again.
-    let site = back.then(|| primary.name_any());
-    let failed = |message: String| Standby::Failed { site: site.clone(), message };
+    let recorded = back.then(|| primary.name_any());
+    let failed = |message: String| Standby::Failed { site: recorded.clone(), message };
     let Some(site) = ctx.cache.sites.get(target).await else {
         return failed(format!("Site {target}, the FailoverPlan's target, does not exist"));
     };

@@ -196,15 +196,16 @@ impl Default for RetryRule {
     }
 }
 
-impl RetryRule {
-    /// Whether a retry due at `at` lies further from `now` than any back-off:
-    /// the wall clock was set back since it was scheduled (persisted in wall
-    /// time, it outlives a restart), and waiting for the clock to catch up
-    /// would stall the tenant for as long as the clock jumped.
-    fn set_back(&self, now: WallTime, at: WallTime) -> bool {
-        at.saturating_since(now) > Duration::from_millis(self.max_millis)
-    }
+/// Whether a wait until `until`, at most `longest` long when it was set, is
+/// still on at `now`. Waits are persisted in wall time (they outlive a
+/// restart); one further away than it could ever have been set means the wall
+/// clock was set back since, and it is over: waiting for the clock to catch up
+/// would stall the failover for as long as the clock jumped.
+fn still_waiting(now: WallTime, until: WallTime, longest: Duration) -> bool {
+    now < until && until.saturating_since(now) <= longest
+}
 
+impl RetryRule {
     fn backoff(&self, attempts: u32) -> Duration {
         let factor = 1u64 << attempts.saturating_sub(1).min(20);
         Duration::from_millis(self.base_millis.saturating_mul(factor).min(self.max_millis))
@@ -656,9 +657,7 @@ fn decide_fencing(state: &FailoverState, seen: &Observation, now: WallTime) -> V
     }
     let mut out = Vec::new();
     let refence = Duration::from_millis(state.retry.refence_millis);
-    // NB: `now < at` is this site's wall clock set back since it asked: asking
-    // again is harmless, waiting for the clock to catch up is not.
-    let due = f.asked_at.is_none_or(|at| now >= at + refence || now < at);
+    let due = f.asked_at.is_none_or(|at| !still_waiting(now, at + refence, refence));
     if f.in_flight || f.source.is_none() || (due && !held) {
         out.push(Action::Call(Call::FenceSource));
     }
@@ -670,6 +669,7 @@ fn decide_fencing(state: &FailoverState, seen: &Observation, now: WallTime) -> V
 }
 
 fn decide_running(state: &FailoverState, seen: &Observation, now: WallTime) -> Vec<Action> {
+    let longest_backoff = Duration::from_millis(state.retry.max_millis);
     let epoch = state.epoch.unwrap_or(0);
     let holder = seen.lease_holder.as_deref().unwrap_or_default();
     if seen.lease_epoch > epoch && holder != state.target {
@@ -711,7 +711,7 @@ fn decide_running(state: &FailoverState, seen: &Observation, now: WallTime) -> V
                     out.push(if may_act { call } else { Action::Wait(Wait::Fenced) });
                 } else if seen.abort && step.is_before_switch() {
                     out.push(Action::Update(Update::RollBack { wave: index, tenant: i }));
-                } else if let Some(until) = t.retry_at.filter(|at| now < *at && !state.retry.set_back(now, *at)) {
+                } else if let Some(until) = t.retry_at.filter(|at| still_waiting(now, *at, longest_backoff)) {
                     out.push(Action::Wait(Wait::Retry { until }));
                 } else {
                     out.push(if may_act { call } else { Action::Wait(Wait::Fenced) });

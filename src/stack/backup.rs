@@ -49,14 +49,8 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
     let mut client = request.db.connect().await?;
     let query = |what: &'static str| move |source| Error::Query { what, source };
     let tx = pg::consistent_view(&mut client, "starting the backup transaction").await?;
-    let row = tx
-        .query_one(
-            "SELECT pg_export_snapshot(), to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-            &[],
-        )
-        .await
-        .map_err(query("exporting a snapshot"))?;
-    let (snapshot, database_time): (String, String) = (row.get(0), row.get(1));
+    let row = tx.query_one("SELECT pg_export_snapshot(), now()", &[]).await.map_err(query("exporting a snapshot"))?;
+    let (snapshot, database_time): (String, jiff::Timestamp) = (row.get(0), row.get(1));
     let (conninfo, password) = request.db.libpq_args();
     let mut command = Command::new(&pg_dump);
     command
@@ -91,7 +85,7 @@ pub async fn backup(repos: Vec<Arc<Repository>>, request: &TenantBackup, progres
         tags: std::iter::once(TAG.to_owned()).chain(request.tags.iter().cloned()).collect(),
         annotations: [
             ("database".to_string(), serde_json::Value::String(request.db.database().to_string())),
-            (DATABASE_TIME.to_string(), serde_json::Value::String(database_time)),
+            (DATABASE_TIME.to_string(), serde_json::Value::String(database_time.to_string())),
         ]
         .into(),
     };
