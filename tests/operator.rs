@@ -35,7 +35,7 @@ mod faketime;
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 10;
+const TESTS_WITH_OPERATOR: usize = 11;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -542,6 +542,91 @@ async fn the_operators_of_two_sites_lead_side_by_side_one_replica_each() {
     assert_eq!(lease_holder(&client, "fenice-operator-leader-westpole-rome").await.as_deref(), Some("rome-1"));
     assert_eq!(lease_holder(&client, "fenice-operator-leader-azure-italynorth").await.as_deref(), Some("azure-1"));
     for operator in [rome, azure, rome_again] {
+        stopped(operator).await;
+    }
+    within_rbac(&api);
+}
+
+/// The operators of two Local sites watching one cluster: each runs its own
+/// site's stacks and work only. The tenants at the primary run in its
+/// operator's processes alone, and their scheduled Backups are run and
+/// recorded by it; the standby's operator neither starts a second stack of
+/// them nor takes a Backup running in the other process for interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_of_two_local_sites_each_run_only_their_own_site_s_stacks_and_backups() {
+    use fenice::api::backup::BackupPhase;
+    use futures::StreamExt;
+
+    let LocalCluster { api, dir, client, state, s3: _s3, proxy: _proxy, repos: _repos } = local_cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    let standard = example("policy.yaml", "standard", json!({"spec": {"schedule": due_once()}}));
+    policies.create(&PostParams::default(), &serde_json::from_value(standard).unwrap()).await.unwrap();
+    let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
+    let status = json!({"status": {"lastScheduleTime": last.to_string()}});
+    policies.patch_status("standard", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
+    for document in examples("tenants.yaml") {
+        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+    // Every reason a Backup's Ready condition ever gives, as the watch sees it.
+    let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watching = tokio::spawn({
+        let (backups, seen) = (backups.clone(), seen.clone());
+        async move {
+            use kube::runtime::WatchStreamExt;
+            let mut stream = kube::runtime::watcher(backups, Default::default()).applied_objects().boxed();
+            while let Some(Ok(backup)) = stream.next().await {
+                let reasons = backup.status.iter().flat_map(|s| s.conditions.iter());
+                seen.lock().unwrap().extend(reasons.map(|c| format!("{}: {}", c.reason, c.message)));
+            }
+        }
+    });
+
+    fn at<'a>(site: &'a str, dir: &'a std::path::Path) -> [&'a std::ffi::OsStr; 4] {
+        let arg = std::ffi::OsStr::new;
+        [arg("--site"), arg(site), arg("--state-dir"), dir.as_os_str()]
+    }
+    let standby_state = tempfile::tempdir().unwrap();
+    let (primary_state, standby_dir) = (state.path(), standby_state.path());
+    let (primary, primary_url, _) = operator_with(&kubeconfig, "westpole-1", &at("westpole-rome", primary_state)).await;
+    let (standby, standby_url, _) = operator_with(&kubeconfig, "azure-1", &at("azure-italynorth", standby_dir)).await;
+    wait_ready(&primary_url, true).await;
+    wait_ready(&standby_url, true).await;
+
+    let ready = |t: &InvoicingTenant| {
+        t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    wait_list(&tenants, "three tenants Ready", |all| all.len() == 3 && all.iter().all(ready)).await;
+    let finished = |b: &Backup| matches!(phase(b), Some(p) if p != BackupPhase::Pending && p != BackupPhase::Running);
+    let all = wait_list(&backups, "three Backups finished", |all| all.len() == 3 && all.iter().all(finished)).await;
+    for backup in &all {
+        let status = backup.status.as_ref().unwrap();
+        assert_eq!(
+            (status.phase, status.copies_summary.as_deref()),
+            (BackupPhase::Succeeded, Some("2/2")),
+            "{status:#?}"
+        );
+    }
+    // The standby's operator had the time of a lease and more to take them.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    watching.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|r| r.starts_with("Succeeded")), "the watch saw the Backups end: {seen:?}");
+    assert!(!seen.iter().any(|r| r.starts_with("Interrupted")), "no Backup taken for interrupted: {seen:?}");
+    // Each tenant's PostgreSQL and app run under the primary's operator only.
+    let sites_under = |dir: &std::path::Path| -> Vec<String> {
+        let operators = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).map(|e| e.path());
+        let sites = operators.filter(|p| p.is_dir()).flat_map(|p| std::fs::read_dir(p).into_iter().flatten());
+        let mut names: Vec<String> =
+            sites.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into()).collect();
+        names.sort();
+        names
+    };
+    assert!(sites_under(primary_state).contains(&"westpole-rome".to_owned()), "{:?}", sites_under(primary_state));
+    assert!(!sites_under(standby_dir).contains(&"westpole-rome".to_owned()), "{:?}", sites_under(standby_dir));
+    for operator in [primary, standby] {
         stopped(operator).await;
     }
     within_rbac(&api);

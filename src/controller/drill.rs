@@ -187,8 +187,19 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
         let api = api.clone();
         async move { super::apply_status(&api, drill, &status).await.map_err(super::about(drill, "writing its status")) }
     };
+    // NB: copies at a Local site run in that site's operator, which alone can stop them or tell them interrupted.
+    let elsewhere = || async {
+        let plan = ctx.cache.plans.get(&drill.spec.plan).await;
+        match plan {
+            Some(plan) => ctx.local_elsewhere(&plan.spec.target_site).await,
+            None => false,
+        }
+    };
     if drill.metadata.deletion_timestamp.is_some() {
         if drill.finalizers().iter().any(|f| f == FINALIZER) {
+            if elsewhere().await {
+                return Ok(Action::await_change());
+            }
             stop_copies(ctx, drill).await?;
             super::remove_finalizer(&api, drill, FINALIZER)
                 .await
@@ -201,6 +212,9 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
         DrillPhase::Passed | DrillPhase::Failed => {
             let status = drill.status.clone().unwrap_or_default();
             let Some(until) = status.kept_until.as_ref().map(|t| t.0) else { return Ok(Action::await_change()) };
+            if elsewhere().await {
+                return Ok(Action::await_change());
+            }
             let left = until.duration_since(Timestamp::now());
             if left.is_positive() {
                 return Ok(Action::requeue(left.unsigned_abs().max(Duration::from_secs(1))));
@@ -213,7 +227,9 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
                 .map_err(super::about(drill, "removing its finalizer"))?;
             return Ok(Action::await_change());
         }
+        DrillPhase::Pending if elsewhere().await => return Ok(Action::requeue(super::ELSEWHERE)),
         DrillPhase::Pending => {}
+        _ if elsewhere().await => return Ok(Action::requeue(super::ELSEWHERE)),
         _ => {
             if !super::still_current(&api, drill).await.map_err(super::about(drill, "reading it again"))? {
                 return Ok(Action::requeue(super::OUTDATED));

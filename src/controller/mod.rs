@@ -208,7 +208,36 @@ impl Context {
             })),
         }
     }
+
+    /// Whether the Local site `site` is another operator's: the operator of
+    /// one site (`--site`) runs the processes of its own Local site only, so
+    /// that the operators of two sites watching one cluster never both start a
+    /// tenant's stack, nor take the work the other runs for interrupted (it is
+    /// in the other's process); an operator of no site runs every Local site.
+    pub async fn local_elsewhere(&self, site: &str) -> bool {
+        if self.site.as_deref().is_none_or(|own| own == site) {
+            return false;
+        }
+        let found = self.cache.sites.get(site).await;
+        matches!(tenant::placement(site, found.as_deref()), tenant::Placement::Local { .. })
+    }
+
+    /// [`local_elsewhere`](Self::local_elsewhere) for `at`, else for the site
+    /// the tenant `namespace/name` is active at (its primary until a failover
+    /// moved it); false for a tenant not found, whose work fails here with a reason.
+    pub async fn tenant_elsewhere(&self, namespace: &str, name: &str, at: Option<&str>) -> bool {
+        if let Some(site) = at {
+            return self.local_elsewhere(site).await;
+        }
+        let Some(tenant) = self.cache.tenants.get_in(namespace, name).await else { return false };
+        let active = tenant.status.as_ref().and_then(|s| s.active_site.clone());
+        self.local_elsewhere(&active.unwrap_or_else(|| tenant.spec.primary_site.clone())).await
+    }
 }
+
+/// How soon work left to another site's operator is looked at again (the
+/// tenant may have moved here meanwhile).
+pub const ELSEWHERE: Duration = Duration::from_secs(60);
 
 /// Runs one reconcile of `controller`, counting it and timing it in the metrics.
 pub async fn measured<T, E>(

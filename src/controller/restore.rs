@@ -84,8 +84,13 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
     let namespace = restore.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &namespace);
     let fail = |what| super::about(restore, what);
+    // NB: a copy at a Local site runs in that site's operator, which alone can stop it or tell it interrupted.
+    let elsewhere = || ctx.tenant_elsewhere(&namespace, &restore.spec.tenant, restore.spec.target_site.as_deref());
     if restore.metadata.deletion_timestamp.is_some() {
         if restore.finalizers().iter().any(|f| f == FINALIZER) {
+            if elsewhere().await {
+                return Ok(Action::await_change());
+            }
             ctx.local.stop_everywhere(&namespace, &copy_name(restore));
             super::remove_finalizer(&api, restore, FINALIZER).await.map_err(fail("removing its finalizer"))?;
         }
@@ -111,6 +116,9 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
             return restore_job::watch(ctx, restore).await;
         }
         RestorePhase::Restoring | RestorePhase::Verifying => {
+            if elsewhere().await {
+                return Ok(Action::requeue(super::ELSEWHERE));
+            }
             if !super::still_current(&api, restore).await.map_err(fail("reading it again"))? {
                 return Ok(Action::requeue(super::OUTDATED));
             }
@@ -118,6 +126,7 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
             write(with_phase(restore, RestorePhase::Failed, "Interrupted", message.into(), Timestamp::now())).await?;
             return Ok(Action::await_change());
         }
+        RestorePhase::Pending if elsewhere().await => return Ok(Action::requeue(super::ELSEWHERE)),
         RestorePhase::Pending => {}
     }
 

@@ -330,6 +330,10 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         // A tenant a failover moved has a fenced stack left at its primary site too.
         let primary = Some(tenant.spec.primary_site.clone()).filter(|p| *p != site);
         if holds(FINALIZER) {
+            if ctx.local_elsewhere(&site).await {
+                // NB: the stack is in that site's operator: it stops it and removes the finalizer.
+                return Ok(Action::await_change());
+            }
             ctx.local.stop(&site, &namespace, &name);
             super::remove_finalizer(&api, tenant, FINALIZER).await.map_err(fail("removing its finalizer"))?;
             super::publish(ctx, tenant, EventType::Normal, "StackStopped", "Delete", format!("stopped at {site}"))
@@ -379,6 +383,12 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     let site = ctx.cache.sites.get(&serving).await;
     let policy_found = ctx.cache.policies.get(&tenant.spec.backup_policy).await.is_some();
     let placement = placement(&serving, site.as_deref());
+    if let Placement::Local { site } = &placement
+        && ctx.local_elsewhere(site).await
+    {
+        // NB: that site's operator runs the stack and writes the status.
+        return Ok(Action::await_change());
+    }
     let plans = ctx.cache.plans.all().await.unwrap_or_default();
     let plan = plan_of(tenant, plans.iter().map(|p| &**p));
     let stack = match (&placement, &site) {
