@@ -35,7 +35,7 @@ mod faketime;
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 11;
+const TESTS_WITH_OPERATOR: usize = 12;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -629,6 +629,120 @@ async fn the_operators_of_two_local_sites_each_run_only_their_own_site_s_stacks_
     for operator in [primary, standby] {
         stopped(operator).await;
     }
+    within_rbac(&api);
+}
+
+/// At a Local site, the tenants' apps follow their FailoverPlan's witness
+/// lease as the site's lease agent sees it: once another site holds it (a
+/// failover took it), each app is fenced in place, issuing nothing; once the
+/// site holds a lease again, each is activated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_at_a_local_site_are_fenced_while_another_site_holds_the_lease_and_activated_when_it_holds_it() {
+    use fenice::api::plan::FailoverPlan;
+    use fenice::api::site::Site;
+    use fenice::failover::lease::LeaseRecord;
+    use fenice::failover::witness::Witness;
+
+    let LocalCluster { api, dir, client, state, s3: _s3, proxy: _proxy, repos: _repos } = local_cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let witness_dir = dir.path().join("witness");
+    let store = std::sync::Arc::new(fenice::store::fs::FsStore::open(&witness_dir).unwrap());
+    let lease = Witness::new(store, "westpole-to-azure");
+    let filesystem = json!({"type": "Filesystem", "s3": null, "filesystem": {"path": witness_dir.to_str().unwrap()}});
+    let sites: Api<Site> = Api::all(client.clone());
+    let patch = json!({"spec": {"witnessStore": filesystem}});
+    sites.patch("aws-witness", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let plans: Api<FailoverPlan> = Api::all(client.clone());
+    let manual =
+        json!({"spec": {"mode": "Manual", "witness": {"leaseDuration": "3s", "renewInterval": "1s"}, "drills": null}});
+    let plan = example("plan.yaml", "westpole-to-azure", manual);
+    plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
+    for document in examples("tenants.yaml") {
+        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+    let state_arg = [
+        std::ffi::OsStr::new("--site"),
+        std::ffi::OsStr::new("westpole-rome"),
+        std::ffi::OsStr::new("--state-dir"),
+        state.path().as_os_str(),
+    ];
+    let (operator, url, _) = operator_with(&kubeconfig, "westpole-1", &state_arg).await;
+    wait_ready(&url, true).await;
+
+    // The site's agent creates the lease; the tenants serve there, active.
+    let reason = |t: &InvoicingTenant| {
+        let ready = t.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+        ready.map(|c| (c.reason, c.message)).unwrap_or_default()
+    };
+    let running = wait_list(&tenants, "three tenants running", |all| {
+        all.len() == 3 && all.iter().all(|t| reason(t).0 == "StackRunning")
+    })
+    .await;
+    let apps: Vec<String> = running
+        .iter()
+        .map(|t| reason(t).1.rsplit_once("the app serves ").map(|(_, url)| url.to_owned()).unwrap())
+        .collect();
+    let health = |app: String| async move {
+        let answer = reqwest::get(format!("{app}/healthz")).await.unwrap();
+        answer.json::<fenice::app::http::Health>().await.unwrap()
+    };
+    // An invoice as the app takes it.
+    let issue = |app: String| async move {
+        let invoice = json!({
+            "series": "2026", "issue_date": "2026-11-23", "description": "Manutenzione impianti",
+            "customer": {"vat": "09876543210", "name": "Rossi & Figli S.n.c.", "recipient_code": "ABC1234"},
+            "taxable_cents": 10000,
+        });
+        reqwest::Client::new().post(format!("{app}/v1/invoices")).json(&invoice).send().await.unwrap()
+    };
+    for app in &apps {
+        assert!(health(app.clone()).await.active, "{app} is active");
+    }
+    let held = timeout(DEADLINE, async {
+        loop {
+            if let Some(held) = lease.read().await.unwrap() {
+                break held;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the site's lease agent creates the lease");
+    assert_eq!(held.record.holder, "westpole-rome");
+
+    // Another site takes the lease: every app is fenced in place, and says so.
+    let taken =
+        LeaseRecord { holder: "azure-italynorth".into(), epoch: held.record.epoch + 1, renewals: 1, incarnation: 99 };
+    lease.replace(&held.etag, &taken).await.unwrap();
+    let fenced = wait_list(&tenants, "three tenants fenced", |all| all.iter().all(|t| reason(t).0 == "Fenced")).await;
+    for tenant in &fenced {
+        let (_, message) = reason(tenant);
+        assert!(message.contains("is fenced (its app issues and sends nothing)"), "{message}");
+        assert!(message.contains("westpole-rome's lease agent fenced it"), "{message}");
+    }
+    for app in &apps {
+        let seen = health(app.clone()).await;
+        assert!(!seen.active, "{app} is fenced: {seen:?}");
+        let refused = issue(app.clone()).await;
+        assert_eq!(refused.status(), 503, "{app} issues nothing while fenced: {:?}", refused.text().await);
+    }
+    let events: Api<Event> = Api::all(client.clone());
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    let fences = listed.iter().filter(|e| e.reason.as_deref() == Some("StackFenced")).count();
+    assert_eq!(fences, 3, "an Event per fenced app");
+
+    // The lease goes; the site's agent creates it again, holds it, and the apps serve again.
+    let current = lease.read().await.unwrap().unwrap();
+    lease.store().delete(lease.key()).await.unwrap();
+    assert_eq!(current.record.holder, "azure-italynorth");
+    wait_list(&tenants, "three tenants running again", |all| all.iter().all(|t| reason(t).0 == "StackRunning")).await;
+    for app in &apps {
+        assert!(health(app.clone()).await.active, "{app} is active again");
+        let issued = issue(app.clone()).await;
+        assert_eq!(issued.status(), 201, "{app} issues again: {:?}", issued.text().await);
+    }
+    stopped(operator).await;
     within_rbac(&api);
 }
 

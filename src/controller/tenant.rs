@@ -15,6 +15,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::Context;
+use super::local_fence::Change;
 use crate::api::condition::{self, Observed};
 use crate::api::plan::{FailoverPlan, Standing};
 use crate::api::site::{Driver, Site, SiteRole};
@@ -139,7 +140,8 @@ pub enum Stack {
         site: String,
         waiting: Vec<String>,
     },
-    /// Applied with its app stopped: the tenant may not serve at this site now.
+    /// Applied with its app stopped (at a Local site: running, fenced): the
+    /// tenant may not serve at this site now.
     Fenced {
         site: String,
         why: String,
@@ -243,7 +245,11 @@ pub fn assess(
                     format!("the stack is applied at {at}; waiting for {}", waiting.join(", ")),
                 ),
                 Stack::Fenced { why, .. } => {
-                    (false, "Fenced", format!("the stack at {at} is fenced (its app stopped): {why}"))
+                    let how = match placement {
+                        Placement::Local { .. } => "its app issues and sends nothing",
+                        _ => "its app stopped",
+                    };
+                    (false, "Fenced", format!("the stack at {at} is fenced ({how}): {why}"))
                 }
                 Stack::Failed { message } => (false, "StackFailed", format!("starting the stack at {at}: {message}")),
                 Stack::NotAttempted => (false, "StackPending", format!("the stack at {at} is not started yet")),
@@ -396,7 +402,11 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
             if !holds(FINALIZER) {
                 super::add_finalizer(&api, tenant, FINALIZER).await.map_err(fail("adding its finalizer"))?;
             }
-            start_local(ctx, tenant, &namespace, site).await
+            let fenced = fenced_by(plan, &serving);
+            match (start_local(ctx, tenant, &namespace, site, fenced.is_some()).await, fenced) {
+                (Stack::Running { site, .. }, Some(why)) => Stack::Fenced { site, why },
+                (stack, _) => stack,
+            }
         }
         (Placement::Kubernetes { .. }, Some(site)) => {
             if !holds(SITE_FINALIZER) {
@@ -425,7 +435,7 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     // NB: a missing Site or policy needs no polling: the controller watches
     // both and looks at the tenants naming one when it appears.
     Ok(match (&placement, &stack) {
-        (Placement::Local { .. }, Stack::Running { .. }) => Action::requeue(LOCAL_RECHECK),
+        (Placement::Local { .. }, Stack::Running { .. } | Stack::Fenced { .. }) => Action::requeue(LOCAL_RECHECK),
         (Placement::Local { .. }, _) => Action::requeue(super::RETRY),
         (Placement::Kubernetes { .. }, _) if matches!(standby, Standby::Starting { .. } | Standby::Failed { .. }) => {
             Action::requeue(STARTING_RECHECK)
@@ -466,14 +476,17 @@ async fn remove_standby(ctx: &Context, tenant: &InvoicingTenant) -> Result<(), S
 }
 
 /// Starts the tenant's stack at a Local site unless it runs; says what runs.
-async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, site: &str) -> Stack {
+/// Starts the tenant's stack at the Local site `site` unless it runs, its app
+/// `fenced` or active as asked (docs/operator.md, One operator per Local site).
+async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, site: &str, fenced: bool) -> Stack {
+    let epoch = tenant.status.as_ref().and_then(|s| s.epoch).unwrap_or(1);
     let spec = TenantSpec {
         name: tenant.name_any(),
         vat: tenant.spec.vat_number.clone(),
         company: tenant.spec.display_name.clone(),
         sdi_endpoint: None,
-        epoch: tenant.status.as_ref().and_then(|s| s.epoch).unwrap_or(1),
-        fenced: false,
+        epoch,
+        fenced,
         postgres: Default::default(),
     };
     let local = ctx.local.clone();
@@ -485,7 +498,29 @@ async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, s
                 let note = format!("PostgreSQL and the app started at Local site {site}");
                 super::publish(ctx, tenant, EventType::Normal, "StackStarted", "Start", note).await;
             }
-            Stack::Running { site: site.to_owned(), app: ctx.local.app_url(site, &tenant.name_any()) }
+            let app = ctx.local.app_url(site, &tenant.name_any());
+            let changed = match &app {
+                Some(url) => super::local_fence::agree(url, fenced, epoch).await,
+                None => Ok(None),
+            };
+            let (kind, reason, note) = match changed {
+                Ok(None) => return Stack::Running { site: site.to_owned(), app },
+                Err(message) => return Stack::Failed { message },
+                Ok(Some(Change::Fenced)) => (
+                    EventType::Warning,
+                    "StackFenced",
+                    format!(
+                        "fenced the app at Local site {site}: it issues and sends nothing while the site may not serve"
+                    ),
+                ),
+                Ok(Some(Change::Activated)) => (
+                    EventType::Normal,
+                    "StackActivated",
+                    format!("activated the app at Local site {site} under epoch {epoch}"),
+                ),
+            };
+            super::publish(ctx, tenant, kind, reason, "Fence", note).await;
+            Stack::Running { site: site.to_owned(), app }
         }
         Ok(Err(e)) => {
             let message = crate::error_chain::error_chain(&e);
