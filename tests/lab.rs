@@ -17,6 +17,9 @@ fn the_lab_kills_the_primary_and_every_tenant_comes_back_with_every_invoice_once
     let LabRun { stdout, stderr, report, dir } = run_lab(&[]);
     assert_the_checks_passed(&report, &stdout, &stderr);
     assert_eq!(report["fault"], "kill");
+    // The witness is an object store of its own, as at a third provider.
+    let witness = report["witness"].as_str().unwrap_or_default();
+    assert!(witness.contains("bucket fenice-lab-witness of an S3 server"), "{witness}");
     assert_eq!((&report["drill"]["passed"], &report["drill"]["tenants"]), (&Value::Bool(true), &Value::from(1)));
     for figure in ["rto_seconds", "rpo_seconds"] {
         assert!(report["drill"][figure].as_f64().is_some_and(|s| s >= 0.0), "drill {figure}: {report:#}");

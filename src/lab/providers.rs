@@ -58,8 +58,10 @@ pub struct Providers {
 impl Providers {
     /// Starts the stores and the simulator, and creates both repositories,
     /// their master key wrapped for a lab password and for the agents' key.
-    /// With `networked_witness` the witness is a bucket of the S3 server (a
-    /// site cut off from the network must lose it), else a directory.
+    /// The witness is a bucket of an S3 server of its own where one can be
+    /// started (a directory otherwise), as an object store at a third provider
+    /// is; `networked_witness` requires it (a site cut off from the network
+    /// must lose it).
     pub async fn start(
         dir: &Path,
         program: &Path,
@@ -150,11 +152,20 @@ impl Providers {
 
         // NB: a server of its own, as at a third provider: the repository's is busy with
         // every tenant's WAL, and a renewal that waits behind it fences the primary.
-        let witness_s3 = match networked_witness {
-            true => Some(S3Server::start().context(
-                "cutting the primary's network needs the witness across the network, on an S3 server of its own",
-            )?),
-            false => None,
+        let witness_s3 = match (networked_witness, S3Server::start()) {
+            (_, Ok(s3)) => Some(s3),
+            (true, Err(e)) => {
+                return Err(e).context(
+                    "cutting the primary's network needs the witness across the network, on an S3 server of its own",
+                );
+            }
+            (false, Err(e)) => {
+                progress.note(&format!(
+                    "no S3 server ({}): the witness is a directory instead",
+                    crate::error_chain::error_chain(&e)
+                ));
+                None
+            }
         };
         let (witness_place, witness_provider) = match &witness_s3 {
             Some(s3) => (
