@@ -475,9 +475,9 @@ async fn remove_standby(ctx: &Context, tenant: &InvoicingTenant) -> Result<(), S
     Ok(())
 }
 
-/// Starts the tenant's stack at a Local site unless it runs; says what runs.
-/// Starts the tenant's stack at the Local site `site` unless it runs, its app
-/// `fenced` or active as asked (docs/operator.md, One operator per Local site).
+/// Starts the tenant's stack at the Local site `site` unless it runs, and
+/// makes its app `fenced` or active as asked (docs/operator.md,
+/// InvoicingTenant); says what runs.
 async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, site: &str, fenced: bool) -> Stack {
     let epoch = tenant.status.as_ref().and_then(|s| s.epoch).unwrap_or(1);
     let spec = TenantSpec {
