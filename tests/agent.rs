@@ -354,10 +354,20 @@ fn killed_while_it_runs(args: &[&str], name: &str, pipe: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Sessions still open on database `name`, other than the asker's.
-async fn sessions_on(t: &Tenant, name: &str) -> i64 {
+/// Waits until `left` sessions are open on database `name` besides the
+/// asker's: a killed client's server process ends a moment after the client,
+/// once it has seen the connection close (within 30 s, or `what` did not end).
+async fn sessions_come_down_to(t: &Tenant, name: &str, left: i64, what: &str) {
     let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()");
-    count(&t.pg.url("postgres"), &sql).await
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let open = count(&t.pg.url("postgres"), &sql).await;
+        if open == left {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {open} sessions on {name} after 30 s, not {left}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The agent SIGKILLed while its pg_dump runs, then while its pg_restore
@@ -387,7 +397,7 @@ async fn the_agent_killed_during_pg_dump_or_pg_restore_leaves_nothing_half_done(
         "wchar",
     );
     assert!(!said.contains("panicked"), "{said}");
-    assert_eq!(sessions_on(&t, "acme").await, 1, "only the test's own connection is left on acme");
+    sessions_come_down_to(&t, "acme", 1, "pg_dump's session outlived it (the test's own stays)").await;
     assert_eq!((count(&url, "SELECT count(*) FROM invoices").await, count(&url, tenant_sum).await), before);
     let listed: serde_json::Value =
         serde_json::from_str(&t.ok(&["repo", "--repo", &repo, "snapshots", "--json"])).unwrap();
@@ -409,11 +419,7 @@ async fn the_agent_killed_during_pg_dump_or_pg_restore_leaves_nothing_half_done(
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let said = killed_while_it_runs(&args, "pg_restore", "rchar");
         assert!(!said.contains("panicked"), "{said}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while sessions_on(&t, "copy").await > 0 {
-            assert!(std::time::Instant::now() < deadline, "pg_restore's session on copy outlived it");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        sessions_come_down_to(&t, "copy", 0, "pg_restore's session outlived it").await;
         assert_eq!(
             count(&copy, tables).await,
             0,
