@@ -559,16 +559,8 @@ async fn the_operators_of_two_local_sites_each_run_only_their_own_site_s_stacks_
 
     let LocalCluster { api, dir, client, state, s3: _s3, proxy: _proxy, repos: _repos } = local_cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
-    let policies: Api<BackupPolicy> = Api::all(client.clone());
-    let standard = example("policy.yaml", "standard", json!({"spec": {"schedule": due_once()}}));
-    policies.create(&PostParams::default(), &serde_json::from_value(standard).unwrap()).await.unwrap();
-    let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
-    let status = json!({"status": {"lastScheduleTime": last.to_string()}});
-    policies.patch_status("standard", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
-    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
-    for document in examples("tenants.yaml") {
-        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
-    }
+    a_policy_due_now(&client, "standard", json!({})).await;
+    let tenants = the_example_tenants(&client).await;
     // Every reason a Backup's Ready condition ever gives, as the watch sees it.
     let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -584,23 +576,18 @@ async fn the_operators_of_two_local_sites_each_run_only_their_own_site_s_stacks_
         }
     });
 
-    fn at<'a>(site: &'a str, dir: &'a std::path::Path) -> [&'a std::ffi::OsStr; 4] {
-        let arg = std::ffi::OsStr::new;
-        [arg("--site"), arg(site), arg("--state-dir"), dir.as_os_str()]
-    }
     let standby_state = tempfile::tempdir().unwrap();
     let (primary_state, standby_dir) = (state.path(), standby_state.path());
-    let (primary, primary_url, _) = operator_with(&kubeconfig, "westpole-1", &at("westpole-rome", primary_state)).await;
-    let (standby, standby_url, _) = operator_with(&kubeconfig, "azure-1", &at("azure-italynorth", standby_dir)).await;
+    let (primary, primary_url, _) =
+        operator_with(&kubeconfig, "westpole-1", &at_site("westpole-rome", primary_state)).await;
+    let (standby, standby_url, _) =
+        operator_with(&kubeconfig, "azure-1", &at_site("azure-italynorth", standby_dir)).await;
     wait_ready(&primary_url, true).await;
     wait_ready(&standby_url, true).await;
 
-    let ready = |t: &InvoicingTenant| {
-        t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
-    wait_list(&tenants, "three tenants Ready", |all| all.len() == 3 && all.iter().all(ready)).await;
-    let finished = |b: &Backup| matches!(phase(b), Some(p) if p != BackupPhase::Pending && p != BackupPhase::Running);
-    let all = wait_list(&backups, "three Backups finished", |all| all.len() == 3 && all.iter().all(finished)).await;
+    wait_list(&tenants, "three tenants Ready", |all| all.len() == 3 && all.iter().all(tenant_ready)).await;
+    let all =
+        wait_list(&backups, "three Backups finished", |all| all.len() == 3 && all.iter().all(backup_finished)).await;
     for backup in &all {
         let status = backup.status.as_ref().unwrap();
         assert_eq!(
@@ -657,17 +644,8 @@ async fn the_apps_at_a_local_site_are_fenced_while_another_site_holds_the_lease_
         json!({"spec": {"mode": "Manual", "witness": {"leaseDuration": "3s", "renewInterval": "1s"}, "drills": null}});
     let plan = example("plan.yaml", "westpole-to-azure", manual);
     plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
-    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
-    for document in examples("tenants.yaml") {
-        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
-    }
-    let state_arg = [
-        std::ffi::OsStr::new("--site"),
-        std::ffi::OsStr::new("westpole-rome"),
-        std::ffi::OsStr::new("--state-dir"),
-        state.path().as_os_str(),
-    ];
-    let (operator, url, _) = operator_with(&kubeconfig, "westpole-1", &state_arg).await;
+    let tenants = the_example_tenants(&client).await;
+    let (operator, url, _) = operator_with(&kubeconfig, "westpole-1", &at_site("westpole-rome", state.path())).await;
     wait_ready(&url, true).await;
 
     // The site's agent creates the lease; the tenants serve there, active.
@@ -753,6 +731,44 @@ fn due_once() -> String {
     let due = (jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10))
         .to_zoned(jiff::tz::TimeZone::get("Europe/Rome").unwrap());
     format!("{} {} * * *", due.minute(), due.hour())
+}
+
+/// The example policy `name` with `changes`, one run due now: its daily time
+/// ten minutes ago ([`due_once`]), its last run twelve.
+async fn a_policy_due_now(client: &Client, name: &str, changes: serde_json::Value) {
+    let policies: Api<BackupPolicy> = Api::all(client.clone());
+    let mut policy = example("policy.yaml", name, json!({"spec": {"schedule": due_once()}}));
+    json_patch::merge(&mut policy, &changes);
+    policies.create(&PostParams::default(), &serde_json::from_value(policy).unwrap()).await.unwrap();
+    let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
+    let status = json!({"status": {"lastScheduleTime": last.to_string()}});
+    policies.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+}
+
+/// Creates the three example tenants (namespace `invoicing`, at westpole-rome).
+async fn the_example_tenants(client: &Client) -> Api<InvoicingTenant> {
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
+    for document in examples("tenants.yaml") {
+        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+    tenants
+}
+
+/// The operator's arguments for running at `site` with its Local sites' files under `dir`.
+fn at_site<'a>(site: &'a str, dir: &'a std::path::Path) -> [&'a std::ffi::OsStr; 4] {
+    let arg = std::ffi::OsStr::new;
+    [arg("--site"), arg(site), arg("--state-dir"), dir.as_os_str()]
+}
+
+/// Whether the tenant's Ready condition is True.
+fn tenant_ready(tenant: &InvoicingTenant) -> bool {
+    tenant.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the Backup is neither Pending nor Running.
+fn backup_finished(backup: &Backup) -> bool {
+    use fenice::api::backup::BackupPhase;
+    phase(backup).is_some_and(|p| !matches!(p, BackupPhase::Pending | BackupPhase::Running))
 }
 
 /// Every document of an example manifest.
@@ -1017,22 +1033,10 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     let LocalCluster { api, dir, client, state, s3, proxy, repos } = local_cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
     // The example policy, its last run 12 minutes ago and its daily time 10 minutes ago: one run is due.
+    let retention = json!({"keepLast": 1, "keepDaily": null, "keepWeekly": null, "keepMonthly": null});
+    a_policy_due_now(&client, "standard", json!({"spec": {"retention": retention}})).await;
     let policies: Api<BackupPolicy> = Api::all(client.clone());
-    let standard = example(
-        "policy.yaml",
-        "standard",
-        json!({"spec": {"schedule": due_once(), "retention": {
-            "keepLast": 1, "keepDaily": null, "keepWeekly": null, "keepMonthly": null,
-        }}}),
-    );
-    policies.create(&PostParams::default(), &serde_json::from_value(standard).unwrap()).await.unwrap();
-    let last = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(12);
-    let status = json!({"status": {"lastScheduleTime": last.to_string()}});
-    policies.patch_status("standard", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
-    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
-    for document in examples("tenants.yaml") {
-        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
-    }
+    let tenants = the_example_tenants(&client).await;
     let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
     let ghost: Backup = serde_json::from_value(json!({
         "apiVersion": "fenice.io/v1alpha1", "kind": "Backup",
@@ -1057,10 +1061,8 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     wait_ready(&url, true).await;
 
     // Each tenant's stack starts at the Local site, under a finalizer.
-    let ready = |t: &InvoicingTenant| {
-        t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
-    let running = wait_list(&tenants, "three tenants Ready", |all| all.len() == 3 && all.iter().all(ready)).await;
+    let running =
+        wait_list(&tenants, "three tenants Ready", |all| all.len() == 3 && all.iter().all(tenant_ready)).await;
     for tenant in &running {
         let status = tenant.status.as_ref().unwrap();
         assert_eq!((status.active_site.as_deref(), status.epoch), (Some("westpole-rome"), Some(1)), "{status:?}");
@@ -1068,8 +1070,8 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     }
 
     // The schedule's Backups run into both repositories and record what they wrote.
-    let finished = |b: &Backup| matches!(phase(b), Some(p) if p != BackupPhase::Pending && p != BackupPhase::Running);
-    let all = wait_list(&backups, "four Backups finished", |all| all.len() == 4 && all.iter().all(finished)).await;
+    let all =
+        wait_list(&backups, "four Backups finished", |all| all.len() == 4 && all.iter().all(backup_finished)).await;
     for backup in all.iter().filter(|b| b.spec.tenant != "ghost") {
         let status = backup.status.as_ref().unwrap();
         assert_eq!(status.phase, BackupPhase::Succeeded, "{status:#?}");
@@ -1098,7 +1100,9 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     }))
     .unwrap();
     backups.create(&PostParams::default(), &manual).await.unwrap();
-    let all = wait_list(&backups, "the manual Backup finished", |all| all.len() == 5 && all.iter().all(finished)).await;
+    let all =
+        wait_list(&backups, "the manual Backup finished", |all| all.len() == 5 && all.iter().all(backup_finished))
+            .await;
     let manual = all.iter().find(|b| b.metadata.name.as_deref() == Some("studio-rossi-manual")).unwrap();
     let copies: Vec<_> = manual.status.iter().flat_map(|s| &s.copies).map(|c| (&c.repository, &c.error)).collect();
     assert_eq!(phase(manual), Some(BackupPhase::Succeeded), "copies: {copies:?}");
@@ -1130,7 +1134,7 @@ async fn the_example_tenants_run_at_a_local_site_and_their_scheduled_backups_are
     .unwrap();
     backups.create(&PostParams::default(), &broken).await.unwrap();
     let all = wait_list(&backups, "the Backup to broken repositories finished", |all| {
-        all.len() == 6 && all.iter().all(finished)
+        all.len() == 6 && all.iter().all(backup_finished)
     })
     .await;
     let broken = all.iter().find(|b| b.metadata.name.as_deref() == Some("comune-broken-repositories")).unwrap();
@@ -1539,10 +1543,7 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     let state_arg = [std::ffi::OsStr::new("--state-dir"), state.path().as_os_str()];
     let (operator, url, _) = operator_with(&kubeconfig, "replica-1", &state_arg).await;
     wait_ready(&url, true).await;
-    let ready = |t: &InvoicingTenant| {
-        t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
-    wait_list(&tenants, "studio-rossi Ready", |all| all.len() == 1 && all.iter().all(ready)).await;
+    wait_list(&tenants, "studio-rossi Ready", |all| all.len() == 1 && all.iter().all(tenant_ready)).await;
 
     // A Backup running when the operator dies.
     let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
@@ -1562,8 +1563,8 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     assert!(ready_condition(&status.conditions).message.contains("create a new Backup"), "{status:?}");
     // A new Backup runs in full; the interrupted one is never run again.
     backups.create(&PostParams::default(), &backup("rossi-again")).await.unwrap();
-    let finished = |b: &Backup| matches!(phase(b), Some(p) if p != BackupPhase::Pending && p != BackupPhase::Running);
-    let all = wait_list(&backups, "the new Backup finished", |all| all.len() == 2 && all.iter().all(finished)).await;
+    let all =
+        wait_list(&backups, "the new Backup finished", |all| all.len() == 2 && all.iter().all(backup_finished)).await;
     let again = all.iter().find(|b| b.metadata.name.as_deref() == Some("rossi-again")).unwrap();
     let status = again.status.as_ref().unwrap();
     assert_eq!((status.phase, status.copies_summary.as_deref()), (BackupPhase::Succeeded, Some("2/2")), "{status:#?}");
@@ -1628,7 +1629,7 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     backups.create(&PostParams::default(), &backup("rossi-during-pg-dump")).await.unwrap();
     let operator = killed_during(operator, "pg_dump", "wchar", &kubeconfig, "replica-4", &state_arg, &proxy).await;
     backup_interrupted(&backups, "rossi-during-pg-dump").await;
-    wait_list(&tenants, "studio-rossi Ready again", |all| all.iter().all(ready)).await;
+    wait_list(&tenants, "studio-rossi Ready again", |all| all.iter().all(tenant_ready)).await;
     with_notes(&operator).await;
     backups.create(&PostParams::default(), &backup("rossi-with-notes")).await.unwrap();
     let status = backup_ended(&backups, "rossi-with-notes").await;

@@ -180,17 +180,16 @@ pub async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action,
 
 async fn reconcile_inner(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     let step = next_step(backup);
-    if matches!(step, Step::Run | Step::Interrupted) {
-        let namespace = backup.namespace().unwrap_or_else(|| "default".into());
-        if ctx.tenant_elsewhere(&namespace, &backup.spec.tenant, None).await {
-            // NB: the tenant's database runs in that site's operator, which runs the backup.
-            return Ok(Action::requeue(super::ELSEWHERE));
-        }
+    let namespace = backup.namespace().unwrap_or_else(|| "default".into());
+    // NB: the tenant's database runs in that site's operator, which runs the backup.
+    if matches!(step, Step::Run | Step::Interrupted)
+        && ctx.tenant_elsewhere(&namespace, &backup.spec.tenant, None).await
+    {
+        return Ok(Action::requeue(super::ELSEWHERE));
     }
     match step {
         Step::Done => Ok(Action::await_change()),
         Step::Interrupted => {
-            let namespace = backup.namespace().unwrap_or_else(|| "default".into());
             let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
             if !super::still_current(&api, backup).await.map_err(super::about(backup, "reading it again"))? {
                 return Ok(Action::requeue(super::OUTDATED));

@@ -233,8 +233,7 @@ async fn find_source(ctx: &Context, backup: &Backup, namespace: &str) -> Result<
         Some((retention::keep_policy(&p.spec.retention), tz))
     });
 
-    let site_name = tenant.status.as_ref().and_then(|s| s.active_site.clone());
-    let site_name = site_name.unwrap_or_else(|| tenant.spec.primary_site.clone());
+    let site_name = tenant::active_site(&tenant);
     let site = ctx.cache.sites.get(&site_name).await;
     Ok(match tenant::placement(&site_name, site.as_deref()) {
         Placement::Invalid { reason, message } => Err(NotNow::wait(reason, message, Duration::from_secs(30))),

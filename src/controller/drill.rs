@@ -227,9 +227,8 @@ async fn reconcile_inner(drill: &Drill, ctx: &Context) -> Result<Action, Error> 
                 .map_err(super::about(drill, "removing its finalizer"))?;
             return Ok(Action::await_change());
         }
-        DrillPhase::Pending if elsewhere().await => return Ok(Action::requeue(super::ELSEWHERE)),
-        DrillPhase::Pending => {}
         _ if elsewhere().await => return Ok(Action::requeue(super::ELSEWHERE)),
+        DrillPhase::Pending => {}
         _ => {
             if !super::still_current(&api, drill).await.map_err(super::about(drill, "reading it again"))? {
                 return Ok(Action::requeue(super::OUTDATED));

@@ -231,8 +231,7 @@ impl Context {
             return self.local_elsewhere(site).await;
         }
         let Some(tenant) = self.cache.tenants.get_in(namespace, name).await else { return false };
-        let active = tenant.status.as_ref().and_then(|s| s.active_site.clone());
-        self.local_elsewhere(&active.unwrap_or_else(|| tenant.spec.primary_site.clone())).await
+        self.local_elsewhere(&tenant::active_site(&tenant)).await
     }
 }
 

@@ -115,10 +115,8 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
         RestorePhase::Restoring if restore.status.as_ref().is_some_and(|s| s.job.is_some()) => {
             return restore_job::watch(ctx, restore).await;
         }
+        _ if elsewhere().await => return Ok(Action::requeue(super::ELSEWHERE)),
         RestorePhase::Restoring | RestorePhase::Verifying => {
-            if elsewhere().await {
-                return Ok(Action::requeue(super::ELSEWHERE));
-            }
             if !super::still_current(&api, restore).await.map_err(fail("reading it again"))? {
                 return Ok(Action::requeue(super::OUTDATED));
             }
@@ -126,7 +124,6 @@ async fn reconcile_inner(restore: &Restore, ctx: &Context) -> Result<Action, Err
             write(with_phase(restore, RestorePhase::Failed, "Interrupted", message.into(), Timestamp::now())).await?;
             return Ok(Action::await_change());
         }
-        RestorePhase::Pending if elsewhere().await => return Ok(Action::requeue(super::ELSEWHERE)),
         RestorePhase::Pending => {}
     }
 
@@ -192,8 +189,7 @@ async fn where_to(
             .to_owned();
         return Ok(Err((RestorePhase::Failed, "PointInTimeNotBuilt", message)));
     }
-    let active = tenant.status.as_ref().and_then(|s| s.active_site.clone());
-    let site_name = restore.spec.target_site.clone().or(active).unwrap_or_else(|| tenant.spec.primary_site.clone());
+    let site_name = restore.spec.target_site.clone().unwrap_or_else(|| tenant::active_site(&tenant));
     let site = ctx.cache.sites.get(&site_name).await;
     Ok(match (tenant::placement(&site_name, site.as_deref()), site) {
         (Placement::Local { site }, _) => Ok((Target::Local(site), tenant)),

@@ -102,6 +102,13 @@ pub fn plan_of<'a>(
 }
 
 /// Where the tenant is served: where a failover moved it, else its primary site.
+/// The Site the tenant is active at, as its status says: its primary until
+/// the tenant controller recorded another.
+pub fn active_site(tenant: &InvoicingTenant) -> String {
+    let recorded = tenant.status.as_ref().and_then(|s| s.active_site.clone());
+    recorded.unwrap_or_else(|| tenant.spec.primary_site.clone())
+}
+
 pub fn serving_site(tenant: &InvoicingTenant) -> String {
     let moved = tenant.status.as_ref().and_then(|s| s.serving.as_ref()).map(|s| s.site.clone());
     moved.unwrap_or_else(|| tenant.spec.primary_site.clone())
@@ -331,8 +338,7 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     let holds = |finalizer: &str| tenant.finalizers().iter().any(|f| f == finalizer);
     if tenant.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget_tenant(&namespace, &name);
-        let site = tenant.status.as_ref().and_then(|s| s.active_site.clone());
-        let site = site.unwrap_or_else(|| tenant.spec.primary_site.clone());
+        let site = active_site(tenant);
         // A tenant a failover moved has a fenced stack left at its primary site too.
         let primary = Some(tenant.spec.primary_site.clone()).filter(|p| *p != site);
         if holds(FINALIZER) {
