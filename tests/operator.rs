@@ -35,7 +35,7 @@ mod faketime;
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 12;
+const TESTS_WITH_OPERATOR: usize = 13;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -721,6 +721,163 @@ async fn the_apps_at_a_local_site_are_fenced_while_another_site_holds_the_lease_
         assert_eq!(issued.status(), 201, "{app} issues again: {:?}", issued.text().await);
     }
     stopped(operator).await;
+    within_rbac(&api);
+}
+
+/// A manual failover to a Local site, carried out by that site's operator:
+/// the source's operator hands the lease over and fences its apps; each
+/// tenant is restored at the target from its newest backup, reconciled with
+/// the SdI channel configured there (an invoice sent after the backup comes
+/// back from SdI), and served under the new epoch; numbering goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_local_site_brings_each_tenant_back_there_from_its_backups_under_a_new_epoch() {
+    use fenice::api::failover::{Failover, FailoverPhase};
+    use fenice::api::plan::FailoverPlan;
+    use fenice::api::site::Site;
+    use fenice::failover::witness::Witness;
+
+    let LocalCluster { api, dir, client, state, s3: _s3, proxy: _proxy, repos: _repos } = local_cluster().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let witness_dir = dir.path().join("witness");
+    let store = std::sync::Arc::new(fenice::store::fs::FsStore::open(&witness_dir).unwrap());
+    let lease = Witness::new(store, "westpole-to-azure");
+    let filesystem = json!({"type": "Filesystem", "s3": null, "filesystem": {"path": witness_dir.to_str().unwrap()}});
+    let sites: Api<Site> = Api::all(client.clone());
+    let patch = json!({"spec": {"witnessStore": filesystem}});
+    sites.patch("aws-witness", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let plans: Api<FailoverPlan> = Api::all(client.clone());
+    let manual =
+        json!({"spec": {"mode": "Manual", "witness": {"leaseDuration": "3s", "renewInterval": "1s"}, "drills": null}});
+    let plan = example("plan.yaml", "westpole-to-azure", manual);
+    plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+    // Both sites' channels reach one simulated SdI.
+    let sdi = SdiSimServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_fenice")), Duration::from_millis(200))
+        .expect("the SdI simulator");
+    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
+    for mut document in examples("tenants.yaml") {
+        for channel in document["spec"]["sdi"]["channels"].as_array_mut().unwrap() {
+            channel["endpoint"] = json!(sdi.endpoint());
+        }
+        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+    }
+    let standby_state = tempfile::tempdir().unwrap();
+    let (primary, primary_url, _) =
+        operator_with(&kubeconfig, "westpole-1", &at_site("westpole-rome", state.path())).await;
+    let (standby, standby_url, _) =
+        operator_with(&kubeconfig, "azure-1", &at_site("azure-italynorth", standby_state.path())).await;
+    wait_ready(&primary_url, true).await;
+    wait_ready(&standby_url, true).await;
+
+    let app_of = |t: &InvoicingTenant| {
+        let ready = t.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        ready.and_then(|c| c.message.rsplit_once("the app serves ").map(|(_, url)| url.to_owned()))
+    };
+    let running = wait_list(&tenants, "three tenants running at westpole-rome", |all| {
+        all.len() == 3 && all.iter().all(|t| tenant_ready(t) && app_of(t).is_some())
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let issue = |app: String| {
+        let http = http.clone();
+        async move {
+            let invoice = json!({
+                "series": "2026", "issue_date": "2026-11-23", "description": "Manutenzione impianti",
+                "customer": {"vat": "09876543210", "name": "Rossi & Figli S.n.c.", "recipient_code": "ABC1234"},
+                "taxable_cents": 10000,
+            });
+            let answer = http.post(format!("{app}/v1/invoices")).json(&invoice).send().await.unwrap();
+            assert_eq!(answer.status(), 201, "{app}: {:?}", answer.text().await);
+            answer.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let transmitted = |app: String| {
+        let http = http.clone();
+        async move {
+            let stats: serde_json::Value =
+                http.get(format!("{app}/v1/stats")).send().await.unwrap().json().await.unwrap();
+            stats["sender"]["transmitted"].as_u64().unwrap_or(0)
+        }
+    };
+    let old_apps: Vec<(String, String)> = running.iter().map(|t| (t.name_any(), app_of(t).unwrap())).collect();
+    for (_, app) in &old_apps {
+        for _ in 0..2 {
+            issue(app.clone()).await;
+        }
+    }
+    // Backed up with two invoices each; a third is issued and sent to SdI after.
+    a_policy_due_now(&client, "standard", json!({})).await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
+    let all =
+        wait_list(&backups, "three Backups finished", |all| all.len() == 3 && all.iter().all(backup_finished)).await;
+    assert!(all.iter().all(|b| phase(b) == Some(fenice::api::backup::BackupPhase::Succeeded)), "{all:#?}");
+    for (name, app) in &old_apps {
+        let third = issue(app.clone()).await;
+        assert_eq!(third["number"], 3, "{name}: {third}");
+        timeout(DEADLINE, async {
+            while transmitted(app.clone()).await < 3 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}'s app sends its third invoice to SdI"));
+    }
+    let before = lease.read().await.unwrap().expect("westpole-rome's agent holds the lease").record;
+    assert_eq!(before.holder, "westpole-rome");
+
+    let failovers: Api<Failover> = Api::all(client.clone());
+    let failover = example("failover.yaml", "to-azure", json!({}));
+    failovers.create(&PostParams::default(), &serde_json::from_value(failover).unwrap()).await.unwrap();
+    let ended = timeout(Duration::from_secs(180), async {
+        loop {
+            let now = failovers.get("to-azure").await.unwrap();
+            let phase = now.status.as_ref().map(|s| s.phase);
+            if matches!(phase, Some(FailoverPhase::Succeeded | FailoverPhase::Failed | FailoverPhase::Aborted)) {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the failover ends within 180 s"));
+    let status = ended.status.clone().unwrap();
+    assert_eq!(status.phase, FailoverPhase::Succeeded, "{status:#?}");
+
+    let after = lease.read().await.unwrap().unwrap().record;
+    assert_eq!((after.holder.as_str(), after.epoch), ("azure-italynorth", before.epoch + 1));
+    let moved = wait_list(&tenants, "three tenants running at azure-italynorth", |all| {
+        all.iter().all(|t| {
+            let status = t.status.as_ref();
+            tenant_ready(t) && status.and_then(|s| s.active_site.as_deref()) == Some("azure-italynorth")
+        })
+    })
+    .await;
+    for tenant in &moved {
+        let name = tenant.name_any();
+        assert_eq!(tenant.status.as_ref().unwrap().epoch, Some(after.epoch), "{name}");
+        let app = app_of(tenant).unwrap();
+        let old = &old_apps.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_ne!(&app, old, "{name} is served by a new app");
+        let health: fenice::app::http::Health =
+            http.get(format!("{app}/healthz")).send().await.unwrap().json().await.unwrap();
+        assert!(health.active && health.epoch == after.epoch, "{name}: {health:?}");
+        // The invoice sent after the backup came back from SdI; numbering goes on after it.
+        let third = http.get(format!("{app}/v1/invoices/2026/3")).send().await.unwrap();
+        assert_eq!(third.status(), 200, "{name}: {:?}", third.text().await);
+        let fourth = issue(app.clone()).await;
+        assert_eq!(fourth["number"], 4, "{name}: {fourth}");
+        let channel: serde_json::Value =
+            http.get(format!("{app}/v1/channel")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(channel["endpoint"], json!(sdi.endpoint()), "{name}");
+        // The app left at the source issues nothing.
+        let left: fenice::app::http::Health =
+            http.get(format!("{old}/healthz")).send().await.unwrap().json().await.unwrap();
+        assert!(!left.active, "{name}'s app at westpole-rome stays fenced: {left:?}");
+    }
+    assert_eq!((status.tenants_done, status.tenants_failed, status.epoch), (3, 0, Some(after.epoch)), "{status:#?}");
+    assert!(status.rpo.is_some(), "the worst RPO is measured: {status:#?}");
+    for operator in [primary, standby] {
+        stopped(operator).await;
+    }
     within_rbac(&api);
 }
 

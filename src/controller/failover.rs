@@ -1,7 +1,8 @@
-//! The Failover controller at Kubernetes sites: the operator of the
-//! failover's target site (`fenice operator --site`) carries it out with the
-//! failover logic's state machine ([`crate::failover::executor`]) and
-//! [`KubeFailover`]'s steps. The whole state is one JSON object in the plan's
+//! The Failover controller: the operator of the failover's target site
+//! (`fenice operator --site`) carries it out with the failover logic's state
+//! machine ([`crate::failover::executor`]) and the steps of the target's
+//! driver: [`KubeFailover`] at a Kubernetes site, [`LocalTargetFailover`] at a
+//! Local one. The whole state is one JSON object in the plan's
 //! witness store (`witness/<plan>/failovers/<name>.json`, written with
 //! `IfMatch`, so two runners cannot both drive it, and an operator that
 //! restarts goes on from it); the Failover's status is its summary, written as
@@ -17,13 +18,14 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::failover_driver::KubeFailover;
+use super::local_failover_driver::LocalTargetFailover;
 use super::{Context, ObjectError, about};
 use crate::api::condition::{self, Observed};
 use crate::api::failover::{Failover, FailoverPhase, FailoverStatus, FailoverTrigger};
 use crate::api::plan::FailoverPlan;
 use crate::error_chain::error_chain;
 use crate::failover::clock::{SystemClock, WallTime};
-use crate::failover::executor::{self, Progress, StateFile, StateStore};
+use crate::failover::executor::{self, Progress, SiteDriver, StateFile, StateStore};
 use crate::failover::lease::{LeaseView, Takeover};
 use crate::failover::machine::{EndReason, FailoverState, NewFailover, Phase, RetryRule};
 use crate::failover::waves::{TenantSpec, WaveSpec, assign};
@@ -129,12 +131,17 @@ async fn reconcile_inner(failover: &Failover, ctx: &Arc<Context>) -> Result<Acti
     }
     let declared_loss =
         Timestamp::from_millisecond(state.declared_loss.unix_millis() as i64).unwrap_or_else(|_| Timestamp::now());
-    let driver = KubeFailover { ctx: ctx.clone(), plan: plan.clone(), agent: agent.clone(), declared_loss };
+    let kube = KubeFailover { ctx: ctx.clone(), plan: plan.clone(), agent: agent.clone(), declared_loss };
+    let found = ctx.cache.sites.get(&target).await;
+    let driver: Box<dyn SiteDriver> = match super::tenant::placement(&target, found.as_deref()) {
+        super::tenant::Placement::Local { .. } => Box::new(LocalTargetFailover { kube }),
+        _ => Box::new(kube),
+    };
     let mut mirror = Mirror { file, ctx: ctx.clone(), failover: failover.clone(), written: None };
     let spec = failover.spec.clone();
     let status_rx = agent.status.clone();
     let observe = move || crate::failover::convert::observe_spec(&spec, RunningAgent::observation(&status_rx));
-    let progress = executor::run(&mut state, &driver, &mut mirror, &SystemClock::new(), &observe)
+    let progress = executor::run(&mut state, driver.as_ref(), &mut mirror, &SystemClock::new(), &observe)
         .await
         .map_err(|e| state_error(failover, e))?;
     mirror.write(&state).await?;

@@ -59,14 +59,6 @@ pub struct KubeFailover {
     pub declared_loss: Timestamp,
 }
 
-fn retry(message: String) -> StepError {
-    StepError { message, retryable: true }
-}
-
-fn fatal(message: String) -> StepError {
-    StepError { message, retryable: false }
-}
-
 impl KubeFailover {
     /// The lease's holder and epoch as the agent last saw them.
     fn lease(&self) -> Option<(String, u64)> {
@@ -76,14 +68,18 @@ impl KubeFailover {
         }
     }
 
-    async fn tenant(&self, tenant: &TenantRef) -> Result<Arc<InvoicingTenant>, StepError> {
+    /// What the tenant lost: from its last write the restore holds to the declared loss.
+    pub(super) fn rpo(&self, last_write: Option<Timestamp>) -> Duration {
+        let lost =
+            |last: Timestamp| Duration::try_from(self.declared_loss.duration_since(last)).unwrap_or(Duration::ZERO);
+        last_write.map_or(Duration::ZERO, lost)
+    }
+
+    pub(super) async fn tenant(&self, tenant: &TenantRef) -> Result<Arc<InvoicingTenant>, StepError> {
         // NB: looked up, not searched: a failover asks once per step of every tenant.
-        self.ctx
-            .cache
-            .tenants
-            .get_in(&tenant.namespace, &tenant.name)
-            .await
-            .ok_or_else(|| fatal(format!("InvoicingTenant {}/{} does not exist", tenant.namespace, tenant.name)))
+        self.ctx.cache.tenants.get_in(&tenant.namespace, &tenant.name).await.ok_or_else(|| {
+            StepError::fatal(format!("InvoicingTenant {}/{} does not exist", tenant.namespace, tenant.name))
+        })
     }
 
     async fn target(&self, ctx: &StepContext) -> Result<(Arc<Site>, SiteCluster), StepError> {
@@ -93,13 +89,13 @@ impl KubeFailover {
             .sites
             .get(&ctx.target)
             .await
-            .ok_or_else(|| retry(format!("Site {} does not exist", ctx.target)))?;
+            .ok_or_else(|| StepError::retry(format!("Site {} does not exist", ctx.target)))?;
         let cluster = self
             .ctx
             .site_clients
             .cluster(&self.ctx.client, &self.ctx.namespace, &site)
             .await
-            .map_err(|e| retry(error_chain(&e)))?;
+            .map_err(|e| StepError::retry(error_chain(&e)))?;
         Ok((site, cluster))
     }
 
@@ -119,32 +115,32 @@ impl KubeFailover {
         // NB: a Job that ended before (a step retried after a restart) is read, not run again.
         let ended = left_by(&cluster, &namespace, &name, FAILOVER_CONTAINER)
             .await
-            .map_err(|e| retry(format!("{place}: {}", error_chain(&e))))?;
+            .map_err(|e| StepError::retry(format!("{place}: {}", error_chain(&e))))?;
         if !ended.ended {
             let rendered = kubernetes::failover_job(tenant, &site, &self.ctx.images, epoch, &job)
-                .map_err(|e| fatal(e.to_string()))?;
+                .map_err(|e| StepError::fatal(e.to_string()))?;
             cluster::apply_each(&cluster, &namespace, super::FIELD_MANAGER, &[rendered])
                 .await
-                .map_err(|e| retry(format!("{place}: {}", error_chain(&e))))?;
+                .map_err(|e| StepError::retry(format!("{place}: {}", error_chain(&e))))?;
         }
         let deadline = Instant::now() + JOB_WITHIN;
         loop {
             let ended = left_by(&cluster, &namespace, &name, FAILOVER_CONTAINER)
                 .await
-                .map_err(|e| retry(format!("{place}: {}", error_chain(&e))))?;
+                .map_err(|e| StepError::retry(format!("{place}: {}", error_chain(&e))))?;
             if ended.ended {
                 let report = ended.report.unwrap_or_else(|| Report { tenant: tenant.name_any(), ..Report::default() });
                 return match &report.error {
                     Some(why) => {
                         // NB: the next attempt runs the Job anew.
                         let _ = cluster::delete_each(&cluster, &namespace, &[("batch/v1", "Job", name.clone())]).await;
-                        Err(retry(format!("{place}: {why}")))
+                        Err(StepError::retry(format!("{place}: {why}")))
                     }
                     None => Ok(report),
                 };
             }
             if Instant::now() >= deadline {
-                return Err(retry(format!(
+                return Err(StepError::retry(format!(
                     "{place} did not end within {JOB_WITHIN:?}: see `kubectl -n {namespace} describe job {name}` there"
                 )));
             }
@@ -153,7 +149,11 @@ impl KubeFailover {
     }
 
     /// Writes (or, with `None`, removes) where the tenant is served.
-    async fn serve(&self, tenant: &InvoicingTenant, serving: Option<serde_json::Value>) -> Result<(), StepError> {
+    pub(super) async fn serve(
+        &self,
+        tenant: &InvoicingTenant,
+        serving: Option<serde_json::Value>,
+    ) -> Result<(), StepError> {
         let api: Api<InvoicingTenant> =
             Api::namespaced(self.ctx.client.clone(), &tenant.namespace().unwrap_or_default());
         let status = match serving {
@@ -166,7 +166,11 @@ impl KubeFailover {
             .await
             .map(|_| ())
             .map_err(|e| {
-                retry(format!("InvoicingTenant {}: writing status.serving: {}", tenant.name_any(), error_chain(&e)))
+                StepError::retry(format!(
+                    "InvoicingTenant {}: writing status.serving: {}",
+                    tenant.name_any(),
+                    error_chain(&e)
+                ))
             })
     }
 
@@ -187,8 +191,10 @@ impl KubeFailover {
         let api: Api<K> = Api::namespaced(cluster.client.clone(), &tenant.namespace().unwrap_or_default());
         // NB: listed by the tenant's label: the site Role lets the operator list, not get.
         let label = format!("{}={}", kubernetes::TENANT_LABEL, tenant.name_any());
-        let listed =
-            api.list(&kube::api::ListParams::default().labels(&label)).await.map_err(|e| retry(error_chain(&e)))?;
+        let listed = api
+            .list(&kube::api::ListParams::default().labels(&label))
+            .await
+            .map_err(|e| StepError::retry(error_chain(&e)))?;
         let name = format!("{}-{suffix}", tenant.name_any());
         Ok(listed.items.into_iter().find(|d| d.name_any() == name))
     }
@@ -204,19 +210,19 @@ impl KubeFailover {
         let secret = kubernetes::database_secret_name(&tenant.name_any());
         let kept = cluster::secret_value(&cluster, &namespace, &secret, "password")
             .await
-            .map_err(|e| retry(error_chain(&e)))?;
+            .map_err(|e| StepError::retry(error_chain(&e)))?;
         if kept.is_none() {
-            return Err(fatal(format!(
+            return Err(StepError::fatal(format!(
                 "Secret {namespace}/{secret} is not at {}: the operator keeps a Cold tenant's Secrets at its plan's \
                  target while the primary runs (see the tenant's Standby condition); without the password the \
                  restored database cannot be served there",
                 ctx.target
             )));
         }
-        let objects = super::tenant_site::standby_objects(&self.ctx, tenant, &site).await.map_err(retry)?;
+        let objects = super::tenant_site::standby_objects(&self.ctx, tenant, &site).await.map_err(StepError::retry)?;
         cluster::apply_each(&cluster, &namespace, cluster::FIELD_MANAGER, &objects)
             .await
-            .map_err(|e| retry(error_chain(&e)))?;
+            .map_err(|e| StepError::retry(error_chain(&e)))?;
         let deadline = Instant::now() + JOB_WITHIN;
         loop {
             let set: Option<StatefulSet> = self.workload(ctx, tenant, "db").await?;
@@ -225,7 +231,7 @@ impl KubeFailover {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(retry(format!(
+                return Err(StepError::retry(format!(
                     "tenant {}'s database made at {} from its repositories is not ready within {JOB_WITHIN:?}: see \
                      its pod {}-db-0 there (the prepare init container restores the newest base backup)",
                     tenant.name_any(),
@@ -281,7 +287,7 @@ impl SiteDriver for KubeFailover {
             let replaying = status.conditions.iter().find(|c| c.type_ == super::tenant::STANDBY);
             if !replaying.is_some_and(|c| c.status == "True" && c.reason == "StandbyReplaying") {
                 let why = replaying.map_or_else(|| "no Standby condition".to_owned(), |c| c.message.clone());
-                return Err(retry(format!(
+                return Err(StepError::retry(format!(
                     "tenant {}'s warm standby at {} is not replaying yet: {why}",
                     tenant.name, ctx.target
                 )));
@@ -289,7 +295,7 @@ impl SiteDriver for KubeFailover {
         } else if found.spec.standby == StandbyMode::Cold && ctx.trigger != Trigger::Failback {
             self.make_standby(ctx, &found).await?;
         } else {
-            return Err(fatal(format!(
+            return Err(StepError::fatal(format!(
                 "tenant {}/{} has no warm standby at {} (status.standbySite {standby:?}): a failover at Kubernetes \
                  sites promotes one (a Cold tenant gets one made from its repositories; a failback promotes the one \
                  its primary runs once it moved)",
@@ -298,7 +304,7 @@ impl SiteDriver for KubeFailover {
         }
         // The documents volume the app will have there: the Job writes the documents into it.
         let (site, cluster) = self.target(ctx).await?;
-        let stack = kubernetes::render(&found, &site, &self.ctx.images).map_err(|e| fatal(e.to_string()))?;
+        let stack = kubernetes::render(&found, &site, &self.ctx.images).map_err(|e| StepError::fatal(e.to_string()))?;
         let documents = format!("{}-documents", tenant.name);
         let volume: Vec<_> = stack
             .into_iter()
@@ -306,23 +312,20 @@ impl SiteDriver for KubeFailover {
             .collect();
         cluster::apply_each(&cluster, &tenant.namespace, super::FIELD_MANAGER, &volume)
             .await
-            .map_err(|e| retry(error_chain(&e)))?;
+            .map_err(|e| StepError::retry(error_chain(&e)))?;
         let report = self.run_job(ctx, &found, FailoverJob::Promote).await?;
         if !report.verified {
             let mut differences = report.mismatches.join("; ");
             if let Some(total) = report.mismatch_count {
                 differences.push_str(&format!(" (of {total})"));
             }
-            return Err(fatal(format!(
+            return Err(StepError::fatal(format!(
                 "tenant {} promoted at {} does not verify: {differences}",
                 tenant.name, ctx.target
             )));
         }
         let last_write = report.last_write.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
-        let rpo = last_write
-            .map(|last| Duration::try_from(self.declared_loss.duration_since(last)).unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::ZERO);
-        Ok(Restored { snapshot_id: report.snapshot.unwrap_or_default(), rpo })
+        Ok(Restored { snapshot_id: report.snapshot.unwrap_or_default(), rpo: self.rpo(last_write) })
     }
 
     async fn reconcile_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
@@ -334,7 +337,7 @@ impl SiteDriver for KubeFailover {
     /// until its stack runs there.
     async fn start_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
         let found = self.tenant(tenant).await?;
-        let epoch = ctx.epoch.ok_or_else(|| fatal("no epoch: the lease is not taken".into()))?;
+        let epoch = ctx.epoch.ok_or_else(|| StepError::fatal("no epoch: the lease is not taken".into()))?;
         let serving = serde_json::json!({"site": ctx.target, "epoch": epoch, "failover": ctx.failover});
         self.serve(&found, Some(serving)).await?;
         let deadline = Instant::now() + SERVE_WITHIN;
@@ -348,7 +351,10 @@ impl SiteDriver for KubeFailover {
             if Instant::now() >= deadline {
                 let why =
                     ready.map_or_else(|| "no Ready condition".to_owned(), |c| format!("{}: {}", c.reason, c.message));
-                return Err(retry(format!("tenant {} does not serve at {} yet: {why}", tenant.name, ctx.target)));
+                return Err(StepError::retry(format!(
+                    "tenant {} does not serve at {} yet: {why}",
+                    tenant.name, ctx.target
+                )));
             }
             tokio::time::sleep(LOOK_EVERY).await;
         }
@@ -362,7 +368,10 @@ impl SiteDriver for KubeFailover {
         let fenced = status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "Fenced");
         match status.active_site.as_deref() == Some(ctx.target.as_str()) && !fenced {
             true => Ok(()),
-            false => Err(retry(format!("tenant {}'s endpoint is not served from {} yet", tenant.name, ctx.target))),
+            false => Err(StepError::retry(format!(
+                "tenant {}'s endpoint is not served from {} yet",
+                tenant.name, ctx.target
+            ))),
         }
     }
 
@@ -373,8 +382,10 @@ impl SiteDriver for KubeFailover {
         let epoch = found.status.as_ref().and_then(|s| s.epoch);
         match (ready > 0, epoch == ctx.epoch) {
             (true, true) => Ok(()),
-            (false, _) => Err(retry(format!("tenant {}'s app at {} has no ready replica", tenant.name, ctx.target))),
-            (true, false) => Err(retry(format!(
+            (false, _) => {
+                Err(StepError::retry(format!("tenant {}'s app at {} has no ready replica", tenant.name, ctx.target)))
+            }
+            (true, false) => Err(StepError::retry(format!(
                 "tenant {} runs under epoch {epoch:?}, not the failover's {:?}",
                 tenant.name, ctx.epoch
             ))),

@@ -20,7 +20,7 @@ pub enum Change {
     Activated,
 }
 
-fn http() -> &'static reqwest::Client {
+pub(super) fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_default())
 }
@@ -33,9 +33,12 @@ pub async fn agree(app: &str, fenced: bool, epoch: u64) -> Result<Option<Change>
     let (_, text) = answer(http().get(format!("{app}/healthz")), app, "/healthz").await?;
     let health: Health = serde_json::from_str(&text)
         .map_err(|_| format!("the app at {app} answered /healthz with what is not its health: {text}"))?;
+    // NB: an active app under an older epoch (a tenant a failover moved here) is activated anew.
     let (path, body, change) = match (fenced, health.active) {
         (true, true) => ("/v1/admin/fence", serde_json::json!({}), Change::Fenced),
-        (false, false) => ("/v1/admin/activate", serde_json::json!({"epoch": epoch}), Change::Activated),
+        (false, active) if !active || health.epoch < epoch => {
+            ("/v1/admin/activate", serde_json::json!({"epoch": epoch}), Change::Activated)
+        }
         _ => return Ok(None),
     };
     match answer(http().post(format!("{app}{path}")).json(&body), app, path).await? {

@@ -344,6 +344,9 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         if holds(FINALIZER) {
             if ctx.local_elsewhere(&site).await {
                 // NB: the stack is in that site's operator: it stops it and removes the finalizer.
+                if let Some(own) = &ctx.site {
+                    ctx.local.stop(own, &namespace, &name);
+                }
                 return Ok(Action::await_change());
             }
             ctx.local.stop(&site, &namespace, &name);
@@ -399,6 +402,7 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
         && ctx.local_elsewhere(site).await
     {
         // NB: that site's operator runs the stack and writes the status.
+        fence_left_behind(ctx, tenant).await;
         return Ok(Action::await_change());
     }
     let plans = ctx.cache.plans.all().await.unwrap_or_default();
@@ -481,16 +485,34 @@ async fn remove_standby(ctx: &Context, tenant: &InvoicingTenant) -> Result<(), S
     Ok(())
 }
 
+/// Fences the tenant's app at this operator's own Local site, if one runs
+/// there while the tenant is served elsewhere (a failover moved it): whatever
+/// the lease says, it must issue and send nothing.
+async fn fence_left_behind(ctx: &Context, tenant: &InvoicingTenant) {
+    let Some(url) = ctx.site.as_deref().and_then(|own| ctx.local.app_url(own, &tenant.name_any())) else { return };
+    match super::local_fence::agree(&url, true, 0).await {
+        Ok(Some(_)) => {
+            let note = format!("fenced the app left at {url}: the tenant is served at {}", serving_site(tenant));
+            super::publish(ctx, tenant, EventType::Warning, "StackFenced", "Fence", note).await;
+        }
+        Ok(None) => {}
+        Err(why) => tracing::warn!(tenant = %tenant.name_any(), %why, "the app left behind could not be fenced"),
+    }
+}
+
 /// Starts the tenant's stack at the Local site `site` unless it runs, and
 /// makes its app `fenced` or active as asked (docs/operator.md,
 /// InvoicingTenant); says what runs.
 async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, site: &str, fenced: bool) -> Stack {
-    let epoch = tenant.status.as_ref().and_then(|s| s.epoch).unwrap_or(1);
+    // NB: a failover that moved the tenant here names the epoch it runs under.
+    let status = tenant.status.as_ref();
+    let epoch = status.and_then(|s| s.serving.as_ref().map(|v| v.epoch).or(s.epoch)).unwrap_or(1);
+    let channel = tenant.spec.sdi.channels.iter().find(|c| c.site == site);
     let spec = TenantSpec {
         name: tenant.name_any(),
         vat: tenant.spec.vat_number.clone(),
         company: tenant.spec.display_name.clone(),
-        sdi_endpoint: None,
+        sdi_endpoint: channel.map(|c| c.endpoint.clone()),
         epoch,
         fenced,
         postgres: Default::default(),

@@ -425,6 +425,18 @@ pub struct StepError {
     pub retryable: bool,
 }
 
+impl StepError {
+    /// A failure worth another attempt: a store or a process that may answer later.
+    pub fn retry(message: String) -> Self {
+        Self { message, retryable: true }
+    }
+
+    /// A failure that another attempt would repeat: a mismatch, a missing setting.
+    pub fn fatal(message: String) -> Self {
+        Self { message, retryable: false }
+    }
+}
+
 /// The result of a [`Call`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallResult {

@@ -3,7 +3,7 @@
 //! again after a crash, it redoes its work or finds it done.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,7 +83,9 @@ impl LocalFailover {
     }
 
     fn spec(&self, tenant: &TenantRef) -> Result<&TenantSpec, StepError> {
-        self.tenants.get(&tenant.name).ok_or_else(|| fatal(format!("tenant {} is not in this failover", tenant.name)))
+        self.tenants
+            .get(&tenant.name)
+            .ok_or_else(|| StepError::fatal(format!("tenant {} is not in this failover", tenant.name)))
     }
 
     fn pgdata(&self, tenant: &str) -> PathBuf {
@@ -95,23 +97,23 @@ impl LocalFailover {
         self.target
             .with_tenant(tenant, |stack| stack.app.as_ref().map(|app| app.base_url()))
             .flatten()
-            .ok_or_else(|| retry(format!("tenant {tenant}'s app does not run at {}", self.target.name())))
+            .ok_or_else(|| StepError::retry(format!("tenant {tenant}'s app does not run at {}", self.target.name())))
     }
 
     fn db(&self, tenant: &str) -> Result<DbUrl, StepError> {
-        let url = self
-            .target
-            .with_tenant(tenant, |stack| stack.db_url(tenant))
-            .ok_or_else(|| retry(format!("tenant {tenant}'s database does not run at {}", self.target.name())))?;
-        DbUrl::parse(&url).map_err(|e| fatal(e.to_string()))
+        let url = self.target.with_tenant(tenant, |stack| stack.db_url(tenant)).ok_or_else(|| {
+            StepError::retry(format!("tenant {tenant}'s database does not run at {}", self.target.name()))
+        })?;
+        DbUrl::parse(&url).map_err(|e| StepError::fatal(e.to_string()))
     }
 
     async fn post(&self, url: String, body: serde_json::Value) -> Result<serde_json::Value, StepError> {
-        let response = self.http.post(&url).json(&body).send().await.map_err(|e| retry(format!("{url}: {e}")))?;
+        let response =
+            self.http.post(&url).json(&body).send().await.map_err(|e| StepError::retry(format!("{url}: {e}")))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| retry(format!("{url}: {e}")))?;
+        let text = response.text().await.map_err(|e| StepError::retry(format!("{url}: {e}")))?;
         if !status.is_success() {
-            return Err(retry(format!("{url}: HTTP {status}: {text}")));
+            return Err(StepError::retry(format!("{url}: HTTP {status}: {text}")));
         }
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
@@ -123,7 +125,7 @@ impl LocalFailover {
         loop {
             match verify::wait_until_promoted(db, Duration::from_secs(5)).await {
                 Ok(client) => return Ok(client),
-                Err(e) if std::time::Instant::now() >= deadline => return Err(retry(error_chain(&e))),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(StepError::retry(error_chain(&e))),
                 Err(_) => {}
             }
             let exited = self.target.with_tenant(tenant, |s| {
@@ -131,7 +133,7 @@ impl LocalFailover {
                     .then(|| crate::testkit::process::log_tail(s.postgres.log_path()))
             });
             if let Some(Some(log)) = exited {
-                return Err(retry(format!(
+                return Err(StepError::retry(format!(
                     "tenant {tenant}'s PostgreSQL exited during recovery; its log ends:\n{log}"
                 )));
             }
@@ -158,12 +160,12 @@ impl LocalFailover {
         let spec = self.spec(&TenantRef { namespace: String::new(), name: tenant.to_owned() })?.clone();
         let request = PitrRestore { standby: true, target_time: None, ..self.pitr_request(tenant) };
         self.target.stop_tenant(tenant);
-        pitr::prepare(&self.repo, &request).await.map_err(|e| fatal(error_chain(&e)))?;
+        pitr::prepare(&self.repo, &request).await.map_err(|e| StepError::fatal(error_chain(&e)))?;
         let target = self.target.clone();
         tokio::task::spawn_blocking(move || target.start_standby_on(&spec, &request.pgdata))
             .await
-            .map_err(|e| retry(e.to_string()))?
-            .map_err(|e| retry(error_chain(&e)))
+            .map_err(|e| StepError::retry(e.to_string()))?
+            .map_err(|e| StepError::retry(error_chain(&e)))
     }
 
     /// Promotes the tenant's standby at the target: a synchronous one holds
@@ -173,11 +175,11 @@ impl LocalFailover {
     /// fetch: [`promote::promote`]); then verifies it as a restore.
     async fn promote_standby(&self, request: &PitrRestore) -> Result<Restored, StepError> {
         let (snapshot, recorded) =
-            pitr::latest_backup(&self.repo, request).await.map_err(|e| retry(error_chain(&e)))?;
-        let client = self.db(&request.tenant)?.connect().await.map_err(|e| retry(error_chain(&e)))?;
+            pitr::latest_backup(&self.repo, request).await.map_err(|e| StepError::retry(error_chain(&e)))?;
+        let client = self.db(&request.tenant)?.connect().await.map_err(|e| StepError::retry(error_chain(&e)))?;
         let promoted = promote::promote(&self.repo, &request.tenant, &client, CATCH_UP_TIMEOUT)
             .await
-            .map_err(|e| retry(error_chain(&e)))?;
+            .map_err(|e| StepError::retry(error_chain(&e)))?;
         if let promote::Promoted::Behind { newest, replayed } = promoted {
             tracing::warn!(tenant = %request.tenant, newest, replayed = ?replayed,
                 "the warm standby did not catch up with the archive: promoted anyway");
@@ -198,14 +200,15 @@ impl LocalFailover {
         let client = self.wait_until_promoted(tenant, &db).await?;
         let documents = self.target.documents(tenant);
         let (_, mut differences) =
-            verify::write_documents(&client, &documents).await.map_err(|e| retry(error_chain(&e)))?;
-        let (_, more) = verify::check_recovered(&client, recorded).await.map_err(|e| retry(error_chain(&e)))?;
+            verify::write_documents(&client, &documents).await.map_err(|e| StepError::retry(error_chain(&e)))?;
+        let (_, more) =
+            verify::check_recovered(&client, recorded).await.map_err(|e| StepError::retry(error_chain(&e)))?;
         differences.extend(more);
         if !differences.is_empty() {
             let shown: Vec<String> = differences.iter().map(ToString::to_string).collect();
-            return Err(fatal(format!("restored tenant {tenant} does not verify: {}", shown.join("; "))));
+            return Err(StepError::fatal(format!("restored tenant {tenant} does not verify: {}", shown.join("; "))));
         }
-        let last = verify::last_write(&client).await.map_err(|e| retry(error_chain(&e)))?;
+        let last = verify::last_write(&client).await.map_err(|e| StepError::retry(error_chain(&e)))?;
         let lost_at = self.lost_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(jiff::Timestamp::now);
         let rpo = last
             .map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO));
@@ -213,12 +216,46 @@ impl LocalFailover {
     }
 }
 
-fn retry(message: String) -> StepError {
-    StepError { message, retryable: true }
+/// Imports what SdI at `endpoint` already holds for `tenant` into its restored
+/// database at `db` and its documents at `documents`, so that numbering goes
+/// on after it and nothing is sent twice.
+pub async fn reconcile_with_sdi(db: &DbUrl, documents: &Path, endpoint: &str, tenant: &str) -> Result<(), StepError> {
+    let mut client = db.connect().await.map_err(|e| StepError::retry(error_chain(&e)))?;
+    let documents = Documents::open(documents).map_err(|e| StepError::fatal(error_chain(&e)))?;
+    let sdi = sdi::client::Client::new(endpoint).map_err(|e| StepError::fatal(error_chain(&e)))?;
+    let done = reconcile::reconcile(&mut client, &documents, &sdi, tenant).await.map_err(|e| match e {
+        reconcile::Error::Conflicts { .. } => StepError::fatal(error_chain(&e)),
+        e => StepError::retry(error_chain(&e)),
+    })?;
+    tracing::info!(
+        tenant,
+        imported = done.imported.len(),
+        adopted = done.adopted.len(),
+        gaps = done.gaps.len(),
+        "reconciled with SdI"
+    );
+    Ok(())
 }
 
-fn fatal(message: String) -> StepError {
-    StepError { message, retryable: false }
+/// Whether the app at `app` serves `tenant`, active under `epoch`.
+pub async fn serves_under(
+    http: &reqwest::Client,
+    app: &str,
+    tenant: &str,
+    epoch: Option<u64>,
+) -> Result<(), StepError> {
+    let health: serde_json::Value = http
+        .get(format!("{app}/healthz"))
+        .send()
+        .await
+        .map_err(|e| StepError::retry(format!("{app}/healthz: {e}")))?
+        .json()
+        .await
+        .map_err(|e| StepError::retry(format!("{app}/healthz: {e}")))?;
+    match health["active"] == true && health["epoch"].as_u64() == epoch {
+        true => Ok(()),
+        false => Err(StepError::retry(format!("tenant {tenant} does not serve under epoch {epoch:?}: {health}"))),
+    }
 }
 
 #[async_trait]
@@ -263,38 +300,25 @@ impl SiteDriver for LocalFailover {
         self.target.stop_tenant(&tenant.name);
         // NB: a store that does not answer now may later: the failover tries again.
         let prepared = pitr::prepare(&self.repo, &request).await.map_err(|e| match e.may_pass() {
-            true => retry(error_chain(&e)),
-            false => fatal(error_chain(&e)),
+            true => StepError::retry(error_chain(&e)),
+            false => StepError::fatal(error_chain(&e)),
         })?;
         let target = self.target.clone();
         let (spec, pgdata) = (spec.clone(), request.pgdata.clone());
         tokio::task::spawn_blocking(move || target.start_database(&spec, Some(&pgdata)))
             .await
-            .map_err(|e| retry(e.to_string()))?
-            .map_err(|e| retry(error_chain(&e)))?;
+            .map_err(|e| StepError::retry(e.to_string()))?
+            .map_err(|e| StepError::retry(error_chain(&e)))?;
         self.verify_recovered(&tenant.name, prepared.snapshot, &prepared.recorded).await
     }
 
     async fn reconcile_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
-        let mut client = self.db(&tenant.name)?.connect().await.map_err(|e| retry(error_chain(&e)))?;
-        let documents = Documents::open(self.target.documents(&tenant.name)).map_err(|e| fatal(error_chain(&e)))?;
-        let sdi = sdi::client::Client::new(&self.sdi_endpoint).map_err(|e| fatal(error_chain(&e)))?;
-        let done = reconcile::reconcile(&mut client, &documents, &sdi, &tenant.name).await.map_err(|e| match e {
-            reconcile::Error::Conflicts { .. } => fatal(error_chain(&e)),
-            e => retry(error_chain(&e)),
-        })?;
-        tracing::info!(
-            tenant = %tenant.name,
-            imported = done.imported.len(),
-            adopted = done.adopted.len(),
-            gaps = done.gaps.len(),
-            "reconciled with SdI"
-        );
-        Ok(())
+        let db = self.db(&tenant.name)?;
+        reconcile_with_sdi(&db, &self.target.documents(&tenant.name), &self.sdi_endpoint, &tenant.name).await
     }
 
     async fn start_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
-        let epoch = ctx.epoch.ok_or_else(|| fatal("no fencing epoch yet: the lease is not taken".into()))?;
+        let epoch = ctx.epoch.ok_or_else(|| StepError::fatal("no fencing epoch yet: the lease is not taken".into()))?;
         let spec = TenantSpec {
             epoch,
             fenced: false,
@@ -304,8 +328,8 @@ impl SiteDriver for LocalFailover {
         let target = self.target.clone();
         tokio::task::spawn_blocking(move || target.start_app(&spec))
             .await
-            .map_err(|e| retry(e.to_string()))?
-            .map_err(|e| retry(error_chain(&e)))
+            .map_err(|e| StepError::retry(e.to_string()))?
+            .map_err(|e| StepError::retry(error_chain(&e)))
     }
 
     async fn switch_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
@@ -317,29 +341,15 @@ impl SiteDriver for LocalFailover {
         let response = self.http.put(format!("{app}/v1/channel")).json(&channel).send().await;
         match response {
             Ok(r) if r.status().is_success() => {}
-            Ok(r) => return Err(retry(format!("{app}/v1/channel: HTTP {}", r.status()))),
-            Err(e) => return Err(retry(format!("{app}/v1/channel: {e}"))),
+            Ok(r) => return Err(StepError::retry(format!("{app}/v1/channel: HTTP {}", r.status()))),
+            Err(e) => return Err(StepError::retry(format!("{app}/v1/channel: {e}"))),
         }
         self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant.name.clone(), app);
         Ok(())
     }
 
     async fn verify_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
-        let app = self.app_url(&tenant.name)?;
-        let health: serde_json::Value = self
-            .http
-            .get(format!("{app}/healthz"))
-            .send()
-            .await
-            .map_err(|e| retry(format!("{app}/healthz: {e}")))?
-            .json()
-            .await
-            .map_err(|e| retry(format!("{app}/healthz: {e}")))?;
-        let serving = health["active"] == true && health["epoch"].as_u64() == ctx.epoch;
-        match serving {
-            true => Ok(()),
-            false => Err(retry(format!("tenant {} does not serve under epoch {:?}: {health}", tenant.name, ctx.epoch))),
-        }
+        serves_under(&self.http, &self.app_url(&tenant.name)?, &tenant.name, ctx.epoch).await
     }
 
     async fn discard_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
@@ -347,7 +357,7 @@ impl SiteDriver for LocalFailover {
         match std::fs::remove_dir_all(self.pgdata(&tenant.name)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(retry(format!("removing tenant {}'s restored data: {e}", tenant.name))),
+            Err(e) => Err(StepError::retry(format!("removing tenant {}'s restored data: {e}", tenant.name))),
         }
     }
 }
