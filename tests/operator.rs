@@ -726,17 +726,19 @@ async fn the_apps_at_a_local_site_are_fenced_while_another_site_holds_the_lease_
 
 /// A manual failover to a Local site, carried out by that site's operator:
 /// the source's operator hands the lease over and fences its apps; each
-/// tenant is restored at the target from its newest backup, reconciled with
-/// the SdI channel configured there (an invoice sent after the backup comes
-/// back from SdI), and served under the new epoch; numbering goes on.
+/// tenant is recovered at the target from its base backup and the WAL its
+/// database archived since (its invoices were all issued after the backup,
+/// and the source's SdI channel reached nothing, so they came back from the
+/// archive alone), and served under the new epoch, sending through the
+/// target's channel; numbering goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_to_a_local_site_brings_each_tenant_back_there_from_its_backups_under_a_new_epoch() {
+async fn a_failover_to_a_local_site_recovers_each_tenant_there_from_its_base_backup_and_archive_under_a_new_epoch() {
     use fenice::api::failover::{Failover, FailoverPhase};
     use fenice::api::plan::FailoverPlan;
     use fenice::api::site::Site;
     use fenice::failover::witness::Witness;
 
-    let LocalCluster { api, dir, client, state, s3: _s3, proxy: _proxy, repos: _repos } = local_cluster().await;
+    let LocalCluster { api, dir, client, state, s3, proxy: _proxy, repos: _repos } = local_cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
     let witness_dir = dir.path().join("witness");
     let store = std::sync::Arc::new(fenice::store::fs::FsStore::open(&witness_dir).unwrap());
@@ -750,13 +752,17 @@ async fn a_failover_to_a_local_site_brings_each_tenant_back_there_from_its_backu
         json!({"spec": {"mode": "Manual", "witness": {"leaseDuration": "3s", "renewInterval": "1s"}, "drills": null}});
     let plan = example("plan.yaml", "westpole-to-azure", manual);
     plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
-    // Both sites' channels reach one simulated SdI.
+    // The target's channel reaches SdI; the source's reaches nothing, so what it issues stays pending.
     let sdi = SdiSimServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_fenice")), Duration::from_millis(200))
         .expect("the SdI simulator");
+    let archiving = json!({"spec": {"walArchiving": {"enabled": true, "archiveTimeout": "1s"}}});
+    a_policy_due_now(&client, "standard", archiving).await;
     let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
     for mut document in examples("tenants.yaml") {
         for channel in document["spec"]["sdi"]["channels"].as_array_mut().unwrap() {
-            channel["endpoint"] = json!(sdi.endpoint());
+            let reached =
+                if channel["site"] == "azure-italynorth" { sdi.endpoint() } else { "http://127.0.0.1:9".into() };
+            channel["endpoint"] = json!(reached);
         }
         tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
     }
@@ -799,27 +805,30 @@ async fn a_failover_to_a_local_site_brings_each_tenant_back_there_from_its_backu
         }
     };
     let old_apps: Vec<(String, String)> = running.iter().map(|t| (t.name_any(), app_of(t).unwrap())).collect();
-    for (_, app) in &old_apps {
-        for _ in 0..2 {
-            issue(app.clone()).await;
-        }
-    }
-    // Backed up with two invoices each; a third is issued and sent to SdI after.
-    a_policy_due_now(&client, "standard", json!({})).await;
+    // The base backups, taken before any invoice.
     let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
     let all =
         wait_list(&backups, "three Backups finished", |all| all.len() == 3 && all.iter().all(backup_finished)).await;
     assert!(all.iter().all(|b| phase(b) == Some(fenice::api::backup::BackupPhase::Succeeded)), "{all:#?}");
+    let store: std::sync::Arc<dyn fenice::store::ObjectStore> =
+        std::sync::Arc::new(s3.store("tenants-plain", "").await.unwrap());
+    let unlock =
+        fenice::repo::repository::Unlock::Passphrase(fenice::repo::keyfile::Passphrase::new(SECRET_VALUE.into()));
+    let repo = fenice::repo::repository::Repository::open(store, &unlock).await.unwrap();
     for (name, app) in &old_apps {
-        let third = issue(app.clone()).await;
-        assert_eq!(third["number"], 3, "{name}: {third}");
-        timeout(DEADLINE, async {
-            while transmitted(app.clone()).await < 3 {
+        for number in 1..=3 {
+            let issued = issue(app.clone()).await;
+            assert_eq!(issued["number"], number, "{name}: {issued}");
+        }
+        // NB: the segment current at the third commit is archived at the next switch (archive_timeout 1 s).
+        let current = fenice::stack::wal::newest_segment(&repo, name).await.unwrap();
+        let _ = timeout(Duration::from_secs(10), async {
+            while fenice::stack::wal::newest_segment(&repo, name).await.unwrap() <= current {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
-        .await
-        .unwrap_or_else(|_| panic!("{name}'s app sends its third invoice to SdI"));
+        .await;
+        assert_eq!(transmitted(app.clone()).await, 0, "{name}: the source's channel reaches nothing");
     }
     let before = lease.read().await.unwrap().expect("westpole-rome's agent holds the lease").record;
     assert_eq!(before.holder, "westpole-rome");
@@ -860,7 +869,7 @@ async fn a_failover_to_a_local_site_brings_each_tenant_back_there_from_its_backu
         let health: fenice::app::http::Health =
             http.get(format!("{app}/healthz")).send().await.unwrap().json().await.unwrap();
         assert!(health.active && health.epoch == after.epoch, "{name}: {health:?}");
-        // The invoice sent after the backup came back from SdI; numbering goes on after it.
+        // The invoices issued after the backup came back from the archive; numbering goes on after them.
         let third = http.get(format!("{app}/v1/invoices/2026/3")).send().await.unwrap();
         assert_eq!(third.status(), 200, "{name}: {:?}", third.text().await);
         let fourth = issue(app.clone()).await;
@@ -868,6 +877,14 @@ async fn a_failover_to_a_local_site_brings_each_tenant_back_there_from_its_backu
         let channel: serde_json::Value =
             http.get(format!("{app}/v1/channel")).send().await.unwrap().json().await.unwrap();
         assert_eq!(channel["endpoint"], json!(sdi.endpoint()), "{name}");
+        // What stayed pending at the source is sent from the target, once.
+        timeout(DEADLINE, async {
+            while transmitted(app.clone()).await < 4 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}'s app at azure-italynorth sends its four invoices to SdI"));
         // The app left at the source issues nothing.
         let left: fenice::app::http::Health =
             http.get(format!("{old}/healthz")).send().await.unwrap().json().await.unwrap();

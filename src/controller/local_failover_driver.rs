@@ -1,15 +1,13 @@
 //! A failover's steps when its target Site is Local, carried out by that
 //! site's operator ([`super::failover`]). The lease changes hands through the
 //! witness and the tenant is served by writing `status.serving`, as at
-//! Kubernetes sites ([`KubeFailover`]); in between, each tenant is restored
-//! into a PostgreSQL of its own at the target from the newest verified backup
-//! its BackupPolicy's repositories hold (in the policy's order, the next one
-//! when a repository cannot be read), and reconciled with the SdI channel
-//! configured for the target. The tenant controller then starts its app
-//! there under the failover's epoch, sending through that channel.
-//!
-//! The Local stacks the operator runs archive no WAL: a tenant comes back as
-//! of its newest backup, and its RPO says how old that was.
+//! Kubernetes sites ([`KubeFailover`]); in between, each tenant is recovered
+//! into a PostgreSQL of its own at the target from the first repository of its
+//! BackupPolicy that gives a verified copy (its newest base backup and the WAL
+//! archived since, where the policy archives WAL; its newest dump otherwise),
+//! and reconciled with the SdI channel configured for the target. The tenant
+//! controller then starts its app there under the failover's epoch, sending
+//! through that channel.
 
 use std::sync::Arc;
 
@@ -17,6 +15,7 @@ use async_trait::async_trait;
 use kube::ResourceExt;
 
 use super::failover_driver::KubeFailover;
+use super::local_archiving::{self, Archiving};
 use super::{Context, backup_run};
 use crate::api::common::TenantRef;
 use crate::api::tenant::{InvoicingTenant, SdiChannel};
@@ -25,8 +24,9 @@ use crate::error_chain::error_chain;
 use crate::failover::executor::{SiteDriver, StepContext};
 use crate::failover::machine::{Restored, SourceFence, StepError};
 use crate::site::local::TenantSpec;
-use crate::site::local_failover::{reconcile_with_sdi, serves_under};
+use crate::site::local_failover::{reconcile_with_sdi, serves_under, verify_recovered};
 use crate::stack::pg::DbUrl;
+use crate::stack::pitr::{self, PitrRestore};
 use crate::stack::restore::TenantRestore;
 
 /// The steps of one failover whose target is a Local site.
@@ -61,15 +61,7 @@ impl LocalTargetFailover {
         let (namespace, name) = (tenant.namespace().unwrap_or_default(), tenant.name_any());
         let local = self.ctx().local.clone();
         local.stop(&ctx.target, &namespace, &name);
-        let spec = TenantSpec {
-            name: name.clone(),
-            vat: tenant.spec.vat_number.clone(),
-            company: tenant.spec.display_name.clone(),
-            sdi_endpoint: None,
-            epoch: ctx.epoch.unwrap_or(1),
-            fenced: true,
-            postgres: Default::default(),
-        };
+        let spec = self.spec(ctx, tenant);
         let (site, owner) = (ctx.target.clone(), namespace.clone());
         let started = tokio::task::spawn_blocking(move || local.ensure_database(&site, &owner, &spec)).await;
         let why = match started {
@@ -78,6 +70,87 @@ impl LocalTargetFailover {
             Err(e) => e.to_string(),
         };
         Err(StepError::retry(format!("starting tenant {name}'s PostgreSQL at Local site {}: {why}", ctx.target)))
+    }
+}
+
+impl LocalTargetFailover {
+    /// Point-in-time recovery to the end of the archive: the newest base
+    /// backup `repo` holds, PostgreSQL started on it at the target replaying
+    /// the WAL archived since (`restore_command` reads the repository at
+    /// its location), promoted, then checked against what the backup recorded.
+    async fn recover(
+        &self,
+        ctx: &StepContext,
+        tenant: &InvoicingTenant,
+        (repository, repo): (&str, Arc<crate::repo::repository::Repository>),
+        archiving: &Archiving,
+    ) -> Result<Restored, String> {
+        let (namespace, name) = (tenant.namespace().unwrap_or_default(), tenant.name_any());
+        let local = self.ctx().local.clone();
+        let site = local.site(&ctx.target);
+        let location = archiving.locations.iter().find(|(n, _)| n == repository).map(|(_, l)| l.clone());
+        let location = location.ok_or_else(|| "not in the archive's repositories".to_owned())?;
+        let request = PitrRestore {
+            tenant: name.clone(),
+            repository: location,
+            target_time: None,
+            snapshot: None,
+            pgdata: site.pgdata(&name),
+            force: true,
+            fenice: local.program().to_owned(),
+            standby: false,
+        };
+        // A retry starts over: the copy of an earlier attempt goes first.
+        local.stop(&ctx.target, &namespace, &name);
+        let prepared = pitr::prepare(&repo, &request).await.map_err(|e| error_chain(&e))?;
+        let spec = TenantSpec { postgres: archiving.fetching(), ..self.spec(ctx, tenant) };
+        let (target, owner, pgdata) = (ctx.target.clone(), namespace.clone(), request.pgdata.clone());
+        let started =
+            tokio::task::spawn_blocking(move || local.ensure_recovering(&target, &owner, &spec, &pgdata)).await;
+        match started {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("starting PostgreSQL on the restored data: {}", error_chain(&e))),
+            Err(e) => return Err(format!("starting PostgreSQL on the restored data: {e}")),
+        }
+        let recorded = (prepared.snapshot, &prepared.recorded);
+        verify_recovered(&site, &name, recorded, Some(self.kube.declared_loss)).await.map_err(|e| e.message)
+    }
+
+    /// The newest dump `repo` holds, restored into a fresh PostgreSQL at the
+    /// target and checked against what the backup recorded.
+    async fn restore_dump(
+        &self,
+        ctx: &StepContext,
+        tenant: &InvoicingTenant,
+        repo: Arc<crate::repo::repository::Repository>,
+    ) -> Result<Restored, String> {
+        let db = self.fresh_database(ctx, tenant).await.map_err(|e| e.message)?;
+        let name = tenant.name_any();
+        let request = TenantRestore {
+            tenant: name.clone(),
+            snapshot: None,
+            db: db.clone(),
+            documents: self.ctx().local.site(&ctx.target).documents(&name),
+            force: true,
+            pg_bin: None,
+        };
+        let outcome = crate::stack::restore::restore(&repo, &request).await.map_err(|e| error_chain(&e))?;
+        let client = db.connect().await.map_err(|e| error_chain(&e))?;
+        let last = crate::stack::verify::last_write(&client).await.map_err(|e| error_chain(&e))?;
+        Ok(Restored { snapshot_id: outcome.snapshot.to_string(), rpo: self.kube.rpo(last) })
+    }
+
+    /// The tenant's stack at the target before it serves: its database alone, fenced.
+    fn spec(&self, ctx: &StepContext, tenant: &InvoicingTenant) -> TenantSpec {
+        TenantSpec {
+            name: tenant.name_any(),
+            vat: tenant.spec.vat_number.clone(),
+            company: tenant.spec.display_name.clone(),
+            sdi_endpoint: None,
+            epoch: ctx.epoch.unwrap_or(1),
+            fenced: true,
+            postgres: Default::default(),
+        }
     }
 }
 
@@ -106,8 +179,8 @@ impl SiteDriver for LocalTargetFailover {
         self.kube.cancel_lease(ctx).await
     }
 
-    /// Restores the tenant's newest backup into a fresh PostgreSQL at the
-    /// target and verifies it against what the backup recorded.
+    /// Restores the tenant at the target from the first repository of its
+    /// BackupPolicy that gives a verified copy, and verifies it.
     async fn restore_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<Restored, StepError> {
         let found = self.kube.tenant(tenant).await?;
         let policy = &found.spec.backup_policy;
@@ -118,37 +191,24 @@ impl SiteDriver for LocalTargetFailover {
                 tenant.name
             )));
         };
-        let db = self.fresh_database(ctx, &found).await?;
-        let documents = self.ctx().local.site(&ctx.target).documents(&tenant.name);
+        let archiving = local_archiving::archiving(self.ctx(), &found, &ctx.target)
+            .await
+            .map_err(|why| StepError::retry(format!("tenant {}: {why}", tenant.name)))?;
         let mut tried = Vec::new();
         for repository in &policy.spec.repositories {
             let (_, _, opened) = backup_run::open_repository(self.ctx(), repository, false).await;
-            let repo = match opened {
-                Ok(repo) => Arc::new(repo),
-                Err(why) => {
-                    tried.push(format!("repository {repository}: {why}"));
-                    continue;
-                }
+            let restored = match (opened, &archiving) {
+                (Err(why), _) => Err(why),
+                (Ok(repo), Some(archiving)) => self.recover(ctx, &found, (repository, Arc::new(repo)), archiving).await,
+                (Ok(repo), None) => self.restore_dump(ctx, &found, Arc::new(repo)).await,
             };
-            let request = TenantRestore {
-                tenant: tenant.name.clone(),
-                snapshot: None,
-                db: db.clone(),
-                documents: documents.clone(),
-                force: true,
-                pg_bin: None,
-            };
-            match crate::stack::restore::restore(&repo, &request).await {
-                Ok(outcome) => {
-                    let client = db.connect().await.map_err(|e| StepError::retry(error_chain(&e)))?;
-                    let last = crate::stack::verify::last_write(&client)
-                        .await
-                        .map_err(|e| StepError::retry(error_chain(&e)))?;
-                    tracing::info!(tenant = %tenant.name, %repository, snapshot = %outcome.snapshot.short(),
-                        taken = %outcome.time, "restored at the failover's target");
-                    return Ok(Restored { snapshot_id: outcome.snapshot.to_string(), rpo: self.kube.rpo(last) });
+            match restored {
+                Ok(restored) => {
+                    tracing::info!(tenant = %tenant.name, %repository, snapshot = %restored.snapshot_id,
+                        "restored at the failover's target");
+                    return Ok(restored);
                 }
-                Err(e) => tried.push(format!("repository {repository}: {}", error_chain(&e))),
+                Err(why) => tried.push(format!("repository {repository}: {why}")),
             }
         }
         Err(StepError::retry(format!(

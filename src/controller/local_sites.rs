@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use zeroize::Zeroizing;
+
 use crate::site::local::{self, LocalSite, TenantSpec};
 
 /// Why a tenant's stack cannot run at a Local site.
@@ -21,6 +23,25 @@ pub enum Error {
 
     #[error(transparent)]
     Site(#[from] local::Error),
+}
+
+/// The socket of the WAL archiver for `env`: named after a digest of the
+/// environment, which holds secrets, never after its values.
+fn archiver_name(env: &BTreeMap<String, Zeroizing<String>>) -> String {
+    let mut digest = blake3::Hasher::new();
+    for (key, value) in env {
+        digest.update(key.as_bytes()).update(b"=").update(value.as_bytes()).update(b"\0");
+    }
+    format!("wal-archiver-{}.sock", &digest.finalize().to_hex()[..12])
+}
+
+/// What [`LocalSites::ensure`] starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start<'a> {
+    /// PostgreSQL with a fresh database, and the app.
+    Stack,
+    /// PostgreSQL alone, fresh or on a prepared data directory.
+    Database(Option<&'a Path>),
 }
 
 /// Every Local site the operator drives, created when first needed.
@@ -56,16 +77,28 @@ impl LocalSites {
     /// did not start is started again. True when something was started.
     /// Blocking: it waits for PostgreSQL and the app to serve.
     pub fn ensure_running(&self, site: &str, namespace: &str, spec: &TenantSpec) -> Result<bool, Error> {
-        self.ensure(site, namespace, spec, true)
+        self.ensure(site, namespace, spec, Start::Stack)
     }
 
     /// Starts a PostgreSQL server alone for `spec` at `site` unless one runs
     /// there (a restore creates its database). True when it was started.
     pub fn ensure_database(&self, site: &str, namespace: &str, spec: &TenantSpec) -> Result<bool, Error> {
-        self.ensure(site, namespace, spec, false)
+        self.ensure(site, namespace, spec, Start::Database(None))
     }
 
-    fn ensure(&self, site: &str, namespace: &str, spec: &TenantSpec, app: bool) -> Result<bool, Error> {
+    /// Starts a PostgreSQL server alone for `spec` at `site` on the data
+    /// directory `pgdata` (prepared for recovery) unless one runs there.
+    pub fn ensure_recovering(
+        &self,
+        site: &str,
+        namespace: &str,
+        spec: &TenantSpec,
+        pgdata: &Path,
+    ) -> Result<bool, Error> {
+        self.ensure(site, namespace, spec, Start::Database(Some(pgdata)))
+    }
+
+    fn ensure(&self, site: &str, namespace: &str, spec: &TenantSpec, start: Start<'_>) -> Result<bool, Error> {
         let key = (site.to_owned(), spec.name.clone());
         {
             let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,9 +113,10 @@ impl LocalSites {
             }
         }
         let local = self.site(site);
-        let started = |local: &LocalSite| match app {
-            true => local.start_tenant(spec),
-            false => local.start_database(spec, None),
+        let app = start == Start::Stack;
+        let started = |local: &LocalSite| match start {
+            Start::Stack => local.start_tenant(spec),
+            Start::Database(pgdata) => local.start_database(spec, pgdata),
         };
         match local.with_tenant(&spec.name, |stack| stack.app.is_some()) {
             Some(running) if running || !app => Ok(false),
@@ -118,7 +152,22 @@ impl LocalSites {
             for tenant in site.tenants() {
                 site.stop_tenant(&tenant);
             }
+            site.stop_archivers();
         }
+    }
+
+    /// The socket of `site`'s WAL archiver for the repositories `env` opens,
+    /// started unless it runs: one per set of repositories, which it opens
+    /// once for every database handing it WAL. Blocking: it waits until the
+    /// archiver listens.
+    pub fn archiver(&self, site: &str, env: &BTreeMap<String, Zeroizing<String>>) -> Result<PathBuf, Error> {
+        let pairs: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        Ok(self.site(site).start_wal_archiver_named(&archiver_name(env), &pairs)?)
+    }
+
+    /// Whether `site` runs the WAL archiver for the repositories `env` opens.
+    pub fn archiver_runs(&self, site: &str, env: &BTreeMap<String, Zeroizing<String>>) -> bool {
+        self.site(site).runs_wal_archiver(&archiver_name(env))
     }
 
     /// Stops `name` of `namespace` at every site it runs at.
@@ -141,6 +190,11 @@ impl LocalSites {
         let key = (site.to_owned(), tenant.to_owned());
         let owned = self.owners.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|o| o == namespace);
         owned.then(|| self.site(site).with_tenant(tenant, |stack| stack.db_url(tenant))).flatten()
+    }
+
+    /// The `fenice` program the sites' processes run.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// The tenant's app address at `site`, when it runs.

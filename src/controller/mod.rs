@@ -18,6 +18,7 @@ pub mod failover_driver;
 pub mod leader;
 pub mod lease_agent;
 pub mod lease_watch;
+pub mod local_archiving;
 pub mod local_failover_driver;
 pub mod local_fence;
 pub mod local_sites;

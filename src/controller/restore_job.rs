@@ -25,6 +25,7 @@ use crate::api::restore::{Restore, RestorePhase, RestoreStatus};
 use crate::api::site::Site;
 use crate::api::tenant::InvoicingTenant;
 use crate::error_chain::error_chain;
+use crate::site::agent_env::Reach;
 use crate::site::cluster::{self, SiteCluster};
 use crate::site::restore_copy;
 use crate::stack::restore_report::Report;
@@ -100,7 +101,8 @@ pub async fn make_copy(
     place: &Place<'_>,
     repository: &str,
 ) -> Result<SiteCluster, (&'static str, String)> {
-    let env = read_env(ctx, owner, &[repository.to_owned()]).await.map_err(|m| ("RepositoryUnavailable", m))?;
+    let env =
+        read_env(ctx, owner, &[repository.to_owned()], Reach::Pods).await.map_err(|m| ("RepositoryUnavailable", m))?;
     let rendered = restore_copy::objects(tenant, place.site, &ctx.images, place.copy, &env, &password())
         .map_err(|e| ("CopyNotRendered", e.to_string()))?;
     let cluster = ctx

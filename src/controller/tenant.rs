@@ -508,6 +508,18 @@ async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, s
     let status = tenant.status.as_ref();
     let epoch = status.and_then(|s| s.serving.as_ref().map(|v| v.epoch).or(s.epoch)).unwrap_or(1);
     let channel = tenant.spec.sdi.channels.iter().find(|c| c.site == site);
+    // NB: a database that runs keeps the settings it was started with.
+    let postgres = match ctx.local.database(site, namespace, &tenant.name_any()) {
+        Some(_) => Default::default(),
+        None => match super::local_archiving::archiving(ctx, tenant, site).await {
+            Ok(archiving) => archiving.map(|a| a.options).unwrap_or_default(),
+            Err(message) => {
+                let message = format!("its WAL cannot be archived: {message}");
+                super::publish(ctx, tenant, EventType::Warning, "StackFailed", "Start", message.clone()).await;
+                return Stack::Failed { message };
+            }
+        },
+    };
     let spec = TenantSpec {
         name: tenant.name_any(),
         vat: tenant.spec.vat_number.clone(),
@@ -515,7 +527,7 @@ async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, s
         sdi_endpoint: channel.map(|c| c.endpoint.clone()),
         epoch,
         fenced,
-        postgres: Default::default(),
+        postgres,
     };
     let local = ctx.local.clone();
     let (site_name, namespace_owned) = (site.to_owned(), namespace.to_owned());

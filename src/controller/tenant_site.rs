@@ -18,7 +18,7 @@ use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
 use crate::api::tenant::{InvoicingTenant, StandbyMode};
 use crate::error_chain::error_chain;
-use crate::site::agent_env::{RepositoryAccess, agent_env};
+use crate::site::agent_env::{Reach, RepositoryAccess, agent_env};
 use crate::site::cluster::{self, Applied};
 use crate::site::kubernetes;
 
@@ -313,7 +313,7 @@ async fn repositories_env(ctx: &Context, tenant: &InvoicingTenant) -> Result<Age
         return Ok(env);
     }
     let owner = format!("BackupPolicy {policy_name}");
-    let env = Arc::new(read_env(ctx, &owner, &policy.spec.repositories).await?);
+    let env = Arc::new(read_env(ctx, &owner, &policy.spec.repositories, Reach::Pods).await?);
     envs.lock().unwrap_or_else(|e| e.into_inner()).insert(policy_name.clone(), (Instant::now(), version, env.clone()));
     Ok(env)
 }
@@ -324,6 +324,7 @@ pub async fn read_env(
     ctx: &Context,
     owner: &str,
     repositories: &[String],
+    reach: Reach,
 ) -> Result<BTreeMap<String, Zeroizing<String>>, String> {
     let api: Api<BackupRepository> = Api::all(ctx.client.clone());
     let mut found = Vec::new();
@@ -349,7 +350,7 @@ pub async fn read_env(
             credentials: credentials.clone(),
         })
         .collect();
-    agent_env(&access).map_err(|e| format!("{owner}: {e}"))
+    agent_env(&access, reach).map_err(|e| format!("{owner}: {e}"))
 }
 
 fn list(objects: &[String]) -> String {

@@ -60,8 +60,43 @@ fn set(env: &mut Set, repository: &str, key: &'static str, value: &str, what: &'
     }
 }
 
-/// The variables, by name. Values may be secrets: they go into a Secret only.
-pub fn agent_env(repositories: &[RepositoryAccess<'_>]) -> Result<BTreeMap<String, Zeroizing<String>>, EnvError> {
+/// Where the agents that open the repositories run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// In pods at a Kubernetes site: a path on the operator's machine is out of reach.
+    Pods,
+    /// On the operator's own machine (the Local site driver): a path is reachable.
+    OperatorMachine,
+}
+
+/// The location the agents open the repository `name` at, as `--repo` takes it.
+pub fn location(name: &str, spec: &BackupRepositorySpec, reach: Reach) -> Result<Location, EnvError> {
+    let storage = &spec.storage;
+    let incomplete = |what| EnvError::Incomplete { name: name.to_owned(), what };
+    match storage.type_ {
+        StoreType::Filesystem if reach == Reach::Pods => Err(EnvError::Filesystem { name: name.to_owned() }),
+        StoreType::Filesystem => {
+            let fs = storage.filesystem.as_ref().ok_or(incomplete("filesystem"))?;
+            Ok(Location::Filesystem { path: fs.path.clone().into() })
+        }
+        StoreType::S3 => {
+            let s3 = storage.s3.as_ref().ok_or(incomplete("s3"))?;
+            Ok(Location::S3 { bucket: s3.bucket.clone(), prefix: s3.prefix.clone().unwrap_or_default() })
+        }
+        StoreType::AzureBlob => {
+            let az = storage.azure_blob.as_ref().ok_or(incomplete("azureBlob"))?;
+            let prefix = az.prefix.clone().unwrap_or_default();
+            Ok(Location::Azure { account: az.account.clone(), container: az.container.clone(), prefix })
+        }
+    }
+}
+
+/// The variables, by name. Values may be secrets: they go into a Secret, or
+/// the environment of the operator's own children, only.
+pub fn agent_env(
+    repositories: &[RepositoryAccess<'_>],
+    reach: Reach,
+) -> Result<BTreeMap<String, Zeroizing<String>>, EnvError> {
     if repositories.is_empty() {
         return Err(EnvError::NoRepository);
     }
@@ -71,12 +106,11 @@ pub fn agent_env(repositories: &[RepositoryAccess<'_>]) -> Result<BTreeMap<Strin
         let name = repo.name;
         let storage = &repo.spec.storage;
         set(&mut env, name, "FENICE_PASSWORD", &repo.password, "password")?;
+        locations.push(location(name, repo.spec, reach)?.to_string());
         match storage.type_ {
-            StoreType::Filesystem => return Err(EnvError::Filesystem { name: name.to_owned() }),
+            StoreType::Filesystem => {}
             StoreType::S3 => {
                 let s3 = storage.s3.as_ref().ok_or(EnvError::Incomplete { name: name.to_owned(), what: "s3" })?;
-                let prefix = s3.prefix.clone().unwrap_or_default();
-                locations.push(Location::S3 { bucket: s3.bucket.clone(), prefix }.to_string());
                 if let Some(endpoint) = &s3.endpoint {
                     set(&mut env, name, "AWS_ENDPOINT_URL", endpoint, "S3 endpoint")?;
                 }
@@ -96,9 +130,6 @@ pub fn agent_env(repositories: &[RepositoryAccess<'_>]) -> Result<BTreeMap<Strin
                     .azure_blob
                     .as_ref()
                     .ok_or(EnvError::Incomplete { name: name.to_owned(), what: "azureBlob" })?;
-                let prefix = az.prefix.clone().unwrap_or_default();
-                let location = Location::Azure { account: az.account.clone(), container: az.container.clone(), prefix };
-                locations.push(location.to_string());
                 if let Some(endpoint) = &az.endpoint {
                     set(&mut env, name, "FENICE_AZURE_ENDPOINT", endpoint, "Azure Blob endpoint")?;
                 }
@@ -150,10 +181,13 @@ mod tests {
         let az = spec(json!({"type": "AzureBlob", "azureBlob": {
             "account": "fenice", "container": "backups", "sasUrlSecretRef": {"name": "s", "key": "url"},
         }}));
-        let env = agent_env(&[
-            access("ovh", &s3, "pw", &[("AWS_ACCESS_KEY_ID", "id"), ("AWS_SECRET_ACCESS_KEY", "key")]),
-            access("azure", &az, "pw", &[(AZURE_SAS_ENV, "https://fenice.blob/?sig=x")]),
-        ])
+        let env = agent_env(
+            &[
+                access("ovh", &s3, "pw", &[("AWS_ACCESS_KEY_ID", "id"), ("AWS_SECRET_ACCESS_KEY", "key")]),
+                access("azure", &az, "pw", &[(AZURE_SAS_ENV, "https://fenice.blob/?sig=x")]),
+            ],
+            Reach::Pods,
+        )
         .unwrap();
         let shown: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(shown["FENICE_REPOSITORY"], "s3://backups/tenants,az://fenice/backups");
@@ -167,9 +201,10 @@ mod tests {
     #[test]
     fn what_one_agent_cannot_hold_is_named_without_values() {
         let s3 = spec(json!({"type": "S3", "s3": {"bucket": "a"}}));
-        let Err(error) =
-            agent_env(&[access("one", &s3, "first-secret", &[]), access("two", &s3, "second-secret", &[])])
-        else {
+        let Err(error) = agent_env(
+            &[access("one", &s3, "first-secret", &[]), access("two", &s3, "second-secret", &[])],
+            Reach::Pods,
+        ) else {
             panic!("two passwords in one environment")
         };
         assert_eq!(error, EnvError::Conflict { first: "one".into(), second: "two".into(), what: "password" });
@@ -177,8 +212,11 @@ mod tests {
         assert!(!shown.contains("secret"), "{shown}");
         let fs = spec(json!({"type": "Filesystem", "filesystem": {"path": "/backups"}}));
         assert!(
-            matches!(agent_env(&[access("nas", &fs, "pw", &[])]), Err(EnvError::Filesystem { name }) if name == "nas")
+            matches!(agent_env(&[access("nas", &fs, "pw", &[])], Reach::Pods), Err(EnvError::Filesystem { name }) if name == "nas")
         );
-        assert!(matches!(agent_env(&[]), Err(EnvError::NoRepository)));
+        assert!(matches!(agent_env(&[], Reach::Pods), Err(EnvError::NoRepository)));
+        // The operator's own children reach a path on its machine.
+        let here = agent_env(&[access("nas", &fs, "pw", &[])], Reach::OperatorMachine).unwrap();
+        assert_eq!(here["FENICE_REPOSITORY"].as_str(), "/backups");
     }
 }

@@ -114,8 +114,8 @@ pub struct LocalSite {
     placement: Placement,
     /// How often its apps look for invoices to send to SdI.
     send_interval: std::time::Duration,
-    /// `fenice agent wal-archiver`, once started.
-    archiver: Mutex<Option<ServerProcess>>,
+    /// Each `fenice agent wal-archiver` started, by its socket's name.
+    archivers: Mutex<BTreeMap<String, ServerProcess>>,
 }
 
 /// A tenant's database name: its name with `-` as `_`.
@@ -146,7 +146,7 @@ impl LocalSite {
             crashed: Mutex::new(BTreeMap::new()),
             placement,
             send_interval: SEND_INTERVAL,
-            archiver: Mutex::new(None),
+            archivers: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -175,6 +175,11 @@ impl LocalSite {
     /// The tenant's documents directory at this site.
     pub fn documents(&self, tenant: &str) -> PathBuf {
         self.dir.join("tenants").join(tenant).join("documents")
+    }
+
+    /// Where the tenant's database restored at this site keeps its data.
+    pub fn pgdata(&self, tenant: &str) -> PathBuf {
+        self.dir.join("tenants").join(tenant).join("pgdata")
     }
 
     /// Starts a new tenant: a fresh PostgreSQL with the tenant's database, and its app.
@@ -387,25 +392,47 @@ impl LocalSite {
         drop(stack);
     }
 
+    /// Whether the site runs the WAL archiver listening on the socket `name`.
+    pub fn runs_wal_archiver(&self, name: &str) -> bool {
+        self.archivers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(name)
+    }
+
+    /// Stops every WAL archiver the site runs.
+    pub fn stop_archivers(&self) {
+        let archivers = std::mem::take(&mut *self.archivers.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(archivers);
+    }
+
     /// Starts the site's WAL archiver, `fenice agent wal-archiver` with `env`
     /// (the repositories and what opens them), and hands its socket to
     /// PostgreSQL's user: the site's databases archive through it with
     /// `archive_command = 'fenice agent wal-push --via SOCKET %p'`, and the
     /// repositories are opened once for all of them. Returns the socket.
     pub fn start_wal_archiver(&self, env: &[(String, String)]) -> Result<PathBuf> {
+        self.start_wal_archiver_named(WAL_ARCHIVER_SOCKET, env)
+    }
+
+    /// [`start_wal_archiver`](Self::start_wal_archiver) listening on the
+    /// socket `name`, unless one runs there already: a site whose tenants
+    /// archive to different repositories runs one archiver for each set.
+    pub fn start_wal_archiver_named(&self, name: &str, env: &[(String, String)]) -> Result<PathBuf> {
         let failed = |source| Error::StartArchiver { site: self.name.clone(), source: Box::new(source) };
         let run = self.run_dir()?;
-        let socket = run.join(WAL_ARCHIVER_SOCKET);
+        let socket = run.join(name);
+        let mut archivers = self.archivers.lock().unwrap_or_else(|e| e.into_inner());
+        if archivers.contains_key(name) {
+            return Ok(socket);
+        }
         let mut command = std::process::Command::new(&self.program);
         command.envs(env.iter().map(|(k, v)| (k, v))).args(["agent", "wal-archiver", "--socket"]).arg(&socket);
-        let log = run.join("wal-archiver.log");
+        let log = run.join(format!("{name}.log"));
         let mut archiver =
             ServerProcess::spawn_in("wal-archiver", command, &log, self.placement.netns.clone()).map_err(failed)?;
         archiver
             .await_ready(ARCHIVER_START, || std::os::unix::net::UnixStream::connect(&socket).is_ok())
             .map_err(failed)?;
         testkit::postgres::hand_to_server_user(&socket).map_err(failed)?;
-        *self.archiver.lock().unwrap_or_else(|e| e.into_inner()) = Some(archiver);
+        archivers.insert(name.to_owned(), archiver);
         Ok(socket)
     }
 
@@ -414,14 +441,14 @@ impl LocalSite {
     /// for [`restart_tenant`](Self::restart_tenant). Returns the process groups signalled.
     pub fn kill(&self) -> Vec<u32> {
         let stacks = std::mem::take(&mut *self.lock());
-        let archiver = self.archiver.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let archivers = std::mem::take(&mut *self.archivers.lock().unwrap_or_else(|e| e.into_inner()));
         let groups: Vec<u32> =
-            stacks.values().flat_map(TenantStack::groups).chain(archiver.as_ref().map(ServerProcess::pid)).collect();
+            stacks.values().flat_map(TenantStack::groups).chain(archivers.values().map(ServerProcess::pid)).collect();
         for group in &groups {
             // SAFETY: kill only sends a signal, to a process group this site started.
             unsafe { libc::kill(-(*group as libc::pid_t), libc::SIGKILL) };
         }
-        drop(archiver);
+        drop(archivers);
         // Reaps the killed processes; the apps' directories go, the data stays.
         let mut crashed = self.crashed.lock().unwrap_or_else(|e| e.into_inner());
         for (tenant, stack) in stacks {

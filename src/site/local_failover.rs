@@ -88,10 +88,6 @@ impl LocalFailover {
             .ok_or_else(|| StepError::fatal(format!("tenant {} is not in this failover", tenant.name)))
     }
 
-    fn pgdata(&self, tenant: &str) -> PathBuf {
-        self.target.documents(tenant).with_file_name("pgdata")
-    }
-
     /// The tenant's app at the target, as a base URL.
     fn app_url(&self, tenant: &str) -> Result<String, StepError> {
         self.target
@@ -117,27 +113,8 @@ impl LocalFailover {
         }
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
-    /// Waits for the recovering database to promote; fails at once, with the
-    /// end of its log, if its PostgreSQL exits meanwhile (a recovery target
-    /// past the archive's end, a missing segment) rather than after the timeout.
-    async fn wait_until_promoted(&self, tenant: &str, db: &DbUrl) -> Result<tokio_postgres::Client, StepError> {
-        let deadline = std::time::Instant::now() + RECOVERY_TIMEOUT;
-        loop {
-            match verify::wait_until_promoted(db, Duration::from_secs(5)).await {
-                Ok(client) => return Ok(client),
-                Err(e) if std::time::Instant::now() >= deadline => return Err(StepError::retry(error_chain(&e))),
-                Err(_) => {}
-            }
-            let exited = self.target.with_tenant(tenant, |s| {
-                (!crate::testkit::process::is_alive(s.postgres.pid()))
-                    .then(|| crate::testkit::process::log_tail(s.postgres.log_path()))
-            });
-            if let Some(Some(log)) = exited {
-                return Err(StepError::retry(format!(
-                    "tenant {tenant}'s PostgreSQL exited during recovery; its log ends:\n{log}"
-                )));
-            }
-        }
+    fn lost_at(&self) -> Option<jiff::Timestamp> {
+        *self.lost_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn pitr_request(&self, tenant: &str) -> PitrRestore {
@@ -146,7 +123,7 @@ impl LocalFailover {
             repository: self.repository.clone(),
             target_time: self.until,
             snapshot: None,
-            pgdata: self.pgdata(tenant),
+            pgdata: self.target.pgdata(tenant),
             force: true,
             fenice: self.program.clone(),
             standby: false,
@@ -185,35 +162,62 @@ impl LocalFailover {
                 "the warm standby did not catch up with the archive: promoted anyway");
         }
         self.target.promoted(&request.tenant);
-        self.verify_recovered(&request.tenant, snapshot, &recorded).await
+        verify_recovered(&self.target, &request.tenant, (snapshot, &recorded), self.lost_at()).await
     }
+}
 
-    /// Waits until the tenant's database at the target serves, brings back the
-    /// documents, checks it against what the backup recorded, and measures the RPO.
-    async fn verify_recovered(
-        &self,
-        tenant: &str,
-        snapshot: crate::repo::id::Id,
-        recorded: &verify::Record,
-    ) -> Result<Restored, StepError> {
-        let db = self.db(tenant)?;
-        let client = self.wait_until_promoted(tenant, &db).await?;
-        let documents = self.target.documents(tenant);
-        let (_, mut differences) =
-            verify::write_documents(&client, &documents).await.map_err(|e| StepError::retry(error_chain(&e)))?;
-        let (_, more) =
-            verify::check_recovered(&client, recorded).await.map_err(|e| StepError::retry(error_chain(&e)))?;
-        differences.extend(more);
-        if !differences.is_empty() {
-            let shown: Vec<String> = differences.iter().map(ToString::to_string).collect();
-            return Err(StepError::fatal(format!("restored tenant {tenant} does not verify: {}", shown.join("; "))));
+/// Waits for the tenant's recovering database at `site` to promote; fails at
+/// once, with the end of its log, if its PostgreSQL exits meanwhile (a
+/// recovery target past the archive's end, a missing segment) rather than
+/// after the timeout.
+async fn wait_until_promoted(site: &LocalSite, tenant: &str, db: &DbUrl) -> Result<tokio_postgres::Client, StepError> {
+    let deadline = std::time::Instant::now() + RECOVERY_TIMEOUT;
+    loop {
+        match verify::wait_until_promoted(db, Duration::from_secs(5)).await {
+            Ok(client) => return Ok(client),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(StepError::retry(error_chain(&e))),
+            Err(_) => {}
         }
-        let last = verify::last_write(&client).await.map_err(|e| StepError::retry(error_chain(&e)))?;
-        let lost_at = self.lost_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(jiff::Timestamp::now);
-        let rpo = last
-            .map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO));
-        Ok(Restored { snapshot_id: snapshot.to_string(), rpo })
+        let exited = site.with_tenant(tenant, |s| {
+            (!crate::testkit::process::is_alive(s.postgres.pid()))
+                .then(|| crate::testkit::process::log_tail(s.postgres.log_path()))
+        });
+        if let Some(Some(log)) = exited {
+            return Err(StepError::retry(format!(
+                "tenant {tenant}'s PostgreSQL exited during recovery; its log ends:\n{log}"
+            )));
+        }
     }
+}
+
+/// Waits until the tenant's recovering database at `site` serves, brings
+/// back the documents, checks it against what the backup `snapshot`
+/// recorded, and measures the RPO up to `lost_at` (to now without it).
+pub async fn verify_recovered(
+    site: &LocalSite,
+    tenant: &str,
+    (snapshot, recorded): (crate::repo::id::Id, &verify::Record),
+    lost_at: Option<jiff::Timestamp>,
+) -> Result<Restored, StepError> {
+    let url = site
+        .with_tenant(tenant, |stack| stack.db_url(tenant))
+        .ok_or_else(|| StepError::retry(format!("tenant {tenant}'s database does not run at {}", site.name())))?;
+    let db = DbUrl::parse(&url).map_err(|e| StepError::fatal(e.to_string()))?;
+    let client = wait_until_promoted(site, tenant, &db).await?;
+    let (_, mut differences) = verify::write_documents(&client, &site.documents(tenant))
+        .await
+        .map_err(|e| StepError::retry(error_chain(&e)))?;
+    let (_, more) = verify::check_recovered(&client, recorded).await.map_err(|e| StepError::retry(error_chain(&e)))?;
+    differences.extend(more);
+    if !differences.is_empty() {
+        let shown: Vec<String> = differences.iter().map(ToString::to_string).collect();
+        return Err(StepError::fatal(format!("restored tenant {tenant} does not verify: {}", shown.join("; "))));
+    }
+    let last = verify::last_write(&client).await.map_err(|e| StepError::retry(error_chain(&e)))?;
+    let lost_at = lost_at.unwrap_or_else(jiff::Timestamp::now);
+    let rpo =
+        last.map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO));
+    Ok(Restored { snapshot_id: snapshot.to_string(), rpo })
 }
 
 /// Imports what SdI at `endpoint` already holds for `tenant` into its restored
@@ -309,7 +313,7 @@ impl SiteDriver for LocalFailover {
             .await
             .map_err(|e| StepError::retry(e.to_string()))?
             .map_err(|e| StepError::retry(error_chain(&e)))?;
-        self.verify_recovered(&tenant.name, prepared.snapshot, &prepared.recorded).await
+        verify_recovered(&self.target, &tenant.name, (prepared.snapshot, &prepared.recorded), self.lost_at()).await
     }
 
     async fn reconcile_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
@@ -354,7 +358,7 @@ impl SiteDriver for LocalFailover {
 
     async fn discard_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
         self.target.stop_tenant(&tenant.name);
-        match std::fs::remove_dir_all(self.pgdata(&tenant.name)) {
+        match std::fs::remove_dir_all(self.target.pgdata(&tenant.name)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StepError::retry(format!("removing tenant {}'s restored data: {e}", tenant.name))),
