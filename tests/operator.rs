@@ -35,7 +35,7 @@ mod faketime;
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 13;
+const TESTS_WITH_OPERATOR: usize = 14;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -82,8 +82,6 @@ fn within_rbac(api: &apiserver::Running) {
 const UNUSED_ON_PURPOSE: &[(&str, &str, &str, &str)] = &[
     ("fenice.io", "backups", "get", "a Backup found running is read again before it is taken as interrupted"),
     ("fenice.io", "restores", "get", "a Restore found restoring is read again before it is taken as interrupted"),
-    ("fenice.io", "failovers/status", "patch", "a Failover is carried out in tests/tenant_kubernetes.rs, not here"),
-    ("fenice.io", "failovers", "create", "an automatic Failover is declared in tests/tenant_kubernetes.rs, not here"),
     ("fenice.io", "invoicingtenants/finalizers", "update", "blockOwnerDeletion at a Site that is this cluster"),
 ];
 
@@ -724,175 +722,279 @@ async fn the_apps_at_a_local_site_are_fenced_while_another_site_holds_the_lease_
     within_rbac(&api);
 }
 
-/// A manual failover to a Local site, carried out by that site's operator:
-/// the source's operator hands the lease over and fences its apps; each
-/// tenant is recovered at the target from its base backup and the WAL its
-/// database archived since (its invoices were all issued after the backup,
-/// and the source's SdI channel reached nothing, so they came back from the
-/// archive alone), and served under the new epoch, sending through the
-/// target's channel; numbering goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_to_a_local_site_recovers_each_tenant_there_from_its_base_backup_and_archive_under_a_new_epoch() {
-    use fenice::api::failover::{Failover, FailoverPhase};
-    use fenice::api::plan::FailoverPlan;
-    use fenice::api::site::Site;
-    use fenice::failover::witness::Witness;
+/// Two Local sites' operators with the FailoverPlan `westpole-to-azure`
+/// between them (the example's, a 3 s lease, no drills, `plan` merged in) and
+/// a filesystem witness; the example policy archiving WAL every second; the
+/// three example tenants, the target's SdI channel at a simulator and the
+/// source's reaching nothing (what the source issues stays pending); the
+/// source's health probed at its operator. Once the tenants run and their base
+/// backups are taken, each issues three invoices, archived.
+struct FailoverScene {
+    cluster: LocalCluster,
+    lease: fenice::failover::witness::Witness,
+    sdi: SdiSimServer,
+    tenants: Api<InvoicingTenant>,
+    primary: Child,
+    standby: Child,
+    _standby_state: tempfile::TempDir,
+    /// Each tenant's app at the source.
+    old_apps: Vec<(String, String)>,
+    http: reqwest::Client,
+}
 
-    let LocalCluster { api, dir, client, state, s3, proxy: _proxy, repos: _repos } = local_cluster().await;
-    let kubeconfig = dir.path().join("kubeconfig");
-    let witness_dir = dir.path().join("witness");
-    let store = std::sync::Arc::new(fenice::store::fs::FsStore::open(&witness_dir).unwrap());
-    let lease = Witness::new(store, "westpole-to-azure");
-    let filesystem = json!({"type": "Filesystem", "s3": null, "filesystem": {"path": witness_dir.to_str().unwrap()}});
-    let sites: Api<Site> = Api::all(client.clone());
-    let patch = json!({"spec": {"witnessStore": filesystem}});
-    sites.patch("aws-witness", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let plans: Api<FailoverPlan> = Api::all(client.clone());
-    let manual =
-        json!({"spec": {"mode": "Manual", "witness": {"leaseDuration": "3s", "renewInterval": "1s"}, "drills": null}});
-    let plan = example("plan.yaml", "westpole-to-azure", manual);
-    plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
-    // The target's channel reaches SdI; the source's reaches nothing, so what it issues stays pending.
-    let sdi = SdiSimServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_fenice")), Duration::from_millis(200))
-        .expect("the SdI simulator");
-    let archiving = json!({"spec": {"walArchiving": {"enabled": true, "archiveTimeout": "1s"}}});
-    a_policy_due_now(&client, "standard", archiving).await;
-    let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
-    for mut document in examples("tenants.yaml") {
-        for channel in document["spec"]["sdi"]["channels"].as_array_mut().unwrap() {
-            let reached =
-                if channel["site"] == "azure-italynorth" { sdi.endpoint() } else { "http://127.0.0.1:9".into() };
-            channel["endpoint"] = json!(reached);
-        }
-        tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
-    }
-    let standby_state = tempfile::tempdir().unwrap();
-    let (primary, primary_url, _) =
-        operator_with(&kubeconfig, "westpole-1", &at_site("westpole-rome", state.path())).await;
-    let (standby, standby_url, _) =
-        operator_with(&kubeconfig, "azure-1", &at_site("azure-italynorth", standby_state.path())).await;
-    wait_ready(&primary_url, true).await;
-    wait_ready(&standby_url, true).await;
+/// The app's address, from the tenant's Ready condition.
+fn app_of(tenant: &InvoicingTenant) -> Option<String> {
+    let ready = tenant.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    ready.and_then(|c| c.message.rsplit_once("the app serves ").map(|(_, url)| url.to_owned()))
+}
 
-    let app_of = |t: &InvoicingTenant| {
-        let ready = t.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-        ready.and_then(|c| c.message.rsplit_once("the app serves ").map(|(_, url)| url.to_owned()))
-    };
-    let running = wait_list(&tenants, "three tenants running at westpole-rome", |all| {
-        all.len() == 3 && all.iter().all(|t| tenant_ready(t) && app_of(t).is_some())
-    })
-    .await;
-    let http = reqwest::Client::new();
-    let issue = |app: String| {
-        let http = http.clone();
-        async move {
-            let invoice = json!({
-                "series": "2026", "issue_date": "2026-11-23", "description": "Manutenzione impianti",
-                "customer": {"vat": "09876543210", "name": "Rossi & Figli S.n.c.", "recipient_code": "ABC1234"},
-                "taxable_cents": 10000,
-            });
-            let answer = http.post(format!("{app}/v1/invoices")).json(&invoice).send().await.unwrap();
-            assert_eq!(answer.status(), 201, "{app}: {:?}", answer.text().await);
-            answer.json::<serde_json::Value>().await.unwrap()
-        }
-    };
-    let transmitted = |app: String| {
-        let http = http.clone();
-        async move {
-            let stats: serde_json::Value =
-                http.get(format!("{app}/v1/stats")).send().await.unwrap().json().await.unwrap();
-            stats["sender"]["transmitted"].as_u64().unwrap_or(0)
-        }
-    };
-    let old_apps: Vec<(String, String)> = running.iter().map(|t| (t.name_any(), app_of(t).unwrap())).collect();
-    // The base backups, taken before any invoice.
-    let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
-    let all =
-        wait_list(&backups, "three Backups finished", |all| all.len() == 3 && all.iter().all(backup_finished)).await;
-    assert!(all.iter().all(|b| phase(b) == Some(fenice::api::backup::BackupPhase::Succeeded)), "{all:#?}");
-    let store: std::sync::Arc<dyn fenice::store::ObjectStore> =
-        std::sync::Arc::new(s3.store("tenants-plain", "").await.unwrap());
-    let unlock =
-        fenice::repo::repository::Unlock::Passphrase(fenice::repo::keyfile::Passphrase::new(SECRET_VALUE.into()));
-    let repo = fenice::repo::repository::Repository::open(store, &unlock).await.unwrap();
-    for (name, app) in &old_apps {
-        for number in 1..=3 {
-            let issued = issue(app.clone()).await;
-            assert_eq!(issued["number"], number, "{name}: {issued}");
-        }
-        // NB: the segment current at the third commit is archived at the next switch (archive_timeout 1 s).
-        let current = fenice::stack::wal::newest_segment(&repo, name).await.unwrap();
-        let _ = timeout(Duration::from_secs(10), async {
-            while fenice::stack::wal::newest_segment(&repo, name).await.unwrap() <= current {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+/// Issues an invoice at `app`; what the app answered.
+async fn issue(http: &reqwest::Client, app: &str) -> serde_json::Value {
+    let invoice = json!({
+        "series": "2026", "issue_date": "2026-11-23", "description": "Manutenzione impianti",
+        "customer": {"vat": "09876543210", "name": "Rossi & Figli S.n.c.", "recipient_code": "ABC1234"},
+        "taxable_cents": 10000,
+    });
+    let answer = http.post(format!("{app}/v1/invoices")).json(&invoice).send().await.unwrap();
+    assert_eq!(answer.status(), 201, "{app}: {:?}", answer.text().await);
+    answer.json().await.unwrap()
+}
+
+/// How many files the app at `app` has sent to SdI.
+async fn transmitted(http: &reqwest::Client, app: &str) -> u64 {
+    let stats: serde_json::Value = http.get(format!("{app}/v1/stats")).send().await.unwrap().json().await.unwrap();
+    stats["sender"]["transmitted"].as_u64().unwrap_or(0)
+}
+
+impl FailoverScene {
+    async fn start(plan: serde_json::Value) -> Self {
+        use fenice::api::plan::FailoverPlan;
+        use fenice::api::site::Site;
+
+        let cluster = local_cluster().await;
+        let (dir, client) = (cluster.dir.path(), &cluster.client);
+        let kubeconfig = dir.join("kubeconfig");
+        let witness_dir = dir.join("witness");
+        let store = std::sync::Arc::new(fenice::store::fs::FsStore::open(&witness_dir).unwrap());
+        let lease = fenice::failover::witness::Witness::new(store, "westpole-to-azure");
+        let filesystem =
+            json!({"type": "Filesystem", "s3": null, "filesystem": {"path": witness_dir.to_str().unwrap()}});
+        let sites: Api<Site> = Api::all(client.clone());
+        let patch = json!({"spec": {"witnessStore": filesystem}});
+        sites.patch("aws-witness", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        let plans: Api<FailoverPlan> = Api::all(client.clone());
+        let mut changes = json!({"spec": {"witness": {"leaseDuration": "3s", "renewInterval": "1s"}, "drills": null}});
+        json_patch::merge(&mut changes, &plan);
+        let plan = example("plan.yaml", "westpole-to-azure", changes);
+        plans.create(&PostParams::default(), &serde_json::from_value(plan).unwrap()).await.unwrap();
+        let sdi = SdiSimServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_fenice")), Duration::from_millis(200))
+            .expect("the SdI simulator");
+        let archiving = json!({"spec": {"walArchiving": {"enabled": true, "archiveTimeout": "1s"}}});
+        a_policy_due_now(client, "standard", archiving).await;
+        let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
+        for mut document in examples("tenants.yaml") {
+            for channel in document["spec"]["sdi"]["channels"].as_array_mut().unwrap() {
+                let at_target = channel["site"] == "azure-italynorth";
+                channel["endpoint"] = json!(if at_target { sdi.endpoint() } else { "http://127.0.0.1:9".into() });
             }
+            tenants.create(&PostParams::default(), &serde_json::from_value(document).unwrap()).await.unwrap();
+        }
+        let (primary, primary_url, _) =
+            operator_with(&kubeconfig, "westpole-1", &at_site("westpole-rome", cluster.state.path())).await;
+        let health = json!({"endpoints": [{"name": "operator", "url": format!("{primary_url}/healthz")}],
+            "interval": "500ms", "timeout": "500ms"});
+        let patch = json!({"spec": {"health": health}});
+        sites.patch("westpole-rome", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        let standby_state = tempfile::tempdir().unwrap();
+        let (standby, standby_url, _) =
+            operator_with(&kubeconfig, "azure-1", &at_site("azure-italynorth", standby_state.path())).await;
+        wait_ready(&primary_url, true).await;
+        wait_ready(&standby_url, true).await;
+
+        let running = wait_list(&tenants, "three tenants running at westpole-rome", |all| {
+            all.len() == 3 && all.iter().all(|t| tenant_ready(t) && app_of(t).is_some())
         })
         .await;
-        assert_eq!(transmitted(app.clone()).await, 0, "{name}: the source's channel reaches nothing");
-    }
-    let before = lease.read().await.unwrap().expect("westpole-rome's agent holds the lease").record;
-    assert_eq!(before.holder, "westpole-rome");
-
-    let failovers: Api<Failover> = Api::all(client.clone());
-    let failover = example("failover.yaml", "to-azure", json!({}));
-    failovers.create(&PostParams::default(), &serde_json::from_value(failover).unwrap()).await.unwrap();
-    let ended = timeout(Duration::from_secs(180), async {
-        loop {
-            let now = failovers.get("to-azure").await.unwrap();
-            let phase = now.status.as_ref().map(|s| s.phase);
-            if matches!(phase, Some(FailoverPhase::Succeeded | FailoverPhase::Failed | FailoverPhase::Aborted)) {
-                break now;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        let old_apps: Vec<(String, String)> = running.iter().map(|t| (t.name_any(), app_of(t).unwrap())).collect();
+        let backups: Api<Backup> = Api::namespaced(client.clone(), "invoicing");
+        let all =
+            wait_list(&backups, "three Backups finished", |all| all.len() == 3 && all.iter().all(backup_finished))
+                .await;
+        assert!(all.iter().all(|b| phase(b) == Some(fenice::api::backup::BackupPhase::Succeeded)), "{all:#?}");
+        let unlock =
+            fenice::repo::repository::Unlock::Passphrase(fenice::repo::keyfile::Passphrase::new(SECRET_VALUE.into()));
+        let mut repos = Vec::new();
+        for bucket in ["tenants-locked", "tenants-plain"] {
+            let store: std::sync::Arc<dyn fenice::store::ObjectStore> =
+                std::sync::Arc::new(cluster.s3.store(bucket, "").await.unwrap());
+            repos.push(fenice::repo::repository::Repository::open(store, &unlock).await.unwrap());
         }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the failover ends within 180 s"));
-    let status = ended.status.clone().unwrap();
-    assert_eq!(status.phase, FailoverPhase::Succeeded, "{status:#?}");
+        let http = reqwest::Client::new();
+        for (name, app) in &old_apps {
+            for number in 1..=3 {
+                let issued = issue(&http, app).await;
+                assert_eq!(issued["number"], number, "{name}: {issued}");
+            }
+            // NB: the segment of the third commit is closed now and its archiving awaited, so that
+            // the test does not hang on archive_timeout's timing.
+            let pid = primary.id().unwrap();
+            let db = primary_database(pid, &name.replace('-', "_")).await.expect("the tenant's database");
+            let segment: String = db.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await.unwrap().get(0);
+            timeout(DEADLINE, async {
+                for repo in &repos {
+                    while !fenice::stack::wal::is_archived(repo, name, &segment).await.unwrap() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{name}'s WAL segment {segment} is archived"));
+            assert_eq!(transmitted(&http, app).await, 0, "{name}: the source's channel reaches nothing");
+        }
+        Self { cluster, lease, sdi, tenants, primary, standby, _standby_state: standby_state, old_apps, http }
+    }
 
-    let after = lease.read().await.unwrap().unwrap().record;
-    assert_eq!((after.holder.as_str(), after.epoch), ("azure-italynorth", before.epoch + 1));
-    let moved = wait_list(&tenants, "three tenants running at azure-italynorth", |all| {
-        all.iter().all(|t| {
-            let status = t.status.as_ref();
-            tenant_ready(t) && status.and_then(|s| s.active_site.as_deref()) == Some("azure-italynorth")
-        })
-    })
-    .await;
-    for tenant in &moved {
-        let name = tenant.name_any();
-        assert_eq!(tenant.status.as_ref().unwrap().epoch, Some(after.epoch), "{name}");
-        let app = app_of(tenant).unwrap();
-        let old = &old_apps.iter().find(|(n, _)| *n == name).unwrap().1;
-        assert_ne!(&app, old, "{name} is served by a new app");
-        let health: fenice::app::http::Health =
-            http.get(format!("{app}/healthz")).send().await.unwrap().json().await.unwrap();
-        assert!(health.active && health.epoch == after.epoch, "{name}: {health:?}");
-        // The invoices issued after the backup came back from the archive; numbering goes on after them.
-        let third = http.get(format!("{app}/v1/invoices/2026/3")).send().await.unwrap();
-        assert_eq!(third.status(), 200, "{name}: {:?}", third.text().await);
-        let fourth = issue(app.clone()).await;
-        assert_eq!(fourth["number"], 4, "{name}: {fourth}");
-        let channel: serde_json::Value =
-            http.get(format!("{app}/v1/channel")).send().await.unwrap().json().await.unwrap();
-        assert_eq!(channel["endpoint"], json!(sdi.endpoint()), "{name}");
-        // What stayed pending at the source is sent from the target, once.
-        timeout(DEADLINE, async {
-            while transmitted(app.clone()).await < 4 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    /// The Failover `name`'s status once it ended (within 180 s of the call).
+    async fn ended(&self, name: &str) -> fenice::api::failover::FailoverStatus {
+        use fenice::api::failover::{Failover, FailoverPhase};
+        let failovers: Api<Failover> = Api::all(self.cluster.client.clone());
+        timeout(Duration::from_secs(180), async {
+            loop {
+                let status = failovers.get_opt(name).await.unwrap().and_then(|f| f.status);
+                let phase = status.as_ref().map(|s| s.phase);
+                if matches!(phase, Some(FailoverPhase::Succeeded | FailoverPhase::Failed | FailoverPhase::Aborted)) {
+                    break status.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("{name}'s app at azure-italynorth sends its four invoices to SdI"));
-        // The app left at the source issues nothing.
-        let left: fenice::app::http::Health =
-            http.get(format!("{old}/healthz")).send().await.unwrap().json().await.unwrap();
-        assert!(!left.active, "{name}'s app at westpole-rome stays fenced: {left:?}");
+        .unwrap_or_else(|_| panic!("Failover {name} ends within 180 s"))
     }
+
+    /// Each tenant serves at the target under `epoch` with its three
+    /// invoices (from the archive alone), issues number 4, and sends all four
+    /// to SdI from there; its app at the source issues nothing.
+    async fn served_at_target(&self, epoch: u64) {
+        let http = &self.http;
+        let moved = wait_list(&self.tenants, "three tenants running at azure-italynorth", |all| {
+            all.iter().all(|t| {
+                let status = t.status.as_ref();
+                tenant_ready(t) && status.and_then(|s| s.active_site.as_deref()) == Some("azure-italynorth")
+            })
+        })
+        .await;
+        for tenant in &moved {
+            let name = tenant.name_any();
+            assert_eq!(tenant.status.as_ref().unwrap().epoch, Some(epoch), "{name}");
+            let app = app_of(tenant).unwrap();
+            let old = &self.old_apps.iter().find(|(n, _)| *n == name).unwrap().1;
+            assert_ne!(&app, old, "{name} is served by a new app");
+            let health: fenice::app::http::Health =
+                http.get(format!("{app}/healthz")).send().await.unwrap().json().await.unwrap();
+            assert!(health.active && health.epoch == epoch, "{name}: {health:?}");
+            let third = http.get(format!("{app}/v1/invoices/2026/3")).send().await.unwrap();
+            assert_eq!(third.status(), 200, "{name}: {:?}", third.text().await);
+            let fourth = issue(http, &app).await;
+            assert_eq!(fourth["number"], 4, "{name}: {fourth}");
+            let channel: serde_json::Value =
+                http.get(format!("{app}/v1/channel")).send().await.unwrap().json().await.unwrap();
+            assert_eq!(channel["endpoint"], json!(self.sdi.endpoint()), "{name}");
+            timeout(DEADLINE, async {
+                while transmitted(http, &app).await < 4 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{name}'s app at azure-italynorth sends its four invoices to SdI"));
+            // NB: a dead source's app does not answer at all.
+            if let Ok(answer) = http.get(format!("{old}/healthz")).send().await {
+                let left: fenice::app::http::Health = answer.json().await.unwrap();
+                assert!(!left.active, "{name}'s app at westpole-rome stays fenced: {left:?}");
+            }
+        }
+    }
+}
+
+/// A manual failover to a Local site, carried out by that site's operator:
+/// the source's operator hands the lease over and fences its apps; each
+/// tenant is recovered at the target from its base backup and the WAL its
+/// database archived since (the source's SdI channel reached nothing, so its
+/// invoices came back from the archive alone), and served under the new
+/// epoch, sending through the target's channel; numbering goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_local_site_recovers_each_tenant_there_from_its_base_backup_and_archive_under_a_new_epoch() {
+    use fenice::api::failover::{Failover, FailoverPhase};
+
+    let scene = FailoverScene::start(json!({"spec": {"mode": "Manual"}})).await;
+    let before = scene.lease.read().await.unwrap().expect("westpole-rome's agent holds the lease").record;
+    assert_eq!(before.holder, "westpole-rome");
+    let failovers: Api<Failover> = Api::all(scene.cluster.client.clone());
+    let failover = example("failover.yaml", "to-azure", json!({}));
+    failovers.create(&PostParams::default(), &serde_json::from_value(failover).unwrap()).await.unwrap();
+    let status = scene.ended("to-azure").await;
+    assert_eq!(status.phase, FailoverPhase::Succeeded, "{status:#?}");
+    let after = scene.lease.read().await.unwrap().unwrap().record;
+    assert_eq!((after.holder.as_str(), after.epoch), ("azure-italynorth", before.epoch + 1));
     assert_eq!((status.tenants_done, status.tenants_failed, status.epoch), (3, 0, Some(after.epoch)), "{status:#?}");
     assert!(status.rpo.is_some(), "the worst RPO is measured: {status:#?}");
+    scene.served_at_target(after.epoch).await;
+    let FailoverScene { cluster: LocalCluster { api, .. }, primary, standby, .. } = scene;
     for operator in [primary, standby] {
+        stopped(operator).await;
+    }
+    within_rbac(&api);
+}
+
+/// The whole story through the operators, as the lab tells it: the source
+/// site dies (its operator gets SIGKILL, and its stacks with it); the
+/// target's operator sees its probes fail and the lease go unrenewed, takes
+/// the lease once it expired, declares the Failover and recovers every
+/// tenant from its base backup and archive; the source's operator started
+/// again stays fenced and starts no stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_local_site_is_detected_and_its_tenants_recovered_at_the_other_automatically() {
+    use fenice::api::failover::FailoverPhase;
+    use fenice::api::plan::{FailoverPlan, Standing};
+
+    let detection = json!({"failureThreshold": 2, "window": "1s", "minVantagePoints": 2});
+    let mut scene = FailoverScene::start(json!({"spec": {"mode": "Automatic", "detection": detection}})).await;
+    let before = scene.lease.read().await.unwrap().expect("westpole-rome's agent holds the lease").record;
+    assert_eq!(before.holder, "westpole-rome");
+    let killed_at = std::time::Instant::now();
+    scene.primary.kill().await.unwrap();
+    let name = format!("westpole-to-azure-e{}", before.epoch + 1);
+    let status = scene.ended(&name).await;
+    assert_eq!(status.phase, FailoverPhase::Succeeded, "{status:#?}");
+    assert_eq!((status.tenants_done, status.tenants_failed), (3, 0), "{status:#?}");
+    println!(
+        "from the kill to the Failover's success: {:.1} s; worst RTO {:?}, worst RPO {:?}",
+        killed_at.elapsed().as_secs_f64(),
+        status.rto.as_ref().map(|d| d.as_std()),
+        status.rpo.as_ref().map(|d| d.as_std())
+    );
+    let after = scene.lease.read().await.unwrap().unwrap().record;
+    assert_eq!((after.holder.as_str(), after.epoch), ("azure-italynorth", before.epoch + 1));
+    scene.served_at_target(after.epoch).await;
+
+    // The old primary comes back: its agent reads a lease of another site in a higher epoch.
+    let kubeconfig = scene.cluster.dir.path().join("kubeconfig");
+    let again_state = tempfile::tempdir().unwrap();
+    let (again, again_url, _) =
+        operator_with(&kubeconfig, "westpole-2", &at_site("westpole-rome", again_state.path())).await;
+    wait_ready(&again_url, true).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let plans: Api<FailoverPlan> = Api::all(scene.cluster.client.clone());
+    let plan = plans.get("westpole-to-azure").await.unwrap().status.unwrap();
+    let westpole = plan.sites.iter().find(|e| e.site == "westpole-rome").unwrap();
+    assert_eq!(westpole.standing, Standing::Fenced, "{plan:?}");
+    let now = scene.lease.read().await.unwrap().unwrap().record;
+    assert_eq!((now.holder, now.epoch), (after.holder, after.epoch), "the lease stays where it is");
+    let stacks = std::fs::read_dir(again_state.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.path());
+    let started: Vec<_> = stacks.filter(|operator| operator.join("westpole-rome/tenants").exists()).collect();
+    assert!(started.is_empty(), "the old primary's operator starts no stack: {started:?}");
+    let FailoverScene { cluster: LocalCluster { api, .. }, standby, .. } = scene;
+    for operator in [again, standby] {
         stopped(operator).await;
     }
     within_rbac(&api);
@@ -1943,6 +2045,16 @@ async fn notes_in_the_tenant_database(pid: u32) {
 }
 
 async fn notes_in_a_tenant_database(pid: u32) -> bool {
+    let Some(db) = primary_database(pid, "studio_rossi").await else { return false };
+    let notes =
+        "CREATE TABLE notes AS SELECT g AS id, repeat(md5(g::text), 6) AS body FROM generate_series(1, 100000) g";
+    db.batch_execute(notes).await.unwrap();
+    true
+}
+
+/// The database `name` on a PostgreSQL server the process `pid` started,
+/// one that is not in recovery.
+async fn primary_database(pid: u32, name: &str) -> Option<tokio_postgres::Client> {
     let servers = fenice::testkit::process::children_of(pid).into_iter().filter_map(|child| {
         let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
@@ -1950,17 +2062,15 @@ async fn notes_in_a_tenant_database(pid: u32) -> bool {
         args.iter().position(|a| a == "-p").and_then(|i| args.get(i + 1)).cloned()
     });
     for port in servers.collect::<Vec<_>>() {
-        let url = format!("postgres://postgres@127.0.0.1:{port}/studio_rossi");
+        let url = format!("postgres://postgres@127.0.0.1:{port}/{name}");
         let Ok((db, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { continue };
         tokio::spawn(connection);
         let primary = db.query_one("SELECT NOT pg_is_in_recovery()", &[]).await.is_ok_and(|r| r.get::<_, bool>(0));
         if primary {
-            let notes = "CREATE TABLE notes AS SELECT g AS id, repeat(md5(g::text), 6) AS body FROM generate_series(1, 100000) g";
-            db.batch_execute(notes).await.unwrap();
-            return true;
+            return Some(db);
         }
     }
-    false
+    None
 }
 
 /// SIGKILLs `operator` (the store silent under it), lets the store answer
