@@ -628,7 +628,7 @@ async fn the_apps_at_a_local_site_are_fenced_while_another_site_holds_the_lease_
     use fenice::failover::lease::LeaseRecord;
     use fenice::failover::witness::Witness;
 
-    let LocalCluster { api, dir, client, state, s3: _s3, proxy: _proxy, repos: _repos } = local_cluster().await;
+    let LocalCluster { mut api, dir, client, state, s3: _s3, proxy: _proxy, repos: _repos } = local_cluster().await;
     let kubeconfig = dir.path().join("kubeconfig");
     let witness_dir = dir.path().join("witness");
     let store = std::sync::Arc::new(fenice::store::fs::FsStore::open(&witness_dir).unwrap());
@@ -718,7 +718,28 @@ async fn the_apps_at_a_local_site_are_fenced_while_another_site_holds_the_lease_
         let issued = issue(app.clone()).await;
         assert_eq!(issued.status(), 201, "{app} issues again: {:?}", issued.text().await);
     }
-    stopped(operator).await;
+
+    // The API server stops answering; another site takes the lease: the
+    // site's agent fences the apps itself, within its deadline (an app that
+    // stopped answering instead fails the test: it is fenced, not gone).
+    api.halt().await.unwrap();
+    let held = lease.read().await.unwrap().unwrap();
+    let taken =
+        LeaseRecord { holder: "azure-italynorth".into(), epoch: held.record.epoch + 1, renewals: 1, incarnation: 98 };
+    lease.replace(&held.etag, &taken).await.unwrap();
+    let taken_at = std::time::Instant::now();
+    for app in &apps {
+        timeout(Duration::from_secs(10), async {
+            while health(app.clone()).await.active {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{app} is fenced by the site's agent while the API server is down"));
+    }
+    println!("fenced {:.1} s after the lease was taken, the API server down", taken_at.elapsed().as_secs_f64());
+    // NB: its shutdown would wait for the API server: the test ends it, and its stacks with it.
+    drop(operator);
     within_rbac(&api);
 }
 

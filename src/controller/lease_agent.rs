@@ -399,6 +399,7 @@ impl PlanStanding {
 #[async_trait]
 impl FenceControl for PlanStanding {
     async fn fence(&self) {
+        super::local_fence::fence_plan_apps(&self.ctx, &self.plan, &self.site).await;
         let last = *self.last_epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.write(Standing::Fenced, last).await;
     }

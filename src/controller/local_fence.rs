@@ -8,10 +8,20 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use futures::StreamExt;
+use kube::ResourceExt;
+
+use super::Context;
 use crate::app::http::Health;
 
 /// How long the app may take to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an app may take to confirm a fence its site's lease agent asks
+/// for: the agent must renew, or fence, within its deadline.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Apps told at once.
+const FENCE_PARALLELISM: usize = 32;
 
 /// What was changed to make the app agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +32,11 @@ pub enum Change {
 
 pub(super) fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_default())
+    client(&CLIENT, REQUEST_TIMEOUT)
+}
+
+fn client(cell: &'static OnceLock<reqwest::Client>, timeout: Duration) -> &'static reqwest::Client {
+    cell.get_or_init(|| reqwest::Client::builder().timeout(timeout).build().unwrap_or_default())
 }
 
 /// Fences the app at `app` when `fenced`, else activates it under `epoch`,
@@ -56,4 +70,49 @@ async fn answer(
     let status = response.status();
     let text = response.text().await.map_err(|e| format!("the app at {app} broke off its answer to {path}: {e}"))?;
     Ok((status, text))
+}
+
+/// Fences, at once and directly, the apps of FailoverPlan `plan`'s tenants
+/// at `site` when that is this operator's own Local site: what its lease
+/// agent decided is carried out within the agent's deadline, whether or not
+/// the API server answers (only the watches' last view of the tenants is
+/// read). An app that does not confirm is stopped (its database runs on);
+/// the tenant controller starts it again fenced. The tenant controller keeps
+/// new starts fenced and activates the apps once the site may serve.
+pub async fn fence_plan_apps(ctx: &Context, plan: &str, site: &str) {
+    if ctx.site.as_deref() != Some(site) {
+        return;
+    }
+    let sites = ctx.cache.sites.store.state();
+    let found = sites.iter().find(|s| s.name_any() == site);
+    if !matches!(super::tenant::placement(site, found.map(|s| &**s)), super::tenant::Placement::Local { .. }) {
+        return;
+    }
+    let plans = ctx.cache.plans.store.state();
+    let plan = plans.iter().find(|p| p.name_any() == plan);
+    // NB: a plan whose selector cannot be read fences every app of the site: fencing too much is safe.
+    let matcher = plan.and_then(|p| crate::drill::Matcher::new(&p.spec.tenants).ok());
+    let tenants = ctx.cache.tenants.store.state();
+    let apps: Vec<(String, String)> = tenants
+        .iter()
+        .filter(|t| matcher.as_ref().is_none_or(|m| m.matches(t)))
+        .filter_map(|t| ctx.local.app_url(site, &t.name_any()).map(|url| (t.name_any(), url)))
+        .collect();
+    let fenced = |(tenant, app): (String, String)| async move {
+        let answer = fence_http().post(format!("{app}/v1/admin/fence")).json(&serde_json::json!({})).send().await;
+        (tenant, answer.is_ok_and(|a| a.status().is_success()))
+    };
+    let answers: Vec<(String, bool)> =
+        futures::stream::iter(apps).map(fenced).buffer_unordered(FENCE_PARALLELISM).collect().await;
+    for (tenant, confirmed) in answers {
+        if !confirmed {
+            tracing::warn!(%site, %tenant, "the app did not confirm the fence: stopping it");
+            ctx.local.site(site).stop_app(&tenant);
+        }
+    }
+}
+
+fn fence_http() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    client(&CLIENT, FENCE_TIMEOUT)
 }

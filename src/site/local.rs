@@ -386,6 +386,12 @@ impl LocalSite {
         self.lock().keys().cloned().collect()
     }
 
+    /// Stops the tenant's app alone; its database runs on.
+    pub fn stop_app(&self, tenant: &str) {
+        let app = self.lock().get_mut(tenant).and_then(|stack| stack.app.take());
+        drop(app);
+    }
+
     /// Stops one tenant's stack (app first, then its database) and forgets it.
     pub fn stop_tenant(&self, tenant: &str) {
         let stack = self.lock().remove(tenant);
