@@ -35,7 +35,7 @@ mod faketime;
 mod rbac;
 
 /// The tests that run the operator, each ending with [`within_rbac`].
-const TESTS_WITH_OPERATOR: usize = 14;
+const TESTS_WITH_OPERATOR: usize = 15;
 /// What the operator did in each test that ended so far, and how many ended.
 static SEEN: std::sync::Mutex<(usize, std::collections::BTreeSet<fenice::apiserver::access::Access>)> =
     std::sync::Mutex::new((0, std::collections::BTreeSet::new()));
@@ -1021,6 +1021,59 @@ async fn a_dead_local_site_is_detected_and_its_tenants_recovered_at_the_other_au
     within_rbac(&api);
 }
 
+/// A Local site's operator dies (SIGKILL), and its stacks with it; started
+/// again, it brings each tenant's database back from its base backup and
+/// archive, reconciles it with SdI, and only then starts its app: numbering
+/// goes on, and what was pending is sent once. Before, it started them empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_site_s_tenants_lost_with_its_operator_are_restored_in_place_when_it_starts_again() {
+    let mut scene = FailoverScene::start(json!({"spec": {"mode": "Manual"}})).await;
+    // The source's channel reaches SdI from now on.
+    for tenant in scene.tenants.list(&ListParams::default()).await.unwrap() {
+        let mut channels = serde_json::to_value(&tenant.spec.sdi.channels).unwrap();
+        for channel in channels.as_array_mut().unwrap() {
+            channel["endpoint"] = json!(scene.sdi.endpoint());
+        }
+        let patch = json!({"spec": {"sdi": {"channels": channels}}});
+        scene.tenants.patch(&tenant.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    }
+    scene.primary.kill().await.unwrap();
+    let kubeconfig = scene.cluster.dir.path().join("kubeconfig");
+    let again_state = tempfile::tempdir().unwrap();
+    let (again, again_url, _) =
+        operator_with(&kubeconfig, "westpole-2", &at_site("westpole-rome", again_state.path())).await;
+    wait_ready(&again_url, true).await;
+    let old: Vec<String> = scene.old_apps.iter().map(|(_, app)| app.clone()).collect();
+    let back = wait_list(&scene.tenants, "three tenants running again at westpole-rome", |all| {
+        all.iter().all(|t| tenant_ready(t) && app_of(t).is_some_and(|app| !old.contains(&app)))
+    })
+    .await;
+    let http = &scene.http;
+    for tenant in &back {
+        let (name, app) = (tenant.name_any(), app_of(tenant).unwrap());
+        let third = http.get(format!("{app}/v1/invoices/2026/3")).send().await.unwrap();
+        assert_eq!(third.status(), 200, "{name}: {:?}", third.text().await);
+        let fourth = issue(http, &app).await;
+        assert_eq!(fourth["number"], 4, "{name}: {fourth}");
+        timeout(DEADLINE, async {
+            while transmitted(http, &app).await < 4 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} sends its four invoices to SdI"));
+    }
+    let events: Api<Event> = Api::all(scene.cluster.client.clone());
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    let recovered = listed.iter().filter(|e| e.reason.as_deref() == Some("StackRecovered")).count();
+    assert_eq!(recovered, 3, "an Event per tenant brought back");
+    let FailoverScene { cluster: LocalCluster { api, .. }, standby, .. } = scene;
+    for operator in [again, standby] {
+        stopped(operator).await;
+    }
+    within_rbac(&api);
+}
+
 /// A daily schedule (in the policy's time zone, Europe/Rome) whose time was
 /// ten minutes ago: with the last run set twelve minutes back, exactly one
 /// run is due now and the next one is a day away, however slow the test.
@@ -1835,7 +1888,13 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     let status = json!({"status": {"lastScheduleTime": jiff::Timestamp::now().to_string()}});
     policies.patch_status("standard", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
     let tenants: Api<InvoicingTenant> = Api::namespaced(client.clone(), "invoicing");
-    let rossi = examples("tenants.yaml").into_iter().find(|t| t["metadata"]["name"] == "studio-rossi").unwrap();
+    let mut rossi = examples("tenants.yaml").into_iter().find(|t| t["metadata"]["name"] == "studio-rossi").unwrap();
+    // NB: an operator that replaces a dead one reconciles the tenant it brings back with SdI before it serves.
+    let sdi = SdiSimServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_fenice")), Duration::from_millis(200))
+        .expect("the SdI simulator");
+    for channel in rossi["spec"]["sdi"]["channels"].as_array_mut().unwrap() {
+        channel["endpoint"] = json!(sdi.endpoint());
+    }
     tenants.create(&PostParams::default(), &serde_json::from_value(rossi).unwrap()).await.unwrap();
     let state_arg = [std::ffi::OsStr::new("--state-dir"), state.path().as_os_str()];
     let (operator, url, _) = operator_with(&kubeconfig, "replica-1", &state_arg).await;
@@ -1909,6 +1968,7 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     restores.create(&PostParams::default(), &restore("rossi-restore-cut-short")).await.unwrap();
     let restoring = |r: Option<&Restore>| restore_phase(r) == Some(RestorePhase::Restoring);
     timeout(DEADLINE, await_condition(restores.clone(), "rossi-restore-cut-short", restoring)).await.unwrap().unwrap();
+    let app = app_of(&tenants.get("studio-rossi").await.unwrap());
     let operator = killed_and_replaced(operator, &kubeconfig, "replica-3", &state_arg, &proxy).await;
     interrupted_then_restored_anew(&restores, "rossi-restore-cut-short", restore("rossi-restore-again")).await;
     assert_eq!(
@@ -1920,13 +1980,15 @@ async fn an_operator_killed_while_a_backup_or_a_restore_runs_in_it_leaves_them_i
     // The operator killed 1 MiB into pg_dump's 20 MB, then into pg_restore's:
     // the tool ends with it, no snapshot is recorded from the cut dump, and the
     // next operator marks each Interrupted (its Local stacks and copies died
-    // with the dead one: it starts the tenant's stack afresh).
+    // with the dead one: it brings the tenant's database back from its
+    // backups, then starts a new app, and only then do the notes go in).
     let with_notes = |operator: &Child| notes_in_the_tenant_database(operator.id().unwrap());
+    let app = running_anew(&tenants, app).await;
     with_notes(&operator).await;
     backups.create(&PostParams::default(), &backup("rossi-during-pg-dump")).await.unwrap();
     let operator = killed_during(operator, "pg_dump", "wchar", &kubeconfig, "replica-4", &state_arg, &proxy).await;
     backup_interrupted(&backups, "rossi-during-pg-dump").await;
-    wait_list(&tenants, "studio-rossi Ready again", |all| all.iter().all(tenant_ready)).await;
+    running_anew(&tenants, app).await;
     with_notes(&operator).await;
     backups.create(&PostParams::default(), &backup("rossi-with-notes")).await.unwrap();
     let status = backup_ended(&backups, "rossi-with-notes").await;
@@ -2050,6 +2112,14 @@ async fn killed_during(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     killed_and_replaced(operator, kubeconfig, identity, state_arg, proxy).await
+}
+
+/// The app of studio-rossi, once it is Ready with an app other than `before`
+/// (started by the operator that replaced the one that ran `before`).
+async fn running_anew(tenants: &Api<InvoicingTenant>, before: Option<String>) -> Option<String> {
+    let anew = |t: &InvoicingTenant| tenant_ready(t) && app_of(t).is_some_and(|app| Some(&app) != before.as_ref());
+    let running = wait_list(tenants, "studio-rossi running under the next operator", |all| all.iter().all(anew)).await;
+    running.first().and_then(app_of)
 }
 
 /// Puts 20 MB of rows (more than a pipe holds) into studio-rossi's database,

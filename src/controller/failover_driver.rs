@@ -69,10 +69,8 @@ impl KubeFailover {
     }
 
     /// What the tenant lost: from its last write the restore holds to the declared loss.
-    pub(super) fn rpo(&self, last_write: Option<Timestamp>) -> Duration {
-        let lost =
-            |last: Timestamp| Duration::try_from(self.declared_loss.duration_since(last)).unwrap_or(Duration::ZERO);
-        last_write.map_or(Duration::ZERO, lost)
+    fn rpo(&self, last_write: Option<Timestamp>) -> Duration {
+        crate::site::local_failover::rpo(last_write, Some(self.declared_loss))
     }
 
     pub(super) async fn tenant(&self, tenant: &TenantRef) -> Result<Arc<InvoicingTenant>, StepError> {

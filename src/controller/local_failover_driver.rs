@@ -9,25 +9,19 @@
 //! controller then starts its app there under the failover's epoch, sending
 //! through that channel.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use kube::ResourceExt;
 
+use super::Context;
 use super::failover_driver::KubeFailover;
-use super::local_archiving::{self, Archiving};
-use super::{Context, backup_run};
+use super::local_recovery::Recovery;
 use crate::api::common::TenantRef;
 use crate::api::tenant::{InvoicingTenant, SdiChannel};
 use crate::app::http::ChannelView;
-use crate::error_chain::error_chain;
 use crate::failover::executor::{SiteDriver, StepContext};
 use crate::failover::machine::{Restored, SourceFence, StepError};
-use crate::site::local::TenantSpec;
-use crate::site::local_failover::{reconcile_with_sdi, serves_under, verify_recovered};
+use crate::site::local_failover::{reconcile_with_sdi, serves_under};
 use crate::stack::pg::DbUrl;
-use crate::stack::pitr::{self, PitrRestore};
-use crate::stack::restore::TenantRestore;
 
 /// The steps of one failover whose target is a Local site.
 pub struct LocalTargetFailover {
@@ -53,104 +47,6 @@ impl LocalTargetFailover {
         self.ctx().local.app_url(&ctx.target, &tenant.name).ok_or_else(|| {
             StepError::retry(format!("tenant {}'s app does not run at Local site {} yet", tenant.name, ctx.target))
         })
-    }
-
-    /// Starts an empty PostgreSQL for the tenant at the target, in place of
-    /// anything an earlier attempt left there.
-    async fn fresh_database(&self, ctx: &StepContext, tenant: &InvoicingTenant) -> Result<DbUrl, StepError> {
-        let (namespace, name) = (tenant.namespace().unwrap_or_default(), tenant.name_any());
-        let local = self.ctx().local.clone();
-        local.stop(&ctx.target, &namespace, &name);
-        let spec = self.spec(ctx, tenant);
-        let (site, owner) = (ctx.target.clone(), namespace.clone());
-        let started = tokio::task::spawn_blocking(move || local.ensure_database(&site, &owner, &spec)).await;
-        let why = match started {
-            Ok(Ok(_)) => return self.database(ctx, &TenantRef { namespace, name }),
-            Ok(Err(e)) => error_chain(&e),
-            Err(e) => e.to_string(),
-        };
-        Err(StepError::retry(format!("starting tenant {name}'s PostgreSQL at Local site {}: {why}", ctx.target)))
-    }
-}
-
-impl LocalTargetFailover {
-    /// Point-in-time recovery to the end of the archive: the newest base
-    /// backup `repo` holds, PostgreSQL started on it at the target replaying
-    /// the WAL archived since (`restore_command` reads the repository at
-    /// its location), promoted, then checked against what the backup recorded.
-    async fn recover(
-        &self,
-        ctx: &StepContext,
-        tenant: &InvoicingTenant,
-        (repository, repo): (&str, Arc<crate::repo::repository::Repository>),
-        archiving: &Archiving,
-    ) -> Result<Restored, String> {
-        let (namespace, name) = (tenant.namespace().unwrap_or_default(), tenant.name_any());
-        let local = self.ctx().local.clone();
-        let site = local.site(&ctx.target);
-        let location = archiving.locations.iter().find(|(n, _)| n == repository).map(|(_, l)| l.clone());
-        let location = location.ok_or_else(|| "not in the archive's repositories".to_owned())?;
-        let request = PitrRestore {
-            tenant: name.clone(),
-            repository: location,
-            target_time: None,
-            snapshot: None,
-            pgdata: site.pgdata(&name),
-            force: true,
-            fenice: local.program().to_owned(),
-            standby: false,
-        };
-        // A retry starts over: the copy of an earlier attempt goes first.
-        local.stop(&ctx.target, &namespace, &name);
-        let prepared = pitr::prepare(&repo, &request).await.map_err(|e| error_chain(&e))?;
-        let spec = TenantSpec { postgres: archiving.fetching(), ..self.spec(ctx, tenant) };
-        let (target, owner, pgdata) = (ctx.target.clone(), namespace.clone(), request.pgdata.clone());
-        let started =
-            tokio::task::spawn_blocking(move || local.ensure_recovering(&target, &owner, &spec, &pgdata)).await;
-        match started {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("starting PostgreSQL on the restored data: {}", error_chain(&e))),
-            Err(e) => return Err(format!("starting PostgreSQL on the restored data: {e}")),
-        }
-        let recorded = (prepared.snapshot, &prepared.recorded);
-        verify_recovered(&site, &name, recorded, Some(self.kube.declared_loss)).await.map_err(|e| e.message)
-    }
-
-    /// The newest dump `repo` holds, restored into a fresh PostgreSQL at the
-    /// target and checked against what the backup recorded.
-    async fn restore_dump(
-        &self,
-        ctx: &StepContext,
-        tenant: &InvoicingTenant,
-        repo: Arc<crate::repo::repository::Repository>,
-    ) -> Result<Restored, String> {
-        let db = self.fresh_database(ctx, tenant).await.map_err(|e| e.message)?;
-        let name = tenant.name_any();
-        let request = TenantRestore {
-            tenant: name.clone(),
-            snapshot: None,
-            db: db.clone(),
-            documents: self.ctx().local.site(&ctx.target).documents(&name),
-            force: true,
-            pg_bin: None,
-        };
-        let outcome = crate::stack::restore::restore(&repo, &request).await.map_err(|e| error_chain(&e))?;
-        let client = db.connect().await.map_err(|e| error_chain(&e))?;
-        let last = crate::stack::verify::last_write(&client).await.map_err(|e| error_chain(&e))?;
-        Ok(Restored { snapshot_id: outcome.snapshot.to_string(), rpo: self.kube.rpo(last) })
-    }
-
-    /// The tenant's stack at the target before it serves: its database alone, fenced.
-    fn spec(&self, ctx: &StepContext, tenant: &InvoicingTenant) -> TenantSpec {
-        TenantSpec {
-            name: tenant.name_any(),
-            vat: tenant.spec.vat_number.clone(),
-            company: tenant.spec.display_name.clone(),
-            sdi_endpoint: None,
-            epoch: ctx.epoch.unwrap_or(1),
-            fenced: true,
-            postgres: Default::default(),
-        }
     }
 }
 
@@ -183,41 +79,14 @@ impl SiteDriver for LocalTargetFailover {
     /// BackupPolicy that gives a verified copy, and verifies it.
     async fn restore_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<Restored, StepError> {
         let found = self.kube.tenant(tenant).await?;
-        let policy = &found.spec.backup_policy;
-        let Some(policy) = self.ctx().cache.policies.get(policy).await else {
-            return Err(StepError::retry(format!(
-                "BackupPolicy {policy} of tenant {} does not exist: it says which repositories hold the tenant's \
-                 backups",
-                tenant.name
-            )));
+        let recovery = Recovery {
+            ctx: self.ctx(),
+            tenant: &found,
+            site: &ctx.target,
+            epoch: ctx.epoch.unwrap_or(1),
+            lost_at: Some(self.kube.declared_loss),
         };
-        let archiving = local_archiving::archiving(self.ctx(), &found, &ctx.target)
-            .await
-            .map_err(|why| StepError::retry(format!("tenant {}: {why}", tenant.name)))?;
-        let mut tried = Vec::new();
-        for repository in &policy.spec.repositories {
-            let (_, _, opened) = backup_run::open_repository(self.ctx(), repository, false).await;
-            let restored = match (opened, &archiving) {
-                (Err(why), _) => Err(why),
-                (Ok(repo), Some(archiving)) => self.recover(ctx, &found, (repository, Arc::new(repo)), archiving).await,
-                (Ok(repo), None) => self.restore_dump(ctx, &found, Arc::new(repo)).await,
-            };
-            match restored {
-                Ok(restored) => {
-                    tracing::info!(tenant = %tenant.name, %repository, snapshot = %restored.snapshot_id,
-                        "restored at the failover's target");
-                    return Ok(restored);
-                }
-                Err(why) => tried.push(format!("repository {repository}: {why}")),
-            }
-        }
-        Err(StepError::retry(format!(
-            "tenant {} was restored at Local site {} from no repository of BackupPolicy {}: {}",
-            tenant.name,
-            ctx.target,
-            policy.name_any(),
-            tried.join("; ")
-        )))
+        recovery.run().await.map_err(|e| StepError::retry(e.why))
     }
 
     async fn reconcile_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {

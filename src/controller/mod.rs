@@ -21,6 +21,7 @@ pub mod lease_watch;
 pub mod local_archiving;
 pub mod local_failover_driver;
 pub mod local_fence;
+pub mod local_recovery;
 pub mod local_sites;
 pub mod metrics;
 pub mod not_built;

@@ -413,9 +413,12 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
                 super::add_finalizer(&api, tenant, FINALIZER).await.map_err(fail("adding its finalizer"))?;
             }
             let fenced = fenced_by(plan, &serving);
-            match (start_local(ctx, tenant, &namespace, site, fenced.is_some()).await, fenced) {
-                (Stack::Running { site, .. }, Some(why)) => Stack::Fenced { site, why },
-                (stack, _) => stack,
+            match recovered_in_place(ctx, tenant, site).await {
+                Some(failed) => failed,
+                None => match (start_local(ctx, tenant, &namespace, site, fenced.is_some()).await, fenced) {
+                    (Stack::Running { site, .. }, Some(why)) => Stack::Fenced { site, why },
+                    (stack, _) => stack,
+                },
             }
         }
         (Placement::Kubernetes { .. }, Some(site)) => {
@@ -483,6 +486,37 @@ async fn remove_standby(ctx: &Context, tenant: &InvoicingTenant) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// Brings back the database of a tenant whose stack at the Local site
+/// `site` was lost with the operator that ran it
+/// ([`super::local_recovery::in_place`]), and says so in an Event; the stack
+/// that failed when it could not be brought back.
+async fn recovered_in_place(ctx: &Context, tenant: &InvoicingTenant, site: &str) -> Option<Stack> {
+    use super::local_recovery::InPlace;
+    let (reason, note) = match super::local_recovery::in_place(ctx, tenant, site).await {
+        Ok(InPlace::Nothing) => return None,
+        Ok(InPlace::Recovered(restored)) => (
+            "StackRecovered",
+            format!(
+                "its stack at Local site {site} was gone with the operator that ran it: its database was restored \
+                 from snapshot {} (and the WAL archived since, where its policy archives it) and reconciled with SdI, \
+                 before its app starts again",
+                restored.snapshot_id.get(..8).unwrap_or(&restored.snapshot_id)
+            ),
+        ),
+        Ok(InPlace::NoBackup(why)) => (
+            "StackNotRecovered",
+            format!("its stack at Local site {site} was gone and no backup holds it: it starts empty ({why})"),
+        ),
+        Err(why) => {
+            let message = format!("its stack at Local site {site} was gone and is not brought back yet: {why}");
+            super::publish(ctx, tenant, EventType::Warning, "StackNotRecovered", "Recover", message.clone()).await;
+            return Some(Stack::Failed { message });
+        }
+    };
+    super::publish(ctx, tenant, EventType::Warning, reason, "Recover", note).await;
+    None
 }
 
 /// Fences the tenant's app at this operator's own Local site, if one runs

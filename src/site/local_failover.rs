@@ -214,10 +214,14 @@ pub async fn verify_recovered(
         return Err(StepError::fatal(format!("restored tenant {tenant} does not verify: {}", shown.join("; "))));
     }
     let last = verify::last_write(&client).await.map_err(|e| StepError::retry(error_chain(&e)))?;
+    Ok(Restored { snapshot_id: snapshot.to_string(), rpo: rpo(last, lost_at) })
+}
+
+/// What was lost: from the last write a restore holds to `lost_at` (to now
+/// without it); nothing when it holds none.
+pub fn rpo(last_write: Option<jiff::Timestamp>, lost_at: Option<jiff::Timestamp>) -> Duration {
     let lost_at = lost_at.unwrap_or_else(jiff::Timestamp::now);
-    let rpo =
-        last.map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO));
-    Ok(Restored { snapshot_id: snapshot.to_string(), rpo })
+    last_write.map_or(Duration::ZERO, |last| Duration::try_from(lost_at.duration_since(last)).unwrap_or(Duration::ZERO))
 }
 
 /// Imports what SdI at `endpoint` already holds for `tenant` into its restored
