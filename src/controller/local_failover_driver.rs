@@ -14,14 +14,13 @@ use kube::ResourceExt;
 
 use super::Context;
 use super::failover_driver::KubeFailover;
-use super::local_recovery::Recovery;
+use super::local_recovery::{self, Recovery};
 use crate::api::common::TenantRef;
 use crate::api::tenant::{InvoicingTenant, SdiChannel};
 use crate::app::http::ChannelView;
 use crate::failover::executor::{SiteDriver, StepContext};
 use crate::failover::machine::{Restored, SourceFence, StepError};
-use crate::site::local_failover::{reconcile_with_sdi, serves_under};
-use crate::stack::pg::DbUrl;
+use crate::site::local_failover::serves_under;
 
 /// The steps of one failover whose target is a Local site.
 pub struct LocalTargetFailover {
@@ -32,14 +31,6 @@ pub struct LocalTargetFailover {
 impl LocalTargetFailover {
     fn ctx(&self) -> &Context {
         &self.kube.ctx
-    }
-
-    /// The tenant's database at the target, once the restore step started it.
-    fn database(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<DbUrl, StepError> {
-        let url = self.ctx().local.database(&ctx.target, &tenant.namespace, &tenant.name).ok_or_else(|| {
-            StepError::retry(format!("tenant {}'s database does not run at Local site {}", tenant.name, ctx.target))
-        })?;
-        DbUrl::parse(&url).map_err(|e| StepError::fatal(format!("tenant {}'s database URL: {e}", tenant.name)))
     }
 
     /// The tenant's app at the target, once the tenant controller started it.
@@ -91,9 +82,7 @@ impl SiteDriver for LocalTargetFailover {
 
     async fn reconcile_tenant(&self, ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
         let found = self.kube.tenant(tenant).await?;
-        let channel = channel_at(&found, &ctx.target)?;
-        let documents = self.ctx().local.site(&ctx.target).documents(&tenant.name);
-        reconcile_with_sdi(&self.database(ctx, tenant)?, &documents, &channel.endpoint, &tenant.name).await
+        local_recovery::reconcile(self.ctx(), &found, &ctx.target, channel_at(&found, &ctx.target)?).await
     }
 
     /// `status.serving` names the target: the tenant controller starts the app.

@@ -12,9 +12,9 @@ use kube::ResourceExt;
 
 use super::local_archiving::{self, Archiving};
 use super::{Context, backup_run};
-use crate::api::tenant::InvoicingTenant;
+use crate::api::tenant::{InvoicingTenant, SdiChannel};
 use crate::error_chain::error_chain;
-use crate::failover::machine::Restored;
+use crate::failover::machine::{Restored, StepError};
 use crate::repo::repository::Repository;
 use crate::site::local::TenantSpec;
 use crate::site::local_failover::{rpo, verify_recovered};
@@ -168,7 +168,7 @@ impl Recovery<'_> {
 
     /// Starts an empty PostgreSQL for the tenant, in place of anything an
     /// earlier attempt left there.
-    pub async fn fresh_database(&self) -> Result<DbUrl, String> {
+    async fn fresh_database(&self) -> Result<DbUrl, String> {
         let (namespace, name) = (self.tenant.namespace().unwrap_or_default(), self.tenant.name_any());
         let local = self.ctx.local.clone();
         local.stop(self.site, &namespace, &name);
@@ -219,16 +219,31 @@ pub async fn in_place(ctx: &Context, tenant: &InvoicingTenant, site: &str) -> Re
         Err(e) if e.no_backup => return Ok(InPlace::NoBackup(e.why)),
         Err(e) => return Err(e.why),
     };
-    if let Some(channel) = tenant.spec.sdi.channels.iter().find(|c| c.site == site) {
-        let documents = ctx.local.site(site).documents(&name);
-        let url = ctx.local.database(site, &namespace, &name).unwrap_or_default();
-        let db = DbUrl::parse(&url).map_err(|e| format!("tenant {name}'s database URL: {e}"))?;
-        if let Err(e) = crate::site::local_failover::reconcile_with_sdi(&db, &documents, &channel.endpoint, &name).await
-        {
-            // NB: the next look restores again and reconciles then: the app must not start before.
-            ctx.local.stop(site, &namespace, &name);
-            return Err(format!("restored, but not reconciled with SdI at {}: {}", channel.endpoint, e.message));
-        }
+    if let Some(channel) = tenant.spec.sdi.channels.iter().find(|c| c.site == site)
+        && let Err(e) = reconcile(ctx, tenant, site, channel).await
+    {
+        // NB: the next look restores again and reconciles then: the app must not start before.
+        ctx.local.stop(site, &namespace, &name);
+        return Err(format!("restored, but not reconciled with SdI at {}: {}", channel.endpoint, e.message));
     }
     Ok(InPlace::Recovered(restored))
+}
+
+/// Imports what SdI at `channel` holds for the tenant into its database at
+/// the Local site `site` (restored there), so that numbering goes on after
+/// it and nothing is sent twice.
+pub async fn reconcile(
+    ctx: &Context,
+    tenant: &InvoicingTenant,
+    site: &str,
+    channel: &SdiChannel,
+) -> Result<(), StepError> {
+    let (namespace, name) = (tenant.namespace().unwrap_or_default(), tenant.name_any());
+    let url = ctx
+        .local
+        .database(site, &namespace, &name)
+        .ok_or_else(|| StepError::retry(format!("tenant {name}'s database does not run at Local site {site}")))?;
+    let db = DbUrl::parse(&url).map_err(|e| StepError::fatal(format!("tenant {name}'s database URL: {e}")))?;
+    let documents = ctx.local.site(site).documents(&name);
+    crate::site::local_failover::reconcile_with_sdi(&db, &documents, &channel.endpoint, &name).await
 }

@@ -41,7 +41,7 @@ const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
 /// )?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresOptions {
     settings: Vec<(String, String)>,
     env: Vec<(OsString, OsString)>,
@@ -50,6 +50,22 @@ pub struct PostgresOptions {
     wal_segment_mb: Option<u32>,
     run_dir: Option<PathBuf>,
     placement: Placement,
+}
+
+// NB: the environment may hold what opens the repositories (restore_command's): only its names are shown.
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<_> = self.env.iter().map(|(name, _)| name).collect();
+        f.debug_struct("PostgresOptions")
+            .field("settings", &self.settings)
+            .field("env", &env)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("existing_data", &self.existing_data)
+            .field("wal_segment_mb", &self.wal_segment_mb)
+            .field("run_dir", &self.run_dir)
+            .field("placement", &self.placement)
+            .finish()
+    }
 }
 
 impl Default for PostgresOptions {
@@ -419,5 +435,16 @@ fn system_user() -> Result<(u32, u32)> {
             return Err(missing);
         }
         Ok((pwd.pw_uid, pwd.pw_gid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_options_show_the_environment_s_names_never_its_values() {
+        let options = super::PostgresOptions::new().env("FENICE_PASSWORD", "s3cr3t").setting("archive_mode", "on");
+        let shown = format!("{options:?}");
+        assert!(shown.contains("FENICE_PASSWORD") && shown.contains("archive_mode"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 }
