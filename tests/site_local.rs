@@ -64,3 +64,19 @@ fn a_killed_site_leaves_no_process_of_any_tenant() {
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["last_numbers"]["2026"], 1, "{stats}");
 }
+
+/// A site whose directory is too deep for a Unix socket's path says so, and
+/// what to do, before it starts anything (the archiver would fail on it).
+#[test]
+fn a_site_too_deep_for_its_archiver_s_socket_says_so_before_starting_it() {
+    let program = Path::new(env!("CARGO_BIN_EXE_fenice"));
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("a-directory-an-operator-was-given-as-its-state-dir").join("x".repeat(40));
+    let site = LocalSite::new("westpole", program, &deep);
+    let error = site.start_wal_archiver_named("wal-archiver-0123456789ab.sock", &[]).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("longer than the 107 bytes") && message.contains("--state-dir"), "{message}");
+    let run = deep.join("run");
+    let left: Vec<_> = std::fs::read_dir(&run).unwrap().filter_map(Result::ok).map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "no archiver started, no log written: {left:?}");
+}

@@ -22,6 +22,17 @@ use crate::api::site::{Driver, Site, SiteRole};
 use crate::api::tenant::{InvoicingTenant, InvoicingTenantStatus, StandbyMode};
 use crate::site::local::TenantSpec;
 
+/// What a running stack's Ready message puts before its app's address.
+const SERVES: &str = "; the app serves ";
+
+/// The address a tenant's app serves at, as its Ready condition says while
+/// its stack runs (the lab and an SRE's scripts find the app this way).
+pub fn serving_url(tenant: &InvoicingTenant) -> Option<String> {
+    let status = tenant.status.as_ref()?;
+    let ready = status.conditions.iter().find(|c| c.type_ == condition::types::READY && c.status == "True")?;
+    ready.message.rsplit_once(SERVES).map(|(_, url)| url.to_owned())
+}
+
 pub const CONTROLLER: &str = "invoicingtenant";
 /// Held while the tenant's stack runs at a Local site.
 pub const FINALIZER: &str = "fenice.io/local-stack";
@@ -241,7 +252,7 @@ pub fn assess(
             };
             let (status, reason, message) = match stack {
                 Stack::Running { app: Some(url), .. } => {
-                    (true, "StackRunning", format!("PostgreSQL and the app run at {at}; the app serves {url}"))
+                    (true, "StackRunning", format!("PostgreSQL and the app run at {at}{SERVES}{url}"))
                 }
                 Stack::Running { app: None, .. } => {
                     (true, "StackRunning", format!("PostgreSQL and the app run at {at}"))

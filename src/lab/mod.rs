@@ -8,6 +8,8 @@
 
 pub mod fault;
 pub mod fence;
+pub mod manifests;
+pub mod operated;
 mod pages;
 pub mod progress;
 pub mod providers;
@@ -542,10 +544,6 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     ));
 
     let state = fail_over(options, &names, &providers, &driver, &standby_agent, epoch, &clock, progress).await?;
-    let failover_seconds = state.completed_at.map_or(f64::NAN, |done| {
-        duration_between(killed_at, jiff::Timestamp::from_millisecond(done.unix_millis() as i64).unwrap_or(killed_at))
-            .as_secs_f64()
-    });
 
     progress.step("customers now reach the tenants at the standby; 5 s more of work");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -580,6 +578,75 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         findings.problems.push("two sites were active at once".into());
     }
 
+    notes.push(
+        "the three vantage points run in this process on one machine: they differ in what they probe, not in \
+         their network path"
+            .into(),
+    );
+    notes.push(
+        "after the failover the standby's databases do not archive WAL yet: the next backup protects them".into(),
+    );
+    let report = conclude(
+        options,
+        &providers,
+        progress,
+        Outcome {
+            names: &names,
+            state: &state,
+            killed_at,
+            detect,
+            timing: &timing,
+            findings,
+            old_primary_fenced,
+            primary_fenced_seconds,
+            drill,
+            notes,
+            started_at,
+        },
+    );
+    progress.step("stopping every process");
+    drop((standby_agent, probing, primary_agent, primary_runtime));
+    standby.kill();
+    primary.kill();
+    Ok(report)
+}
+
+/// What one run found, for [`conclude`].
+struct Outcome<'a> {
+    names: &'a [String],
+    state: &'a FailoverState,
+    killed_at: jiff::Timestamp,
+    /// From the loss to the standby's takeover of the lease.
+    detect: Duration,
+    timing: &'a LeaseTiming,
+    findings: Findings,
+    old_primary_fenced: bool,
+    primary_fenced_seconds: Option<f64>,
+    drill: DrillSummary,
+    /// What the report must say of this run besides the figures' definitions.
+    notes: Vec<String>,
+    started_at: jiff::Timestamp,
+}
+
+/// The report of a run: each tenant's figures, the objectives, the verdict.
+fn conclude(options: &LabOptions, providers: &Providers, progress: &Progress, outcome: Outcome<'_>) -> LabReport {
+    let Outcome {
+        names,
+        state,
+        killed_at,
+        detect,
+        timing,
+        findings,
+        old_primary_fenced,
+        primary_fenced_seconds,
+        drill,
+        mut notes,
+        started_at,
+    } = outcome;
+    let failover_seconds = state.completed_at.map_or(f64::NAN, |done| {
+        duration_between(killed_at, jiff::Timestamp::from_millisecond(done.unix_millis() as i64).unwrap_or(killed_at))
+            .as_secs_f64()
+    });
     let declared = jiff::Timestamp::from_millisecond(state.declared_loss.unix_millis() as i64).unwrap_or(killed_at);
     let declared_after_kill = duration_between(killed_at, declared);
     let per_tenant: Vec<TenantFigures> = state
@@ -628,14 +695,6 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
             detect.as_secs_f64()
         ));
     }
-    notes.push(
-        "the three vantage points run in this process on one machine: they differ in what they probe, not in \
-         their network path"
-            .into(),
-    );
-    notes.push(
-        "after the failover the standby's databases do not archive WAL yet: the next backup protects them".into(),
-    );
 
     let objectives = vec![
         Objective {
@@ -665,7 +724,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         && state.phase == Phase::Succeeded
         && old_primary_fenced
         && drill.passed;
-    let report = LabReport {
+    LabReport {
         passed,
         tenants: names.len(),
         findings,
@@ -685,7 +744,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
             parallelism: options.parallelism,
             seconds: failover_seconds,
         },
-        pages: pages::render(&drill, &state, &names),
+        pages: pages::render(&drill, state, names),
         drill,
         objectives,
         repositories: providers.repos.clone(),
@@ -694,12 +753,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         notes,
         started_at,
         seconds: progress.elapsed(),
-    };
-    progress.step("stopping every process");
-    drop((standby_agent, probing, primary_agent, primary_runtime));
-    standby.kill();
-    primary.kill();
-    Ok(report)
+    }
 }
 
 fn tenant_specs(names: &[String], providers: &Providers) -> BTreeMap<String, TenantSpec> {

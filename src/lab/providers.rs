@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use zeroize::Zeroizing;
 
 use super::progress::Progress;
 use crate::repo::keyfile::RecoveryKey;
@@ -22,8 +23,11 @@ use crate::testkit::{AzuriteServer, S3Server, SdiSimServer};
 /// The S3 repository's bucket and prefix.
 const S3_BUCKET: &str = "fenice-lab-backups";
 const S3_PREFIX: &str = "tenants";
+/// The Azure Blob repository's container and prefix.
+const AZURE_CONTAINER: &str = "fenice-lab";
+const AZURE_PREFIX: &str = "tenants";
 /// The witness's bucket when it is reached over the network.
-const WITNESS_BUCKET: &str = "fenice-lab-witness";
+pub const WITNESS_BUCKET: &str = "fenice-lab-witness";
 /// How long every object of the S3 repository is locked (Object Lock, COMPLIANCE).
 const RETENTION_DAYS: &str = "1";
 
@@ -35,6 +39,17 @@ pub struct Repo {
     pub location: String,
     /// Every object is locked at the store for a retention period.
     pub immutable: bool,
+    /// How an operator reaches it (a BackupRepository's storage).
+    #[serde(skip)]
+    pub store: RepoStore,
+}
+
+/// Where a repository's objects are, as a BackupRepository names them.
+#[derive(Clone, Debug)]
+pub enum RepoStore {
+    S3 { endpoint: String, bucket: String, prefix: String },
+    Azure { endpoint: String, account: String, container: String, prefix: String },
+    Directory { path: PathBuf },
 }
 
 /// The running providers.
@@ -50,6 +65,8 @@ pub struct Providers {
     /// repositories are, how to reach them, and the agents' key file.
     pub agent_env: Vec<(String, String)>,
     recovery: RecoveryKey,
+    /// The repositories' password (an operator opens them with it).
+    password: Zeroizing<String>,
     s3: Option<S3Server>,
     _azurite: Option<AzuriteServer>,
     _witness_s3: Option<S3Server>,
@@ -86,6 +103,11 @@ impl Providers {
                     provider: format!("s3 (S3 server at {})", s3.endpoint()),
                     location: format!("s3://{S3_BUCKET}/{S3_PREFIX}"),
                     immutable: true,
+                    store: RepoStore::S3 {
+                        endpoint: s3.endpoint(),
+                        bucket: S3_BUCKET.into(),
+                        prefix: S3_PREFIX.into(),
+                    },
                 });
                 Some(s3)
             }
@@ -107,8 +129,14 @@ impl Providers {
                 progress.note("Azurite has no immutability policies: the Azure Blob repository is not locked");
                 repos.push(Repo {
                     provider: format!("azure-blob (Azurite at {})", azurite.blob_endpoint()),
-                    location: format!("az://{DEV_ACCOUNT}/fenice-lab/tenants"),
+                    location: format!("az://{DEV_ACCOUNT}/{AZURE_CONTAINER}/{AZURE_PREFIX}"),
                     immutable: false,
+                    store: RepoStore::Azure {
+                        endpoint: azurite.blob_endpoint(),
+                        account: DEV_ACCOUNT.into(),
+                        container: AZURE_CONTAINER.into(),
+                        prefix: AZURE_PREFIX.into(),
+                    },
                 });
                 Some(azurite)
             }
@@ -191,10 +219,16 @@ impl Providers {
             sdi,
             agent_env: env,
             recovery,
+            password: Zeroizing::new(password),
             s3,
             _azurite: azurite,
             _witness_s3: witness_s3,
         })
+    }
+
+    /// The repositories' password.
+    pub fn password(&self) -> &str {
+        &self.password
     }
 
     /// The repository failovers and drills restore from: the first one.
@@ -231,10 +265,12 @@ impl WitnessPlace {
 }
 
 fn fs_repo(stores: &Path, name: &str) -> Repo {
+    let path = stores.join(name);
     Repo {
         provider: format!("{name} (a directory standing in for an object store)"),
-        location: stores.join(name).display().to_string(),
+        location: path.display().to_string(),
         immutable: false,
+        store: RepoStore::Directory { path },
     }
 }
 

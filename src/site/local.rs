@@ -40,6 +40,12 @@ pub enum Error {
         source: Box<testkit::Error>,
     },
 
+    #[error(
+        "site {site}: its WAL archiver's socket {path} is longer than the {max} bytes a Unix socket's path may \
+         have: give the site a shorter directory (the operator's --state-dir)"
+    )]
+    SocketPathTooLong { site: String, path: PathBuf, max: usize },
+
     #[error("site {site}: tenant {tenant}, {what}: {message}")]
     Sql { site: String, tenant: String, what: &'static str, message: String },
 
@@ -425,6 +431,11 @@ impl LocalSite {
         let failed = |source| Error::StartArchiver { site: self.name.clone(), source: Box::new(source) };
         let run = self.run_dir()?;
         let socket = run.join(name);
+        // NB: sun_path holds 108 bytes with the terminating NUL; the archiver would fail on a longer one.
+        const SOCKET_PATH_MAX: usize = 107;
+        if socket.as_os_str().len() > SOCKET_PATH_MAX {
+            return Err(Error::SocketPathTooLong { site: self.name.clone(), path: socket, max: SOCKET_PATH_MAX });
+        }
         let mut archivers = self.archivers.lock().unwrap_or_else(|e| e.into_inner());
         if archivers.contains_key(name) {
             return Ok(socket);
