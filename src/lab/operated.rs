@@ -194,7 +194,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     tokio::time::sleep(Duration::from_secs(5)).await;
     let refused = traffic.refused();
     let committed = traffic.stop().await;
-    endpoints.stop();
+    drop(endpoints);
     progress.step(&format!("{} invoices confirmed in all ({refused} requests refused or unanswered)", committed.len()));
 
     let old_primary_fenced = restart_old_primary(options, &kubeconfig, &client, &witness, epoch, progress).await;
@@ -476,8 +476,11 @@ impl Endpoints {
         let known = self.known.clone();
         Arc::new(move |tenant: &str| known.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).cloned())
     }
+}
 
-    fn stop(&self) {
+impl Drop for Endpoints {
+    /// Stops looking, also when the lab is interrupted: the API server goes with it.
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
