@@ -46,6 +46,7 @@ use crate::api::tenant::InvoicingTenant;
 use crate::app::http::{Health, InvoiceList};
 use crate::controller::tenant::serving_url;
 use crate::failover::executor::StateFile;
+use crate::failover::lease::LeaseTiming;
 use crate::failover::witness::Witness;
 use crate::lab::fault::Fault;
 use crate::testkit::SdiSimServer;
@@ -55,7 +56,7 @@ const MANAGER: &str = "fenice-lab";
 /// How long each operator's leader Lease holds: a restarted operator waits
 /// this long. The operators' default: starting tens of stacks keeps an
 /// operator too busy to renew a shorter one.
-const LEADER_LEASE_SECONDS: &str = "15";
+const LEADER_LEASE: Duration = Duration::from_secs(15);
 /// How long the operators may take to bring the tenants up: this, plus a
 /// few seconds per tenant.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -197,7 +198,8 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     drop(endpoints);
     progress.step(&format!("{} invoices confirmed in all ({refused} requests refused or unanswered)", committed.len()));
 
-    let old_primary_fenced = restart_old_primary(options, &kubeconfig, &client, &witness, epoch, progress).await;
+    let old_primary_fenced =
+        restart_old_primary(options, &kubeconfig, &client, (&witness, &timing, epoch), progress).await;
 
     progress.step("waiting for the standby to transmit everything and collect the receipts");
     let apps = at_site(&tenants, STANDBY).await?;
@@ -302,11 +304,20 @@ where
     let what = format!("{} {name}", K::kind(&()));
     // NB: a Secret's values never reach the message: the error names the resource only.
     let object: K =
-        serde_json::from_value(document.clone()).map_err(|e| anyhow::anyhow!("{what} is malformed: {e}"))?;
+        serde_json::from_value(document.clone()).map_err(|e| malformed(&what, K::kind(&()) == "Secret", &e))?;
     api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&object))
         .await
         .with_context(|| format!("applying {what}"))?;
     Ok(())
+}
+
+/// `what` does not parse. A Secret's parse error is not quoted: it may quote a value.
+fn malformed(what: &str, secret: bool, error: &serde_json::Error) -> anyhow::Error {
+    if secret {
+        anyhow::anyhow!("{what} is malformed (line {}, column {} of its document)", error.line(), error.column())
+    } else {
+        anyhow::anyhow!("{what} is malformed: {error}")
+    }
 }
 
 /// A `fenice operator --site` the lab runs.
@@ -336,7 +347,7 @@ impl Operator {
         let mut child = Command::new(&options.program)
             .args(["operator", "--site", site, "--identity", &name, "--operator-namespace", OPERATOR_NAMESPACE])
             .args(["--health-addr", &format!("127.0.0.1:{}", health_port.unwrap_or(0))])
-            .args(["--metrics-addr", "127.0.0.1:0", "--lease-seconds", LEADER_LEASE_SECONDS])
+            .args(["--metrics-addr", "127.0.0.1:0", "--lease-seconds", &LEADER_LEASE.as_secs().to_string()])
             .arg("--state-dir")
             .arg(&state)
             .arg("--kubeconfig")
@@ -676,14 +687,12 @@ async fn restart_old_primary(
     options: &LabOptions,
     kubeconfig: &Path,
     client: &Client,
-    witness: &Witness,
-    epoch: u64,
+    (witness, timing, epoch): (&Witness, &LeaseTiming, u64),
     progress: &Progress,
 ) -> anyhow::Result<bool> {
     let again = Operator::start(options, kubeconfig, PRIMARY, "2", None).await?;
-    let timing = lease_timing(options.tenants)?;
-    // NB: its leader Lease, then two of the witness lease's renewals.
-    tokio::time::sleep(Duration::from_secs(LEADER_LEASE_SECONDS.parse().unwrap_or(3)) + timing.lease_duration).await;
+    // NB: its leader Lease, then a whole witness lease to read it and write its standing.
+    tokio::time::sleep(LEADER_LEASE + timing.lease_duration).await;
     let plans: Api<FailoverPlan> = Api::all(client.clone());
     let plan = plans.get(PLAN).await.context("reading the plan")?.status.unwrap_or_default();
     let standing = plan.sites.iter().find(|s| s.site == PRIMARY).map(|s| s.standing);
@@ -782,4 +791,18 @@ async fn held_by(http: &reqwest::Client, app: &str) -> anyhow::Result<Held> {
         }
     }
     Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_secret_is_named_without_its_values() {
+        let document = json!({"metadata": {"name": "repo-s3"}, "immutable": "s3cr3t-value"});
+        let error = serde_json::from_value::<Secret>(document).unwrap_err();
+        assert!(error.to_string().contains("s3cr3t-value"), "serde quotes the value: {error}");
+        let said = malformed("Secret repo-s3", true, &error).to_string();
+        assert!(said.starts_with("Secret repo-s3 is malformed") && !said.contains("s3cr3t-value"), "{said}");
+    }
 }
