@@ -9,7 +9,7 @@ use std::error::Error as _;
 use std::process::Stdio;
 
 use fenice::app::fattura::Format;
-use fenice::app::{App, AppConfig};
+use fenice::app::{App, AppConfig, SdiEnvironment};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -255,7 +255,10 @@ async fn a_fenced_app_refuses_invoices_sends_nothing_and_activates_only_forward(
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
     assert_eq!(refused["error"], "fenced");
     let (_, health) = app.get("/healthz").await;
-    assert_eq!(health, json!({"tenant": "acme", "active": false, "epoch": 2, "schema_version": 1, "database": "ok"}));
+    assert_eq!(
+        health,
+        json!({"tenant": "acme", "active": false, "epoch": 2, "schema_version": fenice::app::schema::SCHEMA_VERSION, "database": "ok"})
+    );
 
     // A fenced standby may prepare its channel; its sender still sends nothing.
     let (status, channel) =
@@ -496,7 +499,10 @@ async fn the_binary_prints_its_address_serves_and_stops_on_sigterm() {
     tokio::time::timeout(DEADLINE, stdout.read_line(&mut line)).await.expect("the app starts").unwrap();
     let address = line.trim_end().strip_prefix("listening on ").unwrap_or_else(|| panic!("printed {line:?}"));
     let health: Value = reqwest::get(format!("http://{address}/healthz")).await.unwrap().json().await.unwrap();
-    assert_eq!(health, json!({"tenant": "acme", "active": false, "epoch": 4, "schema_version": 1, "database": "ok"}));
+    assert_eq!(
+        health,
+        json!({"tenant": "acme", "active": false, "epoch": 4, "schema_version": fenice::app::schema::SCHEMA_VERSION, "database": "ok"})
+    );
 
     let pid = i32::try_from(child.id().unwrap()).unwrap();
     // SAFETY: kill only sends a signal to the child we started.
@@ -558,4 +564,89 @@ async fn invoices_near_their_sdi_deadline_are_listed() {
     let (status, bad) = app.get("/v1/deadlines?within_hours=soon").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     app.stop().await;
+}
+
+/// A drill's copy holds production's SdI identifiers and transmits to SdI's
+/// test environment, which numbers its own: the same identifier comes back
+/// for another invoice, and both are recorded, each with its receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_sending_to_sdi_s_test_environment_may_be_handed_an_identifier_production_used() {
+    let (_pg, url) = postgres().await;
+    let documents = tempfile::tempdir().unwrap();
+    let production = sim("50ms").await;
+    let app =
+        start(AppConfig { sdi_endpoint: Some(production.endpoint.clone()), ..config(&url, documents.path()) }).await;
+    let first = app.issue(invoice_body("2026", "ABC1234")).await;
+    wait_for("production's invoice done", || async { (app.stats().await["invoices"]["done"] == 1).then_some(()) })
+        .await;
+    app.stop().await;
+
+    let test = sim("50ms").await;
+    let copy = AppConfig {
+        sdi_endpoint: Some(test.endpoint.clone()),
+        sdi_environment: SdiEnvironment::Test,
+        ..config(&url, documents.path())
+    };
+    let copy = start(copy).await;
+    let second = copy.issue(invoice_body("2026", "ABC1234")).await;
+    wait_for("the test invoice done", || async { (copy.stats().await["invoices"]["done"] == 2).then_some(()) }).await;
+    let (_, stored_first) = copy.get(&format!("/v1/invoices/2026/{}", first["number"])).await;
+    let (_, stored_second) = copy.get(&format!("/v1/invoices/2026/{}", second["number"])).await;
+    assert_eq!(stored_first["sdi_id"], stored_second["sdi_id"], "each SdI environment numbered from its own start");
+    for number in [&first["number"], &second["number"]] {
+        let (_, receipts) = copy.get(&format!("/v1/invoices/2026/{number}/receipts")).await;
+        let kinds: Vec<&str> =
+            receipts["receipts"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["RC"], "invoice {number}");
+    }
+    let names = |records: Vec<fenice::app::sdi::Record>| -> Vec<String> {
+        records.into_iter().map(|r| r.transmission.file_name).collect()
+    };
+    assert_eq!(names(production.client.list("acme").await.unwrap()), [first["file_name"].as_str().unwrap()]);
+    assert_eq!(names(test.client.list("acme").await.unwrap()), [second["file_name"].as_str().unwrap()]);
+    copy.stop().await;
+}
+
+/// A database written by schema version 1 (SdI identifiers unique on their
+/// own) is migrated when the app opens it: what it held stays, and a test
+/// transmission may then reuse a production identifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_and_keeps_its_invoices_and_receipts() {
+    let (_pg, url) = postgres().await;
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    db.batch_execute(include_str!("golden/app/schema_v1.sql")).await.unwrap();
+    db.batch_execute(&format!(
+        "INSERT INTO fenice_meta VALUES ('schema_version', '1'), ('tenant', 'acme'), ('vat', '{VAT}'), \
+             ('company', 'Fenice Dimostrativa S.r.l.');
+         INSERT INTO series VALUES ('2026', 1);
+         INSERT INTO file_progressive VALUES (1, 1);
+         INSERT INTO invoices (series, number, issue_date, format, customer_vat, customer_name, recipient_code, \
+             description, taxable_cents, vat_cents, file_name, xml_sha256, queue_state, sdi_id, sent_at, sent_epoch) \
+         VALUES ('2026', 1, '2026-01-02', 'FPR12', '01234567890', 'Cliente', 'ABC1234', 'Consulenza', 10000, 2200, \
+             'IT{VAT}_00001.xml', 'aa', 'done', '1', '2026-01-02T10:00:00Z', 1);
+         INSERT INTO receipts VALUES ('1', 'RC', '2026-01-02T10:05:00Z', 'consegnata');"
+    ))
+    .await
+    .unwrap();
+
+    let documents = tempfile::tempdir().unwrap();
+    let test = sim("50ms").await;
+    let copy = AppConfig {
+        sdi_endpoint: Some(test.endpoint.clone()),
+        sdi_environment: SdiEnvironment::Test,
+        ..config(&url, documents.path())
+    };
+    let copy = start(copy).await;
+    let version = db.query_one("SELECT value FROM fenice_meta WHERE key = 'schema_version'", &[]).await.unwrap();
+    assert_eq!(version.get::<_, String>(0), fenice::app::schema::SCHEMA_VERSION.to_string());
+    let second = copy.issue(invoice_body("2026", "ABC1234")).await;
+    assert_eq!(second["number"], 2);
+    wait_for("the test invoice done", || async { (copy.stats().await["invoices"]["done"] == 2).then_some(()) }).await;
+    let (_, stored) = copy.get("/v1/invoices/2026/2").await;
+    assert_eq!(stored["sdi_id"], "1", "the test environment's first identifier, also production's");
+    let (_, receipts) = copy.get("/v1/invoices/2026/1/receipts").await;
+    assert_eq!(receipts["receipts"].as_array().unwrap().len(), 1, "{receipts}");
+    assert_eq!(receipts["receipts"][0]["detail"], "consegnata", "production's receipt is kept as it was");
+    copy.stop().await;
 }

@@ -126,6 +126,7 @@ async fn primary_lost_with(tenants: &[&str], warm: bool, proxied: bool) -> Lost 
             vat: "01234567890".into(),
             company: format!("{name} S.r.l."),
             sdi_endpoint: Some(sim.endpoint()),
+            sdi_environment: fenice::app::SdiEnvironment::Production,
             epoch: 1,
             fenced: false,
             postgres: postgres.clone(),

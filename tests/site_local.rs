@@ -13,6 +13,7 @@ fn spec(name: &str, sdi: &str) -> TenantSpec {
         vat: "01234567890".into(),
         company: format!("{name} S.r.l."),
         sdi_endpoint: Some(sdi.into()),
+        sdi_environment: fenice::app::SdiEnvironment::Production,
         epoch: 1,
         fenced: false,
         postgres: PostgresOptions::new(),

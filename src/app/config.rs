@@ -33,6 +33,26 @@ pub enum Error {
     SdiEndpoint { endpoint: String },
 }
 
+/// Which SdI the channel reaches. SdI numbers its identifiers per
+/// environment, so one identifier can name a production transmission and a
+/// test one: a drill's copy holds production's and sends to the test endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SdiEnvironment {
+    #[default]
+    Production,
+    Test,
+}
+
+impl SdiEnvironment {
+    /// As the schema stores it (`invoices.sdi_environment`, `receipts.sdi_environment`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Production => "production",
+            Self::Test => "test",
+        }
+    }
+}
+
 /// The configuration of one app process (one tenant).
 ///
 /// NB: `db_url` may hold a password, so `Debug` shows only where it points.
@@ -50,6 +70,9 @@ pub struct AppConfig {
     pub documents: PathBuf,
     /// If set, written to the channel table at start; the sender always reads the table.
     pub sdi_endpoint: Option<String>,
+    /// Which SdI the channel reaches; what it transmits and receives is
+    /// recorded under it.
+    pub sdi_environment: SdiEnvironment,
     /// If set, written to the channel table at start with the endpoint.
     pub certificate_expires: Option<jiff::civil::Date>,
     /// The fencing epoch this process starts with; SdI refuses senders with an older one.
@@ -77,6 +100,7 @@ impl AppConfig {
             db_url: db_url.into(),
             documents: documents.into(),
             sdi_endpoint: None,
+            sdi_environment: SdiEnvironment::Production,
             certificate_expires: None,
             epoch: 1,
             start_fenced: false,
@@ -123,6 +147,7 @@ impl std::fmt::Debug for AppConfig {
             .field("db", &db)
             .field("documents", &self.documents)
             .field("sdi_endpoint", &self.sdi_endpoint)
+            .field("sdi_environment", &self.sdi_environment)
             .field("certificate_expires", &self.certificate_expires)
             .field("epoch", &self.epoch)
             .field("start_fenced", &self.start_fenced)

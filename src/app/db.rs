@@ -13,7 +13,7 @@ use jiff::civil::Date;
 use tokio_postgres::NoTls;
 
 use super::config::AppConfig;
-use super::schema::{SCHEMA, SCHEMA_VERSION};
+use super::schema::{MIGRATE_FROM_1, SCHEMA, SCHEMA_VERSION};
 
 /// How long connecting to PostgreSQL may take, unless the URL says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,6 +196,10 @@ impl Db {
             .map(|row| (row.get(0), row.get(1)))
             .collect();
         check_meta(&meta, config, &db.target)?;
+        if meta.get("schema_version").map(String::as_str) == Some("1") {
+            tx.batch_execute(MIGRATE_FROM_1).await.map_err(Error::query("migrating the schema from version 1"))?;
+            tracing::info!(tenant = %config.tenant, db = %db.target, "schema migrated from version 1 to {SCHEMA_VERSION}");
+        }
         for (key, value) in [
             ("schema_version", SCHEMA_VERSION.to_string()),
             ("tenant", config.tenant.clone()),

@@ -339,17 +339,22 @@ impl Db {
     pub async fn receipts(&self, series: &str, number: i64) -> Result<Option<Vec<StoredReceipt>>> {
         let client = self.pool.get().await?;
         let Some(invoice) = client
-            .query_opt("SELECT sdi_id FROM invoices WHERE series = $1 AND number = $2", &[&series, &number])
+            .query_opt(
+                "SELECT sdi_id, sdi_environment FROM invoices WHERE series = $1 AND number = $2",
+                &[&series, &number],
+            )
             .await
             .map_err(Error::query("reading an invoice"))?
         else {
             return Ok(None);
         };
         let Some(sdi_id) = invoice.get::<_, Option<String>>(0) else { return Ok(Some(Vec::new())) };
+        let environment: String = invoice.get(1);
         let rows = client
             .query(
-                "SELECT kind, received_at, detail FROM receipts WHERE sdi_id = $1 ORDER BY received_at, kind",
-                &[&sdi_id],
+                "SELECT kind, received_at, detail FROM receipts WHERE sdi_id = $1 AND sdi_environment = $2 \
+                 ORDER BY received_at, kind",
+                &[&sdi_id, &environment],
             )
             .await
             .map_err(Error::query("reading receipts"))?;
@@ -381,7 +386,7 @@ impl Db {
                  UNION ALL \
                  SELECT i.series, i.number, i.file_name, i.queue_state, \
                         (r.received_at AT TIME ZONE 'Europe/Rome')::date + 5, 'resend' \
-                 FROM invoices i JOIN receipts r ON r.sdi_id = i.sdi_id AND r.kind = 'NS' \
+                 FROM invoices i JOIN receipts r ON r.sdi_id = i.sdi_id AND r.sdi_environment = i.sdi_environment AND r.kind = 'NS' \
                  WHERE (r.received_at AT TIME ZONE 'Europe/Rome')::date + 5 <= $1 \
                  ORDER BY 5, 1, 2",
                 &[&before],

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-pub use config::AppConfig;
+pub use config::{AppConfig, SdiEnvironment};
 pub use fattura::{ParsedInvoice, parse};
 
 /// Europe/Rome as a POSIX rule, for machines without a time zone database:
@@ -131,6 +131,7 @@ impl App {
             documents,
             fencing,
             interval: config.send_interval,
+            environment: config.sdi_environment,
             stats,
         };
         tracing::info!(

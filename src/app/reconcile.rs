@@ -4,17 +4,22 @@
 //! SdI refuses their file names. Reconciling imports them (row, document,
 //! receipts) and records the transmissions the restored data still shows as
 //! pending, so that numbering continues after them and nothing is sent twice.
+//! It reconciles with production's SdI: what it records is production's
+//! (`sdi_environment`), as what the restored tenant sent was.
 
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 
+use super::config::SdiEnvironment;
 use super::documents::Documents;
 use super::fattura::{self, Format};
 use super::numbering::sha256_hex;
 use super::schema::queue;
 use super::sdi::client::{self, Client};
 use super::sdi::{ReceiptKind, Record};
+
+const PRODUCTION: &str = SdiEnvironment::Production.as_str();
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -170,9 +175,18 @@ pub async fn reconcile(
                     let t = &record.transmission;
                     let sent_at: Timestamp = t.received_at.parse().unwrap_or_else(|_| Timestamp::now());
                     tx.execute(
-                        "UPDATE invoices SET queue_state = $2, sdi_id = $3, sent_at = $4, sent_epoch = $5 \
+                        "UPDATE invoices SET queue_state = $2, sdi_id = $3, sent_at = $4, sent_epoch = $5, \
+                             sdi_environment = $7 \
                          WHERE file_name = $1 AND queue_state = $6",
-                        &[&t.file_name, &queue::SENT, &t.sdi_id, &sent_at, &(t.epoch as i64), &queue::PENDING],
+                        &[
+                            &t.file_name,
+                            &queue::SENT,
+                            &t.sdi_id,
+                            &sent_at,
+                            &(t.epoch as i64),
+                            &queue::PENDING,
+                            &PRODUCTION,
+                        ],
                     )
                     .await
                     .map_err(query("recording a transmission SdI holds"))?;
@@ -276,17 +290,17 @@ async fn record_receipts(
         let received_at: Timestamp = receipt.issued_at.parse().unwrap_or_else(|_| Timestamp::now());
         added += tx
             .execute(
-                "INSERT INTO receipts (sdi_id, kind, received_at, detail) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (sdi_id, kind) DO NOTHING",
-                &[&record.transmission.sdi_id, &receipt.kind.as_str(), &received_at, &receipt.detail],
+                "INSERT INTO receipts (sdi_environment, sdi_id, kind, received_at, detail) VALUES ($5, $1, $2, $3, $4) \
+                 ON CONFLICT (sdi_environment, sdi_id, kind) DO NOTHING",
+                &[&record.transmission.sdi_id, &receipt.kind.as_str(), &received_at, &receipt.detail, &PRODUCTION],
             )
             .await
             .map_err(query("recording a receipt"))?;
     }
     if record.receipts.iter().any(|r| ReceiptKind::is_final(r.kind, public_body)) {
         tx.execute(
-            "UPDATE invoices SET queue_state = $2 WHERE sdi_id = $1 AND queue_state = $3",
-            &[&record.transmission.sdi_id, &queue::DONE, &queue::SENT],
+            "UPDATE invoices SET queue_state = $2 WHERE sdi_id = $1 AND queue_state = $3 AND sdi_environment = $4",
+            &[&record.transmission.sdi_id, &queue::DONE, &queue::SENT, &PRODUCTION],
         )
         .await
         .map_err(query("marking an invoice done"))?;

@@ -1,4 +1,6 @@
--- The reference invoicing app's schema (version 1). One database per tenant.
+-- The reference invoicing app's schema (version 2). One database per tenant.
+-- A database written by version 1 is brought to version 2 by MIGRATE_FROM_1
+-- (src/app/schema.rs) when the app opens it.
 
 -- Key/value facts about this database: schema_version, tenant, vat, company.
 CREATE TABLE IF NOT EXISTS fenice_meta (
@@ -35,11 +37,15 @@ CREATE TABLE IF NOT EXISTS invoices (
     xml_sha256     text NOT NULL,
     -- pending → sent (sdi_id set) → done (a final receipt arrived)
     queue_state    text NOT NULL DEFAULT 'pending' CHECK (queue_state IN ('pending', 'sent', 'done')),
-    sdi_id         text UNIQUE,
+    -- SdI numbers its identifiers per environment: a drill's copy holds
+    -- production's identifiers and is handed its own by SdI's test endpoint.
+    sdi_environment text NOT NULL DEFAULT 'production' CHECK (sdi_environment IN ('production', 'test')),
+    sdi_id         text,
     sent_at        timestamptz,
     sent_epoch     bigint,
     created_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (series, number),
+    UNIQUE (sdi_environment, sdi_id),
     CHECK ((queue_state = 'pending') = (sdi_id IS NULL))
 );
 
@@ -56,11 +62,12 @@ CREATE TABLE IF NOT EXISTS documents (
 -- Receipts from SdI: RC delivered, NS rejected, MC not delivered, NE outcome
 -- from a public body, DT term passed, AT could not be delivered.
 CREATE TABLE IF NOT EXISTS receipts (
+    sdi_environment text NOT NULL DEFAULT 'production' CHECK (sdi_environment IN ('production', 'test')),
     sdi_id      text NOT NULL,
     kind        text NOT NULL CHECK (kind IN ('RC', 'NS', 'MC', 'NE', 'DT', 'AT')),
     received_at timestamptz NOT NULL,
     detail      text NOT NULL DEFAULT '',
-    PRIMARY KEY (sdi_id, kind)
+    PRIMARY KEY (sdi_environment, sdi_id, kind)
 );
 
 -- The SdI channel this site transmits through: its endpoint and when its

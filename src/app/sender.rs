@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use super::config::SdiEnvironment;
 use super::db::{self, Db};
 use super::documents::Documents;
 use super::fattura::Format;
@@ -113,6 +114,9 @@ pub struct Sender {
     pub documents: Documents,
     pub fencing: Arc<Fencing>,
     pub interval: Duration,
+    /// Which SdI the channel reaches: transmissions and receipts are recorded
+    /// under it, and only its own are followed up.
+    pub environment: SdiEnvironment,
     pub stats: Arc<SenderStats>,
 }
 
@@ -227,13 +231,13 @@ impl Sender {
             debug!(tenant = %self.tenant, file = %file, epoch, "transmitting");
             match outcome(client.send(&self.tenant, epoch, file, xml).await, &queued.xml_sha256) {
                 Outcome::Accepted(t) => {
-                    if mark_sent(&self.db, &queued, &t).await? {
+                    if mark_sent(&self.db, self.environment, &queued, &t).await? {
                         self.stats.transmitted.fetch_add(1, Ordering::Relaxed);
                         info!(tenant = %self.tenant, file = %file, sdi_id = %t.sdi_id, epoch, "transmitted to SdI");
                     }
                 }
                 Outcome::EarlierWasOurs(t) => {
-                    if mark_sent(&self.db, &queued, &t).await? {
+                    if mark_sent(&self.db, self.environment, &queued, &t).await? {
                         self.stats.adopted.fetch_add(1, Ordering::Relaxed);
                         info!(
                             tenant = %self.tenant, file = %file, sdi_id = %t.sdi_id, earlier_epoch = t.epoch,
@@ -271,7 +275,7 @@ impl Sender {
     }
 
     async fn collect_receipts(&self, client: &Client) -> Result<(), RoundError> {
-        for sent in sent(&self.db).await? {
+        for sent in sent(&self.db, self.environment).await? {
             let record = match client.record(&self.tenant, &sent.sdi_id).await {
                 Ok(record) => record,
                 Err(e @ client::Error::Refused { .. }) => {
@@ -291,7 +295,7 @@ impl Sender {
                 continue;
             }
             let Ok(_permit) = self.fencing.permit().await else { return Ok(()) };
-            let (recorded, done) = record_receipts(&self.db, &sent, &record.receipts).await?;
+            let (recorded, done) = record_receipts(&self.db, self.environment, &sent, &record.receipts).await?;
             self.stats.receipts.fetch_add(recorded, Ordering::Relaxed);
             if done {
                 info!(tenant = %self.tenant, file = %sent.file_name, sdi_id = %sent.sdi_id, "final receipt recorded; done");
@@ -320,16 +324,16 @@ async fn pending(db: &Db) -> db::Result<Vec<Queued>> {
         .collect())
 }
 
-/// Sent invoices waiting for a final receipt, in issue order.
-async fn sent(db: &Db) -> db::Result<Vec<Sent>> {
+/// Sent invoices waiting for a final receipt from `environment`, in issue order.
+async fn sent(db: &Db, environment: SdiEnvironment) -> db::Result<Vec<Sent>> {
     let rows = db
         .pool
         .get()
         .await?
         .query(
             "SELECT series, number, file_name, sdi_id, format FROM invoices \
-             WHERE queue_state = $1 ORDER BY file_name LIMIT $2",
-            &[&queue::SENT, &BATCH],
+             WHERE queue_state = $1 AND sdi_environment = $3 ORDER BY file_name LIMIT $2",
+            &[&queue::SENT, &BATCH, &environment.as_str()],
         )
         .await
         .map_err(db::Error::query("listing sent invoices"))?;
@@ -347,7 +351,7 @@ async fn sent(db: &Db) -> db::Result<Vec<Sent>> {
 
 /// Records a transmission of a pending invoice; false if it was no longer
 /// pending (then nothing changed).
-async fn mark_sent(db: &Db, queued: &Queued, t: &Transmission) -> db::Result<bool> {
+async fn mark_sent(db: &Db, environment: SdiEnvironment, queued: &Queued, t: &Transmission) -> db::Result<bool> {
     let sent_at: Timestamp = t.received_at.parse().unwrap_or_else(|_| Timestamp::now());
     let epoch = i64::try_from(t.epoch).unwrap_or(i64::MAX);
     let updated = db
@@ -355,9 +359,18 @@ async fn mark_sent(db: &Db, queued: &Queued, t: &Transmission) -> db::Result<boo
         .get()
         .await?
         .execute(
-            "UPDATE invoices SET queue_state = $3, sdi_id = $4, sent_at = $5, sent_epoch = $6 \
+            "UPDATE invoices SET queue_state = $3, sdi_id = $4, sent_at = $5, sent_epoch = $6, sdi_environment = $8 \
              WHERE series = $1 AND number = $2 AND queue_state = $7",
-            &[&queued.series, &queued.number, &queue::SENT, &t.sdi_id, &sent_at, &epoch, &queue::PENDING],
+            &[
+                &queued.series,
+                &queued.number,
+                &queue::SENT,
+                &t.sdi_id,
+                &sent_at,
+                &epoch,
+                &queue::PENDING,
+                &environment.as_str(),
+            ],
         )
         .await
         .map_err(db::Error::query("recording a transmission"))?;
@@ -369,7 +382,12 @@ async fn mark_sent(db: &Db, queued: &Queued, t: &Transmission) -> db::Result<boo
 
 /// Stores receipts (each kind once) and marks the invoice done when one is
 /// final. Returns how many receipts were new, and whether it marked it done.
-async fn record_receipts(db: &Db, sent: &Sent, receipts: &[Receipt]) -> db::Result<(u64, bool)> {
+async fn record_receipts(
+    db: &Db,
+    environment: SdiEnvironment,
+    sent: &Sent,
+    receipts: &[Receipt],
+) -> db::Result<(u64, bool)> {
     let mut client = db.pool.get().await?;
     let tx = client.transaction().await.map_err(db::Error::query("starting to record receipts"))?;
     let mut done = false;
@@ -378,9 +396,9 @@ async fn record_receipts(db: &Db, sent: &Sent, receipts: &[Receipt]) -> db::Resu
         let received_at: Timestamp = receipt.issued_at.parse().unwrap_or_else(|_| Timestamp::now());
         recorded += tx
             .execute(
-                "INSERT INTO receipts (sdi_id, kind, received_at, detail) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (sdi_id, kind) DO NOTHING",
-                &[&sent.sdi_id, &receipt.kind.as_str(), &received_at, &receipt.detail],
+                "INSERT INTO receipts (sdi_environment, sdi_id, kind, received_at, detail) VALUES ($5, $1, $2, $3, $4) \
+             ON CONFLICT (sdi_environment, sdi_id, kind) DO NOTHING",
+                &[&sent.sdi_id, &receipt.kind.as_str(), &received_at, &receipt.detail, &environment.as_str()],
             )
             .await
             .map_err(db::Error::query("recording a receipt"))?;

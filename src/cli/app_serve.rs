@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::app::{App, AppConfig};
+use crate::app::{App, AppConfig, SdiEnvironment};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// The SdI endpoint to write into the channel table at start.
     #[arg(long, env = "FENICE_APP_SDI_ENDPOINT")]
     sdi_endpoint: Option<String>,
+    /// Which SdI the channel reaches: `test` for a drill's copy, whose
+    /// transmissions must not be taken for production's.
+    #[arg(long, env = "FENICE_APP_SDI_ENVIRONMENT", value_enum, default_value_t = SdiEnvironment::Production)]
+    sdi_environment: SdiEnvironment,
     /// When the channel certificate expires (YYYY-MM-DD).
     #[arg(long, env = "FENICE_APP_CERTIFICATE_EXPIRES")]
     certificate_expires: Option<jiff::civil::Date>,
@@ -64,6 +68,7 @@ impl ServeArgs {
     fn config(&self) -> AppConfig {
         AppConfig {
             sdi_endpoint: self.sdi_endpoint.clone(),
+            sdi_environment: self.sdi_environment,
             certificate_expires: self.certificate_expires,
             epoch: self.epoch,
             start_fenced: self.fenced,

@@ -28,6 +28,7 @@ use crate::api::condition::{self, Observed};
 use crate::api::drill::{Drill, DrillFailure, DrillPhase, DrillStatus, DrillTenantResult};
 use crate::api::plan::FailoverPlan;
 use crate::api::tenant::InvoicingTenant;
+use crate::app::SdiEnvironment;
 use crate::drill::{self, Measured};
 use crate::site::local::TenantSpec;
 
@@ -422,6 +423,7 @@ async fn restore_and_serve(
         vat: tenant.spec.vat_number.clone(),
         company: tenant.spec.display_name.clone(),
         sdi_endpoint: Some(drill.spec.sdi_test_endpoint.clone()),
+        sdi_environment: SdiEnvironment::Test,
         epoch: 1,
         fenced: false,
         postgres: Default::default(),

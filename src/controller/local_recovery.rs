@@ -92,6 +92,7 @@ impl Recovery<'_> {
             vat: self.tenant.spec.vat_number.clone(),
             company: self.tenant.spec.display_name.clone(),
             sdi_endpoint: None,
+            sdi_environment: crate::app::SdiEnvironment::Production,
             epoch: self.epoch,
             fenced: true,
             postgres: Default::default(),

@@ -270,6 +270,7 @@ pub async fn restore_side_by_side(
         vat: tenant.spec.vat_number.clone(),
         company: tenant.spec.display_name.clone(),
         sdi_endpoint: None,
+        sdi_environment: crate::app::SdiEnvironment::Production,
         epoch: 0,
         fenced: true,
         postgres: Default::default(),

@@ -570,6 +570,7 @@ async fn start_local(ctx: &Context, tenant: &InvoicingTenant, namespace: &str, s
         vat: tenant.spec.vat_number.clone(),
         company: tenant.spec.display_name.clone(),
         sdi_endpoint: channel.map(|c| c.endpoint.clone()),
+        sdi_environment: crate::app::SdiEnvironment::Production,
         epoch,
         fenced,
         postgres,

@@ -65,6 +65,7 @@ pub async fn serve_and_send(
     endpoint: &str,
 ) -> Result<String, String> {
     config.sdi_endpoint = Some(endpoint.to_owned());
+    config.sdi_environment = crate::app::SdiEnvironment::Test;
     config.send_interval = Duration::from_millis(250);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("binding a port: {e}"))?;
     let address = listener.local_addr().map_err(|e| format!("binding a port: {e}"))?;

@@ -768,6 +768,7 @@ fn tenant_specs(names: &[String], providers: &Providers) -> BTreeMap<String, Ten
                 vat: vat_of(i),
                 company: format!("Studio {name} S.r.l."),
                 sdi_endpoint: Some(providers.sdi.endpoint()),
+                sdi_environment: crate::app::SdiEnvironment::Production,
                 epoch: 1,
                 fenced: false,
                 postgres,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::app::AppConfig;
+use crate::app::{AppConfig, SdiEnvironment};
 use crate::testkit::process::ServerProcess;
 use crate::testkit::{self, AppOptions, AppServer, Placement, PostgresOptions, PostgresServer};
 
@@ -73,6 +73,8 @@ pub struct TenantSpec {
     pub vat: String,
     pub company: String,
     pub sdi_endpoint: Option<String>,
+    /// Which SdI that endpoint is: SdI's test environment for a drill's copy.
+    pub sdi_environment: SdiEnvironment,
     /// The fencing epoch the app runs under.
     pub epoch: u64,
     /// Start the app fenced: it neither issues nor transmits until activated.
@@ -358,6 +360,7 @@ impl LocalSite {
             .ok_or_else(|| Error::NotRunning { site: self.name.clone(), tenant: spec.name.clone() })?;
         let config = AppConfig {
             sdi_endpoint: spec.sdi_endpoint.clone(),
+            sdi_environment: spec.sdi_environment,
             epoch: spec.epoch,
             start_fenced: spec.fenced,
             send_interval: self.send_interval,

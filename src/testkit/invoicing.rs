@@ -104,6 +104,7 @@ impl AppServer {
                 if let Some(endpoint) = &config.sdi_endpoint {
                     cmd.args(["--sdi-endpoint", endpoint]);
                 }
+                cmd.args(["--sdi-environment", config.sdi_environment.as_str()]);
                 if let Some(expires) = config.certificate_expires {
                     cmd.args(["--certificate-expires", &expires.to_string()]);
                 }
