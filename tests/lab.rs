@@ -67,10 +67,32 @@ fn the_lab_cuts_the_primarys_network_and_the_primary_fences_itself_before_the_st
 
 /// The lab through the operators: an API server in the lab's process, one
 /// `fenice operator --site` per site, everything through the custom
-/// resources. Every step holds: the Backups, the Drill, the detection, the
-/// lease, the Failover, the old primary fenced, each pending invoice sent
-/// once, no second site active. Its tenants wait cold at the standby (the
-/// operators recover them from base backup and archive), so what the last
+/// resources. The standby's operator keeps a synchronous standby of each
+/// tenant's database, which the Failover promotes: every check passes, with
+/// no invoice lost.
+#[test]
+fn the_lab_through_the_operators_fails_every_tenant_over_to_its_synchronous_standby_and_loses_nothing() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let (LabRun { stdout, stderr, report, .. }, passed) = run_lab_to_the_end(&["--operators"]);
+    assert!(passed, "{stdout}\n{stderr}");
+    assert_the_checks_passed(&report, &stdout, &stderr);
+    assert_eq!(report["standby"], "sync", "{report:#}");
+    assert_eq!((&report["failover"]["succeeded"], &report["failover"]["epoch"]), (&Value::from(2), &Value::from(2)));
+    assert_eq!(report["drill"]["passed"], true, "{report:#}");
+    for step in [
+        "2 standbys streaming",
+        "azure's operator took the lease under epoch 2",
+        "Failover westpole-to-azure-e2: Succeeded, 2/2",
+        "its standing Fenced, the lease unchanged (azure in epoch 2), it started no stack",
+    ] {
+        assert!(stderr.contains(step), "progress lacks {step:?}:\n{stderr}");
+    }
+}
+
+/// The same with `--standby cold`. Every step holds: the Backups, the Drill,
+/// the detection, the lease, the Failover, the old primary fenced, each
+/// pending invoice sent once, no second site active. Its tenants wait cold at
+/// the standby (the operators recover them from base backup and archive), so what the last
 /// instant before the kill confirmed, neither archived nor at SdI yet, is
 /// lost, and its number is issued again at the standby: the report says so
 /// and the lab fails on it, until the operators keep synchronous standbys.
@@ -78,7 +100,7 @@ fn the_lab_cuts_the_primarys_network_and_the_primary_fences_itself_before_the_st
 #[test]
 fn the_lab_through_the_operators_fails_every_tenant_over_and_reports_what_a_cold_standby_loses() {
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let (LabRun { stdout, stderr, report, .. }, passed) = run_lab_to_the_end(&["--operators"]);
+    let (LabRun { stdout, stderr, report, .. }, passed) = run_lab_to_the_end(&["--operators", "--standby", "cold"]);
     assert_eq!((&report["standby"], &report["tenants"]), (&Value::from("cold"), &Value::from(2)), "{report:#}");
     assert_eq!(report["failover"]["phase"], "Succeeded", "{report:#}\n{stderr}");
     assert_eq!((&report["failover"]["succeeded"], &report["failover"]["epoch"]), (&Value::from(2), &Value::from(2)));

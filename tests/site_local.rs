@@ -81,3 +81,38 @@ fn a_site_too_deep_for_its_archiver_s_socket_says_so_before_starting_it() {
     let left: Vec<_> = std::fs::read_dir(&run).unwrap().filter_map(Result::ok).map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "no archiver started, no log written: {left:?}");
 }
+
+/// What psql prints for `sql` on the tenant's database server at `site`.
+fn psql(site: &LocalSite, tenant: &str, sql: &str) -> String {
+    let mut psql = site.with_tenant(tenant, |s| s.postgres.client("psql")).expect("the tenant's database runs");
+    let out = psql.args(["-X", "-A", "-t", "-c", sql]).output().unwrap();
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A standby copies its primary's settings. Once the primary waits for a
+/// synchronous standby, a further copy must not wait for one of its own (it
+/// has none when promoted); and a primary it cannot reach is named.
+#[test]
+fn a_standby_of_a_synchronous_primary_waits_for_none_itself_and_an_unreachable_primary_is_named() {
+    let program = Path::new(env!("CARGO_BIN_EXE_fenice"));
+    let sim = SdiSimServer::start(program, Duration::ZERO).expect("the simulator starts");
+    let dir = tempfile::tempdir().unwrap();
+    let site = |name: &str| LocalSite::new(name, program, &dir.path().join(name));
+    let (westpole, azure, aruba) = (site("westpole"), site("azure"), site("aruba"));
+    let tenant = spec("studio-rossi", &sim.endpoint());
+    westpole.start_tenant(&tenant).expect("the tenant starts");
+    let database = TenantSpec { sdi_endpoint: None, fenced: true, ..tenant.clone() };
+    azure.start_standby(&database, &westpole).expect("the synchronous standby starts");
+    assert_eq!(psql(&westpole, "studio-rossi", "SHOW synchronous_standby_names"), "*");
+    assert_eq!(psql(&azure, "studio-rossi", "SELECT pg_is_in_recovery()"), "t");
+
+    let upstream = westpole.database_address("studio-rossi").unwrap();
+    aruba.start_standby_from(&database, &upstream).expect("a second standby starts");
+    assert_eq!(psql(&aruba, "studio-rossi", "SHOW synchronous_standby_names"), "", "the copy waits for a standby");
+
+    let lost = site("lost");
+    let e = lost.start_standby_from(&database, "127.0.0.1:1").unwrap_err().to_string();
+    assert!(e.contains("copying the primary") && e.contains("127.0.0.1") && e.contains("port 1"), "{e}");
+    assert!(lost.tenants().is_empty(), "{:?}", lost.tenants());
+}

@@ -89,6 +89,10 @@ pub enum StandbyMode {
     Cold,
     /// A PostgreSQL replaying WAL from the repositories; a failover promotes it.
     Warm,
+    /// A PostgreSQL streaming from the primary, which confirms a commit only
+    /// once it holds it: a failover promotes it and loses nothing; while it is
+    /// away, commits wait. Between Local sites only.
+    Synchronous,
 }
 
 /// The reference invoicing app.
@@ -213,6 +217,11 @@ pub struct InvoicingTenantStatus {
     /// Where the tenant's warm standby runs (spec.standby Warm, at a FailoverPlan's target site).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby_site: Option<String>,
+    /// Where the tenant's database listens (HOST:PORT) at the Local site
+    /// that serves it: a synchronous standby at another Local site streams
+    /// from it. Local sites trust their loopback links, so it holds no secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_database: Option<String>,
     /// The fencing epoch the tenant's sender carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,

@@ -341,7 +341,8 @@ mod tests {
         assert!(e.to_string().contains("\"globex\""), "{e}");
         let e = check_meta(&meta(&[("vat", "99999999999")]), &config, &target).unwrap_err();
         assert!(matches!(e, Error::OtherVat { .. }), "{e}");
-        let e = check_meta(&meta(&[("schema_version", "2")]), &config, &target).unwrap_err();
+        let newer = (SCHEMA_VERSION + 1).to_string();
+        let e = check_meta(&meta(&[("schema_version", &newer)]), &config, &target).unwrap_err();
         assert!(matches!(e, Error::NewerSchema { .. }), "{e}");
     }
 }

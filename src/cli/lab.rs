@@ -43,16 +43,16 @@ pub struct LabArgs {
     /// replaying the archived WAL from the repositories, which a failover
     /// promotes; or nothing (cold: a failover restores backups and archived
     /// WAL from the repositories); tiered: warm for gold tenants, cold for the others.
-    /// Sync by default; cold with `--operators`, the only one they run.
-    #[arg(long, value_enum)]
-    standby: Option<StandbyMode>,
+    /// `--operators` runs sync and cold.
+    #[arg(long, value_enum, default_value = "sync")]
+    standby: StandbyMode,
     /// How the primary is lost: every process killed, or its network cut
     /// (network namespaces: needs root and iproute2) while it keeps running.
     #[arg(long, value_enum, default_value = "kill")]
     fault: Fault,
     /// Run one `fenice operator --site` per site against an API server in the
     /// lab's process and drive everything through the custom resources, the
-    /// path production takes (with `--standby cold` and `--fault kill`).
+    /// path production takes (with `--standby sync` or `cold`, and `--fault kill`).
     #[arg(long)]
     operators: bool,
 }
@@ -90,7 +90,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         invoice_interval: args
             .invoice_interval_ms
             .map_or_else(|| crate::lab::default_invoice_interval(args.tenants), |ms| Duration::from_millis(ms.max(10))),
-        standby: args.standby.unwrap_or(if args.operators { StandbyMode::Cold } else { StandbyMode::Sync }),
+        standby: args.standby,
         fault: args.fault,
         link,
     };

@@ -17,7 +17,7 @@ use crate::error_chain::error_chain;
 use crate::failover::machine::{Restored, StepError};
 use crate::repo::repository::Repository;
 use crate::site::local::TenantSpec;
-use crate::site::local_failover::{rpo, verify_recovered};
+use crate::site::local_failover::{promote_standby, rpo, verify_recovered};
 use crate::stack::pg::DbUrl;
 use crate::stack::pitr::{self, PitrRestore};
 use crate::stack::restore::TenantRestore;
@@ -103,7 +103,9 @@ impl Recovery<'_> {
     /// backup `repo` holds, PostgreSQL started on it replaying the WAL
     /// archived since (`restore_command` reads the repository at its
     /// location), promoted, then checked against what the backup recorded.
-    /// The error says whether the repository holds no base backup.
+    /// A standby running at the site (spec.standby Synchronous) is promoted
+    /// instead, and checked the same way. The error says whether the
+    /// repository holds no base backup.
     async fn recover(
         &self,
         repository: &str,
@@ -125,6 +127,13 @@ impl Recovery<'_> {
             fenice: local.program().to_owned(),
             standby: false,
         };
+        if site.runs_standby(&name) {
+            match promote_standby(&site, &repo, &request, self.lost_at).await {
+                Ok(restored) => return Ok(restored),
+                Err(e) => tracing::warn!(tenant = %name, site = %self.site, error = %e.message,
+                    "the standby could not be promoted: restoring from the repository instead"),
+            }
+        }
         // A retry starts over: the copy of an earlier attempt goes first.
         local.stop(self.site, &namespace, &name);
         let prepared = pitr::prepare(&repo, &request).await.map_err(|e| {

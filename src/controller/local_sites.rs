@@ -42,6 +42,8 @@ enum Start<'a> {
     Stack,
     /// PostgreSQL alone, fresh or on a prepared data directory.
     Database(Option<&'a Path>),
+    /// PostgreSQL alone, a standby of the database listening at HOST:PORT.
+    Standby(&'a str),
 }
 
 /// Every Local site the operator drives, created when first needed.
@@ -98,6 +100,20 @@ impl LocalSites {
         self.ensure(site, namespace, spec, Start::Database(Some(pgdata)))
     }
 
+    /// Starts a standby for `spec` at `site` of the tenant's database
+    /// listening at `upstream` (HOST:PORT) unless the tenant's database runs
+    /// there, standby or not. True when it was started. Blocking: it copies
+    /// the database first.
+    pub fn ensure_standby(
+        &self,
+        site: &str,
+        namespace: &str,
+        spec: &TenantSpec,
+        upstream: &str,
+    ) -> Result<bool, Error> {
+        self.ensure(site, namespace, spec, Start::Standby(upstream))
+    }
+
     fn ensure(&self, site: &str, namespace: &str, spec: &TenantSpec, start: Start<'_>) -> Result<bool, Error> {
         let key = (site.to_owned(), spec.name.clone());
         {
@@ -117,6 +133,7 @@ impl LocalSites {
         let started = |local: &LocalSite| match start {
             Start::Stack => local.start_tenant(spec),
             Start::Database(pgdata) => local.start_database(spec, pgdata),
+            Start::Standby(upstream) => local.start_standby_from(spec, upstream),
         };
         match local.with_tenant(&spec.name, |stack| stack.app.is_some()) {
             Some(running) if running || !app => Ok(false),
@@ -190,6 +207,17 @@ impl LocalSites {
         let key = (site.to_owned(), tenant.to_owned());
         let owned = self.owners.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|o| o == namespace);
         owned.then(|| self.site(site).with_tenant(tenant, |stack| stack.db_url(tenant))).flatten()
+    }
+
+    /// Where the tenant's database at `site` listens (HOST:PORT), if its stack runs there for `namespace`.
+    pub fn database_address(&self, site: &str, namespace: &str, tenant: &str) -> Option<String> {
+        self.database(site, namespace, tenant)?;
+        self.site(site).database_address(tenant)
+    }
+
+    /// Whether the tenant's database at `site` is a standby not promoted yet.
+    pub fn runs_standby(&self, site: &str, tenant: &str) -> bool {
+        self.site(site).runs_standby(tenant)
     }
 
     /// The `fenice` program the sites' processes run.

@@ -23,6 +23,7 @@ pub mod local_failover_driver;
 pub mod local_fence;
 pub mod local_recovery;
 pub mod local_sites;
+pub mod local_standby;
 pub mod metrics;
 pub mod not_built;
 pub mod policy;

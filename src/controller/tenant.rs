@@ -185,6 +185,21 @@ pub enum Standby {
     Replaying {
         site: String,
     },
+    /// Synchronous, served at `site` after a failover: its standby was
+    /// promoted there, and none is kept until it serves at its primary again.
+    Moved {
+        site: String,
+    },
+    /// Synchronous at Local sites: no standby at `site` streams yet, so
+    /// commits are confirmed without one.
+    AwaitingStream {
+        site: String,
+    },
+    /// Synchronous at Local sites: the standby at `site` streams, and the
+    /// database confirms a commit once it holds it.
+    Streaming {
+        site: String,
+    },
     /// `site`: where a standby may still be, to remove later.
     Failed {
         site: Option<String>,
@@ -206,8 +221,9 @@ fn standby_condition<'a>(tenant: &InvoicingTenant, standby: &'a Standby) -> Opti
             false,
             "NoStandbySite",
             format!(
-                "spec.standby is Warm, but no FailoverPlan from Site {} selects this tenant: nothing runs at a standby site",
-                tenant.spec.primary_site
+                "spec.standby is {:?}, but no FailoverPlan from Site {} selects this tenant: nothing runs at a standby \
+                 site",
+                tenant.spec.standby, tenant.spec.primary_site
             ),
             None,
         ),
@@ -222,6 +238,34 @@ fn standby_condition<'a>(tenant: &InvoicingTenant, standby: &'a Standby) -> Opti
             "StandbyReplaying",
             format!(
                 "a warm standby at Kubernetes site {site} replays the WAL archive; a failover or failback promotes it"
+            ),
+            Some(site.clone()),
+        ),
+        Standby::Moved { site } => (
+            false,
+            "NoStandby",
+            format!(
+                "served at Local site {site} after a failover, which promoted its synchronous standby: no standby \
+                 is kept until it serves at its primary site {} again",
+                tenant.spec.primary_site
+            ),
+            None,
+        ),
+        Standby::AwaitingStream { site } => (
+            false,
+            "StandbyStarting",
+            format!(
+                "waiting for the synchronous standby at Local site {site} to stream: until it does, a commit is \
+                 confirmed without it"
+            ),
+            Some(site.clone()),
+        ),
+        Standby::Streaming { site } => (
+            true,
+            "StandbyStreaming",
+            format!(
+                "a synchronous standby at Local site {site} streams the WAL: a commit is confirmed once it holds it \
+                 (while it is away, commits wait); a failover promotes it"
             ),
             Some(site.clone()),
         ),
@@ -329,6 +373,7 @@ fn changed(old: Option<&InvoicingTenantStatus>, new: &InvoicingTenantStatus) -> 
     let mine = InvoicingTenantStatus {
         active_site: old.active_site.clone(),
         standby_site: old.standby_site.clone(),
+        local_database: old.local_database.clone(),
         epoch: old.epoch,
         observed_generation: old.observed_generation,
         conditions: old.conditions.clone(),
@@ -409,15 +454,19 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     let site = ctx.cache.sites.get(&serving).await;
     let policy_found = ctx.cache.policies.get(&tenant.spec.backup_policy).await.is_some();
     let placement = placement(&serving, site.as_deref());
+    let plans = ctx.cache.plans.all().await.unwrap_or_default();
+    let plans: Vec<&FailoverPlan> = plans.iter().map(|p| &**p).collect();
     if let Placement::Local { site } = &placement
         && ctx.local_elsewhere(site).await
     {
         // NB: that site's operator runs the stack and writes the status.
         fence_left_behind(ctx, tenant).await;
-        return Ok(Action::await_change());
+        return Ok(match super::local_standby::at_target(ctx, tenant, site, &plans).await {
+            true => Action::requeue(LOCAL_RECHECK),
+            false => Action::await_change(),
+        });
     }
-    let plans = ctx.cache.plans.all().await.unwrap_or_default();
-    let plan = plan_of(tenant, plans.iter().map(|p| &**p));
+    let plan = plan_of(tenant, plans.iter().copied());
     let stack = match (&placement, &site) {
         (Placement::Local { site }, _) => {
             if !holds(FINALIZER) {
@@ -448,11 +497,21 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     };
     let standby = match (&placement, &site) {
         (Placement::Kubernetes { .. }, Some(site)) => super::tenant_site::standby(ctx, tenant, site).await,
+        (Placement::Local { site }, _) if matches!(stack, Stack::Running { .. } | Stack::Fenced { .. }) => {
+            super::local_standby::at_primary(ctx, tenant, site, &plans).await
+        }
         _ => Standby::NotHere,
     };
     let objectives = &tenant.spec.objectives;
     ctx.metrics.objectives(&namespace, &name, objectives.rpo.as_std(), objectives.rto.as_std());
-    let status = assess(tenant, &placement, (&stack, &standby), policy_found, Timestamp::now());
+    let local_database = match &placement {
+        Placement::Local { site } => ctx.local.database_address(site, &namespace, &name),
+        _ => None,
+    };
+    let status = InvoicingTenantStatus {
+        local_database,
+        ..assess(tenant, &placement, (&stack, &standby), policy_found, Timestamp::now())
+    };
     if changed(tenant.status.as_ref(), &status) {
         super::apply_status(&api, tenant, &status).await.map_err(fail("writing its status"))?;
     }
@@ -713,6 +772,30 @@ mod tests {
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(local.standby_site.as_deref(), Some("azure-italynorth"), "kept as it was");
+    }
+
+    #[test]
+    fn a_synchronous_tenant_says_whether_its_standby_streams_and_that_none_is_kept_once_moved() {
+        let mut t = tenant("westpole");
+        t.spec.standby = StandbyMode::Synchronous;
+        let local = Placement::Local { site: "westpole".into() };
+        let running = Stack::Running { site: "westpole".into(), app: None };
+        let said = |standby: &Standby| {
+            let status = assess(&t, &local, (&running, standby), true, Timestamp::UNIX_EPOCH);
+            let condition = status.conditions.iter().find(|c| c.type_ == STANDBY).cloned().unwrap();
+            (status.standby_site, condition.status, condition.reason, condition.message)
+        };
+        let (site, status, reason, message) = said(&Standby::AwaitingStream { site: "azure".into() });
+        assert_eq!((site.as_deref(), status.as_str(), reason.as_str()), (Some("azure"), "False", "StandbyStarting"));
+        assert!(message.contains("a commit is confirmed without it"), "{message}");
+        let (site, status, reason, message) = said(&Standby::Streaming { site: "azure".into() });
+        assert_eq!((site.as_deref(), status.as_str(), reason.as_str()), (Some("azure"), "True", "StandbyStreaming"));
+        assert!(message.contains("commits wait"), "{message}");
+        let (site, status, reason, message) = said(&Standby::Moved { site: "azure".into() });
+        assert_eq!((site, status.as_str(), reason.as_str()), (None, "False", "NoStandby"));
+        assert!(message.contains("until it serves at its primary site westpole again"), "{message}");
+        let (_, _, _, message) = said(&Standby::NoPlan);
+        assert!(message.starts_with("spec.standby is Synchronous, but no FailoverPlan"), "{message}");
     }
 
     #[test]

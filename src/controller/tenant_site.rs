@@ -91,9 +91,14 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) ->
     // NB: a moved tenant's primary runs its warm standby, Cold or Warm: the
     // standby sets the diverged database aside and follows the new timeline,
     // which a failback promotes.
+    if tenant.spec.standby == StandbyMode::Synchronous {
+        let message = "spec.standby Synchronous is kept between Local sites only; at a Kubernetes site a standby \
+                       replays the archive: use Warm (or Cold)";
+        return Standby::Failed { site: was, message: message.into() };
+    }
     let wanted = match tenant.spec.standby {
         _ if moved => Some(tenant.spec.primary_site.clone()),
-        StandbyMode::Warm => sites.first().cloned(),
+        StandbyMode::Warm | StandbyMode::Synchronous => sites.first().cloned(),
         StandbyMode::Cold => None,
     };
     // NB: a failover or failback turns the standby's site into the serving one.
@@ -116,7 +121,7 @@ pub async fn standby(ctx: &Context, tenant: &InvoicingTenant, serving: &Site) ->
                 Some(target) => cold_secrets_at(ctx, tenant, serving, target, back).await,
                 None => Standby::Cold,
             },
-            StandbyMode::Warm => Standby::NoPlan,
+            StandbyMode::Warm | StandbyMode::Synchronous => Standby::NoPlan,
         };
     };
     let failed = |message: String| Standby::Failed { site: None, message };

@@ -48,6 +48,8 @@ pub struct Lab<'a> {
     pub lease: &'a LeaseTiming,
     pub archive_timeout: Duration,
     pub parallelism: u32,
+    /// What waits for each tenant at the standby site.
+    pub standby: crate::api::tenant::StandbyMode,
 }
 
 /// Every resource but the Secrets, in the order they are applied.
@@ -204,7 +206,7 @@ fn tenant(name: &str, index: usize, lab: &Lab<'_>) -> Value {
             "invoiceFormat": "FPR12",
             "tier": tier_of(index, lab.tenants.len()),
             "primarySite": PRIMARY,
-            "standby": "Cold",
+            "standby": lab.standby,
             "objectives": {"rpo": spec_duration(DECLARED_RPO), "rto": spec_duration(super::RTO_OBJECTIVE)},
             "backupPolicy": POLICY,
             "sdi": {"channels": [channel(PRIMARY), channel(STANDBY)]},
@@ -245,6 +247,7 @@ mod tests {
             lease: &lease,
             archive_timeout: Duration::from_secs(1),
             parallelism: 8,
+            standby: crate::api::tenant::StandbyMode::Synchronous,
         };
         resources(&lab, &repos, &WitnessPlace::Dir("/x/witness".into()))
     }

@@ -647,6 +647,8 @@ fn conclude(options: &LabOptions, providers: &Providers, progress: &Progress, ou
         duration_between(killed_at, jiff::Timestamp::from_millisecond(done.unix_millis() as i64).unwrap_or(killed_at))
             .as_secs_f64()
     });
+    // NB: the failover measures RTO and RPO from the loss it declared (an
+    // automatic one: the first failed probe); the lab counts both from the kill.
     let declared = jiff::Timestamp::from_millisecond(state.declared_loss.unix_millis() as i64).unwrap_or(killed_at);
     let declared_after_kill = duration_between(killed_at, declared);
     let per_tenant: Vec<TenantFigures> = state
@@ -661,7 +663,7 @@ fn conclude(options: &LabOptions, providers: &Providers, progress: &Progress, ou
             standby: options.standby.for_tier(tier),
             snapshot: t.snapshot_id.clone(),
             rto_seconds: t.rto_ms.map(|ms| (declared_after_kill + Duration::from_millis(ms)).as_secs_f64()),
-            rpo_seconds: t.rpo_ms.map(|ms| ms as f64 / 1000.0),
+            rpo_seconds: t.rpo_ms.map(|ms| Duration::from_millis(ms).saturating_sub(declared_after_kill).as_secs_f64()),
             error: t.error.clone(),
         })
         .collect();

@@ -42,9 +42,9 @@ use crate::api::plan::{FailoverPlan, Standing};
 use crate::api::policy::BackupPolicy;
 use crate::api::repository::BackupRepository;
 use crate::api::site::Site;
-use crate::api::tenant::InvoicingTenant;
+use crate::api::tenant::{InvoicingTenant, StandbyMode as TenantStandby};
 use crate::app::http::{Health, InvoiceList};
-use crate::controller::tenant::serving_url;
+use crate::controller::tenant::{STANDBY as STANDBY_CONDITION, serving_url};
 use crate::failover::executor::StateFile;
 use crate::failover::lease::LeaseTiming;
 use crate::failover::witness::Witness;
@@ -64,17 +64,19 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs the lab through the operators. Only what they do is asked of them:
-/// the primary is killed (not cut), and tenants wait cold at the standby.
+/// the primary is killed (not cut), and tenants wait at the standby in a
+/// synchronous standby or cold.
 pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<LabReport> {
     if options.fault != Fault::Kill {
         bail!("--operators runs with --fault kill: a network cut of an operator's site is not built yet");
     }
-    if options.standby != StandbyMode::Cold {
-        bail!(
-            "--operators runs with --standby cold: the operators recover tenants from base backups and archived \
-             WAL; warm and synchronous standbys at Local sites are not built in them yet"
-        );
-    }
+    let standby_mode = match options.standby {
+        StandbyMode::Sync => TenantStandby::Synchronous,
+        StandbyMode::Cold => TenantStandby::Cold,
+        StandbyMode::Warm | StandbyMode::Tiered => {
+            bail!("--operators runs with --standby sync or cold: the operators keep no warm standby at Local sites yet")
+        }
+    };
     if options.tenants == 0 {
         bail!("--tenants must be at least 1");
     }
@@ -107,8 +109,9 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
         primary_health: format!("http://127.0.0.1:{primary_health_port}/healthz"),
         probe_interval: PROBE_INTERVAL,
         lease: &timing,
-        archive_timeout: Duration::from_secs(archive_timeout_secs(options.tenants, StandbyMode::Cold) as u64),
+        archive_timeout: Duration::from_secs(archive_timeout_secs(options.tenants, options.standby) as u64),
         parallelism: options.parallelism,
+        standby: standby_mode,
     };
     let resources = manifests::resources(&lab, &providers.repos, &providers.witness_place);
     write_manifests(&work.join("manifests.yaml"), &resources)?;
@@ -138,6 +141,23 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
     let before = wait_lease(&witness, PRIMARY, Duration::from_secs(30)).await?;
     progress.step(&format!("{PRIMARY} holds the witness lease under epoch {before}: its apps are active"));
     let standby = Operator::start(options, &kubeconfig, STANDBY, "1", None).await?;
+    if standby_mode == TenantStandby::Synchronous {
+        progress.step(&format!("{STANDBY}'s operator starts a synchronous standby of each tenant's database"));
+        let started = Instant::now();
+        let streaming = wait_tenants(&tenants, &names, start_timeout(names.len()), |t| {
+            let conditions = t.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            conditions.iter().any(|c| c.type_ == STANDBY_CONDITION && c.reason == "StandbyStreaming")
+        })
+        .await
+        .with_context(|| {
+            format!("the standbys did not all stream; {STANDBY}'s operator's log: {}", standby.log.display())
+        })?;
+        progress.step(&format!(
+            "  {} standbys streaming in {:.1} s: a commit is confirmed once {STANDBY} has it",
+            streaming.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
 
     let endpoints = Endpoints::follow(tenants.clone());
     endpoints.refresh().await;
@@ -232,10 +252,16 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
             manifests::DECLARED_RPO.as_secs(),
             super::RPO_OBJECTIVE.as_secs()
         ),
-        "the tenants wait cold at the standby: an invoice confirmed in the last instant before the kill, neither \
-         archived nor at SdI yet, is lost (counted above); a synchronous standby closes that, and the operators \
-         do not keep one yet"
-            .into(),
+        match standby_mode {
+            TenantStandby::Synchronous => format!(
+                "each tenant's database at {PRIMARY} confirms a commit once its synchronous standby at {STANDBY} \
+                 holds it ({STANDBY}'s operator keeps it, streaming from the address in the tenant's status); the \
+                 failover promotes it"
+            ),
+            _ => "the tenants wait cold at the standby: an invoice confirmed in the last instant before the kill, \
+                  neither archived nor at SdI yet, is lost (counted above); a synchronous standby closes that"
+                .into(),
+        },
     ];
     let report = conclude(
         options,

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 
 use crate::app::{AppConfig, SdiEnvironment};
@@ -216,42 +217,77 @@ impl LocalSite {
         Ok(())
     }
 
-    /// Starts a synchronous standby here of the tenant's database at `primary`:
-    /// a base backup streamed from it, then PostgreSQL replaying its WAL as it
-    /// is written. From then on the primary confirms a commit only once this
-    /// copy has it, so a commit the app confirmed survives the primary's
-    /// provider. `spec`'s settings (archiving) take effect when it is promoted.
+    /// Starts a synchronous standby here of the tenant's database at `primary`
+    /// ([`Self::start_standby_from`]), and makes the primary confirm a commit
+    /// only once this copy has it, so a commit the app confirmed survives the
+    /// primary's provider.
     pub fn start_standby(&self, spec: &TenantSpec, primary: &LocalSite) -> Result<()> {
+        let upstream = primary
+            .database_address(&spec.name)
+            .ok_or_else(|| Error::NotRunning { site: primary.name.clone(), tenant: spec.name.clone() })?;
+        self.start_standby_from(spec, &upstream)?;
+        primary.make_standbys_synchronous(&spec.name)
+    }
+
+    /// Starts a standby here of the tenant's database listening at `upstream`
+    /// (HOST:PORT, a Local site's, which trusts its links): a base backup
+    /// streamed from it, then PostgreSQL replaying its WAL as it is written.
+    /// `spec`'s settings (archiving) take effect when it is promoted.
+    pub fn start_standby_from(&self, spec: &TenantSpec, upstream: &str) -> Result<()> {
         let data = self.dir.join("tenants").join(&spec.name).join("standby");
         let io = |what, source| Error::Io { site: self.name.clone(), what, path: data.clone(), source };
+        let copying = |message: String| Error::Sql {
+            site: self.name.clone(),
+            tenant: spec.name.clone(),
+            what: "copying the primary",
+            message,
+        };
+        let (host, port) = upstream
+            .rsplit_once(':')
+            .ok_or_else(|| copying(format!("{upstream:?} is not HOST:PORT (status.localDatabase)")))?;
         if data.exists() {
             std::fs::remove_dir_all(&data).map_err(|e| io("removing an earlier standby", e))?;
         }
         std::fs::create_dir_all(data.parent().unwrap_or(&self.dir)).map_err(|e| io("creating", e))?;
-        let mut basebackup = primary
-            .with_tenant(&spec.name, |stack| stack.postgres.client("pg_basebackup"))
-            .ok_or_else(|| Error::NotRunning { site: primary.name.clone(), tenant: spec.name.clone() })?;
-        let out = basebackup
+        let bin = testkit::postgres::bin_dir().map_err(|e| copying(crate::error_chain::error_chain(&e)))?;
+        let out = Command::new(bin.join("pg_basebackup"))
+            .env("PGHOST", host)
+            .env("PGPORT", port)
+            .env("PGUSER", testkit::postgres::USER)
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE")
             .arg("-D")
             .arg(&data)
             .args(["--write-recovery-conf", "--wal-method=stream", "--checkpoint=fast", "--no-sync"])
             .output()
             .map_err(|e| io("running pg_basebackup into", e))?;
         if !out.status.success() {
-            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(Error::Sql {
-                site: self.name.clone(),
-                tenant: spec.name.clone(),
-                what: "copying the primary",
-                message,
-            });
+            return Err(copying(String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
-        self.start_standby_on(spec, &data)?;
-        primary.psql(
-            &spec.name,
+        // NB: the copy holds the primary's settings, which may wait for a standby: once
+        // promoted it has none of its own. ALTER SYSTEM rewrites the file, as a later standby needs.
+        let auto_conf = data.join("postgresql.auto.conf");
+        let mut settings = std::fs::read_to_string(&auto_conf).map_err(|e| io("reading postgresql.auto.conf in", e))?;
+        settings.push_str(
+            "\n# fenice: a standby of its own is made synchronous when one streams\nsynchronous_standby_names = ''\n",
+        );
+        std::fs::write(&auto_conf, settings).map_err(|e| io("writing postgresql.auto.conf in", e))?;
+        self.start_standby_on(spec, &data)
+    }
+
+    /// Makes the tenant's database here confirm a commit only once a standby
+    /// holds it (any standby streaming from it).
+    pub fn make_standbys_synchronous(&self, tenant: &str) -> Result<()> {
+        self.psql(
+            tenant,
             &["ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"],
             "making its standby synchronous",
         )
+    }
+
+    /// Where the tenant's database here listens: HOST:PORT.
+    pub fn database_address(&self, tenant: &str) -> Option<String> {
+        self.with_tenant(tenant, |stack| format!("{}:{}", stack.postgres.host(), stack.postgres.port()))
     }
 
     /// Starts the tenant's PostgreSQL on `pgdata` prepared as a warm standby

@@ -96,13 +96,6 @@ impl LocalFailover {
             .ok_or_else(|| StepError::retry(format!("tenant {tenant}'s app does not run at {}", self.target.name())))
     }
 
-    fn db(&self, tenant: &str) -> Result<DbUrl, StepError> {
-        let url = self.target.with_tenant(tenant, |stack| stack.db_url(tenant)).ok_or_else(|| {
-            StepError::retry(format!("tenant {tenant}'s database does not run at {}", self.target.name()))
-        })?;
-        DbUrl::parse(&url).map_err(|e| StepError::fatal(e.to_string()))
-    }
-
     async fn post(&self, url: String, body: serde_json::Value) -> Result<serde_json::Value, StepError> {
         let response =
             self.http.post(&url).json(&body).send().await.map_err(|e| StepError::retry(format!("{url}: {e}")))?;
@@ -144,26 +137,42 @@ impl LocalFailover {
             .map_err(|e| StepError::retry(e.to_string()))?
             .map_err(|e| StepError::retry(error_chain(&e)))
     }
+}
 
-    /// Promotes the tenant's standby at the target: a synchronous one holds
-    /// every commit the primary confirmed; a warm one is first let replay up to
-    /// the newest segment the archive holds, so that it loses no more than a
-    /// restore would (promotion ends replay at the first segment it cannot
-    /// fetch: [`promote::promote`]); then verifies it as a restore.
-    async fn promote_standby(&self, request: &PitrRestore) -> Result<Restored, StepError> {
-        let (snapshot, recorded) =
-            pitr::latest_backup(&self.repo, request).await.map_err(|e| StepError::retry(error_chain(&e)))?;
-        let client = self.db(&request.tenant)?.connect().await.map_err(|e| StepError::retry(error_chain(&e)))?;
-        let promoted = promote::promote(&self.repo, &request.tenant, &client, CATCH_UP_TIMEOUT)
-            .await
-            .map_err(|e| StepError::retry(error_chain(&e)))?;
-        if let promote::Promoted::Behind { newest, replayed } = promoted {
-            tracing::warn!(tenant = %request.tenant, newest, replayed = ?replayed,
-                "the warm standby did not catch up with the archive: promoted anyway");
-        }
-        self.target.promoted(&request.tenant);
-        verify_recovered(&self.target, &request.tenant, (snapshot, &recorded), self.lost_at()).await
+/// The tenant's database at `site`.
+fn database(site: &LocalSite, tenant: &str) -> Result<DbUrl, StepError> {
+    let url = site
+        .with_tenant(tenant, |stack| stack.db_url(tenant))
+        .ok_or_else(|| StepError::retry(format!("tenant {tenant}'s database does not run at {}", site.name())))?;
+    DbUrl::parse(&url).map_err(|e| StepError::fatal(e.to_string()))
+}
+
+/// Promotes the tenant's standby at `site`: a synchronous one holds every
+/// commit the primary confirmed; a warm one is first let replay up to the
+/// newest segment the archive holds, so that it loses no more than a restore
+/// would (promotion ends replay at the first segment it cannot fetch:
+/// [`promote::promote`]); then verifies it as a restore of the newest backup
+/// `repo` holds (`request` says where), measuring the RPO up to `lost_at`.
+pub async fn promote_standby(
+    site: &LocalSite,
+    repo: &Repository,
+    request: &PitrRestore,
+    lost_at: Option<jiff::Timestamp>,
+) -> Result<Restored, StepError> {
+    let tenant = &request.tenant;
+    let (snapshot, recorded) =
+        pitr::latest_backup(repo, request).await.map_err(|e| StepError::retry(error_chain(&e)))?;
+    let db = database(site, tenant)?;
+    let client = db.connect().await.map_err(|e| StepError::retry(error_chain(&e)))?;
+    let promoted = promote::promote(repo, tenant, &client, CATCH_UP_TIMEOUT)
+        .await
+        .map_err(|e| StepError::retry(error_chain(&e)))?;
+    if let promote::Promoted::Behind { newest, replayed } = promoted {
+        tracing::warn!(%tenant, newest, replayed = ?replayed,
+            "the warm standby did not catch up with the archive: promoted anyway");
     }
+    site.promoted(tenant);
+    verify_recovered(site, tenant, (snapshot, &recorded), lost_at).await
 }
 
 /// Waits for the tenant's recovering database at `site` to promote; fails at
@@ -199,10 +208,7 @@ pub async fn verify_recovered(
     (snapshot, recorded): (crate::repo::id::Id, &verify::Record),
     lost_at: Option<jiff::Timestamp>,
 ) -> Result<Restored, StepError> {
-    let url = site
-        .with_tenant(tenant, |stack| stack.db_url(tenant))
-        .ok_or_else(|| StepError::retry(format!("tenant {tenant}'s database does not run at {}", site.name())))?;
-    let db = DbUrl::parse(&url).map_err(|e| StepError::fatal(e.to_string()))?;
+    let db = database(site, tenant)?;
     let client = wait_until_promoted(site, tenant, &db).await?;
     let (_, mut differences) = verify::write_documents(&client, &site.documents(tenant))
         .await
@@ -295,7 +301,7 @@ impl SiteDriver for LocalFailover {
         let spec = self.spec(tenant)?;
         let request = self.pitr_request(&tenant.name);
         if self.target.runs_standby(&tenant.name) {
-            match self.promote_standby(&request).await {
+            match promote_standby(&self.target, &self.repo, &request, self.lost_at()).await {
                 Ok(restored) => return Ok(restored),
                 Err(e) => tracing::warn!(
                     tenant = %tenant.name,
@@ -321,7 +327,7 @@ impl SiteDriver for LocalFailover {
     }
 
     async fn reconcile_tenant(&self, _ctx: &StepContext, tenant: &TenantRef) -> Result<(), StepError> {
-        let db = self.db(&tenant.name)?;
+        let db = database(&self.target, &tenant.name)?;
         reconcile_with_sdi(&db, &self.target.documents(&tenant.name), &self.sdi_endpoint, &tenant.name).await
     }
 

@@ -220,7 +220,9 @@ async fn extract(repo: &Arc<Repository>, root: &Id, pgdata: &Path) -> Result<()>
 ///
 /// NB: archiving is switched off in the restored copy, so that a drill never
 /// writes into the tenant's archive; a failover's new primary turns it on
-/// with its own settings on the command line, which win over this file.
+/// with its own settings on the command line, which win over this file. And
+/// a copy of a primary that waited for its synchronous standby would wait
+/// for one it does not have: it waits for none.
 /// Segments `restore_command` fetches ahead, and where they wait (in the data
 /// directory, where PostgreSQL runs the command).
 const PREFETCH: usize = 16;
@@ -242,7 +244,8 @@ fn write_recovery_settings(request: &PitrRestore, snapshot: &Id) -> Result<()> {
         "\n# fenice agent restore: {what} of tenant {tenant} from snapshot {snapshot}\n\
          restore_command = '{fenice} agent wal-fetch --tenant {tenant} --repo {repository} \
          --prefetch {PREFETCH} --spool {SPOOL} %f %p'\n\
-         {end}archive_mode = 'off'\n",
+         {end}archive_mode = 'off'\n\
+         synchronous_standby_names = ''\n",
         tenant = request.tenant,
         repository = request.repository,
         snapshot = snapshot.short(),

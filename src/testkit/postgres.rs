@@ -25,7 +25,7 @@ const SERVER: &str = "postgres";
 /// Where Debian installs each major version's server programs, as VERSION/bin.
 const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
 /// The superuser, made by `initdb -U`; the system user the server runs as under root.
-const USER: &str = "postgres";
+pub const USER: &str = "postgres";
 const USER_C: &CStr = c"postgres";
 /// How long an immediate shutdown may take before the server is killed.
 const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
