@@ -361,6 +361,14 @@ fn an_interrupted_network_cut_lab_also_removes_its_network_namespaces() {
     assert_eq!(labs_namespaces(), Vec::<String>::new(), "network namespaces left behind");
 }
 
+/// Through the operators, under a `TMPDIR` deep enough that PostgreSQL's
+/// sockets under an operator's Local site would not fit a socket's path.
+#[test]
+fn an_interrupted_lab_through_the_operators_stops_them_and_leaves_nothing_behind() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    interrupt_a_lab(&["--operators"]);
+}
+
 /// Starts a lab of one tenant with `extra` arguments, sends it SIGINT once
 /// its customers work, and checks that it stops with 130, leaving no file in
 /// its temporary directory and no report.

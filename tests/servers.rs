@@ -156,6 +156,25 @@ fn dropped_servers_leave_no_process_and_no_directory() {
     }
 }
 
+/// A run directory too deep for a Unix socket's path (107 bytes) gets the
+/// socket a short directory of its own, gone with the server.
+#[test]
+fn postgres_in_a_deep_directory_keeps_its_socket_in_a_short_one() {
+    let root = tempfile::tempdir().unwrap();
+    let deep = root.path().join("a-run-directory-as-deep-as-an-operator-s-local-site-under-a-long-tmpdir-x");
+    std::fs::create_dir_all(&deep).unwrap();
+    assert!(deep.join("fenice-postgres-XXXXXX/sock/.s.PGSQL.65535").as_os_str().len() > 107);
+    let pg = started(PostgresServer::start_with(PostgresOptions::new().run_dir(&deep)));
+    let socket = pg.socket_dir().join(format!(".s.PGSQL.{}", pg.port()));
+    assert!(socket.as_os_str().len() <= 107 && !socket.starts_with(&deep), "{}", socket.display());
+    let out = pg.client("psql").arg("-h").arg(pg.socket_dir()).args(["-X", "-A", "-t", "-c", "SELECT 1"]).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "psql over the socket failed: {}", String::from_utf8_lossy(&out.stderr));
+    let short = pg.socket_dir();
+    drop(pg);
+    assert!(!short.exists(), "{} left behind", short.display());
+}
+
 #[test]
 fn postgres_that_cannot_start_says_why() {
     let options = PostgresOptions::new().setting("no_such_setting", "1");

@@ -594,6 +594,7 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
             names: &names,
             state: &state,
             killed_at,
+            rpo_measured_to: killed_at,
             detect,
             timing: &timing,
             findings,
@@ -616,6 +617,10 @@ struct Outcome<'a> {
     names: &'a [String],
     state: &'a FailoverState,
     killed_at: jiff::Timestamp,
+    /// What the failover measured each tenant's RPO up to: the kill (the
+    /// lab's own driver knows it), or the loss it declared (an automatic one:
+    /// the first failed probe). The lab counts RPO to the kill.
+    rpo_measured_to: jiff::Timestamp,
     /// From the loss to the standby's takeover of the lease.
     detect: Duration,
     timing: &'a LeaseTiming,
@@ -634,6 +639,7 @@ fn conclude(options: &LabOptions, providers: &Providers, progress: &Progress, ou
         names,
         state,
         killed_at,
+        rpo_measured_to,
         detect,
         timing,
         findings,
@@ -643,12 +649,12 @@ fn conclude(options: &LabOptions, providers: &Providers, progress: &Progress, ou
         mut notes,
         started_at,
     } = outcome;
+    let rpo_past_kill = duration_between(killed_at, rpo_measured_to);
     let failover_seconds = state.completed_at.map_or(f64::NAN, |done| {
         duration_between(killed_at, jiff::Timestamp::from_millisecond(done.unix_millis() as i64).unwrap_or(killed_at))
             .as_secs_f64()
     });
-    // NB: the failover measures RTO and RPO from the loss it declared (an
-    // automatic one: the first failed probe); the lab counts both from the kill.
+    // NB: the failover measures RTO from the loss it declared; the lab counts from the kill.
     let declared = jiff::Timestamp::from_millisecond(state.declared_loss.unix_millis() as i64).unwrap_or(killed_at);
     let declared_after_kill = duration_between(killed_at, declared);
     let per_tenant: Vec<TenantFigures> = state
@@ -663,7 +669,7 @@ fn conclude(options: &LabOptions, providers: &Providers, progress: &Progress, ou
             standby: options.standby.for_tier(tier),
             snapshot: t.snapshot_id.clone(),
             rto_seconds: t.rto_ms.map(|ms| (declared_after_kill + Duration::from_millis(ms)).as_secs_f64()),
-            rpo_seconds: t.rpo_ms.map(|ms| Duration::from_millis(ms).saturating_sub(declared_after_kill).as_secs_f64()),
+            rpo_seconds: t.rpo_ms.map(|ms| Duration::from_millis(ms).saturating_sub(rpo_past_kill).as_secs_f64()),
             error: t.error.clone(),
         })
         .collect();

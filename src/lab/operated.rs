@@ -271,6 +271,8 @@ pub async fn run(options: &LabOptions, progress: &Progress) -> anyhow::Result<La
             names: &names,
             state: &state,
             killed_at,
+            rpo_measured_to: jiff::Timestamp::from_millisecond(state.declared_loss.unix_millis() as i64)
+                .unwrap_or(killed_at),
             detect,
             timing: &timing,
             findings,
@@ -414,6 +416,28 @@ impl Operator {
         }
     }
 }
+
+/// An operator still running when the lab is dropped (interrupted, or an
+/// error) is stopped as [`Operator::stop`] does, so that it stops its stacks
+/// and removes their files; blocking, as the lab is ending anyway.
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else { return };
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: kill only sends a signal, to a child this lab started and still owns.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_ON_DROP;
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // NB: one still running gets SIGKILL from kill_on_drop.
+    }
+}
+
+/// How long a dropped lab waits for each operator to stop its stacks.
+const STOP_ON_DROP: Duration = Duration::from_secs(30);
 
 /// The directory, in the run's, of an operator's Local sites.
 fn state_dir(site: &str, incarnation: &str) -> String {

@@ -146,6 +146,9 @@ pub struct PostgresServer {
     // NB: declared before `dir`, so the server is killed before its files are removed.
     process: ServerProcess,
     dir: TempDir,
+    socket_dir: PathBuf,
+    /// The socket's own directory, when `dir` is too deep for a socket.
+    _short_socket_dir: Option<TempDir>,
     data: PathBuf,
     bin_dir: PathBuf,
     host: Ipv4Addr,
@@ -163,9 +166,7 @@ impl PostgresServer {
         let bin_dir = bin_dir()?;
         let run_as = if is_root() { Some(system_user()?) } else { None };
         let dir = process::temp_dir(SERVER, "fenice-postgres-", options.run_dir.as_deref())?;
-        let socket_dir = dir.path().join("sock");
-        std::fs::create_dir(&socket_dir)
-            .map_err(|source| prepare("creating the socket directory", &socket_dir, source))?;
+        let (socket_dir, short_socket_dir) = socket_dir_for(dir.path())?;
         if let Some((uid, gid)) = run_as {
             for path in [dir.path(), &socket_dir] {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid))
@@ -208,7 +209,7 @@ impl PostgresServer {
             process.await_ready(options.ready_timeout, || accepts_connections(&bin_dir, &socket_dir, port))?;
             Ok((process, port))
         })?;
-        Ok(Self { process, dir, data, bin_dir, host, port })
+        Ok(Self { process, dir, socket_dir, _short_socket_dir: short_socket_dir, data, bin_dir, host, port })
     }
 
     /// The TCP port on [`host`](Self::host).
@@ -223,7 +224,7 @@ impl PostgresServer {
 
     /// The directory of the server's Unix socket (`psql -h DIR`).
     pub fn socket_dir(&self) -> PathBuf {
-        self.dir.path().join("sock")
+        self.socket_dir.clone()
     }
 
     /// The cluster's data directory (PGDATA).
@@ -365,6 +366,24 @@ fn trust_the_links(data: &Path) -> Result<()> {
     }
     let mut file = std::fs::OpenOptions::new().append(true).open(&hba).map_err(|source| prepare(step, &hba, source))?;
     file.write_all(format!("\n{LINES}").as_bytes()).map_err(|source| prepare(step, &hba, source))
+}
+
+/// The longest directory a socket `.s.PGSQL.<port>` fits in: a Unix
+/// socket's path is at most 107 bytes.
+const SOCKET_DIR_MAX: usize = 107 - "/.s.PGSQL.65535".len();
+
+/// Where the server's Unix socket goes: `sock` in its directory `dir`; or,
+/// where that is too deep for a socket's path (a deep run directory, such as
+/// an operator's Local site's under a long `TMPDIR`), a directory of its own
+/// under /tmp, removed with the server.
+fn socket_dir_for(dir: &Path) -> Result<(PathBuf, Option<TempDir>)> {
+    let inside = dir.join("sock");
+    if inside.as_os_str().len() > SOCKET_DIR_MAX {
+        let short = process::temp_dir(SERVER, "fenice-pg-", Some(Path::new("/tmp")))?;
+        return Ok((short.path().to_owned(), Some(short)));
+    }
+    std::fs::create_dir(&inside).map_err(|source| prepare("creating the socket directory", &inside, source))?;
+    Ok((inside, None))
 }
 
 /// Whether the server whose Unix socket is in `socket_dir` accepts
