@@ -116,8 +116,15 @@ impl LeaseTiming {
 
     /// A request without an answer after this long counts as failed (its outcome
     /// unknown).
+    ///
+    /// NB: a third of `fence_after` (at least half the renew interval): a
+    /// loaded store answers a renewal in more than half a renew interval, and
+    /// a write given up on may still land, so that the next one, on the old
+    /// ETag, conflicts; at 20 tenants on two cores the holder then fenced
+    /// itself every few seconds. A renewal answered late still counts from when
+    /// it was sent, and three attempts fit before the holder must fence.
     pub fn request_timeout(&self) -> Duration {
-        self.renew_interval / 2
+        (self.fence_after / 3).max(self.renew_interval / 2)
     }
 
     /// Delay before retrying after a failed request.

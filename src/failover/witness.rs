@@ -261,6 +261,7 @@ pub async fn keep(
                 }
             } => {
                 inflight = None;
+                tracing::debug!(site = agent.site(), id, ?reply, "the witness answered");
                 agent.on_reply(clock.now(), id, reply)
             }
             command = commands.recv() => match command {
@@ -276,22 +277,46 @@ pub async fn keep(
             match action {
                 LeaseAction::Fence => {
                     tracing::warn!(site = agent.site(), "fencing: no write nor SdI send until the lease is renewed");
+                    let began = std::time::Instant::now();
                     fence.fence().await;
                     agent.confirm_fenced();
+                    slow(agent.site(), "fencing the site", began, agent.timing().renew_interval);
                 }
                 LeaseAction::Activate { epoch } => {
                     tracing::info!(site = agent.site(), epoch, "active under the witness lease");
+                    let began = std::time::Instant::now();
                     fence.activate(epoch).await;
+                    slow(agent.site(), "activating the site", began, agent.timing().renew_interval);
                 }
                 LeaseAction::Send(request) => {
-                    let witness = witness.clone();
-                    inflight = Some(Box::pin(async move { (request.id, witness.execute(&request.op).await) }));
+                    let (witness, site, every) =
+                        (witness.clone(), agent.site().to_owned(), agent.timing().renew_interval);
+                    inflight = Some(Box::pin(async move {
+                        let began = std::time::Instant::now();
+                        let reply = witness.execute(&request.op).await;
+                        slow(&site, "the witness's answer", began, every);
+                        (request.id, reply)
+                    }));
                 }
             }
         }
         status.send_replace(LeaseStatus { standing: agent.standing(clock.now()), view: agent.view() });
     }
     agent
+}
+
+/// Says so when `what` took longer than the lease's renew interval: the
+/// agent renews no lease meanwhile, and a site that renews late fences itself.
+fn slow(site: &str, what: &str, began: std::time::Instant, renew_interval: std::time::Duration) {
+    let took = began.elapsed();
+    if took > renew_interval {
+        tracing::warn!(
+            site,
+            took_ms = took.as_millis() as u64,
+            renew_ms = renew_interval.as_millis() as u64,
+            "{what} took longer than the lease's renew interval"
+        );
+    }
 }
 
 /// A site's lease agent running [`keep`] as a task: its published status, the

@@ -232,6 +232,11 @@ fn lease_timing(tenants: usize) -> anyhow::Result<LeaseTiming> {
     Ok(LeaseTiming::for_lease(lease, lease / 10)?)
 }
 
+/// What the detection objective allows beyond lease expiry and a probe
+/// interval: the standby's agent notices on its ticks, and the lab reads the
+/// witness every 100 ms, both on a loaded machine.
+const DETECTION_SLACK: Duration = Duration::from_secs(1);
+
 /// Down after 3 failed probes over at least 1 s, from 2 of the 3 vantage points.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -708,11 +713,14 @@ fn conclude(options: &LabOptions, providers: &Providers, progress: &Progress, ou
         Objective {
             name: "detection",
             target: format!(
-                "≤ {:.1} s (lease expiry as the standby counts it + one probe interval)",
-                detect_bound.as_secs_f64()
+                "≤ {:.1} s (lease expiry as the standby counts it, {:.1} s, + one probe interval + {} s for the \
+                 agent's ticks and the lab's reading of the witness)",
+                (detect_bound + DETECTION_SLACK).as_secs_f64(),
+                timing.observer_wait().as_secs_f64(),
+                DETECTION_SLACK.as_secs()
             ),
             measured: format!("{:.1} s", detect.as_secs_f64()),
-            met: detect <= detect_bound + Duration::from_secs(1),
+            met: detect <= detect_bound + DETECTION_SLACK,
         },
         Objective {
             name: "rto",
