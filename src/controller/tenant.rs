@@ -43,6 +43,9 @@ pub const PROTECTED: &str = "Protected";
 pub const STANDBY: &str = "Standby";
 /// How often a Local stack is looked at again (a process may have died).
 const LOCAL_RECHECK: Duration = Duration::from_secs(60);
+/// How often a Local primary looks for its synchronous standby's stream
+/// until it streams (the standby's site's operator writes nothing here).
+const STANDBY_RECHECK: Duration = Duration::from_secs(5);
 /// How often a Kubernetes stack is looked at while its pods start.
 const STARTING_RECHECK: Duration = Duration::from_secs(20);
 /// How often a running Kubernetes stack is applied again, undoing hand edits.
@@ -518,6 +521,11 @@ async fn reconcile_inner(tenant: &InvoicingTenant, ctx: &Context) -> Result<Acti
     // NB: a missing Site or policy needs no polling: the controller watches
     // both and looks at the tenants naming one when it appears.
     Ok(match (&placement, &stack) {
+        (Placement::Local { .. }, Stack::Running { .. } | Stack::Fenced { .. })
+            if matches!(standby, Standby::AwaitingStream { .. }) =>
+        {
+            Action::requeue(STANDBY_RECHECK)
+        }
         (Placement::Local { .. }, Stack::Running { .. } | Stack::Fenced { .. }) => Action::requeue(LOCAL_RECHECK),
         (Placement::Local { .. }, _) => Action::requeue(super::RETRY),
         (Placement::Kubernetes { .. }, _) if matches!(standby, Standby::Starting { .. } | Standby::Failed { .. }) => {
