@@ -250,7 +250,7 @@ async fn a_fenced_app_refuses_invoices_sends_nothing_and_activates_only_forward(
     app.issue(invoice_body("2026", "ABC1234")).await;
 
     let (status, fenced) = app.post("/v1/admin/fence", json!({})).await;
-    assert_eq!((status, fenced), (StatusCode::OK, json!({"active": false, "epoch": 2})));
+    assert_eq!((status, fenced), (StatusCode::OK, json!({"active": false, "epoch": 2, "was_active": true})));
     let (status, refused) = app.post("/v1/invoices", invoice_body("2026", "ABC1234")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
     assert_eq!(refused["error"], "fenced");

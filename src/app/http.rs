@@ -429,18 +429,23 @@ async fn put_channel(State(state): State<AppState>, body: Bytes) -> ApiResult<ax
 pub struct FenceView {
     pub active: bool,
     pub epoch: u64,
+    /// A fence's answer: whether the app was active until this fence (so
+    /// that whoever fenced it says so once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was_active: Option<bool>,
 }
 
 impl From<FenceState> for FenceView {
     fn from(s: FenceState) -> Self {
-        Self { active: s.active, epoch: s.epoch }
+        Self { active: s.active, epoch: s.epoch, was_active: None }
     }
 }
 
 async fn fence(State(state): State<AppState>) -> axum::Json<FenceView> {
+    let was_active = state.inner.fencing.state().active;
     let fenced = state.inner.fencing.fence().await;
     tracing::warn!(tenant = %state.inner.tenant, epoch = fenced.epoch, "fenced: issuing nothing, sending nothing");
-    axum::Json(fenced.into())
+    axum::Json(FenceView { was_active: Some(was_active), ..fenced.into() })
 }
 
 async fn activate(State(state): State<AppState>, body: Bytes) -> ApiResult<axum::Json<FenceView>> {

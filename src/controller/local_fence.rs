@@ -5,14 +5,15 @@
 //! /v1/admin/fence`: it issues and sends nothing), so that a database the
 //! failover may still read from keeps running.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
 
 use super::Context;
-use crate::app::http::Health;
+use crate::app::http::{FenceView, Health};
 
 /// How long the app may take to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,7 +80,7 @@ async fn answer(
 /// read). An app that does not confirm is stopped (its database runs on);
 /// the tenant controller starts it again fenced. The tenant controller keeps
 /// new starts fenced and activates the apps once the site may serve.
-pub async fn fence_plan_apps(ctx: &Context, plan: &str, site: &str) {
+pub async fn fence_plan_apps(ctx: &Arc<Context>, plan: &str, site: &str) {
     if ctx.site.as_deref() != Some(site) {
         return;
     }
@@ -93,21 +94,38 @@ pub async fn fence_plan_apps(ctx: &Context, plan: &str, site: &str) {
     // NB: a plan whose selector cannot be read fences every app of the site: fencing too much is safe.
     let matcher = plan.and_then(|p| crate::drill::Matcher::new(&p.spec.tenants).ok());
     let tenants = ctx.cache.tenants.store.state();
-    let apps: Vec<(String, String)> = tenants
+    let apps: Vec<_> = tenants
         .iter()
         .filter(|t| matcher.as_ref().is_none_or(|m| m.matches(t)))
-        .filter_map(|t| ctx.local.app_url(site, &t.name_any()).map(|url| (t.name_any(), url)))
+        .filter_map(|t| ctx.local.app_url(site, &t.name_any()).map(|url| (t.clone(), url)))
         .collect();
-    let fenced = |(tenant, app): (String, String)| async move {
+    let fenced = |(tenant, app): (_, String)| async move {
         let answer = fence_http().post(format!("{app}/v1/admin/fence")).json(&serde_json::json!({})).send().await;
-        (tenant, answer.is_ok_and(|a| a.status().is_success()))
+        let view = match answer {
+            Ok(a) if a.status().is_success() => Some(a.json::<FenceView>().await.ok()),
+            _ => None,
+        };
+        (tenant, app, view)
     };
-    let answers: Vec<(String, bool)> =
-        futures::stream::iter(apps).map(fenced).buffer_unordered(FENCE_PARALLELISM).collect().await;
-    for (tenant, confirmed) in answers {
-        if !confirmed {
-            tracing::warn!(%site, %tenant, "the app did not confirm the fence: stopping it");
-            ctx.local.site(site).stop_app(&tenant);
+    let answers: Vec<_> = futures::stream::iter(apps).map(fenced).buffer_unordered(FENCE_PARALLELISM).collect().await;
+    for (tenant, app, view) in answers {
+        match view {
+            None => {
+                tracing::warn!(%site, tenant = %tenant.name_any(), "the app did not confirm the fence: stopping it");
+                ctx.local.site(site).stop_app(&tenant.name_any());
+            }
+            // NB: said aside: the site's agent does not wait for the API server.
+            Some(Some(FenceView { was_active: Some(true), .. })) => {
+                let note = format!(
+                    "fenced the app at Local site {site} ({app}): its lease agent fenced the site; it issues and \
+                     sends nothing"
+                );
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    super::publish(&ctx, &*tenant, EventType::Warning, "StackFenced", "Fence", note).await;
+                });
+            }
+            Some(_) => {}
         }
     }
 }
