@@ -566,6 +566,21 @@ async fn invoices_near_their_sdi_deadline_are_listed() {
     app.stop().await;
 }
 
+/// A drill's copy of the database at `url`: its channel reaches SdI's test
+/// environment, the simulator `test`.
+fn drill_copy(url: &str, documents: &std::path::Path, test: &Sim) -> AppConfig {
+    AppConfig {
+        sdi_endpoint: Some(test.endpoint.clone()),
+        sdi_environment: SdiEnvironment::Test,
+        ..config(url, documents)
+    }
+}
+
+/// Waits until `n` invoices of `app` are done (a final receipt recorded).
+async fn all_done(app: &RunningApp, n: u64, what: &str) {
+    wait_for(what, || async { (app.stats().await["invoices"]["done"] == n).then_some(()) }).await;
+}
+
 /// A drill's copy holds production's SdI identifiers and transmits to SdI's
 /// test environment, which numbers its own: the same identifier comes back
 /// for another invoice, and both are recorded, each with its receipts.
@@ -577,19 +592,13 @@ async fn a_copy_sending_to_sdi_s_test_environment_may_be_handed_an_identifier_pr
     let app =
         start(AppConfig { sdi_endpoint: Some(production.endpoint.clone()), ..config(&url, documents.path()) }).await;
     let first = app.issue(invoice_body("2026", "ABC1234")).await;
-    wait_for("production's invoice done", || async { (app.stats().await["invoices"]["done"] == 1).then_some(()) })
-        .await;
+    all_done(&app, 1, "production's invoice done").await;
     app.stop().await;
 
     let test = sim("50ms").await;
-    let copy = AppConfig {
-        sdi_endpoint: Some(test.endpoint.clone()),
-        sdi_environment: SdiEnvironment::Test,
-        ..config(&url, documents.path())
-    };
-    let copy = start(copy).await;
+    let copy = start(drill_copy(&url, documents.path(), &test)).await;
     let second = copy.issue(invoice_body("2026", "ABC1234")).await;
-    wait_for("the test invoice done", || async { (copy.stats().await["invoices"]["done"] == 2).then_some(()) }).await;
+    all_done(&copy, 2, "the test invoice done").await;
     let (_, stored_first) = copy.get(&format!("/v1/invoices/2026/{}", first["number"])).await;
     let (_, stored_second) = copy.get(&format!("/v1/invoices/2026/{}", second["number"])).await;
     assert_eq!(stored_first["sdi_id"], stored_second["sdi_id"], "each SdI environment numbered from its own start");
@@ -632,17 +641,12 @@ async fn a_version_1_database_is_migrated_and_keeps_its_invoices_and_receipts() 
 
     let documents = tempfile::tempdir().unwrap();
     let test = sim("50ms").await;
-    let copy = AppConfig {
-        sdi_endpoint: Some(test.endpoint.clone()),
-        sdi_environment: SdiEnvironment::Test,
-        ..config(&url, documents.path())
-    };
-    let copy = start(copy).await;
+    let copy = start(drill_copy(&url, documents.path(), &test)).await;
     let version = db.query_one("SELECT value FROM fenice_meta WHERE key = 'schema_version'", &[]).await.unwrap();
     assert_eq!(version.get::<_, String>(0), fenice::app::schema::SCHEMA_VERSION.to_string());
     let second = copy.issue(invoice_body("2026", "ABC1234")).await;
     assert_eq!(second["number"], 2);
-    wait_for("the test invoice done", || async { (copy.stats().await["invoices"]["done"] == 2).then_some(()) }).await;
+    all_done(&copy, 2, "the test invoice done").await;
     let (_, stored) = copy.get("/v1/invoices/2026/2").await;
     assert_eq!(stored["sdi_id"], "1", "the test environment's first identifier, also production's");
     let (_, receipts) = copy.get("/v1/invoices/2026/1/receipts").await;

@@ -215,11 +215,6 @@ impl LocalSites {
         self.site(site).database_address(tenant)
     }
 
-    /// Whether the tenant's database at `site` is a standby not promoted yet.
-    pub fn runs_standby(&self, site: &str, tenant: &str) -> bool {
-        self.site(site).runs_standby(tenant)
-    }
-
     /// The `fenice` program the sites' processes run.
     pub fn program(&self) -> &Path {
         &self.program
